@@ -1,0 +1,3 @@
+"""Generic tools for loading, manipulating and creating datasets."""
+
+__all__: list[str] = []

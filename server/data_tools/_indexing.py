@@ -1,0 +1,1 @@
+"""Pure index arithmetic for views."""

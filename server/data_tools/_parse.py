@@ -1,0 +1,80 @@
+"""Argument checks for the public API: validate once at the edge, in one message style.
+
+Messages read "Expected <argument> to be <what it accepts>. Got <value> instead." so
+that every error names the argument and what would have been accepted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "parse_dtype",
+    "parse_int",
+    "parse_non_negative_int",
+    "parse_option",
+    "parse_positive_int",
+    "parse_shape",
+]
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def parse_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """Return ``value`` as an int, or raise TypeError/ValueError naming ``name``."""
+    if not _is_integer(value):
+        raise TypeError(f"Expected {name} to be an integer. Got {value!r} instead.")
+    result = int(value)
+    if minimum is not None and result < minimum:
+        raise ValueError(f"Expected {name} to be an integer >= {minimum}. Got {result} instead.")
+    return result
+
+
+def parse_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` as an int >= 1, or raise naming ``name``."""
+    return parse_int(name, value, minimum=1)
+
+
+def parse_non_negative_int(name: str, value: Any) -> int:
+    """Return ``value`` as an int >= 0, or raise naming ``name``."""
+    return parse_int(name, value, minimum=0)
+
+
+def parse_shape(name: str, value: Any) -> tuple[int, ...]:
+    """Return ``value`` (an int or a sequence of ints >= 0) as a shape tuple."""
+    if _is_integer(value):
+        value = (value,)
+    if not isinstance(value, Sequence | np.ndarray) or isinstance(value, str | bytes):
+        raise TypeError(
+            f"Expected {name} to be a shape (a sequence of integers >= 0). Got {value!r} instead."
+        )
+    return tuple(parse_non_negative_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+def parse_dtype(name: str, value: Any) -> np.dtype[Any]:
+    """Return ``value`` as a numpy dtype, or raise TypeError naming ``name``."""
+    try:
+        dtype: np.dtype[Any] = np.dtype(value)
+    except TypeError as error:
+        raise TypeError(f"Expected {name} to be a numpy dtype. Got {value!r} instead.") from error
+    return dtype
+
+
+def parse_option(name: str, value: Any, options: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``options``; else raise ValueError with a suggestion."""
+    choices = sorted(options)
+    if isinstance(value, str) and value in choices:
+        return value
+    hint = ""
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value, choices, n=1)
+        if close:
+            hint = f" Did you mean {close[0]!r}?"
+    raise ValueError(f"Expected {name} to be one of {choices}. Got {value!r} instead.{hint}")

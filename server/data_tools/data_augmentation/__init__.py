@@ -1,0 +1,3 @@
+"""Random 2D image transformations for augmentation."""
+
+__all__: list[str] = []

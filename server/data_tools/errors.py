@@ -1,0 +1,46 @@
+"""The exception hierarchy of data_tools.
+
+Every class subclasses the builtin a caller would catch for that failure, so
+``except IndexError`` keeps working, and the data node maps each class to one gRPC
+status in a single table (``data_node/status.py``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DataToolsError",
+    "UnsupportedIndexError",
+    "ViewIndexError",
+    "WorkerError",
+    "WriterClosedError",
+    "WriterError",
+    "WriterOverflowError",
+]
+
+
+class DataToolsError(Exception):
+    """Base class of every error data_tools raises on purpose."""
+
+
+class ViewIndexError(DataToolsError, IndexError):
+    """An index is out of range for a view, as numpy's IndexError."""
+
+
+class UnsupportedIndexError(DataToolsError, IndexError):
+    """An index numpy accepts but views do not (``None``, a second Ellipsis, ...)."""
+
+
+class WriterError(DataToolsError, RuntimeError):
+    """A writer could not write, flush or finish its array."""
+
+
+class WriterClosedError(WriterError):
+    """A write was attempted after the writer was closed."""
+
+
+class WriterOverflowError(DataToolsError, ValueError):
+    """More elements were written than a fixed-length writer holds."""
+
+
+class WorkerError(DataToolsError, RuntimeError):
+    """A pipeline worker failed or died; the message carries the original traceback text."""

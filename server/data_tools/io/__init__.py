@@ -1,0 +1,3 @@
+"""Minibatch pipeline (data_flow) and buffered array writers."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Patch extraction and patch-dataset building."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Lazy views over arrays: delayed_view and multi_source_array."""
+
+__all__: list[str] = []

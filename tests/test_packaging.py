@@ -1,0 +1,33 @@
+"""The distribution installs its four packages, each typed, each with a sorted ``__all__``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+
+import pytest
+
+PACKAGES = ["data_tools", "data_node", "data_client", "data_wire"]
+PUBLIC_MODULES = [
+    "data_tools",
+    "data_tools.errors",
+    "data_tools.io",
+    "data_tools.wrap",
+    "data_tools.patches",
+    "data_tools.data_augmentation",
+]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_package_imports_and_is_typed(name):
+    module = importlib.import_module(name)
+    assert importlib.resources.files(module).joinpath("py.typed").is_file()
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_all_is_sorted_and_resolves(name):
+    module = importlib.import_module(name)
+    names = module.__all__
+    assert names == sorted(names)
+    for public in names:
+        assert hasattr(module, public), f"{name}.__all__ names {public!r} but it is missing"
