@@ -1,0 +1,374 @@
+"""The node's configuration: one TOML file plus ``DATA_NODE_*`` overrides, validated once.
+
+A config file looks like this (relative paths are relative to the file's directory for
+``data_root`` and ``state_dir``, and relative to ``data_root`` for sources)::
+
+    [node]
+    listen = "127.0.0.1:50051"     # host:port; port 0 picks a free one
+    data_root = "data"             # every source must resolve inside it
+    state_dir = "state"            # the node's own files
+
+    [limits]
+    max_batch_size = 4096          # see LimitsConfig for every limit and its default
+
+    [preprocessors]                # name -> "package.module:function"
+    scale = "my_project.prep:scale"
+
+    [datasets.brains]
+    class_list = [0, 1]            # optional: one class per source; adds a "label" array
+    maxlen = 1000                  # optional: at most this many samples per source
+    [datasets.brains.arrays]       # arrays iterated in tandem, in this order
+    image = [{ path = "healthy.h5", key = "image" }, { path = "tumour.zarr", key = "image" }]
+    mask = [{ path = "healthy.h5", key = "mask" }, { path = "tumour.zarr", key = "mask" }]
+
+A source's ``format`` ("hdf5", "zarr" or "bcolz") is taken from its suffix (.h5/.hdf5,
+.zarr, .bcolz) unless given. Environment variables ``DATA_NODE_<SECTION>__<KEY>`` override
+scalar keys of the ``node`` and ``limits`` sections (for example
+``DATA_NODE_LIMITS__MAX_OPEN_STREAMS=8``); their values are read as TOML values, falling
+back to a plain string. An unknown ``DATA_NODE_*`` variable is an error, not a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_node.errors import ConfigError, PathOutsideRootError
+
+__all__ = [
+    "ArrayConfig",
+    "DatasetConfig",
+    "LimitsConfig",
+    "NodeConfig",
+    "SourceConfig",
+    "load",
+    "parse_config",
+    "resolve_inside",
+    "resolve_preprocessor",
+]
+
+ENV_PREFIX = "DATA_NODE_"
+SOURCE_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr", ".bcolz": "bcolz"}
+LABEL_ARRAY = "label"
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-node limits; a request beyond one gets RESOURCE_EXHAUSTED or INVALID_ARGUMENT.
+
+    Attributes:
+        max_batch_size: Largest batch_size a stream may ask for.
+        max_batch_bytes: Largest encoded batch, in bytes; bounds the node's memory per batch.
+        max_open_streams: Streams served at once; more get RESOURCE_EXHAUSTED.
+        max_io_workers: Largest nb_io_workers a stream may ask for.
+        max_proc_workers: Largest nb_proc_workers a stream may ask for.
+        max_message_bytes: gRPC message size limit, on receive and send.
+        max_in_flight: Batches a stream prepares ahead of the consumer.
+    """
+
+    max_batch_size: int = 4096
+    max_batch_bytes: int = 256 * MiB
+    max_open_streams: int = 64
+    max_io_workers: int = 8
+    max_proc_workers: int = 4
+    max_message_bytes: int = 512 * MiB
+    max_in_flight: int = 4
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One stored array: a resolved path inside the data root, its format and array key."""
+
+    path: Path
+    format: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """One named array of a dataset, combined from one or more sources."""
+
+    name: str
+    sources: tuple[SourceConfig, ...]
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """A dataset: named arrays iterated in tandem, with optional classes and limits."""
+
+    name: str
+    arrays: tuple[ArrayConfig, ...]
+    class_list: tuple[int, ...] | None = None
+    maxlen: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The whole node configuration. Build it with :func:`load` or :func:`parse_config`."""
+
+    data_root: Path
+    state_dir: Path
+    listen: str = "127.0.0.1:50051"
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    preprocessors: Mapping[str, str] = field(default_factory=dict)
+    datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
+
+
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Read and validate a TOML config file, applying ``DATA_NODE_*`` overrides.
+
+    Args:
+        path: The TOML file.
+        environ: Environment to read overrides from (default: none). Pass ``os.environ``
+            to honour the process environment.
+
+    Raises:
+        ConfigError: The file is missing or not TOML, or a key is invalid (named in
+            the message).
+        PathOutsideRootError: A source resolves outside ``data_root``.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"Expected a config file at {str(path)!r}. It does not exist.") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"Expected {str(path)!r} to be TOML: {error}") from error
+    _apply_overrides(raw, environ or {})
+    return parse_config(raw, base_dir=path.resolve().parent)
+
+
+def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
+    """Validate a config already read into nested dicts (the TOML layout above)."""
+    _check_keys("", raw, {"node", "limits", "preprocessors", "datasets"})
+    node = _table("node", raw.get("node", {}))
+    _check_keys("node", node, {"listen", "data_root", "state_dir"})
+    if "data_root" not in node:
+        raise ConfigError("node.data_root: Expected the directory holding the data. It is missing.")
+    data_root = _existing_dir(
+        "node.data_root", base_dir / _string("node.data_root", node["data_root"])
+    )
+    state_dir = (base_dir / _string("node.state_dir", node.get("state_dir", "state"))).resolve()
+    preprocessors = _parse_preprocessors(_table("preprocessors", raw.get("preprocessors", {})))
+    datasets_raw = _table("datasets", raw.get("datasets", {}))
+    datasets = {
+        name: _parse_dataset(name, _table(f"datasets.{name}", spec), data_root)
+        for name, spec in sorted(datasets_raw.items())
+    }
+    return NodeConfig(
+        data_root=data_root,
+        state_dir=state_dir,
+        listen=_string("node.listen", node.get("listen", "127.0.0.1:50051")),
+        limits=_parse_limits(_table("limits", raw.get("limits", {}))),
+        preprocessors=preprocessors,
+        datasets=datasets,
+    )
+
+
+def resolve_inside(root: Path, path: str | Path, *, field_name: str) -> Path:
+    """Resolve ``path`` (relative to ``root``; symlinks followed) and check it stays inside.
+
+    Raises:
+        PathOutsideRootError: The resolved path is outside ``root``.
+    """
+    resolved = (root / path).resolve()
+    if not resolved.is_relative_to(root):
+        raise PathOutsideRootError(
+            f"{field_name}: Expected a path inside {str(root)!r}. "
+            f"Got {str(path)!r}, which resolves to {str(resolved)!r}, instead."
+        )
+    return resolved
+
+
+def resolve_preprocessor(import_path: str) -> Callable[..., Any]:
+    """Import ``"package.module:function"`` and return the callable.
+
+    Raises:
+        ValueError: The path is malformed or cannot be imported.
+        TypeError: The imported object is not callable.
+    """
+    module_name, sep, attribute = import_path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(
+            f"Expected an import path 'package.module:function'. Got {import_path!r} instead."
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"Cannot import {import_path!r}: {error}") from error
+    if not callable(target):
+        raise TypeError(f"Expected {import_path!r} to be callable. Got {target!r} instead.")
+    return target  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
+    known = {f.name for f in dataclasses.fields(LimitsConfig)}
+    _check_keys("limits", raw, known)
+    values = {name: _positive_int(f"limits.{name}", value) for name, value in raw.items()}
+    return LimitsConfig(**values)
+
+
+def _parse_preprocessors(raw: Mapping[str, Any]) -> dict[str, str]:
+    result = {}
+    for name, import_path in sorted(raw.items()):
+        key = f"preprocessors.{name}"
+        try:
+            resolve_preprocessor(_string(key, import_path))
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{key}: {error}") from error
+        result[name] = import_path
+    return result
+
+
+def _parse_dataset(name: str, raw: Mapping[str, Any], data_root: Path) -> DatasetConfig:
+    prefix = f"datasets.{name}"
+    _check_keys(prefix, raw, {"arrays", "class_list", "maxlen"})
+    arrays_raw = _table(f"{prefix}.arrays", raw.get("arrays", {}))
+    if not arrays_raw:
+        raise ConfigError(f"{prefix}.arrays: Expected at least one array. Got none.")
+    arrays = tuple(
+        ArrayConfig(array_name, _parse_sources(f"{prefix}.arrays.{array_name}", spec, data_root))
+        for array_name, spec in arrays_raw.items()
+    )
+    class_list = None
+    if "class_list" in raw:
+        class_list = _int_list(f"{prefix}.class_list", raw["class_list"])
+        if LABEL_ARRAY in arrays_raw:
+            raise ConfigError(
+                f"{prefix}.class_list: adds an array named {LABEL_ARRAY!r}, "
+                f"but {prefix}.arrays already has one."
+            )
+        for array in arrays:
+            if len(array.sources) != len(class_list):
+                raise ConfigError(
+                    f"{prefix}.class_list: Expected one class per source "
+                    f"({len(array.sources)} in {prefix}.arrays.{array.name}). "
+                    f"Got {len(class_list)} instead."
+                )
+    maxlen = None
+    if "maxlen" in raw:
+        maxlen = _positive_int(f"{prefix}.maxlen", raw["maxlen"])
+    return DatasetConfig(name=name, arrays=arrays, class_list=class_list, maxlen=maxlen)
+
+
+def _parse_sources(prefix: str, raw: Any, data_root: Path) -> tuple[SourceConfig, ...]:
+    specs = [raw] if isinstance(raw, Mapping) else raw
+    if not isinstance(specs, list) or not specs:
+        raise ConfigError(
+            f"{prefix}: Expected a source table or a non-empty list of them. Got {raw!r} instead."
+        )
+    return tuple(_parse_source(f"{prefix}[{i}]", spec, data_root) for i, spec in enumerate(specs))
+
+
+def _parse_source(prefix: str, raw: Any, data_root: Path) -> SourceConfig:
+    spec = _table(prefix, raw)
+    _check_keys(prefix, spec, {"path", "key", "format"})
+    if "path" not in spec:
+        raise ConfigError(f"{prefix}.path: Expected a path under data_root. It is missing.")
+    given = _string(f"{prefix}.path", spec["path"])
+    path = resolve_inside(data_root, given, field_name=f"{prefix}.path")
+    if not path.exists():
+        raise ConfigError(
+            f"{prefix}.path: Expected an existing file. {str(path)!r} does not exist."
+        )
+    if "format" in spec:
+        source_format = _string(f"{prefix}.format", spec["format"])
+        if source_format not in set(SOURCE_FORMATS.values()):
+            raise ConfigError(
+                f"{prefix}.format: Expected one of {sorted(set(SOURCE_FORMATS.values()))}. "
+                f"Got {source_format!r} instead."
+            )
+    elif path.suffix in SOURCE_FORMATS:
+        source_format = SOURCE_FORMATS[path.suffix]
+    else:
+        raise ConfigError(
+            f"{prefix}.format: Cannot tell the format of {given!r} from its suffix "
+            f"(known: {sorted(SOURCE_FORMATS)}); set format to 'hdf5', 'zarr' or 'bcolz'."
+        )
+    key = spec.get("key")
+    if source_format == "hdf5" and key is None:
+        raise ConfigError(f"{prefix}.key: Expected the HDF5 dataset path. It is missing.")
+    return SourceConfig(
+        path=path, format=source_format, key=None if key is None else _string(f"{prefix}.key", key)
+    )
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    sections = {"node": {"listen", "data_root", "state_dir"}}
+    sections["limits"] = {f.name for f in dataclasses.fields(LimitsConfig)}
+    for variable, text in sorted(environ.items()):
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        section, sep, key = variable[len(ENV_PREFIX) :].lower().partition("__")
+        if not sep or section not in sections or key not in sections[section]:
+            known = sorted(
+                f"{ENV_PREFIX}{s.upper()}__{k.upper()}" for s in sections for k in sections[s]
+            )
+            raise ConfigError(f"{variable}: Expected one of {known}. Got an unknown variable.")
+        raw.setdefault(section, {})[key] = _toml_value(text)
+
+
+def _toml_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _check_keys(prefix: str, raw: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"{where}{unknown[0]}: Expected one of {sorted(known)}. Got an unknown key."
+        )
+
+
+def _table(key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: Expected a table. Got {value!r} instead.")
+    return value
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: Expected a non-empty string. Got {value!r} instead.")
+    return value
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key}: Expected an integer >= 1. Got {value!r} instead.")
+    return value
+
+
+def _int_list(key: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise ConfigError(f"{key}: Expected a list of integers. Got {value!r} instead.")
+    return tuple(value)
+
+
+def _existing_dir(key: str, path: Path) -> Path:
+    resolved = path.resolve()
+    if not resolved.is_dir():
+        raise ConfigError(f"{key}: Expected an existing directory. Got {str(path)!r} instead.")
+    return resolved

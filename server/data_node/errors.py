@@ -1,0 +1,36 @@
+"""The exception hierarchy of the data node (mapped to gRPC status codes in status.py)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataNodeError",
+    "DatasetNotFoundError",
+    "LimitExceededError",
+    "PathOutsideRootError",
+    "RequestError",
+]
+
+
+class DataNodeError(Exception):
+    """Base class of every error the node raises on purpose."""
+
+
+class ConfigError(DataNodeError, ValueError):
+    """The node's configuration is invalid; the message names the key."""
+
+
+class PathOutsideRootError(DataNodeError, PermissionError):
+    """A path resolves (symlinks included) outside the root it must stay in."""
+
+
+class DatasetNotFoundError(DataNodeError, LookupError):
+    """A request names a dataset the node does not serve."""
+
+
+class RequestError(DataNodeError, ValueError):
+    """A request field is invalid; the message names the field."""
+
+
+class LimitExceededError(DataNodeError, RuntimeError):
+    """A request would exceed one of the node's limits; the message names the limit."""
