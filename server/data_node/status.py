@@ -29,7 +29,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ViewIndexError, grpc.StatusCode.OUT_OF_RANGE),
     (UnsupportedIndexError, grpc.StatusCode.INVALID_ARGUMENT),
     (WorkerError, grpc.StatusCode.INTERNAL),
-    (FileNotFoundError, grpc.StatusCode.UNAVAILABLE),
+    (FileNotFoundError, grpc.StatusCode.FAILED_PRECONDITION),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (TypeError, grpc.StatusCode.INVALID_ARGUMENT),
     (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),

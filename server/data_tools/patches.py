@@ -1,3 +1,510 @@
-"""Patch extraction and patch-dataset building."""
+"""Patch extraction (patch_generator) and patch-dataset building (create_dataset)."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
+from tqdm import tqdm
+
+from data_tools._parse import (
+    parse_int,
+    parse_non_negative_int,
+    parse_option,
+    parse_positive_int,
+)
+from data_tools.io.writers import (
+    bcolz_array_writer,
+    h5py_array_writer,
+    is_complete,
+    zarr_array_writer,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from data_tools.io.writers import buffered_array_writer
+
+__all__ = ["create_dataset", "is_dataset_complete", "patch_generator"]
+
+FloatPatches: TypeAlias = npt.NDArray[np.float32]
+Coordinates: TypeAlias = npt.NDArray[np.intp]
+
+# Float32 elements gathered per block by default (16 MiB): large enough that numpy, not
+# Python, does the work, small enough that a block never dominates memory.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _parse_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"Expected {name} to be a bool. Got {value!r} instead.")
+    return bool(value)
+
+
+def _parse_image(name: str, value: Any) -> npt.NDArray[Any]:
+    """Return ``value`` as a 2D or 3D ndarray of a real numeric or bool dtype."""
+    array = np.asarray(value)
+    if array.dtype != np.bool_ and (
+        not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating)
+    ):
+        raise TypeError(
+            f"Expected {name} to hold real numbers or bools. Got dtype {array.dtype} instead."
+        )
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"Expected {name} to be a 2D slice or a 3D volume. "
+            f"Got an array of shape {array.shape} instead."
+        )
+    return array
+
+
+def _parse_slice_axis(value: Any, ndim: int) -> int:
+    """Return ``slice_axis`` normalized to 0..ndim-1 (any int is accepted for 2D sources)."""
+    axis = parse_int("slice_axis", value)
+    if ndim == 2:
+        return axis
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"Expected slice_axis to be an axis of the 3D source, in [-3, 2]. Got {axis} instead."
+        )
+    return axis % ndim
+
+
+def _parse_rng(value: Any) -> np.random.Generator:
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"Expected rng to be None, a seed or a numpy Generator. Got {value!r}.")
+    try:
+        return np.random.default_rng(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"Expected rng to be None, a seed or a numpy Generator. Got {value!r} instead."
+        ) from error
+
+
+class patch_generator:
+    """Iterate over square 2D float32 patches centred on the (masked) pixels of an image.
+
+    A 2D ``source`` is one slice; a 3D ``source`` is a stack of slices along
+    ``slice_axis``, and patches are taken in the plane of each slice (never across
+    slices). Iterating yields one ``(patchsize, patchsize)`` float32 array per selected
+    pixel, the patch centred on that pixel.
+
+    Centre: the centre pixel sits at index ``patchsize // 2`` of the patch along both
+    axes. For an odd ``patchsize`` the patch is exactly centred; for an even one it
+    reaches one pixel further up/left than down/right (``patchsize // 2`` pixels before
+    the centre, ``patchsize // 2 - 1`` after).
+
+    Edges: with ``mirrored=True`` the slice is extended by mirroring it about its border,
+    the edge pixel repeated (numpy's ``np.pad(mode="symmetric")``, scipy.ndimage's
+    ``"reflect"``: row ``-1`` is row ``0``, row ``-2`` is row ``1``). The mirroring
+    repeats, so a patch larger than the slice is allowed. With ``mirrored=False``
+    everything outside the slice reads as 0.
+
+    Order: by default slices in increasing index, then pixels in row-major order within a
+    slice; with ``random_order=True``, a uniformly random order over all selected pixels of
+    the whole volume (a fresh order, drawn from ``rng``, on every iteration). ``max_num``
+    keeps the first ``max_num`` patches of that order (so a random subset when random).
+
+    Memory: ``source`` and ``binary_mask`` are read into memory with ``np.asarray``
+    (h5py datasets, zarr arrays and views are read whole). Ordered iteration pads one
+    slice at a time; random iteration pads the whole volume once, as float32. Patches are
+    gathered in vectorized blocks (:meth:`iter_blocks`); the patches yielded one by one are
+    views into those blocks, so they do not alias the source or each other.
+
+    Args:
+        patchsize: Edge length of the square patches, in pixels; an int >= 1.
+        source: The 2D slice or 3D volume, any array-like of real numbers or bools.
+        binary_mask: Optional array of the same shape as ``source``; patches are centred
+            only on pixels where it is true (nonzero). Default None: every pixel.
+        random_order: Randomize the order of the patches. Default False.
+        mirrored: Mirror the slice at its edges; else zero-pad. Default True.
+        max_num: Optional int >= 0: stop after this many patches. Default None: all.
+        slice_axis: Keyword-only. Which axis of a 3D ``source`` indexes the slices, in
+            [-3, 2]. Default -1 (a stack of 2D images along the last axis). Ignored for a
+            2D ``source``.
+        rng: Keyword-only. The random source for ``random_order``: None (fresh entropy),
+            an int seed, or anything else ``numpy.random.default_rng`` accepts (a
+            ``Generator`` is used as is, so its state advances). Default None.
+
+    Raises:
+        TypeError: If ``patchsize``, ``max_num`` or ``slice_axis`` is not an int,
+            ``random_order`` or ``mirrored`` is not a bool, ``source`` does not hold real
+            numbers or bools, or ``rng`` is not accepted by ``numpy.random.default_rng``.
+        ValueError: If ``patchsize`` < 1, ``max_num`` < 0, ``source`` is not 2D or 3D,
+            ``binary_mask`` has a different shape than ``source``, or ``slice_axis`` is
+            not an axis of a 3D ``source``.
+    """
+
+    def __init__(
+        self,
+        patchsize: int,
+        source: Any,
+        binary_mask: Any = None,
+        random_order: bool = False,
+        mirrored: bool = True,
+        max_num: int | None = None,
+        *,
+        slice_axis: int = -1,
+        rng: Any = None,
+    ) -> None:
+        self.patchsize = parse_positive_int("patchsize", patchsize)
+        self.source = _parse_image("source", source)
+        self.random_order = _parse_bool("random_order", random_order)
+        self.mirrored = _parse_bool("mirrored", mirrored)
+        self.max_num = None if max_num is None else parse_non_negative_int("max_num", max_num)
+        self.slice_axis = _parse_slice_axis(slice_axis, self.source.ndim)
+        self._rng = _parse_rng(rng)
+        self._stack = self._as_stack(self.source)
+        self._mask = None if binary_mask is None else self._as_stack(self._parse_mask(binary_mask))
+        available = self._stack.size if self._mask is None else int(np.count_nonzero(self._mask))
+        self._len = available if self.max_num is None else min(available, self.max_num)
+
+    def _parse_mask(self, binary_mask: Any) -> npt.NDArray[np.bool_]:
+        mask = np.asarray(binary_mask)
+        if mask.shape != self.source.shape:
+            raise ValueError(
+                f"Expected binary_mask to have the shape of source, {self.source.shape}. "
+                f"Got shape {mask.shape} instead."
+            )
+        return mask.astype(bool, copy=False)
+
+    def _as_stack(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """View ``array`` as (slice, row, column): slices first, one slice for 2D."""
+        return array[np.newaxis] if array.ndim == 2 else np.moveaxis(array, self.slice_axis, 0)
+
+    def __len__(self) -> int:
+        """The number of patches one iteration yields."""
+        return self._len
+
+    def __iter__(self) -> Iterator[FloatPatches]:
+        for patches, _ in self.iter_blocks():
+            yield from patches
+
+    def iter_blocks(
+        self, block_size: int | None = None
+    ) -> Iterator[tuple[FloatPatches, Coordinates]]:
+        """Yield the patches of one iteration in blocks, with their centre coordinates.
+
+        The concatenated blocks are exactly the patches iteration yields, in the same
+        order (one iteration's worth: with ``random_order`` each call draws a new order).
+
+        Args:
+            block_size: Most patches per block; an int >= 1. Default None: about 16 MiB
+                of float32 per block.
+
+        Yields:
+            ``(patches, centres)``: ``patches`` a C-contiguous float32 array of shape
+            ``(n, patchsize, patchsize)``; ``centres`` an intp array of shape
+            ``(n, source.ndim)`` holding each patch's centre as an index into ``source``
+            in its own axis order, so ``source[tuple(centres[i])]`` is the centre pixel.
+
+        Raises:
+            TypeError, ValueError: If ``block_size`` is not an int >= 1.
+        """
+        if block_size is None:
+            block_size = max(1, _BLOCK_ELEMENTS // self.patchsize**2)
+        block_size = parse_positive_int("block_size", block_size)
+        if self._len == 0:
+            return
+        groups = self._random_groups() if self.random_order else self._ordered_groups()
+        for first_slice, padded, centres in groups:
+            windows = sliding_window_view(padded, (self.patchsize,) * 2, axis=(1, 2))
+            for start in range(0, len(centres), block_size):
+                block = centres[start : start + block_size]
+                patches = windows[block[:, 0] - first_slice, block[:, 1], block[:, 2]]
+                yield patches, self._source_coordinates(block)
+
+    def _ordered_groups(self) -> Iterator[tuple[int, FloatPatches, Coordinates]]:
+        """Per slice: (its index, the padded slice as a 1-stack, its centres in order)."""
+        remaining = self._len
+        for index in range(self._stack.shape[0]):
+            if remaining == 0:
+                return
+            if self._mask is None:
+                rows, cols = np.indices(self._stack.shape[1:]).reshape(2, -1)
+            else:
+                rows, cols = np.nonzero(self._mask[index])
+            rows, cols = rows[:remaining], cols[:remaining]
+            if len(rows):
+                remaining -= len(rows)
+                centres = np.stack([np.full_like(rows, index), rows, cols], axis=1)
+                centres = centres.astype(np.intp, copy=False)
+                yield index, self._pad(self._stack[index : index + 1]), centres
+
+    def _random_groups(self) -> Iterator[tuple[int, FloatPatches, Coordinates]]:
+        """One group: (0, the whole padded stack, a random selection of its centres)."""
+        available = self._stack.size if self._mask is None else np.flatnonzero(self._mask)
+        picks = self._rng.choice(available, size=self._len, replace=False, shuffle=True)
+        centres = np.stack(np.unravel_index(picks, self._stack.shape), axis=1).astype(np.intp)
+        yield 0, self._pad(self._stack), centres
+
+    def _pad(self, stack: npt.NDArray[Any]) -> FloatPatches:
+        """Return ``stack`` as float32, padded in-plane so each pixel has a full patch."""
+        before = self.patchsize // 2
+        widths = (
+            (0, 0),
+            (before, self.patchsize - 1 - before),
+            (before, self.patchsize - 1 - before),
+        )
+        mode: Literal["symmetric", "constant"] = "symmetric" if self.mirrored else "constant"
+        return np.pad(stack.astype(np.float32, copy=False), widths, mode=mode)
+
+    def _source_coordinates(self, centres: Coordinates) -> Coordinates:
+        """Map (slice, row, column) centres to indices in ``source``'s axis order."""
+        if self.source.ndim == 2:
+            return centres[:, 1:]
+        columns = [1, 2]
+        columns.insert(self.slice_axis, 0)
+        return centres[:, columns]
+
+
+# file_format -> the container create_dataset writes inside save_path.
+_CONTAINERS = {"bcolz": "patches.bcolz", "hdf5": "patches.h5", "zarr": "patches.zarr"}
+
+
+def _parse_save_path(value: Any) -> str:
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise TypeError(
+            f"Expected save_path to be a directory path (str or os.PathLike). Got {value!r} instead."
+        )
+    return os.fsdecode(value)
+
+
+def _parse_mask(mask: Any, shape: tuple[int, ...]) -> npt.NDArray[Any]:
+    """Return ``mask`` as an array of ``shape`` holding integer class values."""
+    array = np.asarray(mask)
+    if array.shape != shape:
+        raise ValueError(
+            f"Expected mask to have the shape of volume, {shape}. Got shape {array.shape} instead."
+        )
+    if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer):
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(
+            f"Expected mask to hold integer class values (an integer, bool or float dtype). "
+            f"Got dtype {array.dtype} instead."
+        )
+    if not np.all(np.isfinite(array) & (array == np.round(array))):
+        raise ValueError(
+            "Expected mask to hold integer class values. Got non-integral floats instead."
+        )
+    return array
+
+
+def _class_counts(mask: npt.NDArray[Any] | None, class_list: Any, size: int) -> dict[int, int]:
+    """Return {class value: number of its pixels}, in class_list order (else ascending)."""
+    if mask is None:
+        if class_list is not None:
+            raise ValueError(
+                f"Expected class_list to be None when mask is None (every pixel is class 0). "
+                f"Got {class_list!r} instead."
+            )
+        return {0: size}
+    values, counts = np.unique(mask, return_counts=True)
+    present = {int(value): int(count) for value, count in zip(values, counts, strict=True)}
+    if class_list is None:
+        return present
+    if not isinstance(class_list, Sequence | np.ndarray) or isinstance(class_list, str | bytes):
+        raise TypeError(
+            f"Expected class_list to be None or a sequence of mask values. "
+            f"Got {class_list!r} instead."
+        )
+    classes = [parse_int(f"class_list[{i}]", value) for i, value in enumerate(class_list)]
+    if not classes or len(set(classes)) != len(classes):
+        raise ValueError(
+            f"Expected class_list to hold at least one value, each once. Got {classes} instead."
+        )
+    absent = [value for value in classes if value not in present]
+    if absent:
+        raise ValueError(
+            f"Expected class_list to hold values present in mask ({sorted(present)}). "
+            f"Got absent values {absent} instead."
+        )
+    return {value: present[value] for value in classes}
+
+
+def _open_writer(
+    file_format: str,
+    container: str,
+    value: int,
+    first: bool,
+    length: int,
+    element_shape: tuple[int, ...],
+    batch_size: int,
+    kwargs: Mapping[str, Any],
+) -> buffered_array_writer:
+    """Open the writer of array ``class_<value>``; the first one replaces an HDF5/zarr file."""
+    name = f"class_{value}"
+    if file_format == "bcolz":
+        path = os.path.join(container, name)
+        return bcolz_array_writer(
+            element_shape, np.float32, batch_size, path, length, False, kwargs
+        )
+    writer = h5py_array_writer if file_format == "hdf5" else zarr_array_writer
+    return writer(element_shape, np.float32, batch_size, container, name, length, not first, kwargs)
+
+
+def create_dataset(
+    save_path: str | os.PathLike[str],
+    patchsize: int,
+    volume: Any,
+    mask: Any = None,
+    class_list: Sequence[int] | None = None,
+    random_order: bool = True,
+    batchsize: int = 32,
+    file_format: str = "hdf5",
+    kwargs: Mapping[str, Any] | None = None,
+    show_progress: bool = False,
+    *,
+    slice_axis: int = -1,
+    rng: Any = None,
+) -> dict[int, int]:
+    """Extract patches around every pixel of a volume and save them, one array per class.
+
+    Each pixel's class is its mask value; every pixel of a class listed in ``class_list``
+    (all pixels of every class when it is None) gives one patch, as ``patch_generator``
+    cuts it (mirrored edges, centre at index ``patchsize // 2``, slices along
+    ``slice_axis``). The patches of class ``v`` are stored as a float32 array named
+    ``class_<v>`` (``v`` the integer mask value, e.g. ``class_0``, ``class_-1``) of shape
+    ``(n_v, 1, patchsize, patchsize)``: axis 1 is a channel axis of length 1.
+
+    On-disk layout, by ``file_format``, inside the directory ``save_path`` (created if
+    missing; nothing else in it is touched):
+
+    - ``"hdf5"``: one HDF5 file ``save_path/patches.h5`` holding the datasets
+      ``/class_<v>`` (lzf, chunks of ``batchsize`` patches, unless ``kwargs`` say else);
+    - ``"zarr"``: one zarr v3 store (a group) ``save_path/patches.zarr`` holding the arrays
+      ``class_<v>`` (blosc lz4, chunks of ``batchsize`` patches);
+    - ``"bcolz"``: one directory ``save_path/patches.bcolz`` holding one bcolz carray
+      directory per class, ``save_path/patches.bcolz/class_<v>``.
+
+    An existing container of the same format is replaced, classes and all.
+
+    Completion: every array carries the ``data_tools_complete`` attribute of
+    ``data_tools.io.writers``. All class arrays are created, marked incomplete, before any
+    patch is written, and are marked complete only after every patch of every class was
+    written, so a build that fails or is killed never leaves a container whose arrays are
+    all marked complete. Check with :func:`is_dataset_complete` (``save_path``,
+    ``file_format``) before reading.
+
+    Order: with ``random_order`` the patches of each class are in a uniformly random
+    order; otherwise in ``patch_generator``'s order (slices, then row-major).
+
+    Args:
+        save_path: The directory to write the container in.
+        patchsize: Edge length of the square patches, in pixels; an int >= 1.
+        volume: A 2D slice or a 3D stack of slices (real numbers or bools), read into
+            memory.
+        mask: Optional array of volume's shape holding each pixel's class as an integer
+            value (an integer, bool or integral float dtype; not binary). Default None:
+            every pixel is class 0.
+        class_list: Optional sequence of distinct mask values (ints) to extract, each
+            present in ``mask``; requires ``mask``. Default None: every value in ``mask``.
+        random_order: Randomize the order of each class's patches. Default True.
+        batchsize: Patches per write to disk (>= 1); also the chunk length. Default 32.
+        file_format: ``"hdf5"`` (default), ``"zarr"`` or ``"bcolz"``.
+        kwargs: Arguments passed to each array writer (``h5py_array_writer``,
+            ``zarr_array_writer`` or ``bcolz_array_writer``) as its ``kwargs``: options of
+            the dataset/array/carray creation (compression, chunks, ...). Default None, i.e.
+            ``{}``. Never modified.
+        show_progress: Draw a tqdm progress bar on stderr, counting patches. Default False.
+        slice_axis: Keyword-only. The axis of a 3D ``volume`` that indexes slices, in
+            [-3, 2]. Default -1. Ignored for a 2D volume.
+        rng: Keyword-only. Random source for ``random_order``: None, an int seed, or a
+            ``numpy.random.Generator``. Default None.
+
+    Returns:
+        ``{class value: number of patches written}``, in ``class_list`` order (ascending
+        mask values when ``class_list`` is None; ``{0: volume.size}`` without a mask).
+
+    Raises:
+        TypeError: If ``save_path`` is not a path, ``patchsize``, ``batchsize``,
+            ``slice_axis`` or a ``class_list`` value is not an int, ``class_list`` is not a
+            sequence, ``random_order`` or ``show_progress`` is not a bool, ``kwargs`` is
+            not a mapping, ``volume`` or ``mask`` has an unsupported dtype, or ``rng`` is
+            not accepted by ``numpy.random.default_rng``.
+        ValueError: If ``patchsize`` or ``batchsize`` < 1, ``file_format`` is unknown
+            (with a did-you-mean hint), ``volume`` is not 2D or 3D or has no pixel,
+            ``mask``'s shape differs from ``volume``'s or it holds non-integral values,
+            ``class_list`` is given without ``mask``, is empty, repeats a value or names a
+            value absent from ``mask``, ``slice_axis`` is not an axis of ``volume``, or
+            ``kwargs`` sets a key the writer sets itself.
+        OSError: If ``save_path`` cannot be created or written.
+        data_tools.errors.WriterError: If writing an array fails.
+    """
+    directory = _parse_save_path(save_path)
+    file_format = parse_option("file_format", file_format, _CONTAINERS)
+    batch_size = parse_positive_int("batchsize", batchsize)
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(f"Expected kwargs to be a dict or None. Got {kwargs!r} instead.")
+    options = dict(kwargs or {})
+    progress = _parse_bool("show_progress", show_progress)
+    image = _parse_image("volume", volume)
+    if image.size == 0:
+        raise ValueError(
+            f"Expected volume to have at least one pixel. Got shape {image.shape} instead."
+        )
+    labels = None if mask is None else _parse_mask(mask, image.shape)
+    counts = _class_counts(labels, class_list, image.size)
+    selection = None if labels is None or class_list is None else np.isin(labels, list(counts))
+    generator = patch_generator(
+        patchsize, image, selection, random_order, slice_axis=slice_axis, rng=rng
+    )
+
+    container = os.path.join(directory, _CONTAINERS[file_format])
+    os.makedirs(directory, exist_ok=True)
+    if file_format == "bcolz":
+        shutil.rmtree(container, ignore_errors=True)
+        os.makedirs(container)
+    element_shape = (1, generator.patchsize, generator.patchsize)
+    with ExitStack() as stack:
+        # Every class array exists, marked incomplete, before the first is marked complete.
+        writers = {
+            value: stack.enter_context(
+                _open_writer(
+                    file_format, container, value, i == 0, count, element_shape, batch_size, options
+                )
+            )
+            for i, (value, count) in enumerate(counts.items())
+        }
+        bar = stack.enter_context(tqdm(total=len(generator), disable=not progress, unit="patch"))
+        for patches, centres in generator.iter_blocks():
+            classes = None if labels is None else labels[tuple(centres.T)]
+            for value, writer in writers.items():
+                chosen = patches if classes is None else patches[classes == value]
+                if len(chosen):
+                    writer.buffered_write(chosen[:, np.newaxis])
+            bar.update(len(patches))
+    return counts
+
+
+def is_dataset_complete(save_path: str | os.PathLike[str], file_format: str = "hdf5") -> bool:
+    """Whether ``create_dataset`` finished the dataset of ``file_format`` in ``save_path``.
+
+    Args:
+        save_path: The directory given to ``create_dataset``.
+        file_format: ``"hdf5"`` (default), ``"zarr"`` or ``"bcolz"``.
+
+    Returns:
+        True when the container exists, holds at least one ``class_<v>`` array, and every
+        array in it is marked complete; else False.
+
+    Raises:
+        TypeError: If ``save_path`` is not a path.
+        ValueError: If ``file_format`` is unknown.
+    """
+    directory = _parse_save_path(save_path)
+    file_format = parse_option("file_format", file_format, _CONTAINERS)
+    container = os.path.join(directory, _CONTAINERS[file_format])
+    if file_format != "bcolz":
+        return is_complete(container)
+    if not os.path.isdir(container):
+        return False
+    names = os.listdir(container)
+    return bool(names) and all(is_complete(container, name) for name in names)

@@ -1,0 +1,669 @@
+"""DataNodeClient: list and describe a data node's datasets and stream minibatches from them."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+import os
+import random
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeAlias
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from data_client._decode import DecodedBatch, decode_batch
+from data_client.errors import translate_rpc_error
+from data_wire.v1 import data_node_pb2, tensor_pb2
+from data_wire.v1.data_node_pb2 import (
+    Augmentation,
+    DatasetDescription,
+    DescribeDatasetRequest,
+    ListDatasetsRequest,
+    ListDatasetsResponse,
+    SampleWeights,
+    Shard,
+    StreamRequest,
+)
+from data_wire.v1.tensor_pb2 import Cursor
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from types import TracebackType
+
+__all__ = [
+    "ArrayInfo",
+    "BatchStream",
+    "DataNodeClient",
+    "DatasetInfo",
+    "TlsOption",
+]
+
+# Largest message either way, in bytes: the node's default limit (one Batch is one message).
+_DEFAULT_MAX_MESSAGE_BYTES: Final = 512 * 1024 * 1024
+
+TlsOption: TypeAlias = bool | str | os.PathLike[str] | bytes | grpc.ChannelCredentials | None
+"""Accepted forms of ``DataNodeClient(tls=...)``."""
+
+_METHOD_PREFIX: Final = f"/{data_node_pb2.DESCRIPTOR.services_by_name['DataNode'].full_name}/"
+_CODECS: Final = {
+    "none": tensor_pb2.CODEC_NONE,
+    "lz4": tensor_pb2.CODEC_LZ4,
+    "zstd": tensor_pb2.CODEC_ZSTD,
+}
+# gRPC's own reconnect backoff (1 s growing to 120 s) would keep a channel failing fast long
+# after a restarted node is back, wasting every stream reconnect attempt; keep it short.
+_CHANNEL_RECONNECT_OPTIONS: Final = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+_UINT64_MAX: Final = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """One named array of a dataset.
+
+    Attributes:
+        name: Array name, e.g. "image", "mask" or "label".
+        dtype: Element type (little-endian, as on the wire).
+        shape: Shape of the whole array; ``shape[0]`` is the dataset length.
+    """
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a node says about one dataset.
+
+    Attributes:
+        name: Dataset name as configured on the node.
+        length: Number of samples.
+        arrays: The arrays iterated in tandem, in the order every batch carries them.
+        classes: Class numbers of the "label" array when the dataset has a class list; else ().
+    """
+
+    name: str
+    length: int
+    arrays: tuple[ArrayInfo, ...]
+    classes: tuple[int, ...]
+
+
+class _StreamCall(Protocol):
+    """What BatchStream uses of a running StreamBatches call (grpc's call iterator)."""
+
+    def __next__(self) -> DecodedBatch: ...
+
+    def cancel(self) -> bool: ...
+
+
+class _StreamRpc(Protocol):
+    """The StreamBatches callable (a grpc unary-stream multicallable decoding with decode_batch)."""
+
+    def __call__(
+        self, request: StreamRequest, *, metadata: tuple[tuple[str, str], ...]
+    ) -> _StreamCall: ...
+
+
+class BatchStream:
+    """An iterator of minibatches from one StreamBatches call; returned by ``DataNodeClient.stream``.
+
+    Each item is a tuple of numpy arrays in the dataset's array order, the first axis being
+    the batch axis. Unless the stream was opened with ``copy=True``, the arrays are read-only
+    zero-copy views of the received message (they keep it alive; copy one to write to it).
+
+    After each item, ``cursor``, ``indices``, ``epoch`` and ``batch_index`` describe it, so a
+    trainer can checkpoint ``cursor_bytes()`` and later pass it as ``stream(..., resume=...)``.
+
+    When the node becomes UNAVAILABLE (restart, dropped connection), the stream reconnects with
+    exponential backoff and re-issues its request resuming from the last cursor received, so no
+    sample is lost or duplicated; before any batch it re-issues the original request. Any other
+    failure, or running out of reconnect attempts, raises a ``DataNodeError`` subclass.
+
+    ``close()`` cancels the call so the node frees the stream's workers at once; it is also
+    called at exhaustion, on error, by ``with`` exit and when the stream is garbage collected.
+    """
+
+    def __init__(
+        self,
+        rpc: _StreamRpc,
+        request: StreamRequest,
+        *,
+        metadata: tuple[tuple[str, str], ...],
+        max_reconnects: int,
+        initial_backoff: float,
+        max_backoff: float,
+        copy: bool,
+    ) -> None:
+        """Prepare the stream; the call starts at the first ``next()``.
+
+        Args:
+            rpc: The StreamBatches callable with ``decode_batch`` as its deserializer.
+            request: The request to issue (its ``resume`` is the initial cursor, if any).
+            metadata: Call metadata sent with every (re)issued call.
+            max_reconnects: Consecutive UNAVAILABLE failures tolerated without a batch between.
+            initial_backoff: Seconds before the first reconnect; doubles per attempt.
+            max_backoff: Upper bound of one backoff, in seconds.
+            copy: Yield writable arrays that own their memory instead of read-only views.
+        """
+        self._rpc = rpc
+        self._request = request
+        self._metadata = metadata
+        self._max_reconnects = max_reconnects
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+        self._copy = copy
+        self._jitter = random.Random()
+        # Guards _call against close() from another thread while __next__ (re)opens it.
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._call: _StreamCall | None = None
+        self._failures = 0
+        self._cursor: Cursor | None = request.resume if request.HasField("resume") else None
+        self._indices: npt.NDArray[np.int64] | None = None
+        self._epoch: int | None = None
+        self._batch_index: int | None = None
+
+    @property
+    def cursor(self) -> Cursor | None:
+        """The cursor after the last batch yielded (before any: the ``resume`` given, or None)."""
+        return self._cursor
+
+    @property
+    def indices(self) -> npt.NDArray[np.int64] | None:
+        """Global sample index of each row of the last batch yielded; None before the first."""
+        return self._indices
+
+    @property
+    def epoch(self) -> int | None:
+        """Epoch of the last batch yielded, from 0; None before the first."""
+        return self._epoch
+
+    @property
+    def batch_index(self) -> int | None:
+        """Index of the last batch yielded within its epoch, from 0; None before the first."""
+        return self._batch_index
+
+    @property
+    def closed(self) -> bool:
+        """Whether the stream is closed (exhausted, failed or closed by the caller)."""
+        return self._closed.is_set()
+
+    def cursor_bytes(self) -> bytes | None:
+        """``cursor`` serialized for a checkpoint (``stream(resume=...)`` accepts it); or None."""
+        return None if self._cursor is None else self._cursor.SerializeToString()
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> tuple[npt.NDArray[Any], ...]:
+        while True:
+            call = self._open_call()
+            if call is None:
+                raise StopIteration
+            try:
+                batch = next(call)
+            except StopIteration:
+                self.close()
+                raise
+            except grpc.RpcError as error:
+                self._after_failure(error)
+                continue
+            self._failures = 0
+            self._cursor = batch.cursor
+            self._indices = batch.indices
+            self._epoch = batch.epoch
+            self._batch_index = batch.batch_index
+            arrays = tuple(batch.arrays)
+            if self._copy:
+                arrays = tuple(a if a.flags.writeable else a.copy() for a in arrays)
+            return arrays
+
+    def close(self) -> None:
+        """Cancel the call (the node frees the stream's workers); idempotent and thread-safe."""
+        with self._lock:
+            self._closed.set()
+            call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A partly constructed instance has no _lock; nothing to cancel then.
+        if hasattr(self, "_lock"):
+            self.close()
+
+    def _open_call(self) -> _StreamCall | None:
+        """The current call, issuing one (resuming from ``cursor``) if needed; None once closed."""
+        with self._lock:
+            if self._closed.is_set():
+                return None
+            if self._call is None:
+                request = _with_resume(self._request, self._cursor)
+                self._call = self._rpc(request, metadata=self._metadata)
+            return self._call
+
+    def _after_failure(self, error: grpc.RpcError) -> None:
+        """Back off before a reconnect after UNAVAILABLE, or close and raise the typed error."""
+        if self._closed.is_set():  # cancelled by close(): the caller asked for the stop
+            return
+        if error.code() is grpc.StatusCode.UNAVAILABLE and self._failures < self._max_reconnects:
+            self._failures += 1
+            with self._lock:
+                self._call = None
+            delay = min(self._max_backoff, self._initial_backoff * 2 ** (self._failures - 1))
+            # Jitter spreads the reconnects of many trainers after one node restart.
+            self._closed.wait(delay * self._jitter.uniform(0.5, 1.0))
+            return
+        self.close()
+        note = ""
+        if error.code() is grpc.StatusCode.UNAVAILABLE and self._max_reconnects:
+            note = f"gave up after {self._failures} reconnect attempts"
+        raise translate_rpc_error(error, note=note) from error
+
+
+class DataNodeClient:
+    """A connection to one data node.
+
+    Every RPC sends ``authorization: Bearer <token>`` metadata when a token is given, and every
+    failure is raised as a ``data_client.errors.DataNodeError`` subclass (never a raw
+    ``grpc.RpcError``). Use as a context manager or call ``close()``.
+
+    Example:
+        >>> with DataNodeClient("localhost:50051") as client:  # doctest: +SKIP
+        ...     for image, mask in client.stream("brains", batch_size=32, shuffle=True, seed=1):
+        ...         train_step(image, mask)
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        tls: TlsOption = None,
+        *,
+        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+        timeout: float | None = 30.0,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """Open a channel to the node (connecting lazily, at the first call).
+
+        Args:
+            address: The node's ``host:port`` (any gRPC target string).
+            token: Bearer token sent with every call. Default None: no authorization metadata.
+            tls: Transport security. None or False (default): plaintext. True: TLS verified with
+                gRPC's bundled root certificates. A ``str`` or ``os.PathLike``: path to a PEM CA
+                bundle the node's certificate must chain to (read now). ``bytes``: the contents
+                of such a bundle. A ``grpc.ChannelCredentials``: used as is (e.g. for client
+                certificates).
+            max_message_bytes: Largest message sent or received, in bytes (one Batch is one
+                message). Default 512 MiB, the node's default limit; keep both ends equal.
+            timeout: Seconds allowed to ``datasets()`` and ``describe()``; None waits forever.
+                Default 30. Streams have no deadline.
+            options: Further gRPC channel options as (key, value) pairs; they override ours.
+
+        Raises:
+            TypeError: ``tls`` has none of the accepted forms.
+            ValueError: ``max_message_bytes`` is not a positive int.
+            OSError: ``tls`` names a CA bundle file that cannot be read.
+        """
+        max_message_bytes = _parse_int("max_message_bytes", max_message_bytes, minimum=1)
+        channel_options = dict(
+            (
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                *_CHANNEL_RECONNECT_OPTIONS,
+                *options,
+            )
+        )
+        credentials = _channel_credentials(tls)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, list(channel_options.items()))
+        else:
+            self._channel = grpc.secure_channel(address, credentials, list(channel_options.items()))
+        self._metadata: tuple[tuple[str, str], ...] = (
+            () if token is None else (("authorization", f"Bearer {token}"),)
+        )
+        self._timeout = timeout
+        self._streams: weakref.WeakSet[BatchStream] = weakref.WeakSet()
+        self._list_datasets = self._channel.unary_unary(
+            _METHOD_PREFIX + "ListDatasets",
+            request_serializer=ListDatasetsRequest.SerializeToString,
+            response_deserializer=ListDatasetsResponse.FromString,
+        )
+        self._describe_dataset = self._channel.unary_unary(
+            _METHOD_PREFIX + "DescribeDataset",
+            request_serializer=DescribeDatasetRequest.SerializeToString,
+            response_deserializer=DatasetDescription.FromString,
+        )
+        self._stream_batches = self._channel.unary_stream(
+            _METHOD_PREFIX + "StreamBatches",
+            request_serializer=StreamRequest.SerializeToString,
+            response_deserializer=decode_batch,
+        )
+
+    def datasets(self) -> list[DatasetInfo]:
+        """Every dataset the node serves, sorted by name.
+
+        Raises:
+            DataNodeError: The call failed (a subclass per status code, e.g. UnavailableError).
+        """
+        try:
+            response = self._list_datasets(
+                ListDatasetsRequest(), timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error) from error
+        return [_dataset_info(description) for description in response.datasets]
+
+    def describe(self, name: str) -> DatasetInfo:
+        """One dataset's arrays (names, dtypes, shapes), length and classes.
+
+        Args:
+            name: Dataset name as configured on the node.
+
+        Raises:
+            NotFoundError: The node does not serve ``name`` (also a ``LookupError``).
+            DataNodeError: Any other failure (a subclass per status code).
+        """
+        try:
+            description = self._describe_dataset(
+                DescribeDatasetRequest(name=name), timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error) from error
+        return _dataset_info(description)
+
+    def stream(
+        self,
+        name: str,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int | None = None,
+        epochs: int = 1,
+        augment: Mapping[str, Any] | None = None,
+        preprocessor: str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        sample_with_replacement: bool = False,
+        sample_weights: Sequence[float] | npt.ArrayLike | str | None = None,
+        drop_incomplete_batches: bool = False,
+        loop_forever: bool = False,
+        nb_io_workers: int = 0,
+        nb_proc_workers: int = 0,
+        codec: str = "none",
+        resume: Cursor | bytes | None = None,
+        copy: bool = False,
+        max_reconnects: int = 20,
+        initial_backoff: float = 0.1,
+        max_backoff: float = 2.0,
+    ) -> BatchStream:
+        """Stream minibatches of a dataset (the call starts at the first ``next()``).
+
+        The node is the authority on every argument; the obvious checks are repeated here so
+        that a mistake fails before any network traffic.
+
+        Args:
+            name: Dataset name.
+            batch_size: Samples per batch, >= 1 (and within the node's limit).
+            shuffle: Visit samples in random order (``StreamRequest.sample_random``). Default False.
+            seed: Seed of sample order and augmentation, in [0, 2**64). Default None: the node
+                draws one (it is in every cursor, and a resume reuses it).
+            epochs: Number of epochs, >= 1; counted from the start of the stream, also when
+                resuming. Ignored when ``loop_forever``. Default 1.
+            augment: Per-sample augmentation on the node: the keyword arguments of
+                ``data_tools.data_augmentation.image_random_transform`` (rotation_range,
+                width_shift_range, height_shift_range, shear_range, zoom_range (a float z for
+                [1-z, 1+z] or a (lo, hi) pair), intensity_shift_range, fill_mode, cval_x,
+                cval_y, horizontal_flip, vertical_flip, spline_warp, warp_sigma,
+                warp_grid_size, crop_size (an (h, w) pair), order_x, order_y), plus
+                ``x_array`` (required) and ``y_array``: the names of the arrays transformed as
+                x and y. A value of None leaves that field at the node's default. Default None.
+            preprocessor: Name of a preprocessor registered in the node's config. Default None.
+            rank: This trainer's shard, 0 <= rank < world_size. Default 0.
+            world_size: Number of trainers sharing each epoch, >= 1. Default 1.
+            sample_with_replacement: Random sampling with replacement. Default False.
+            sample_weights: Relative sampling weights: one float per sample (a sequence or 1-D
+                array) or the name of a dataset array holding them. Default None.
+            drop_incomplete_batches: Drop each epoch's last batch if smaller. Default False.
+            loop_forever: Stream until closed. Default False.
+            nb_io_workers: Reader threads on the node; 0 (default) means the node's default.
+            nb_proc_workers: Preprocessing processes on the node, >= 0. Default 0.
+            codec: Tensor encoding on the wire: "none" (default), "lz4" or "zstd".
+            resume: Continue a stream from a cursor (``BatchStream.cursor`` or its
+                ``cursor_bytes()``); the other arguments must match the original stream's.
+                Default None: start from the beginning.
+            copy: Yield writable arrays owning their memory instead of read-only views of the
+                received message (costs one copy per array). Default False.
+            max_reconnects: Reconnect attempts after UNAVAILABLE without a batch in between,
+                >= 0; 0 raises at the first UNAVAILABLE. Default 20: with the default backoff,
+                a node may stay unreachable for about 25 s (16 to 33 s) before UnavailableError.
+            initial_backoff: Seconds before the first reconnect, > 0; each further attempt
+                waits twice as long, up to ``max_backoff`` (with jitter: between half and all
+                of it). Default 0.1.
+            max_backoff: Upper bound of one wait, in seconds, > 0. It also bounds how long a
+                stream lags behind a node that came back. Default 2.
+
+        Returns:
+            A ``BatchStream`` yielding tuples of numpy arrays in the dataset's array order.
+
+        Raises:
+            TypeError, ValueError: An argument is invalid here; the message names it.
+            DataNodeError: From iterating the stream: the node refused the request (e.g.
+                NotFoundError, InvalidArgumentError, ResourceExhaustedError) or stayed
+                unreachable (UnavailableError).
+        """
+        request = StreamRequest(
+            dataset=_parse_name("name", name),
+            batch_size=_parse_int("batch_size", batch_size, minimum=1),
+            sample_random=bool(shuffle),
+            sample_with_replacement=bool(sample_with_replacement),
+            drop_incomplete_batches=bool(drop_incomplete_batches),
+            epochs=_parse_int("epochs", epochs, minimum=1),
+            loop_forever=bool(loop_forever),
+            nb_io_workers=_parse_int("nb_io_workers", nb_io_workers, minimum=0),
+            nb_proc_workers=_parse_int("nb_proc_workers", nb_proc_workers, minimum=0),
+            shard=_build_shard(rank, world_size),
+            preprocessor="" if preprocessor is None else _parse_name("preprocessor", preprocessor),
+            codec=_CODECS[_parse_option("codec", codec, _CODECS)],
+        )
+        if seed is not None:
+            request.seed = _parse_int("seed", seed, minimum=0, maximum=_UINT64_MAX)
+        if sample_weights is not None:
+            request.sample_weights.CopyFrom(_build_sample_weights(sample_weights))
+        if augment is not None:
+            request.augmentation.CopyFrom(_build_augmentation(augment))
+        stream = BatchStream(
+            self._stream_batches,
+            _with_resume(request, _parse_cursor(resume)),
+            metadata=self._metadata,
+            max_reconnects=_parse_int("max_reconnects", max_reconnects, minimum=0),
+            initial_backoff=_parse_positive_float("initial_backoff", initial_backoff),
+            max_backoff=_parse_positive_float("max_backoff", max_backoff),
+            copy=copy,
+        )
+        self._streams.add(stream)
+        return stream
+
+    def close(self) -> None:
+        """Close every open stream of this client, then the channel; idempotent."""
+        for stream in list(self._streams):
+            stream.close()
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _channel_credentials(tls: TlsOption) -> grpc.ChannelCredentials | None:
+    if tls is None or tls is False:
+        return None
+    if tls is True:
+        return grpc.ssl_channel_credentials()
+    if isinstance(tls, grpc.ChannelCredentials):
+        return tls
+    if isinstance(tls, bytes):
+        return grpc.ssl_channel_credentials(root_certificates=tls)
+    if isinstance(tls, str | os.PathLike):
+        return grpc.ssl_channel_credentials(root_certificates=Path(tls).read_bytes())
+    raise TypeError(
+        "Expected tls to be None, a bool, a CA bundle path, PEM bytes or "
+        f"grpc.ChannelCredentials. Got {tls!r} instead."
+    )
+
+
+def _dataset_info(description: DatasetDescription) -> DatasetInfo:
+    return DatasetInfo(
+        name=description.name,
+        length=description.length,
+        arrays=tuple(
+            ArrayInfo(name=array.name, dtype=np.dtype(array.dtype), shape=tuple(array.shape))
+            for array in description.arrays
+        ),
+        classes=tuple(description.classes),
+    )
+
+
+def _with_resume(request: StreamRequest, cursor: Cursor | None) -> StreamRequest:
+    """``request`` continuing from ``cursor`` (itself when None), with the cursor's seed if unset."""
+    if cursor is None:
+        return request
+    resumed = StreamRequest()
+    resumed.CopyFrom(request)
+    resumed.resume.CopyFrom(cursor)
+    if not resumed.HasField("seed"):
+        resumed.seed = cursor.seed
+    return resumed
+
+
+def _build_shard(rank: Any, world_size: Any) -> Shard:
+    world_size = _parse_int("world_size", world_size, minimum=1)
+    return Shard(
+        rank=_parse_int("rank", rank, minimum=0, maximum=world_size - 1), world_size=world_size
+    )
+
+
+def _build_sample_weights(weights: Sequence[float] | npt.ArrayLike | str) -> SampleWeights:
+    if isinstance(weights, str):
+        return SampleWeights(array=_parse_name("sample_weights", weights))
+    values = np.asarray(weights, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError(
+            "Expected sample_weights to be an array name or a 1-D sequence of floats. "
+            f"Got an array of shape {values.shape} instead."
+        )
+    message = SampleWeights()
+    message.values.values.extend(values.tolist())
+    return message
+
+
+def _build_augmentation(augment: Mapping[str, Any]) -> Augmentation:
+    """The Augmentation message for an ``augment`` dict; its keys are the message's fields."""
+    fields = Augmentation.DESCRIPTOR.fields_by_name
+    message = Augmentation()
+    for key, value in augment.items():
+        field = fields.get(key)
+        if field is None:
+            raise ValueError(
+                f"Expected augment keys among {sorted(fields)}. Got {key!r} instead."
+                + _did_you_mean(key, fields)
+            )
+        if value is None:
+            continue
+        try:
+            if field.is_repeated:
+                values = np.atleast_1d(np.asarray(value)).tolist()
+                getattr(message, key).extend(values)
+            else:
+                setattr(message, key, value)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"Expected augment[{key!r}] to be {_describe_field(field)}. Got {value!r} instead."
+            ) from error
+    if not message.x_array:
+        raise ValueError("Expected augment['x_array'] to name the array to transform. Got none.")
+    return message
+
+
+def _describe_field(field: Any) -> str:
+    kind = {
+        field.TYPE_STRING: "a string",
+        field.TYPE_BOOL: "a bool",
+        field.TYPE_DOUBLE: "a float",
+    }.get(field.type, "an integer")
+    return f"{kind} or a sequence of them" if field.is_repeated else kind
+
+
+def _parse_cursor(resume: Cursor | bytes | None) -> Cursor | None:
+    if resume is None or isinstance(resume, Cursor):
+        return resume
+    if isinstance(resume, bytes):
+        return Cursor.FromString(resume)
+    raise TypeError(
+        f"Expected resume to be a Cursor, its serialized bytes or None. Got {resume!r} instead."
+    )
+
+
+def _parse_name(argument: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"Expected {argument} to be a non-empty string. Got {value!r} instead.")
+    return value
+
+
+def _parse_int(argument: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Expected {argument} to be an integer. Got {value!r} instead.")
+    result = int(value)
+    if result < minimum or (maximum is not None and result > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"Expected {argument} to be an integer {bounds}. Got {result} instead.")
+    return result
+
+
+def _parse_positive_float(argument: str, value: Any) -> float:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Expected {argument} to be a number. Got {value!r} instead.")
+    result = float(value)
+    if not (math.isfinite(result) and result > 0):
+        raise ValueError(f"Expected {argument} to be a finite number > 0. Got {value!r} instead.")
+    return result
+
+
+def _parse_option(argument: str, value: Any, options: Mapping[str, Any]) -> str:
+    if isinstance(value, str) and value in options:
+        return value
+    hint = _did_you_mean(value, options) if isinstance(value, str) else ""
+    raise ValueError(
+        f"Expected {argument} to be one of {sorted(options)}. Got {value!r} instead.{hint}"
+    )
+
+
+def _did_you_mean(value: str, choices: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(value, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

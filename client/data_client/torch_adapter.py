@@ -1,0 +1,135 @@
+"""A PyTorch IterableDataset streaming minibatches from a data node (extra: data-tools[torch])."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+try:
+    import torch
+    import torch.distributed
+    from torch.utils.data import IterableDataset, get_worker_info
+except ImportError as error:
+    raise ImportError(
+        "data_client.torch_adapter needs PyTorch. Install it with: pip install 'data-tools[torch]'"
+    ) from error
+
+from data_client.client import DataNodeClient
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    import numpy.typing as npt
+
+    from data_client.client import BatchStream
+    from data_wire.v1.tensor_pb2 import Cursor
+
+__all__ = ["BatchIterableDataset"]
+
+
+class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
+    """Minibatches of a node's dataset as tuples of torch tensors, in the dataset's array order.
+
+    The node already batches, so wrap it as ``DataLoader(dataset, batch_size=None,
+    num_workers=0)`` (or iterate it directly). A DataLoader with several workers would open one
+    full stream per worker and deliver every sample several times: that raises RuntimeError.
+    Each ``iter()`` opens a new client and stream with the same options; leaving the loop early
+    (or dropping the iterator) cancels the stream so the node frees its workers.
+
+    Every tensor owns writable memory: the received (read-only) arrays are copied once, into
+    page-locked memory when pinned.
+    """
+
+    def __init__(
+        self,
+        source: str | Callable[[], DataNodeClient],
+        name: str,
+        batch_size: int,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        pin_memory: bool = False,
+        **stream_options: Any,
+    ) -> None:
+        """Describe the stream; nothing connects until iteration.
+
+        Args:
+            source: The node's address (a plaintext ``DataNodeClient(address)``), or a callable
+                returning a new ``DataNodeClient`` (for a token or TLS, e.g.
+                ``functools.partial(DataNodeClient, address, token=...)``); it must be
+                picklable if the dataset is sent to another process. The client is closed when
+                the iteration ends.
+            name: Dataset name.
+            batch_size: Samples per batch, >= 1.
+            rank: This trainer's shard. Default None: ``torch.distributed.get_rank()`` when a
+                process group is initialised at iteration time, else 0.
+            world_size: Number of trainers. Default None: ``torch.distributed.get_world_size()``
+                when a process group is initialised at iteration time, else 1.
+            pin_memory: Yield tensors in page-locked memory for faster, asynchronous copies to
+                the GPU. Only when CUDA is available; otherwise a warning says it is ignored.
+                Default False.
+            **stream_options: Any other keyword argument of ``DataNodeClient.stream`` (shuffle,
+                seed, epochs, augment, preprocessor, codec, resume, ...).
+
+        Raises:
+            TypeError: ``stream_options`` holds a keyword ``DataNodeClient.stream`` does not take.
+        """
+        inspect.signature(DataNodeClient.stream).bind(None, name, batch_size, **stream_options)
+        if pin_memory and not torch.cuda.is_available():
+            warnings.warn(
+                "pin_memory=True is ignored: CUDA is not available.", UserWarning, stacklevel=2
+            )
+            pin_memory = False
+        self._source = source
+        self._name = name
+        self._batch_size = batch_size
+        self._rank = rank
+        self._world_size = world_size
+        self._pin_memory = pin_memory
+        self._stream_options = stream_options
+        self._stream: BatchStream | None = None
+
+    @property
+    def cursor(self) -> Cursor | None:
+        """Cursor after the last batch of the latest iteration (pass as ``resume=`` to continue)."""
+        return None if self._stream is None else self._stream.cursor
+
+    def shard(self) -> tuple[int, int]:
+        """The (rank, world_size) an iteration starting now would use."""
+        rank, world_size = self._rank, self._world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank = torch.distributed.get_rank() if rank is None else rank
+            world_size = torch.distributed.get_world_size() if world_size is None else world_size
+        return (0 if rank is None else rank, 1 if world_size is None else world_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        worker = get_worker_info()
+        if worker is not None and worker.num_workers > 1:
+            raise RuntimeError(
+                f"A DataLoader with num_workers={worker.num_workers} would stream every sample "
+                "once per worker. Use DataLoader(dataset, batch_size=None, num_workers=0): the "
+                "node already batches and prefetches."
+            )
+        rank, world_size = self.shard()
+        client = self._source() if callable(self._source) else DataNodeClient(self._source)
+        with client:
+            self._stream = client.stream(
+                self._name,
+                self._batch_size,
+                rank=rank,
+                world_size=world_size,
+                **self._stream_options,
+            )
+            with self._stream as stream:
+                for arrays in stream:
+                    yield tuple(self._to_tensor(array) for array in arrays)
+
+    def _to_tensor(self, array: npt.NDArray[Any]) -> torch.Tensor:
+        """A copy of ``array`` in memory torch owns (pinned if asked); one copy, no warning."""
+        dtype = torch.from_numpy(np.empty(0, dtype=array.dtype)).dtype
+        tensor = torch.empty(array.shape, dtype=dtype, pin_memory=self._pin_memory)
+        tensor.numpy()[...] = array
+        return tensor

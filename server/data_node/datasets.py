@@ -1,0 +1,161 @@
+"""The datasets a node serves: configured sources opened read-only as lazy views, by name."""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from data_node.config import LABEL_ARRAY
+from data_node.errors import ConfigError, DatasetNotFoundError
+from data_tools._sources import H5Source
+from data_tools.wrap import delayed_view, multi_source_array
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping
+
+    from data_node.config import DatasetConfig, SourceConfig
+
+__all__ = ["Dataset", "DatasetRegistry", "open_dataset", "open_source"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A served dataset: named arrays of equal length, iterated in tandem in this order.
+
+    Attributes:
+        name: The dataset's name.
+        arrays: (name, array) pairs; each array is a lazy, picklable view.
+        classes: The class numbers behind the ``label`` array (empty without a class_list).
+    """
+
+    name: str
+    arrays: tuple[tuple[str, Any], ...]
+    classes: tuple[int, ...] = ()
+
+    @property
+    def length(self) -> int:
+        """Number of samples."""
+        return len(self.arrays[0][1])
+
+    @property
+    def array_names(self) -> tuple[str, ...]:
+        """Array names in batch order."""
+        return tuple(name for name, _ in self.arrays)
+
+    def array(self, name: str) -> Any:
+        """The array called ``name``.
+
+        Raises:
+            KeyError: No array has that name.
+        """
+        for array_name, array in self.arrays:
+            if array_name == name:
+                return array
+        raise KeyError(name)
+
+
+def open_source(source: SourceConfig) -> Any:
+    """Open one configured source read-only, as a picklable array-like."""
+    if source.format == "hdf5":
+        assert source.key is not None  # config validation guarantees it
+        return H5Source(source.path, source.key)
+    if source.format == "zarr":
+        import zarr
+
+        return zarr.open_array(store=str(source.path), path=source.key or "", mode="r")
+    import bcolz
+
+    return bcolz.open(rootdir=str(source.path), mode="r")
+
+
+def open_dataset(config: DatasetConfig) -> Dataset:
+    """Open every source of a configured dataset and check the arrays line up.
+
+    Raises:
+        ConfigError: A source cannot be opened, or the arrays (or their per-source parts)
+            differ in length; the message names the dataset key.
+    """
+    prefix = f"datasets.{config.name}"
+    opened: list[tuple[str, list[Any]]] = []
+    for array in config.arrays:
+        sources = []
+        for i, source in enumerate(array.sources):
+            key = f"{prefix}.arrays.{array.name}[{i}]"
+            try:
+                source_array = open_source(source)
+                len(source_array)
+            except Exception as error:
+                raise ConfigError(f"{key}: cannot open {str(source.path)!r}: {error}") from error
+            sources.append(source_array)
+        opened.append((array.name, sources))
+    _check_lengths(prefix, opened)
+
+    arrays: list[tuple[str, Any]] = []
+    labels = None
+    for name, sources in opened:
+        if len(sources) == 1 and config.class_list is None and config.maxlen is None:
+            arrays.append((name, delayed_view(sources[0])))
+            continue
+        combined = multi_source_array(sources, class_list=config.class_list, maxlen=config.maxlen)
+        arrays.append((name, combined))
+        if labels is None and config.class_list is not None:
+            labels = np.asarray(combined.get_labels(), dtype=np.int64)
+    if labels is not None:
+        arrays.append((LABEL_ARRAY, labels))
+    return Dataset(config.name, tuple(arrays), tuple(config.class_list or ()))
+
+
+def _check_lengths(prefix: str, opened: list[tuple[str, list[Any]]]) -> None:
+    first_name, first_sources = opened[0]
+    expected = [len(s) for s in first_sources]
+    for name, sources in opened[1:]:
+        got = [len(s) for s in sources]
+        if got != expected:
+            raise ConfigError(
+                f"{prefix}.arrays: Expected every array to have the lengths of "
+                f"{first_name!r} ({expected} per source). Got {got} for {name!r} instead."
+            )
+
+
+class DatasetRegistry:
+    """Name -> Dataset, safe to read from many RPC threads and to extend at run time."""
+
+    def __init__(self, datasets: Iterable[Dataset] = ()) -> None:
+        self._lock = threading.Lock()
+        self._datasets = {d.name: d for d in datasets}
+
+    @classmethod
+    def from_config(cls, configs: Mapping[str, DatasetConfig]) -> DatasetRegistry:
+        """Open every configured dataset (raising ConfigError on the first bad one)."""
+        return cls(open_dataset(config) for config in configs.values())
+
+    def get(self, name: str) -> Dataset:
+        """The dataset called ``name``.
+
+        Raises:
+            DatasetNotFoundError: No such dataset; the message suggests a close name.
+        """
+        with self._lock:
+            dataset = self._datasets.get(name)
+            names = sorted(self._datasets)
+        if dataset is None:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise DatasetNotFoundError(
+                f"dataset: Expected one of {names}. Got {name!r} instead.{hint}"
+            )
+        return dataset
+
+    def add(self, dataset: Dataset) -> None:
+        """Serve ``dataset`` from now on (replacing one of the same name)."""
+        with self._lock:
+            self._datasets[dataset.name] = dataset
+
+    def __iter__(self) -> Iterator[Dataset]:
+        with self._lock:
+            datasets = sorted(self._datasets.values(), key=lambda d: d.name)
+        return iter(datasets)
