@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "parse_bool",
     "parse_dtype",
     "parse_int",
     "parse_non_negative_int",
     "parse_option",
+    "parse_path",
     "parse_positive_int",
     "parse_shape",
 ]
@@ -78,3 +81,19 @@ def parse_option(name: str, value: Any, options: Iterable[str]) -> str:
         if close:
             hint = f" Did you mean {close[0]!r}?"
     raise ValueError(f"Expected {name} to be one of {choices}. Got {value!r} instead.{hint}")
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool (Python or numpy), or raise TypeError naming ``name``."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"Expected {name} to be True or False. Got {value!r} instead.")
+    return bool(value)
+
+
+def parse_path(name: str, value: Any) -> str:
+    """Return ``value`` (a non-empty str or os.PathLike) as a str, or raise naming ``name``."""
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise TypeError(
+            f"Expected {name} to be a non-empty path (str or os.PathLike). Got {value!r} instead."
+        )
+    return os.fsdecode(value)

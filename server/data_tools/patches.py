@@ -14,9 +14,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tqdm import tqdm
 
 from data_tools._parse import (
+    parse_bool,
     parse_int,
     parse_non_negative_int,
     parse_option,
+    parse_path,
     parse_positive_int,
 )
 from data_tools.io.writers import (
@@ -39,12 +41,6 @@ Coordinates: TypeAlias = npt.NDArray[np.intp]
 # Float32 elements gathered per block by default (16 MiB): large enough that numpy, not
 # Python, does the work, small enough that a block never dominates memory.
 _BLOCK_ELEMENTS = 1 << 22
-
-
-def _parse_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"Expected {name} to be a bool. Got {value!r} instead.")
-    return bool(value)
 
 
 def _parse_image(name: str, value: Any) -> npt.NDArray[Any]:
@@ -155,8 +151,8 @@ class patch_generator:
     ) -> None:
         self.patchsize = parse_positive_int("patchsize", patchsize)
         self.source = _parse_image("source", source)
-        self.random_order = _parse_bool("random_order", random_order)
-        self.mirrored = _parse_bool("mirrored", mirrored)
+        self.random_order = parse_bool("random_order", random_order)
+        self.mirrored = parse_bool("mirrored", mirrored)
         self.max_num = None if max_num is None else parse_non_negative_int("max_num", max_num)
         self.slice_axis = _parse_slice_axis(slice_axis, self.source.ndim)
         self._rng = _parse_rng(rng)
@@ -266,14 +262,6 @@ class patch_generator:
 
 # file_format -> the container create_dataset writes inside save_path.
 _CONTAINERS = {"bcolz": "patches.bcolz", "hdf5": "patches.h5", "zarr": "patches.zarr"}
-
-
-def _parse_save_path(value: Any) -> str:
-    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
-        raise TypeError(
-            f"Expected save_path to be a directory path (str or os.PathLike). Got {value!r} instead."
-        )
-    return os.fsdecode(value)
 
 
 def _parse_mask(mask: Any, shape: tuple[int, ...]) -> npt.NDArray[Any]:
@@ -438,13 +426,13 @@ def create_dataset(
         OSError: If ``save_path`` cannot be created or written.
         data_tools.errors.WriterError: If writing an array fails.
     """
-    directory = _parse_save_path(save_path)
+    directory = parse_path("save_path", save_path)
     file_format = parse_option("file_format", file_format, _CONTAINERS)
     batch_size = parse_positive_int("batchsize", batchsize)
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise TypeError(f"Expected kwargs to be a dict or None. Got {kwargs!r} instead.")
     options = dict(kwargs or {})
-    progress = _parse_bool("show_progress", show_progress)
+    progress = parse_bool("show_progress", show_progress)
     image = _parse_image("volume", volume)
     if image.size == 0:
         raise ValueError(
@@ -499,7 +487,7 @@ def is_dataset_complete(save_path: str | os.PathLike[str], file_format: str = "h
         TypeError: If ``save_path`` is not a path.
         ValueError: If ``file_format`` is unknown.
     """
-    directory = _parse_save_path(save_path)
+    directory = parse_path("save_path", save_path)
     file_format = parse_option("file_format", file_format, _CONTAINERS)
     container = os.path.join(directory, _CONTAINERS[file_format])
     if file_format != "bcolz":

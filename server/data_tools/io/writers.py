@@ -43,8 +43,10 @@ import h5py
 import numpy as np
 
 from data_tools._parse import (
+    parse_bool,
     parse_dtype,
     parse_non_negative_int,
+    parse_path,
     parse_positive_int,
     parse_shape,
 )
@@ -78,24 +80,10 @@ def _parse_element_args(
     return shape, dtype_, batch, limit
 
 
-def _parse_path(name: str, value: Any) -> str:
-    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
-        raise TypeError(
-            f"Expected {name} to be a non-empty path (str or os.PathLike). Got {value!r} instead."
-        )
-    return os.fsdecode(value)
-
-
 def _parse_array_name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip("/"):
         raise TypeError(f"Expected array_name to be a non-empty string. Got {value!r} instead.")
     return value
-
-
-def _parse_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"Expected {name} to be True or False. Got {value!r} instead.")
-    return bool(value)
 
 
 def _parse_kwargs(value: Any, reserved: frozenset[str]) -> dict[str, Any]:
@@ -448,9 +436,9 @@ class h5py_array_writer(buffered_array_writer):
         shape, dtype_, batch, limit = _parse_element_args(
             data_element_shape, dtype, batch_size, length
         )
-        path = _parse_path("filename", filename)
+        path = parse_path("filename", filename)
         name = _parse_array_name(array_name)
-        appending = _parse_bool("append", append)
+        appending = parse_bool("append", append)
         options: dict[str, Any] = {"chunks": (batch, *shape), "compression": "lzf"}
         options |= _parse_kwargs(kwargs, frozenset({"name", "shape", "maxshape", "dtype", "data"}))
         file = h5py.File(path, "a" if appending else "w")
@@ -524,9 +512,9 @@ class zarr_array_writer(buffered_array_writer):
         shape, dtype_, batch, limit = _parse_element_args(
             data_element_shape, dtype, batch_size, length
         )
-        path = _parse_path("filename", filename)
+        path = parse_path("filename", filename)
         name = _parse_array_name(array_name)
-        appending = _parse_bool("append", append)
+        appending = parse_bool("append", append)
         options: dict[str, Any] = {
             "chunks": (batch, *shape),
             "compressors": BloscCodec(cname="lz4", clevel=5),
@@ -593,8 +581,8 @@ class bcolz_array_writer(buffered_array_writer):
         shape, dtype_, batch, limit = _parse_element_args(
             data_element_shape, dtype, batch_size, length
         )
-        path = _parse_path("save_path", save_path)
-        appending = _parse_bool("append", append)
+        path = parse_path("save_path", save_path)
+        appending = parse_bool("append", append)
         options: dict[str, Any] = {
             "cparams": bcolz.cparams(clevel=5, shuffle=bcolz.SHUFFLE, cname="lz4"),
             "expectedlen": batch if limit is None else limit,
