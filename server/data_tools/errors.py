@@ -27,7 +27,7 @@ class ViewIndexError(DataToolsError, IndexError):
 
 
 class UnsupportedIndexError(DataToolsError, IndexError):
-    """An index numpy accepts but views do not (``None``, a second Ellipsis, ...)."""
+    """An index views do not accept: ``None``, a second Ellipsis, a float, a 2-D index array..."""
 
 
 class WriterError(DataToolsError, RuntimeError):
