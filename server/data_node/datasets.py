@@ -87,7 +87,7 @@ def open_dataset(config: DatasetConfig) -> Dataset:
             key = f"{prefix}.arrays.{array.name}[{i}]"
             try:
                 source_array = open_source(source)
-                len(source_array)
+                source_array.shape  # noqa: B018 - opening is lazy; make it fail here
             except Exception as error:
                 raise ConfigError(f"{key}: cannot open {str(source.path)!r}: {error}") from error
             sources.append(source_array)
@@ -111,9 +111,9 @@ def open_dataset(config: DatasetConfig) -> Dataset:
 
 def _check_lengths(prefix: str, opened: list[tuple[str, list[Any]]]) -> None:
     first_name, first_sources = opened[0]
-    expected = [len(s) for s in first_sources]
+    expected = [s.shape[0] for s in first_sources]
     for name, sources in opened[1:]:
-        got = [len(s) for s in sources]
+        got = [s.shape[0] for s in sources]
         if got != expected:
             raise ConfigError(
                 f"{prefix}.arrays: Expected every array to have the lengths of "
