@@ -26,7 +26,7 @@ from data_tools._indexing import (
     normalize_key,
     plan_reads,
 )
-from data_tools._parse import parse_int, parse_non_negative_int
+from data_tools._parse import parse_bool, parse_int, parse_non_negative_int
 from data_tools._sources import H5Source, as_picklable
 
 __all__ = ["delayed_view", "multi_source_array"]
@@ -51,12 +51,6 @@ def _parse_source(name: str, source: Any) -> tuple[tuple[int, ...], np.dtype[Any
             f"Expected {name} to have at least one dimension. Got a 0-dimensional array instead."
         )
     return shape, np.dtype(dtype)
-
-
-def _parse_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"Expected {name} to be a bool. Got {value!r} instead.")
-    return bool(value)
 
 
 def _parse_random_seed(random_seed: Any) -> np.random.Generator:
@@ -154,7 +148,7 @@ class delayed_view:
         self._dtype = dtype
         self.shuffled = False
         self._pairs = self._draw_pairs(None)
-        if _parse_bool("shuffle", shuffle):
+        if parse_bool("shuffle", shuffle):
             self.shuffle()
 
     def _draw_pairs(self, rng: np.random.Generator | None) -> npt.NDArray[np.int64]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from data_tools._parse import parse_int, parse_option
+from data_tools._parse import parse_bool, parse_int, parse_option
 
 __all__ = [
     "FILL_MODES",
@@ -125,12 +125,6 @@ def _parse_warp_grid_size(value: Any) -> int:
     return size
 
 
-def _parse_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"Expected {name} to be a bool. Got {value!r} instead.")
-    return bool(value)
-
-
 def _parse_zoom_range(value: Any) -> tuple[float, float]:
     message = (
         "Expected zoom_range to be a number in [0, 1) or a pair (low, high) with "
@@ -197,9 +191,9 @@ def parse_spec(
         fill_mode=parse_option("fill_mode", fill_mode, FILL_MODES),
         cval_x=_parse_real("cval_x", cval_x),
         cval_y=_parse_real("cval_y", cval_y),
-        horizontal_flip=_parse_bool("horizontal_flip", horizontal_flip),
-        vertical_flip=_parse_bool("vertical_flip", vertical_flip),
-        spline_warp=_parse_bool("spline_warp", spline_warp),
+        horizontal_flip=parse_bool("horizontal_flip", horizontal_flip),
+        vertical_flip=parse_bool("vertical_flip", vertical_flip),
+        spline_warp=parse_bool("spline_warp", spline_warp),
         warp_sigma=_parse_range("warp_sigma", warp_sigma),
         warp_grid_size=_parse_warp_grid_size(warp_grid_size),
         crop_size=_parse_crop_size(crop_size),

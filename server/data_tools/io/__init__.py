@@ -1,3 +1,20 @@
 """Minibatch pipeline (data_flow) and buffered array writers."""
 
-__all__: list[str] = []
+from data_tools.io.data_flow import BatchInfo, data_flow
+from data_tools.io.writers import (
+    bcolz_array_writer,
+    buffered_array_writer,
+    h5py_array_writer,
+    is_complete,
+    zarr_array_writer,
+)
+
+__all__ = [
+    "BatchInfo",
+    "bcolz_array_writer",
+    "buffered_array_writer",
+    "data_flow",
+    "h5py_array_writer",
+    "is_complete",
+    "zarr_array_writer",
+]

@@ -1,0 +1,771 @@
+"""Execution for data_flow: io threads, worker processes, ordered reassembly and shutdown.
+
+Where a batch is read and preprocessed:
+
+* no threads, no processes: in the consumer's thread, one batch per ``next()``;
+* io threads only: each of the threads reads a whole batch from the caller's arrays and
+  preprocesses it;
+* worker processes: each process reads its batches itself, from sources it received in
+  picklable form (HDF5 datasets travel as path and key and are reopened in the process;
+  numpy arrays are copied once into shared memory that every process maps). h5py runs every
+  call of a process behind one lock, so reads only run in parallel across processes. Inside a
+  process, io threads read ahead while its main thread preprocesses. Results come back through
+  a reusable pool of shared-memory blocks owned by the parent; a batch that does not fit its
+  block travels pickled once and the pool's blocks grow for the next ones.
+
+The consumer keeps at most ``max_in_flight`` batches submitted but not yet yielded, and a
+reorder buffer (bounded by the same count) hands them out in sampling order.
+
+Shutdown: the parent closes the task and result pipes of every process (a worker exits on end
+of file, which also happens when the parent dies, so no orphan is left), joins them, then
+terminates and kills stragglers, and unlinks every block once no process can write. Threads
+stop on one Event and are joined with a timeout; a leftover is logged by name.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from data_tools._sources import as_picklable
+from data_tools.errors import WorkerError
+from data_tools.io._sampler import batch_rng
+from data_tools.io._shm import (
+    ArrayLayout,
+    BlockCache,
+    BlockPool,
+    SharedArray,
+    buffer_of,
+    layout_arrays,
+    read_arrays,
+    release_block,
+    share_array,
+    write_arrays,
+)
+from data_tools.wrap import _read_source
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+    from multiprocessing.shared_memory import SharedMemory
+
+__all__ = ["BatchInfo", "Pipeline", "Preprocess", "build_pipeline", "read_rows"]
+
+logger = logging.getLogger(__name__)
+
+Arrays = tuple[npt.NDArray[Any], ...]
+IndexArray = npt.NDArray[np.int64]
+Outcome = Arrays | BaseException
+
+_POLL_S = 0.1
+_THREAD_JOIN_S = 1.0
+_PROCESS_GRACE_S = 0.5
+_PROCESS_KILL_S = 0.3
+# numpy arrays smaller than this are pickled to each worker rather than shared.
+_SHARE_MIN_NBYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """One batch and where it sits in the stream.
+
+    In an ordered flow, one started at ``start_epoch=epoch, start_batch=batch_index + 1``
+    yields exactly what follows this batch: ``(epoch, batch_index + 1)`` is the cursor.
+
+    Attributes:
+        epoch: The epoch the batch belongs to.
+        batch_index: Its position in the epoch (for this rank), from 0.
+        indices: The global indices of its elements in ``data``, in batch order.
+        arrays: One array per output of the preprocessor (per array of ``data`` without
+            one), stacked along the first axis.
+    """
+
+    epoch: int
+    batch_index: int
+    indices: IndexArray
+    arrays: Arrays
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    seq: int
+    epoch: int
+    batch_index: int
+    indices: IndexArray
+
+
+def _as_arrays(result: Any) -> Arrays:
+    if isinstance(result, np.ndarray):
+        return (result,)
+    if isinstance(result, tuple | list):
+        return tuple(np.asarray(item) for item in result)
+    raise TypeError(
+        "Expected preprocessor to return a numpy array or a tuple/list of arrays. "
+        f"Got {type(result).__name__} instead."
+    )
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The compute step of a batch: a picklable preprocessor and its random stream.
+
+    Attributes:
+        function: The user's preprocessor, or None to pass batches through.
+        keywords: Which of ``rng``, ``epoch`` and ``indices`` the function accepts; each is
+            passed as a keyword: the batch's generator, its epoch, its global indices.
+        seed: Seed of the flow.
+        rank: Rank of the flow; part of each batch's random stream.
+    """
+
+    function: Callable[..., Any] | None
+    keywords: frozenset[str]
+    seed: int
+    rank: int
+
+    def __call__(
+        self, batch: list[npt.NDArray[Any]], epoch: int, batch_index: int, indices: IndexArray
+    ) -> Arrays:
+        """Return the preprocessed arrays of one batch read as ``batch``."""
+        if self.function is None:
+            return tuple(batch)
+        extra: dict[str, Any] = {}
+        if "rng" in self.keywords:
+            extra["rng"] = batch_rng(self.seed, epoch, batch_index, self.rank)
+        if "epoch" in self.keywords:
+            extra["epoch"] = epoch
+        if "indices" in self.keywords:
+            extra["indices"] = indices
+        return _as_arrays(self.function(batch, **extra))
+
+
+def read_rows(source: Any, indices: IndexArray) -> npt.NDArray[Any]:
+    """Return ``source[indices]`` as a new array the caller may modify in place.
+
+    Sources other than numpy arrays are read as views read them: once per distinct index,
+    in increasing order (as h5py requires), as slices where possible.
+    """
+    if isinstance(source, np.ndarray):
+        return np.asarray(np.take(source, indices, axis=0))
+    unique, inverse = np.unique(indices, return_inverse=True)
+    rows = np.asarray(_read_source(source, unique.astype(np.intp), ()))
+    if unique.size != indices.size or not np.array_equal(unique, indices):
+        return rows[inverse]
+    # A source may hand back a view of memory it keeps; the preprocessor may write.
+    return rows if rows.flags.owndata else rows.copy()
+
+
+def _run_task(sources: Sequence[Any], preprocess: Preprocess, task: _Task) -> Arrays:
+    batch = [read_rows(source, task.indices) for source in sources]
+    return preprocess(batch, task.epoch, task.batch_index, task.indices)
+
+
+def _as_consumer_error(error: BaseException) -> BaseException:
+    """Return what the consumer raises for ``error`` caught in a worker."""
+    if isinstance(error, Exception):
+        return error
+    text = "".join(traceback.format_exception(error))
+    return WorkerError(f"A worker stopped with {error!r}.\n\nWorker traceback:\n{text}")
+
+
+def _run_caught(sources: Sequence[Any], preprocess: Preprocess, task: _Task) -> Outcome:
+    try:
+        return _run_task(sources, preprocess, task)
+    except BaseException as error:  # noqa: BLE001 - every failure goes to the consumer
+        return _as_consumer_error(error)
+
+
+class _RemoteTracebackError(Exception):
+    """The traceback text of an exception raised in a worker process."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class _RemoteFailure:
+    """An exception caught in a worker process, in a form that always crosses the pipe."""
+
+    pickled: bytes | None
+    summary: str
+    text: str
+
+    @classmethod
+    def capture(cls, error: BaseException) -> _RemoteFailure:
+        text = "".join(traceback.format_exception(error))
+        summary = "".join(traceback.format_exception_only(error)).strip()
+        pickled: bytes | None = None
+        if isinstance(error, Exception):
+            try:
+                pickled = pickle.dumps(error)
+                pickle.loads(pickled)
+            except Exception:  # noqa: BLE001 - any failure means "send the text only"
+                pickled = None
+        return cls(pickled, summary, text)
+
+    def to_exception(self) -> BaseException:
+        """Rebuild the original exception, its remote traceback as ``__cause__``.
+
+        An exception that cannot be rebuilt becomes a WorkerError carrying the text.
+        """
+        if self.pickled is not None:
+            with contextlib.suppress(Exception):
+                error: BaseException = pickle.loads(self.pickled)
+                error.__cause__ = _RemoteTracebackError(self.text)
+                return error
+        return WorkerError(
+            f"A worker process raised {self.summary}\n\nWorker traceback:\n{self.text}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """Parent to worker process: run ``task`` and write its result into ``block_name``."""
+
+    task: _Task
+    slot: int
+    block_name: str
+    block_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """Worker process to parent: where the result of batch ``seq`` is.
+
+    ``layouts`` when it was written into the order's block; ``arrays`` (and the
+    ``nbytes`` a block would have needed) when it did not fit; ``failure`` on error.
+    """
+
+    seq: int
+    layouts: tuple[ArrayLayout, ...] | None = None
+    arrays: Arrays | None = None
+    nbytes: int = 0
+    failure: _RemoteFailure | None = None
+
+
+class _Runner(Protocol):
+    def submit(self, task: _Task) -> None: ...
+
+    def receive(self, timeout: float) -> list[tuple[int, Outcome]]: ...
+
+    def close(self) -> None: ...
+
+
+class _InlineRunner:
+    """Runs each batch in the consumer's thread when it is asked for."""
+
+    def __init__(self, sources: Sequence[Any], preprocess: Preprocess) -> None:
+        self._sources = sources
+        self._preprocess = preprocess
+        self._pending: deque[_Task] = deque()
+
+    def submit(self, task: _Task) -> None:
+        self._pending.append(task)
+
+    def receive(self, timeout: float) -> list[tuple[int, Outcome]]:
+        task = self._pending.popleft()
+        return [(task.seq, _run_caught(self._sources, self._preprocess, task))]
+
+    def close(self) -> None:
+        self._pending.clear()
+
+
+def _thread_main(
+    tasks: queue.Queue[_Task],
+    results: queue.Queue[tuple[int, Outcome]],
+    stop: threading.Event,
+    sources: Sequence[Any],
+    preprocess: Preprocess,
+) -> None:
+    while not stop.is_set():
+        try:
+            task = tasks.get(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+        results.put((task.seq, _run_caught(sources, preprocess, task)))
+
+
+class _ThreadRunner:
+    """Runs batches on io threads of this process, named ``data_tools-io-N``."""
+
+    def __init__(self, sources: Sequence[Any], preprocess: Preprocess, num_threads: int) -> None:
+        self._tasks: queue.Queue[_Task] = queue.Queue()
+        self._results: queue.Queue[tuple[int, Outcome]] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(
+                target=_thread_main,
+                args=(self._tasks, self._results, self._stop, sources, preprocess),
+                name=f"data_tools-io-{index}",
+                daemon=True,
+            )
+            for index in range(num_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, task: _Task) -> None:
+        self._tasks.put(task)
+
+    def receive(self, timeout: float) -> list[tuple[int, Outcome]]:
+        try:
+            received = [self._results.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                received.append(self._results.get_nowait())
+        return received
+
+    def close(self) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + _THREAD_JOIN_S
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logger.warning("thread %s did not stop within %.1f s", thread.name, _THREAD_JOIN_S)
+
+
+def _read_ahead(
+    readers: ThreadPoolExecutor | None, sources: Sequence[Any], indices: IndexArray
+) -> Future[list[npt.NDArray[Any]]] | None:
+    if readers is None:
+        return None
+    return readers.submit(lambda: [read_rows(source, indices) for source in sources])
+
+
+def _answer(
+    order: _Order,
+    future: Future[list[npt.NDArray[Any]]] | None,
+    sources: Sequence[Any],
+    preprocess: Preprocess,
+    blocks: BlockCache,
+) -> _Reply:
+    task = order.task
+    try:
+        batch = (
+            future.result()
+            if future is not None
+            else [read_rows(source, task.indices) for source in sources]
+        )
+        arrays = preprocess(batch, task.epoch, task.batch_index, task.indices)
+    except BaseException as error:  # noqa: BLE001 - every failure goes to the parent
+        return _Reply(task.seq, failure=_RemoteFailure.capture(error))
+    placed = layout_arrays(arrays)
+    if placed is None or placed[1] > order.block_size:
+        return _Reply(task.seq, arrays=arrays, nbytes=0 if placed is None else placed[1])
+    layouts, _ = placed
+    write_arrays(buffer_of(blocks.attach(order.slot, order.block_name)), arrays, layouts)
+    return _Reply(task.seq, layouts=layouts)
+
+
+_Pending = tuple[_Order, Future[list[npt.NDArray[Any]]] | None] | None
+
+
+def _receive_orders(
+    tasks: Connection,
+    pending: queue.Queue[_Pending],
+    readers: ThreadPoolExecutor | None,
+    sources: Sequence[Any],
+) -> None:
+    """Move orders from the pipe to ``pending`` as they arrive, starting their reads.
+
+    Reading orders on their own thread keeps the task pipe drained, so the parent never
+    blocks on sending an order while this process blocks on sending it a large result.
+    """
+    try:
+        while True:
+            order: _Order = tasks.recv()
+            pending.put((order, _read_ahead(readers, sources, order.task.indices)))
+    except (EOFError, OSError):
+        pass  # The parent closed the pipe (or died).
+    except RuntimeError:
+        pass  # The readers shut down: the process is stopping.
+    pending.put(None)
+
+
+def _serve(
+    sources: Sequence[Any],
+    preprocess: Preprocess,
+    readers: ThreadPoolExecutor | None,
+    tasks: Connection,
+    results: Connection,
+) -> None:
+    pending: queue.Queue[_Pending] = queue.Queue()
+    receiver = threading.Thread(
+        target=_receive_orders,
+        args=(tasks, pending, readers, sources),
+        name="data_tools-orders",
+        daemon=True,
+    )
+    receiver.start()
+    blocks = BlockCache()
+    try:
+        while (item := pending.get()) is not None:
+            order, future = item
+            reply = _answer(order, future, sources, preprocess, blocks)
+            try:
+                results.send(reply)
+            except (TypeError, AttributeError, pickle.PicklingError) as error:
+                # A result holding objects that cannot be pickled (send pickles first).
+                results.send(_Reply(reply.seq, failure=_RemoteFailure.capture(error)))
+    finally:
+        blocks.close()
+
+
+def process_main(
+    descriptions: Sequence[Any],
+    preprocess: Preprocess,
+    num_io_threads: int,
+    tasks: Connection,
+    results: Connection,
+) -> None:
+    """Body of a worker process: serve orders until the parent closes the pipes."""
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    mapped: list[SharedMemory] = []
+    sources: list[Any] = []
+    for description in descriptions:
+        if isinstance(description, SharedArray):
+            block, array = description.attach()
+            mapped.append(block)
+            sources.append(array)
+        else:
+            sources.append(description)
+    readers = (
+        ThreadPoolExecutor(num_io_threads, thread_name_prefix="data_tools-io")
+        if num_io_threads
+        else None
+    )
+    try:
+        _serve(sources, preprocess, readers, tasks, results)
+    except (EOFError, OSError):
+        pass  # The parent closed the pipes (or died): stop.
+    finally:
+        if readers is not None:
+            readers.shutdown(wait=True, cancel_futures=True)
+        sources.clear()
+        for block in mapped:
+            with contextlib.suppress(BufferError):
+                block.close()
+    # Everything this process owns is released: skip the interpreter's teardown, which
+    # takes a few hundred milliseconds per process on a busy machine and delays close().
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+@dataclass
+class _Worker:
+    process: Any  # multiprocessing's process classes have no public common type
+    tasks: Connection
+    results: Connection
+    outstanding: int = 0
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
+
+
+class _ProcessRunner:
+    """Runs batches on worker processes named ``data_tools-proc-N``."""
+
+    def __init__(
+        self,
+        sources: Sequence[Any],
+        preprocess: Preprocess,
+        *,
+        num_processes: int,
+        num_io_threads: int,
+        num_slots: int,
+        block_nbytes: int,
+        start_method: str,
+    ) -> None:
+        self._shared: list[SharedMemory] = []
+        self._pool = BlockPool(num_slots, block_nbytes)
+        self._workers: list[_Worker] = []
+        self._slots: dict[int, tuple[int, _Worker]] = {}
+        try:
+            descriptions = [self._describe(source) for source in sources]
+            context = mp.get_context(start_method)
+            for index in range(num_processes):
+                self._workers.append(
+                    self._start(context, index, descriptions, preprocess, num_io_threads)
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def _describe(self, source: Any) -> Any:
+        shareable = type(source) is np.ndarray and not source.dtype.hasobject
+        if shareable and source.nbytes >= _SHARE_MIN_NBYTES:
+            block, description = share_array(source)
+            self._shared.append(block)
+            return description
+        return as_picklable(source)
+
+    @staticmethod
+    def _start(
+        context: Any,
+        index: int,
+        descriptions: Sequence[Any],
+        preprocess: Preprocess,
+        num_io_threads: int,
+    ) -> _Worker:
+        task_reader, task_writer = context.Pipe(duplex=False)
+        result_reader, result_writer = context.Pipe(duplex=False)
+        process = context.Process(
+            target=process_main,
+            args=(descriptions, preprocess, num_io_threads, task_reader, result_writer),
+            name=f"data_tools-proc-{index}",
+            daemon=True,
+        )
+        try:
+            process.start()
+        except (TypeError, AttributeError, pickle.PicklingError) as error:
+            task_writer.close()
+            result_reader.close()
+            raise TypeError(
+                "Expected every array of data and the preprocessor to be picklable, as "
+                f"nb_proc_workers > 0 sends them to worker processes. Got {error} instead."
+            ) from error
+        finally:
+            # The child holds its own ends now; closing ours lets each side see EOF.
+            task_reader.close()
+            result_writer.close()
+        return _Worker(process, task_writer, result_reader)
+
+    def submit(self, task: _Task) -> None:
+        slot, block = self._pool.acquire()
+        worker = min(self._workers, key=lambda candidate: candidate.outstanding)
+        try:
+            worker.tasks.send(_Order(task, slot, block.name, block.size))
+        except OSError:
+            raise self._death(worker) from None
+        worker.outstanding += 1
+        self._slots[task.seq] = (slot, worker)
+
+    def _death(self, worker: _Worker) -> WorkerError:
+        worker.process.join(_POLL_S)
+        return WorkerError(
+            f"Worker process {worker.process.name} (pid {worker.process.pid}) died "
+            f"unexpectedly ({_describe_exit(worker.process.exitcode)}); the flow stopped."
+        )
+
+    def _settle(self, reply: _Reply) -> Outcome:
+        slot, worker = self._slots.pop(reply.seq)
+        worker.outstanding -= 1
+        try:
+            if reply.failure is not None:
+                return reply.failure.to_exception()
+            if reply.layouts is not None:
+                return read_arrays(self._pool.buffer(slot), reply.layouts)
+            assert reply.arrays is not None
+            self._pool.require(reply.nbytes)
+            return reply.arrays
+        finally:
+            self._pool.release(slot)
+
+    def receive(self, timeout: float) -> list[tuple[int, Outcome]]:
+        by_handle: dict[Any, _Worker] = {}
+        for worker in self._workers:
+            by_handle[worker.results] = worker
+            by_handle[worker.process.sentinel] = worker
+        received = []
+        for handle in wait(list(by_handle), timeout):
+            worker = by_handle[handle]
+            if handle is not worker.results:
+                raise self._death(worker)
+            try:
+                reply: _Reply = worker.results.recv()
+            except EOFError:
+                raise self._death(worker) from None
+            received.append((reply.seq, self._settle(reply)))
+        return received
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.tasks.close()
+            worker.results.close()
+        deadline = time.monotonic() + _PROCESS_GRACE_S
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+                worker.process.join(_PROCESS_KILL_S)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(_PROCESS_KILL_S)
+            if not worker.process.is_alive():
+                worker.process.close()
+        self._workers.clear()
+        self._slots.clear()
+        self._pool.close()
+        for block in self._shared:
+            release_block(block)
+        self._shared.clear()
+
+
+_LIVE_PIPELINES: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_pipelines() -> None:
+    """Backstop for flows left open at interpreter exit: stop workers, free memory.
+
+    Registered after multiprocessing's own exit hook, so it runs first (atexit is LIFO),
+    while the worker processes can still be joined.
+    """
+    for pipeline in list(_LIVE_PIPELINES):
+        pipeline.close()
+
+
+class Pipeline:
+    """Iterator over the batches of one flow, in sampling order unless unordered.
+
+    ``close()`` (idempotent, safe from another thread and from ``__del__``) stops every
+    thread and process of the flow and frees its shared memory; iteration then ends.
+    """
+
+    def __init__(
+        self,
+        batches: Iterator[tuple[int, int, IndexArray]],
+        runner: _Runner,
+        *,
+        max_in_flight: int,
+        ordered: bool,
+    ) -> None:
+        self._batches = batches
+        self._runner: _Runner | None = runner
+        self._max_in_flight = max_in_flight
+        self._ordered = ordered
+        self._lock = threading.Lock()
+        self._submitted: dict[int, _Task] = {}
+        self._done: dict[int, Outcome] = {}
+        self._next_seq = 0
+        self._next_yield = 0
+        self._exhausted = False
+        _LIVE_PIPELINES.add(self)
+
+    def __iter__(self) -> Pipeline:
+        return self
+
+    def _fill(self, runner: _Runner) -> None:
+        while not self._exhausted and len(self._submitted) < self._max_in_flight:
+            try:
+                epoch, batch_index, indices = next(self._batches)
+            except StopIteration:
+                self._exhausted = True
+                return
+            task = _Task(self._next_seq, epoch, batch_index, indices)
+            self._submitted[task.seq] = task
+            self._next_seq += 1
+            runner.submit(task)
+
+    def _take_done(self) -> tuple[int, Outcome] | None:
+        if self._ordered:
+            if self._next_yield in self._done:
+                seq = self._next_yield
+                self._next_yield += 1
+                return seq, self._done.pop(seq)
+            return None
+        if self._done:
+            seq = next(iter(self._done))
+            return seq, self._done.pop(seq)
+        return None
+
+    def _wait(self, runner: _Runner) -> tuple[int, Outcome]:
+        while (taken := self._take_done()) is None:
+            if not self._submitted or self._runner is None:
+                raise StopIteration
+            for seq, outcome in runner.receive(_POLL_S):
+                self._done[seq] = outcome
+        return taken
+
+    def __next__(self) -> BatchInfo:
+        runner = self._runner
+        if runner is None:
+            raise StopIteration
+        try:
+            self._fill(runner)
+            seq, outcome = self._wait(runner)
+            task = self._submitted.pop(seq)
+            if not isinstance(outcome, BaseException):
+                # Submit the replacement before handing the batch over, so the workers
+                # stay busy while the consumer uses it.
+                self._fill(runner)
+                return BatchInfo(task.epoch, task.batch_index, task.indices, outcome)
+        except BaseException:
+            closed_meanwhile = self._runner is None
+            self.close()
+            if closed_meanwhile:
+                raise StopIteration from None
+            raise
+        self.close()
+        raise outcome
+
+    def close(self) -> None:
+        """Stop every worker and free every block (idempotent)."""
+        with self._lock:
+            runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def build_pipeline(
+    batches: Iterator[tuple[int, int, IndexArray]],
+    sources: Sequence[Any],
+    preprocess: Preprocess,
+    *,
+    num_io_threads: int,
+    num_processes: int,
+    max_in_flight: int,
+    ordered: bool,
+    start_method: str,
+    block_nbytes: int,
+) -> Pipeline:
+    """Start the workers of one flow and return the iterator over its batches."""
+    runner: _Runner
+    if num_processes:
+        runner = _ProcessRunner(
+            sources,
+            preprocess,
+            num_processes=num_processes,
+            num_io_threads=num_io_threads,
+            num_slots=max_in_flight,
+            block_nbytes=block_nbytes,
+            start_method=start_method,
+        )
+    elif num_io_threads:
+        runner = _ThreadRunner(sources, preprocess, num_io_threads)
+    else:
+        runner = _InlineRunner(sources, preprocess)
+    return Pipeline(batches, runner, max_in_flight=max_in_flight, ordered=ordered)

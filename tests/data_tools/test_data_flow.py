@@ -1,0 +1,378 @@
+"""data_flow in one process: the reference API, sampling, resume, shards and lifecycle.
+
+Matrix: workers {inline (0 threads), 1, 2, 4 io threads}; sampling {sequential, shuffled,
+with replacement, weighted}; drop_incomplete_batches x loop_forever; resume from
+(epoch, batch) incl. the end of an epoch; shards of 3 ranks; ordered and unordered;
+preprocessors {none, reference-style, with rng, in place, bad return, raising}; sources
+{numpy, h5py, zarr}; shutdown {exhausted, break, close(), with, garbage collection} under
+leak checks; bad arguments (the type raised and the argument named). Worker processes are
+covered in test_data_flow_processes.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import threading
+import time
+import traceback
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+from data_flow_support import augment, divide_by_255, tag_position
+from leak_check import assert_no_leaks
+
+from data_tools.io.data_flow import BatchInfo, data_flow
+
+N = 10
+X = np.arange(N * 3, dtype=np.float32).reshape(N, 3)
+Y = np.arange(N, dtype=np.int64) * 10
+
+
+def take(flow, count):
+    return list(itertools.islice(flow, count))
+
+
+def test_readme_example_shuffled_pairs(capsys):
+    # The reference's first example, with its typos fixed (batch_size, calls on the instance).
+    data_gen = data_flow(data=[X, Y], batch_size=4, sample_random=True, loop_forever=False)
+    num_batches = len(data_gen)
+    for i, _batch in enumerate(data_gen.flow()):
+        print(f"Yielded batch {i + 1} of {num_batches}")
+    assert capsys.readouterr().out.splitlines()[-1] == "Yielded batch 3 of 3"
+
+
+@pytest.mark.parametrize("io_workers", [0, 1, 2, 4])
+def test_one_epoch_in_order_stacked_as_tuples(io_workers):
+    flow = data_flow([X, Y], 4, nb_io_workers=io_workers, loop_forever=False)
+    assert len(flow) == 3
+    batches = list(flow.flow())
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    for start, (x, y) in zip([0, 4, 8], batches, strict=True):
+        assert isinstance(x, np.ndarray)
+        assert x.dtype == np.float32
+        np.testing.assert_array_equal(x, X[start : start + 4])
+        np.testing.assert_array_equal(y, Y[start : start + 4])
+
+
+def test_loop_forever_is_the_default_and_drop_incomplete():
+    flow = data_flow([X], 4, drop_incomplete_batches=True)
+    assert len(flow) == 2
+    infos = take(flow.flow_with_info(), 5)
+    assert [(i.epoch, i.batch_index) for i in infos] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
+    assert all(len(i.indices) == 4 for i in infos)
+
+
+def test_shuffled_epochs_are_permutations_and_depend_on_the_seed():
+    flow = data_flow([X, Y], 3, sample_random=True, seed=5)
+    infos = take(flow.flow_with_info(), 8)  # two epochs of 4 batches
+    for epoch in (0, 1):
+        indices = np.concatenate([i.indices for i in infos if i.epoch == epoch])
+        np.testing.assert_array_equal(np.sort(indices), np.arange(N))
+    for info in infos:
+        assert isinstance(info, BatchInfo)
+        np.testing.assert_array_equal(info.arrays[0], X[info.indices])
+        np.testing.assert_array_equal(info.arrays[1], Y[info.indices])
+    first = [i.indices for i in infos]
+    again = [
+        i.indices
+        for i in take(data_flow([X, Y], 3, sample_random=True, seed=5).flow_with_info(), 8)
+    ]
+    other = [
+        i.indices
+        for i in take(data_flow([X, Y], 3, sample_random=True, seed=6).flow_with_info(), 8)
+    ]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_seed_from_rng_or_at_random():
+    assert data_flow([X], 2, rng=np.random.default_rng(1)).seed == (
+        data_flow([X], 2, rng=np.random.default_rng(1)).seed
+    )
+    assert 0 <= data_flow([X], 2, rng=np.random.RandomState(1)).seed < 2**32
+    seeds = {data_flow([X], 2).seed for _ in range(4)}
+    assert len(seeds) > 1
+    assert data_flow([X], 2, seed=17).seed == 17
+
+
+def test_weights_with_replacement():
+    weights = np.zeros(N)
+    weights[[2, 7]] = [1.0, 3.0]
+    flow = data_flow(
+        [X, Y], 5, sample_random=True, sample_with_replacement=True, sample_weights=weights, seed=0
+    )
+    infos = take(flow.flow_with_info(), 200)
+    drawn = np.concatenate([i.indices for i in infos])
+    assert set(drawn.tolist()) == {2, 7}
+    assert 2.5 < np.sum(drawn == 7) / np.sum(drawn == 2) < 3.5
+    np.testing.assert_array_equal(infos[-1].arrays[1], Y[infos[-1].indices])
+
+
+def test_weights_without_replacement_still_yield_every_element_once():
+    flow = data_flow(
+        [Y], 4, sample_random=True, sample_weights=np.arange(N) + 1.0, seed=2, loop_forever=False
+    )
+    np.testing.assert_array_equal(np.sort(np.concatenate([b[0] for b in flow.flow()])), Y)
+
+
+@pytest.mark.parametrize("io_workers", [0, 2])
+def test_resume_equals_the_uninterrupted_stream(io_workers):
+    kwargs = {"sample_random": True, "preprocessor": augment, "seed": 11}
+    kwargs["nb_io_workers"] = io_workers
+    full = take(data_flow([X, Y], 3, **kwargs).flow_with_info(), 12)
+    for position in (1, 4, 6, 9):  # 4 batches per epoch: 4 is (1, 0), 6 is (1, 2)
+        epoch, batch = divmod(position, 4)
+        resumed = take(
+            data_flow([X, Y], 3, start_epoch=epoch, start_batch=batch, **kwargs).flow_with_info(), 3
+        )
+        for got, want in zip(resumed, full[position : position + 3], strict=True):
+            assert (got.epoch, got.batch_index) == (want.epoch, want.batch_index)
+            np.testing.assert_array_equal(got.indices, want.indices)
+            for a, b in zip(got.arrays, want.arrays, strict=True):
+                np.testing.assert_array_equal(a, b)
+    # The cursor after the last batch of an epoch, (epoch, len), starts the next epoch.
+    after = next(data_flow([X, Y], 3, start_epoch=0, start_batch=4, **kwargs).flow_with_info())
+    assert (after.epoch, after.batch_index) == (1, 0)
+    np.testing.assert_array_equal(after.arrays[0], full[4].arrays[0])
+    one_epoch = data_flow([X, Y], 3, start_epoch=2, start_batch=4, loop_forever=False, **kwargs)
+    assert list(one_epoch.flow()) == []
+
+
+def test_ranks_share_each_epoch_exactly_once():
+    world_size = 3
+    flows = [
+        data_flow([Y], 2, sample_random=True, seed=4, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
+    assert [len(f) for f in flows] == [2, 2, 2]  # parts of 4, 3 and 3 elements
+    per_rank = [take(f.flow_with_info(), 4) for f in flows]
+    for epoch in (0, 1):
+        parts = [
+            np.concatenate([i.indices for i in infos if i.epoch == epoch]) for infos in per_rank
+        ]
+        union = np.concatenate(parts)
+        np.testing.assert_array_equal(np.sort(union), np.arange(N))
+
+
+def test_preprocessors_without_and_with_rng():
+    calls = []
+
+    def reference_style(batch):
+        calls.append(type(batch))
+        return batch[0] * 2  # a single array
+
+    flow = data_flow([X, Y], 5, preprocessor=reference_style, loop_forever=False)
+    (first,), _ = list(flow.flow())
+    np.testing.assert_array_equal(first, X[:5] * 2)
+    assert calls == [list, list]
+
+    def with_rng(batch, rng):
+        return batch[0] + rng.random(batch[0].shape), batch[1]
+
+    seed = 9
+    info = next(data_flow([X, Y], 5, preprocessor=with_rng, seed=seed).flow_with_info())
+    expected = X[:5] + np.random.default_rng([seed, 0, 0]).random((5, 3))
+    np.testing.assert_array_equal(info.arrays[0], expected)
+
+
+@pytest.mark.parametrize("nb_proc_workers", [0, 2])
+def test_preprocessor_receives_epoch_and_indices_when_it_asks(nb_proc_workers):
+    flow = data_flow(
+        [X, Y],
+        4,
+        sample_random=True,
+        seed=3,
+        preprocessor=tag_position,
+        nb_proc_workers=nb_proc_workers,
+    )
+    with flow:
+        for info, _ in zip(flow.flow_with_info(), range(2 * len(flow)), strict=False):
+            np.testing.assert_array_equal(info.arrays[2][:, 0], info.epoch)
+            np.testing.assert_array_equal(info.arrays[2][:, 1], info.indices)
+
+
+def test_preprocessor_in_place_leaves_the_sources_alone(tmp_path):
+    source = X.copy()
+    with h5py.File(tmp_path / "d.h5", "w") as handle:
+        handle["x"] = X
+    with h5py.File(tmp_path / "d.h5", "r") as handle:
+        for order in (False, True):  # contiguous reads (slices) and shuffled ones
+            flow = data_flow(
+                [source, handle["x"]], 10, sample_random=order, preprocessor=divide_by_255
+            )
+            info = next(flow.flow_with_info())
+            np.testing.assert_array_equal(info.arrays[0], X[info.indices] / np.float32(255))
+            np.testing.assert_array_equal(info.arrays[1], X[info.indices])
+        np.testing.assert_array_equal(handle["x"][:], X)
+    np.testing.assert_array_equal(source, X)
+
+
+def test_h5py_and_zarr_sources_read_like_numpy(tmp_path):
+    z = zarr.create_array(store=str(tmp_path / "y.zarr"), shape=Y.shape, dtype=Y.dtype, chunks=(3,))
+    z[:] = Y
+    with h5py.File(tmp_path / "d.h5", "w") as handle:
+        handle.create_dataset("x", data=X, chunks=(2, 3))
+    with h5py.File(tmp_path / "d.h5", "r") as handle:
+        flow = data_flow(
+            [handle["x"], z],
+            4,
+            nb_io_workers=2,
+            sample_random=True,
+            sample_with_replacement=True,
+            seed=1,
+        )
+        for info in take(flow.flow_with_info(), 6):
+            np.testing.assert_array_equal(info.arrays[0], X[info.indices])
+            np.testing.assert_array_equal(info.arrays[1], Y[info.indices])
+
+
+def test_unordered_yields_every_batch_once():
+    def slow_first(batch):
+        if batch[0][0] == 0:
+            time.sleep(0.3)
+        return batch
+
+    flow = data_flow(
+        [Y], 2, nb_io_workers=3, ordered=False, preprocessor=slow_first, loop_forever=False
+    )
+    infos = list(flow.flow_with_info())
+    assert sorted(i.batch_index for i in infos) == list(range(5))
+    assert infos[0].batch_index != 0  # the slow batch did not hold the others back
+    for info in infos:
+        np.testing.assert_array_equal(info.arrays[0], Y[info.indices])
+
+
+def test_in_flight_batches_are_bounded():
+    started = []
+    lock = threading.Lock()
+
+    def count(batch):
+        with lock:
+            started.append(1)
+        return batch
+
+    with assert_no_leaks():
+        flow = data_flow([Y], 1, nb_io_workers=4, max_in_flight=2, preprocessor=count)
+        stream = flow.flow()
+        next(stream)
+        deadline = time.monotonic() + 10
+        while len(started) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # time to overshoot, if anything would
+        assert len(started) == 3  # the one yielded and two in flight
+        stream.close()
+
+
+def test_worker_errors_keep_their_type_and_traceback():
+    def explode(batch):
+        if 60 in batch[1]:
+            raise KeyError("no such label")
+        return batch
+
+    for workers in (0, 2):
+        with assert_no_leaks():
+            stream = data_flow([X, Y], 2, nb_io_workers=workers, preprocessor=explode).flow()
+            assert len(take(stream, 3)) == 3  # batches before the failing one come out
+            with pytest.raises(KeyError, match="no such label") as caught:
+                next(stream)
+            assert "in explode" in "".join(traceback.format_exception(caught.value))
+            assert list(stream) == []  # the flow stopped
+
+
+def test_bad_preprocessor_output_is_a_type_error():
+    flow = data_flow([X], 2, preprocessor=lambda batch: "not arrays")
+    with pytest.raises(TypeError, match="preprocessor to return"):
+        next(flow.flow())
+
+
+@pytest.mark.parametrize("how", ["exhausted", "break", "close", "with", "gc"])
+def test_shutdown_leaves_nothing(how):
+    with assert_no_leaks(timeout=1.0):
+        flow = data_flow([X, Y], 2, nb_io_workers=3, loop_forever=how != "exhausted")
+        if how == "exhausted":
+            assert len(list(flow.flow())) == 5
+        elif how == "break":
+            for _ in flow.flow():
+                break
+        elif how == "close":
+            stream = flow.flow()
+            next(stream)
+            flow.close()
+            assert list(stream) == []
+        elif how == "with":
+            with data_flow([X, Y], 2, nb_io_workers=3) as managed:
+                next(managed.flow())
+        else:
+            stream = flow.flow()
+            next(stream)
+            del stream, flow
+            gc.collect()
+
+
+def test_close_from_another_thread_ends_iteration():
+    flow = data_flow([X, Y], 2, nb_io_workers=2, preprocessor=lambda b: (time.sleep(0.05), b)[1])
+    with assert_no_leaks():
+        stream = flow.flow()
+        next(stream)
+        closer = threading.Timer(0.1, flow.close)
+        closer.start()
+        rest = list(stream)  # ends instead of hanging
+        closer.join()
+        assert len(rest) < 100
+
+
+def not_callable():
+    return None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "named"),
+    [
+        ({"data": X}, TypeError, "data"),
+        ({"data": []}, TypeError, "data"),
+        ({"data": [X, Y[:5]]}, ValueError, "same length"),
+        ({"data": [X[:0]]}, ValueError, "at least one element"),
+        ({"data": [X, 3]}, TypeError, r"data\[1\]"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"batch_size": 2.0}, TypeError, "batch_size"),
+        ({"nb_io_workers": -1}, ValueError, "nb_io_workers"),
+        ({"nb_proc_workers": -1}, ValueError, "nb_proc_workers"),
+        ({"loop_forever": "yes"}, TypeError, "loop_forever"),
+        ({"sample_random": 1}, TypeError, "sample_random"),
+        ({"sample_with_replacement": True}, ValueError, "sample_with_replacement"),
+        ({"sample_weights": np.ones(N)}, ValueError, "sample_weights"),
+        ({"sample_random": True, "sample_weights": -np.ones(N)}, ValueError, "sample_weights"),
+        (
+            {"sample_random": True, "sample_weights": np.full(N, np.nan)},
+            ValueError,
+            "sample_weights",
+        ),
+        ({"sample_random": True, "sample_weights": np.zeros(N)}, ValueError, "sample_weights"),
+        ({"sample_random": True, "sample_weights": np.ones(N - 1)}, ValueError, "sample_weights"),
+        ({"sample_random": True, "sample_weights": ["a"] * N}, TypeError, "sample_weights"),
+        ({"drop_incomplete_batches": None}, TypeError, "drop_incomplete_batches"),
+        ({"preprocessor": 3}, TypeError, "preprocessor"),
+        ({"preprocessor": lambda b: b, "nb_proc_workers": 1}, TypeError, "picklable"),
+        ({"rng": 3}, TypeError, "rng"),
+        ({"rng": np.random.default_rng(), "seed": 1}, ValueError, "seed or rng"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"seed": 2**32}, ValueError, "seed"),
+        ({"ordered": None}, TypeError, "ordered"),
+        ({"max_in_flight": 0}, ValueError, "max_in_flight"),
+        ({"rank": 3, "world_size": 3}, ValueError, "rank"),
+        ({"world_size": 0}, ValueError, "world_size"),
+        ({"world_size": N + 1, "rank": N}, ValueError, "at least one element"),
+        ({"batch_size": N + 1, "drop_incomplete_batches": True}, ValueError, "batch_size"),
+        ({"start_epoch": -1}, ValueError, "start_epoch"),
+        ({"start_batch": 6}, ValueError, "start_batch"),
+        ({"start_method": "fork"}, ValueError, "start_method"),
+        ({"start_method": "spwan"}, ValueError, "Did you mean 'spawn'"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, error, named):
+    arguments = {"data": [X, Y], "batch_size": 2, **kwargs}
+    with pytest.raises(error, match=named):
+        data_flow(**arguments)
