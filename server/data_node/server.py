@@ -1,0 +1,121 @@
+"""Build, run and stop a data node: gRPC server, health and reflection services, datasets.
+
+Stop order (``NodeServer.stop``): health says NOT_SERVING, so load balancers and
+``data-node health`` see the node going; new calls are refused and running ones get
+``grace`` seconds; open streams are told to end; their workers stop as each stream's
+generator closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from data_node.datasets import DatasetRegistry
+from data_node.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
+
+if TYPE_CHECKING:
+    from data_node.config import NodeConfig
+
+__all__ = ["NodeServer", "build_server", "channel_options", "serve"]
+
+logger = logging.getLogger(__name__)
+# Threads beyond the stream limit, for unary calls and health checks while streams run.
+_SPARE_THREADS = 8
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    """gRPC options both ends share: one Batch is one message, so both limits must fit it."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+@dataclass
+class NodeServer:
+    """A built (not yet started) node. ``start()``, then ``stop()`` or ``wait()``."""
+
+    server: grpc.Server
+    port: int
+    servicer: DataNodeServicer
+    health: health.HealthServicer
+
+    def start(self) -> None:
+        """Start serving; health reports SERVING."""
+        self.server.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Stop in order: NOT_SERVING, refuse new calls, end open streams, wait for them."""
+        self.health.enter_graceful_shutdown()
+        stopped = self.server.stop(grace)
+        self.servicer.stop_streams()
+        stopped.wait()
+
+    def wait(self) -> None:
+        """Block until the server has stopped."""
+        self.server.wait_for_termination()
+
+
+def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeServer, int]:
+    """Open every dataset and build the server bound to ``address`` (default config.listen).
+
+    Returns:
+        The node and the port it is bound to (useful with port 0).
+
+    Raises:
+        ConfigError: A dataset cannot be opened or its arrays do not line up.
+        RuntimeError: The address cannot be bound.
+    """
+    registry = DatasetRegistry.from_config(config.datasets)
+    servicer = DataNodeServicer(config, registry)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=config.limits.max_open_streams + _SPARE_THREADS,
+            thread_name_prefix="data_node-rpc",
+        ),
+        options=channel_options(config.limits.max_message_bytes),
+    )
+    server.add_generic_rpc_handlers((method_handlers(servicer),))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    target = address or config.listen
+    port = server.add_insecure_port(target)
+    if port == 0:
+        raise RuntimeError(f"node.listen: cannot bind {target!r}.")
+    return NodeServer(server, port, servicer, health_servicer), port
+
+
+def serve(config: NodeConfig, *, ready: threading.Event | None = None) -> None:
+    """Run a node until SIGTERM or SIGINT, then stop it in order (see NodeServer.stop)."""
+    node, port = build_server(config)
+    node.start()
+    logger.info("data node serving %d dataset(s) on port %d", len(config.datasets), port)
+    stopping = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        logger.info("received %s; stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if ready is not None:
+            ready.set()
+        stopping.wait()
+        node.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,462 @@
+"""One StreamBatches call: check the request against its dataset and the limits, then stream.
+
+``parse_stream_request`` turns a ``StreamRequest`` into a :class:`StreamPlan` (every field
+checked once, errors naming the field); :func:`stream_batches` runs the plan through
+``data_flow`` and yields each batch as encoded ``Batch`` bytes with the cursor after it.
+
+Determinism: the sample order is data_flow's pure function of (seed, epoch, rank,
+world_size), and a sample's augmentation is drawn from
+``np.random.default_rng([seed, epoch, sample_index])``, so a stream, and a stream resumed
+from any of its cursors, is bit-identical whatever the worker counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from data_node.config import resolve_preprocessor
+from data_node.errors import LimitExceededError, RequestError
+from data_node.wire import encode_batch
+from data_tools.data_augmentation import image_random_transform
+from data_tools.io import data_flow
+from data_wire.v1 import data_node_pb2, tensor_pb2
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
+    import numpy.typing as npt
+
+    from data_node.config import LimitsConfig
+    from data_node.datasets import Dataset
+
+__all__ = [
+    "SampleTransform",
+    "StreamPlan",
+    "StreamSlots",
+    "parse_stream_request",
+    "stream_batches",
+]
+
+SEED_LIMIT = 1 << 32
+# Request fields that do not change which batches a stream yields: left out of the
+# fingerprint so a resumed stream may change them.
+_NOT_FINGERPRINTED = (
+    "seed",
+    "resume",
+    "codec",
+    "nb_io_workers",
+    "nb_proc_workers",
+    "epochs",
+    "loop_forever",
+)
+_AUGMENT_OPTIONAL = ("warp_sigma", "warp_grid_size", "order_x", "order_y")
+_AUGMENT_SCALARS = (
+    "rotation_range",
+    "width_shift_range",
+    "height_shift_range",
+    "shear_range",
+    "intensity_shift_range",
+    "cval_x",
+    "cval_y",
+    "horizontal_flip",
+    "vertical_flip",
+    "spline_warp",
+)
+
+
+@dataclass(frozen=True)
+class SampleTransform:
+    """The per-batch work of a stream: augment each sample, then run the preprocessor.
+
+    Picklable (worker processes receive it). ``data_flow`` calls it with the batch, its
+    rng, epoch and global indices.
+
+    Attributes:
+        seed: The stream's seed.
+        x_position: Position of the augmented x array in the batch, or None: no augmentation.
+        y_position: Position of the y array transformed with x, or None.
+        options: Keyword arguments of ``image_random_transform``.
+        preprocessor: The registered preprocessor, or None.
+    """
+
+    seed: int
+    x_position: int | None = None
+    y_position: int | None = None
+    options: Mapping[str, Any] | None = None
+    preprocessor: Callable[..., Any] | None = None
+
+    def __call__(
+        self,
+        batch: list[npt.NDArray[Any]],
+        *,
+        rng: np.random.Generator,
+        epoch: int,
+        indices: npt.NDArray[np.int64],
+    ) -> list[npt.NDArray[Any]] | tuple[npt.NDArray[Any], ...]:
+        arrays = list(batch)
+        if self.x_position is not None:
+            self._augment(arrays, epoch, indices)
+        if self.preprocessor is None:
+            return arrays
+        if _accepts_keyword(self.preprocessor, "rng"):
+            return self.preprocessor(arrays, rng=rng)  # type: ignore[no-any-return]
+        return self.preprocessor(arrays)  # type: ignore[no-any-return]
+
+    def _augment(
+        self, arrays: list[npt.NDArray[Any]], epoch: int, indices: npt.NDArray[np.int64]
+    ) -> None:
+        assert self.x_position is not None
+        xs, ys = [], []
+        for row, index in enumerate(indices):
+            rng = np.random.default_rng([self.seed, epoch, int(index)])
+            x = arrays[self.x_position][row]
+            if self.y_position is None:
+                xs.append(image_random_transform(x, rng=rng, **(self.options or {})))
+                continue
+            x_out, y_out = image_random_transform(
+                x, arrays[self.y_position][row], rng=rng, **(self.options or {})
+            )
+            xs.append(x_out)
+            ys.append(y_out)
+        arrays[self.x_position] = np.stack(xs)
+        if self.y_position is not None:
+            arrays[self.y_position] = np.stack(ys)
+
+
+def _accepts_keyword(function: Callable[..., Any], name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """A checked StreamBatches request: everything needed to produce its batches.
+
+    Attributes:
+        dataset: The dataset streamed.
+        flow_options: Keyword arguments of ``data_flow`` (sampling, shard, workers, start).
+        transform: The per-batch work, or None when the batch passes through.
+        seed: The stream's seed (given, taken from the cursor, or drawn by the node).
+        epochs: Epochs in the whole stream (counted from epoch 0), or None: forever.
+        fingerprint: Digest of the request fields that shape the stream.
+        codec: Wire codec of every tensor.
+    """
+
+    dataset: Dataset
+    flow_options: Mapping[str, Any]
+    transform: SampleTransform | None
+    seed: int
+    epochs: int | None
+    fingerprint: str
+    codec: int
+
+    def cursor(self, epoch: int, batch_index: int, batches_per_epoch: int) -> tensor_pb2.Cursor:
+        """The cursor just after batch ``batch_index`` of ``epoch``."""
+        epoch, batch_index = divmod(epoch * batches_per_epoch + batch_index + 1, batches_per_epoch)
+        return tensor_pb2.Cursor(
+            dataset=self.dataset.name,
+            seed=self.seed,
+            epoch=epoch,
+            batch_index=batch_index,
+            fingerprint=self.fingerprint,
+        )
+
+
+def fingerprint(request: data_node_pb2.StreamRequest) -> str:
+    """Digest of every request field that changes which batches the stream yields."""
+    shaping = data_node_pb2.StreamRequest()
+    shaping.CopyFrom(request)
+    for name in _NOT_FINGERPRINTED:
+        shaping.ClearField(name)
+    return hashlib.sha256(shaping.SerializeToString(deterministic=True)).hexdigest()[:32]
+
+
+def parse_stream_request(
+    request: data_node_pb2.StreamRequest,
+    dataset: Dataset,
+    limits: LimitsConfig,
+    preprocessors: Mapping[str, str],
+) -> StreamPlan:
+    """Check every field of ``request`` against ``dataset`` and ``limits``.
+
+    Raises:
+        RequestError: A field is invalid; the message starts with the field's name.
+        LimitExceededError: A batch would exceed ``limits.max_batch_bytes``.
+    """
+    batch_size = _bounded("batch_size", request.batch_size, 1, limits.max_batch_size)
+    _check_batch_bytes(dataset, batch_size, limits)
+    epochs = None if request.loop_forever else _bounded("epochs", request.epochs, 1, None)
+    world_size = request.shard.world_size or 1
+    _bounded("shard.world_size", world_size, 1, None)
+    rank = _bounded("shard.rank", request.shard.rank, 0, world_size - 1)
+    nb_io_workers = _bounded("nb_io_workers", request.nb_io_workers, 0, limits.max_io_workers)
+    nb_proc_workers = _bounded(
+        "nb_proc_workers", request.nb_proc_workers, 0, limits.max_proc_workers
+    )
+    if request.codec not in tensor_pb2.Codec.values():
+        raise RequestError(
+            f"codec: Expected one of {sorted(tensor_pb2.Codec.keys())}. Got {request.codec}."
+        )
+    digest = fingerprint(request)
+    seed, start_epoch, start_batch = _parse_start(request, dataset.name, digest)
+    weights = _parse_weights(request, dataset)
+    if (weights is not None or request.sample_with_replacement) and not request.sample_random:
+        raise RequestError(
+            "sample_random: Expected true when sample_with_replacement or sample_weights "
+            "is set. Got false instead."
+        )
+    transform = _parse_transform(request, dataset, preprocessors, seed)
+    flow_options = {
+        "batch_size": batch_size,
+        "nb_io_workers": nb_io_workers or 1,
+        "nb_proc_workers": nb_proc_workers,
+        "sample_random": request.sample_random,
+        "sample_with_replacement": request.sample_with_replacement,
+        "sample_weights": weights,
+        "drop_incomplete_batches": request.drop_incomplete_batches,
+        "seed": seed,
+        "rank": rank,
+        "world_size": world_size,
+        "start_epoch": start_epoch,
+        "start_batch": start_batch,
+        "max_in_flight": limits.max_in_flight,
+    }
+    _check_flow_options(dataset, transform, flow_options)
+    return StreamPlan(dataset, flow_options, transform, seed, epochs, digest, request.codec)
+
+
+def _check_flow_options(
+    dataset: Dataset, transform: SampleTransform | None, options: Mapping[str, Any]
+) -> None:
+    """Let data_flow check the sampling options, and the cursor against its epoch length.
+
+    Building a data_flow starts nothing (workers start on the first batch), so this costs
+    no more than the checks themselves.
+    """
+    arrays = [array for _, array in dataset.arrays]
+    try:
+        flow = data_flow(
+            arrays, preprocessor=transform, **{**options, "start_epoch": 0, "start_batch": 0}
+        )
+    except (TypeError, ValueError) as error:
+        raise RequestError(str(error)) from error
+    with flow:
+        if not 0 <= options["start_batch"] < len(flow):
+            raise RequestError(
+                f"resume.batch_index: Expected an integer in [0, {len(flow)}) (the batches "
+                f"of one epoch). Got {options['start_batch']} instead."
+            )
+
+
+def stream_batches(plan: StreamPlan, stop: threading.Event) -> Iterator[bytes]:
+    """Yield each batch of ``plan`` as encoded ``Batch`` bytes until the last epoch or ``stop``.
+
+    Every worker the stream started is stopped when the generator ends, however it ends
+    (exhausted, closed by gRPC on cancellation, or garbage-collected).
+    """
+    arrays = [array for _, array in plan.dataset.arrays]
+    flow = data_flow(arrays, preprocessor=plan.transform, **plan.flow_options)
+    names = plan.dataset.array_names
+    if plan.epochs is not None and plan.flow_options["start_epoch"] >= plan.epochs:
+        flow.close()
+        return
+    with flow:
+        for info in flow.flow_with_info():
+            if stop.is_set() or (plan.epochs is not None and info.epoch >= plan.epochs):
+                return
+            yield encode_batch(
+                info.arrays,
+                indices=info.indices,
+                cursor=plan.cursor(info.epoch, info.batch_index, len(flow)),
+                epoch=info.epoch,
+                batch_index=info.batch_index,
+                codec=plan.codec,
+                names=names if len(names) == len(info.arrays) else None,
+            )
+
+
+class StreamSlots:
+    """Counts open streams against ``max_open_streams``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._open = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Take a slot.
+
+        Raises:
+            LimitExceededError: All ``max_open_streams`` slots are taken.
+        """
+        with self._lock:
+            if self._open >= self._limit:
+                raise LimitExceededError(
+                    f"max_open_streams: the node serves at most {self._limit} streams at once "
+                    "(each holds workers and memory); retry later or raise the limit."
+                )
+            self._open += 1
+
+    def release(self) -> None:
+        """Give a slot back."""
+        with self._lock:
+            self._open -= 1
+
+    @property
+    def open(self) -> int:
+        """Streams open now."""
+        with self._lock:
+            return self._open
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _bounded(field: str, value: int, low: int, high: int | None) -> int:
+    if value < low or (high is not None and value > high):
+        accepted = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+        raise RequestError(f"{field}: Expected {accepted}. Got {value} instead.")
+    return value
+
+
+def _check_batch_bytes(dataset: Dataset, batch_size: int, limits: LimitsConfig) -> None:
+    sample_bytes = sum(
+        int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize
+        for _, array in dataset.arrays
+    )
+    if batch_size * sample_bytes > limits.max_batch_bytes:
+        raise LimitExceededError(
+            f"max_batch_bytes: a batch of {batch_size} samples of {dataset.name!r} holds "
+            f"{batch_size * sample_bytes} bytes; the node sends at most "
+            f"{limits.max_batch_bytes} bytes per batch. Ask for a smaller batch_size."
+        )
+
+
+def _parse_start(
+    request: data_node_pb2.StreamRequest, dataset_name: str, digest: str
+) -> tuple[int, int, int]:
+    """The seed and the (epoch, batch index) to start at."""
+    seed = request.seed if request.HasField("seed") else None
+    if seed is not None and seed >= SEED_LIMIT:
+        raise RequestError(f"seed: Expected an integer in [0, {SEED_LIMIT}). Got {seed} instead.")
+    if not request.HasField("resume"):
+        return (secrets.randbelow(SEED_LIMIT) if seed is None else seed), 0, 0
+    cursor = request.resume
+    if cursor.dataset != dataset_name:
+        raise RequestError(
+            f"resume.dataset: Expected a cursor of dataset {dataset_name!r}. "
+            f"Got one of {cursor.dataset!r} instead."
+        )
+    if seed is not None and cursor.seed != seed:
+        raise RequestError(
+            f"resume.seed: Expected the request's seed {seed}. Got {cursor.seed} instead."
+        )
+    if cursor.fingerprint != digest:
+        raise RequestError(
+            "resume.fingerprint: the cursor comes from a stream with other sampling, shard, "
+            "augmentation or preprocessor fields; it cannot continue this one."
+        )
+    _bounded("resume.seed", cursor.seed, 0, SEED_LIMIT - 1)
+    _bounded("resume.epoch", cursor.epoch, 0, None)
+    _bounded("resume.batch_index", cursor.batch_index, 0, None)
+    return cursor.seed, cursor.epoch, cursor.batch_index
+
+
+def _parse_weights(
+    request: data_node_pb2.StreamRequest, dataset: Dataset
+) -> npt.NDArray[np.float64] | None:
+    source = request.sample_weights.WhichOneof("source")
+    if source is None:
+        return None
+    if source == "values":
+        weights = np.asarray(request.sample_weights.values.values, dtype=np.float64)
+        field = "sample_weights.values"
+    else:
+        name = request.sample_weights.array
+        field = "sample_weights.array"
+        try:
+            weights = np.asarray(dataset.array(name)[:], dtype=np.float64)
+        except KeyError:
+            raise RequestError(
+                f"{field}: Expected one of {list(dataset.array_names)}. Got {name!r} instead."
+            ) from None
+    if weights.shape != (dataset.length,):
+        raise RequestError(
+            f"{field}: Expected one weight per sample ({dataset.length}). "
+            f"Got shape {weights.shape} instead."
+        )
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or not weights.sum() > 0:
+        raise RequestError(f"{field}: Expected finite weights >= 0, not all zero.")
+    return weights
+
+
+def _parse_transform(
+    request: data_node_pb2.StreamRequest,
+    dataset: Dataset,
+    preprocessors: Mapping[str, str],
+    seed: int,
+) -> SampleTransform | None:
+    preprocessor = None
+    if request.preprocessor:
+        if request.preprocessor not in preprocessors:
+            raise RequestError(
+                f"preprocessor: Expected one of {sorted(preprocessors)}. "
+                f"Got {request.preprocessor!r} instead."
+            )
+        preprocessor = resolve_preprocessor(preprocessors[request.preprocessor])
+    if not request.HasField("augmentation"):
+        return None if preprocessor is None else SampleTransform(seed, preprocessor=preprocessor)
+    augmentation = request.augmentation
+    names = list(dataset.array_names)
+    x_position = _array_position("augmentation.x_array", augmentation.x_array, names)
+    y_position = None
+    if augmentation.y_array:
+        y_position = _array_position("augmentation.y_array", augmentation.y_array, names)
+    options = _augmentation_options(augmentation)
+    _try_augmentation(dataset, x_position, y_position, options)
+    return SampleTransform(seed, x_position, y_position, options, preprocessor)
+
+
+def _array_position(field: str, name: str, names: list[str]) -> int:
+    if name not in names:
+        raise RequestError(f"{field}: Expected one of {names}. Got {name!r} instead.")
+    return names.index(name)
+
+
+def _augmentation_options(augmentation: data_node_pb2.Augmentation) -> dict[str, Any]:
+    options: dict[str, Any] = {name: getattr(augmentation, name) for name in _AUGMENT_SCALARS}
+    options["fill_mode"] = augmentation.fill_mode or "nearest"
+    for name in _AUGMENT_OPTIONAL:
+        if augmentation.HasField(name):
+            options[name] = getattr(augmentation, name)
+    zoom = list(augmentation.zoom_range)
+    if len(zoom) > 2:
+        raise RequestError(
+            f"augmentation.zoom_range: Expected one value or two (lo, hi). Got {len(zoom)}."
+        )
+    options["zoom_range"] = 0.0 if not zoom else zoom[0] if len(zoom) == 1 else tuple(zoom)
+    if augmentation.crop_size:
+        options["crop_size"] = tuple(augmentation.crop_size)
+    return options
+
+
+def _try_augmentation(
+    dataset: Dataset, x_position: int, y_position: int | None, options: Mapping[str, Any]
+) -> None:
+    """Run the augmentation once on sample 0, so bad values fail the request, not the stream."""
+    x = np.asarray(dataset.arrays[x_position][1][0])
+    y = None if y_position is None else np.asarray(dataset.arrays[y_position][1][0])
+    try:
+        image_random_transform(x, y, rng=np.random.default_rng(0), **options)
+    except (TypeError, ValueError) as error:
+        raise RequestError(f"augmentation: {error}") from error

@@ -1,0 +1,87 @@
+"""Test support for the node: datasets written to a temp dir, a config, preprocessors.
+
+Preprocessors live here (an importable module) because worker processes import them by name.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import zarr
+
+NUM_SAMPLES = 40
+IMAGE_SHAPE = (1, 16, 16)
+
+
+def scale_image(batch):
+    """A registered preprocessor: image / 10, everything else unchanged."""
+    image, *rest = batch
+    return (image / 10.0, *rest)
+
+
+def noisy(batch, rng):
+    """A registered preprocessor that draws from the rng data_flow passes."""
+    image, *rest = batch
+    return (image + rng.standard_normal(image.shape).astype(image.dtype), *rest)
+
+
+def make_data(root: Path, seed: int = 7) -> dict[str, np.ndarray]:
+    """Write the test datasets under ``root/data``; return the arrays written."""
+    rng = np.random.default_rng(seed)
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    image = rng.random((NUM_SAMPLES, *IMAGE_SHAPE), dtype=np.float32)
+    mask = (image > 0.5).astype(np.uint8)
+    weights = np.linspace(0.0, 1.0, NUM_SAMPLES)
+    with h5py.File(data / "toy.h5", "w") as f:
+        f.create_dataset("image", data=image, chunks=(8, *IMAGE_SHAPE))
+        f["mask"] = mask
+        f["weights"] = weights
+    group = zarr.open_group(str(data / "extra.zarr"), mode="w")
+    group.create_array("image", data=image[:10] + 1)
+    return {"image": image, "mask": mask, "weights": weights}
+
+
+def write_config(root: Path, **limits: int) -> Path:
+    """Write ``root/node.toml`` serving the datasets of :func:`make_data`."""
+    limit_lines = "\n".join(f"{key} = {value}" for key, value in limits.items())
+    path = root / "node.toml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            [node]
+            listen = "127.0.0.1:0"
+            data_root = "data"
+
+            [limits]
+            {limits}
+
+            [preprocessors]
+            scale = "node_support:scale_image"
+            noisy = "node_support:noisy"
+
+            [datasets.toy.arrays]
+            image = {{ path = "toy.h5", key = "image" }}
+            mask = {{ path = "toy.h5", key = "mask" }}
+            weights = {{ path = "toy.h5", key = "weights" }}
+
+            [datasets.classes]
+            class_list = [0, 1]
+            [datasets.classes.arrays]
+            image = [{{ path = "toy.h5", key = "image" }}, {{ path = "extra.zarr", key = "image" }}]
+            """
+        ).format(limits=limit_lines)
+    )
+    return path
+
+
+def wait_for_idle(server, timeout=5.0):
+    """Wait until the node serves no stream: a client's cancel reaches it asynchronously."""
+    deadline = time.monotonic() + timeout
+    while server.servicer.open_streams:
+        assert time.monotonic() < deadline, f"{server.servicer.open_streams} streams still open"
+        time.sleep(0.02)
