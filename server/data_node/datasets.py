@@ -11,6 +11,7 @@ import numpy as np
 
 from data_node.config import LABEL_ARRAY
 from data_node.errors import ConfigError, DatasetNotFoundError
+from data_node.wire import WIRE_DTYPES
 from data_tools._sources import H5Source
 from data_tools.wrap import delayed_view, multi_source_array
 
@@ -19,7 +20,12 @@ if TYPE_CHECKING:
 
     from data_node.config import DatasetConfig, SourceConfig
 
-__all__ = ["Dataset", "DatasetRegistry", "open_dataset", "open_source"]
+__all__ = ["Dataset", "DatasetRegistry", "open_dataset", "open_source", "wire_dtype"]
+
+
+def wire_dtype(dtype: Any) -> str:
+    """The Tensor.dtype string of ``dtype``: explicit little-endian, as on the wire."""
+    return str(np.dtype(dtype).newbyteorder("<").str)
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,12 @@ def open_dataset(config: DatasetConfig) -> Dataset:
             labels = np.asarray(combined.get_labels(), dtype=np.int64)
     if labels is not None:
         arrays.append((LABEL_ARRAY, labels))
+    for name, array in arrays:
+        if wire_dtype(array.dtype) not in WIRE_DTYPES:
+            raise ConfigError(
+                f"{prefix}.arrays.{name}: Expected a dtype the wire carries {WIRE_DTYPES}. "
+                f"Got {np.dtype(array.dtype)} instead."
+            )
     return Dataset(config.name, tuple(arrays), tuple(config.class_list or ()))
 
 

@@ -11,8 +11,8 @@ import threading
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
-import numpy as np
 
+from data_node.datasets import wire_dtype
 from data_node.status import status_for
 from data_node.streams import StreamSlots, parse_stream_request, stream_batches
 from data_wire.v1 import data_node_pb2
@@ -98,7 +98,7 @@ def describe(dataset: Dataset) -> data_node_pb2.DatasetDescription:
         length=dataset.length,
         arrays=[
             data_node_pb2.ArrayDescription(
-                name=name, dtype=np.dtype(array.dtype).str, shape=list(array.shape)
+                name=name, dtype=wire_dtype(array.dtype), shape=list(array.shape)
             )
             for name, array in dataset.arrays
         ],

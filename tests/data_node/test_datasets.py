@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from data_node.config import ArrayConfig, DatasetConfig, SourceConfig
-from data_node.datasets import DatasetRegistry, open_dataset
+from data_node.datasets import DatasetRegistry, open_dataset, wire_dtype
 from data_node.errors import ConfigError, DatasetNotFoundError
 
 
@@ -121,3 +121,18 @@ def test_registry_lookup(sources):
     assert [d.name for d in registry] == ["brains"]
     with pytest.raises(DatasetNotFoundError, match="Did you mean 'brains'"):
         registry.get("brain")
+
+
+def test_dtypes_the_wire_cannot_carry_are_refused(tmp_path):
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f["complex"] = np.zeros(3, dtype=np.complex64)
+        f["big"] = np.zeros(3, dtype=">f4")
+    bad = DatasetConfig(
+        name="c", arrays=(ArrayConfig("z", (source(tmp_path / "c.h5", "hdf5", "complex"),)),)
+    )
+    with pytest.raises(ConfigError, match=r"datasets\.c\.arrays\.z: Expected a dtype the wire"):
+        open_dataset(bad)
+    big = DatasetConfig(
+        name="b", arrays=(ArrayConfig("x", (source(tmp_path / "c.h5", "hdf5", "big"),)),)
+    )
+    assert wire_dtype(open_dataset(big).array("x").dtype) == "<f4"
