@@ -62,7 +62,8 @@ _CHANNEL_RECONNECT_OPTIONS: Final = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
-_UINT64_MAX: Final = 2**64 - 1
+# data_flow seeds numpy generators with 32-bit seeds; the node refuses larger ones.
+_SEED_MAX: Final = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -425,7 +426,7 @@ class DataNodeClient:
             name: Dataset name.
             batch_size: Samples per batch, >= 1 (and within the node's limit).
             shuffle: Visit samples in random order (``StreamRequest.sample_random``). Default False.
-            seed: Seed of sample order and augmentation, in [0, 2**64). Default None: the node
+            seed: Seed of sample order and augmentation, in [0, 2**32). Default None: the node
                 draws one (it is in every cursor, and a resume reuses it).
             epochs: Number of epochs, >= 1; counted from the start of the stream, also when
                 resuming. Ignored when ``loop_forever``. Default 1.
@@ -486,7 +487,7 @@ class DataNodeClient:
             codec=_CODECS[_parse_option("codec", codec, _CODECS)],
         )
         if seed is not None:
-            request.seed = _parse_int("seed", seed, minimum=0, maximum=_UINT64_MAX)
+            request.seed = _parse_int("seed", seed, minimum=0, maximum=_SEED_MAX)
         if sample_weights is not None:
             request.sample_weights.CopyFrom(_build_sample_weights(sample_weights))
         if augment is not None:

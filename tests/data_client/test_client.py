@@ -114,7 +114,7 @@ def test_every_option_reaches_the_request(client, fake_node):
         "toy",
         3,
         shuffle=True,
-        seed=2**64 - 1,
+        seed=2**32 - 1,
         epochs=2,
         preprocessor="normalize",
         rank=1,
@@ -131,7 +131,7 @@ def test_every_option_reaches_the_request(client, fake_node):
     stream.close()
     (request,) = fake_node.requests
     assert request.sample_random
-    assert request.seed == 2**64 - 1
+    assert request.seed == 2**32 - 1
     assert request.epochs == 2
     assert request.preprocessor == "normalize"
     assert (request.shard.rank, request.shard.world_size) == (1, 3)
@@ -211,7 +211,7 @@ def test_bad_augment_is_refused_before_any_call(client, fake_node, augment, erro
         ({"name": ""}, TypeError, "name to be a non-empty string"),
         ({"epochs": 0}, ValueError, "epochs"),
         ({"seed": -1}, ValueError, "seed"),
-        ({"seed": 2**64}, ValueError, "seed"),
+        ({"seed": 2**32}, ValueError, "seed"),
         ({"rank": 2, "world_size": 2}, ValueError, r"rank to be an integer in \[0, 1\]. Got 2"),
         ({"rank": -1}, ValueError, "rank"),
         ({"world_size": 0}, ValueError, "world_size"),
