@@ -51,9 +51,10 @@ def make_disks(path: Path, num_images: int, size: int, seed: int = 0) -> None:
             disk = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 < radius**2
             image[0][disk] += 1.0
             mask[0][disk] = 1
+    chunks = (min(16, num_images), 1, size, size)
     with h5py.File(path, "w") as f:
-        f.create_dataset("image", data=images, chunks=(16, 1, size, size))
-        f.create_dataset("mask", data=masks, chunks=(16, 1, size, size))
+        f.create_dataset("image", data=images, chunks=chunks)
+        f.create_dataset("mask", data=masks, chunks=chunks)
 
 
 def _write_config(root: Path) -> Path:

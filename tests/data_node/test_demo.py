@@ -22,5 +22,6 @@ def test_make_disks_writes_images_and_matching_masks(tmp_path):
     with h5py.File(tmp_path / "d.h5", "r") as f:
         image, mask = f["image"][:], f["mask"][:]
     assert image.shape == mask.shape == (4, 1, 24, 24)
-    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    assert mask.dtype == np.uint8
+    assert set(np.unique(mask)) == {0, 1}
     assert image[mask == 1].mean() > image[mask == 0].mean() + 0.5
