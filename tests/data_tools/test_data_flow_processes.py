@@ -268,3 +268,20 @@ def test_a_flow_left_open_is_closed_at_interpreter_exit(tmp_path):
     report = json.loads(done.stdout)
     assert report["blocks"] >= 2  # the shared input and at least one result block
     assert not [name for name in os.listdir("/dev/shm") if name.startswith(report["prefix"])]
+
+
+def test_preprocessor_from_an_interactive_main_is_refused_up_front():
+    code = (
+        "import numpy as np\n"
+        "from data_tools.io import data_flow\n"
+        "def double(batch):\n"
+        "    return batch[0] * 2\n"
+        "try:\n"
+        "    data_flow([np.zeros(4)], 2, nb_proc_workers=1, preprocessor=double)\n"
+        "except TypeError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    )
+    assert "Expected preprocessor to be importable by worker processes" in result.stdout, result

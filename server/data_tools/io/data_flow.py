@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import pickle
+import sys
 import weakref
 from typing import TYPE_CHECKING, Any, Self
 
@@ -110,6 +111,15 @@ def _parse_preprocessor(preprocessor: Any, to_processes: bool) -> Callable[..., 
                 f"nb_proc_workers > 0 sends it to worker processes. Got {preprocessor!r} "
                 "instead."
             ) from error
+        module = getattr(preprocessor, "__module__", None)
+        if module == "__main__" and not hasattr(sys.modules["__main__"], "__file__"):
+            # A spawned worker re-imports __main__ from its file; `python -c` and
+            # interactive sessions have none, so the worker could not find the function.
+            raise TypeError(
+                "Expected preprocessor to be importable by worker processes. Got "
+                f"{preprocessor!r}, defined in an interactive session or `python -c`, "
+                "instead: move it into a module, or use nb_proc_workers=0."
+            )
     return preprocessor  # type: ignore[no-any-return]
 
 
