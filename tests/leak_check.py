@@ -8,8 +8,9 @@ After the block it waits up to ``timeout`` seconds for
 * every new child process of this process to be gone (reaped: a zombie counts as a leak,
   as it means nobody joined it), except multiprocessing's own helpers (the resource tracker
   and the forkserver), which live as long as the interpreter,
-* every new entry of /dev/shm whose name starts with ``shm_prefix`` ("data_tools", the
-  prefix of every block data_tools creates) to be unlinked. Other programs on the machine
+* every new entry of /dev/shm whose name starts with ``shm_prefix`` (default
+  ``data_tools_<this pid>_``: data_tools names each block after the process that owns it) to
+  be unlinked. Other programs on the machine
   (a parallel test run, a browser) create and drop entries of their own at any time, so
   only ours are checked by default; pass ``shm_prefix=""`` to check every entry,
 
@@ -78,9 +79,11 @@ class Snapshot:
 
 
 def find_leaks(
-    before: Snapshot, thread_prefix: str = "data_tools", shm_prefix: str = "data_tools"
+    before: Snapshot, thread_prefix: str = "data_tools", shm_prefix: str | None = None
 ) -> list[str]:
     """Describe every thread, child process and /dev/shm entry new since ``before``."""
+    if shm_prefix is None:
+        shm_prefix = f"data_tools_{os.getpid()}_"
     found = [
         f"thread {thread.name!r}"
         for thread in threading.enumerate()
@@ -97,7 +100,7 @@ def find_leaks(
 
 @contextmanager
 def assert_no_leaks(
-    timeout: float = 2.0, thread_prefix: str = "data_tools", shm_prefix: str = "data_tools"
+    timeout: float = 2.0, thread_prefix: str = "data_tools", shm_prefix: str | None = None
 ) -> Iterator[None]:
     """Fail if the block leaves a thread, child process or /dev/shm entry after ``timeout``."""
     before = Snapshot.take()
