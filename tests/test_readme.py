@@ -1,0 +1,147 @@
+"""README.md runs as written.
+
+Matrix: the first code block is exactly the two commands; every ``##`` section's ```python
+blocks, concatenated in order, exit 0 in a fresh interpreter in an empty directory; the client
+section runs against a node started the README's way (its data-writing code, its node.toml, its
+``data-node serve`` line, the address replaced by the real port), after its ``data-node health``
+line reports SERVING, and the node then exits 0 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BIN = Path(sys.executable).parent
+NODE_SECTION = "The data node"
+CLIENT_SECTION = "The client: data_client"
+README_ADDRESS = "127.0.0.1:50051"
+TIMEOUT = 60
+
+
+def code_blocks() -> list[tuple[str, str, str]]:
+    """(## section title, language, code) of every fenced block, in README order."""
+    blocks, section, fence = [], "", None
+    for line in README.read_text().splitlines(keepends=True):
+        if fence is not None:
+            if line.rstrip() == "```":
+                blocks.append((section, fence[0], "".join(fence[1])))
+                fence = None
+            else:
+                fence[1].append(line)
+        elif line.startswith("```"):
+            fence = (line[3:].strip(), [])
+        elif line.startswith("## "):
+            section = line[3:].strip()
+    assert fence is None, "README.md has an unclosed code block"
+    return blocks
+
+
+def section_code(language: str) -> dict[str, str]:
+    """Each section's blocks of ``language``, concatenated in order."""
+    code: dict[str, str] = {}
+    for section, block_language, block in code_blocks():
+        if block_language == language:
+            code[section] = code.get(section, "") + block
+    return code
+
+
+def run_python(code: str, cwd: Path) -> None:
+    """Run ``code`` in a fresh interpreter in ``cwd``; fail with its output unless it exits 0."""
+    paths = [str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "TMPDIR": str(cwd)}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def readme_command(verb: str) -> tuple[dict[str, str], list[str]]:
+    """The environment and argv of the node section's ``data-node <verb>`` line."""
+    for line in section_code("bash")[NODE_SECTION].splitlines():
+        words = shlex.split(line, comments=True)
+        env = {}
+        while words and "=" in words[0]:
+            key, value = words.pop(0).split("=", 1)
+            env[key] = value
+        if words[:2] == ["data-node", verb]:
+            return env, [str(BIN / "data-node"), *words[1:]]
+    raise AssertionError(f"README.md has no `data-node {verb}` line in {NODE_SECTION!r}")
+
+
+def wait_for_port(node: subprocess.Popen[bytes], log: Path) -> int:
+    """The port a starting node logs, once it serves."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        found = re.search(r"serving \d+ dataset\(s\) on port (\d+)", log.read_text())
+        if found:
+            return int(found.group(1))
+        assert node.poll() is None, f"the node exited with {node.returncode}:\n{log.read_text()}"
+        time.sleep(0.05)
+    raise AssertionError(f"the node did not start within {TIMEOUT} s:\n{log.read_text()}")
+
+
+def test_the_first_code_block_is_the_two_commands():
+    title, blank, *rest = README.read_text().splitlines()
+    assert (title, blank) == ("# data-tools", "")
+    assert rest[:4] == ["```", "make demo", "make test", "```"]
+
+
+SECTIONS = sorted(section_code("python"))
+
+
+def test_the_node_and_client_sections_have_examples():
+    assert {NODE_SECTION, CLIENT_SECTION} <= set(SECTIONS)
+    assert README_ADDRESS in section_code("python")[CLIENT_SECTION]
+
+
+@pytest.mark.parametrize("section", [s for s in SECTIONS if s != CLIENT_SECTION])
+def test_section_runs(section, tmp_path):
+    run_python(section_code("python")[section], tmp_path)
+
+
+def test_client_section_runs_against_the_readme_node(tmp_path):
+    python = section_code("python")
+    run_python(python[NODE_SECTION], tmp_path)
+    (tmp_path / "node.toml").write_text(section_code("toml")[NODE_SECTION])
+    serve_env, serve = readme_command("serve")
+    # Port 0 through the documented override: a fixed port could be taken on a shared machine.
+    env = {**os.environ, **serve_env, "DATA_NODE_NODE__LISTEN": "127.0.0.1:0"}
+    log = tmp_path / "node.log"
+    with log.open("wb") as output:
+        node = subprocess.Popen(serve, cwd=tmp_path, env=env, stdout=output, stderr=output)
+    try:
+        address = f"127.0.0.1:{wait_for_port(node, log)}"
+        health_env, health = readme_command("health")
+        checked = subprocess.run(
+            [word.replace(README_ADDRESS, address) for word in health],
+            env={**os.environ, **health_env},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert (checked.returncode, checked.stdout) == (0, f"{address}: SERVING\n")
+        run_python(python[CLIENT_SECTION].replace(README_ADDRESS, address), tmp_path)
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=TIMEOUT) == 0, log.read_text()
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
