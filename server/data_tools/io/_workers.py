@@ -370,13 +370,15 @@ def _answer(
             else [read_rows(source, task.indices) for source in sources]
         )
         arrays = preprocess(batch, task.epoch, task.batch_index, task.indices)
+        placed = layout_arrays(arrays)
+        if placed is None or placed[1] > order.block_size:
+            return _Reply(task.seq, arrays=arrays, nbytes=0 if placed is None else placed[1])
+        layouts, _ = placed
+        # A block that cannot be attached (unlinked behind our back) fails this batch with
+        # its own error, rather than ending the worker with an unexplained exit.
+        write_arrays(buffer_of(blocks.attach(order.slot, order.block_name)), arrays, layouts)
     except BaseException as error:  # noqa: BLE001 - every failure goes to the parent
         return _Reply(task.seq, failure=_RemoteFailure.capture(error))
-    placed = layout_arrays(arrays)
-    if placed is None or placed[1] > order.block_size:
-        return _Reply(task.seq, arrays=arrays, nbytes=0 if placed is None else placed[1])
-    layouts, _ = placed
-    write_arrays(buffer_of(blocks.attach(order.slot, order.block_name)), arrays, layouts)
     return _Reply(task.seq, layouts=layouts)
 
 
