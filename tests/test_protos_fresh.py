@@ -35,7 +35,7 @@ def test_generated_code_is_fresh(tmp_path):
 
 def test_every_proto_file_is_generated():
     protos = sorted(p.stem for p in GENERATED.glob("*.proto"))
-    assert protos == ["data_node", "tensor"]
+    assert protos == ["data_node", "jobs", "tensor"]
     for stem in protos:
         for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
             assert (GENERATED / f"{stem}{suffix}").is_file()

@@ -1,9 +1,10 @@
-"""Trainer-side client of a data node: datasets, descriptions and resumable batch streams."""
+"""Trainer-side client of a data node: datasets, resumable batch streams and build jobs."""
 
 from __future__ import annotations
 
 from data_client.client import (
     ArrayInfo,
+    ArrayInput,
     BatchStream,
     DataNodeClient,
     DatasetInfo,
@@ -23,19 +24,34 @@ from data_client.errors import (
     UnavailableError,
     UnimplementedError,
 )
+from data_client.jobs import (
+    BuildJob,
+    ClassProgress,
+    DatasetArray,
+    FileArray,
+    JobInfo,
+    JobState,
+)
 from data_wire.v1.tensor_pb2 import Cursor
 
 __all__ = [
     "ArrayInfo",
+    "ArrayInput",
     "BatchStream",
+    "BuildJob",
+    "ClassProgress",
     "Cursor",
     "DataNodeClient",
     "DataNodeError",
+    "DatasetArray",
     "DatasetInfo",
     "DeadlineExceededError",
     "FailedPreconditionError",
+    "FileArray",
     "InternalError",
     "InvalidArgumentError",
+    "JobInfo",
+    "JobState",
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",

@@ -1,14 +1,16 @@
-"""DataNodeClient: list and describe a data node's datasets and stream minibatches from them."""
+"""DataNodeClient: list and describe a data node's datasets, stream minibatches, build datasets."""
 
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import numbers
 import os
 import random
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeAlias
@@ -19,7 +21,8 @@ import numpy.typing as npt
 
 from data_client._decode import DecodedBatch, decode_batch
 from data_client.errors import translate_rpc_error
-from data_wire.v1 import data_node_pb2, tensor_pb2
+from data_client.jobs import BuildJob, DatasetArray, FileArray, JobCalls, JobInfo, job_info
+from data_wire.v1 import data_node_pb2, jobs_pb2, tensor_pb2
 from data_wire.v1.data_node_pb2 import (
     Augmentation,
     DatasetDescription,
@@ -33,11 +36,12 @@ from data_wire.v1.data_node_pb2 import (
 from data_wire.v1.tensor_pb2 import Cursor
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
     from types import TracebackType
 
 __all__ = [
     "ArrayInfo",
+    "ArrayInput",
     "BatchStream",
     "DataNodeClient",
     "DatasetInfo",
@@ -49,6 +53,9 @@ _DEFAULT_MAX_MESSAGE_BYTES: Final = 512 * 1024 * 1024
 
 TlsOption: TypeAlias = bool | str | os.PathLike[str] | bytes | grpc.ChannelCredentials | None
 """Accepted forms of ``DataNodeClient(tls=...)``."""
+
+ArrayInput: TypeAlias = DatasetArray | FileArray | str
+"""Accepted forms of a build job's volume or mask; a ``str`` is ``FileArray(path)``."""
 
 _METHOD_PREFIX: Final = f"/{data_node_pb2.DESCRIPTOR.services_by_name['DataNode'].full_name}/"
 _CODECS: Final = {
@@ -316,8 +323,9 @@ class DataNodeClient:
                 certificates).
             max_message_bytes: Largest message sent or received, in bytes (one Batch is one
                 message). Default 512 MiB, the node's default limit; keep both ends equal.
-            timeout: Seconds allowed to ``datasets()`` and ``describe()``; None waits forever.
-                Default 30. Streams have no deadline.
+            timeout: Seconds allowed to each unary call (``datasets()``, ``describe()``, the
+                job calls); None waits forever. Default 30. Streams and job watches have no
+                deadline (``BuildJob.wait`` takes its own).
             options: Further gRPC channel options as (key, value) pairs; they override ours.
 
         Raises:
@@ -358,6 +366,19 @@ class DataNodeClient:
             _METHOD_PREFIX + "StreamBatches",
             request_serializer=StreamRequest.SerializeToString,
             response_deserializer=decode_batch,
+        )
+        self._submit_build_job = self._unary("SubmitBuildJob", jobs_pb2.Job)
+        self._list_jobs = self._unary("ListJobs", jobs_pb2.ListJobsResponse)
+        self._job_calls = JobCalls(
+            get_job=self._unary("GetJob", jobs_pb2.Job),
+            cancel_job=self._unary("CancelJob", jobs_pb2.Job),
+            watch_job=self._channel.unary_stream(
+                _METHOD_PREFIX + "WatchJob",
+                request_serializer=jobs_pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=jobs_pb2.Job.FromString,
+            ),
+            metadata=self._metadata,
+            timeout=timeout,
         )
 
     def datasets(self) -> list[DatasetInfo]:
@@ -504,6 +525,105 @@ class DataNodeClient:
         self._streams.add(stream)
         return stream
 
+    def submit_build(
+        self,
+        output: str,
+        patchsize: int,
+        volume: ArrayInput,
+        mask: ArrayInput | None = None,
+        class_list: Sequence[int] | None = None,
+        random_order: bool = True,
+        batchsize: int = 32,
+        file_format: str = "hdf5",
+        writer_options: Mapping[str, Any] | None = None,
+        *,
+        max_patches_per_class: int | None = None,
+        register_as: str | None = None,
+        overwrite: bool = False,
+        slice_axis: int = -1,
+        seed: int | None = None,
+        executor: str | None = None,
+        scheduler_address: str | None = None,
+    ) -> BuildJob:
+        """Submit a patch-dataset build (``data_tools.patches.create_dataset`` on the node).
+
+        The arguments are create_dataset's, with ``output`` for ``save_path`` and
+        ``writer_options`` for ``kwargs``. The node checks them all; the obvious checks are
+        repeated here.
+
+        Args:
+            output: Name of the output directory under the node's output root.
+            patchsize: Patch edge in pixels, >= 1 and at most the slices' sides.
+            volume: The 2D slice or 3D volume: a ``DatasetArray``, a ``FileArray``, or a path
+                (str) under the node's data root.
+            mask: Optional array of the volume's shape holding each pixel's class, in the
+                same forms. Default None: every pixel is class 0.
+            class_list: Mask values to extract. Default None: every value in the mask.
+            random_order: Randomize each class's patch order. Default True.
+            batchsize: Patches per write and chunk length, >= 1. Default 32.
+            file_format: "hdf5" (default), "zarr" or "bcolz".
+            writer_options: JSON-serializable writer options (see the proto's
+                ``writer_options`` for the keys each format accepts). Default None.
+            max_patches_per_class: At most this many patches per class (>= 1): the first
+                ones, or a random subset with ``random_order``. Default None: all.
+            register_as: Serve the result as a dataset of this name once the job succeeds,
+                with arrays "patch" and "label". Default None.
+            overwrite: Replace an existing output once the job succeeds. Default False.
+            slice_axis: Axis of a 3D volume indexing its slices, in [-3, 2]. Default -1.
+            seed: Seed of the random choices, >= 0. Default None: the node draws one.
+            executor: "local" or "dask". Default None: the node's configured executor.
+            scheduler_address: The Dask scheduler's address. Default None: the node's.
+
+        Returns:
+            A ``BuildJob`` handle on the queued job.
+
+        Raises:
+            TypeError, ValueError: An argument is invalid here; the message names it.
+            InvalidArgumentError, PermissionDeniedError, NotFoundError,
+            ResourceExhaustedError: The node refused the request; the details name the field.
+        """
+        request = jobs_pb2.SubmitBuildJobRequest(
+            volume=_build_array_input("volume", volume),
+            patchsize=_parse_int("patchsize", patchsize, minimum=1),
+            class_list=[
+                _parse_int(f"class_list[{i}]", v, minimum=-(2**63))
+                for i, v in enumerate(class_list or ())
+            ],
+            random_order=bool(random_order),
+            batchsize=_parse_int("batchsize", batchsize, minimum=1),
+            file_format=_parse_name("file_format", file_format),
+            writer_options=_dump_writer_options(writer_options),
+            output=_parse_name("output", output),
+            register_as="" if register_as is None else _parse_name("register_as", register_as),
+            overwrite=bool(overwrite),
+            slice_axis=_parse_int("slice_axis", slice_axis, minimum=-(2**31)),
+            executor="" if executor is None else _parse_name("executor", executor),
+            scheduler_address=(
+                ""
+                if scheduler_address is None
+                else _parse_name("scheduler_address", scheduler_address)
+            ),
+        )
+        if mask is not None:
+            request.mask.CopyFrom(_build_array_input("mask", mask))
+        if max_patches_per_class is not None:
+            request.max_patches_per_class = _parse_int(
+                "max_patches_per_class", max_patches_per_class, minimum=1
+            )
+        if seed is not None:
+            request.seed = _parse_int("seed", seed, minimum=0, maximum=2**64 - 1)
+        job = self._call(self._submit_build_job, request)
+        return BuildJob(job.job_id, self._job_calls)
+
+    def job(self, job_id: str) -> BuildJob:
+        """A handle on a job submitted earlier (by any client); nothing is called yet."""
+        return BuildJob(_parse_name("job_id", job_id), self._job_calls)
+
+    def jobs(self) -> list[JobInfo]:
+        """Every job the node has recorded, in submission order, ended ones included."""
+        response = self._call(self._list_jobs, jobs_pb2.ListJobsRequest())
+        return [job_info(message) for message in response.jobs]
+
     def close(self) -> None:
         """Close every open stream of this client, then the channel; idempotent."""
         for stream in list(self._streams):
@@ -520,6 +640,45 @@ class DataNodeClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _unary(self, method: str, response_type: Any) -> Any:
+        """A unary-unary callable of the DataNode service returning ``response_type``."""
+        return self._channel.unary_unary(
+            _METHOD_PREFIX + method,
+            request_serializer=lambda message: message.SerializeToString(),
+            response_deserializer=response_type.FromString,
+        )
+
+    def _call(self, rpc: Any, request: Any) -> Any:
+        try:
+            return rpc(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error) from error
+
+
+def _build_array_input(argument: str, value: Any) -> jobs_pb2.ArrayInput:
+    if isinstance(value, str):
+        value = FileArray(value)
+    if isinstance(value, FileArray):
+        return jobs_pb2.ArrayInput(file=jobs_pb2.FileArray(path=value.path, key=value.key))
+    if isinstance(value, DatasetArray):
+        return jobs_pb2.ArrayInput(
+            dataset_array=jobs_pb2.DatasetArray(dataset=value.dataset, array=value.array)
+        )
+    raise TypeError(
+        f"Expected {argument} to be a DatasetArray, a FileArray or a path. Got {value!r} instead."
+    )
+
+
+def _dump_writer_options(options: Mapping[str, Any] | None) -> str:
+    if options is None:
+        return ""
+    if not isinstance(options, Mapping):
+        raise TypeError(f"Expected writer_options to be a dict or None. Got {options!r} instead.")
+    try:
+        return json.dumps(dict(options))
+    except TypeError as error:
+        raise TypeError(f"Expected writer_options to be JSON-serializable: {error}") from error
 
 
 def _channel_credentials(tls: TlsOption) -> grpc.ChannelCredentials | None:

@@ -1,21 +1,45 @@
-"""The ``data-node`` command: ``serve`` a config, or check a node's ``health``."""
+"""The ``data-node`` command: ``serve`` a config, check a node's ``health``, run build jobs.
+
+Build jobs (over the node's RPCs, with ``data_client``)::
+
+    data-node build --address HOST:PORT --output NAME --patchsize 32 \
+        --volume brain.h5:/image --mask brain.h5:/mask --class_list 0 1   # watches: a bar
+    data-node jobs --address HOST:PORT                     # one line per job
+    data-node watch JOB_ID --address HOST:PORT
+    data-node cancel JOB_ID --address HOST:PORT
+
+``build`` takes SubmitBuildJobRequest's fields as flags of the same names. An input is
+``--volume PATH[:KEY]`` (a file under the node's data root; KEY is the HDF5 or zarr array
+path) or ``--volume_dataset DATASET:ARRAY`` (an array of a served dataset); likewise
+``--mask`` / ``--mask_dataset``. ``build`` and ``watch`` exit 0 when the job succeeds, 1 when
+it fails or is cancelled, 2 when the node refuses the request.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2
 
-from data_node.config import load
+from data_client import DataNodeClient, DataNodeError
+from data_client.jobs import DatasetArray, FileArray, JobInfo, JobState
+from data_node.config import EXECUTORS, load
 from data_node.errors import ConfigError, PathOutsideRootError
 from data_node.server import serve
 
+if TYPE_CHECKING:
+    from data_client.jobs import BuildJob
+
 __all__ = ["main"]
+
+_DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,9 +51,114 @@ def _parser() -> argparse.ArgumentParser:
     health_parser = commands.add_parser(
         "health", help="exit 0 if the node at --address reports SERVING"
     )
-    health_parser.add_argument("--address", default="127.0.0.1:50051", help="host:port")
+    health_parser.add_argument("--address", default=_DEFAULT_ADDRESS, help="host:port")
     health_parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    _add_build_parser(commands)
+    jobs_parser = commands.add_parser("jobs", help="list the node's build jobs")
+    jobs_parser.add_argument("--address", default=_DEFAULT_ADDRESS, help="host:port")
+    for name, text in (
+        ("watch", "show a job's progress until it ends"),
+        ("cancel", "cancel a job"),
+    ):
+        job_parser = commands.add_parser(name, help=text)
+        job_parser.add_argument("job_id", help="the job's id (see `data-node jobs`)")
+        job_parser.add_argument("--address", default=_DEFAULT_ADDRESS, help="host:port")
     return parser
+
+
+def _add_build_parser(commands: Any) -> None:
+    build = commands.add_parser("build", help="submit a patch-dataset build job and watch it")
+    build.add_argument("--address", default=_DEFAULT_ADDRESS, help="host:port")
+    build.add_argument("--output", required=True, help="output name under the output root")
+    build.add_argument("--patchsize", type=int, required=True, help="patch edge, in pixels")
+    for name in ("volume", "mask"):
+        group = build.add_mutually_exclusive_group(required=name == "volume")
+        group.add_argument(f"--{name}", metavar="PATH[:KEY]", help="a file under the data root")
+        group.add_argument(
+            f"--{name}_dataset", metavar="DATASET:ARRAY", help="an array of a served dataset"
+        )
+    build.add_argument("--class_list", type=int, nargs="+", help="mask values to extract")
+    build.add_argument(
+        "--random_order",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="randomize each class's patch order (default: yes)",
+    )
+    build.add_argument("--batchsize", type=int, default=32, help="patches per write (32)")
+    build.add_argument("--max_patches_per_class", type=int, help="at most this many per class")
+    build.add_argument("--file_format", default="hdf5", help="hdf5 (default), zarr or bcolz")
+    build.add_argument("--writer_options", type=json.loads, help="a JSON object")
+    build.add_argument("--register_as", help="serve the result as a dataset of this name")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    build.add_argument("--slice_axis", type=int, default=-1, help="axis of the slices (-1)")
+    build.add_argument("--seed", type=int, help="seed of the random choices")
+    build.add_argument("--executor", choices=EXECUTORS, help="default: the node's")
+    build.add_argument("--scheduler_address", help="Dask scheduler; default: the node's")
+    build.add_argument("--detach", action="store_true", help="print the job id and exit")
+
+
+def _array_input(path: str | None, dataset: str | None) -> FileArray | DatasetArray | None:
+    if dataset is not None:
+        name, _, array = dataset.partition(":")
+        return DatasetArray(name, array)
+    if path is not None:
+        file, _, key = path.partition(":")
+        return FileArray(file, key)
+    return None
+
+
+def _build(args: argparse.Namespace) -> int:
+    volume = _array_input(args.volume, args.volume_dataset)
+    assert volume is not None  # argparse requires one
+    with DataNodeClient(args.address) as client:
+        job = client.submit_build(
+            args.output,
+            args.patchsize,
+            volume,
+            _array_input(args.mask, args.mask_dataset),
+            args.class_list,
+            args.random_order,
+            args.batchsize,
+            args.file_format,
+            args.writer_options,
+            max_patches_per_class=args.max_patches_per_class,
+            register_as=args.register_as,
+            overwrite=args.overwrite,
+            slice_axis=args.slice_axis,
+            seed=args.seed,
+            executor=args.executor,
+            scheduler_address=args.scheduler_address,
+        )
+        print(f"job {job.job_id} submitted")
+        return 0 if args.detach else _wait(job)
+
+
+def _wait(job: BuildJob) -> int:
+    info = job.wait(progress=True)
+    print(_describe(info))
+    return 0 if info.state is JobState.SUCCEEDED else 1
+
+
+def _describe(info: JobInfo) -> str:
+    counts = " ".join(f"class_{c.value}={c.written}/{c.total}" for c in info.classes)
+    line = (
+        f"{info.job_id} {info.state.value:<9} {info.fraction_done:6.1%} "
+        f"{info.elapsed_seconds:7.1f}s output={info.output!r} {counts}"
+    )
+    return f"{line} error={info.error!r}" if info.error else line
+
+
+def _jobs_command(args: argparse.Namespace) -> int:
+    with DataNodeClient(args.address) as client:
+        if args.command == "jobs":
+            for info in client.jobs():
+                print(_describe(info))
+            return 0
+        job = client.job(args.job_id)
+        if args.command == "watch":
+            return _wait(job)
+        print(_describe(job.cancel()))
+        return 0
 
 
 def _health(address: str, timeout: float) -> int:
@@ -54,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "health":
         return _health(args.address, args.timeout)
+    if args.command != "serve":
+        try:
+            return _build(args) if args.command == "build" else _jobs_command(args)
+        except (DataNodeError, TypeError, ValueError) as error:
+            print(f"data-node {args.command}: {error}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
         config = load(args.config, os.environ)

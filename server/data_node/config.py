@@ -1,15 +1,20 @@
 """The node's configuration: one TOML file plus ``DATA_NODE_*`` overrides, validated once.
 
 A config file looks like this (relative paths are relative to the file's directory for
-``data_root`` and ``state_dir``, and relative to ``data_root`` for sources)::
+``data_root``, ``state_dir`` and ``output_root``, and relative to ``data_root`` for sources)::
 
     [node]
     listen = "127.0.0.1:50051"     # host:port; port 0 picks a free one
     data_root = "data"             # every source must resolve inside it
-    state_dir = "state"            # the node's own files
+    state_dir = "state"            # the node's own files (the job database)
+    output_root = "outputs"        # build jobs write their outputs inside it
 
     [limits]
     max_batch_size = 4096          # see LimitsConfig for every limit and its default
+
+    [jobs]                         # patch-dataset build jobs; see JobsConfig
+    max_concurrent_jobs = 2
+    executor = "local"             # or "dask", with scheduler_address
 
     [preprocessors]                # name -> "package.module:function"
     scale = "my_project.prep:scale"
@@ -23,7 +28,7 @@ A config file looks like this (relative paths are relative to the file's directo
 
 A source's ``format`` ("hdf5", "zarr" or "bcolz") is taken from its suffix (.h5/.hdf5,
 .zarr, .bcolz) unless given. Environment variables ``DATA_NODE_<SECTION>__<KEY>`` override
-scalar keys of the ``node`` and ``limits`` sections (for example
+scalar keys of the ``node``, ``limits`` and ``jobs`` sections (for example
 ``DATA_NODE_LIMITS__MAX_OPEN_STREAMS=8``); their values are read as TOML values, falling
 back to a plain string. An unknown ``DATA_NODE_*`` variable is an error, not a warning.
 """
@@ -43,6 +48,7 @@ from data_node.errors import ConfigError, PathOutsideRootError
 __all__ = [
     "ArrayConfig",
     "DatasetConfig",
+    "JobsConfig",
     "LimitsConfig",
     "NodeConfig",
     "SourceConfig",
@@ -55,6 +61,7 @@ __all__ = [
 ENV_PREFIX = "DATA_NODE_"
 SOURCE_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr", ".bcolz": "bcolz"}
 LABEL_ARRAY = "label"
+EXECUTORS = ("dask", "local")
 MiB = 1 << 20
 
 
@@ -79,6 +86,31 @@ class LimitsConfig:
     max_proc_workers: int = 4
     max_message_bytes: int = 512 * MiB
     max_in_flight: int = 4
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """How the node runs patch-dataset build jobs (``[jobs]``).
+
+    Attributes:
+        max_concurrent_jobs: Jobs running at once, each in its own process; more wait queued.
+        max_queued_jobs: Jobs waiting at once; a submission beyond gets RESOURCE_EXHAUSTED.
+        max_watchers: WatchJob streams open at once (each holds an RPC thread); more get
+            RESOURCE_EXHAUSTED.
+        executor: Default executor of a job: "local" (the job's process extracts and
+            writes) or "dask" (the job's process drives tasks on a Dask cluster).
+        scheduler_address: Default Dask scheduler address, e.g. "tcp://10.0.0.5:8786";
+            None: a dask job must name one.
+        dask_task_bytes: Patch bytes one Dask task extracts and writes, rounded to whole
+            chunks; bounds a Dask worker's memory per task.
+    """
+
+    max_concurrent_jobs: int = 2
+    max_queued_jobs: int = 64
+    max_watchers: int = 16
+    executor: str = "local"
+    scheduler_address: str | None = None
+    dask_task_bytes: int = 16 * MiB
 
 
 @dataclass(frozen=True)
@@ -114,8 +146,10 @@ class NodeConfig:
 
     data_root: Path
     state_dir: Path
+    output_root: Path
     listen: str = "127.0.0.1:50051"
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     preprocessors: Mapping[str, str] = field(default_factory=dict)
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
 
@@ -146,15 +180,18 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> NodeConf
 
 def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
     """Validate a config already read into nested dicts (the TOML layout above)."""
-    _check_keys("", raw, {"node", "limits", "preprocessors", "datasets"})
+    _check_keys("", raw, {"node", "limits", "jobs", "preprocessors", "datasets"})
     node = _table("node", raw.get("node", {}))
-    _check_keys("node", node, {"listen", "data_root", "state_dir"})
+    _check_keys("node", node, _NODE_KEYS)
     if "data_root" not in node:
         raise ConfigError("node.data_root: Expected the directory holding the data. It is missing.")
     data_root = _existing_dir(
         "node.data_root", base_dir / _string("node.data_root", node["data_root"])
     )
     state_dir = (base_dir / _string("node.state_dir", node.get("state_dir", "state"))).resolve()
+    output_root = _output_root(
+        base_dir / _string("node.output_root", node.get("output_root", "outputs"))
+    )
     preprocessors = _parse_preprocessors(_table("preprocessors", raw.get("preprocessors", {})))
     datasets_raw = _table("datasets", raw.get("datasets", {}))
     datasets = {
@@ -164,8 +201,10 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
     return NodeConfig(
         data_root=data_root,
         state_dir=state_dir,
+        output_root=output_root,
         listen=_string("node.listen", node.get("listen", "127.0.0.1:50051")),
         limits=_parse_limits(_table("limits", raw.get("limits", {}))),
+        jobs=_parse_jobs(_table("jobs", raw.get("jobs", {}))),
         preprocessors=preprocessors,
         datasets=datasets,
     )
@@ -217,6 +256,24 @@ def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
     _check_keys("limits", raw, known)
     values = {name: _positive_int(f"limits.{name}", value) for name, value in raw.items()}
     return LimitsConfig(**values)
+
+
+def _parse_jobs(raw: Mapping[str, Any]) -> JobsConfig:
+    _check_keys("jobs", raw, _JOBS_KEYS)
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = f"jobs.{name}"
+        if name == "executor":
+            values[name] = _string(key, value)
+            if value not in EXECUTORS:
+                raise ConfigError(
+                    f"{key}: Expected one of {list(EXECUTORS)}. Got {value!r} instead."
+                )
+        elif name == "scheduler_address":
+            values[name] = _string(key, value)
+        else:
+            values[name] = _positive_int(key, value)
+    return JobsConfig(**values)
 
 
 def _parse_preprocessors(raw: Mapping[str, Any]) -> dict[str, str]:
@@ -307,8 +364,12 @@ def _parse_source(prefix: str, raw: Any, data_root: Path) -> SourceConfig:
 # ---------------------------------------------------------------- overrides
 
 
+_NODE_KEYS = {"listen", "data_root", "state_dir", "output_root"}
+_JOBS_KEYS = {f.name for f in dataclasses.fields(JobsConfig)}
+
+
 def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    sections = {"node": {"listen", "data_root", "state_dir"}}
+    sections = {"node": _NODE_KEYS, "jobs": _JOBS_KEYS}
     sections["limits"] = {f.name for f in dataclasses.fields(LimitsConfig)}
     for variable, text in sorted(environ.items()):
         if not variable.startswith(ENV_PREFIX):
@@ -365,6 +426,17 @@ def _int_list(key: str, value: Any) -> tuple[int, ...]:
     ):
         raise ConfigError(f"{key}: Expected a list of integers. Got {value!r} instead.")
     return tuple(value)
+
+
+def _output_root(path: Path) -> Path:
+    """The resolved output root: an existing directory, or a path one can be created at."""
+    resolved = path.resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise ConfigError(
+            f"node.output_root: Expected a directory (created if missing). "
+            f"Got {str(path)!r}, which is a file, instead."
+        )
+    return resolved
 
 
 def _existing_dir(key: str, path: Path) -> Path:

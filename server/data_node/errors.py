@@ -6,7 +6,9 @@ __all__ = [
     "ConfigError",
     "DataNodeError",
     "DatasetNotFoundError",
+    "JobNotFoundError",
     "LimitExceededError",
+    "NodeStoppingError",
     "PathOutsideRootError",
     "RequestError",
 ]
@@ -28,9 +30,17 @@ class DatasetNotFoundError(DataNodeError, LookupError):
     """A request names a dataset the node does not serve."""
 
 
+class JobNotFoundError(DataNodeError, LookupError):
+    """A request names a job the node has no record of."""
+
+
 class RequestError(DataNodeError, ValueError):
     """A request field is invalid; the message names the field."""
 
 
 class LimitExceededError(DataNodeError, RuntimeError):
     """A request would exceed one of the node's limits; the message names the limit."""
+
+
+class NodeStoppingError(DataNodeError, ConnectionError):
+    """The node is stopping and cannot take or keep serving this call; retry once it is back."""

@@ -1,9 +1,11 @@
-"""Build, run and stop a data node: gRPC server, health and reflection services, datasets.
+"""Build, run and stop a data node: gRPC server, health and reflection services, datasets, jobs.
 
 Stop order (``NodeServer.stop``): health says NOT_SERVING, so load balancers and
 ``data-node health`` see the node going; new calls are refused and running ones get
-``grace`` seconds; open streams are told to end; their workers stop as each stream's
-generator closes.
+``grace`` seconds; open streams are told to end, and job watches too (UNAVAILABLE); their
+workers stop as each stream's generator closes; once every call has ended, the job manager
+stops: running jobs' processes are terminated and recorded as interrupted (FAILED), queued
+jobs stay queued for the next start.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from data_node.datasets import DatasetRegistry
+from data_node.jobs import JobManager
 from data_node.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
 
 if TYPE_CHECKING:
@@ -30,6 +33,8 @@ __all__ = ["NodeServer", "build_server", "channel_options", "serve"]
 logger = logging.getLogger(__name__)
 # Threads beyond the stream limit, for unary calls and health checks while streams run.
 _SPARE_THREADS = 8
+# Seconds stop() waits for cancelled streams to release their workers.
+_STREAM_CLOSE_TIMEOUT = 10.0
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -48,19 +53,26 @@ class NodeServer:
     port: int
     servicer: DataNodeServicer
     health: health.HealthServicer
+    jobs: JobManager
 
     def start(self) -> None:
-        """Start serving; health reports SERVING."""
+        """Start serving and running jobs; health reports SERVING."""
+        self.jobs.start()
         self.server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Stop in order: NOT_SERVING, refuse new calls, end open streams, wait for them."""
+        """Stop: NOT_SERVING, refuse new calls, end streams and watches, wait, stop the jobs."""
         self.health.enter_graceful_shutdown()
         stopped = self.server.stop(grace)
         self.servicer.stop_streams()
+        self.jobs.stop_watchers()
         stopped.wait()
+        # Cancelled streams close their pipelines on their own threads; wait for them so
+        # the workers are stopped by the streams, not killed when the process exits.
+        self.servicer.wait_for_streams(_STREAM_CLOSE_TIMEOUT)
+        self.jobs.close()
 
     def wait(self) -> None:
         """Block until the server has stopped."""
@@ -75,13 +87,16 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
 
     Raises:
         ConfigError: A dataset cannot be opened or its arrays do not line up.
+        OSError: The state dir or output root cannot be created.
+        sqlite3.DatabaseError: The job database in the state dir cannot be opened.
         RuntimeError: The address cannot be bound.
     """
     registry = DatasetRegistry.from_config(config.datasets)
-    servicer = DataNodeServicer(config, registry)
+    jobs = JobManager(config, registry)
+    servicer = DataNodeServicer(config, registry, jobs)
     server = grpc.server(
         futures.ThreadPoolExecutor(
-            max_workers=config.limits.max_open_streams + _SPARE_THREADS,
+            max_workers=config.limits.max_open_streams + config.jobs.max_watchers + _SPARE_THREADS,
             thread_name_prefix="data_node-rpc",
         ),
         options=channel_options(config.limits.max_message_bytes),
@@ -93,10 +108,14 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     target = address or config.listen
-    port = server.add_insecure_port(target)
+    try:
+        port = server.add_insecure_port(target)
+    except RuntimeError:
+        port = 0
     if port == 0:
+        jobs.close()
         raise RuntimeError(f"node.listen: cannot bind {target!r}.")
-    return NodeServer(server, port, servicer, health_servicer), port
+    return NodeServer(server, port, servicer, health_servicer, jobs), port
 
 
 def serve(config: NodeConfig, *, ready: threading.Event | None = None) -> None:

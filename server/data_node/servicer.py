@@ -1,27 +1,31 @@
 """DataNodeServicer: translates data_wire messages to library calls and errors to statuses.
 
-It holds no pipeline logic (that is streams.py) and lets no traceback reach the wire: every
-exception is looked up in status.py and the call aborted with that code and the message.
+It holds no pipeline logic (that is streams.py, and jobs.py for build jobs) and lets no
+traceback reach the wire: every exception is looked up in status.py and the call aborted
+with that code and the message.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from data_node.datasets import wire_dtype
 from data_node.status import status_for
 from data_node.streams import StreamSlots, parse_stream_request, stream_batches
-from data_wire.v1 import data_node_pb2
+from data_wire.v1 import data_node_pb2, jobs_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from data_node.config import NodeConfig
     from data_node.datasets import Dataset, DatasetRegistry
+    from data_node.jobs import JobManager
 
 __all__ = ["SERVICE_NAME", "DataNodeServicer", "method_handlers"]
 
@@ -31,11 +35,12 @@ Response = TypeVar("Response")
 
 
 class DataNodeServicer:
-    """The DataNode service over a dataset registry, within the config's limits."""
+    """The DataNode service over a dataset registry and a job manager, within the limits."""
 
-    def __init__(self, config: NodeConfig, registry: DatasetRegistry) -> None:
+    def __init__(self, config: NodeConfig, registry: DatasetRegistry, jobs: JobManager) -> None:
         self._config = config
         self._registry = registry
+        self._jobs = jobs
         self._slots = StreamSlots(config.limits.max_open_streams)
         self._stops: set[threading.Event] = set()
         self._lock = threading.Lock()
@@ -84,11 +89,51 @@ class DataNodeServicer:
                 self._stops.discard(stop)
             self._slots.release()
 
+    def SubmitBuildJob(
+        self, request: jobs_pb2.SubmitBuildJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.Job:
+        return _answer(context, lambda: self._jobs.submit(request))
+
+    def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.Job:
+        return _answer(context, lambda: self._jobs.get(request.job_id))
+
+    def ListJobs(
+        self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.ListJobsResponse:
+        return _answer(context, lambda: jobs_pb2.ListJobsResponse(jobs=self._jobs.list()))
+
+    def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.Job:
+        return _answer(context, lambda: self._jobs.cancel(request.job_id))
+
+    def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[jobs_pb2.Job]:
+        stop = threading.Event()
+        context.add_callback(stop.set)
+        try:
+            yield from self._jobs.watch(request.job_id, stop)
+        except Exception as error:
+            _abort(context, error)
+
     def stop_streams(self) -> None:
         """Ask every open stream to end after its current batch."""
         with self._lock:
             for stop in self._stops:
                 stop.set()
+
+    def wait_for_streams(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every stream to end; True if they all did."""
+        deadline = time.monotonic() + timeout
+        while self._slots.open:
+            if time.monotonic() > deadline:
+                logger.warning("%d stream(s) still open after %.1f s", self._slots.open, timeout)
+                return False
+            time.sleep(0.01)
+        return True
 
 
 def describe(dataset: Dataset) -> data_node_pb2.DatasetDescription:
@@ -107,27 +152,62 @@ def describe(dataset: Dataset) -> data_node_pb2.DatasetDescription:
 
 
 def method_handlers(servicer: DataNodeServicer) -> grpc.GenericRpcHandler:
-    """The service's handlers. StreamBatches yields encoded bytes: no response serializer."""
+    """The service's handlers.
+
+    Requests arrive as bytes and are parsed here, so a malformed request gets
+    INVALID_ARGUMENT naming the message type rather than gRPC's generic INTERNAL.
+    StreamBatches yields bytes already encoded (data_node.wire): no response serializer.
+    """
+
+    def serialize(message: Any) -> bytes:
+        return message.SerializeToString()  # type: ignore[no-any-return]
+
+    def unary(method: Callable[..., Any], request_type: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        return grpc.unary_unary_rpc_method_handler(
+            _parsing(method, request_type), response_serializer=serialize
+        )
+
+    def streaming(
+        method: Callable[..., Any], request_type: Any, encoded: bool = False
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        return grpc.unary_stream_rpc_method_handler(
+            _parsing(method, request_type), response_serializer=None if encoded else serialize
+        )
+
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
-            "ListDatasets": grpc.unary_unary_rpc_method_handler(
-                servicer.ListDatasets,
-                request_deserializer=data_node_pb2.ListDatasetsRequest.FromString,
-                response_serializer=data_node_pb2.ListDatasetsResponse.SerializeToString,
+            "ListDatasets": unary(servicer.ListDatasets, data_node_pb2.ListDatasetsRequest),
+            "DescribeDataset": unary(
+                servicer.DescribeDataset, data_node_pb2.DescribeDatasetRequest
             ),
-            "DescribeDataset": grpc.unary_unary_rpc_method_handler(
-                servicer.DescribeDataset,
-                request_deserializer=data_node_pb2.DescribeDatasetRequest.FromString,
-                response_serializer=data_node_pb2.DatasetDescription.SerializeToString,
+            "StreamBatches": streaming(
+                servicer.StreamBatches, data_node_pb2.StreamRequest, encoded=True
             ),
-            "StreamBatches": grpc.unary_stream_rpc_method_handler(
-                servicer.StreamBatches,
-                request_deserializer=data_node_pb2.StreamRequest.FromString,
-                response_serializer=None,
-            ),
+            "SubmitBuildJob": unary(servicer.SubmitBuildJob, jobs_pb2.SubmitBuildJobRequest),
+            "GetJob": unary(servicer.GetJob, jobs_pb2.GetJobRequest),
+            "ListJobs": unary(servicer.ListJobs, jobs_pb2.ListJobsRequest),
+            "CancelJob": unary(servicer.CancelJob, jobs_pb2.CancelJobRequest),
+            "WatchJob": streaming(servicer.WatchJob, jobs_pb2.WatchJobRequest),
         },
     )
+
+
+def _parsing(method: Callable[..., Any], request_type: Any) -> Callable[..., Any]:
+    """``method`` taking the request's bytes, parsed as ``request_type``."""
+
+    def handler(raw: bytes, context: grpc.ServicerContext) -> Any:
+        try:
+            request = request_type.FromString(raw)
+        except DecodeError as error:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request: Expected a serialized {request_type.DESCRIPTOR.full_name}. "
+                f"Got {len(raw)} bytes that do not parse ({error}) instead.",
+            )
+        return method(request, context)
+
+    return handler
 
 
 def _answer(context: grpc.ServicerContext, respond: Callable[[], Response]) -> Response:

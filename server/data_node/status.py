@@ -12,7 +12,9 @@ import grpc
 from data_node.errors import (
     ConfigError,
     DatasetNotFoundError,
+    JobNotFoundError,
     LimitExceededError,
+    NodeStoppingError,
     PathOutsideRootError,
     RequestError,
 )
@@ -22,8 +24,10 @@ __all__ = ["STATUS_TABLE", "status_for"]
 
 STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (DatasetNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (JobNotFoundError, grpc.StatusCode.NOT_FOUND),
     (PathOutsideRootError, grpc.StatusCode.PERMISSION_DENIED),
     (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NodeStoppingError, grpc.StatusCode.UNAVAILABLE),
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (ViewIndexError, grpc.StatusCode.OUT_OF_RANGE),

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_node.config import resolve_preprocessor
-from data_node.errors import LimitExceededError, RequestError
+from data_node.errors import LimitExceededError, NodeStoppingError, RequestError
 from data_node.wire import encode_batch
 from data_tools.data_augmentation import image_random_transform
 from data_tools.io import data_flow
@@ -259,7 +259,10 @@ def _check_flow_options(
 
 
 def stream_batches(plan: StreamPlan, stop: threading.Event) -> Iterator[bytes]:
-    """Yield each batch of ``plan`` as encoded ``Batch`` bytes until the last epoch or ``stop``.
+    """Yield each batch of ``plan`` as encoded ``Batch`` bytes until its last epoch.
+
+    Raises:
+        NodeStoppingError: ``stop`` was set (the node is stopping, or the call ended).
 
     Every worker the stream started is stopped when the generator ends, however it ends
     (exhausted, closed by gRPC on cancellation, or garbage-collected).
@@ -272,7 +275,11 @@ def stream_batches(plan: StreamPlan, stop: threading.Event) -> Iterator[bytes]:
         return
     with flow:
         for info in flow.flow_with_info():
-            if stop.is_set() or (plan.epochs is not None and info.epoch >= plan.epochs):
+            if stop.is_set():
+                raise NodeStoppingError(
+                    "the node is stopping; reconnect and resume from the last cursor received"
+                )
+            if plan.epochs is not None and info.epoch >= plan.epochs:
                 return
             yield encode_batch(
                 info.arrays,

@@ -16,15 +16,12 @@ from __future__ import annotations
 import numbers
 import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from data_tools.errors import UnsupportedIndexError, ViewIndexError
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 __all__ = [
     "SourceRead",
@@ -212,16 +209,26 @@ def _expand(key: Any, shape: tuple[int, ...]) -> tuple[list[_Entry], slice | Non
     return entries, ellipsis_axes
 
 
-def _check_broadcast(entries: Sequence[_Entry]) -> None:
+def _check_broadcast(entries: list[_Entry]) -> None:
+    """Check the index arrays broadcast together; empty them all if the result is empty.
+
+    numpy checks no array index against its axis when the broadcast selects nothing
+    (``a[:, [99], []]`` is empty, not an IndexError), so neither do views.
+    """
     shapes = [e.shape for e in entries if isinstance(e, np.ndarray)]
-    if len(shapes) > 1:
-        try:
-            np.broadcast_shapes(*shapes)
-        except ValueError as error:
-            listed = " ".join(str(s) for s in shapes)
-            raise UnsupportedIndexError(
-                f"Shape mismatch: index arrays could not be broadcast together with shapes {listed}."
-            ) from error
+    if not shapes:
+        return
+    try:
+        broadcast = np.broadcast_shapes(*shapes)
+    except ValueError as error:
+        listed = " ".join(str(s) for s in shapes)
+        raise UnsupportedIndexError(
+            f"Shape mismatch: index arrays could not be broadcast together with shapes {listed}."
+        ) from error
+    if 0 in broadcast:
+        for axis, entry in enumerate(entries):
+            if isinstance(entry, np.ndarray):
+                entries[axis] = np.zeros(broadcast, dtype=np.intp)
 
 
 def _check_int(index: int, axis: int, size: int) -> int:

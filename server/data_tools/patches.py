@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -352,6 +352,7 @@ def create_dataset(
     *,
     slice_axis: int = -1,
     rng: Any = None,
+    progress: Callable[[dict[int, int]], None] | None = None,
 ) -> dict[int, int]:
     """Extract patches around every pixel of a volume and save them, one array per class.
 
@@ -406,6 +407,10 @@ def create_dataset(
             [-3, 2]. Default -1. Ignored for a 2D volume.
         rng: Keyword-only. Random source for ``random_order``: None, an int seed, or a
             ``numpy.random.Generator``. Default None.
+        progress: Keyword-only. Called after each block of patches is handed to the writers
+            with ``{class value: patches written so far}`` (every class, in the order of the
+            returned dict; a fresh dict each call). An exception it raises aborts the build
+            like any other failure. Default None.
 
     Returns:
         ``{class value: number of patches written}``, in ``class_list`` order (ascending
@@ -415,7 +420,7 @@ def create_dataset(
         TypeError: If ``save_path`` is not a path, ``patchsize``, ``batchsize``,
             ``slice_axis`` or a ``class_list`` value is not an int, ``class_list`` is not a
             sequence, ``random_order`` or ``show_progress`` is not a bool, ``kwargs`` is
-            not a mapping, ``volume`` or ``mask`` has an unsupported dtype, or ``rng`` is
+            not a mapping, ``progress`` is neither None nor callable, ``volume`` or ``mask`` has an unsupported dtype, or ``rng`` is
             not accepted by ``numpy.random.default_rng``.
         ValueError: If ``patchsize`` or ``batchsize`` < 1, ``file_format`` is unknown
             (with a did-you-mean hint), ``volume`` is not 2D or 3D or has no pixel,
@@ -432,7 +437,9 @@ def create_dataset(
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise TypeError(f"Expected kwargs to be a dict or None. Got {kwargs!r} instead.")
     options = dict(kwargs or {})
-    progress = parse_bool("show_progress", show_progress)
+    show_bar = parse_bool("show_progress", show_progress)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"Expected progress to be None or a callable. Got {progress!r} instead.")
     image = _parse_image("volume", volume)
     if image.size == 0:
         raise ValueError(
@@ -461,14 +468,18 @@ def create_dataset(
             )
             for i, (value, count) in enumerate(counts.items())
         }
-        bar = stack.enter_context(tqdm(total=len(generator), disable=not progress, unit="patch"))
+        bar = stack.enter_context(tqdm(total=len(generator), disable=not show_bar, unit="patch"))
+        written = dict.fromkeys(counts, 0)
         for patches, centres in generator.iter_blocks():
             classes = None if labels is None else labels[tuple(centres.T)]
             for value, writer in writers.items():
                 chosen = patches if classes is None else patches[classes == value]
                 if len(chosen):
                     writer.buffered_write(chosen[:, np.newaxis])
+                    written[value] += len(chosen)
             bar.update(len(patches))
+            if progress is not None:
+                progress(dict(written))
     return counts
 
 

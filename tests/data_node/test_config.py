@@ -4,7 +4,8 @@ Matrix: full config (two multi-source arrays, class_list, maxlen, preprocessor, 
 env overrides (known, unknown, TOML-typed); missing file / not TOML; unknown keys at each
 level; missing data_root / path / key; source outside data_root (``..``, absolute, symlink);
 missing source file; unknown format; class_list length; label collision; bad limit values;
-preprocessor malformed / not importable / not callable.
+preprocessor malformed / not importable / not callable. Jobs: output_root default and
+override, output_root naming a file, [jobs] defaults / values / env overrides / bad values.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import textwrap
 
 import pytest
 
-from data_node.config import LimitsConfig, load, resolve_inside, resolve_preprocessor
+from data_node.config import JobsConfig, LimitsConfig, load, resolve_inside, resolve_preprocessor
 from data_node.errors import ConfigError, PathOutsideRootError
 
 
@@ -207,3 +208,56 @@ def test_resolve_preprocessor():
 
     assert resolve_preprocessor("numpy:negative") is np.negative
     assert resolve_preprocessor("numpy.linalg:norm") is np.linalg.norm
+
+
+def test_jobs_defaults_and_output_root(root):
+    config = load(write(root, GOOD))
+    assert config.output_root == (root / "outputs").resolve()
+    assert config.jobs == JobsConfig()
+    assert config.jobs.executor == "local"
+    assert config.jobs.scheduler_address is None
+    assert not (root / "outputs").exists()  # created by the node, not by loading
+
+
+def test_jobs_section_and_env_overrides(root):
+    body = replace('data_root = "data"', 'data_root = "data"\noutput_root = "built"') + (
+        '\n[jobs]\nmax_concurrent_jobs = 3\nexecutor = "dask"\n'
+        'scheduler_address = "tcp://10.0.0.5:8786"\ndask_task_bytes = 4096\n'
+    )
+    config = load(
+        write(root, body),
+        {"DATA_NODE_JOBS__MAX_QUEUED_JOBS": "5", "DATA_NODE_NODE__OUTPUT_ROOT": "elsewhere"},
+    )
+    assert config.output_root == (root / "elsewhere").resolve()
+    assert config.jobs == JobsConfig(
+        max_concurrent_jobs=3,
+        max_queued_jobs=5,
+        executor="dask",
+        scheduler_address="tcp://10.0.0.5:8786",
+        dask_task_bytes=4096,
+    )
+
+
+@pytest.mark.parametrize(
+    ("jobs", "message"),
+    [
+        ("max_concurrent_jobs = 0", r"^jobs\.max_concurrent_jobs: Expected an integer >= 1"),
+        ("max_queued_jobs = true", r"^jobs\.max_queued_jobs"),
+        ("max_watchers = -1", r"^jobs\.max_watchers"),
+        ('executor = "dusk"', r"^jobs\.executor: Expected one of \['dask', 'local'\]"),
+        ("scheduler_address = 5", r"^jobs\.scheduler_address: Expected a non-empty string"),
+        ("max_jobs = 1", r"^jobs\.max_jobs: Expected one of"),
+    ],
+)
+def test_bad_jobs_values_name_the_key(root, jobs, message):
+    with pytest.raises(ConfigError, match=message):
+        load(write(root, GOOD + f"\n[jobs]\n{jobs}\n"))
+
+
+def test_output_root_must_not_be_a_file(root):
+    (root / "data" / "file").touch()
+    body = replace('data_root = "data"', 'data_root = "data"\noutput_root = "data/file"')
+    with pytest.raises(ConfigError, match=r"^node\.output_root: Expected a directory"):
+        load(write(root, body))
+    with pytest.raises(ConfigError, match="DATA_NODE_JOBS__EXECUTOR"):
+        load(write(root, GOOD), {"DATA_NODE_JOBS__EXECUTORS": "dask"})

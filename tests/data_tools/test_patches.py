@@ -10,9 +10,9 @@ map, not np.pad).
 create_dataset matrix: file_format hdf5/zarr/bcolz x (mask with class_list None, class_list
 subset, no mask, bool/negative/float masks, a class smaller than batchsize, 2D volume,
 slice_axis) x ordered/random order; read back with h5py / zarr / bcolz and compared per class
-with patch_generator; progress bar on stderr; kwargs passed and not mutated; a rebuild
-replaces the container; a failure mid-build leaves is_dataset_complete False; bad arguments
-raise before anything is created.
+with patch_generator; progress bar on stderr; progress callback (cumulative per class); kwargs
+passed and not mutated; a rebuild replaces the container; a failure mid-build leaves
+is_dataset_complete False; bad arguments raise before anything is created.
 """
 
 from __future__ import annotations
@@ -439,6 +439,21 @@ def test_show_progress_draws_a_bar_on_stderr(labelled, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{volume.size}/{volume.size}" in err
     assert "patch" in err
+
+
+def test_progress_reports_cumulative_counts_per_block(labelled, tmp_path):
+    volume, mask = labelled
+    reports = []
+    counts = create_dataset(
+        tmp_path, 3, volume, mask, class_list=[2, 0], progress=reports.append, random_order=False
+    )
+    assert len(reports) > 1  # one per slice in order
+    assert all(list(report) == [2, 0] for report in reports)
+    totals = [sum(report.values()) for report in reports]
+    assert totals == sorted(totals)
+    assert reports[-1] == counts
+    with pytest.raises(TypeError, match="progress to be None or a callable"):
+        create_dataset(tmp_path, 3, volume, mask, progress=1)
 
 
 @pytest.mark.parametrize("file_format", FORMATS)

@@ -22,36 +22,37 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from data_wire.v1 import jobs_pb2 as data__wire_dot_v1_dot_jobs__pb2
 from data_wire.v1 import tensor_pb2 as data__wire_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64\x61ta_wire/v1/data_node.proto\x12\x0c\x64\x61ta_wire.v1\x1a\x19\x64\x61ta_wire/v1/tensor.proto\"\x15\n\x13ListDatasetsRequest\"J\n\x14ListDatasetsResponse\x12\x32\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32 .data_wire.v1.DatasetDescription\"&\n\x16\x44\x65scribeDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x10\x41rrayDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"s\n\x12\x44\x61tasetDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12.\n\x06\x61rrays\x18\x03 \x03(\x0b\x32\x1e.data_wire.v1.ArrayDescription\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\x03\")\n\x05Shard\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nworld_size\x18\x02 \x01(\x05\"\xee\x03\n\x0c\x41ugmentation\x12\x0f\n\x07x_array\x18\x01 \x01(\t\x12\x0f\n\x07y_array\x18\x02 \x01(\t\x12\x16\n\x0erotation_range\x18\x03 \x01(\x01\x12\x19\n\x11width_shift_range\x18\x04 \x01(\x01\x12\x1a\n\x12height_shift_range\x18\x05 \x01(\x01\x12\x13\n\x0bshear_range\x18\x06 \x01(\x01\x12\x12\n\nzoom_range\x18\x07 \x03(\x01\x12\x1d\n\x15intensity_shift_range\x18\x08 \x01(\x01\x12\x11\n\tfill_mode\x18\t \x01(\t\x12\x0e\n\x06\x63val_x\x18\n \x01(\x01\x12\x0e\n\x06\x63val_y\x18\x0b \x01(\x01\x12\x17\n\x0fhorizontal_flip\x18\x0c \x01(\x08\x12\x15\n\rvertical_flip\x18\r \x01(\x08\x12\x13\n\x0bspline_warp\x18\x0e \x01(\x08\x12\x17\n\nwarp_sigma\x18\x0f \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0ewarp_grid_size\x18\x10 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\tcrop_size\x18\x11 \x03(\x03\x12\x14\n\x07order_x\x18\x12 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07order_y\x18\x13 \x01(\x05H\x03\x88\x01\x01\x42\r\n\x0b_warp_sigmaB\x11\n\x0f_warp_grid_sizeB\n\n\x08_order_xB\n\n\x08_order_y\"V\n\rSampleWeights\x12\x0f\n\x05\x61rray\x18\x01 \x01(\tH\x00\x12*\n\x06values\x18\x02 \x01(\x0b\x32\x18.data_wire.v1.DoubleListH\x00\x42\x08\n\x06source\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\xea\x03\n\rStreamRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x03\x12\x15\n\rsample_random\x18\x03 \x01(\x08\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x1f\n\x17sample_with_replacement\x18\x05 \x01(\x08\x12\x33\n\x0esample_weights\x18\x06 \x01(\x0b\x32\x1b.data_wire.v1.SampleWeights\x12\x1f\n\x17\x64rop_incomplete_batches\x18\x07 \x01(\x08\x12\x0e\n\x06\x65pochs\x18\x08 \x01(\x03\x12\x14\n\x0cloop_forever\x18\t \x01(\x08\x12\x15\n\rnb_io_workers\x18\n \x01(\x05\x12\x17\n\x0fnb_proc_workers\x18\x0b \x01(\x05\x12\"\n\x05shard\x18\x0c \x01(\x0b\x32\x13.data_wire.v1.Shard\x12\x30\n\x0c\x61ugmentation\x18\r \x01(\x0b\x32\x1a.data_wire.v1.Augmentation\x12\x14\n\x0cpreprocessor\x18\x0e \x01(\t\x12$\n\x06resume\x18\x0f \x01(\x0b\x32\x14.data_wire.v1.Cursor\x12\"\n\x05\x63odec\x18\x10 \x01(\x0e\x32\x13.data_wire.v1.CodecB\x07\n\x05_seed2\x81\x02\n\x08\x44\x61taNode\x12U\n\x0cListDatasets\x12!.data_wire.v1.ListDatasetsRequest\x1a\".data_wire.v1.ListDatasetsResponse\x12Y\n\x0f\x44\x65scribeDataset\x12$.data_wire.v1.DescribeDatasetRequest\x1a .data_wire.v1.DatasetDescription\x12\x43\n\rStreamBatches\x12\x1b.data_wire.v1.StreamRequest\x1a\x13.data_wire.v1.Batch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64\x61ta_wire/v1/data_node.proto\x12\x0c\x64\x61ta_wire.v1\x1a\x17\x64\x61ta_wire/v1/jobs.proto\x1a\x19\x64\x61ta_wire/v1/tensor.proto\"\x15\n\x13ListDatasetsRequest\"J\n\x14ListDatasetsResponse\x12\x32\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32 .data_wire.v1.DatasetDescription\"&\n\x16\x44\x65scribeDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x10\x41rrayDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"s\n\x12\x44\x61tasetDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12.\n\x06\x61rrays\x18\x03 \x03(\x0b\x32\x1e.data_wire.v1.ArrayDescription\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\x03\")\n\x05Shard\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nworld_size\x18\x02 \x01(\x05\"\xee\x03\n\x0c\x41ugmentation\x12\x0f\n\x07x_array\x18\x01 \x01(\t\x12\x0f\n\x07y_array\x18\x02 \x01(\t\x12\x16\n\x0erotation_range\x18\x03 \x01(\x01\x12\x19\n\x11width_shift_range\x18\x04 \x01(\x01\x12\x1a\n\x12height_shift_range\x18\x05 \x01(\x01\x12\x13\n\x0bshear_range\x18\x06 \x01(\x01\x12\x12\n\nzoom_range\x18\x07 \x03(\x01\x12\x1d\n\x15intensity_shift_range\x18\x08 \x01(\x01\x12\x11\n\tfill_mode\x18\t \x01(\t\x12\x0e\n\x06\x63val_x\x18\n \x01(\x01\x12\x0e\n\x06\x63val_y\x18\x0b \x01(\x01\x12\x17\n\x0fhorizontal_flip\x18\x0c \x01(\x08\x12\x15\n\rvertical_flip\x18\r \x01(\x08\x12\x13\n\x0bspline_warp\x18\x0e \x01(\x08\x12\x17\n\nwarp_sigma\x18\x0f \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0ewarp_grid_size\x18\x10 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\tcrop_size\x18\x11 \x03(\x03\x12\x14\n\x07order_x\x18\x12 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07order_y\x18\x13 \x01(\x05H\x03\x88\x01\x01\x42\r\n\x0b_warp_sigmaB\x11\n\x0f_warp_grid_sizeB\n\n\x08_order_xB\n\n\x08_order_y\"V\n\rSampleWeights\x12\x0f\n\x05\x61rray\x18\x01 \x01(\tH\x00\x12*\n\x06values\x18\x02 \x01(\x0b\x32\x18.data_wire.v1.DoubleListH\x00\x42\x08\n\x06source\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\xea\x03\n\rStreamRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x03\x12\x15\n\rsample_random\x18\x03 \x01(\x08\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x1f\n\x17sample_with_replacement\x18\x05 \x01(\x08\x12\x33\n\x0esample_weights\x18\x06 \x01(\x0b\x32\x1b.data_wire.v1.SampleWeights\x12\x1f\n\x17\x64rop_incomplete_batches\x18\x07 \x01(\x08\x12\x0e\n\x06\x65pochs\x18\x08 \x01(\x03\x12\x14\n\x0cloop_forever\x18\t \x01(\x08\x12\x15\n\rnb_io_workers\x18\n \x01(\x05\x12\x17\n\x0fnb_proc_workers\x18\x0b \x01(\x05\x12\"\n\x05shard\x18\x0c \x01(\x0b\x32\x13.data_wire.v1.Shard\x12\x30\n\x0c\x61ugmentation\x18\r \x01(\x0b\x32\x1a.data_wire.v1.Augmentation\x12\x14\n\x0cpreprocessor\x18\x0e \x01(\t\x12$\n\x06resume\x18\x0f \x01(\x0b\x32\x14.data_wire.v1.Cursor\x12\"\n\x05\x63odec\x18\x10 \x01(\x0e\x32\x13.data_wire.v1.CodecB\x07\n\x05_seed2\xd0\x04\n\x08\x44\x61taNode\x12U\n\x0cListDatasets\x12!.data_wire.v1.ListDatasetsRequest\x1a\".data_wire.v1.ListDatasetsResponse\x12Y\n\x0f\x44\x65scribeDataset\x12$.data_wire.v1.DescribeDatasetRequest\x1a .data_wire.v1.DatasetDescription\x12\x43\n\rStreamBatches\x12\x1b.data_wire.v1.StreamRequest\x1a\x13.data_wire.v1.Batch0\x01\x12H\n\x0eSubmitBuildJob\x12#.data_wire.v1.SubmitBuildJobRequest\x1a\x11.data_wire.v1.Job\x12\x38\n\x06GetJob\x12\x1b.data_wire.v1.GetJobRequest\x1a\x11.data_wire.v1.Job\x12I\n\x08ListJobs\x12\x1d.data_wire.v1.ListJobsRequest\x1a\x1e.data_wire.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.data_wire.v1.CancelJobRequest\x1a\x11.data_wire.v1.Job\x12>\n\x08WatchJob\x12\x1d.data_wire.v1.WatchJobRequest\x1a\x11.data_wire.v1.Job0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'data_wire.v1.data_node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTDATASETSREQUEST']._serialized_start=73
-  _globals['_LISTDATASETSREQUEST']._serialized_end=94
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=96
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=170
-  _globals['_DESCRIBEDATASETREQUEST']._serialized_start=172
-  _globals['_DESCRIBEDATASETREQUEST']._serialized_end=210
-  _globals['_ARRAYDESCRIPTION']._serialized_start=212
-  _globals['_ARRAYDESCRIPTION']._serialized_end=274
-  _globals['_DATASETDESCRIPTION']._serialized_start=276
-  _globals['_DATASETDESCRIPTION']._serialized_end=391
-  _globals['_SHARD']._serialized_start=393
-  _globals['_SHARD']._serialized_end=434
-  _globals['_AUGMENTATION']._serialized_start=437
-  _globals['_AUGMENTATION']._serialized_end=931
-  _globals['_SAMPLEWEIGHTS']._serialized_start=933
-  _globals['_SAMPLEWEIGHTS']._serialized_end=1019
-  _globals['_DOUBLELIST']._serialized_start=1021
-  _globals['_DOUBLELIST']._serialized_end=1049
-  _globals['_STREAMREQUEST']._serialized_start=1052
-  _globals['_STREAMREQUEST']._serialized_end=1542
-  _globals['_DATANODE']._serialized_start=1545
-  _globals['_DATANODE']._serialized_end=1802
+  _globals['_LISTDATASETSREQUEST']._serialized_start=98
+  _globals['_LISTDATASETSREQUEST']._serialized_end=119
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=121
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=195
+  _globals['_DESCRIBEDATASETREQUEST']._serialized_start=197
+  _globals['_DESCRIBEDATASETREQUEST']._serialized_end=235
+  _globals['_ARRAYDESCRIPTION']._serialized_start=237
+  _globals['_ARRAYDESCRIPTION']._serialized_end=299
+  _globals['_DATASETDESCRIPTION']._serialized_start=301
+  _globals['_DATASETDESCRIPTION']._serialized_end=416
+  _globals['_SHARD']._serialized_start=418
+  _globals['_SHARD']._serialized_end=459
+  _globals['_AUGMENTATION']._serialized_start=462
+  _globals['_AUGMENTATION']._serialized_end=956
+  _globals['_SAMPLEWEIGHTS']._serialized_start=958
+  _globals['_SAMPLEWEIGHTS']._serialized_end=1044
+  _globals['_DOUBLELIST']._serialized_start=1046
+  _globals['_DOUBLELIST']._serialized_end=1074
+  _globals['_STREAMREQUEST']._serialized_start=1077
+  _globals['_STREAMREQUEST']._serialized_end=1567
+  _globals['_DATANODE']._serialized_start=1570
+  _globals['_DATANODE']._serialized_end=2162
 # @@protoc_insertion_point(module_scope)

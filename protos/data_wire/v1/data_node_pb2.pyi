@@ -1,3 +1,4 @@
+from data_wire.v1 import jobs_pb2 as _jobs_pb2
 from data_wire.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

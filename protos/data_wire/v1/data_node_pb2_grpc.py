@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from data_wire.v1 import data_node_pb2 as data__wire_dot_v1_dot_data__node__pb2
+from data_wire.v1 import jobs_pb2 as data__wire_dot_v1_dot_jobs__pb2
 from data_wire.v1 import tensor_pb2 as data__wire_dot_v1_dot_tensor__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -50,6 +51,31 @@ class DataNodeStub:
                 request_serializer=data__wire_dot_v1_dot_data__node__pb2.StreamRequest.SerializeToString,
                 response_deserializer=data__wire_dot_v1_dot_tensor__pb2.Batch.FromString,
                 _registered_method=True)
+        self.SubmitBuildJob = channel.unary_unary(
+                '/data_wire.v1.DataNode/SubmitBuildJob',
+                request_serializer=data__wire_dot_v1_dot_jobs__pb2.SubmitBuildJobRequest.SerializeToString,
+                response_deserializer=data__wire_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/data_wire.v1.DataNode/GetJob',
+                request_serializer=data__wire_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=data__wire_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/data_wire.v1.DataNode/ListJobs',
+                request_serializer=data__wire_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=data__wire_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/data_wire.v1.DataNode/CancelJob',
+                request_serializer=data__wire_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=data__wire_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/data_wire.v1.DataNode/WatchJob',
+                request_serializer=data__wire_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=data__wire_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class DataNodeServicer:
@@ -77,6 +103,45 @@ class DataNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitBuildJob(self, request, context):
+        """Queue a patch-dataset build. The inputs, output name and options are checked
+        now (INVALID_ARGUMENT, PERMISSION_DENIED, NOT_FOUND, RESOURCE_EXHAUSTED when the
+        queue is full); what only reading the data shows fails the job instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """One job. NOT_FOUND if unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Every job the node has recorded, in submission order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Cancel a queued or running job (its process is terminated; its partial output
+        removed) and return it once it has stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """The job now, then again each time it changes, ending with the event of its
+        final state (at once for an ended job).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +159,31 @@ def add_DataNodeServicer_to_server(servicer, server):
                     servicer.StreamBatches,
                     request_deserializer=data__wire_dot_v1_dot_data__node__pb2.StreamRequest.FromString,
                     response_serializer=data__wire_dot_v1_dot_tensor__pb2.Batch.SerializeToString,
+            ),
+            'SubmitBuildJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBuildJob,
+                    request_deserializer=data__wire_dot_v1_dot_jobs__pb2.SubmitBuildJobRequest.FromString,
+                    response_serializer=data__wire_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=data__wire_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
+                    response_serializer=data__wire_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=data__wire_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
+                    response_serializer=data__wire_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=data__wire_dot_v1_dot_jobs__pb2.CancelJobRequest.FromString,
+                    response_serializer=data__wire_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=data__wire_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
+                    response_serializer=data__wire_dot_v1_dot_jobs__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +267,141 @@ class DataNode:
             '/data_wire.v1.DataNode/StreamBatches',
             data__wire_dot_v1_dot_data__node__pb2.StreamRequest.SerializeToString,
             data__wire_dot_v1_dot_tensor__pb2.Batch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBuildJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/data_wire.v1.DataNode/SubmitBuildJob',
+            data__wire_dot_v1_dot_jobs__pb2.SubmitBuildJobRequest.SerializeToString,
+            data__wire_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/data_wire.v1.DataNode/GetJob',
+            data__wire_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
+            data__wire_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/data_wire.v1.DataNode/ListJobs',
+            data__wire_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
+            data__wire_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/data_wire.v1.DataNode/CancelJob',
+            data__wire_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
+            data__wire_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/data_wire.v1.DataNode/WatchJob',
+            data__wire_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
+            data__wire_dot_v1_dot_jobs__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

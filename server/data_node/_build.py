@@ -1,0 +1,374 @@
+"""The work of one build job: read its inputs, choose the patches, write them locally or on Dask.
+
+This runs inside the job's own process (see ``_job_worker``); nothing here knows of gRPC.
+
+Local executor: ``data_tools.patches.create_dataset`` itself, so the output is exactly what
+that function writes for the same inputs. ``max_patches_per_class`` is applied first, by
+relabelling the mask pixels of a class beyond its first (or, with ``random_order``, beyond a
+random subset of) ``max_patches_per_class`` pixels to a value outside ``class_list``.
+
+Dask executor (zarr only): the job's process creates every ``class_<v>`` array at its final
+size, marked incomplete, scatters the volume to the cluster, and submits one task per block
+of whole chunks of one class's output (at most ``dask_task_bytes`` of patches). With
+``random_order`` false a block is a run of consecutive pixels of that class, so a task reads
+a block of consecutive slices; with it true the block's pixels are a slice of a random
+permutation of the class's pixels. Each task cuts its patches with ``patch_generator`` and
+writes its own chunks, so tasks never write the same chunk; the arrays are marked complete
+once every task succeeded. Ordered output is identical to the local executor's; random output
+holds the same patches (and, with ``max_patches_per_class``, the same subset) in another
+random order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from data_node.datasets import open_source
+from data_tools._sources import H5Source
+from data_tools.io.writers import zarr_array_writer
+from data_tools.patches import (
+    _class_counts,
+    _parse_image,
+    _parse_mask,
+    _parse_slice_axis,
+    create_dataset,
+    patch_generator,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+
+    import numpy.typing as npt
+
+    from data_node.config import SourceConfig
+
+__all__ = ["ArraySpec", "BuildSpec", "build", "write_block"]
+
+Counts = dict[int, int]
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Where a job reads one array: exactly one of ``source``, ``image`` or ``array`` is set.
+
+    Picklable: the job's process opens files itself.
+
+    Attributes:
+        source: An HDF5, zarr or bcolz array in a file under the data root.
+        image: A medical image under the data root, read with SimpleITK as a (z, y, x) array.
+        array: An array of a served dataset (a lazy, picklable view or an ndarray).
+    """
+
+    source: SourceConfig | None = None
+    image: Path | None = None
+    array: Any = None
+
+    def describe(self) -> tuple[tuple[int, ...], np.dtype[Any] | None]:
+        """The array's shape and dtype (None when only a read tells), without reading data."""
+        if self.image is not None:
+            reader = _sitk().ImageFileReader()
+            reader.SetFileName(str(self.image))
+            reader.ReadImageInformation()
+            shape = tuple(int(n) for n in reversed(reader.GetSize()))
+            components = int(reader.GetNumberOfComponents())
+            return (shape if components == 1 else (*shape, components)), None
+        array = self.array if self.source is None else open_source(self.source)
+        try:
+            return tuple(int(n) for n in array.shape), np.dtype(array.dtype)
+        finally:
+            if isinstance(array, H5Source) and self.source is not None:
+                array.close()  # the node keeps no handle on a job's input
+
+    def read(self) -> npt.NDArray[Any]:
+        """The whole array, in memory."""
+        if self.image is not None:
+            sitk = _sitk()
+            return np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(self.image))))
+        array = self.array if self.source is None else open_source(self.source)
+        return np.asarray(array[...])
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """One build, checked by the node; the fields are SubmitBuildJobRequest's, resolved.
+
+    Attributes:
+        volume: Where the volume is read.
+        mask: Where the mask is read; None: every pixel is class 0.
+        patchsize: Patch edge, in pixels.
+        class_list: Mask values to extract; None: every value.
+        random_order: Randomize the order of each class's patches.
+        batchsize: Patches per write; the chunk length.
+        max_patches_per_class: At most this many patches per class; None: all.
+        file_format: "hdf5", "zarr" or "bcolz".
+        writer_options: Options for the writers (create_dataset's ``kwargs``), from JSON.
+        slice_axis: Axis of a 3D volume indexing its slices.
+        seed: Seed of every random draw of the build.
+        executor: "local" or "dask".
+        scheduler_address: The Dask scheduler (executor "dask" only).
+        dask_task_bytes: Patch bytes per Dask task, rounded to whole chunks.
+    """
+
+    volume: ArraySpec
+    mask: ArraySpec | None
+    patchsize: int
+    class_list: tuple[int, ...] | None
+    random_order: bool
+    batchsize: int
+    max_patches_per_class: int | None
+    file_format: str
+    writer_options: Mapping[str, Any]
+    slice_axis: int
+    seed: int
+    executor: str
+    scheduler_address: str | None = None
+    dask_task_bytes: int = 16 << 20
+
+
+def build(
+    spec: BuildSpec,
+    save_path: Path,
+    planned: Callable[[Counts], None],
+    progress: Callable[[Counts], None],
+) -> Counts:
+    """Build the patch dataset of ``spec`` in the directory ``save_path``.
+
+    Args:
+        spec: The build.
+        save_path: The directory create_dataset writes its container in.
+        planned: Called once, before any patch is written, with {class value: patches}.
+        progress: Called as patches are written with {class value: patches written so far}.
+
+    Returns:
+        {class value: patches written}, in class order.
+
+    Raises:
+        TypeError, ValueError: The data does not fit the request (the message names the
+            argument: volume, mask, class_list, writer_options...).
+        OSError, data_tools.errors.WriterError: Reading or writing failed.
+    """
+    image = _parse_image("volume", spec.volume.read())
+    labels = None if spec.mask is None else _parse_mask(spec.mask.read(), image.shape)
+    counts = _class_counts(labels, spec.class_list, image.size)
+    slice_axis = _parse_slice_axis(spec.slice_axis, image.ndim)
+    rng = np.random.default_rng(spec.seed)
+    pixels = None
+    if spec.executor == "dask" or _over_cap(counts, spec.max_patches_per_class):
+        stacked = None if labels is None else _as_stack(labels, slice_axis)
+        pixels = _choose_pixels(stacked, counts, spec, rng)
+        counts = {value: len(chosen) for value, chosen in pixels.items()}
+    planned(dict(counts))
+    if spec.executor == "dask":
+        assert pixels is not None
+        return _build_on_dask(spec, _as_stack(image, slice_axis), pixels, save_path, rng, progress)
+    mask: Any = labels
+    class_list = spec.class_list
+    if pixels is not None:  # max_patches_per_class dropped some pixels
+        mask = _relabel(pixels, image.shape, slice_axis)
+        class_list = tuple(pixels)
+    return create_dataset(
+        save_path,
+        spec.patchsize,
+        image,
+        mask,
+        class_list=class_list,
+        random_order=spec.random_order,
+        batchsize=spec.batchsize,
+        file_format=spec.file_format,
+        kwargs=writer_kwargs(spec.file_format, spec.writer_options),
+        slice_axis=slice_axis,
+        rng=rng,
+        progress=progress,
+    )
+
+
+def writer_kwargs(file_format: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The writers' ``kwargs`` for JSON-decoded ``writer_options``.
+
+    JSON has no tuples: ``chunks`` becomes one. A bcolz ``cparams`` object becomes
+    ``bcolz.cparams(**cparams)``.
+    """
+    kwargs = dict(options)
+    if isinstance(kwargs.get("chunks"), list):
+        kwargs["chunks"] = tuple(kwargs["chunks"])
+    if file_format == "bcolz" and isinstance(kwargs.get("cparams"), dict):
+        import bcolz
+
+        kwargs["cparams"] = bcolz.cparams(**kwargs["cparams"])
+    return kwargs
+
+
+def write_block(
+    stack: npt.NDArray[Any],
+    patchsize: int,
+    container: str,
+    array_name: str,
+    start: int,
+    pixels: npt.NDArray[np.intp],
+) -> int:
+    """One Dask task: cut the patches of ``pixels`` and write them at ``start`` of an array.
+
+    Args:
+        stack: The volume as (slice, row, column).
+        patchsize: Patch edge, in pixels.
+        container: The zarr store (a group) of the dataset.
+        array_name: The array to write, ``class_<v>``.
+        start: Output position of the first patch; a multiple of the array's chunk length.
+        pixels: Flat indices into ``stack`` of the patch centres, in output order.
+
+    Returns:
+        The number of patches written.
+    """
+    import zarr
+
+    plane = stack.shape[1] * stack.shape[2]
+    order = np.argsort(pixels, kind="stable")
+    ordered = pixels[order]
+    first, last = int(ordered[0]) // plane, int(ordered[-1]) // plane
+    slab = stack[first : last + 1]
+    selection = np.zeros(slab.shape, dtype=bool)
+    selection.reshape(-1)[ordered - first * plane] = True
+    block = np.empty((len(pixels), 1, patchsize, patchsize), dtype=np.float32)
+    done = 0
+    # patch_generator yields the selected pixels in flat order: put each back in its place.
+    for patches, _ in patch_generator(patchsize, slab, selection, slice_axis=0).iter_blocks():
+        block[order[done : done + len(patches)], 0] = patches
+        done += len(patches)
+    # mode "r+": a task still running after its job was cancelled (and its directory
+    # removed) fails here instead of recreating files.
+    array = zarr.open_array(container, path=array_name, mode="r+")
+    array[start : start + len(pixels)] = block
+    return len(pixels)
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _over_cap(counts: Counts, cap: int | None) -> bool:
+    return cap is not None and any(count > cap for count in counts.values())
+
+
+def _as_stack(array: npt.NDArray[Any], slice_axis: int) -> npt.NDArray[Any]:
+    """``array`` as (slice, row, column), as patch_generator sees it."""
+    return array[np.newaxis] if array.ndim == 2 else np.moveaxis(array, slice_axis, 0)
+
+
+def _choose_pixels(
+    labels: npt.NDArray[Any] | None, counts: Counts, spec: BuildSpec, rng: np.random.Generator
+) -> dict[int, npt.NDArray[np.intp]]:
+    """Per class, the flat stack indices of the pixels to extract, ascending.
+
+    With ``max_patches_per_class`` a larger class keeps its first pixels, or with
+    ``random_order`` a uniformly random subset of them.
+    """
+    cap = spec.max_patches_per_class
+    flat = None if labels is None else labels.reshape(-1)
+    chosen = {}
+    for value, count in counts.items():
+        if flat is None:
+            pixels = np.arange(count, dtype=np.intp)
+        else:
+            pixels = np.flatnonzero(flat == value).astype(np.intp, copy=False)
+        if cap is not None and count > cap:
+            if spec.random_order:
+                pixels = np.sort(rng.choice(pixels, size=cap, replace=False))
+            else:
+                pixels = pixels[:cap]
+        chosen[value] = pixels
+    return chosen
+
+
+def _relabel(
+    pixels: Mapping[int, npt.NDArray[np.intp]], shape: tuple[int, ...], slice_axis: int
+) -> npt.NDArray[np.int64]:
+    """A mask holding only the chosen pixels' classes; every other pixel is below them all."""
+    stack_shape: tuple[int, ...]
+    if len(shape) == 2:
+        stack_shape = (1, *shape)
+    else:
+        stack_shape = (
+            shape[slice_axis],
+            *(n for axis, n in enumerate(shape) if axis != slice_axis),
+        )
+    relabelled = np.full(stack_shape, min(pixels) - 1, dtype=np.int64)
+    flat = relabelled.reshape(-1)
+    for value, chosen in pixels.items():
+        flat[chosen] = value
+    return relabelled[0] if len(shape) == 2 else np.moveaxis(relabelled, 0, slice_axis)
+
+
+# ---------------------------------------------------------------- Dask
+
+
+def _build_on_dask(
+    spec: BuildSpec,
+    stack: npt.NDArray[Any],
+    pixels: dict[int, npt.NDArray[np.intp]],
+    save_path: Path,
+    rng: np.random.Generator,
+    progress: Callable[[Counts], None],
+) -> Counts:
+    import distributed
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    order = {v: rng.permutation(p) if spec.random_order else p for v, p in pixels.items()}
+    container = save_path / "patches.zarr"
+    group = zarr.open_group(container, mode="w")
+    element = (1, spec.patchsize, spec.patchsize)
+    # The layout and defaults of zarr_array_writer, at the final length.
+    options: dict[str, Any] = {
+        "chunks": (spec.batchsize, *element),
+        "compressors": BloscCodec(cname="lz4", clevel=5),
+    } | writer_kwargs("zarr", spec.writer_options)
+    chunk = spec.batchsize
+    for value, chosen in order.items():
+        array = group.create_array(
+            f"class_{value}", shape=(len(chosen), *element), dtype=np.float32, **options
+        )
+        array.attrs["data_tools_complete"] = False
+        chunk = array.chunks[0]
+    per_task = chunk * max(1, spec.dask_task_bytes // (4 * math.prod(element) * chunk))
+    written = dict.fromkeys(order, 0)
+    client: Any = distributed.Client(  # type: ignore[no-untyped-call]
+        spec.scheduler_address, timeout="30s"
+    )
+    with client:
+        volume = client.scatter(np.ascontiguousarray(stack), broadcast=True)
+        tasks = {
+            client.submit(
+                write_block,
+                volume,
+                spec.patchsize,
+                str(container),
+                f"class_{value}",
+                start,
+                chosen[start : start + per_task],
+                pure=False,
+            ): value
+            for value, chosen in order.items()
+            for start in range(0, len(chosen), per_task)
+        }
+        for task in distributed.as_completed(tasks):  # type: ignore[no-untyped-call]
+            written[tasks[task]] += task.result()
+            progress(dict(written))
+    for value in order:
+        # Appending nothing and closing marks the array complete, as every writer does.
+        with zarr_array_writer(element, np.float32, chunk, container, f"class_{value}", None, True):
+            pass
+    return written
+
+
+def _sitk() -> Any:
+    try:
+        import SimpleITK
+    except ImportError as error:  # pragma: no cover - SimpleITK is in the [itk] extra
+        raise ImportError(
+            "Reading medical images needs SimpleITK: pip install 'data-tools[itk]'."
+        ) from error
+    return SimpleITK

@@ -1,0 +1,335 @@
+"""Check a SubmitBuildJobRequest field by field, reading only the inputs' headers."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from data_node._build import ArraySpec, BuildSpec
+from data_node.config import EXECUTORS, SOURCE_FORMATS, SourceConfig, resolve_inside
+from data_node.errors import (
+    DataNodeError,
+    DatasetNotFoundError,
+    PathOutsideRootError,
+    RequestError,
+)
+from data_wire.v1 import jobs_pb2
+
+if TYPE_CHECKING:
+    from data_node.config import JobsConfig, NodeConfig
+    from data_node.datasets import DatasetRegistry
+
+__all__ = [
+    "DEFAULT_BATCHSIZE",
+    "FILE_FORMATS",
+    "IMAGE_SUFFIXES",
+    "STAGING_DIR",
+    "WRITER_OPTIONS",
+    "BuildPlan",
+    "parse_build_request",
+]
+
+# The output root's directory of unfinished outputs, one per running job.
+STAGING_DIR = ".jobs"
+FILE_FORMATS = ("bcolz", "hdf5", "zarr")
+IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
+# The writer options a request may set, per file_format: storage layout and compression
+# only (h5py's ``external``, for one, would write outside the output root).
+WRITER_OPTIONS = {
+    "bcolz": frozenset({"chunklen", "cparams", "expectedlen"}),
+    "hdf5": frozenset(
+        {"chunks", "compression", "compression_opts", "fletcher32", "scaleoffset", "shuffle"}
+    ),
+    "zarr": frozenset({"chunks", "compressors", "filters"}),
+}
+DEFAULT_BATCHSIZE = 32
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """A checked request: what the job's process builds and where the node publishes it.
+
+    Attributes:
+        spec: What the job's process builds.
+        output: The resolved output directory, inside the output root.
+        register_as: Dataset name to serve the result under; "" for none.
+        overwrite: Replace an existing output.
+        request: The request as accepted, every default filled in.
+    """
+
+    spec: BuildSpec
+    output: Path
+    register_as: str
+    overwrite: bool
+    request: jobs_pb2.SubmitBuildJobRequest
+
+
+def parse_build_request(
+    request: jobs_pb2.SubmitBuildJobRequest, config: NodeConfig, registry: DatasetRegistry
+) -> BuildPlan:
+    """Check every field of ``request``; only the inputs' headers are read.
+
+    Raises:
+        PathOutsideRootError: An input path resolves outside the data root, or ``output``
+            outside the output root (PERMISSION_DENIED).
+        DatasetNotFoundError: An input names a dataset the node does not serve (NOT_FOUND).
+        RequestError: Any other field is invalid (INVALID_ARGUMENT); the message names it.
+    """
+    if not request.HasField("volume"):
+        raise RequestError("volume: Expected a dataset_array or a file. Got neither.")
+    volume = _parse_input("volume", request.volume, config, registry)
+    shape, dtype = _describe("volume", volume)
+    if len(shape) not in (2, 3) or 0 in shape:
+        raise RequestError(
+            "volume: Expected a 2D slice or a 3D volume of at least one pixel. "
+            f"Got an array of shape {shape} instead."
+        )
+    if dtype is not None and not _is_real(dtype):
+        raise RequestError(f"volume: Expected real numbers or bools. Got dtype {dtype} instead.")
+    mask = None
+    if request.HasField("mask"):
+        mask = _parse_input("mask", request.mask, config, registry)
+        mask_shape, _ = _describe("mask", mask)
+        if mask_shape != shape:
+            raise RequestError(
+                f"mask: Expected the shape of volume, {shape}. Got shape {mask_shape} instead."
+            )
+    slice_axis = request.slice_axis if request.HasField("slice_axis") else -1
+    patchsize = _parse_patchsize(request.patchsize, shape, slice_axis)
+    class_list = _parse_class_list(list(request.class_list), has_mask=mask is not None)
+    batchsize = _non_negative("batchsize", request.batchsize) or DEFAULT_BATCHSIZE
+    cap = _non_negative("max_patches_per_class", request.max_patches_per_class) or None
+    file_format = _parse_choice("file_format", request.file_format or "hdf5", FILE_FORMATS)
+    writer_options = _parse_writer_options(request.writer_options, file_format)
+    executor, scheduler_address = _parse_executor(request, file_format, config.jobs)
+    seed = request.seed if request.HasField("seed") else secrets.randbits(63)
+    accepted = jobs_pb2.SubmitBuildJobRequest()
+    accepted.CopyFrom(request)
+    accepted.random_order = request.random_order if request.HasField("random_order") else True
+    accepted.batchsize = batchsize
+    accepted.file_format = file_format
+    accepted.slice_axis = slice_axis
+    accepted.seed = seed
+    accepted.executor = executor
+    accepted.scheduler_address = scheduler_address or ""
+    spec = BuildSpec(
+        volume=volume,
+        mask=mask,
+        patchsize=patchsize,
+        class_list=class_list,
+        random_order=accepted.random_order,
+        batchsize=batchsize,
+        max_patches_per_class=cap,
+        file_format=file_format,
+        writer_options=writer_options,
+        slice_axis=slice_axis,
+        seed=seed,
+        executor=executor,
+        scheduler_address=scheduler_address,
+        dask_task_bytes=config.jobs.dask_task_bytes,
+    )
+    return BuildPlan(
+        spec=spec,
+        output=_parse_output(request.output, config.output_root, overwrite=request.overwrite),
+        register_as=_parse_register_as(request.register_as, config),
+        overwrite=request.overwrite,
+        request=accepted,
+    )
+
+
+def _parse_input(
+    name: str, message: jobs_pb2.ArrayInput, config: NodeConfig, registry: DatasetRegistry
+) -> ArraySpec:
+    source = message.WhichOneof("source")
+    if source == "dataset_array":
+        reference = message.dataset_array
+        try:
+            dataset = registry.get(reference.dataset)
+        except DatasetNotFoundError as error:
+            # The registry's message names the field "dataset"; here it is nested.
+            raise DatasetNotFoundError(f"{name}.dataset_array.{error}") from None
+        if reference.array not in dataset.array_names:
+            raise RequestError(
+                f"{name}.dataset_array.array: Expected one of {list(dataset.array_names)}. "
+                f"Got {reference.array!r} instead."
+            )
+        return ArraySpec(array=dataset.array(reference.array))
+    if source == "file":
+        return _parse_file(f"{name}.file", message.file, config.data_root)
+    raise RequestError(f"{name}: Expected a dataset_array or a file. Got neither.")
+
+
+def _parse_file(name: str, message: jobs_pb2.FileArray, data_root: Path) -> ArraySpec:
+    if not message.path:
+        raise RequestError(f"{name}.path: Expected a path under the data root. Got none.")
+    path, exists = _resolve(data_root, message.path, f"{name}.path")
+    if not exists:
+        raise RequestError(
+            f"{name}.path: Expected an existing file under the data root. "
+            f"{message.path!r} does not exist."
+        )
+    # The suffix of the name given, not of a symlink's target.
+    given = Path(message.path).name.lower()
+    if given.endswith(IMAGE_SUFFIXES):
+        if message.key:
+            raise RequestError(
+                f"{name}.key: Expected none for a medical image. Got {message.key!r}."
+            )
+        return ArraySpec(image=path)
+    file_format = next((f for s, f in SOURCE_FORMATS.items() if given.endswith(s)), None)
+    if file_format is None:
+        raise RequestError(
+            f"{name}.path: Expected a name ending in one of "
+            f"{sorted([*SOURCE_FORMATS, *IMAGE_SUFFIXES])}. Got {message.path!r} instead."
+        )
+    if file_format == "hdf5" and not message.key:
+        raise RequestError(f"{name}.key: Expected the HDF5 dataset path. Got none.")
+    if file_format == "bcolz" and message.key:
+        raise RequestError(f"{name}.key: Expected none for a bcolz carray. Got {message.key!r}.")
+    return ArraySpec(source=SourceConfig(path, file_format, message.key or None))
+
+
+def _resolve(root: Path, given: str, name: str) -> tuple[Path, bool]:
+    """``given`` resolved inside ``root``, and whether it exists."""
+    try:
+        path = resolve_inside(root, given, field_name=name)
+        return path, path.exists()
+    except PathOutsideRootError:
+        raise
+    except (OSError, ValueError) as error:  # a NUL byte, a name too long...
+        raise RequestError(f"{name}: Expected a usable path. Got {given!r}: {error}") from None
+
+
+def _describe(name: str, spec: ArraySpec) -> tuple[tuple[int, ...], np.dtype[Any] | None]:
+    try:
+        return spec.describe()
+    except DataNodeError:
+        raise
+    except Exception as error:
+        raise RequestError(
+            f"{name}: Expected a readable array. Reading it failed: {error}"
+        ) from error
+
+
+def _is_real(dtype: np.dtype[Any]) -> bool:
+    return dtype == np.bool_ or (
+        np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+    )
+
+
+def _parse_patchsize(patchsize: int, shape: tuple[int, ...], slice_axis: int) -> int:
+    if len(shape) == 3 and not -3 <= slice_axis <= 2:
+        raise RequestError(
+            f"slice_axis: Expected an axis of the 3D volume, in [-3, 2]. Got {slice_axis} instead."
+        )
+    plane = (
+        shape if len(shape) == 2 else tuple(n for i, n in enumerate(shape) if i != slice_axis % 3)
+    )
+    if patchsize < 1:
+        raise RequestError(f"patchsize: Expected an integer >= 1. Got {patchsize} instead.")
+    if patchsize > min(plane):
+        raise RequestError(
+            f"patchsize: Expected at most {min(plane)}, the smaller side of the volume's "
+            f"{plane[0]}x{plane[1]} slices. Got {patchsize} instead."
+        )
+    return patchsize
+
+
+def _parse_class_list(values: list[int], *, has_mask: bool) -> tuple[int, ...] | None:
+    if not values:
+        return None
+    if not has_mask:
+        raise RequestError(
+            f"class_list: Expected none without a mask (every pixel is class 0). Got {values}."
+        )
+    if len(set(values)) != len(values):
+        raise RequestError(f"class_list: Expected distinct values. Got {values} instead.")
+    return tuple(values)
+
+
+def _non_negative(name: str, value: int) -> int:
+    if value < 0:
+        raise RequestError(f"{name}: Expected an integer >= 0 (0: the default). Got {value}.")
+    return value
+
+
+def _parse_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value in choices:
+        return value
+    close = _did_you_mean(value, choices)
+    raise RequestError(f"{name}: Expected one of {list(choices)}. Got {value!r} instead.{close}")
+
+
+def _did_you_mean(value: str, choices: Any) -> str:
+    close = difflib.get_close_matches(value, sorted(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _parse_writer_options(text: str, file_format: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise RequestError(
+            f"writer_options: Expected a JSON object. Got invalid JSON: {error}."
+        ) from None
+    if not isinstance(options, dict):
+        raise RequestError(f"writer_options: Expected a JSON object. Got {text!r} instead.")
+    known = WRITER_OPTIONS[file_format]
+    for key in options:
+        if key not in known:
+            raise RequestError(
+                f"writer_options: Expected keys among {sorted(known)} for file_format "
+                f"{file_format!r}. Got {key!r} instead.{_did_you_mean(key, known)}"
+            )
+    return options
+
+
+def _parse_executor(
+    request: jobs_pb2.SubmitBuildJobRequest, file_format: str, jobs: JobsConfig
+) -> tuple[str, str | None]:
+    executor = _parse_choice("executor", request.executor or jobs.executor, EXECUTORS)
+    if executor == "local":
+        return executor, None
+    address = request.scheduler_address or jobs.scheduler_address
+    if not address:
+        raise RequestError(
+            "scheduler_address: Expected the Dask scheduler's address for executor 'dask' "
+            "(the node has none configured). Got none."
+        )
+    if file_format != "zarr":
+        raise RequestError(
+            "file_format: Expected 'zarr' with executor 'dask' (its tasks write zarr chunks "
+            f"in parallel). Got {file_format!r} instead."
+        )
+    return executor, address
+
+
+def _parse_output(name: str, output_root: Path, *, overwrite: bool) -> Path:
+    if not name:
+        raise RequestError("output: Expected a directory name under the output root. Got none.")
+    path, exists = _resolve(output_root, name, "output")
+    if path == output_root or path.is_relative_to(output_root / STAGING_DIR):
+        raise RequestError(
+            f"output: Expected a name inside the output root, other than {STAGING_DIR!r} "
+            f"(the node's own). Got {name!r} instead."
+        )
+    if not overwrite and exists:
+        raise RequestError(f"output: Expected a new name, or overwrite. {name!r} exists.")
+    return path
+
+
+def _parse_register_as(name: str, config: NodeConfig) -> str:
+    if name in config.datasets:
+        raise RequestError(
+            f"register_as: Expected a name other than the configured datasets' "
+            f"{sorted(config.datasets)}. Got {name!r} instead."
+        )
+    return name

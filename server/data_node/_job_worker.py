@@ -1,0 +1,90 @@
+"""The entry point of a job's process: run the build and report to the node through a pipe.
+
+Messages sent, each a (kind, payload) tuple: ("plan", {class: total}) once the inputs are
+read, ("progress", {class: written}) at most every ``PROGRESS_INTERVAL`` seconds, then
+("done", {class: written}) or ("failed", message). The node decides the job's state from
+these and from the process's exit; the output directory is the node's to publish.
+
+The process ends on SIGTERM (raised as SystemExit, so open writers and a Dask client are
+closed without marking anything complete) and by itself, at once and without cleaning up,
+when the node's end of the pipe closes: the node is gone (killed, say) and nobody would
+publish the output. Its parent, the forkserver, cannot tell: every child of a forkserver
+holds the pipe whose end tells the forkserver that the node is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from data_node._build import build
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from types import FrameType
+
+    from data_node._build import BuildSpec, Counts
+
+__all__ = ["PROGRESS_INTERVAL", "error_text", "run"]
+
+PROGRESS_INTERVAL = 0.1
+
+
+def run(spec: BuildSpec, save_path: str, conn: Connection) -> None:
+    """Build ``spec`` in ``save_path``, reporting through ``conn``; the process's target."""
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    _exit_with_node(conn)
+    reporter = _Reporter(conn)
+    try:
+        counts = build(spec, Path(save_path), reporter.planned, reporter.progress)
+    except Exception as error:  # noqa: BLE001 - the process boundary: every failure is reported
+        conn.send(("failed", error_text(error)))
+    else:
+        conn.send(("done", counts))
+    # conn stays open until the process exits: closing it would wake the watchdog.
+
+
+def error_text(error: BaseException) -> str:
+    """A job's error message: the library's messages name the argument; others their type."""
+    if isinstance(error, ValueError | TypeError | LookupError):
+        return str(error) or type(error).__name__
+    return f"{type(error).__name__}: {error}"
+
+
+class _Reporter:
+    """Sends the plan, then progress no more often than PROGRESS_INTERVAL."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._last = 0.0
+
+    def planned(self, totals: Counts) -> None:
+        self._conn.send(("plan", totals))
+
+    def progress(self, written: Counts) -> None:
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_INTERVAL:
+            self._last = now
+            self._conn.send(("progress", written))
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
+def _exit_with_node(conn: Connection) -> None:
+    """End this process at once when the node closes its end of ``conn`` (or dies)."""
+    watcher = select.poll()
+    # A pipe's write end reports POLLERR once no reader is left; nothing else is asked for.
+    watcher.register(conn.fileno(), select.POLLERR)
+
+    def watch() -> None:
+        if any(events & select.POLLERR for _, events in watcher.poll()):
+            os._exit(1)
+
+    threading.Thread(target=watch, name="data_node-job-watchdog", daemon=True).start()
