@@ -20,6 +20,7 @@ and fails listing whatever is left.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import threading
 import time
@@ -33,17 +34,14 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Snapshot", "assert_no_leaks", "find_leaks", "no_leaks"]
+__all__ = ["Snapshot", "assert_no_leaks", "find_leaks", "forkserver_children", "no_leaks"]
 
 _SHM = Path("/dev/shm")
 _HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
-def _child_pids() -> set[int]:
-    """PIDs whose parent is this process, from /proc (includes zombies)."""
-    multiprocessing.active_children()  # reaps children multiprocessing already joined
-    me = os.getpid()
-    pids = set()
+def _processes() -> Iterator[tuple[int, str, int, str]]:
+    """(pid, state, parent pid, command line) of every process, from /proc."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -53,10 +51,25 @@ def _child_pids() -> set[int]:
         except OSError:
             continue  # exited meanwhile
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == me and not any(helper in cmdline for helper in _HELPERS):
-            pids.add(int(entry.name))
-    return pids
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        yield int(entry.name), state, int(parent), cmdline
+
+
+def _child_pids() -> set[int]:
+    """PIDs whose parent is this process (includes zombies), but multiprocessing's helpers."""
+    multiprocessing.active_children()  # reaps children multiprocessing already joined
+    me = os.getpid()
+    return {
+        pid
+        for pid, _, parent, cmdline in _processes()
+        if parent == me and not any(helper in cmdline for helper in _HELPERS)
+    }
+
+
+def forkserver_children() -> set[int]:
+    """Live children of this process's forkserver (where the node runs build jobs)."""
+    server = multiprocessing.forkserver._forkserver._forkserver_pid
+    return {pid for pid, state, parent, _ in _processes() if parent == server and state != "Z"}
 
 
 def _shm_entries() -> set[str]:

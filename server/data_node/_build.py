@@ -31,11 +31,11 @@ from data_node.datasets import open_source
 from data_tools._sources import H5Source
 from data_tools.io.writers import zarr_array_writer
 from data_tools.patches import (
-    _class_counts,
-    _parse_image,
-    _parse_mask,
-    _parse_slice_axis,
+    class_counts,
     create_dataset,
+    parse_class_mask,
+    parse_image,
+    parse_slice_axis,
     patch_generator,
 )
 
@@ -152,10 +152,10 @@ def build(
             argument: volume, mask, class_list, writer_options...).
         OSError, data_tools.errors.WriterError: Reading or writing failed.
     """
-    image = _parse_image("volume", spec.volume.read())
-    labels = None if spec.mask is None else _parse_mask(spec.mask.read(), image.shape)
-    counts = _class_counts(labels, spec.class_list, image.size)
-    slice_axis = _parse_slice_axis(spec.slice_axis, image.ndim)
+    image = parse_image("volume", spec.volume.read())
+    labels = None if spec.mask is None else parse_class_mask(spec.mask.read(), image.shape)
+    counts = class_counts(labels, spec.class_list, image.size)
+    slice_axis = parse_slice_axis(spec.slice_axis, image.ndim)
     rng = np.random.default_rng(spec.seed)
     pixels = None
     if spec.executor == "dask" or _over_cap(counts, spec.max_patches_per_class):

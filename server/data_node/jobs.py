@@ -66,7 +66,7 @@ from data_node.errors import (
     PathOutsideRootError,
     RequestError,
 )
-from data_tools.patches import _CONTAINERS, is_dataset_complete
+from data_tools.patches import CONTAINERS, is_dataset_complete
 from data_wire.v1 import jobs_pb2
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def open_patch_dataset(
     Raises:
         ConfigError: An array cannot be opened, or its dtype does not travel on the wire.
     """
-    container = directory / _CONTAINERS[file_format]
+    container = directory / CONTAINERS[file_format]
     sources = tuple(
         SourceConfig(container / f"class_{value}", "bcolz")
         if file_format == "bcolz"

@@ -33,7 +33,16 @@ if TYPE_CHECKING:
 
     from data_tools.io.writers import buffered_array_writer
 
-__all__ = ["create_dataset", "is_dataset_complete", "patch_generator"]
+__all__ = [
+    "CONTAINERS",
+    "class_counts",
+    "create_dataset",
+    "is_dataset_complete",
+    "parse_class_mask",
+    "parse_image",
+    "parse_slice_axis",
+    "patch_generator",
+]
 
 FloatPatches: TypeAlias = npt.NDArray[np.float32]
 Coordinates: TypeAlias = npt.NDArray[np.intp]
@@ -43,7 +52,7 @@ Coordinates: TypeAlias = npt.NDArray[np.intp]
 _BLOCK_ELEMENTS = 1 << 22
 
 
-def _parse_image(name: str, value: Any) -> npt.NDArray[Any]:
+def parse_image(name: str, value: Any) -> npt.NDArray[Any]:
     """Return ``value`` as a 2D or 3D ndarray of a real numeric or bool dtype."""
     array = np.asarray(value)
     if array.dtype != np.bool_ and (
@@ -60,7 +69,7 @@ def _parse_image(name: str, value: Any) -> npt.NDArray[Any]:
     return array
 
 
-def _parse_slice_axis(value: Any, ndim: int) -> int:
+def parse_slice_axis(value: Any, ndim: int) -> int:
     """Return ``slice_axis`` normalized to 0..ndim-1 (any int is accepted for 2D sources)."""
     axis = parse_int("slice_axis", value)
     if ndim == 2:
@@ -150,11 +159,11 @@ class patch_generator:
         rng: Any = None,
     ) -> None:
         self.patchsize = parse_positive_int("patchsize", patchsize)
-        self.source = _parse_image("source", source)
+        self.source = parse_image("source", source)
         self.random_order = parse_bool("random_order", random_order)
         self.mirrored = parse_bool("mirrored", mirrored)
         self.max_num = None if max_num is None else parse_non_negative_int("max_num", max_num)
-        self.slice_axis = _parse_slice_axis(slice_axis, self.source.ndim)
+        self.slice_axis = parse_slice_axis(slice_axis, self.source.ndim)
         self._rng = _parse_rng(rng)
         self._stack = self._as_stack(self.source)
         self._mask = None if binary_mask is None else self._as_stack(self._parse_mask(binary_mask))
@@ -261,10 +270,10 @@ class patch_generator:
 
 
 # file_format -> the container create_dataset writes inside save_path.
-_CONTAINERS = {"bcolz": "patches.bcolz", "hdf5": "patches.h5", "zarr": "patches.zarr"}
+CONTAINERS = {"bcolz": "patches.bcolz", "hdf5": "patches.h5", "zarr": "patches.zarr"}
 
 
-def _parse_mask(mask: Any, shape: tuple[int, ...]) -> npt.NDArray[Any]:
+def parse_class_mask(mask: Any, shape: tuple[int, ...]) -> npt.NDArray[Any]:
     """Return ``mask`` as an array of ``shape`` holding integer class values."""
     array = np.asarray(mask)
     if array.shape != shape:
@@ -285,7 +294,7 @@ def _parse_mask(mask: Any, shape: tuple[int, ...]) -> npt.NDArray[Any]:
     return array
 
 
-def _class_counts(mask: npt.NDArray[Any] | None, class_list: Any, size: int) -> dict[int, int]:
+def class_counts(mask: npt.NDArray[Any] | None, class_list: Any, size: int) -> dict[int, int]:
     """Return {class value: number of its pixels}, in class_list order (else ascending)."""
     if mask is None:
         if class_list is not None:
@@ -432,7 +441,7 @@ def create_dataset(
         data_tools.errors.WriterError: If writing an array fails.
     """
     directory = parse_path("save_path", save_path)
-    file_format = parse_option("file_format", file_format, _CONTAINERS)
+    file_format = parse_option("file_format", file_format, CONTAINERS)
     batch_size = parse_positive_int("batchsize", batchsize)
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise TypeError(f"Expected kwargs to be a dict or None. Got {kwargs!r} instead.")
@@ -440,19 +449,19 @@ def create_dataset(
     show_bar = parse_bool("show_progress", show_progress)
     if progress is not None and not callable(progress):
         raise TypeError(f"Expected progress to be None or a callable. Got {progress!r} instead.")
-    image = _parse_image("volume", volume)
+    image = parse_image("volume", volume)
     if image.size == 0:
         raise ValueError(
             f"Expected volume to have at least one pixel. Got shape {image.shape} instead."
         )
-    labels = None if mask is None else _parse_mask(mask, image.shape)
-    counts = _class_counts(labels, class_list, image.size)
+    labels = None if mask is None else parse_class_mask(mask, image.shape)
+    counts = class_counts(labels, class_list, image.size)
     selection = None if labels is None or class_list is None else np.isin(labels, list(counts))
     generator = patch_generator(
         patchsize, image, selection, random_order, slice_axis=slice_axis, rng=rng
     )
 
-    container = os.path.join(directory, _CONTAINERS[file_format])
+    container = os.path.join(directory, CONTAINERS[file_format])
     os.makedirs(directory, exist_ok=True)
     if file_format == "bcolz":
         shutil.rmtree(container, ignore_errors=True)
@@ -499,8 +508,8 @@ def is_dataset_complete(save_path: str | os.PathLike[str], file_format: str = "h
         ValueError: If ``file_format`` is unknown.
     """
     directory = parse_path("save_path", save_path)
-    file_format = parse_option("file_format", file_format, _CONTAINERS)
-    container = os.path.join(directory, _CONTAINERS[file_format])
+    file_format = parse_option("file_format", file_format, CONTAINERS)
+    container = os.path.join(directory, CONTAINERS[file_format])
     if file_format != "bcolz":
         return is_complete(container)
     if not os.path.isdir(container):

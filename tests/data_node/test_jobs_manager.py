@@ -19,19 +19,17 @@ inputs, then waits for a connection, so they stay RUNNING without using CPU or d
 
 from __future__ import annotations
 
-import multiprocessing.forkserver
 import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import bcolz
 import h5py
 import numpy as np
 import pytest
 import zarr
-from leak_check import assert_no_leaks
+from leak_check import assert_no_leaks, forkserver_children
 
 from data_node._job_store import JobRecord, JobStore
 from data_node.config import parse_config
@@ -50,22 +48,6 @@ VOLUME = np.random.default_rng(5).random((3, 9, 8), dtype=np.float32)
 MASK = (VOLUME * 3).astype(np.uint8)
 UNREACHABLE = "tcp://127.0.0.1:1"
 ENDED = (jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED)
-
-
-def job_processes():
-    """Live children of the forkserver: the job processes."""
-    server = multiprocessing.forkserver._forkserver._forkserver_pid
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            state, parent = stat.rsplit(")", 1)[1].split()[:2]
-            if int(parent) == server and state != "Z":
-                found.add(int(entry.name))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +77,8 @@ def make_manager(data_root, tmp_path):
         for manager in managers:
             manager.close()
         deadline = time.monotonic() + 5
-        while job_processes():
-            assert time.monotonic() < deadline, f"job processes left: {job_processes()}"
+        while forkserver_children():
+            assert time.monotonic() < deadline, f"job processes left: {forkserver_children()}"
             time.sleep(0.02)
 
 
@@ -237,7 +219,7 @@ def test_failed_build_leaves_no_output(make_manager):
 def test_killed_process_fails_the_job(make_manager):
     manager, config, _ = make_manager()
     job = wait_running_with_plan(manager, manager.submit(blocked()).job_id)
-    (pid,) = job_processes()
+    (pid,) = forkserver_children()
     os.kill(pid, signal.SIGKILL)
     job = wait_for(manager, job.job_id)
     assert job.state == jobs_pb2.JOB_STATE_FAILED
@@ -257,7 +239,7 @@ def test_cancel_running_queued_and_ended_jobs(make_manager):
     assert time.monotonic() - start < 5
     assert stopped.state == jobs_pb2.JOB_STATE_CANCELLED
     assert stopped.error == ""
-    assert job_processes() == set()
+    assert forkserver_children() == set()
     assert manager.cancel(running.job_id) == manager.get(running.job_id)
     assert not (config.output_root / "blocked").exists()
     assert os.listdir(config.output_root / STAGING_DIR) == []
@@ -314,7 +296,7 @@ def test_close_interrupts_running_jobs_and_a_restart_keeps_them(make_manager):
     manager, _, _ = make_manager()
     running = wait_running_with_plan(manager, manager.submit(blocked()).job_id)
     manager.close()
-    assert job_processes() == set()
+    assert forkserver_children() == set()
     again, _, _ = make_manager()
     (job,) = again.list()
     assert job.job_id == running.job_id

@@ -17,7 +17,6 @@ serving on; the CLI builds, watches, lists and cancels.
 
 from __future__ import annotations
 
-import multiprocessing.forkserver
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import numpy as np
 import pytest
 import SimpleITK
 import zarr
-from leak_check import assert_no_leaks
+from leak_check import assert_no_leaks, forkserver_children
 
 from data_client import DataNodeClient
 from data_client.errors import (
@@ -54,22 +53,6 @@ BIG = np.random.default_rng(12).random((48, 96, 96), dtype=np.float32)
 UNREACHABLE = "tcp://127.0.0.1:1"
 IMAGE = FileArray("vol.h5", "image")
 LABELS = FileArray("vol.h5", "mask")
-
-
-def job_processes():
-    """Live children of the forkserver: the job processes."""
-    server = multiprocessing.forkserver._forkserver._forkserver_pid
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            state, parent = stat.rsplit(")", 1)[1].split()[:2]
-            if int(parent) == server and state != "Z":
-                found.add(int(entry.name))
-    return found
 
 
 def write_node(root):
@@ -104,7 +87,7 @@ def job_node(tmp_path_factory):
         server.start()
         yield config, port
         server.stop(None)
-    assert job_processes() == set()
+    assert forkserver_children() == set()
 
 
 @pytest.fixture
@@ -190,7 +173,7 @@ def test_cancel_a_running_job(job_node, jobs_client):
     assert time.monotonic() - start < 5
     assert info.state is JobState.CANCELLED
     assert 0 < info.patches_written < info.patches_total
-    assert job_processes() == set()
+    assert forkserver_children() == set()
     assert not (config.output_root / "cancelled").exists()
     assert job.wait(progress=False).state is JobState.CANCELLED
 
@@ -290,7 +273,7 @@ def test_a_restarted_node_keeps_its_jobs(tmp_path):
             assert time.monotonic() - start < 3
             with pytest.raises(UnavailableError, match="node is stopping"):
                 next(watch)
-        assert job_processes() == set()
+        assert forkserver_children() == set()
         server, port = build_server(config, "127.0.0.1:0")
         server.start()
         with DataNodeClient(f"127.0.0.1:{port}") as client:
