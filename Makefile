@@ -30,6 +30,9 @@ imports: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
+protos: $(STAMP)
+	$(BIN)/python protos/generate.py
+
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
