@@ -4,7 +4,8 @@ Matrix: the first code block is exactly the two commands; every ``##`` section's
 blocks, concatenated in order, exit 0 in a fresh interpreter in an empty directory; the client
 section runs against a node started the README's way (its data-writing code, its node.toml, its
 ``data-node serve`` line, the address replaced by the real port), after its ``data-node health``
-line reports SERVING, and the node then exits 0 on SIGTERM.
+line reports SERVING; then its ``data-node build`` line builds (exit 0) and its ``data-node jobs``
+line lists that job, and the node exits 0 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -97,6 +98,19 @@ def wait_for_port(node: subprocess.Popen[bytes], log: Path) -> int:
     raise AssertionError(f"the node did not start within {TIMEOUT} s:\n{log.read_text()}")
 
 
+def run_cli(verb: str, address: str) -> subprocess.CompletedProcess[str]:
+    """Run the node section's ``data-node <verb>`` line against the node at ``address``."""
+    env, argv = readme_command(verb)
+    return subprocess.run(
+        [*argv, "--address", address],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
 def test_the_first_code_block_is_the_two_commands():
     title, blank, *rest = README.read_text().splitlines()
     assert (title, blank) == ("# data-tools", "")
@@ -139,6 +153,13 @@ def test_client_section_runs_against_the_readme_node(tmp_path):
         )
         assert (checked.returncode, checked.stdout) == (0, f"{address}: SERVING\n")
         run_python(python[CLIENT_SECTION].replace(README_ADDRESS, address), tmp_path)
+        built = run_cli("build", address)
+        assert built.returncode == 0, built.stderr
+        job_id = re.fullmatch(r"job (\w+) submitted", built.stdout.splitlines()[0]).group(1)
+        listed = run_cli("jobs", address)
+        assert listed.returncode == 0, listed.stderr
+        line = rf"^{job_id} succeeded 100.0% .* output='scan_cli' "
+        assert re.search(line, listed.stdout, re.MULTILINE), listed.stdout
         node.send_signal(signal.SIGTERM)
         assert node.wait(timeout=TIMEOUT) == 0, log.read_text()
     finally:
