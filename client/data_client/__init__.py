@@ -8,6 +8,7 @@ from data_client.client import (
     BatchStream,
     DataNodeClient,
     DatasetInfo,
+    TlsConfig,
     TlsOption,
 )
 from data_client.errors import (
@@ -56,6 +57,7 @@ __all__ = [
     "OutOfRangeError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
+    "TlsConfig",
     "TlsOption",
     "UnauthenticatedError",
     "UnavailableError",

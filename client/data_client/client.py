@@ -11,7 +11,7 @@ import random
 import threading
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeAlias
 
@@ -45,13 +45,59 @@ __all__ = [
     "BatchStream",
     "DataNodeClient",
     "DatasetInfo",
+    "TlsConfig",
     "TlsOption",
 ]
 
 # Largest message either way, in bytes: the node's default limit (one Batch is one message).
 _DEFAULT_MAX_MESSAGE_BYTES: Final = 512 * 1024 * 1024
 
-TlsOption: TypeAlias = bool | str | os.PathLike[str] | bytes | grpc.ChannelCredentials | None
+PemSource: TypeAlias = str | os.PathLike[str] | bytes
+"""A PEM file's path, or its contents."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """A client's TLS settings: whom to trust, and its own certificate for mutual TLS.
+
+    Attributes:
+        ca: PEM bundle of the CA(s) the node's certificate must chain to. Default None:
+            gRPC's bundled root certificates.
+        cert: The client's PEM certificate chain, for a node that requires client
+            certificates (``tls.client_ca_file`` on the node). Default None: none.
+        key: The private key of ``cert`` (PEM); never shown in the repr. Default None.
+
+    Each is a path (``str`` or ``os.PathLike``, read when the client is created) or the
+    PEM contents as ``bytes``. The node's certificate must name the host dialled; to dial
+    another name pass ``options=[("grpc.ssl_target_name_override", NAME)]`` to the client.
+
+    Raises:
+        TypeError: A field has none of these forms.
+        ValueError: ``cert`` is given without ``key``, or ``key`` without ``cert``.
+    """
+
+    ca: PemSource | None = None
+    cert: PemSource | None = None
+    key: PemSource | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("ca", "cert", "key"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str | os.PathLike | bytes):
+                shown = "a value" if name == "key" else repr(value)
+                raise TypeError(
+                    f"Expected TlsConfig.{name} to be a PEM path, PEM bytes or None. "
+                    f"Got {shown} of type {type(value).__name__} instead."
+                )
+        if (self.cert is None) != (self.key is None):
+            given, missing = ("cert", "key") if self.key is None else ("key", "cert")
+            raise ValueError(
+                f"Expected TlsConfig.cert and TlsConfig.key together. Got {given} without "
+                f"{missing} instead."
+            )
+
+
+TlsOption: TypeAlias = bool | PemSource | TlsConfig | grpc.ChannelCredentials | None
 """Accepted forms of ``DataNodeClient(tls=...)``."""
 
 ArrayInput: TypeAlias = DatasetArray | FileArray | str
@@ -319,8 +365,9 @@ class DataNodeClient:
             tls: Transport security. None or False (default): plaintext. True: TLS verified with
                 gRPC's bundled root certificates. A ``str`` or ``os.PathLike``: path to a PEM CA
                 bundle the node's certificate must chain to (read now). ``bytes``: the contents
-                of such a bundle. A ``grpc.ChannelCredentials``: used as is (e.g. for client
-                certificates).
+                of such a bundle. A ``TlsConfig``: a CA bundle and, for a node requiring
+                mutual TLS, the client's certificate and key. A ``grpc.ChannelCredentials``:
+                used as is.
             max_message_bytes: Largest message sent or received, in bytes (one Batch is one
                 message). Default 512 MiB, the node's default limit; keep both ends equal.
             timeout: Seconds allowed to each unary call (``datasets()``, ``describe()``, the
@@ -331,7 +378,7 @@ class DataNodeClient:
         Raises:
             TypeError: ``tls`` has none of the accepted forms.
             ValueError: ``max_message_bytes`` is not a positive int.
-            OSError: ``tls`` names a CA bundle file that cannot be read.
+            OSError: ``tls`` names a PEM file that cannot be read.
         """
         max_message_bytes = _parse_int("max_message_bytes", max_message_bytes, minimum=1)
         channel_options = dict(
@@ -380,6 +427,14 @@ class DataNodeClient:
             metadata=self._metadata,
             timeout=timeout,
         )
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The gRPC channel, for other services of the node (e.g. ``grpc.health.v1.Health``).
+
+        It carries the client's TLS settings; calls on it send no token unless given one.
+        """
+        return self._channel
 
     def datasets(self) -> list[DatasetInfo]:
         """Every dataset the node serves, sorted by name.
@@ -688,14 +743,24 @@ def _channel_credentials(tls: TlsOption) -> grpc.ChannelCredentials | None:
         return grpc.ssl_channel_credentials()
     if isinstance(tls, grpc.ChannelCredentials):
         return tls
-    if isinstance(tls, bytes):
-        return grpc.ssl_channel_credentials(root_certificates=tls)
-    if isinstance(tls, str | os.PathLike):
-        return grpc.ssl_channel_credentials(root_certificates=Path(tls).read_bytes())
+    if isinstance(tls, str | os.PathLike | bytes):
+        tls = TlsConfig(ca=tls)
+    if isinstance(tls, TlsConfig):
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read_pem(tls.ca),
+            private_key=_read_pem(tls.key),
+            certificate_chain=_read_pem(tls.cert),
+        )
     raise TypeError(
-        "Expected tls to be None, a bool, a CA bundle path, PEM bytes or "
+        "Expected tls to be None, a bool, a CA bundle path, PEM bytes, a TlsConfig or "
         f"grpc.ChannelCredentials. Got {tls!r} instead."
     )
+
+
+def _read_pem(source: PemSource | None) -> bytes | None:
+    if source is None or isinstance(source, bytes):
+        return source
+    return Path(source).read_bytes()
 
 
 def _dataset_info(description: DatasetDescription) -> DatasetInfo:

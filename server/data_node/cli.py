@@ -8,7 +8,10 @@ Build jobs (over the node's RPCs, with ``data_client``)::
     data-node watch JOB_ID --address HOST:PORT
     data-node cancel JOB_ID --address HOST:PORT
 
-``build`` takes SubmitBuildJobRequest's fields as flags of the same names. An input is
+Against a node with ``[tls]`` or ``[auth]``, every command but ``serve`` takes ``--ca
+CA.pem`` (TLS; ``--tls`` alone trusts gRPC's bundled roots), ``--cert C.pem --key C.key``
+(mutual TLS) and ``--token_file FILE`` (its first line is the bearer token; ``health`` needs
+none). ``build`` takes SubmitBuildJobRequest's fields as flags of the same names. An input is
 ``--volume PATH[:KEY]`` (a file under the node's data root; KEY is the HDF5 or zarr array
 path) or ``--volume_dataset DATASET:ARRAY`` (an array of a served dataset); likewise
 ``--mask`` / ``--mask_dataset``. ``build`` and ``watch`` exit 0 when the job succeeds, 1 when
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from data_client import DataNodeClient, DataNodeError
+from data_client import DataNodeClient, DataNodeError, TlsConfig
 from data_client.jobs import DatasetArray, FileArray, JobInfo, JobState
 from data_node.config import EXECUTORS, load
 from data_node.errors import ConfigError, PathOutsideRootError
@@ -51,24 +54,52 @@ def _parser() -> argparse.ArgumentParser:
     health_parser = commands.add_parser(
         "health", help="exit 0 if the node at --address reports SERVING"
     )
-    health_parser.add_argument("--address", default=_DEFAULT_ADDRESS, help="host:port")
+    _add_connection_arguments(health_parser)
     health_parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     _add_build_parser(commands)
     jobs_parser = commands.add_parser("jobs", help="list the node's build jobs")
-    jobs_parser.add_argument("--address", default=_DEFAULT_ADDRESS, help="host:port")
+    _add_connection_arguments(jobs_parser)
     for name, text in (
         ("watch", "show a job's progress until it ends"),
         ("cancel", "cancel a job"),
     ):
         job_parser = commands.add_parser(name, help=text)
         job_parser.add_argument("job_id", help="the job's id (see `data-node jobs`)")
-        job_parser.add_argument("--address", default=_DEFAULT_ADDRESS, help="host:port")
+        _add_connection_arguments(job_parser)
     return parser
+
+
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=_DEFAULT_ADDRESS, help="host:port")
+    parser.add_argument("--ca", type=Path, help="PEM CA bundle to verify the node with (TLS)")
+    parser.add_argument("--cert", type=Path, help="client certificate (PEM), for mutual TLS")
+    parser.add_argument("--key", type=Path, help="the client certificate's key (PEM)")
+    parser.add_argument("--tls", action="store_true", help="TLS even without --ca or --cert")
+    parser.add_argument("--token_file", type=Path, help="file whose first line is the token")
+
+
+def _client(args: argparse.Namespace, timeout: float | None = 30.0) -> DataNodeClient:
+    """A client of ``args.address`` with the TLS and token flags of ``args``.
+
+    Raises:
+        OSError: A PEM file or the token file cannot be read.
+        ValueError: --cert without --key, or the reverse; an empty token file.
+    """
+    tls = None
+    if args.tls or args.ca or args.cert or args.key:
+        tls = TlsConfig(ca=args.ca, cert=args.cert, key=args.key)
+    token = None
+    if args.token_file is not None:
+        lines = args.token_file.read_text().split()
+        if not lines:
+            raise ValueError(f"--token_file: Expected a token. {str(args.token_file)!r} is empty.")
+        token = lines[0]
+    return DataNodeClient(args.address, token, tls, timeout=timeout)
 
 
 def _add_build_parser(commands: Any) -> None:
     build = commands.add_parser("build", help="submit a patch-dataset build job and watch it")
-    build.add_argument("--address", default=_DEFAULT_ADDRESS, help="host:port")
+    _add_connection_arguments(build)
     build.add_argument("--output", required=True, help="output name under the output root")
     build.add_argument("--patchsize", type=int, required=True, help="patch edge, in pixels")
     for name in ("volume", "mask"):
@@ -110,7 +141,7 @@ def _array_input(path: str | None, dataset: str | None) -> FileArray | DatasetAr
 def _build(args: argparse.Namespace) -> int:
     volume = _array_input(args.volume, args.volume_dataset)
     assert volume is not None  # argparse requires one
-    with DataNodeClient(args.address) as client:
+    with _client(args) as client:
         job = client.submit_build(
             args.output,
             args.patchsize,
@@ -149,7 +180,7 @@ def _describe(info: JobInfo) -> str:
 
 
 def _jobs_command(args: argparse.Namespace) -> int:
-    with DataNodeClient(args.address) as client:
+    with _client(args) as client:
         if args.command == "jobs":
             for info in client.jobs():
                 print(_describe(info))
@@ -161,15 +192,16 @@ def _jobs_command(args: argparse.Namespace) -> int:
         return 0
 
 
-def _health(address: str, timeout: float) -> int:
-    with grpc.insecure_channel(address) as channel:
-        check = channel.unary_unary(
+def _health(args: argparse.Namespace) -> int:
+    address = args.address
+    with _client(args, args.timeout) as client:
+        check = client.channel.unary_unary(
             "/grpc.health.v1.Health/Check",
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
             response_deserializer=health_pb2.HealthCheckResponse.FromString,
         )
         try:
-            response = check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            response = check(health_pb2.HealthCheckRequest(service=""), timeout=args.timeout)
         except grpc.RpcError as error:
             print(f"{address}: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
@@ -181,12 +213,12 @@ def _health(address: str, timeout: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "health":
-        return _health(args.address, args.timeout)
     if args.command != "serve":
         try:
+            if args.command == "health":
+                return _health(args)
             return _build(args) if args.command == "build" else _jobs_command(args)
-        except (DataNodeError, TypeError, ValueError) as error:
+        except (DataNodeError, TypeError, ValueError, OSError) as error:
             print(f"data-node {args.command}: {error}", file=sys.stderr)
             return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")

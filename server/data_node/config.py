@@ -16,6 +16,15 @@ A config file looks like this (relative paths are relative to the file's directo
     max_concurrent_jobs = 2
     executor = "local"             # or "dask", with scheduler_address
 
+    [tls]                          # optional; see TlsConfig
+    cert_file = "server.pem"       # the node's certificate chain (PEM)
+    key_file = "server.key"        # its private key (PEM)
+    client_ca_file = "ca.pem"      # optional: mutual TLS, clients need a certificate from it
+
+    [auth]                         # optional bearer tokens; see AuthConfig
+    tokens_file = "tokens.txt"     # lines "TOKEN [ROLE]", ROLE "read" or "build" (default)
+    tokens_env = "NODE_TOKENS"     # and/or a variable holding "TOKEN [ROLE]" entries
+
     [preprocessors]                # name -> "package.module:function"
     scale = "my_project.prep:scale"
 
@@ -27,8 +36,9 @@ A config file looks like this (relative paths are relative to the file's directo
     mask = [{ path = "healthy.h5", key = "mask" }, { path = "tumour.zarr", key = "mask" }]
 
 A source's ``format`` ("hdf5", "zarr" or "bcolz") is taken from its suffix (.h5/.hdf5,
-.zarr, .bcolz) unless given. Environment variables ``DATA_NODE_<SECTION>__<KEY>`` override
-scalar keys of the ``node``, ``limits`` and ``jobs`` sections (for example
+.zarr, .bcolz) unless given. The ``tls`` and ``auth`` files are relative to the config
+file's directory. Environment variables ``DATA_NODE_<SECTION>__<KEY>`` override scalar keys
+of the ``node``, ``limits``, ``jobs``, ``tls`` and ``auth`` sections (for example
 ``DATA_NODE_LIMITS__MAX_OPEN_STREAMS=8``); their values are read as TOML values, falling
 back to a plain string. An unknown ``DATA_NODE_*`` variable is an error, not a warning.
 """
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,12 +57,16 @@ from typing import Any
 from data_node.errors import ConfigError, PathOutsideRootError
 
 __all__ = [
+    "ROLES",
     "ArrayConfig",
+    "AuthConfig",
+    "BearerToken",
     "DatasetConfig",
     "JobsConfig",
     "LimitsConfig",
     "NodeConfig",
     "SourceConfig",
+    "TlsConfig",
     "load",
     "parse_config",
     "resolve_inside",
@@ -63,6 +78,11 @@ SOURCE_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr", ".bcolz": "bc
 LABEL_ARRAY = "label"
 EXECUTORS = ("dask", "local")
 MiB = 1 << 20
+ROLES = ("build", "read")
+"""Token roles: "read" lists, describes and streams datasets; "build" may also run jobs."""
+# RFC 6750's b64token: what a bearer token may hold (it travels as an HTTP header value).
+_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+_ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,9 @@ class LimitsConfig:
         max_batch_size: Largest batch_size a stream may ask for.
         max_batch_bytes: Largest encoded batch, in bytes; bounds the node's memory per batch.
         max_open_streams: Streams served at once; more get RESOURCE_EXHAUSTED.
+        max_open_streams_per_token: Streams one bearer token may hold open at once; more
+            get RESOURCE_EXHAUSTED. Needs ``[auth]``. None (default): only
+            ``max_open_streams`` applies.
         max_io_workers: Largest nb_io_workers a stream may ask for.
         max_proc_workers: Largest nb_proc_workers a stream may ask for.
         max_message_bytes: gRPC message size limit, on receive and send.
@@ -82,6 +105,7 @@ class LimitsConfig:
     max_batch_size: int = 4096
     max_batch_bytes: int = 256 * MiB
     max_open_streams: int = 64
+    max_open_streams_per_token: int | None = None
     max_io_workers: int = 8
     max_proc_workers: int = 4
     max_message_bytes: int = 512 * MiB
@@ -111,6 +135,62 @@ class JobsConfig:
     executor: str = "local"
     scheduler_address: str | None = None
     dask_task_bytes: int = 16 * MiB
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS of the node's port (``[tls]``); without it the node serves plaintext.
+
+    Attributes:
+        cert_file: The node's PEM certificate chain (its names must match the address
+            clients dial, e.g. a SAN of "localhost" or "127.0.0.1").
+        key_file: The PEM private key of that certificate.
+        client_ca_file: PEM bundle of the CAs whose client certificates the node accepts;
+            when set every client must present one (mutual TLS). None (default): clients
+            need no certificate.
+    """
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class BearerToken:
+    """One accepted bearer token; its value never appears in a repr or a message.
+
+    Attributes:
+        value: The token, as clients send it in ``authorization: Bearer <value>``.
+        role: "read" or "build" (see ``ROLES``).
+        source: Where it was read, for logs: e.g. "auth.tokens_file line 3".
+    """
+
+    value: str = field(repr=False)
+    role: str
+    source: str
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Bearer tokens (``[auth]``): with them, every RPC but health needs a valid token.
+
+    Tokens are read from a file (``tokens_file``), an environment variable (``tokens_env``)
+    or both, never from the config file itself. A file holds one ``TOKEN [ROLE]`` per line
+    (blank lines and ``#`` comments skipped); the variable holds such entries separated by
+    commas or newlines. ROLE is "read" or "build" (the default): see ``ROLES``. A token is
+    RFC 6750 text (letters, digits, ``-._~+/``, then ``=`` padding), e.g. from
+    ``python -c "import secrets; print(secrets.token_urlsafe(32))"``.
+
+    Attributes:
+        tokens_file: The resolved tokens file, or None.
+        tokens_env: The variable's name, or None. It may not start with ``DATA_NODE_``
+            (those are config overrides).
+        tokens: Every token read, from the file first; at least one.
+    """
+
+    tokens_file: Path | None = None
+    tokens_env: str | None = None
+    tokens: tuple[BearerToken, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,6 +230,8 @@ class NodeConfig:
     listen: str = "127.0.0.1:50051"
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    tls: TlsConfig | None = None
+    auth: AuthConfig | None = None
     preprocessors: Mapping[str, str] = field(default_factory=dict)
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
 
@@ -174,13 +256,26 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> NodeConf
         raise ConfigError(f"Expected a config file at {str(path)!r}. It does not exist.") from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"Expected {str(path)!r} to be TOML: {error}") from error
-    _apply_overrides(raw, environ or {})
-    return parse_config(raw, base_dir=path.resolve().parent)
+    environ = environ or {}
+    _apply_overrides(raw, environ)
+    return parse_config(raw, base_dir=path.resolve().parent, environ=environ)
 
 
-def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
-    """Validate a config already read into nested dicts (the TOML layout above)."""
-    _check_keys("", raw, {"node", "limits", "jobs", "preprocessors", "datasets"})
+def parse_config(
+    raw: Mapping[str, Any], *, base_dir: Path, environ: Mapping[str, str] | None = None
+) -> NodeConfig:
+    """Validate a config already read into nested dicts (the TOML layout above).
+
+    Args:
+        raw: The config's tables.
+        base_dir: Directory relative paths start from (the config file's).
+        environ: Environment ``auth.tokens_env`` is read from. Default None: empty.
+
+    Raises:
+        ConfigError: A key is invalid (named in the message).
+        PathOutsideRootError: A source resolves outside ``data_root``.
+    """
+    _check_keys("", raw, {"node", "limits", "jobs", "tls", "auth", "preprocessors", "datasets"})
     node = _table("node", raw.get("node", {}))
     _check_keys("node", node, _NODE_KEYS)
     if "data_root" not in node:
@@ -198,13 +293,24 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
         name: _parse_dataset(name, _table(f"datasets.{name}", spec), data_root)
         for name, spec in sorted(datasets_raw.items())
     }
+    limits = _parse_limits(_table("limits", raw.get("limits", {})))
+    auth = None
+    if "auth" in raw:
+        auth = _parse_auth(_table("auth", raw["auth"]), base_dir, environ or {})
+    if limits.max_open_streams_per_token is not None and auth is None:
+        raise ConfigError(
+            "limits.max_open_streams_per_token: Expected [auth] tokens to count streams by. "
+            "Got none; add an [auth] section or remove the limit."
+        )
     return NodeConfig(
         data_root=data_root,
         state_dir=state_dir,
         output_root=output_root,
         listen=_string("node.listen", node.get("listen", "127.0.0.1:50051")),
-        limits=_parse_limits(_table("limits", raw.get("limits", {}))),
+        limits=limits,
         jobs=_parse_jobs(_table("jobs", raw.get("jobs", {}))),
+        tls=_parse_tls(_table("tls", raw["tls"]), base_dir) if "tls" in raw else None,
+        auth=auth,
         preprocessors=preprocessors,
         datasets=datasets,
     )
@@ -274,6 +380,92 @@ def _parse_jobs(raw: Mapping[str, Any]) -> JobsConfig:
         else:
             values[name] = _positive_int(key, value)
     return JobsConfig(**values)
+
+
+def _parse_tls(raw: Mapping[str, Any], base_dir: Path) -> TlsConfig:
+    _check_keys("tls", raw, _TLS_KEYS)
+    for key, what in (("cert_file", "certificate chain"), ("key_file", "private key")):
+        if key not in raw:
+            raise ConfigError(f"tls.{key}: Expected the node's PEM {what}. It is missing.")
+    client_ca = raw.get("client_ca_file")
+    return TlsConfig(
+        cert_file=_pem_file("tls.cert_file", raw["cert_file"], base_dir),
+        key_file=_pem_file("tls.key_file", raw["key_file"], base_dir),
+        client_ca_file=(
+            None if client_ca is None else _pem_file("tls.client_ca_file", client_ca, base_dir)
+        ),
+    )
+
+
+def _parse_auth(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, str]) -> AuthConfig:
+    _check_keys("auth", raw, _AUTH_KEYS)
+    if not raw:
+        raise ConfigError("auth: Expected tokens_file or tokens_env (or both). Got neither.")
+    tokens: list[BearerToken] = []
+    tokens_file = None
+    if "tokens_file" in raw:
+        tokens_file = _existing_file("auth.tokens_file", raw["tokens_file"], base_dir)
+        try:
+            lines = tokens_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(
+                f"auth.tokens_file: Expected a readable UTF-8 file. Got {str(tokens_file)!r}, "
+                f"which cannot be read ({type(error).__name__}), instead."
+            ) from None
+        tokens += _parse_tokens("auth.tokens_file line", lines)
+    tokens_env = None
+    if "tokens_env" in raw:
+        tokens_env = _string("auth.tokens_env", raw["tokens_env"])
+        if not _ENV_NAME_PATTERN.fullmatch(tokens_env) or tokens_env.startswith(ENV_PREFIX):
+            raise ConfigError(
+                f"auth.tokens_env: Expected an environment variable name not starting with "
+                f"{ENV_PREFIX!r} (those override config keys). Got {tokens_env!r} instead."
+            )
+        if not environ.get(tokens_env):
+            raise ConfigError(
+                f"auth.tokens_env: Expected the variable {tokens_env!r} to hold tokens. "
+                "It is not set or empty."
+            )
+        entries = re.split(r"[,\n]", environ[tokens_env])
+        tokens += _parse_tokens("auth.tokens_env entry", entries)
+    if not tokens:
+        raise ConfigError("auth: Expected at least one token. Got none (nobody could get in).")
+    _check_unique(tokens)
+    return AuthConfig(tokens_file=tokens_file, tokens_env=tokens_env, tokens=tuple(tokens))
+
+
+def _parse_tokens(where: str, entries: list[str]) -> list[BearerToken]:
+    """The tokens of ``entries`` ("TOKEN [ROLE]"); no message ever quotes an entry."""
+    tokens = []
+    for number, entry in enumerate(entries, start=1):
+        words = entry.split()
+        if not words or words[0].startswith("#"):
+            continue
+        source = f"{where} {number}"
+        if len(words) > 2 or (len(words) == 2 and words[1] not in ROLES):
+            raise ConfigError(
+                f"{source}: Expected 'TOKEN [ROLE]' with ROLE one of {list(ROLES)}. "
+                "Got something else instead (not shown: it may hold a secret)."
+            )
+        if not _TOKEN_PATTERN.fullmatch(words[0]):
+            raise ConfigError(
+                f"{source}: Expected a token of letters, digits and '-._~+/' (then '=' "
+                "padding). Got other characters instead (not shown: it may hold a secret)."
+            )
+        role = words[1] if len(words) == 2 else "build"
+        tokens.append(BearerToken(value=words[0], role=role, source=source))
+    return tokens
+
+
+def _check_unique(tokens: list[BearerToken]) -> None:
+    first_seen: dict[str, str] = {}
+    for token in tokens:
+        if token.value in first_seen:
+            raise ConfigError(
+                f"{token.source}: Expected each token once. Got the same token as "
+                f"{first_seen[token.value]} instead."
+            )
+        first_seen[token.value] = token.source
 
 
 def _parse_preprocessors(raw: Mapping[str, Any]) -> dict[str, str]:
@@ -366,10 +558,12 @@ def _parse_source(prefix: str, raw: Any, data_root: Path) -> SourceConfig:
 
 _NODE_KEYS = {"listen", "data_root", "state_dir", "output_root"}
 _JOBS_KEYS = {f.name for f in dataclasses.fields(JobsConfig)}
+_TLS_KEYS = {f.name for f in dataclasses.fields(TlsConfig)}
+_AUTH_KEYS = {"tokens_file", "tokens_env"}
 
 
 def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    sections = {"node": _NODE_KEYS, "jobs": _JOBS_KEYS}
+    sections = {"node": _NODE_KEYS, "jobs": _JOBS_KEYS, "tls": _TLS_KEYS, "auth": _AUTH_KEYS}
     sections["limits"] = {f.name for f in dataclasses.fields(LimitsConfig)}
     for variable, text in sorted(environ.items()):
         if not variable.startswith(ENV_PREFIX):
@@ -437,6 +631,29 @@ def _output_root(path: Path) -> Path:
             f"Got {str(path)!r}, which is a file, instead."
         )
     return resolved
+
+
+def _existing_file(key: str, value: Any, base_dir: Path) -> Path:
+    path = (base_dir / _string(key, value)).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{key}: Expected an existing file. Got {str(path)!r} instead.")
+    return path
+
+
+def _pem_file(key: str, value: Any, base_dir: Path) -> Path:
+    """An existing PEM file; checked here because gRPC reports a bad one only as 'cannot bind'."""
+    path = _existing_file(key, value, base_dir)
+    try:
+        is_pem = b"-----BEGIN " in path.read_bytes()
+    except OSError as error:
+        raise ConfigError(
+            f"{key}: Expected a readable file. {str(path)!r} cannot be read ({error.strerror})."
+        ) from None
+    if not is_pem:
+        raise ConfigError(
+            f"{key}: Expected a PEM file (-----BEGIN ...). Got {str(path)!r} instead."
+        )
+    return path
 
 
 def _existing_dir(key: str, path: Path) -> Path:

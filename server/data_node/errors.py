@@ -11,6 +11,8 @@ __all__ = [
     "NodeStoppingError",
     "PathOutsideRootError",
     "RequestError",
+    "RoleError",
+    "TokenError",
 ]
 
 
@@ -44,3 +46,11 @@ class LimitExceededError(DataNodeError, RuntimeError):
 
 class NodeStoppingError(DataNodeError, ConnectionError):
     """The node is stopping and cannot take or keep serving this call; retry once it is back."""
+
+
+class TokenError(DataNodeError, PermissionError):
+    """A call carries no bearer token, or one the node does not accept; never quotes it."""
+
+
+class RoleError(DataNodeError, PermissionError):
+    """A call's token is valid but its role does not allow the RPC; names the role needed."""

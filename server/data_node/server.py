@@ -1,5 +1,9 @@
 """Build, run and stop a data node: gRPC server, health and reflection services, datasets, jobs.
 
+Security: with ``[tls]`` the port speaks only TLS (and, with ``tls.client_ca_file``, only
+to clients presenting a certificate from that CA); with ``[auth]`` every call but health
+passes data_node.auth's interceptor first (bearer tokens, roles, streams per token).
+
 Stop order (``NodeServer.stop``): health says NOT_SERVING, so load balancers and
 ``data-node health`` see the node going; new calls are refused and running ones get
 ``grace`` seconds; open streams are told to end, and job watches too (UNAVAILABLE); their
@@ -21,14 +25,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from data_node.auth import AuthInterceptor
 from data_node.datasets import DatasetRegistry
 from data_node.jobs import JobManager
 from data_node.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
 
 if TYPE_CHECKING:
-    from data_node.config import NodeConfig
+    from data_node.config import NodeConfig, TlsConfig
 
-__all__ = ["NodeServer", "build_server", "channel_options", "serve"]
+__all__ = ["NodeServer", "build_server", "channel_options", "serve", "server_credentials"]
 
 logger = logging.getLogger(__name__)
 # Threads beyond the stream limit, for unary calls and health checks while streams run.
@@ -45,6 +50,20 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """The port's TLS credentials; mutual TLS (client certificates required) with a client CA.
+
+    Raises:
+        OSError: A file cannot be read.
+    """
+    client_ca = None if tls.client_ca_file is None else tls.client_ca_file.read_bytes()
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 @dataclass
 class NodeServer:
     """A built (not yet started) node. ``start()``, then ``stop()`` or ``wait()``."""
@@ -54,6 +73,7 @@ class NodeServer:
     servicer: DataNodeServicer
     health: health.HealthServicer
     jobs: JobManager
+    auth: AuthInterceptor | None = None
 
     def start(self) -> None:
         """Start serving and running jobs; health reports SERVING."""
@@ -87,10 +107,15 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
 
     Raises:
         ConfigError: A dataset cannot be opened or its arrays do not line up.
-        OSError: The state dir or output root cannot be created.
+        OSError: The state dir or output root cannot be created, or a TLS file read.
         sqlite3.DatabaseError: The job database in the state dir cannot be opened.
-        RuntimeError: The address cannot be bound.
+        RuntimeError: The address cannot be bound (or the TLS certificate and key do not
+            match).
     """
+    credentials = None if config.tls is None else server_credentials(config.tls)
+    auth = None
+    if config.auth is not None:
+        auth = AuthInterceptor(config.auth.tokens, config.limits.max_open_streams_per_token)
     registry = DatasetRegistry.from_config(config.datasets)
     jobs = JobManager(config, registry)
     servicer = DataNodeServicer(config, registry, jobs)
@@ -99,6 +124,7 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
             max_workers=config.limits.max_open_streams + config.jobs.max_watchers + _SPARE_THREADS,
             thread_name_prefix="data_node-rpc",
         ),
+        interceptors=[] if auth is None else [auth],
         options=channel_options(config.limits.max_message_bytes),
     )
     server.add_generic_rpc_handlers((method_handlers(servicer),))
@@ -109,13 +135,17 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
     )
     target = address or config.listen
     try:
-        port = server.add_insecure_port(target)
+        if credentials is None:
+            port = server.add_insecure_port(target)
+        else:
+            port = server.add_secure_port(target, credentials)
     except RuntimeError:
         port = 0
     if port == 0:
         jobs.close()
-        raise RuntimeError(f"node.listen: cannot bind {target!r}.")
-    return NodeServer(server, port, servicer, health_servicer, jobs), port
+        hint = "" if credentials is None else " (or tls.cert_file and tls.key_file do not match)"
+        raise RuntimeError(f"node.listen: cannot bind {target!r}{hint}.")
+    return NodeServer(server, port, servicer, health_servicer, jobs, auth), port
 
 
 def serve(config: NodeConfig, *, ready: threading.Event | None = None) -> None:
@@ -123,6 +153,7 @@ def serve(config: NodeConfig, *, ready: threading.Event | None = None) -> None:
     node, port = build_server(config)
     node.start()
     logger.info("data node serving %d dataset(s) on port %d", len(config.datasets), port)
+    logger.info("security: %s; %s", _describe_tls(config), _describe_auth(config))
     stopping = threading.Event()
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -138,3 +169,18 @@ def serve(config: NodeConfig, *, ready: threading.Event | None = None) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _describe_tls(config: NodeConfig) -> str:
+    if config.tls is None:
+        return "plaintext (no [tls])"
+    if config.tls.client_ca_file is None:
+        return "TLS"
+    return "mutual TLS (client certificates required)"
+
+
+def _describe_auth(config: NodeConfig) -> str:
+    if config.auth is None:
+        return "no bearer tokens (no [auth]): every caller is let in"
+    roles = [token.role for token in config.auth.tokens]
+    return f"{roles.count('read')} read and {roles.count('build')} build token(s)"

@@ -17,6 +17,8 @@ from data_node.errors import (
     NodeStoppingError,
     PathOutsideRootError,
     RequestError,
+    RoleError,
+    TokenError,
 )
 from data_tools.errors import UnsupportedIndexError, ViewIndexError, WorkerError
 
@@ -25,6 +27,8 @@ __all__ = ["STATUS_TABLE", "status_for"]
 STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (DatasetNotFoundError, grpc.StatusCode.NOT_FOUND),
     (JobNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (TokenError, grpc.StatusCode.UNAUTHENTICATED),
+    (RoleError, grpc.StatusCode.PERMISSION_DENIED),
     (PathOutsideRootError, grpc.StatusCode.PERMISSION_DENIED),
     (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NodeStoppingError, grpc.StatusCode.UNAVAILABLE),

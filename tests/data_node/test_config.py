@@ -6,6 +6,11 @@ level; missing data_root / path / key; source outside data_root (``..``, absolut
 missing source file; unknown format; class_list length; label collision; bad limit values;
 preprocessor malformed / not importable / not callable. Jobs: output_root default and
 override, output_root naming a file, [jobs] defaults / values / env overrides / bad values.
+TLS: files relative to the config, optional client CA, env overrides; missing cert/key,
+missing file, not PEM, unknown key. Auth: tokens from a file (comments, default role) and
+an environment variable (commas, newlines), both; repr and every error free of tokens;
+missing / empty / unreadable sources, a DATA_NODE_ variable, bad role, bad characters,
+duplicates, an empty section; max_open_streams_per_token with and without [auth].
 """
 
 from __future__ import annotations
@@ -14,7 +19,16 @@ import textwrap
 
 import pytest
 
-from data_node.config import JobsConfig, LimitsConfig, load, resolve_inside, resolve_preprocessor
+from data_node.config import (
+    AuthConfig,
+    BearerToken,
+    JobsConfig,
+    LimitsConfig,
+    TlsConfig,
+    load,
+    resolve_inside,
+    resolve_preprocessor,
+)
 from data_node.errors import ConfigError, PathOutsideRootError
 
 
@@ -261,3 +275,141 @@ def test_output_root_must_not_be_a_file(root):
         load(write(root, body))
     with pytest.raises(ConfigError, match="DATA_NODE_JOBS__EXECUTOR"):
         load(write(root, GOOD), {"DATA_NODE_JOBS__EXECUTORS": "dask"})
+
+
+# ---------------------------------------------------------------- tls and auth
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+@pytest.fixture
+def pem_files(root):
+    (root / "pki").mkdir()
+    for name in ("server.pem", "server.key", "ca.pem", "other.pem"):
+        (root / "pki" / name).write_text(PEM)
+    (root / "pki" / "not_pem.txt").write_text("hello")
+    return root / "pki"
+
+
+TLS = '\n[tls]\ncert_file = "pki/server.pem"\nkey_file = "pki/server.key"\n'
+
+
+def test_tls_files_resolve_against_the_config_file(root, pem_files):
+    config = load(write(root, GOOD + TLS))
+    assert config.tls == TlsConfig(pem_files / "server.pem", pem_files / "server.key")
+    assert load(write(root, GOOD)).tls is None
+    with_ca = load(
+        write(root, GOOD + TLS + 'client_ca_file = "pki/ca.pem"\n'),
+        {"DATA_NODE_TLS__CERT_FILE": "pki/other.pem"},
+    )
+    assert with_ca.tls == TlsConfig(
+        pem_files / "other.pem", pem_files / "server.key", pem_files / "ca.pem"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tls", "message"),
+    [
+        ('key_file = "pki/server.key"', r"^tls\.cert_file: Expected the node's PEM certificate"),
+        ('cert_file = "pki/server.pem"', r"^tls\.key_file: Expected the node's PEM private key"),
+        ('client_ca_file = "pki/ca.pem"', r"^tls\.cert_file: .* missing"),
+        (TLS + 'client_ca_file = "pki/nope.pem"', r"^tls\.client_ca_file: Expected an existing"),
+        (TLS.replace("server.key", "not_pem.txt"), r"^tls\.key_file: Expected a PEM file"),
+        (TLS.replace("pki/server.pem", "pki"), r"^tls\.cert_file: Expected an existing file"),
+        (TLS + "ca_file = 1", r"^tls\.ca_file: Expected one of"),
+        (TLS.replace('"pki/server.pem"', "3"), r"^tls\.cert_file: Expected a non-empty string"),
+    ],
+)
+def test_bad_tls_values_name_the_key(root, pem_files, tls, message):
+    body = GOOD + (tls if tls.startswith("\n[tls]") else f"\n[tls]\n{tls}\n")
+    with pytest.raises(ConfigError, match=message):
+        load(write(root, body))
+
+
+TOKENS = "# team tokens\nr3ad-Token_1 read\n\nbu1ld.token~2/+== build\n   defaulted-token-3  \n"
+AUTH = '\n[auth]\ntokens_file = "tokens.txt"\n'
+SECRETS = ("r3ad-Token_1", "bu1ld", "defaulted", "env-token", "s3cret")
+
+
+def test_tokens_from_a_file_and_the_environment(root):
+    (root / "tokens.txt").write_text(TOKENS)
+    config = load(
+        write(root, GOOD + AUTH + 'tokens_env = "TEAM_TOKENS"\n'),
+        {"TEAM_TOKENS": "env-token-4 read, env-token-5\nenv-token-6 build"},
+    )
+    assert config.auth == AuthConfig(
+        tokens_file=(root / "tokens.txt").resolve(),
+        tokens_env="TEAM_TOKENS",
+        tokens=(
+            BearerToken("r3ad-Token_1", "read", "auth.tokens_file line 2"),
+            BearerToken("bu1ld.token~2/+==", "build", "auth.tokens_file line 4"),
+            BearerToken("defaulted-token-3", "build", "auth.tokens_file line 5"),
+            BearerToken("env-token-4", "read", "auth.tokens_env entry 1"),
+            BearerToken("env-token-5", "build", "auth.tokens_env entry 2"),
+            BearerToken("env-token-6", "build", "auth.tokens_env entry 3"),
+        ),
+    )
+    assert not any(secret in repr(config) for secret in SECRETS)
+    assert "role='read'" in repr(config)
+
+
+def test_auth_sources_and_limit_through_env_overrides(root):
+    (root / "other.txt").write_text("s3cret-token read\n")
+    config = load(
+        write(root, GOOD + AUTH),
+        {
+            "DATA_NODE_AUTH__TOKENS_FILE": "other.txt",
+            "DATA_NODE_LIMITS__MAX_OPEN_STREAMS_PER_TOKEN": "2",
+        },
+    )
+    assert [token.value for token in config.auth.tokens] == ["s3cret-token"]
+    assert config.limits.max_open_streams_per_token == 2
+    assert load(write(root, GOOD)).auth is None
+    only_env = load(write(root, GOOD + '[auth]\ntokens_env = "T"\n'), {"T": "s3cret"})
+    assert only_env.auth.tokens == (BearerToken("s3cret", "build", "auth.tokens_env entry 1"),)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "env", "message"),
+    [
+        ("s3cret-a writer\n", None, r"^auth\.tokens_file line 1: Expected 'TOKEN \[ROLE\]'"),
+        ("s3cret-a read extra\n", None, r"^auth\.tokens_file line 1: Expected 'TOKEN"),
+        ("# c\ns3cret-a read\ns3cret*b\n", None, r"^auth\.tokens_file line 3: Expected a token"),
+        ("s3cret-a read\ns3cret-a build\n", None, r"^auth\.tokens_file line 2: .* line 1 "),
+        ("s3cret-a\n", "s3cret-a read", r"^auth\.tokens_env entry 1: .*auth\.tokens_file line 1 "),
+        ("s3cret-a\n", "s3cret-b read,s3cret\u00e9", r"^auth\.tokens_env entry 2: Expected a"),
+        ("s3cret-a\n", "", r"^auth\.tokens_env: .* not set or empty"),
+        ("# only a comment\n\n", None, r"^auth: Expected at least one token"),
+    ],
+)
+def test_bad_tokens_are_named_without_quoting_them(root, tokens, env, message):
+    (root / "tokens.txt").write_text(tokens)
+    body = GOOD + AUTH + ('tokens_env = "TEAM_TOKENS"\n' if env is not None else "")
+    with pytest.raises(ConfigError, match=message) as caught:
+        load(write(root, body), {"TEAM_TOKENS": env} if env else {})
+    assert not any(secret in str(caught.value) for secret in SECRETS)
+
+
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        ("[auth]\n", r"^auth: Expected tokens_file or tokens_env"),
+        ('[auth]\ntokens = "s3cret"\n', r"^auth\.tokens: Expected one of"),
+        ('[auth]\ntokens_file = "nope.txt"\n', r"^auth\.tokens_file: Expected an existing file"),
+        ('[auth]\ntokens_file = "bin.txt"\n', r"^auth\.tokens_file: Expected a readable UTF-8"),
+        ('[auth]\ntokens_env = "NOT_SET"\n', r"^auth\.tokens_env: .*'NOT_SET'.* not set"),
+        ('[auth]\ntokens_env = "DATA_NODE_TOKENS"\n', r"^auth\.tokens_env: .* not starting"),
+        ('[auth]\ntokens_env = "A-B"\n', r"^auth\.tokens_env: Expected an environment"),
+        ("[limits]\nmax_open_streams_per_token = 0\n", r"^limits\.max_open_streams_per_token"),
+    ],
+)
+def test_bad_auth_sections_name_the_key(root, auth, message):
+    (root / "bin.txt").write_bytes(b"\xff\xfe s3cret")
+    body = GOOD.replace("[limits]", auth.strip()) if auth.startswith("[limits]") else GOOD + auth
+    with pytest.raises(ConfigError, match=message):
+        load(write(root, body))
+
+
+def test_a_per_token_limit_needs_auth(root):
+    with pytest.raises(ConfigError, match=r"^limits\.max_open_streams_per_token: .*\[auth\]"):
+        load(write(root, GOOD), {"DATA_NODE_LIMITS__MAX_OPEN_STREAMS_PER_TOKEN": "2"})

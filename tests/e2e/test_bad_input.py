@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 
 import grpc
-import numpy as np
 import pytest
 from node_support import make_data, wait_for_idle, write_config
 
@@ -29,7 +28,8 @@ from data_wire.v1 import data_node_pb2, tensor_pb2
 
 
 def assert_still_serving(client):
-    batch = next(iter(client.stream("toy", 4)))
+    with client.stream("toy", 4) as stream:
+        batch = next(stream)
     assert batch[0].shape == (4, 1, 16, 16)
 
 
@@ -150,29 +150,42 @@ def test_cursors_from_other_streams_are_refused(client):
     assert_still_serving(client)
 
 
-def test_open_stream_limit_is_resource_exhausted(node, client):
-    server, _ = node
-    wait_for_idle(server)
-    streams = [client.stream("toy", 4, loop_forever=True) for _ in range(3)]
-    for stream in streams:
-        next(stream)
-    with pytest.raises(ResourceExhaustedError, match=r"max_open_streams: .* at most 3"):
-        next(iter(client.stream("toy", 4)))
-    for stream in streams:
-        stream.close()
-    wait_for_idle(server)
-    assert_still_serving(client)
+@pytest.fixture
+def node_with(tmp_path):
+    """Start a node with the given limits on its own data; yield a client; stop it."""
+    started = []
 
+    def start(**limits):
+        make_data(tmp_path)
+        write_config(tmp_path, **limits)
+        server, port = build_server(load(tmp_path / "node.toml"), "127.0.0.1:0")
+        server.start()
+        started.append(server)
+        return server, DataNodeClient(f"127.0.0.1:{port}")
 
-def test_batch_bytes_limit(tmp_path):
-    make_data(tmp_path)
-    write_config(tmp_path, max_batch_bytes=4096)
-    server, port = build_server(load(tmp_path / "node.toml"), "127.0.0.1:0")
-    server.start()
-    try:
-        with DataNodeClient(f"127.0.0.1:{port}") as client:
-            with pytest.raises(ResourceExhaustedError, match=r"max_batch_bytes: .* 4096 bytes"):
-                next(iter(client.stream("toy", 8)))
-            assert np.asarray(next(iter(client.stream("classes", 2)))[0]).shape[0] == 2
-    finally:
+    yield start
+    for server in started:
         server.stop(None)
+
+
+def test_open_stream_limit_is_resource_exhausted(node_with):
+    server, client = node_with(max_open_streams=3)
+    with client:
+        streams = [client.stream("toy", 4, loop_forever=True) for _ in range(3)]
+        for stream in streams:
+            next(stream)
+        with pytest.raises(ResourceExhaustedError, match=r"max_open_streams: .* at most 3"):
+            next(iter(client.stream("toy", 4)))
+        for stream in streams:
+            stream.close()
+        wait_for_idle(server)
+        assert_still_serving(client)
+
+
+def test_batch_bytes_limit(node_with):
+    _, client = node_with(max_batch_bytes=4096)
+    with client:
+        with pytest.raises(ResourceExhaustedError, match=r"max_batch_bytes: .* 4096 bytes"):
+            next(iter(client.stream("toy", 8)))
+        with client.stream("classes", 2) as stream:
+            assert next(stream)[0].shape[0] == 2
