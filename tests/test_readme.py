@@ -2,10 +2,13 @@
 
 Matrix: the first code block is exactly the two commands; every ``##`` section's ```python
 blocks, concatenated in order, exit 0 in a fresh interpreter in an empty directory; the client
-section runs against a node started the README's way (its data-writing code, its node.toml, its
-``data-node serve`` line, the address replaced by the real port), after its ``data-node health``
-line reports SERVING; then its ``data-node build`` line builds (exit 0) and its ``data-node jobs``
-line lists that job, and the node exits 0 on SIGTERM.
+section runs against a node started the README's way (its data-writing code, its node.toml (the
+node section's first TOML block), its ``data-node serve`` line, the address replaced by the real
+port), after its ``data-node health`` line reports SERVING; then its ``data-node build`` line
+builds (exit 0) and its ``data-node jobs`` line lists that job, and the node exits 0 on SIGTERM.
+Security: the node section's second TOML block ([tls], [auth]) with its tokens file (the
+section's text block), PEM stand-ins and the variable it names loads into the TLS paths and the
+tokens with their roles; the roles table lists each DataNode RPC under the role it needs.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
+
+from data_node.auth import ROLE_NEEDED
+from data_node.config import TlsConfig, load
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -57,6 +64,15 @@ def section_code(language: str) -> dict[str, str]:
     return code
 
 
+def node_blocks(language: str) -> list[str]:
+    """The node section's blocks of ``language``, in order."""
+    return [
+        code
+        for section, block_language, code in code_blocks()
+        if section == NODE_SECTION and block_language == language
+    ]
+
+
 def run_python(code: str, cwd: Path) -> None:
     """Run ``code`` in a fresh interpreter in ``cwd``; fail with its output unless it exits 0."""
     paths = [str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -74,7 +90,7 @@ def run_python(code: str, cwd: Path) -> None:
 
 
 def readme_command(verb: str) -> tuple[dict[str, str], list[str]]:
-    """The environment and argv of the node section's ``data-node <verb>`` line."""
+    """The environment and argv of the node section's first ``data-node <verb>`` line."""
     for line in section_code("bash")[NODE_SECTION].splitlines():
         words = shlex.split(line, comments=True)
         env = {}
@@ -133,7 +149,7 @@ def test_section_runs(section, tmp_path):
 def test_client_section_runs_against_the_readme_node(tmp_path):
     python = section_code("python")
     run_python(python[NODE_SECTION], tmp_path)
-    (tmp_path / "node.toml").write_text(section_code("toml")[NODE_SECTION])
+    (tmp_path / "node.toml").write_text(node_blocks("toml")[0])
     serve_env, serve = readme_command("serve")
     # Port 0 through the documented override: a fixed port could be taken on a shared machine.
     env = {**os.environ, **serve_env, "DATA_NODE_NODE__LISTEN": "127.0.0.1:0"}
@@ -166,3 +182,39 @@ def test_client_section_runs_against_the_readme_node(tmp_path):
         if node.poll() is None:
             node.kill()
             node.wait()
+
+
+def test_the_security_example_loads(tmp_path):
+    _, security = node_blocks("toml")
+    (tokens_file,) = node_blocks("text")
+    raw = tomllib.loads(security)
+    (tmp_path / "pki").mkdir()
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        # A stand-in: loading checks only the PEM marker (test_tls.py covers real certificates).
+        (tmp_path / raw["tls"][key]).write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / raw["auth"]["tokens_file"]).write_text(tokens_file)
+    config_file = tmp_path / "node.toml"
+    config_file.write_text('[node]\ndata_root = "."\n' + security)
+    environ = {
+        raw["auth"]["tokens_env"]: "TOKEN_A read,TOKEN_B",
+        "DATA_NODE_LIMITS__MAX_OPEN_STREAMS_PER_TOKEN": "4",
+    }
+    config = load(config_file, environ)
+    pki = tmp_path.resolve() / "pki"
+    assert config.tls == TlsConfig(pki / "server.pem", pki / "server.key", pki / "ca.pem")
+    assert config.auth is not None
+    assert [(token.source, token.role) for token in config.auth.tokens] == [
+        ("auth.tokens_file line 2", "read"),
+        ("auth.tokens_file line 4", "build"),
+        ("auth.tokens_env entry 1", "read"),
+        ("auth.tokens_env entry 2", "build"),
+    ]
+    assert config.limits.max_open_streams_per_token == 4
+
+
+def test_the_roles_table_matches_the_node():
+    rows = dict(re.findall(r"^\| `(read|build)` \| (.*) \|$", README.read_text(), re.MULTILINE))
+    assert set(rows) == {"read", "build"}
+    for method, role in ROLE_NEEDED.items():
+        listed = [row for row, calls in rows.items() if f"`{method.rsplit('/', 1)[1]}`" in calls]
+        assert listed == [role], method

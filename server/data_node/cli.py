@@ -10,8 +10,8 @@ Build jobs (over the node's RPCs, with ``data_client``)::
 
 Against a node with ``[tls]`` or ``[auth]``, every command but ``serve`` takes ``--ca
 CA.pem`` (TLS; ``--tls`` alone trusts gRPC's bundled roots), ``--cert C.pem --key C.key``
-(mutual TLS) and ``--token_file FILE`` (its first line is the bearer token; ``health`` needs
-none). ``build`` takes SubmitBuildJobRequest's fields as flags of the same names. An input is
+(mutual TLS) and ``--token_file FILE`` (the first word of its first line that is not blank
+or a ``#`` comment is the bearer token; ``health`` sends none). ``build`` takes SubmitBuildJobRequest's fields as flags of the same names. An input is
 ``--volume PATH[:KEY]`` (a file under the node's data root; KEY is the HDF5 or zarr array
 path) or ``--volume_dataset DATASET:ARRAY`` (an array of a served dataset); likewise
 ``--mask`` / ``--mask_dataset``. ``build`` and ``watch`` exit 0 when the job succeeds, 1 when
@@ -75,7 +75,11 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cert", type=Path, help="client certificate (PEM), for mutual TLS")
     parser.add_argument("--key", type=Path, help="the client certificate's key (PEM)")
     parser.add_argument("--tls", action="store_true", help="TLS even without --ca or --cert")
-    parser.add_argument("--token_file", type=Path, help="file whose first line is the token")
+    parser.add_argument(
+        "--token_file",
+        type=Path,
+        help="file holding the token: the first word of its first line that is not a # comment",
+    )
 
 
 def _client(args: argparse.Namespace, timeout: float | None = 30.0) -> DataNodeClient:
@@ -89,12 +93,18 @@ def _client(args: argparse.Namespace, timeout: float | None = 30.0) -> DataNodeC
     if args.tls or args.ca or args.cert or args.key:
         tls = TlsConfig(ca=args.ca, cert=args.cert, key=args.key)
     token = None
-    if args.token_file is not None:
-        lines = args.token_file.read_text().split()
-        if not lines:
-            raise ValueError(f"--token_file: Expected a token. {str(args.token_file)!r} is empty.")
-        token = lines[0]
+    if args.token_file is not None and args.command != "health":  # health needs no token
+        token = _read_token(args.token_file)
     return DataNodeClient(args.address, token, tls, timeout=timeout)
+
+
+def _read_token(path: Path) -> str:
+    """The first word of the first line of ``path`` that is neither blank nor a # comment."""
+    for line in path.read_text().splitlines():
+        words = line.split()
+        if words and not words[0].startswith("#"):
+            return words[0]
+    raise ValueError(f"--token_file: Expected a token. {str(path)!r} holds none.")
 
 
 def _add_build_parser(commands: Any) -> None:
@@ -225,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load(args.config, os.environ)
         serve(config)
-    except (ConfigError, PathOutsideRootError) as error:
-        print(f"data-node: invalid config {str(args.config)!r}: {error}", file=sys.stderr)
+    except (ConfigError, PathOutsideRootError, RuntimeError) as error:
+        # RuntimeError: the address cannot be bound, or the TLS certificate and key differ.
+        print(f"data-node: cannot serve {str(args.config)!r}: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,58 @@
+"""The data-node command line: token files, unservable configs, health without a node.
+
+Matrix: --token_file with comments and blank lines / with no token; `serve` on an address
+that cannot be bound and on an invalid config (exit 2, message); `health` against nothing
+listening (exit 1) and with an unreadable --token_file it does not need.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from node_support import make_data, write_config
+
+from data_node.cli import _read_token, main
+
+
+def test_token_file_first_word_skipping_comments(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text("# the team's token\n\n  s3cret-token read\nother\n")
+    assert _read_token(path) == "s3cret-token"
+    path.write_text("# nothing here\n\n")
+    with pytest.raises(ValueError, match="--token_file: Expected a token"):
+        _read_token(path)
+
+
+def test_serve_reports_an_unbindable_address(tmp_path, monkeypatch, capsys):
+    make_data(tmp_path)
+    config = write_config(tmp_path)
+    monkeypatch.setenv("DATA_NODE_NODE__LISTEN", "256.0.0.1:1")
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "cannot bind" in capsys.readouterr().err
+
+
+def test_serve_reports_an_invalid_config(tmp_path, capsys):
+    (tmp_path / "node.toml").write_text("[node]\nlissen = 1\n")
+    assert main(["serve", "--config", str(tmp_path / "node.toml")]) == 2
+    assert "node.lissen" in capsys.readouterr().err
+
+
+def test_health_of_nothing_listening_needs_no_token(tmp_path, capsys):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    missing = tmp_path / "no-such-token-file"
+    status = main(
+        [
+            "health",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "0.5",
+            "--token_file",
+            str(missing),
+        ]
+    )
+    assert status == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
