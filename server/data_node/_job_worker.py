@@ -6,7 +6,9 @@ read, ("progress", {class: written}) at most every ``PROGRESS_INTERVAL`` seconds
 these and from the process's exit; the output directory is the node's to publish.
 
 The process ends on SIGTERM (raised as SystemExit, so open writers and a Dask client are
-closed without marking anything complete) and by itself, at once and without cleaning up,
+closed without marking anything complete; should Python swallow that SystemExit, as it does
+in a weakref callback or ``__del__``, the process exits hard ``CLEAN_EXIT_TIMEOUT`` seconds
+later rather than waiting for the node's SIGKILL) and by itself, at once and without cleaning up,
 when the node's end of the pipe closes: the node is gone (killed, say) and nobody would
 publish the output. Its parent, the forkserver, cannot tell: every child of a forkserver
 holds the pipe whose end tells the forkserver that the node is gone.
@@ -30,9 +32,10 @@ if TYPE_CHECKING:
 
     from data_node._build import BuildSpec, Counts
 
-__all__ = ["PROGRESS_INTERVAL", "error_text", "run"]
+__all__ = ["CLEAN_EXIT_TIMEOUT", "PROGRESS_INTERVAL", "error_text", "run"]
 
 PROGRESS_INTERVAL = 0.1
+CLEAN_EXIT_TIMEOUT = 1.0
 
 
 def run(spec: BuildSpec, save_path: str, conn: Connection) -> None:
@@ -74,6 +77,10 @@ class _Reporter:
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> NoReturn:
+    # A signal landing in an import's module-lock callback raises there, and is ignored.
+    backstop = threading.Timer(CLEAN_EXIT_TIMEOUT, os._exit, (128 + signum,))
+    backstop.daemon = True
+    backstop.start()
     raise SystemExit(128 + signum)
 
 
