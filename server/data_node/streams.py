@@ -8,6 +8,22 @@ Determinism: the sample order is data_flow's pure function of (seed, epoch, rank
 world_size), and a sample's augmentation is drawn from
 ``np.random.default_rng([seed, epoch, sample_index])``, so a stream, and a stream resumed
 from any of its cursors, is bit-identical whatever the worker counts.
+
+Faults end the stream they hit, never the node, and a stream never recovers by itself
+(the batch that failed would likely fail again); the client resumes from its last cursor
+without losing or repeating a sample once the cause is gone:
+
+* a worker process that dies (killed, out of memory, a crash in native code): INTERNAL,
+  "Worker process data_tools-proc-N (pid P) died unexpectedly (killed by SIGKILL); the
+  flow stopped."; the stream's other workers stop and its shared memory is freed;
+* a source that cannot be read (a corrupt chunk, a truncated compressed file): INTERNAL
+  with the reader's message; a file missing when a worker process opens it:
+  FAILED_PRECONDITION naming it;
+* the call's deadline passing, or the client cancelling or going away: ``stop`` is set
+  (by the servicer) and the stream ends within a tenth of a second, even while it waits
+  for a batch: its worker processes are stopped (terminated if busy), an io thread busy
+  with a batch ends once that batch is done;
+* the node stopping: UNAVAILABLE ("the node is stopping"), which the client retries.
 """
 
 from __future__ import annotations
@@ -263,9 +279,12 @@ def stream_batches(plan: StreamPlan, stop: threading.Event) -> Iterator[bytes]:
 
     Raises:
         NodeStoppingError: ``stop`` was set (the node is stopping, or the call ended).
+        WorkerError: A worker process of the stream died.
+        Exception: Whatever reading a source or the transform raised.
 
     Every worker the stream started is stopped when the generator ends, however it ends
-    (exhausted, closed by gRPC on cancellation, or garbage-collected).
+    (exhausted, closed by gRPC on cancellation, or garbage-collected), and once ``stop`` is
+    set even while the generator waits for a batch.
     """
     arrays = [array for _, array in plan.dataset.arrays]
     flow = data_flow(arrays, preprocessor=plan.transform, **plan.flow_options)
@@ -274,11 +293,9 @@ def stream_batches(plan: StreamPlan, stop: threading.Event) -> Iterator[bytes]:
         flow.close()
         return
     with flow:
-        for info in flow.flow_with_info():
+        for info in flow.flow_with_info(stop=stop):
             if stop.is_set():
-                raise NodeStoppingError(
-                    "the node is stopping; reconnect and resume from the last cursor received"
-                )
+                break
             if plan.epochs is not None and info.epoch >= plan.epochs:
                 return
             yield encode_batch(
@@ -290,6 +307,10 @@ def stream_batches(plan: StreamPlan, stop: threading.Event) -> Iterator[bytes]:
                 codec=plan.codec,
                 names=names if len(names) == len(info.arrays) else None,
             )
+    # The flow loops forever: it ended because the call ended or the node is stopping.
+    raise NodeStoppingError(
+        "the node is stopping; reconnect and resume from the last cursor received"
+    )
 
 
 class StreamSlots:

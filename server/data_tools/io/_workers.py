@@ -651,7 +651,9 @@ class Pipeline:
     """Iterator over the batches of one flow, in sampling order unless unordered.
 
     ``close()`` (idempotent, safe from another thread and from ``__del__``) stops every
-    thread and process of the flow and frees its shared memory; iteration then ends.
+    thread and process of the flow and frees its shared memory; iteration then ends. So
+    does setting ``stop``: it is looked at every ``_POLL_S`` seconds while the consumer
+    waits for a batch (a batch run inline, without workers, is not interrupted).
     """
 
     def __init__(
@@ -661,11 +663,13 @@ class Pipeline:
         *,
         max_in_flight: int,
         ordered: bool,
+        stop: threading.Event | None = None,
     ) -> None:
         self._batches = batches
         self._runner: _Runner | None = runner
         self._max_in_flight = max_in_flight
         self._ordered = ordered
+        self._stop = stop
         self._lock = threading.Lock()
         self._submitted: dict[int, _Task] = {}
         self._done: dict[int, Outcome] = {}
@@ -704,6 +708,8 @@ class Pipeline:
     def _wait(self, runner: _Runner) -> tuple[int, Outcome]:
         while (taken := self._take_done()) is None:
             if not self._submitted or self._runner is None:
+                raise StopIteration
+            if self._stop is not None and self._stop.is_set():
                 raise StopIteration
             for seq, outcome in runner.receive(_POLL_S):
                 self._done[seq] = outcome
@@ -753,6 +759,7 @@ def build_pipeline(
     ordered: bool,
     start_method: str,
     block_nbytes: int,
+    stop: threading.Event | None = None,
 ) -> Pipeline:
     """Start the workers of one flow and return the iterator over its batches."""
     runner: _Runner
@@ -770,4 +777,4 @@ def build_pipeline(
         runner = _ThreadRunner(sources, preprocess, num_io_threads)
     else:
         runner = _InlineRunner(sources, preprocess)
-    return Pipeline(batches, runner, max_in_flight=max_in_flight, ordered=ordered)
+    return Pipeline(batches, runner, max_in_flight=max_in_flight, ordered=ordered, stop=stop)

@@ -23,6 +23,7 @@ from data_tools.io._sampler import SEED_LIMIT, SamplingPlan, iter_batches, num_b
 from data_tools.io._workers import BatchInfo, Pipeline, Preprocess, build_pipeline
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable, Generator, Sequence
     from types import TracebackType
 
@@ -340,11 +341,20 @@ class data_flow:
         """Return the number of batches in one epoch (for this rank)."""
         return self._num_batches
 
-    def flow_with_info(self) -> Generator[BatchInfo, None, None]:
+    def flow_with_info(
+        self, *, stop: threading.Event | None = None
+    ) -> Generator[BatchInfo, None, None]:
         """Return a generator of ``BatchInfo`` (epoch, batch index, global indices, arrays).
 
         Workers start at the first ``next()`` and stop when the generator ends, is closed or
         garbage-collected, or when ``close()`` is called; each call starts a new flow.
+
+        Args:
+            stop: An event that ends the flow once set, even while the consumer waits for a
+                batch (within a tenth of a second; a batch run in the consumer's thread,
+                without workers, is finished first): the generator returns and the workers
+                stop. Lets another thread end a flow whose consumer is blocked in ``next()``,
+                as a server does when a client goes away. Default None.
 
         Raises:
             Exception: Whatever the preprocessor or a source raised, with its original type
@@ -362,6 +372,7 @@ class data_flow:
             ordered=self._ordered,
             start_method=self._start_method,
             block_nbytes=_batch_nbytes(self._data, self._plan.batch_size),
+            stop=stop,
         )
         self._pipelines.add(pipeline)
         try:
