@@ -34,7 +34,15 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Snapshot", "assert_no_leaks", "find_leaks", "forkserver_children", "no_leaks"]
+__all__ = [
+    "Snapshot",
+    "assert_no_leaks",
+    "descendants",
+    "find_leaks",
+    "forkserver_children",
+    "live_pids",
+    "no_leaks",
+]
 
 _SHM = Path("/dev/shm")
 _HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
@@ -64,6 +72,22 @@ def _child_pids() -> set[int]:
         for pid, _, parent, cmdline in _processes()
         if parent == me and not any(helper in cmdline for helper in _HELPERS)
     }
+
+
+def live_pids() -> set[int]:
+    """Every process that is alive (not a zombie)."""
+    return {pid for pid, state, _, _ in _processes() if state != "Z"}
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live (not zombie) process below ``pid``: children, grandchildren, ..."""
+    parents = {p: parent for p, state, parent, _ in _processes() if state != "Z"}
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
 
 
 def forkserver_children() -> set[int]:

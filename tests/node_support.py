@@ -5,6 +5,9 @@ Preprocessors live here (an importable module) because worker processes import t
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -85,3 +88,22 @@ def wait_for_idle(server, timeout=5.0):
     while server.servicer.open_streams:
         assert time.monotonic() < deadline, f"{server.servicer.open_streams} streams still open"
         time.sleep(0.02)
+
+
+def start_node_process(args, log):
+    """Start a node process (``args``) with its stderr in ``log``; return it and its port.
+
+    ``args`` is a command line, or a config path for ``python -m data_node serve --config``.
+    The port is read from the node's "serving ... on port N" log line.
+    """
+    if isinstance(args, str | Path):
+        args = [sys.executable, "-m", "data_node", "serve", "--config", str(args)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    with log.open("w") as stderr:
+        process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 30
+    while " on port " not in (text := log.read_text()):
+        assert process.poll() is None, text
+        assert time.monotonic() < deadline, "the node did not start"
+        time.sleep(0.05)
+    return process, int(text.split(" on port ", 1)[1].split()[0])

@@ -25,7 +25,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ import h5py
 import numpy as np
 import pytest
 from leak_check import assert_no_leaks
-from node_support import make_data, wait_for_idle, write_config
+from node_support import make_data, start_node_process, wait_for_idle, write_config
 
 from data_client import DataNodeClient
 from data_client.errors import FailedPreconditionError, InternalError
@@ -248,19 +247,6 @@ LIMITED_NODE = (
     "os.execv(sys.executable, [sys.executable, '-m', 'data_node', 'serve', '--config', "
     "sys.argv[2]])"
 )
-
-
-def start_node_process(args, log):
-    """Start a node process whose stderr goes to ``log``; return it and its port."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    with log.open("w") as stderr:
-        process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    deadline = time.monotonic() + 30
-    while " on port " not in (text := log.read_text()):
-        assert process.poll() is None, text
-        assert time.monotonic() < deadline, "the node did not start"
-        time.sleep(0.05)
-    return process, int(text.split(" on port ", 1)[1].split()[0])
 
 
 def test_a_build_whose_writes_fail_fails_and_the_node_lives(tmp_path):

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import SimpleITK
 import zarr
-from leak_check import assert_no_leaks, forkserver_children
+from leak_check import assert_no_leaks, descendants, forkserver_children
 
 from data_client import DataNodeClient
 from data_client.errors import (
@@ -286,24 +286,6 @@ def test_a_restarted_node_keeps_its_jobs(tmp_path):
             (patches,) = next(iter(client.stream("kept", 10)))[:1]
             np.testing.assert_array_equal(patches[:, 0, 1, 1], VOLUME[0, :10, 0])
         server.stop(None)
-
-
-def descendants(pid):
-    """Every live process below ``pid`` (children, grandchildren, ...)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-            except OSError:
-                continue
-            if state != "Z":
-                parents[int(entry.name)] = int(parent)
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier}
-        found |= frontier
-    return found
 
 
 def test_a_killed_node_takes_its_jobs_along_and_reports_them_interrupted(tmp_path):

@@ -11,10 +11,7 @@ same state lists the job FAILED "interrupted" and keeps none of its output.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +20,8 @@ import h5py
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
-from node_support import make_data, write_config
+from leak_check import descendants, live_pids
+from node_support import make_data, start_node_process, write_config
 
 from data_client import DataNodeClient
 from data_client.errors import DataNodeError, UnavailableError
@@ -35,44 +33,6 @@ from data_node.server import build_server
 GRACE = 5.0  # NodeServer.stop's default, which `serve` uses
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def start_node_process(config, log):
-    """Start ``data_node serve`` with its stderr in ``log``; return it and its port."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    command = [sys.executable, "-m", "data_node", "serve", "--config", str(config)]
-    with log.open("w") as stderr:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    deadline = time.monotonic() + 30
-    while " on port " not in (text := log.read_text()):
-        assert process.poll() is None, text
-        assert time.monotonic() < deadline, "the node did not start"
-        time.sleep(0.05)
-    return process, int(text.split(" on port ", 1)[1].split()[0])
-
-
-def live_parents():
-    """{pid: parent pid} of every live (not zombie) process."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-            except OSError:
-                continue
-            if state != "Z":
-                parents[int(entry.name)] = int(parent)
-    return parents
-
-
-def descendants(pid):
-    """Every live process below ``pid``."""
-    parents = live_parents()
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier}
-        found |= frontier
-    return found
 
 
 def refusals(client, timeout=3.0):
@@ -142,7 +102,7 @@ def test_sigterm_stops_the_node_in_order(tmp_path):
         node.kill()
         node.wait()
     deadline = time.monotonic() + 5
-    while left := below & set(live_parents()):  # the node's children see it gone and exit
+    while left := below & live_pids():  # the node's children see it gone and exit
         assert time.monotonic() < deadline, f"left running after the node exited: {left}"
         time.sleep(0.05)
     assert not list(Path("/dev/shm").glob(f"data_tools_{node.pid}_*"))
