@@ -20,7 +20,12 @@ from data_node.errors import (
     RoleError,
     TokenError,
 )
-from data_tools.errors import UnsupportedIndexError, ViewIndexError, WorkerError
+from data_tools.errors import (
+    SourceChangedError,
+    UnsupportedIndexError,
+    ViewIndexError,
+    WorkerError,
+)
 
 __all__ = ["STATUS_TABLE", "status_for"]
 
@@ -37,6 +42,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ViewIndexError, grpc.StatusCode.OUT_OF_RANGE),
     (UnsupportedIndexError, grpc.StatusCode.INVALID_ARGUMENT),
     (WorkerError, grpc.StatusCode.INTERNAL),
+    (SourceChangedError, grpc.StatusCode.FAILED_PRECONDITION),
     (FileNotFoundError, grpc.StatusCode.FAILED_PRECONDITION),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (TypeError, grpc.StatusCode.INVALID_ARGUMENT),

@@ -10,6 +10,8 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
+from data_tools.errors import SourceChangedError
+
 __all__ = ["H5Source", "as_picklable"]
 
 
@@ -45,6 +47,7 @@ class H5Source:
         self._dataset: Any = None
         self._pid: int | None = None
         self._meta: tuple[tuple[int, ...], np.dtype[Any]] | None = None
+        self._stamp: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
         return f"H5Source({self.filename!r}, {self.key!r})"
@@ -58,6 +61,7 @@ class H5Source:
             if self._dataset is None or self._pid != pid:
                 # A handle from another process is dropped, never closed: closing it
                 # here could flush or invalidate state the other process still uses.
+                self._stamp = _file_stamp(self.filename)
                 handle = h5py.File(self.filename, "r")
                 dataset = handle[self.key]
                 if not isinstance(dataset, h5py.Dataset):
@@ -97,13 +101,35 @@ class H5Source:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> Any:
-        return self._get_dataset()[key]
+        data = self._get_dataset()[key]
+        self._check_unchanged()
+        return data
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> npt.NDArray[Any]:
         if copy is False:
             raise ValueError("An HDF5 read makes a new array; copy=False cannot be honoured.")
-        data = np.asarray(self._get_dataset()[()])
+        data = np.asarray(self[()])
         return data if dtype is None else data.astype(dtype, copy=False)
+
+    def _check_unchanged(self) -> None:
+        """Raise if the file was replaced, resized, rewritten or deleted since it was opened.
+
+        HDF5 reads a truncated or overwritten file's uncompressed data as zeros or garbage
+        without an error, so a read is trusted only if the file is still the one opened.
+        """
+        try:
+            now: tuple[int, ...] | None = _file_stamp(self.filename)
+        except FileNotFoundError:
+            now = None
+        if now != self._stamp:
+            with self._lock:
+                # Dropped, not closed: another thread may be reading through it.
+                self._file = self._dataset = self._pid = None
+            change = "was deleted" if now is None else "changed"
+            raise SourceChangedError(
+                f"HDF5 file {self.filename!r} {change} while open; the data read from it "
+                "cannot be trusted. Restore the file, or restart the reader."
+            )
 
     def close(self) -> None:
         """Close this process's handle, if open; the next read reopens the file."""
@@ -120,6 +146,12 @@ class H5Source:
         self.key = state["key"]
         self._init_handle_state()
         self._meta = state["meta"]
+
+
+def _file_stamp(path: str) -> tuple[int, ...]:
+    """What identifies a file's content cheaply: device, inode, size, modification time."""
+    stat = os.stat(path)
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def as_picklable(arr: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "DataToolsError",
+    "SourceChangedError",
     "UnsupportedIndexError",
     "ViewIndexError",
     "WorkerError",
@@ -28,6 +29,10 @@ class ViewIndexError(DataToolsError, IndexError):
 
 class UnsupportedIndexError(DataToolsError, IndexError):
     """An index views do not accept: ``None``, a second Ellipsis, a float, a 2-D index array..."""
+
+
+class SourceChangedError(DataToolsError, OSError):
+    """A source file changed or vanished while open, so what was read from it is suspect."""
 
 
 class WriterError(DataToolsError, RuntimeError):

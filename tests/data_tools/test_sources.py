@@ -21,6 +21,7 @@ import pytest
 import zarr
 
 from data_tools._sources import H5Source, as_picklable
+from data_tools.errors import SourceChangedError
 
 
 @pytest.fixture
@@ -177,3 +178,25 @@ def test_as_picklable_passes_others_through(h5_file, tmp_path):
     assert as_picklable(z) is z
     assert as_picklable(source) is source
     assert as_picklable([1, 2]) == [1, 2]
+
+
+@pytest.mark.parametrize("change", ["truncate", "replace", "delete"])
+def test_a_file_changed_while_open_is_refused_not_misread(tmp_path, change):
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(4096, dtype=np.float64).reshape(64, 64)  # uncompressed
+    source = H5Source(path, "/x")
+    np.testing.assert_array_equal(source[:2], np.arange(128).reshape(2, 64))
+    if change == "truncate":
+        with path.open("r+b") as f:
+            f.truncate(4096)
+    elif change == "replace":  # a new file moved over the old one, as tools publish files
+        with h5py.File(tmp_path / "new.h5", "w") as f:
+            f["x"] = np.zeros((64, 64))
+        os.replace(tmp_path / "new.h5", path)
+    else:
+        path.unlink()
+    with pytest.raises(SourceChangedError, match=r"plain\.h5. (changed|was deleted) while open"):
+        source[60:]
+    if change == "replace":  # the handle was dropped: the next read sees the new file
+        np.testing.assert_array_equal(source[60:], np.zeros((4, 64)))
