@@ -361,7 +361,14 @@ def _parse_limits(raw: Mapping[str, Any]) -> LimitsConfig:
     known = {f.name for f in dataclasses.fields(LimitsConfig)}
     _check_keys("limits", raw, known)
     values = {name: _positive_int(f"limits.{name}", value) for name, value in raw.items()}
-    return LimitsConfig(**values)
+    limits = LimitsConfig(**values)
+    if limits.max_batch_bytes >= limits.max_message_bytes:
+        # One Batch is one gRPC message: a batch the limit allows must fit in a message.
+        raise ConfigError(
+            f"limits.max_batch_bytes: Expected less than limits.max_message_bytes "
+            f"({limits.max_message_bytes}). Got {limits.max_batch_bytes} instead."
+        )
+    return limits
 
 
 def _parse_jobs(raw: Mapping[str, Any]) -> JobsConfig:

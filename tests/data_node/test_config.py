@@ -413,3 +413,15 @@ def test_bad_auth_sections_name_the_key(root, auth, message):
 def test_a_per_token_limit_needs_auth(root):
     with pytest.raises(ConfigError, match=r"^limits\.max_open_streams_per_token: .*\[auth\]"):
         load(write(root, GOOD), {"DATA_NODE_LIMITS__MAX_OPEN_STREAMS_PER_TOKEN": "2"})
+
+
+def test_a_batch_must_fit_in_a_message(root):
+    with pytest.raises(ConfigError, match=r"limits\.max_batch_bytes: Expected less than"):
+        load(
+            write(
+                root,
+                GOOD.replace(
+                    "max_batch_size = 64", "max_batch_bytes = 4096\nmax_message_bytes = 4096"
+                ),
+            )
+        )
