@@ -286,12 +286,11 @@ def stream_batches(plan: StreamPlan, stop: threading.Event) -> Iterator[bytes]:
     (exhausted, closed by gRPC on cancellation, or garbage-collected), and once ``stop`` is
     set even while the generator waits for a batch.
     """
+    if plan.epochs is not None and plan.flow_options["start_epoch"] >= plan.epochs:
+        return  # resumed from the stream's last cursor: nothing is left
     arrays = [array for _, array in plan.dataset.arrays]
     flow = data_flow(arrays, preprocessor=plan.transform, **plan.flow_options)
     names = plan.dataset.array_names
-    if plan.epochs is not None and plan.flow_options["start_epoch"] >= plan.epochs:
-        flow.close()
-        return
     with flow:
         for info in flow.flow_with_info(stop=stop):
             if stop.is_set():
