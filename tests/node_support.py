@@ -32,6 +32,12 @@ def noisy(batch, rng):
     return (image + rng.standard_normal(image.shape).astype(image.dtype), *rest)
 
 
+def with_position(batch, *, epoch, indices):
+    """A registered preprocessor: the third array becomes each row's (epoch, global index)."""
+    image, mask, _ = batch
+    return image, mask, np.stack([np.full(len(indices), epoch), indices], axis=1)
+
+
 def make_data(root: Path, seed: int = 7) -> dict[str, np.ndarray]:
     """Write the test datasets under ``root/data``; return the arrays written."""
     rng = np.random.default_rng(seed)
@@ -66,6 +72,7 @@ def write_config(root: Path, **limits: int) -> Path:
             [preprocessors]
             scale = "node_support:scale_image"
             noisy = "node_support:noisy"
+            position = "node_support:with_position"
 
             [datasets.toy.arrays]
             image = {{ path = "toy.h5", key = "image" }}

@@ -28,8 +28,8 @@ without losing or repeating a sample once the cause is gone:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import inspect
 import secrets
 import threading
 from dataclasses import dataclass
@@ -42,6 +42,7 @@ from data_node.errors import LimitExceededError, NodeStoppingError, RequestError
 from data_node.wire import encode_batch
 from data_tools.data_augmentation import image_random_transform
 from data_tools.io import data_flow
+from data_tools.io.data_flow import preprocessor_keywords
 from data_wire.v1 import data_node_pb2, tensor_pb2
 
 if TYPE_CHECKING:
@@ -99,7 +100,8 @@ class SampleTransform:
         x_position: Position of the augmented x array in the batch, or None: no augmentation.
         y_position: Position of the y array transformed with x, or None.
         options: Keyword arguments of ``image_random_transform``.
-        preprocessor: The registered preprocessor, or None.
+        preprocessor: The registered preprocessor, or None. It is called as data_flow calls
+            one: with the ``rng``, ``epoch`` and ``indices`` keywords it accepts.
     """
 
     seed: int
@@ -107,6 +109,14 @@ class SampleTransform:
     y_position: int | None = None
     options: Mapping[str, Any] | None = None
     preprocessor: Callable[..., Any] | None = None
+    # Which keywords the preprocessor takes, found once here rather than on every batch.
+    _keywords: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        keywords = (
+            frozenset() if self.preprocessor is None else (preprocessor_keywords(self.preprocessor))
+        )
+        object.__setattr__(self, "_keywords", keywords)
 
     def __call__(
         self,
@@ -121,9 +131,9 @@ class SampleTransform:
             self._augment(arrays, epoch, indices)
         if self.preprocessor is None:
             return arrays
-        if _accepts_keyword(self.preprocessor, "rng"):
-            return self.preprocessor(arrays, rng=rng)  # type: ignore[no-any-return]
-        return self.preprocessor(arrays)  # type: ignore[no-any-return]
+        available = {"rng": rng, "epoch": epoch, "indices": indices}
+        extra = {name: available[name] for name in self._keywords}
+        return self.preprocessor(arrays, **extra)  # type: ignore[no-any-return]
 
     def _augment(
         self, arrays: list[npt.NDArray[Any]], epoch: int, indices: npt.NDArray[np.int64]
@@ -144,14 +154,6 @@ class SampleTransform:
         arrays[self.x_position] = np.stack(xs)
         if self.y_position is not None:
             arrays[self.y_position] = np.stack(ys)
-
-
-def _accepts_keyword(function: Callable[..., Any], name: str) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 @dataclass(frozen=True)

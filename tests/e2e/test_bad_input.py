@@ -53,7 +53,10 @@ def test_unknown_dataset_is_not_found(client):
         ({"nb_proc_workers": 3}, r"^nb_proc_workers: Expected an integer in \[0, 2\]"),
         ({"nb_io_workers": -1}, r"^nb_io_workers"),
         ({"codec": 17}, r"^codec: Expected one of"),
-        ({"preprocessor": "nope"}, r"^preprocessor: Expected one of \['noisy', 'scale'\]"),
+        (
+            {"preprocessor": "nope"},
+            r"^preprocessor: Expected one of \['noisy', 'position', 'scale'\]",
+        ),
         (
             {"augmentation": data_node_pb2.Augmentation(x_array="pixels")},
             r"^augmentation\.x_array: Expected one of \['image', 'mask', 'weights'\]",

@@ -168,6 +168,13 @@ def test_registered_preprocessors(client, node_dir):
     assert not np.allclose(first[0][0], arrays["image"][:20])
 
 
+def test_registered_preprocessors_get_epoch_and_indices_when_they_ask(client):
+    stream = client.stream("toy", 16, shuffle=True, seed=8, epochs=2, preprocessor="position")
+    for batch in stream:
+        np.testing.assert_array_equal(batch[2][:, 0], stream.epoch)
+        np.testing.assert_array_equal(batch[2][:, 1], stream.indices)
+
+
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
 def test_compressed_codecs_roundtrip(client, node_dir, codec):
     _, arrays = node_dir

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Sequence
     from types import TracebackType
 
-__all__ = ["BatchInfo", "data_flow"]
+__all__ = ["PREPROCESSOR_KEYWORDS", "BatchInfo", "data_flow", "preprocessor_keywords"]
 
 START_METHODS = ("forkserver", "spawn")
 
@@ -82,7 +82,7 @@ def _parse_weights(weights: Any, num_samples: int) -> npt.NDArray[np.float64]:
 PREPROCESSOR_KEYWORDS = frozenset({"rng", "epoch", "indices"})
 
 
-def _accepted_keywords(function: Callable[..., Any]) -> frozenset[str]:
+def preprocessor_keywords(function: Callable[..., Any]) -> frozenset[str]:
     """Which of PREPROCESSOR_KEYWORDS ``function`` takes by keyword (all with ``**kwargs``)."""
     try:
         parameters = inspect.signature(function).parameters.values()
@@ -327,7 +327,7 @@ class data_flow:
         self._start_method = parse_option("start_method", start_method, START_METHODS)
         self._preprocess = Preprocess(
             function,
-            frozenset() if function is None else _accepted_keywords(function),
+            frozenset() if function is None else preprocessor_keywords(function),
             self._seed,
             rank,
         )
