@@ -311,9 +311,22 @@ class BatchStream:
             if self._closed.is_set():
                 return None
             if self._call is None:
+                if self._at_end():
+                    # The node went away after the last batch: the stream is complete, and
+                    # a resume from its end would be refused (OUT_OF_RANGE).
+                    self._closed.set()
+                    return None
                 request = _with_resume(self._request, self._cursor)
                 self._call = self._rpc(request, metadata=self._metadata)
             return self._call
+
+    def _at_end(self) -> bool:
+        request = self._request
+        return (
+            self._cursor is not None
+            and not request.loop_forever
+            and self._cursor.epoch >= request.epochs
+        )
 
     def _after_failure(self, error: grpc.RpcError) -> None:
         """Back off before a reconnect after UNAVAILABLE, or close and raise the typed error."""
@@ -480,6 +493,7 @@ class DataNodeClient:
         rank: int = 0,
         world_size: int = 1,
         *,
+        sharing: str | None = None,
         sample_with_replacement: bool = False,
         sample_weights: Sequence[float] | npt.ArrayLike | str | None = None,
         drop_incomplete_batches: bool = False,
@@ -517,6 +531,11 @@ class DataNodeClient:
             preprocessor: Name of a preprocessor registered in the node's config. Default None.
             rank: This trainer's shard, 0 <= rank < world_size. Default 0.
             world_size: Number of trainers sharing each epoch, >= 1. Default 1.
+            sharing: "partitioned": the ``world_size`` ranks of one data-parallel job get
+                disjoint parts of every epoch whose union is the epoch (every rank must pass
+                the same ``seed``). "independent": this trainer gets whole epochs in the order
+                of its own seed (``world_size`` must be 1). Default None: "partitioned" when
+                ``world_size > 1``, else "independent".
             sample_with_replacement: Random sampling with replacement. Default False.
             sample_weights: Relative sampling weights: one float per sample (a sequence or 1-D
                 array) or the name of a dataset array holding them. Default None.
@@ -559,6 +578,7 @@ class DataNodeClient:
             nb_io_workers=_parse_int("nb_io_workers", nb_io_workers, minimum=0),
             nb_proc_workers=_parse_int("nb_proc_workers", nb_proc_workers, minimum=0),
             shard=_build_shard(rank, world_size),
+            sharing=_parse_sharing(sharing, world_size),
             preprocessor="" if preprocessor is None else _parse_name("preprocessor", preprocessor),
             codec=_CODECS[_parse_option("codec", codec, _CODECS)],
         )
@@ -792,6 +812,18 @@ def _build_shard(rank: Any, world_size: Any) -> Shard:
     return Shard(
         rank=_parse_int("rank", rank, minimum=0, maximum=world_size - 1), world_size=world_size
     )
+
+
+_SHARING: Final = {
+    "independent": data_node_pb2.SHARING_INDEPENDENT,
+    "partitioned": data_node_pb2.SHARING_PARTITIONED,
+}
+
+
+def _parse_sharing(sharing: str | None, world_size: int) -> Any:
+    if sharing is None:
+        sharing = "partitioned" if world_size > 1 else "independent"
+    return _SHARING[_parse_option("sharing", sharing, _SHARING)]
 
 
 def _build_sample_weights(weights: Sequence[float] | npt.ArrayLike | str) -> SampleWeights:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "CursorAtEndError",
     "DataNodeError",
     "DatasetNotFoundError",
     "JobNotFoundError",
@@ -38,6 +39,10 @@ class JobNotFoundError(DataNodeError, LookupError):
 
 class RequestError(DataNodeError, ValueError):
     """A request field is invalid; the message names the field."""
+
+
+class CursorAtEndError(DataNodeError, IndexError):
+    """A stream is asked to resume from a cursor at the end of its requested epochs."""
 
 
 class LimitExceededError(DataNodeError, RuntimeError):

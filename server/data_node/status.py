@@ -11,6 +11,7 @@ import grpc
 
 from data_node.errors import (
     ConfigError,
+    CursorAtEndError,
     DatasetNotFoundError,
     JobNotFoundError,
     LimitExceededError,
@@ -37,6 +38,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (PathOutsideRootError, grpc.StatusCode.PERMISSION_DENIED),
     (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NodeStoppingError, grpc.StatusCode.UNAVAILABLE),
+    (CursorAtEndError, grpc.StatusCode.OUT_OF_RANGE),
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (ViewIndexError, grpc.StatusCode.OUT_OF_RANGE),

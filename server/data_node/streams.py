@@ -4,6 +4,13 @@
 checked once, errors naming the field); :func:`stream_batches` runs the plan through
 ``data_flow`` and yields each batch as encoded ``Batch`` bytes with the cursor after it.
 
+Sharing: SHARING_INDEPENDENT trainers each get whole epochs in the order of their own seed;
+SHARING_PARTITIONED ranks (one shared seed, required) get disjoint parts of every epoch whose
+union is the epoch. A lane (index, count) carries only the batches with ``batch_index % count
+== index`` of the trainer's part, so a client can split it across several nodes and merge
+the lanes back in (epoch, batch_index) order. A resume cursor at the end of the requested
+epochs gets OUT_OF_RANGE rather than an empty stream.
+
 Determinism: the sample order is data_flow's pure function of (seed, epoch, rank,
 world_size), and a sample's augmentation is drawn from
 ``np.random.default_rng([seed, epoch, sample_index])``, so a stream, and a stream resumed
@@ -38,7 +45,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_node.config import resolve_preprocessor
-from data_node.errors import LimitExceededError, NodeStoppingError, RequestError
+from data_node.errors import (
+    CursorAtEndError,
+    LimitExceededError,
+    NodeStoppingError,
+    RequestError,
+)
 from data_node.wire import encode_batch
 from data_tools.data_augmentation import image_random_transform
 from data_tools.io import data_flow
@@ -62,6 +74,8 @@ __all__ = [
 ]
 
 SEED_LIMIT = 1 << 32
+# More lanes than any set of nodes a client would split a stream across.
+MAX_LANES = 1024
 # Request fields that do not change which batches a stream yields: left out of the
 # fingerprint so a resumed stream may change them.
 _NOT_FINGERPRINTED = (
@@ -214,9 +228,9 @@ def parse_stream_request(
     batch_size = _bounded("batch_size", request.batch_size, 1, limits.max_batch_size)
     _check_batch_bytes(dataset, batch_size, limits)
     epochs = None if request.loop_forever else _bounded("epochs", request.epochs, 1, None)
-    world_size = request.shard.world_size or 1
-    _bounded("shard.world_size", world_size, 1, None)
-    rank = _bounded("shard.rank", request.shard.rank, 0, world_size - 1)
+    rank, world_size = _parse_sharing(request)
+    lanes = _bounded("lane.count", request.lane.count or 1, 1, MAX_LANES)
+    lane = _bounded("lane.index", request.lane.index, 0, lanes - 1)
     nb_io_workers = _bounded("nb_io_workers", request.nb_io_workers, 0, limits.max_io_workers)
     nb_proc_workers = _bounded(
         "nb_proc_workers", request.nb_proc_workers, 0, limits.max_proc_workers
@@ -227,6 +241,11 @@ def parse_stream_request(
         )
     digest = fingerprint(request)
     seed, start_epoch, start_batch = _parse_start(request, dataset.name, digest)
+    if epochs is not None and start_epoch >= epochs:
+        raise CursorAtEndError(
+            f"resume: the cursor (epoch {start_epoch}, batch {start_batch}) is at the end of "
+            f"the stream's {epochs} epoch(s); nothing is left. Ask for more epochs to go on."
+        )
     weights = _parse_weights(request, dataset)
     if (weights is not None or request.sample_with_replacement) and not request.sample_random:
         raise RequestError(
@@ -248,6 +267,8 @@ def parse_stream_request(
         "start_epoch": start_epoch,
         "start_batch": start_batch,
         "max_in_flight": limits.max_in_flight,
+        "lane": lane,
+        "lanes": lanes,
     }
     _check_flow_options(dataset, transform, flow_options)
     return StreamPlan(dataset, flow_options, transform, seed, epochs, digest, request.codec)
@@ -288,8 +309,6 @@ def stream_batches(plan: StreamPlan, stop: threading.Event) -> Iterator[bytes]:
     (exhausted, closed by gRPC on cancellation, or garbage-collected), and once ``stop`` is
     set even while the generator waits for a batch.
     """
-    if plan.epochs is not None and plan.flow_options["start_epoch"] >= plan.epochs:
-        return  # resumed from the stream's last cursor: nothing is left
     arrays = [array for _, array in plan.dataset.arrays]
     flow = data_flow(arrays, preprocessor=plan.transform, **plan.flow_options)
     names = plan.dataset.array_names
@@ -356,6 +375,31 @@ def _bounded(field: str, value: int, low: int, high: int | None) -> int:
         accepted = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
         raise RequestError(f"{field}: Expected {accepted}. Got {value} instead.")
     return value
+
+
+def _parse_sharing(request: data_node_pb2.StreamRequest) -> tuple[int, int]:
+    """The (rank, world_size) of the request's sharing mode."""
+    world_size = _bounded("shard.world_size", request.shard.world_size or 1, 1, None)
+    rank = _bounded("shard.rank", request.shard.rank, 0, world_size - 1)
+    sharing = request.sharing
+    if sharing not in data_node_pb2.Sharing.values():
+        raise RequestError(
+            f"sharing: Expected one of {sorted(data_node_pb2.Sharing.keys())}. Got {sharing}."
+        )
+    if sharing == data_node_pb2.SHARING_PARTITIONED:
+        if not request.HasField("seed") and not request.HasField("resume"):
+            raise RequestError(
+                "seed: Expected a seed with SHARING_PARTITIONED: every rank must cut the same "
+                "epoch order. Got none."
+            )
+        return rank, world_size
+    if world_size > 1:
+        name = data_node_pb2.Sharing.Name(sharing)
+        raise RequestError(
+            f"sharing: Expected SHARING_PARTITIONED for a shard of world_size {world_size}. "
+            f"Got {name} instead (independent trainers each get whole epochs)."
+        )
+    return rank, world_size
 
 
 def _check_batch_bytes(dataset: Dataset, batch_size: int, limits: LimitsConfig) -> None:

@@ -1,12 +1,22 @@
 from data_wire.v1 import jobs_pb2 as _jobs_pb2
 from data_wire.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Sharing(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SHARING_UNSPECIFIED: _ClassVar[Sharing]
+    SHARING_INDEPENDENT: _ClassVar[Sharing]
+    SHARING_PARTITIONED: _ClassVar[Sharing]
+SHARING_UNSPECIFIED: Sharing
+SHARING_INDEPENDENT: Sharing
+SHARING_PARTITIONED: Sharing
 
 class ListDatasetsRequest(_message.Message):
     __slots__ = ()
@@ -45,6 +55,14 @@ class DatasetDescription(_message.Message):
     arrays: _containers.RepeatedCompositeFieldContainer[ArrayDescription]
     classes: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, name: _Optional[str] = ..., length: _Optional[int] = ..., arrays: _Optional[_Iterable[_Union[ArrayDescription, _Mapping]]] = ..., classes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Lane(_message.Message):
+    __slots__ = ("index", "count")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    count: int
+    def __init__(self, index: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Shard(_message.Message):
     __slots__ = ("rank", "world_size")
@@ -111,7 +129,7 @@ class DoubleList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("dataset", "batch_size", "sample_random", "seed", "sample_with_replacement", "sample_weights", "drop_incomplete_batches", "epochs", "loop_forever", "nb_io_workers", "nb_proc_workers", "shard", "augmentation", "preprocessor", "resume", "codec")
+    __slots__ = ("dataset", "batch_size", "sample_random", "seed", "sample_with_replacement", "sample_weights", "drop_incomplete_batches", "epochs", "loop_forever", "nb_io_workers", "nb_proc_workers", "shard", "augmentation", "preprocessor", "resume", "codec", "sharing", "lane")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RANDOM_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +146,8 @@ class StreamRequest(_message.Message):
     PREPROCESSOR_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
+    SHARING_FIELD_NUMBER: _ClassVar[int]
+    LANE_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     batch_size: int
     sample_random: bool
@@ -144,4 +164,6 @@ class StreamRequest(_message.Message):
     preprocessor: str
     resume: _tensor_pb2.Cursor
     codec: _tensor_pb2.Codec
-    def __init__(self, dataset: _Optional[str] = ..., batch_size: _Optional[int] = ..., sample_random: _Optional[bool] = ..., seed: _Optional[int] = ..., sample_with_replacement: _Optional[bool] = ..., sample_weights: _Optional[_Union[SampleWeights, _Mapping]] = ..., drop_incomplete_batches: _Optional[bool] = ..., epochs: _Optional[int] = ..., loop_forever: _Optional[bool] = ..., nb_io_workers: _Optional[int] = ..., nb_proc_workers: _Optional[int] = ..., shard: _Optional[_Union[Shard, _Mapping]] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., preprocessor: _Optional[str] = ..., resume: _Optional[_Union[_tensor_pb2.Cursor, _Mapping]] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ...) -> None: ...
+    sharing: Sharing
+    lane: Lane
+    def __init__(self, dataset: _Optional[str] = ..., batch_size: _Optional[int] = ..., sample_random: _Optional[bool] = ..., seed: _Optional[int] = ..., sample_with_replacement: _Optional[bool] = ..., sample_weights: _Optional[_Union[SampleWeights, _Mapping]] = ..., drop_incomplete_batches: _Optional[bool] = ..., epochs: _Optional[int] = ..., loop_forever: _Optional[bool] = ..., nb_io_workers: _Optional[int] = ..., nb_proc_workers: _Optional[int] = ..., shard: _Optional[_Union[Shard, _Mapping]] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., preprocessor: _Optional[str] = ..., resume: _Optional[_Union[_tensor_pb2.Cursor, _Mapping]] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ..., sharing: _Optional[_Union[Sharing, str]] = ..., lane: _Optional[_Union[Lane, _Mapping]] = ...) -> None: ...

@@ -97,7 +97,8 @@ class DataNodeServicer:
 
     def StreamBatches(self, request, context):
         """Minibatches of one dataset, in order, until the requested epochs end (or
-        forever). Cancel the call to stop; the node frees the stream's workers.
+        forever). Cancel the call to stop; the node frees the stream's workers. A resume
+        cursor at the end of the requested epochs gets OUT_OF_RANGE, never an empty stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

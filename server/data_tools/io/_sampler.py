@@ -142,19 +142,27 @@ def num_batches(plan: SamplingPlan) -> int:
 
 
 def iter_batches(
-    plan: SamplingPlan, start_epoch: int, start_batch: int, loop_forever: bool
+    plan: SamplingPlan,
+    start_epoch: int,
+    start_batch: int,
+    loop_forever: bool,
+    lane: int = 0,
+    lanes: int = 1,
 ) -> Iterator[tuple[int, int, IndexArray]]:
     """Yield ``(epoch, batch_index, indices)`` from ``(start_epoch, start_batch)`` on.
 
     Without ``loop_forever`` only the rest of ``start_epoch`` is yielded. ``start_batch``
     may equal ``num_batches(plan)``: the position just after the end of ``start_epoch``.
+    Only batches with ``batch_index % lanes == lane`` are yielded.
     """
     count = num_batches(plan)
     epoch, first = start_epoch, start_batch
     while count:
+        # The first batch index >= first that belongs to the lane.
+        first += (lane - first) % lanes
         if first < count:
             order = shard_order(plan, epoch)
-            for batch_index in range(first, count):
+            for batch_index in range(first, count, lanes):
                 start = batch_index * plan.batch_size
                 yield epoch, batch_index, order[start : start + plan.batch_size].copy()
         if not loop_forever:

@@ -224,6 +224,12 @@ class data_flow:
             most one element; nothing is dropped or padded, so the parts' union is the epoch
             exactly once and ranks may differ by one batch. Default 1.
         start_method: ``"spawn"`` (default) or ``"forkserver"``, for worker processes.
+        lane: Which lane of every epoch's batches this flow yields, from 0 to ``lanes - 1``:
+            the batches whose index ``b`` has ``b % lanes == lane``. Batch contents,
+            indices and ``len(self)`` are those of the whole flow, so flows over every lane,
+            merged in (epoch, batch_index) order, yield exactly the flow with one lane (as
+            a client reading from several data nodes does). Default 0.
+        lanes: Number of lanes. Default 1: every batch.
 
     Raises:
         TypeError: If an argument has the wrong type (``data`` not a list of arrays, a
@@ -232,7 +238,8 @@ class data_flow:
         ValueError: If ``batch_size`` < 1, worker counts < 0, arrays of unequal or zero
             length, invalid ``sample_weights``, replacement or weights without
             ``sample_random``, both ``seed`` and ``rng``, ``rank`` outside
-            ``[0, world_size)``, ``start_batch`` outside ``[0, len(self)]``, an unknown
+            ``[0, world_size)``, ``lane`` outside ``[0, lanes)``, ``start_batch`` outside
+            ``[0, len(self)]``, an unknown
             ``start_method``, or an epoch with no batch for this rank.
     """
 
@@ -258,6 +265,8 @@ class data_flow:
         rank: int = 0,
         world_size: int = 1,
         start_method: str = "spawn",
+        lane: int = 0,
+        lanes: int = 1,
     ) -> None:
         self._pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
         self._data = _parse_data(data)
@@ -290,6 +299,13 @@ class data_flow:
             raise ValueError(
                 f"Expected rank to be an integer in [0, world_size={world_size}). "
                 f"Got {rank} instead."
+            )
+        self._lanes = parse_positive_int("lanes", lanes)
+        self._lane = parse_non_negative_int("lane", lane)
+        if self._lane >= self._lanes:
+            raise ValueError(
+                f"Expected lane to be an integer in [0, lanes={self._lanes}). "
+                f"Got {self._lane} instead."
             )
         self._plan = SamplingPlan(
             num_samples=num_samples,
@@ -363,7 +379,14 @@ class data_flow:
             WorkerError: If a worker process died, or an exception could not be rebuilt.
         """
         pipeline = build_pipeline(
-            iter_batches(self._plan, self._start_epoch, self._start_batch, self._loop_forever),
+            iter_batches(
+                self._plan,
+                self._start_epoch,
+                self._start_batch,
+                self._loop_forever,
+                self._lane,
+                self._lanes,
+            ),
             self._data,
             self._preprocess,
             num_io_threads=self._num_io_threads,
