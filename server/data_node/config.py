@@ -16,6 +16,12 @@ A config file looks like this (relative paths are relative to the file's directo
     max_concurrent_jobs = 2
     executor = "local"             # or "dask", with scheduler_address
 
+    [cache]                        # decoded storage chunks shared by streams; see CacheConfig
+    max_bytes = 536870912          # 0 turns it off
+
+    [metrics]                      # optional Prometheus endpoint; see MetricsConfig
+    listen = "0.0.0.0:9400"
+
     [tls]                          # optional; see TlsConfig
     cert_file = "server.pem"       # the node's certificate chain (PEM)
     key_file = "server.key"        # its private key (PEM)
@@ -38,7 +44,7 @@ A config file looks like this (relative paths are relative to the file's directo
 A source's ``format`` ("hdf5", "zarr" or "bcolz") is taken from its suffix (.h5/.hdf5,
 .zarr, .bcolz) unless given. The ``tls`` and ``auth`` files are relative to the config
 file's directory. Environment variables ``DATA_NODE_<SECTION>__<KEY>`` override scalar keys
-of the ``node``, ``limits``, ``jobs``, ``tls`` and ``auth`` sections (for example
+of the ``node``, ``limits``, ``jobs``, ``cache``, ``metrics``, ``tls`` and ``auth`` sections (for example
 ``DATA_NODE_LIMITS__MAX_OPEN_STREAMS=8``); their values are read as TOML values, falling
 back to a plain string. An unknown ``DATA_NODE_*`` variable is an error, not a warning.
 """
@@ -61,9 +67,11 @@ __all__ = [
     "ArrayConfig",
     "AuthConfig",
     "BearerToken",
+    "CacheConfig",
     "DatasetConfig",
     "JobsConfig",
     "LimitsConfig",
+    "MetricsConfig",
     "NodeConfig",
     "SourceConfig",
     "TlsConfig",
@@ -110,6 +118,30 @@ class LimitsConfig:
     max_proc_workers: int = 4
     max_message_bytes: int = 512 * MiB
     max_in_flight: int = 4
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The node's shared cache of decoded storage chunks (``[cache]``).
+
+    Attributes:
+        max_bytes: Bytes of decoded chunks kept, least recently used evicted first; shared
+            by every stream of every dataset read in the node process. 0 turns it off.
+    """
+
+    max_bytes: int = 512 * MiB
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The node's Prometheus endpoint (``[metrics]``).
+
+    Attributes:
+        listen: ``host:port`` serving ``/metrics`` over HTTP (port 0 picks a free one).
+            None (default): no endpoint.
+    """
+
+    listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +262,8 @@ class NodeConfig:
     listen: str = "127.0.0.1:50051"
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TlsConfig | None = None
     auth: AuthConfig | None = None
     preprocessors: Mapping[str, str] = field(default_factory=dict)
@@ -275,7 +309,7 @@ def parse_config(
         ConfigError: A key is invalid (named in the message).
         PathOutsideRootError: A source resolves outside ``data_root``.
     """
-    _check_keys("", raw, {"node", "limits", "jobs", "tls", "auth", "preprocessors", "datasets"})
+    _check_keys("", raw, _SECTIONS)
     node = _table("node", raw.get("node", {}))
     _check_keys("node", node, _NODE_KEYS)
     if "data_root" not in node:
@@ -309,6 +343,8 @@ def parse_config(
         listen=_string("node.listen", node.get("listen", "127.0.0.1:50051")),
         limits=limits,
         jobs=_parse_jobs(_table("jobs", raw.get("jobs", {}))),
+        cache=_parse_cache(_table("cache", raw.get("cache", {}))),
+        metrics=_parse_metrics(_table("metrics", raw.get("metrics", {}))),
         tls=_parse_tls(_table("tls", raw["tls"]), base_dir) if "tls" in raw else None,
         auth=auth,
         preprocessors=preprocessors,
@@ -387,6 +423,32 @@ def _parse_jobs(raw: Mapping[str, Any]) -> JobsConfig:
         else:
             values[name] = _positive_int(key, value)
     return JobsConfig(**values)
+
+
+def _parse_cache(raw: Mapping[str, Any]) -> CacheConfig:
+    _check_keys("cache", raw, _CACHE_KEYS)
+    if "max_bytes" not in raw:
+        return CacheConfig()
+    value = raw["max_bytes"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(
+            f"cache.max_bytes: Expected an integer >= 0 (0 turns the cache off). "
+            f"Got {value!r} instead."
+        )
+    return CacheConfig(max_bytes=value)
+
+
+def _parse_metrics(raw: Mapping[str, Any]) -> MetricsConfig:
+    _check_keys("metrics", raw, _METRICS_KEYS)
+    if "listen" not in raw:
+        return MetricsConfig()
+    listen = _string("metrics.listen", raw["listen"])
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"metrics.listen: Expected host:port (port 0 picks a free one). Got {listen!r} instead."
+        )
+    return MetricsConfig(listen=listen)
 
 
 def _parse_tls(raw: Mapping[str, Any], base_dir: Path) -> TlsConfig:
@@ -567,10 +629,30 @@ _NODE_KEYS = {"listen", "data_root", "state_dir", "output_root"}
 _JOBS_KEYS = {f.name for f in dataclasses.fields(JobsConfig)}
 _TLS_KEYS = {f.name for f in dataclasses.fields(TlsConfig)}
 _AUTH_KEYS = {"tokens_file", "tokens_env"}
+_CACHE_KEYS = {f.name for f in dataclasses.fields(CacheConfig)}
+_METRICS_KEYS = {f.name for f in dataclasses.fields(MetricsConfig)}
+_SECTIONS = {
+    "node",
+    "limits",
+    "jobs",
+    "cache",
+    "metrics",
+    "tls",
+    "auth",
+    "preprocessors",
+    "datasets",
+}
 
 
 def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    sections = {"node": _NODE_KEYS, "jobs": _JOBS_KEYS, "tls": _TLS_KEYS, "auth": _AUTH_KEYS}
+    sections = {
+        "node": _NODE_KEYS,
+        "jobs": _JOBS_KEYS,
+        "cache": _CACHE_KEYS,
+        "metrics": _METRICS_KEYS,
+        "tls": _TLS_KEYS,
+        "auth": _AUTH_KEYS,
+    }
     sections["limits"] = {f.name for f in dataclasses.fields(LimitsConfig)}
     for variable, text in sorted(environ.items()):
         if not variable.startswith(ENV_PREFIX):
