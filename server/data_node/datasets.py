@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
     from data_node.config import DatasetConfig, SourceConfig
+    from data_tools._chunk_cache import ChunkCache
 
 __all__ = ["Dataset", "DatasetRegistry", "open_dataset", "open_source", "wire_dtype"]
 
@@ -136,14 +137,22 @@ def _check_lengths(prefix: str, opened: list[tuple[str, list[Any]]]) -> None:
 class DatasetRegistry:
     """Name -> Dataset, safe to read from many RPC threads and to extend at run time."""
 
-    def __init__(self, datasets: Iterable[Dataset] = ()) -> None:
+    def __init__(self, datasets: Iterable[Dataset] = (), cache: ChunkCache | None = None) -> None:
         self._lock = threading.Lock()
         self._datasets = {d.name: d for d in datasets}
+        self.cache = cache
 
     @classmethod
-    def from_config(cls, configs: Mapping[str, DatasetConfig]) -> DatasetRegistry:
-        """Open every configured dataset (raising ConfigError on the first bad one)."""
-        return cls(open_dataset(config) for config in configs.values())
+    def from_config(
+        cls, configs: Mapping[str, DatasetConfig], cache: ChunkCache | None = None
+    ) -> DatasetRegistry:
+        """Open every configured dataset (raising ConfigError on the first bad one).
+
+        Args:
+            configs: The configured datasets by name.
+            cache: The decoded-chunk cache their sources read through. Default None: none.
+        """
+        return cls((open_dataset(config) for config in configs.values()), cache)
 
     def get(self, name: str) -> Dataset:
         """The dataset called ``name``.

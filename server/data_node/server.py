@@ -29,6 +29,7 @@ from data_node.auth import AuthInterceptor
 from data_node.datasets import DatasetRegistry
 from data_node.jobs import JobManager
 from data_node.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
+from data_tools._chunk_cache import ChunkCache
 
 if TYPE_CHECKING:
     from data_node.config import NodeConfig, TlsConfig
@@ -116,7 +117,8 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
     auth = None
     if config.auth is not None:
         auth = AuthInterceptor(config.auth.tokens, config.limits.max_open_streams_per_token)
-    registry = DatasetRegistry.from_config(config.datasets)
+    cache = ChunkCache(config.cache.max_bytes) if config.cache.max_bytes else None
+    registry = DatasetRegistry.from_config(config.datasets, cache)
     jobs = JobManager(config, registry)
     servicer = DataNodeServicer(config, registry, jobs)
     server = grpc.server(

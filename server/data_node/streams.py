@@ -77,9 +77,11 @@ SEED_LIMIT = 1 << 32
 # More lanes than any set of nodes a client would split a stream across.
 MAX_LANES = 1024
 # Request fields that do not change which batches a stream yields: left out of the
-# fingerprint so a resumed stream may change them.
+# fingerprint so a resumed stream may change them. A lane only selects among the stream's
+# batches, so one cursor continues a stream whatever lanes it is split into.
 _NOT_FINGERPRINTED = (
     "seed",
+    "lane",
     "resume",
     "codec",
     "nb_io_workers",
