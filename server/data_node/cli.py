@@ -1,5 +1,9 @@
 """The ``data-node`` command: ``serve`` a config, check a node's ``health``, run build jobs.
 
+``data-node demo-data DIR`` writes the demo dataset (``DIR/disks.h5``: noisy images of disks
+and their masks, arrays ``image`` and ``mask``) that ``docker/node.toml`` serves as ``disks``;
+an existing file is kept unless ``--overwrite`` is given.
+
 Build jobs (over the node's RPCs, with ``data_client``)::
 
     data-node build --address HOST:PORT --output NAME --patchsize 32 \
@@ -35,7 +39,7 @@ from data_client import DataNodeClient, DataNodeError, TlsConfig
 from data_client.jobs import DatasetArray, FileArray, JobInfo, JobState
 from data_node.config import EXECUTORS, load
 from data_node.errors import ConfigError, PathOutsideRootError
-from data_node.server import serve
+from data_tools._parse import parse_non_negative_int, parse_positive_int
 
 if TYPE_CHECKING:
     from data_client.jobs import BuildJob
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 _DEFAULT_ADDRESS = "127.0.0.1:50051"
+_DEMO_FILE = "disks.h5"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_connection_arguments(health_parser)
     health_parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     _add_build_parser(commands)
+    _add_demo_data_parser(commands)
     jobs_parser = commands.add_parser("jobs", help="list the node's build jobs")
     _add_connection_arguments(jobs_parser)
     for name, text in (
@@ -136,6 +142,37 @@ def _add_build_parser(commands: Any) -> None:
     build.add_argument("--executor", choices=EXECUTORS, help="default: the node's")
     build.add_argument("--scheduler_address", help="Dask scheduler; default: the node's")
     build.add_argument("--detach", action="store_true", help="print the job id and exit")
+
+
+def _add_demo_data_parser(commands: Any) -> None:
+    demo = commands.add_parser("demo-data", help=f"write the demo dataset DIR/{_DEMO_FILE}")
+    demo.add_argument("directory", type=Path, help="where to write it (created if missing)")
+    demo.add_argument("--images", type=int, default=512, help="number of images (512)")
+    demo.add_argument("--size", type=int, default=128, help="image edge, in pixels (128)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated data (0)")
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing file")
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    """Write ``disks.h5`` into ``args.directory`` unless it exists (or with --overwrite).
+
+    The file is written under a temporary name and renamed, so a node never opens half of it.
+    """
+    from data_node.demo import make_disks  # imported here for the reason given in main()
+
+    images = parse_positive_int("--images", args.images)
+    size = parse_positive_int("--size", args.size)
+    seed = parse_non_negative_int("--seed", args.seed)
+    path = args.directory / _DEMO_FILE
+    if path.exists() and not args.overwrite:
+        print(f"{path} exists; kept it (--overwrite replaces it)")
+        return 0
+    args.directory.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{_DEMO_FILE}.partial")
+    make_disks(partial, images, size, seed)
+    partial.replace(path)
+    print(f"wrote {path}: {images} images of {size}x{size} (arrays image and mask)")
+    return 0
 
 
 def _array_input(path: str | None, dataset: str | None) -> FileArray | DatasetArray | None:
@@ -227,10 +264,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command == "health":
                 return _health(args)
+            if args.command == "demo-data":
+                return _demo_data(args)
             return _build(args) if args.command == "build" else _jobs_command(args)
         except (DataNodeError, TypeError, ValueError, OSError) as error:
             print(f"data-node {args.command}: {error}", file=sys.stderr)
             return 2
+    # Imported here, not at the top: the image's HEALTHCHECK runs `data-node health` every few
+    # seconds, and the server's imports (the whole library, h5py, zarr) would triple its cost.
+    from data_node.server import serve
+
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
         config = load(args.config, os.environ)

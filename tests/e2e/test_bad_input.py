@@ -5,7 +5,9 @@ seed too large; rank >= world_size; worker counts above the limit; unknown prepr
 bad augmentation values and array names; weights of the wrong length / unknown array /
 all zero; replacement without random sampling; a cursor from another dataset, seed or
 stream, or past the epoch's end; too many open streams (RESOURCE_EXHAUSTED); a batch above
-max_batch_bytes. After every refusal a valid stream still works.
+max_batch_bytes; sharing modes (partitioned without a seed, independent or unspecified with
+world_size > 1, an unknown enum value) and lanes (index >= count, negative, count negative or
+above 1024). After every refusal a valid stream still works.
 """
 
 from __future__ import annotations
@@ -118,6 +120,52 @@ def test_invalid_fields_are_named(node, client, fields, message):
     code, details = raw_stream_error(node, request)
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert re.search(message, details), details
+    assert_still_serving(client)
+
+
+SHARD_OF_2 = data_node_pb2.Shard(rank=1, world_size=2)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"sharing": data_node_pb2.SHARING_PARTITIONED, "shard": SHARD_OF_2},
+            r"^seed: Expected a seed with SHARING_PARTITIONED",
+        ),
+        ({"sharing": data_node_pb2.SHARING_PARTITIONED}, r"^seed: "),
+        (
+            {"sharing": data_node_pb2.SHARING_INDEPENDENT, "shard": SHARD_OF_2, "seed": 1},
+            r"^sharing: Expected SHARING_PARTITIONED .* Got SHARING_INDEPENDENT",
+        ),
+        (
+            {"sharing": data_node_pb2.SHARING_UNSPECIFIED, "shard": SHARD_OF_2, "seed": 1},
+            r"^sharing: Expected SHARING_PARTITIONED .* Got SHARING_UNSPECIFIED",
+        ),
+        ({"sharing": 7}, r"^sharing: Expected one of \['SHARING_INDEPENDENT'.* Got 7"),
+        ({"sharing": 7, "shard": SHARD_OF_2, "seed": 1}, r"^sharing: Expected one of"),
+        ({"lane": data_node_pb2.Lane(index=2, count=2)}, r"^lane\.index: .*\[0, 1\]\. Got 2"),
+        ({"lane": data_node_pb2.Lane(index=-1, count=2)}, r"^lane\.index: .*Got -1"),
+        ({"lane": data_node_pb2.Lane(index=1)}, r"^lane\.index: .*\[0, 0\]\. Got 1"),
+        ({"lane": data_node_pb2.Lane(count=-1)}, r"^lane\.count: .*\[1, 1024\]\. Got -1"),
+        ({"lane": data_node_pb2.Lane(count=1025)}, r"^lane\.count: .*\[1, 1024\]\. Got 1025"),
+    ],
+)
+def test_invalid_sharing_and_lane_fields_are_named(node, client, fields, message):
+    request = data_node_pb2.StreamRequest(dataset="toy", batch_size=4, epochs=1, **fields)
+    code, details = raw_stream_error(node, request)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(message, details), details
+    assert_still_serving(client)
+
+
+def test_the_clients_sharing_argument_is_checked(client):
+    with pytest.raises(ValueError, match=r"sharing.*Did you mean 'partitioned'"):
+        client.stream("toy", 4, sharing="partitoned")
+    with pytest.raises(InvalidArgumentError, match=r"^INVALID_ARGUMENT: seed: "):
+        next(client.stream("toy", 4, rank=1, world_size=2))
+    with pytest.raises(InvalidArgumentError, match=r"sharing: .*SHARING_INDEPENDENT"):
+        next(client.stream("toy", 4, seed=1, rank=1, world_size=2, sharing="independent"))
     assert_still_serving(client)
 
 

@@ -1,0 +1,210 @@
+"""The data-client command line, against the fake node (10 samples in order, see conftest).
+
+Matrix: `datasets` prints each dataset's length, arrays and classes; `stream` sends the
+request its flags describe (rank, world size, seed, shuffle, epochs, sharing, codec), prints a
+line every --report-every batches (none with 0) and per epoch, then a summary (samples,
+distinct indices, bytes, rates, stall), and --indices-out records (epoch, index) of every
+sample: two ranks get disjoint halves covering each epoch; --resolve with an IP address;
+--token-env sends the token (unset: exit 2; wrong: exit 1 UNAUTHENTICATED). Exit 1 with the
+node's status for NOT_FOUND, INVALID_ARGUMENT and an unreachable node (stream and datasets);
+exit 2 for bad arguments (argparse's, the client's checks, a repeated address, an unwritable
+--indices-out); 130 on Ctrl-C. pyproject.toml's console script names main.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_client import cli
+from data_client.cli import main
+from data_wire.v1 import data_node_pb2, tensor_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+BYTES_PER_SAMPLE = 6 * 4 + 6 * 1 + 8  # image float32 (2, 3), mask uint8 (2, 3), label int64
+
+
+def summary(out):
+    lines = [line for line in out.splitlines() if line.startswith("summary: ")]
+    assert len(lines) == 1, out
+    return dict(field.split("=", 1) for field in lines[0].split()[1:])
+
+
+def unused_address():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def stream_args(address, *extra):
+    return ["stream", "--address", address, "--dataset", "toy", "--batch-size", "3", *extra]
+
+
+def test_console_script_is_main():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["data-client"] == "data_client.cli:main"
+
+
+def test_datasets_lists_lengths_arrays_and_classes(fake_node, capsys):
+    assert main(["datasets", "--address", fake_node.address]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{name}: 10 samples; image float32 (2, 3), mask uint8 (2, 3), label int64 (); "
+        "classes [0, 10, 20]"
+        for name in ("other", "toy")
+    ]
+
+
+def test_stream_reports_throughput_and_a_summary(fake_node, tmp_path, capsys):
+    indices = tmp_path / "indices.txt"
+    argv = stream_args(fake_node.address, "--epochs", "2", "--rank", "1", "--world-size", "2")
+    argv += ["--seed", "5", "--shuffle", "--codec", "lz4", "--report-every", "1"]
+    assert main([*argv, "--indices-out", str(indices)]) == 0
+    request = fake_node.requests[-1]
+    assert (request.dataset, request.batch_size, request.epochs, request.seed) == ("toy", 3, 2, 5)
+    assert (request.shard.rank, request.shard.world_size) == (1, 2)
+    assert request.sample_random
+    assert request.sharing == data_node_pb2.SHARING_PARTITIONED
+    assert request.codec == tensor_pb2.CODEC_LZ4
+
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        lines[0]
+        == f"streaming 'toy' from {fake_node.address}: rank 1 of 2, batch size 3, 2 epoch(s)"
+    )
+    rate = r"[\d.]+ batches/s, [\d.]+ samples/s, [\d.]+ MB/s"
+    expected = [
+        rf"epoch 0 batch 1: 1 batches, 3 samples in [\d.]+ s: {rate}",
+        rf"epoch 0 batch 2: 1 batches, 2 samples in [\d.]+ s: {rate}",
+        rf"epoch 0 done: 2 batches, 5 samples in [\d.]+ s: {rate}",
+        rf"epoch 1 batch 3: 1 batches, 3 samples in [\d.]+ s: {rate}",
+        rf"epoch 1 batch 4: 1 batches, 2 samples in [\d.]+ s: {rate}",
+        rf"epoch 1 done: 2 batches, 5 samples in [\d.]+ s: {rate}",
+    ]
+    assert len(lines) == 1 + len(expected) + 1
+    for line, pattern in zip(lines[1:-1], expected, strict=True):
+        assert re.fullmatch(pattern, line), line
+    fields = summary("\n".join(lines))
+    assert {key: fields[key] for key in ("rank", "world_size", "epochs", "batches")} == {
+        "rank": "1",
+        "world_size": "2",
+        "epochs": "2",
+        "batches": "4",
+    }
+    assert (int(fields["samples"]), int(fields["distinct"])) == (10, 5)
+    assert int(fields["bytes"]) == 10 * BYTES_PER_SAMPLE
+    assert float(fields["seconds"]) > 0
+    assert float(fields["samples/s"]) > 0
+    assert float(fields["stall_s"]) >= 0
+    assert 0 <= float(fields["stall_fraction"]) <= 1
+    received = np.loadtxt(indices, dtype=np.int64)
+    expected_rows = [(epoch, index) for epoch in (0, 1) for index in (1, 3, 5, 7, 9)]
+    assert received.tolist() == [list(row) for row in expected_rows]
+
+
+def test_report_every_zero_prints_only_epochs(fake_node, capsys):
+    assert main(stream_args(fake_node.address, "--epochs", "2")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[1:]] == ["epoch 0 done", "epoch 1 done", "summary"]
+    assert summary("\n".join(lines))["samples"] == "20"
+
+
+def test_two_ranks_receive_disjoint_halves_of_each_epoch(fake_node, tmp_path):
+    files = [tmp_path / f"rank{rank}.txt" for rank in (0, 1)]
+    for rank, path in enumerate(files):
+        argv = stream_args(fake_node.address, "--epochs", "2", "--world-size", "2", "--seed", "1")
+        assert main([*argv, "--rank", str(rank), "--indices-out", str(path)]) == 0
+    received = [np.loadtxt(path, dtype=np.int64) for path in files]
+    for epoch in (0, 1):
+        halves = [set(r[r[:, 0] == epoch, 1].tolist()) for r in received]
+        assert halves[0].isdisjoint(halves[1])
+        assert halves[0] | halves[1] == set(range(10))
+
+
+def test_resolve_reads_from_every_address_of_a_name(fake_node, capsys):
+    address = f"127.0.0.1:{fake_node.port}"
+    assert main(stream_args(address, "--resolve")) == 0
+    assert f"from {address}:" in capsys.readouterr().out
+
+
+def test_token_env_sends_the_token(fake_node, monkeypatch, capsys):
+    fake_node.required_token = "s3cret-token"
+    monkeypatch.setenv("TRAINER_TOKEN", "s3cret-token")
+    assert main(stream_args(fake_node.address, "--token-env", "TRAINER_TOKEN")) == 0
+    assert fake_node.metadata[-1]["authorization"] == "Bearer s3cret-token"
+    monkeypatch.setenv("TRAINER_TOKEN", "wrong")
+    assert main(["datasets", "--address", fake_node.address, "--token-env", "TRAINER_TOKEN"]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    monkeypatch.delenv("TRAINER_TOKEN")
+    assert main(stream_args(fake_node.address, "--token-env", "TRAINER_TOKEN")) == 2
+    assert "--token-env: Expected the environment variable TRAINER_TOKEN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        (["--dataset", "nope"], "NOT_FOUND"),
+        (["--batch-size", "101"], "INVALID_ARGUMENT"),
+    ],
+)
+def test_node_errors_exit_1_with_the_status(fake_node, capsys, extra, status):
+    assert main([*stream_args(fake_node.address), *extra]) == 1
+    assert capsys.readouterr().err.startswith(f"data-client stream: {status}: ")
+
+
+def test_an_unreachable_node_exits_1(capsys):
+    address = unused_address()
+    assert main([*stream_args(address), "--max-reconnects", "0"]) == 1
+    assert "data-client stream: UNAVAILABLE" in capsys.readouterr().err
+    assert main(["datasets", "--address", address]) == 1
+    assert "data-client datasets: UNAVAILABLE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--rank", "2", "--world-size", "2"], "rank"),
+        (["--batch-size", "0"], "batch_size"),
+        (["--epochs", "0"], "epochs"),
+        (["--address", "127.0.0.1:1"], "distinct"),  # the same address twice
+        (["--indices-out", "no/such/dir/indices.txt"], "no/such/dir"),
+    ],
+)
+def test_invalid_values_exit_2(fake_node, tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    address = "127.0.0.1:1" if "127.0.0.1:1" in extra else fake_node.address
+    assert main([*stream_args(address), *extra]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("data-client stream: ")
+    assert message in error
+    assert not fake_node.requests
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["stream", "--dataset", "toy"],  # no --batch-size
+        ["stream", "--dataset", "toy", "--batch-size", "x"],
+        ["stream", "--dataset", "toy", "--batch-size", "1", "--report-every", "-1"],
+        ["stream", "--dataset", "toy", "--batch-size", "1", "--sharing", "shared"],
+        ["stream", "--dataset", "toy", "--batch-size", "1", "--codec", "gzip"],
+        ["fetch"],
+    ],
+)
+def test_argparse_errors_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "usage: data-client" in capsys.readouterr().err
+
+
+def test_interrupt_exits_130(monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_stream", interrupted)
+    assert main(stream_args("127.0.0.1:1")) == 130
