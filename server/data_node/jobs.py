@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from data_node._build import Counts
     from data_node.config import NodeConfig
     from data_node.datasets import Dataset, DatasetRegistry
+    from data_tools._chunk_cache import ChunkCache
 
 __all__ = [
     "CANCEL_GRACE",
@@ -110,7 +111,11 @@ logger = logging.getLogger(__name__)
 
 
 def open_patch_dataset(
-    name: str, directory: Path, file_format: str, classes: tuple[int, ...]
+    name: str,
+    directory: Path,
+    file_format: str,
+    classes: tuple[int, ...],
+    cache: ChunkCache | None = None,
 ) -> Dataset:
     """A create_dataset output as a served dataset: arrays ``patch`` and ``label``.
 
@@ -119,6 +124,7 @@ def open_patch_dataset(
         directory: The directory create_dataset wrote in.
         file_format: Its file_format.
         classes: The class values, in the order of the patches.
+        cache: The decoded-chunk cache its sources read through. Default None: none.
 
     Raises:
         ConfigError: An array cannot be opened, or its dtype does not travel on the wire.
@@ -131,7 +137,7 @@ def open_patch_dataset(
         for value in classes
     )
     config = DatasetConfig(name, (ArrayConfig(PATCH_ARRAY, sources),), class_list=classes)
-    return open_dataset(config)
+    return open_dataset(config, cache)
 
 
 # ---------------------------------------------------------------- the jobs
@@ -309,6 +315,14 @@ class JobManager:
         with self._changed:
             now = time.time()
             return [job.message(now) for job in self._jobs.values()]
+
+    def count_by_state(self) -> dict[str, int]:
+        """The number of jobs in each state now, by name: QUEUED, RUNNING, SUCCEEDED, ..."""
+        counts = dict.fromkeys(map(_state_name, (QUEUED, RUNNING, *_ENDED)), 0)
+        with self._changed:
+            for job in self._jobs.values():
+                counts[_state_name(job.state)] += 1
+        return counts
 
     def cancel(self, job_id: str) -> jobs_pb2.Job:
         """Cancel a queued or running job and return it once its process is gone.
@@ -547,7 +561,9 @@ class JobManager:
 
     def _serve(self, name: str, job: _Job) -> None:
         output = resolve_inside(self._config.output_root, job.request.output, field_name="output")
-        dataset = open_patch_dataset(name, output, job.request.file_format, tuple(job.classes))
+        dataset = open_patch_dataset(
+            name, output, job.request.file_format, tuple(job.classes), self._registry.cache
+        )
         self._registry.add(dataset)
 
     def _finish(self, job: _Job, state: jobs_pb2.JobState, error: str = "") -> None:

@@ -4,6 +4,9 @@ Security: with ``[tls]`` the port speaks only TLS (and, with ``tls.client_ca_fil
 to clients presenting a certificate from that CA); with ``[auth]`` every call but health
 passes data_node.auth's interceptor first (bearer tokens, roles, streams per token).
 
+Metrics: with ``[metrics] listen`` the node serves Prometheus metrics (data_node.metrics)
+over plain HTTP at ``/metrics``, from ``start()`` until ``stop()``.
+
 Stop order (``NodeServer.stop``): health says NOT_SERVING, so load balancers and
 ``data-node health`` see the node going; new calls are refused and running ones get
 ``grace`` seconds; open streams are told to end, and job watches too (UNAVAILABLE); their
@@ -18,7 +21,7 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -28,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from data_node.auth import AuthInterceptor
 from data_node.datasets import DatasetRegistry
 from data_node.jobs import JobManager
+from data_node.metrics import NodeMetrics
 from data_node.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
 from data_tools._chunk_cache import ChunkCache
 
@@ -67,7 +71,10 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
 
 @dataclass
 class NodeServer:
-    """A built (not yet started) node. ``start()``, then ``stop()`` or ``wait()``."""
+    """A built (not yet started) node. ``start()``, then ``stop()`` or ``wait()``.
+
+    ``metrics`` are served on ``metrics_listen`` ("host:port"; None: not served).
+    """
 
     server: grpc.Server
     port: int
@@ -75,9 +82,29 @@ class NodeServer:
     health: health.HealthServicer
     jobs: JobManager
     auth: AuthInterceptor | None = None
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)
+    metrics_listen: str | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port serving ``/metrics`` (once started), or None."""
+        return self.metrics.port
 
     def start(self) -> None:
-        """Start serving and running jobs; health reports SERVING."""
+        """Start the metrics endpoint, serving and running jobs; health reports SERVING.
+
+        Raises:
+            RuntimeError: ``metrics_listen`` cannot be bound (the message names
+                metrics.listen); the node is stopped again.
+        """
+        if self.metrics_listen is not None:
+            try:
+                port = self.metrics.serve(self.metrics_listen)
+            except RuntimeError:
+                self.stop(None)
+                raise
+            host = self.metrics_listen.rpartition(":")[0]
+            logger.info("metrics: http://%s:%d/metrics", host, port)
         self.jobs.start()
         self.server.start()
         for service in ("", SERVICE_NAME):
@@ -94,6 +121,7 @@ class NodeServer:
         # the workers are stopped by the streams, not killed when the process exits.
         self.servicer.wait_for_streams(_STREAM_CLOSE_TIMEOUT)
         self.jobs.close()
+        self.metrics.close()
 
     def wait(self) -> None:
         """Block until the server has stopped."""
@@ -120,7 +148,8 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
     cache = ChunkCache(config.cache.max_bytes) if config.cache.max_bytes else None
     registry = DatasetRegistry.from_config(config.datasets, cache)
     jobs = JobManager(config, registry)
-    servicer = DataNodeServicer(config, registry, jobs)
+    metrics = NodeMetrics((dataset.name for dataset in registry), cache=cache, jobs=jobs)
+    servicer = DataNodeServicer(config, registry, jobs, metrics)
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=config.limits.max_open_streams + config.jobs.max_watchers + _SPARE_THREADS,
@@ -147,7 +176,10 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         jobs.close()
         hint = "" if credentials is None else " (or tls.cert_file and tls.key_file do not match)"
         raise RuntimeError(f"node.listen: cannot bind {target!r}{hint}.")
-    return NodeServer(server, port, servicer, health_servicer, jobs, auth), port
+    node = NodeServer(
+        server, port, servicer, health_servicer, jobs, auth, metrics, config.metrics.listen
+    )
+    return node, port
 
 
 def serve(config: NodeConfig, *, ready: threading.Event | None = None) -> None:

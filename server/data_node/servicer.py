@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from data_node.datasets import wire_dtype
+from data_node.metrics import NodeMetrics
 from data_node.status import status_for
 from data_node.streams import StreamSlots, parse_stream_request, stream_batches
 from data_wire.v1 import data_node_pb2, jobs_pb2
@@ -35,12 +36,22 @@ Response = TypeVar("Response")
 
 
 class DataNodeServicer:
-    """The DataNode service over a dataset registry and a job manager, within the limits."""
+    """The DataNode service over a dataset registry and a job manager, within the limits.
 
-    def __init__(self, config: NodeConfig, registry: DatasetRegistry, jobs: JobManager) -> None:
+    Streams are counted in ``metrics`` (default: metrics of its own, served nowhere).
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        registry: DatasetRegistry,
+        jobs: JobManager,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         self._config = config
         self._registry = registry
         self._jobs = jobs
+        self._metrics = NodeMetrics() if metrics is None else metrics
         self._slots = StreamSlots(config.limits.max_open_streams)
         self._stops: set[threading.Event] = set()
         self._lock = threading.Lock()
@@ -71,19 +82,23 @@ class DataNodeServicer:
         stop = threading.Event()
         try:
             dataset = self._registry.get(request.dataset)
+        except Exception as error:
+            _abort(context, error)
+        try:
             plan = parse_stream_request(
                 request, dataset, self._config.limits, self._config.preprocessors
             )
             self._slots.acquire()
         except Exception as error:
-            _abort(context, error)
+            self._abort_stream(context, dataset.name, error)
         context.add_callback(stop.set)
         with self._lock:
             self._stops.add(stop)
         try:
-            yield from stream_batches(plan, stop)
+            with self._metrics.stream(dataset.name) as metrics:
+                yield from stream_batches(plan, stop, metrics)
         except Exception as error:
-            _abort(context, error)
+            self._abort_stream(context, dataset.name, error)
         finally:
             with self._lock:
                 self._stops.discard(stop)
@@ -118,6 +133,14 @@ class DataNodeServicer:
             yield from self._jobs.watch(request.job_id, stop)
         except Exception as error:
             _abort(context, error)
+
+    def _abort_stream(
+        self, context: grpc.ServicerContext, dataset: str, error: Exception
+    ) -> NoReturn:
+        """Abort a stream of a served dataset, counting the error if its client is still there."""
+        if context.is_active():
+            self._metrics.stream_error(dataset, status_for(error).name)
+        _abort(context, error)
 
     def stop_streams(self) -> None:
         """Ask every open stream to end after its current batch."""

@@ -8,7 +8,8 @@ Sharing: SHARING_INDEPENDENT trainers each get whole epochs in the order of thei
 SHARING_PARTITIONED ranks (one shared seed, required) get disjoint parts of every epoch whose
 union is the epoch. A lane (index, count) carries only the batches with ``batch_index % count
 == index`` of the trainer's part, so a client can split it across several nodes and merge
-the lanes back in (epoch, batch_index) order. A resume cursor at the end of the requested
+the lanes back in (epoch, batch_index) order; a lane with no batch (more lanes than batches
+per epoch) is an empty stream that ends OK. A resume cursor at the end of the requested
 epochs gets OUT_OF_RANGE rather than an empty stream.
 
 Determinism: the sample order is data_flow's pure function of (seed, epoch, rank,
@@ -39,6 +40,7 @@ import dataclasses
 import hashlib
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
 
     from data_node.config import LimitsConfig
     from data_node.datasets import Dataset
+    from data_node.metrics import StreamMetrics
 
 __all__ = [
     "SampleTransform",
@@ -81,6 +84,7 @@ MAX_LANES = 1024
 # batches, so one cursor continues a stream whatever lanes it is split into.
 _NOT_FINGERPRINTED = (
     "seed",
+    "sharing",
     "lane",
     "resume",
     "codec",
@@ -299,8 +303,14 @@ def _check_flow_options(
             )
 
 
-def stream_batches(plan: StreamPlan, stop: threading.Event) -> Iterator[bytes]:
+def stream_batches(
+    plan: StreamPlan, stop: threading.Event, metrics: StreamMetrics | None = None
+) -> Iterator[bytes]:
     """Yield each batch of ``plan`` as encoded ``Batch`` bytes until its last epoch.
+
+    Each batch gRPC takes (asks for the next one after) is counted in ``metrics`` (default
+    None: none), with its read, augment, encode and send seconds; a batch sent as the call
+    ends (the client cancelled) may not be.
 
     Raises:
         NodeStoppingError: ``stop`` was set (the node is stopping, or the call ended).
@@ -315,12 +325,15 @@ def stream_batches(plan: StreamPlan, stop: threading.Event) -> Iterator[bytes]:
     flow = data_flow(arrays, preprocessor=plan.transform, **plan.flow_options)
     names = plan.dataset.array_names
     with flow:
+        if plan.flow_options["lane"] >= len(flow):
+            return  # more lanes than batches per epoch: this lane never has a batch
         for info in flow.flow_with_info(stop=stop):
             if stop.is_set():
                 break
             if plan.epochs is not None and info.epoch >= plan.epochs:
                 return
-            yield encode_batch(
+            start = time.perf_counter()
+            message = encode_batch(
                 info.arrays,
                 indices=info.indices,
                 cursor=plan.cursor(info.epoch, info.batch_index, len(flow)),
@@ -329,6 +342,12 @@ def stream_batches(plan: StreamPlan, stop: threading.Event) -> Iterator[bytes]:
                 codec=plan.codec,
                 names=names if len(names) == len(info.arrays) else None,
             )
+            encoded = time.perf_counter()
+            # gRPC resumes the generator once it has sent the message (flow control allowing).
+            yield message
+            if metrics is not None:
+                sent = time.perf_counter()
+                metrics.batch_sent(info, len(message), encoded - start, sent - encoded)
     # The flow loops forever: it ended because the call ended or the node is stopping.
     raise NodeStoppingError(
         "the node is stopping; reconnect and resume from the last cursor received"

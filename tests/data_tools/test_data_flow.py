@@ -5,8 +5,10 @@ with replacement, weighted}; drop_incomplete_batches x loop_forever; resume from
 (epoch, batch) incl. the end of an epoch; shards of 3 ranks; ordered and unordered;
 preprocessors {none, reference-style, with rng, in place, bad return, raising}; sources
 {numpy, h5py, zarr}; shutdown {exhausted, break, close(), with, garbage collection} under
-leak checks; bad arguments (the type raised and the argument named). Worker processes are
-covered in test_data_flow_processes.py.
+leak checks; bad arguments (the type raised and the argument named); lanes {2, 3, 4} merged
+equal one flow from any (epoch, batch) start, with ranks, workers and an rng preprocessor,
+one epoch only without loop_forever, lane out of range. Worker processes are covered in
+test_data_flow_processes.py.
 """
 
 from __future__ import annotations
@@ -376,3 +378,130 @@ def test_bad_arguments_name_the_argument(kwargs, error, named):
     arguments = {"data": [X, Y], "batch_size": 2, **kwargs}
     with pytest.raises(error, match=named):
         data_flow(**arguments)
+
+
+def positions(infos):
+    return [(i.epoch, i.batch_index) for i in infos]
+
+
+@pytest.mark.parametrize("lanes", [2, 3, 4])
+@pytest.mark.parametrize(("rank", "world_size"), [(0, 1), (1, 3)])
+def test_lanes_merged_equal_one_flow_from_anywhere(lanes, rank, world_size):
+    kwargs = {"sample_random": True, "preprocessor": augment, "seed": 3, "nb_io_workers": 2}
+    kwargs.update(rank=rank, world_size=world_size)
+    data = [X, Y]
+    per_epoch = len(data_flow(data, 1, **kwargs))  # 10 or 3 batches of 1 per epoch
+    with data_flow(data, 1, **kwargs) as flow:
+        whole = take(flow.flow_with_info(), 3 * per_epoch)
+    for start in (0, 1, per_epoch - 1, per_epoch, per_epoch + 2):
+        epoch, batch = divmod(start, per_epoch)
+        expected = whole[start : start + 2 * per_epoch]
+        parts = []
+        for lane in range(lanes):
+            wanted = sum(1 for info in expected if info.batch_index % lanes == lane)
+            with data_flow(
+                data, 1, start_epoch=epoch, start_batch=batch, lane=lane, lanes=lanes, **kwargs
+            ) as flow:
+                assert len(flow) == per_epoch  # the whole flow's batches per epoch
+                infos = take(flow.flow_with_info(), wanted)
+            assert all(info.batch_index % lanes == lane for info in infos)
+            parts.extend(infos)
+        parts.sort(key=lambda info: (info.epoch, info.batch_index))
+        assert positions(parts) == positions(expected)
+        for got, want in zip(parts, expected, strict=True):
+            np.testing.assert_array_equal(got.indices, want.indices)
+            for a, b in zip(got.arrays, want.arrays, strict=True):
+                assert a.tobytes() == b.tobytes()
+
+
+def test_a_lane_without_loop_forever_yields_the_rest_of_its_epoch():
+    # 4 batches of 3: lane 1 of 2 holds batches 1 and 3.
+    flow = data_flow([Y], 3, sample_random=True, seed=8, lane=1, lanes=2, loop_forever=False)
+    whole = list(data_flow([Y], 3, sample_random=True, seed=8, loop_forever=False).flow())
+    infos = list(flow.flow_with_info())
+    assert positions(infos) == [(0, 1), (0, 3)]
+    np.testing.assert_array_equal(infos[1].arrays[0], whole[3][0])
+    resumed = data_flow([Y], 3, lane=1, lanes=2, loop_forever=False, start_batch=2)
+    assert positions(resumed.flow_with_info()) == [(0, 3)]
+    assert list(data_flow([Y], 3, lane=0, lanes=2, loop_forever=False, start_batch=3).flow()) == []
+
+
+@pytest.mark.parametrize("loop_forever", [False, True])
+def test_a_lane_beyond_the_batches_of_an_epoch_is_empty(loop_forever):
+    # 2 batches of 5 per epoch: lane 2 of 3 never has one, and must end rather than spin.
+    flow = data_flow([Y[:10]], 5, lane=2, lanes=3, loop_forever=loop_forever)
+    assert list(flow.flow()) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "named"),
+    [
+        ({"lane": 2, "lanes": 2}, ValueError, r"lane to be an integer in \[0, lanes=2\)\. Got 2"),
+        ({"lane": 1}, ValueError, r"lane .*lanes=1"),
+        ({"lane": -1, "lanes": 2}, ValueError, "lane"),
+        ({"lanes": 0}, ValueError, "lanes"),
+        ({"lane": 1.0, "lanes": 2}, TypeError, "lane"),
+        ({"lanes": "2"}, TypeError, "lanes"),
+    ],
+)
+def test_bad_lanes_name_the_argument(kwargs, error, named):
+    with pytest.raises(error, match=named):
+        data_flow([X, Y], 2, **kwargs)
+
+
+# ---------------------------------------------------------------- BatchInfo: timings, ready
+# Matrix: read_seconds / preprocess_seconds x {inline, io threads, process, process with
+# read-ahead}; ready with io threads, processes and inline.
+
+WORKERS = {"inline": (0, 0), "threads": (2, 0), "process": (0, 1), "process-read-ahead": (1, 1)}
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+@pytest.mark.parametrize("slow", ["read", "preprocess"])
+def test_batch_info_times_the_read_and_the_preprocessor_where_they_run(workers, slow):
+    # Each batch's slow step takes >= DELAY where it runs (consumer, io thread, process,
+    # read-ahead thread); the other step, a pass-through, takes far less.
+    from metrics_support import DELAY, SlowSource, slow_preprocessor
+
+    io_workers, proc_workers = WORKERS[workers]
+    source, preprocessor = (SlowSource(X), None) if slow == "read" else (X, slow_preprocessor)
+    flow = data_flow(
+        [source, Y],
+        4,
+        nb_io_workers=io_workers,
+        nb_proc_workers=proc_workers,
+        preprocessor=preprocessor,
+        loop_forever=False,
+    )
+    infos = list(flow.flow_with_info())
+    assert len(infos) == 3
+    np.testing.assert_array_equal(infos[2].arrays[0], X[8:])
+    for info in infos:
+        slow_seconds, fast_seconds = (
+            (info.read_seconds, info.preprocess_seconds)
+            if slow == "read"
+            else (info.preprocess_seconds, info.read_seconds)
+        )
+        assert slow_seconds >= DELAY
+        assert 0 <= fast_seconds < DELAY
+
+
+@pytest.mark.parametrize("proc_workers", [0, 2], ids=["threads", "processes"])
+def test_ready_counts_the_finished_batches_waiting_behind_each_one(proc_workers):
+    # A slow consumer: each time it asks, all 4 batches in flight are done; behind the one
+    # handed out wait 3, or 4 once its replacement is done too, then fewer at the end.
+    flow = data_flow(
+        [X], 1, nb_io_workers=2, nb_proc_workers=proc_workers, max_in_flight=4, loop_forever=False
+    )
+    ready = []
+    for info in flow.flow_with_info():
+        ready.append(info.ready)
+        time.sleep(0.05)
+    assert len(ready) == N
+    assert all(value in (3, 4) for value in ready[1 : N - 4]), ready
+    assert ready[N - 4 :] == [3, 2, 1, 0]
+
+
+def test_ready_is_zero_without_workers():
+    flow = data_flow([X], 2, nb_io_workers=0, loop_forever=False)
+    assert [info.ready for info in flow.flow_with_info()] == [0] * 5

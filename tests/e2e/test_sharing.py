@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from node_support import NUM_SAMPLES
+from node_support import NUM_SAMPLES, wait_for_idle
 
 from data_client import DataNodeClient
 from data_client._decode import decode_batch
@@ -350,6 +350,16 @@ def test_lane_streams_merged_equal_the_lane_less_stream(node, count, shard):
         assert all(b["position"][1] % count == k for b in batches)
         assert len(batches) == EPOCHS * len(range(k, per_epoch, count))
     assert_same_batches(merged(lanes), whole)
+
+
+@pytest.mark.parametrize("loop_forever", [False, True])
+def test_a_lane_with_no_batch_is_an_empty_stream_that_ends_ok(node, loop_forever):
+    server, port = node
+    request = lane_request((2, 3))
+    request.batch_size = 32  # two batches per epoch: lane 2 of 3 never has one
+    request.loop_forever = loop_forever
+    assert raw_stream(port, request) == []
+    wait_for_idle(server)
 
 
 def test_cursors_cross_between_lane_and_lane_less_streams(node):

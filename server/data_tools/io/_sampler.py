@@ -156,8 +156,10 @@ def iter_batches(
     Only batches with ``batch_index % lanes == lane`` are yielded.
     """
     count = num_batches(plan)
+    if lane >= count:
+        return  # more lanes than batches per epoch: this lane never has one
     epoch, first = start_epoch, start_batch
-    while count:
+    while True:
         # The first batch index >= first that belongs to the lane.
         first += (lane - first) % lanes
         if first < count:

@@ -14,7 +14,9 @@ Where a batch is read and preprocessed:
   block travels pickled once and the pool's blocks grow for the next ones.
 
 The consumer keeps at most ``max_in_flight`` batches submitted but not yet yielded, and a
-reorder buffer (bounded by the same count) hands them out in sampling order.
+reorder buffer (bounded by the same count) hands them out in sampling order. Each batch
+carries the seconds its rows took to read and its preprocessor to run, measured where that
+work happened (a process sends them back with the batch).
 
 Shutdown: the parent closes the task and result pipes of every process (a worker exits on end
 of file, which also happens when the parent dies, so no orphan is left), joins them, then
@@ -73,7 +75,8 @@ logger = logging.getLogger(__name__)
 
 Arrays = tuple[npt.NDArray[Any], ...]
 IndexArray = npt.NDArray[np.int64]
-Outcome = Arrays | BaseException
+# The rows of one batch as read, one array per source, and the seconds the read took.
+Read = tuple[list[npt.NDArray[Any]], float]
 
 _POLL_S = 0.1
 _THREAD_JOIN_S = 1.0
@@ -96,12 +99,23 @@ class BatchInfo:
         indices: The global indices of its elements in ``data``, in batch order.
         arrays: One array per output of the preprocessor (per array of ``data`` without
             one), stacked along the first axis.
+        read_seconds: Wall-clock seconds spent reading the batch's rows from ``data``, in
+            the thread or process that read them (a read ahead counts when it ran, not
+            while the batch waited).
+        preprocess_seconds: Wall-clock seconds the preprocessor took on the batch (0.0
+            without one, bar the call overhead).
+        ready: Batches finished and waiting behind this one when it was handed out (from
+            0 to ``max_in_flight``; always 0 without workers): the flow's queue depth. High
+            values mean the consumer is the bottleneck, 0 that it waits for the workers.
     """
 
     epoch: int
     batch_index: int
     indices: IndexArray
     arrays: Arrays
+    read_seconds: float = 0.0
+    preprocess_seconds: float = 0.0
+    ready: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +124,18 @@ class _Task:
     epoch: int
     batch_index: int
     indices: IndexArray
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """A batch's arrays and the seconds its two steps took (see BatchInfo)."""
+
+    arrays: Arrays
+    read_seconds: float
+    preprocess_seconds: float
+
+
+Outcome = _Done | BaseException
 
 
 def _as_arrays(result: Any) -> Arrays:
@@ -172,9 +198,21 @@ def read_rows(source: Any, indices: IndexArray) -> npt.NDArray[Any]:
     return rows if rows.flags.owndata else rows.copy()
 
 
-def _run_task(sources: Sequence[Any], preprocess: Preprocess, task: _Task) -> Arrays:
-    batch = [read_rows(source, task.indices) for source in sources]
-    return preprocess(batch, task.epoch, task.batch_index, task.indices)
+def _read_batch(sources: Sequence[Any], indices: IndexArray) -> Read:
+    start = time.perf_counter()
+    batch = [read_rows(source, indices) for source in sources]
+    return batch, time.perf_counter() - start
+
+
+def _preprocessed(read: Read, preprocess: Preprocess, task: _Task) -> _Done:
+    batch, read_seconds = read
+    start = time.perf_counter()
+    arrays = preprocess(batch, task.epoch, task.batch_index, task.indices)
+    return _Done(arrays, read_seconds, time.perf_counter() - start)
+
+
+def _run_task(sources: Sequence[Any], preprocess: Preprocess, task: _Task) -> _Done:
+    return _preprocessed(_read_batch(sources, task.indices), preprocess, task)
 
 
 def _as_consumer_error(error: BaseException) -> BaseException:
@@ -254,7 +292,8 @@ class _Reply:
     """Worker process to parent: where the result of batch ``seq`` is.
 
     ``layouts`` when it was written into the order's block; ``arrays`` (and the
-    ``nbytes`` a block would have needed) when it did not fit; ``failure`` on error.
+    ``nbytes`` a block would have needed) when it did not fit; ``failure`` on error. The
+    ``seconds`` are the read and preprocess seconds of ``_Done``, measured in the process.
     """
 
     seq: int
@@ -262,12 +301,19 @@ class _Reply:
     arrays: Arrays | None = None
     nbytes: int = 0
     failure: _RemoteFailure | None = None
+    seconds: tuple[float, float] = (0.0, 0.0)
 
 
 class _Runner(Protocol):
     def submit(self, task: _Task) -> None: ...
 
-    def receive(self, timeout: float) -> list[tuple[int, Outcome]]: ...
+    def receive(self, timeout: float) -> list[tuple[int, Outcome]]:
+        """Wait up to ``timeout`` seconds for results; then take every one finished."""
+        ...
+
+    def collect(self) -> list[tuple[int, Outcome]]:
+        """The results finished by now, without waiting or running anything."""
+        ...
 
     def close(self) -> None: ...
 
@@ -286,6 +332,9 @@ class _InlineRunner:
     def receive(self, timeout: float) -> list[tuple[int, Outcome]]:
         task = self._pending.popleft()
         return [(task.seq, _run_caught(self._sources, self._preprocess, task))]
+
+    def collect(self) -> list[tuple[int, Outcome]]:
+        return []
 
     def close(self) -> None:
         self._pending.clear()
@@ -330,9 +379,13 @@ class _ThreadRunner:
 
     def receive(self, timeout: float) -> list[tuple[int, Outcome]]:
         try:
-            received = [self._results.get(timeout=timeout)]
+            first = self._results.get(timeout=timeout)
         except queue.Empty:
             return []
+        return [first, *self.collect()]
+
+    def collect(self) -> list[tuple[int, Outcome]]:
+        received = []
         with contextlib.suppress(queue.Empty):
             while True:
                 received.append(self._results.get_nowait())
@@ -349,40 +402,38 @@ class _ThreadRunner:
 
 def _read_ahead(
     readers: ThreadPoolExecutor | None, sources: Sequence[Any], indices: IndexArray
-) -> Future[list[npt.NDArray[Any]]] | None:
+) -> Future[Read] | None:
     if readers is None:
         return None
-    return readers.submit(lambda: [read_rows(source, indices) for source in sources])
+    return readers.submit(_read_batch, sources, indices)
 
 
 def _answer(
     order: _Order,
-    future: Future[list[npt.NDArray[Any]]] | None,
+    future: Future[Read] | None,
     sources: Sequence[Any],
     preprocess: Preprocess,
     blocks: BlockCache,
 ) -> _Reply:
     task = order.task
     try:
-        batch = (
-            future.result()
-            if future is not None
-            else [read_rows(source, task.indices) for source in sources]
-        )
-        arrays = preprocess(batch, task.epoch, task.batch_index, task.indices)
-        placed = layout_arrays(arrays)
+        read = future.result() if future is not None else _read_batch(sources, task.indices)
+        done = _preprocessed(read, preprocess, task)
+        seconds = (done.read_seconds, done.preprocess_seconds)
+        placed = layout_arrays(done.arrays)
         if placed is None or placed[1] > order.block_size:
-            return _Reply(task.seq, arrays=arrays, nbytes=0 if placed is None else placed[1])
+            nbytes = 0 if placed is None else placed[1]
+            return _Reply(task.seq, arrays=done.arrays, nbytes=nbytes, seconds=seconds)
         layouts, _ = placed
         # A block that cannot be attached (unlinked behind our back) fails this batch with
         # its own error, rather than ending the worker with an unexplained exit.
-        write_arrays(buffer_of(blocks.attach(order.slot, order.block_name)), arrays, layouts)
+        write_arrays(buffer_of(blocks.attach(order.slot, order.block_name)), done.arrays, layouts)
     except BaseException as error:  # noqa: BLE001 - every failure goes to the parent
         return _Reply(task.seq, failure=_RemoteFailure.capture(error))
-    return _Reply(task.seq, layouts=layouts)
+    return _Reply(task.seq, layouts=layouts, seconds=seconds)
 
 
-_Pending = tuple[_Order, Future[list[npt.NDArray[Any]]] | None] | None
+_Pending = tuple[_Order, Future[Read] | None] | None
 
 
 def _receive_orders(
@@ -585,12 +636,23 @@ class _ProcessRunner:
             if reply.failure is not None:
                 return reply.failure.to_exception()
             if reply.layouts is not None:
-                return read_arrays(self._pool.buffer(slot), reply.layouts)
-            assert reply.arrays is not None
-            self._pool.require(reply.nbytes)
-            return reply.arrays
+                arrays = read_arrays(self._pool.buffer(slot), reply.layouts)
+            else:
+                assert reply.arrays is not None
+                self._pool.require(reply.nbytes)
+                arrays = reply.arrays
+            return _Done(arrays, *reply.seconds)
         finally:
             self._pool.release(slot)
+
+    def collect(self) -> list[tuple[int, Outcome]]:
+        received = []
+        for worker in self._workers:
+            with contextlib.suppress(EOFError):  # a dead worker: receive() reports it
+                while worker.results.poll():
+                    reply: _Reply = worker.results.recv()
+                    received.append((reply.seq, self._settle(reply)))
+        return received
 
     def receive(self, timeout: float) -> list[tuple[int, Outcome]]:
         by_handle: dict[Any, _Worker] = {}
@@ -727,7 +789,17 @@ class Pipeline:
                 # Submit the replacement before handing the batch over, so the workers
                 # stay busy while the consumer uses it.
                 self._fill(runner)
-                return BatchInfo(task.epoch, task.batch_index, task.indices, outcome)
+                # Take what finished meanwhile, so that ``ready`` counts it.
+                self._done.update(runner.collect())
+                return BatchInfo(
+                    task.epoch,
+                    task.batch_index,
+                    task.indices,
+                    outcome.arrays,
+                    outcome.read_seconds,
+                    outcome.preprocess_seconds,
+                    len(self._done),
+                )
         except BaseException:
             closed_meanwhile = self._runner is None
             self.close()

@@ -228,7 +228,8 @@ class data_flow:
             the batches whose index ``b`` has ``b % lanes == lane``. Batch contents,
             indices and ``len(self)`` are those of the whole flow, so flows over every lane,
             merged in (epoch, batch_index) order, yield exactly the flow with one lane (as
-            a client reading from several data nodes does). Default 0.
+            a client reading from several data nodes does). A lane with no batch
+            (``lane >= len(self)``) yields nothing, even with ``loop_forever``. Default 0.
         lanes: Number of lanes. Default 1: every batch.
 
     Raises:
@@ -361,6 +362,10 @@ class data_flow:
         self, *, stop: threading.Event | None = None
     ) -> Generator[BatchInfo, None, None]:
         """Return a generator of ``BatchInfo`` (epoch, batch index, global indices, arrays).
+
+        Each ``BatchInfo`` also says how long the batch took to read and to preprocess
+        (measured in the thread or process that did it) and how many finished batches
+        waited behind it (``ready``, the queue depth), for monitoring.
 
         Workers start at the first ``next()`` and stop when the generator ends, is closed or
         garbage-collected, or when ``close()`` is called; each call starts a new flow.

@@ -1,0 +1,284 @@
+"""The node's Prometheus metrics: what it serves, where a batch's time goes, cache and jobs.
+
+Every node has its own :class:`NodeMetrics` (its own ``CollectorRegistry``, never the
+process-wide default one, so several nodes in one process keep apart); with
+``[metrics] listen`` it is served over HTTP at ``/metrics``. Metrics (``dataset`` is the
+name of a served dataset, never a string a request made up):
+
+* ``data_node_batches_total{dataset}``: batches sent (taken by gRPC);
+* ``data_node_bytes_total{dataset}``: encoded ``Batch`` bytes sent;
+* ``data_node_open_streams{dataset}``: streams being served;
+* ``data_node_stream_queue_depth{dataset}``: batches finished and waiting, summed over the
+  open streams (as of each stream's last batch sent): high when the trainers (or the
+  network) are the bottleneck, 0 when the trainers wait for the node;
+* ``data_node_stage_seconds{dataset,stage}``: histogram of seconds per batch and stage:
+  ``read`` (reading the rows from storage), ``augment`` (augmentation and preprocessor),
+  ``encode`` (numpy to wire bytes), ``send`` (gRPC taking the message, waiting for the
+  client's flow control included: backpressure shows here);
+* ``data_node_stream_errors_total{dataset,code}``: streams of a served dataset refused (a
+  bad field, a limit) or ended with an error status, by status code name; a client that
+  cancels or goes away is not counted;
+* ``data_node_cache_{hits,misses,evictions}_total``, ``data_node_cache_bytes``,
+  ``data_node_cache_max_bytes``: the decoded-chunk cache (only with a cache);
+* ``data_node_jobs{state}``: build jobs by state (QUEUED, RUNNING, SUCCEEDED, FAILED,
+  CANCELLED); QUEUED is the job queue's depth.
+
+Cost: a batch updates a few counters and one histogram per stage, each behind its own
+short lock and through label children looked up once per stream; the cache and job figures
+are read only when scraped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, Self
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Iterable, Iterator, Mapping
+    from types import TracebackType
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.metrics_core import Metric
+
+    from data_tools._chunk_cache import ChunkCache
+    from data_tools.io.data_flow import BatchInfo
+
+__all__ = ["STAGES", "STAGE_BUCKETS", "JobCounts", "NodeMetrics", "StreamMetrics"]
+
+STAGES = ("read", "augment", "encode", "send")
+# Seconds: a small batch encodes in tens of microseconds, a slow read takes seconds.
+STAGE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class JobCounts(Protocol):
+    """What the metrics read of the job manager."""
+
+    def count_by_state(self) -> Mapping[str, int]:
+        """Jobs per state name ("QUEUED", "RUNNING", ...), every state present."""
+        ...
+
+
+class NodeMetrics:
+    """The metrics of one node, in a registry of their own, optionally served over HTTP.
+
+    Args:
+        datasets: Names of the datasets served from the start; their series exist (at 0)
+            before their first stream. Default: none (a dataset's series then appear with
+            its first stream).
+        cache: The node's decoded-chunk cache, read when scraped. Default None: no cache
+            metrics.
+        jobs: The job manager, read when scraped. Default None: no job metrics.
+
+    Attributes:
+        registry: The registry holding every metric of the node (what ``/metrics`` serves).
+        batches, bytes, open_streams, queue_depth, stage_seconds, stream_errors: The
+            metrics the streams update (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        datasets: Iterable[str] = (),
+        *,
+        cache: ChunkCache | None = None,
+        jobs: JobCounts | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.batches = Counter("data_node_batches", "Batches sent.", ["dataset"], registry=registry)
+        self.bytes = Counter(
+            "data_node_bytes", "Encoded Batch bytes sent.", ["dataset"], registry=registry
+        )
+        self.open_streams = Gauge(
+            "data_node_open_streams", "Streams being served.", ["dataset"], registry=registry
+        )
+        self.queue_depth = Gauge(
+            "data_node_stream_queue_depth",
+            "Batches finished and waiting to be sent, summed over the open streams "
+            "(as of each stream's last batch sent).",
+            ["dataset"],
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "data_node_stage_seconds",
+            "Seconds per batch in each stage: read (rows from storage), augment "
+            "(augmentation and preprocessor), encode (to wire bytes), send (gRPC taking "
+            "the message, waiting on the client's flow control included: backpressure).",
+            ["dataset", "stage"],
+            registry=registry,
+            buckets=STAGE_BUCKETS,
+        )
+        self.stream_errors = Counter(
+            "data_node_stream_errors",
+            "Streams refused or ended with an error status, by gRPC status code name.",
+            ["dataset", "code"],
+            registry=registry,
+        )
+        if cache is not None:
+            registry.register(_CacheCollector(cache))
+        if jobs is not None:
+            registry.register(_JobCollector(jobs))
+        for name in datasets:
+            self.stream(name)
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
+
+    def stream(self, dataset: str) -> StreamMetrics:
+        """The metrics of one stream of ``dataset`` (a served dataset's name)."""
+        return StreamMetrics(self, dataset)
+
+    def stream_error(self, dataset: str, code: str) -> None:
+        """Count a stream of ``dataset`` that ended with status ``code`` (e.g. "INTERNAL")."""
+        self.stream_errors.labels(dataset, code).inc()
+
+    @property
+    def port(self) -> int | None:
+        """The port of the HTTP endpoint, or None when it is not serving."""
+        return None if self._http is None else int(self._http[0].server_port)
+
+    def serve(self, listen: str) -> int:
+        """Serve ``/metrics`` over HTTP on ``listen`` ("host:port"; port 0 picks one).
+
+        Returns:
+            The port bound.
+
+        Raises:
+            RuntimeError: The address cannot be bound (in use, or an unknown host); the
+                message names ``metrics.listen``.
+        """
+        host, _, port = listen.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # "[::1]:9400"
+        try:
+            server, thread = start_http_server(int(port), host, registry=self.registry)
+        except OSError as error:
+            raise RuntimeError(
+                f"metrics.listen: cannot bind {listen!r} ({error.strerror or error})."
+            ) from error
+        thread.name = "data_node-metrics"
+        self._http = server, thread
+        return int(server.server_port)
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint, if serving, and free its port; idempotent."""
+        http, self._http = self._http, None
+        if http is None:
+            return
+        server, thread = http
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class StreamMetrics:
+    """One stream's handles on its dataset's metrics; ``with`` it while the stream is open.
+
+    Label children are looked up once here, so a batch costs a few short-locked updates.
+    """
+
+    def __init__(self, metrics: NodeMetrics, dataset: str) -> None:
+        self._batches = metrics.batches.labels(dataset)
+        self._bytes = metrics.bytes.labels(dataset)
+        self._open = metrics.open_streams.labels(dataset)
+        self._queue_depth = metrics.queue_depth.labels(dataset)
+        self._read, self._augment, self._encode, self._send = (
+            metrics.stage_seconds.labels(dataset, stage) for stage in STAGES
+        )
+        self._ready = 0
+
+    def __enter__(self) -> Self:
+        self._open.inc()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._open.dec()
+        self._queue_depth.dec(self._ready)
+        self._ready = 0
+
+    def batch_sent(
+        self, info: BatchInfo, nbytes: int, encode_seconds: float, send_seconds: float
+    ) -> None:
+        """Count a batch gRPC has taken: its bytes, stage times and the queue behind it.
+
+        Args:
+            info: The batch as data_flow handed it out (read and augment seconds, ready).
+            nbytes: Its encoded size.
+            encode_seconds: Seconds encoding it took.
+            send_seconds: Seconds from handing the message to gRPC until gRPC asked for
+                the next one.
+        """
+        self._batches.inc()
+        self._bytes.inc(nbytes)
+        self._read.observe(info.read_seconds)
+        self._augment.observe(info.preprocess_seconds)
+        self._encode.observe(encode_seconds)
+        self._send.observe(send_seconds)
+        self._queue_depth.inc(info.ready - self._ready)
+        self._ready = info.ready
+
+
+class _CacheCollector:
+    """The decoded-chunk cache's counters, read from ``cache.stats()`` when scraped."""
+
+    def __init__(self, cache: ChunkCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._cache.stats()
+        yield CounterMetricFamily(
+            "data_node_cache_hits", "Chunk reads served from the cache.", value=stats.hits
+        )
+        yield CounterMetricFamily(
+            "data_node_cache_misses",
+            "Chunk reads that read and decoded the chunk from storage.",
+            value=stats.misses,
+        )
+        yield CounterMetricFamily(
+            "data_node_cache_evictions",
+            "Chunks dropped to stay within the budget.",
+            value=stats.evictions,
+        )
+        yield GaugeMetricFamily(
+            "data_node_cache_bytes", "Bytes of decoded chunks held.", value=stats.nbytes
+        )
+        yield GaugeMetricFamily(
+            "data_node_cache_max_bytes", "The cache's budget in bytes.", value=stats.max_bytes
+        )
+
+
+class _JobCollector:
+    """Build jobs by state, counted by the job manager when scraped."""
+
+    def __init__(self, jobs: JobCounts) -> None:
+        self._jobs = jobs
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "data_node_jobs", "Build jobs by state (QUEUED: the queue's depth).", labels=["state"]
+        )
+        for state, count in self._jobs.count_by_state().items():
+            family.add_metric([state], count)
+        yield family
