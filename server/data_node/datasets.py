@@ -12,6 +12,7 @@ import numpy as np
 from data_node.config import LABEL_ARRAY
 from data_node.errors import ConfigError, DatasetNotFoundError
 from data_node.wire import WIRE_DTYPES
+from data_tools._chunk_cache import cached
 from data_tools._sources import H5Source
 from data_tools.wrap import delayed_view, multi_source_array
 
@@ -79,8 +80,14 @@ def open_source(source: SourceConfig) -> Any:
     return bcolz.open(rootdir=str(source.path), mode="r")
 
 
-def open_dataset(config: DatasetConfig) -> Dataset:
+def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Dataset:
     """Open every source of a configured dataset and check the arrays line up.
+
+    Args:
+        config: The dataset's configuration.
+        cache: The decoded-chunk cache that chunked sources (HDF5, zarr, bcolz) read
+            through, shared by every stream reading them in this process (worker processes
+            read uncached). Default None: sources are read directly.
 
     Raises:
         ConfigError: A source cannot be opened, or the arrays (or their per-source parts)
@@ -95,6 +102,8 @@ def open_dataset(config: DatasetConfig) -> Dataset:
             try:
                 source_array = open_source(source)
                 source_array.shape  # noqa: B018 - opening is lazy; make it fail here
+                if cache is not None:
+                    source_array = cached(source_array, cache)
             except Exception as error:
                 raise ConfigError(f"{key}: cannot open {str(source.path)!r}: {error}") from error
             sources.append(source_array)
@@ -152,7 +161,7 @@ class DatasetRegistry:
             configs: The configured datasets by name.
             cache: The decoded-chunk cache their sources read through. Default None: none.
         """
-        return cls((open_dataset(config) for config in configs.values()), cache)
+        return cls((open_dataset(config, cache) for config in configs.values()), cache)
 
     def get(self, name: str) -> Dataset:
         """The dataset called ``name``.

@@ -105,6 +105,9 @@ def fragile_node(tmp_path):
         file.write(
             '[datasets.gzip.arrays]\nimage = { path = "gzip.h5", key = "image" }\n'
             '[datasets.zarr.arrays]\nimage = { path = "extra.zarr", key = "image" }\n'
+            # Without the chunk cache: chunks decoded before the damage would be served
+            # from memory (correctly), and the damaged ones never read.
+            "[cache]\nmax_bytes = 0\n"
         )
     server, port = build_server(load(config), "127.0.0.1:0")
     server.start()
