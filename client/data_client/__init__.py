@@ -1,4 +1,4 @@
-"""Trainer-side client of a data node: datasets, resumable batch streams and build jobs."""
+"""Trainer-side client of data nodes: datasets, resumable batch streams and build jobs."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ from data_client.jobs import (
     JobInfo,
     JobState,
 )
+from data_client.merge import MultiNodeStream
+from data_client.nodes import resolve_nodes
 from data_wire.v1.tensor_pb2 import Cursor
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "InvalidArgumentError",
     "JobInfo",
     "JobState",
+    "MultiNodeStream",
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
@@ -62,4 +65,5 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "resolve_nodes",
 ]

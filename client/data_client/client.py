@@ -8,9 +8,10 @@ import math
 import numbers
 import os
 import random
+import secrets
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeAlias
@@ -20,8 +21,11 @@ import numpy as np
 import numpy.typing as npt
 
 from data_client._decode import DecodedBatch, decode_batch
-from data_client.errors import translate_rpc_error
+from data_client._stall import StallClock
+from data_client.errors import UnavailableError, translate_rpc_error
 from data_client.jobs import BuildJob, DatasetArray, FileArray, JobCalls, JobInfo, job_info
+from data_client.merge import MultiNodeStream
+from data_client.nodes import parse_addresses
 from data_wire.v1 import data_node_pb2, jobs_pb2, tensor_pb2
 from data_wire.v1.data_node_pb2 import (
     Augmentation,
@@ -36,7 +40,6 @@ from data_wire.v1.data_node_pb2 import (
 from data_wire.v1.tensor_pb2 import Cursor
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     from types import TracebackType
 
 __all__ = [
@@ -177,10 +180,15 @@ class BatchStream:
     After each item, ``cursor``, ``indices``, ``epoch`` and ``batch_index`` describe it, so a
     trainer can checkpoint ``cursor_bytes()`` and later pass it as ``stream(..., resume=...)``.
 
-    When the node becomes UNAVAILABLE (restart, dropped connection), the stream reconnects with
-    exponential backoff and re-issues its request resuming from the last cursor received, so no
-    sample is lost or duplicated; before any batch it re-issues the original request. Any other
-    failure, or running out of reconnect attempts, raises a ``DataNodeError`` subclass.
+    When the node becomes UNAVAILABLE (restart, dropped connection), the stream re-issues its
+    request resuming from the last cursor received, so no sample is lost or duplicated; before
+    any batch it re-issues the original request. With several nodes (one lane of a
+    ``MultiNodeStream``) it first tries the next node at once (failover); once every node has
+    failed in a row, and with one node after each failure, it waits with exponential backoff.
+    Any other failure, or running out of reconnect attempts, raises a ``DataNodeError`` subclass.
+
+    ``stall`` is the time the trainer spent waiting inside ``next()`` (receiving, decoding and
+    reconnecting), ``stall_fraction`` its share of the wall time.
 
     ``close()`` cancels the call so the node frees the stream's workers at once; it is also
     called at exhaustion, on error, by ``with`` exit and when the stream is garbage collected.
@@ -188,7 +196,7 @@ class BatchStream:
 
     def __init__(
         self,
-        rpc: _StreamRpc,
+        rpcs: Sequence[_StreamRpc],
         request: StreamRequest,
         *,
         metadata: tuple[tuple[str, str], ...],
@@ -200,15 +208,20 @@ class BatchStream:
         """Prepare the stream; the call starts at the first ``next()``.
 
         Args:
-            rpc: The StreamBatches callable with ``decode_batch`` as its deserializer.
+            rpcs: The StreamBatches callable (``decode_batch`` as its deserializer) of each
+                node that can serve the request: the first is called first, the next one after
+                each UNAVAILABLE.
             request: The request to issue (its ``resume`` is the initial cursor, if any).
             metadata: Call metadata sent with every (re)issued call.
-            max_reconnects: Consecutive UNAVAILABLE failures tolerated without a batch between.
+            max_reconnects: Rounds of failures (every node UNAVAILABLE in a row) tolerated
+                without a batch between, each followed by a backoff; at most
+                ``(max_reconnects + 1) * len(rpcs) - 1`` reconnect attempts.
             initial_backoff: Seconds before the first reconnect; doubles per attempt.
             max_backoff: Upper bound of one backoff, in seconds.
             copy: Yield writable arrays that own their memory instead of read-only views.
         """
-        self._rpc = rpc
+        self._rpcs = tuple(rpcs)
+        self._node = 0  # position in _rpcs of the node called next
         self._request = request
         self._metadata = metadata
         self._max_reconnects = max_reconnects
@@ -216,6 +229,7 @@ class BatchStream:
         self._max_backoff = max_backoff
         self._copy = copy
         self._jitter = random.Random()
+        self._clock = StallClock()
         # Guards _call against close() from another thread while __next__ (re)opens it.
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -251,6 +265,21 @@ class BatchStream:
         """Whether the stream is closed (exhausted, failed or closed by the caller)."""
         return self._closed.is_set()
 
+    @property
+    def stall(self) -> float:
+        """Seconds the trainer spent waiting inside ``next()`` for data, over all calls."""
+        return self._clock.stall
+
+    @property
+    def stall_fraction(self) -> float:
+        """``stall`` over the wall time since the first ``next()`` began, in [0, 1].
+
+        The wall time runs until now, or, once the stream is closed, until the end of the
+        last ``next()``. Near 1: the node (or the network) limits training; near 0: the
+        trainer does.
+        """
+        return self._clock.fraction
+
     def cursor_bytes(self) -> bytes | None:
         """``cursor`` serialized for a checkpoint (``stream(resume=...)`` accepts it); or None."""
         return None if self._cursor is None else self._cursor.SerializeToString()
@@ -259,6 +288,13 @@ class BatchStream:
         return self
 
     def __next__(self) -> tuple[npt.NDArray[Any], ...]:
+        started = self._clock.start()
+        try:
+            return self._next_batch()
+        finally:
+            self._clock.stop(started)
+
+    def _next_batch(self) -> tuple[npt.NDArray[Any], ...]:
         while True:
             call = self._open_call()
             if call is None:
@@ -286,6 +322,7 @@ class BatchStream:
         with self._lock:
             self._closed.set()
             call, self._call = self._call, None
+        self._clock.close()
         if call is not None:
             call.cancel()
 
@@ -317,52 +354,118 @@ class BatchStream:
                     self._closed.set()
                     return None
                 request = _with_resume(self._request, self._cursor)
-                self._call = self._rpc(request, metadata=self._metadata)
+                self._call = self._rpcs[self._node](request, metadata=self._metadata)
             return self._call
 
     def _at_end(self) -> bool:
+        """Whether the batches received so far complete the stream.
+
+        Only after a batch: a ``resume`` cursor already at the end goes to the node, which
+        refuses it (OutOfRangeError) rather than answer with a silently empty stream.
+        """
         request = self._request
         return (
-            self._cursor is not None
+            self._batch_index is not None
+            and self._cursor is not None
             and not request.loop_forever
             and self._cursor.epoch >= request.epochs
         )
 
     def _after_failure(self, error: grpc.RpcError) -> None:
-        """Back off before a reconnect after UNAVAILABLE, or close and raise the typed error."""
+        """After UNAVAILABLE try the next node (backing off once all failed); else raise."""
         if self._closed.is_set():  # cancelled by close(): the caller asked for the stop
             return
-        if error.code() is grpc.StatusCode.UNAVAILABLE and self._failures < self._max_reconnects:
+        nodes = len(self._rpcs)
+        unavailable = error.code() is grpc.StatusCode.UNAVAILABLE
+        if unavailable and self._failures < (self._max_reconnects + 1) * nodes - 1:
             self._failures += 1
             with self._lock:
                 self._call = None
-            delay = min(self._max_backoff, self._initial_backoff * 2 ** (self._failures - 1))
-            # Jitter spreads the reconnects of many trainers after one node restart.
-            self._closed.wait(delay * self._jitter.uniform(0.5, 1.0))
+            self._node = (self._node + 1) % nodes
+            rounds, rest = divmod(self._failures, nodes)
+            if rest == 0:
+                delay = min(self._max_backoff, self._initial_backoff * 2 ** (rounds - 1))
+                # Jitter spreads the reconnects of many trainers after one node restart.
+                self._closed.wait(delay * self._jitter.uniform(0.5, 1.0))
             return
         self.close()
         note = ""
-        if error.code() is grpc.StatusCode.UNAVAILABLE and self._max_reconnects:
-            note = f"gave up after {self._failures} reconnect attempts"
+        if unavailable and self._failures:
+            where = f" over {nodes} nodes" if nodes > 1 else ""
+            note = f"gave up after {self._failures} reconnect attempts{where}"
         raise translate_rpc_error(error, note=note) from error
 
 
+class _Node:
+    """One node of a client: its address, its channel and the DataNode calls on it."""
+
+    def __init__(
+        self,
+        address: str,
+        channel: grpc.Channel,
+        metadata: tuple[tuple[str, str], ...],
+        timeout: float | None,
+    ) -> None:
+        self.address = address
+        self.channel = channel
+        self.list_datasets = self._unary("ListDatasets", ListDatasetsResponse)
+        self.describe_dataset = self._unary("DescribeDataset", DatasetDescription)
+        self.stream_batches = channel.unary_stream(
+            _METHOD_PREFIX + "StreamBatches",
+            request_serializer=StreamRequest.SerializeToString,
+            response_deserializer=decode_batch,
+        )
+        self.submit_build_job = self._unary("SubmitBuildJob", jobs_pb2.Job)
+        self.list_jobs = self._unary("ListJobs", jobs_pb2.ListJobsResponse)
+        self.job_calls = JobCalls(
+            get_job=self._unary("GetJob", jobs_pb2.Job),
+            cancel_job=self._unary("CancelJob", jobs_pb2.Job),
+            watch_job=channel.unary_stream(
+                _METHOD_PREFIX + "WatchJob",
+                request_serializer=jobs_pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=jobs_pb2.Job.FromString,
+            ),
+            metadata=metadata,
+            timeout=timeout,
+        )
+
+    def _unary(self, method: str, response_type: Any) -> Any:
+        """A unary-unary callable of the DataNode service returning ``response_type``."""
+        return self.channel.unary_unary(
+            _METHOD_PREFIX + method,
+            request_serializer=lambda message: message.SerializeToString(),
+            response_deserializer=response_type.FromString,
+        )
+
+
 class DataNodeClient:
-    """A connection to one data node.
+    """A connection to one data node, or to several serving the same datasets.
 
     Every RPC sends ``authorization: Bearer <token>`` metadata when a token is given, and every
     failure is raised as a ``data_client.errors.DataNodeError`` subclass (never a raw
     ``grpc.RpcError``). Use as a context manager or call ``close()``.
 
+    Several nodes (a list of addresses, or ``resolve_nodes(name)`` for every address of a
+    headless Kubernetes service) share the work of each stream: ``stream()`` reads one lane
+    of the epoch from each node in parallel and merges them back into the very stream one
+    node would give (a ``MultiNodeStream``), moving a lane to another node if its node goes
+    away. The other calls go to the first node that answers, in the order given.
+
     Example:
         >>> with DataNodeClient("localhost:50051") as client:  # doctest: +SKIP
         ...     for image, mask in client.stream("brains", batch_size=32, shuffle=True, seed=1):
         ...         train_step(image, mask)
+        >>> nodes = ["node-a:50051", "node-b:50051"]
+        >>> with DataNodeClient(nodes) as client:  # doctest: +SKIP
+        ...     stream = client.stream("brains", batch_size=32, shuffle=True, seed=1)
+        ...     for image, mask in stream:  # the same batches as from one node, in order
+        ...         train_step(image, mask)
+        ...     print(f"waited {stream.stall:.1f} s for data")
     """
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         token: str | None = None,
         tls: TlsOption = None,
         *,
@@ -370,17 +473,21 @@ class DataNodeClient:
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        """Open a channel to the node (connecting lazily, at the first call).
+        """Open a channel to each node (connecting lazily, at the first call).
 
         Args:
-            address: The node's ``host:port`` (any gRPC target string).
+            address: The node's ``host:port`` (any gRPC target string), or a sequence of
+                distinct addresses of nodes serving the same datasets under the same names
+                (e.g. ``resolve_nodes("data-node.ns.svc.cluster.local:50051")``). The order
+                matters only for the calls other than ``stream()``: they go to the first node
+                that answers.
             token: Bearer token sent with every call. Default None: no authorization metadata.
             tls: Transport security. None or False (default): plaintext. True: TLS verified with
                 gRPC's bundled root certificates. A ``str`` or ``os.PathLike``: path to a PEM CA
                 bundle the node's certificate must chain to (read now). ``bytes``: the contents
                 of such a bundle. A ``TlsConfig``: a CA bundle and, for a node requiring
                 mutual TLS, the client's certificate and key. A ``grpc.ChannelCredentials``:
-                used as is.
+                used as is. The same for every node.
             max_message_bytes: Largest message sent or received, in bytes (one Batch is one
                 message). Default 512 MiB, the node's default limit; keep both ends equal.
             timeout: Seconds allowed to each unary call (``datasets()``, ``describe()``, the
@@ -389,78 +496,64 @@ class DataNodeClient:
             options: Further gRPC channel options as (key, value) pairs; they override ours.
 
         Raises:
-            TypeError: ``tls`` has none of the accepted forms.
-            ValueError: ``max_message_bytes`` is not a positive int.
+            TypeError: ``address`` is neither a string nor a sequence of strings, or ``tls``
+                has none of the accepted forms.
+            ValueError: ``address`` is an empty sequence or repeats an address, or
+                ``max_message_bytes`` is not a positive int.
             OSError: ``tls`` names a PEM file that cannot be read.
         """
+        addresses = parse_addresses(address)
         max_message_bytes = _parse_int("max_message_bytes", max_message_bytes, minimum=1)
-        channel_options = dict(
-            (
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-                *_CHANNEL_RECONNECT_OPTIONS,
-                *options,
-            )
+        channel_options = list(
+            dict(
+                (
+                    ("grpc.max_send_message_length", max_message_bytes),
+                    ("grpc.max_receive_message_length", max_message_bytes),
+                    *_CHANNEL_RECONNECT_OPTIONS,
+                    *options,
+                )
+            ).items()
         )
         credentials = _channel_credentials(tls)
-        if credentials is None:
-            self._channel = grpc.insecure_channel(address, list(channel_options.items()))
-        else:
-            self._channel = grpc.secure_channel(address, credentials, list(channel_options.items()))
         self._metadata: tuple[tuple[str, str], ...] = (
             () if token is None else (("authorization", f"Bearer {token}"),)
         )
         self._timeout = timeout
-        self._streams: weakref.WeakSet[BatchStream] = weakref.WeakSet()
-        self._list_datasets = self._channel.unary_unary(
-            _METHOD_PREFIX + "ListDatasets",
-            request_serializer=ListDatasetsRequest.SerializeToString,
-            response_deserializer=ListDatasetsResponse.FromString,
+        self._nodes = tuple(
+            _Node(
+                node_address,
+                grpc.insecure_channel(node_address, channel_options)
+                if credentials is None
+                else grpc.secure_channel(node_address, credentials, channel_options),
+                self._metadata,
+                timeout,
+            )
+            for node_address in addresses
         )
-        self._describe_dataset = self._channel.unary_unary(
-            _METHOD_PREFIX + "DescribeDataset",
-            request_serializer=DescribeDatasetRequest.SerializeToString,
-            response_deserializer=DatasetDescription.FromString,
-        )
-        self._stream_batches = self._channel.unary_stream(
-            _METHOD_PREFIX + "StreamBatches",
-            request_serializer=StreamRequest.SerializeToString,
-            response_deserializer=decode_batch,
-        )
-        self._submit_build_job = self._unary("SubmitBuildJob", jobs_pb2.Job)
-        self._list_jobs = self._unary("ListJobs", jobs_pb2.ListJobsResponse)
-        self._job_calls = JobCalls(
-            get_job=self._unary("GetJob", jobs_pb2.Job),
-            cancel_job=self._unary("CancelJob", jobs_pb2.Job),
-            watch_job=self._channel.unary_stream(
-                _METHOD_PREFIX + "WatchJob",
-                request_serializer=jobs_pb2.WatchJobRequest.SerializeToString,
-                response_deserializer=jobs_pb2.Job.FromString,
-            ),
-            metadata=self._metadata,
-            timeout=timeout,
-        )
+        self._channel = self._nodes[0].channel
+        self._streams: weakref.WeakSet[BatchStream | MultiNodeStream] = weakref.WeakSet()
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The nodes' addresses, in the order given."""
+        return tuple(node.address for node in self._nodes)
 
     @property
     def channel(self) -> grpc.Channel:
-        """The gRPC channel, for other services of the node (e.g. ``grpc.health.v1.Health``).
+        """The first node's gRPC channel, for other services (e.g. ``grpc.health.v1.Health``).
 
         It carries the client's TLS settings; calls on it send no token unless given one.
         """
         return self._channel
 
     def datasets(self) -> list[DatasetInfo]:
-        """Every dataset the node serves, sorted by name.
+        """Every dataset the (first answering) node serves, sorted by name.
 
         Raises:
-            DataNodeError: The call failed (a subclass per status code, e.g. UnavailableError).
+            DataNodeError: The call failed (a subclass per status code, e.g. UnavailableError
+                when no node answers).
         """
-        try:
-            response = self._list_datasets(
-                ListDatasetsRequest(), timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error) from error
+        response, _ = self._call("list_datasets", ListDatasetsRequest())
         return [_dataset_info(description) for description in response.datasets]
 
     def describe(self, name: str) -> DatasetInfo:
@@ -473,12 +566,7 @@ class DataNodeClient:
             NotFoundError: The node does not serve ``name`` (also a ``LookupError``).
             DataNodeError: Any other failure (a subclass per status code).
         """
-        try:
-            description = self._describe_dataset(
-                DescribeDatasetRequest(name=name), timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error) from error
+        description, _ = self._call("describe_dataset", DescribeDatasetRequest(name=name))
         return _dataset_info(description)
 
     def stream(
@@ -506,11 +594,17 @@ class DataNodeClient:
         max_reconnects: int = 20,
         initial_backoff: float = 0.1,
         max_backoff: float = 2.0,
-    ) -> BatchStream:
+    ) -> BatchStream | MultiNodeStream:
         """Stream minibatches of a dataset (the call starts at the first ``next()``).
 
         The node is the authority on every argument; the obvious checks are repeated here so
         that a mistake fails before any network traffic.
+
+        With K > 1 nodes the trainer's part of each epoch is split into K lanes (batch index
+        ``b`` in lane ``b % K``), lane k read from node k, and merged back in order: the same
+        batches, cursors and indices as from one node, bit for bit. A node that goes away
+        has its lane moved to the next node, resumed from the lane's last cursor. Without a
+        ``seed`` (and ``resume``) the client draws one for all lanes, as they must agree.
 
         Args:
             name: Dataset name.
@@ -552,6 +646,9 @@ class DataNodeClient:
             max_reconnects: Reconnect attempts after UNAVAILABLE without a batch in between,
                 >= 0; 0 raises at the first UNAVAILABLE. Default 20: with the default backoff,
                 a node may stay unreachable for about 25 s (16 to 33 s) before UnavailableError.
+                With several nodes it counts rounds instead: an UNAVAILABLE node is left for
+                the next one at once, and only once every node has failed in a row does the
+                stream back off; so all nodes may stay unreachable as long before it gives up.
             initial_backoff: Seconds before the first reconnect, > 0; each further attempt
                 waits twice as long, up to ``max_backoff`` (with jitter: between half and all
                 of it). Default 0.1.
@@ -559,7 +656,10 @@ class DataNodeClient:
                 stream lags behind a node that came back. Default 2.
 
         Returns:
-            A ``BatchStream`` yielding tuples of numpy arrays in the dataset's array order.
+            A ``BatchStream`` (one node) or ``MultiNodeStream`` (several), yielding tuples of
+            numpy arrays in the dataset's array order. Both have ``cursor``,
+            ``cursor_bytes()``, ``indices``, ``epoch``, ``batch_index``, ``stall``,
+            ``stall_fraction`` and ``close()``.
 
         Raises:
             TypeError, ValueError: An argument is invalid here; the message names it.
@@ -588,8 +688,8 @@ class DataNodeClient:
             request.sample_weights.CopyFrom(_build_sample_weights(sample_weights))
         if augment is not None:
             request.augmentation.CopyFrom(_build_augmentation(augment))
-        stream = BatchStream(
-            self._stream_batches,
+        stream = _open_stream(
+            [node.stream_batches for node in self._nodes],
             _with_resume(request, _parse_cursor(resume)),
             metadata=self._metadata,
             max_reconnects=_parse_int("max_reconnects", max_reconnects, minimum=0),
@@ -687,23 +787,28 @@ class DataNodeClient:
             )
         if seed is not None:
             request.seed = _parse_int("seed", seed, minimum=0, maximum=2**64 - 1)
-        job = self._call(self._submit_build_job, request)
-        return BuildJob(job.job_id, self._job_calls)
+        job, node = self._call("submit_build_job", request)
+        return BuildJob(job.job_id, node.job_calls)
 
     def job(self, job_id: str) -> BuildJob:
-        """A handle on a job submitted earlier (by any client); nothing is called yet."""
-        return BuildJob(_parse_name("job_id", job_id), self._job_calls)
+        """A handle on a job submitted earlier (by any client); nothing is called yet.
+
+        A job lives on the node that accepted it; with several nodes this handle asks the
+        first one (``addresses[0]``). ``submit_build`` returns a handle on the right node.
+        """
+        return BuildJob(_parse_name("job_id", job_id), self._nodes[0].job_calls)
 
     def jobs(self) -> list[JobInfo]:
-        """Every job the node has recorded, in submission order, ended ones included."""
-        response = self._call(self._list_jobs, jobs_pb2.ListJobsRequest())
+        """Every job the (first answering) node has recorded, in submission order."""
+        response, _ = self._call("list_jobs", jobs_pb2.ListJobsRequest())
         return [job_info(message) for message in response.jobs]
 
     def close(self) -> None:
-        """Close every open stream of this client, then the channel; idempotent."""
+        """Close every open stream of this client, then the channels; idempotent."""
         for stream in list(self._streams):
             stream.close()
-        self._channel.close()
+        for node in self._nodes:
+            node.channel.close()
 
     def __enter__(self) -> Self:
         return self
@@ -716,19 +821,69 @@ class DataNodeClient:
     ) -> None:
         self.close()
 
-    def _unary(self, method: str, response_type: Any) -> Any:
-        """A unary-unary callable of the DataNode service returning ``response_type``."""
-        return self._channel.unary_unary(
-            _METHOD_PREFIX + method,
-            request_serializer=lambda message: message.SerializeToString(),
-            response_deserializer=response_type.FromString,
-        )
+    def _call(self, rpc: str, request: Any) -> tuple[Any, _Node]:
+        """The response of unary ``rpc`` from the first node that answers, and that node.
 
-    def _call(self, rpc: Any, request: Any) -> Any:
+        Raises:
+            DataNodeError: The first node that answered refused, or no node answered
+                (UnavailableError from the last one).
+        """
+        for node in self._nodes[:-1]:
+            try:
+                return self._call_on(node, rpc, request), node
+            except UnavailableError:
+                continue
+        return self._call_on(self._nodes[-1], rpc, request), self._nodes[-1]
+
+    def _call_on(self, node: _Node, rpc: str, request: Any) -> Any:
         try:
-            return rpc(request, timeout=self._timeout, metadata=self._metadata)
+            return getattr(node, rpc)(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise translate_rpc_error(error) from error
+
+
+def _open_stream(
+    rpcs: Sequence[_StreamRpc],
+    request: StreamRequest,
+    *,
+    metadata: tuple[tuple[str, str], ...],
+    max_reconnects: int,
+    initial_backoff: float,
+    max_backoff: float,
+    copy: bool,
+) -> BatchStream | MultiNodeStream:
+    """A stream of ``request`` over the nodes whose StreamBatches callables are ``rpcs``.
+
+    One node: a ``BatchStream``. K nodes: a ``MultiNodeStream`` of K lanes, lane k a
+    ``BatchStream`` of the request with ``lane {k, K}`` that calls node k first and fails over
+    to nodes k+1, k+2, ... (modulo K). The keyword arguments are ``BatchStream``'s.
+    """
+    options: dict[str, Any] = {
+        "metadata": metadata,
+        "max_reconnects": max_reconnects,
+        "initial_backoff": initial_backoff,
+        "max_backoff": max_backoff,
+        "copy": copy,
+    }
+    count = len(rpcs)
+    if count == 1:
+        return BatchStream(rpcs, request, **options)
+    shared = StreamRequest()
+    shared.CopyFrom(request)
+    if not shared.HasField("seed"):
+        # Each node would draw its own seed; the lanes must cut the same epochs.
+        shared.seed = secrets.randbelow(_SEED_MAX + 1)
+    lanes = []
+    for k in range(count):
+        lane_request = StreamRequest()
+        lane_request.CopyFrom(shared)
+        lane_request.lane.index, lane_request.lane.count = k, count
+        lanes.append(BatchStream([*rpcs[k:], *rpcs[:k]], lane_request, **options))
+    return MultiNodeStream(
+        lanes,
+        start=shared.resume if shared.HasField("resume") else None,
+        epochs=None if shared.loop_forever else shared.epochs,
+    )
 
 
 def _build_array_input(argument: str, value: Any) -> jobs_pb2.ArrayInput:

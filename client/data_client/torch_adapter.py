@@ -20,11 +20,12 @@ except ImportError as error:
 from data_client.client import DataNodeClient
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     import numpy.typing as npt
 
     from data_client.client import BatchStream
+    from data_client.merge import MultiNodeStream
     from data_wire.v1.tensor_pb2 import Cursor
 
 __all__ = ["BatchIterableDataset"]
@@ -45,7 +46,7 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
 
     def __init__(
         self,
-        source: str | Callable[[], DataNodeClient],
+        source: str | Sequence[str] | Callable[[], DataNodeClient],
         name: str,
         batch_size: int,
         *,
@@ -57,8 +58,9 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
         """Describe the stream; nothing connects until iteration.
 
         Args:
-            source: The node's address (a plaintext ``DataNodeClient(address)``), or a callable
-                returning a new ``DataNodeClient`` (for a token or TLS, e.g.
+            source: The node's address or a list of several nodes' addresses (for a
+                plaintext ``DataNodeClient(source)``), or a callable returning a new
+                ``DataNodeClient`` (for a token or TLS, e.g.
                 ``functools.partial(DataNodeClient, address, token=...)``); it must be
                 picklable if the dataset is sent to another process. The client is closed when
                 the iteration ends.
@@ -90,7 +92,7 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
         self._world_size = world_size
         self._pin_memory = pin_memory
         self._stream_options = stream_options
-        self._stream: BatchStream | None = None
+        self._stream: BatchStream | MultiNodeStream | None = None
 
     @property
     def cursor(self) -> Cursor | None:
@@ -116,14 +118,14 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
         rank, world_size = self.shard()
         client = self._source() if callable(self._source) else DataNodeClient(self._source)
         with client:
-            self._stream = client.stream(
+            self._stream = stream = client.stream(
                 self._name,
                 self._batch_size,
                 rank=rank,
                 world_size=world_size,
                 **self._stream_options,
             )
-            with self._stream as stream:
+            with stream:
                 for arrays in stream:
                     yield tuple(self._to_tensor(array) for array in arrays)
 

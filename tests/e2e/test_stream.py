@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from node_support import NUM_SAMPLES
 
+from data_client.errors import OutOfRangeError
 from data_node.streams import SampleTransform
 from data_tools.io import data_flow
 
@@ -116,7 +117,7 @@ def test_resume_from_any_cursor_continues_exactly(client):
     options = {"shuffle": True, "seed": 11, "epochs": 2, "augment": AUGMENT}
     full, full_indices, cursors = collect(client.stream("toy", 16, **options))
     assert len(full) == 6
-    for k in (0, 2, 3, 4, 5):
+    for k in (0, 2, 3, 4):
         rest, rest_indices, _ = collect(client.stream("toy", 16, resume=cursors[k], **options))
         assert len(rest) == len(full) - k - 1
         for a, b in zip(full[k + 1 :], rest, strict=True):
@@ -124,6 +125,15 @@ def test_resume_from_any_cursor_continues_exactly(client):
                 assert x.tobytes() == y.tobytes()
         for a, b in zip(full_indices[k + 1 :], rest_indices, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_resume_from_the_last_cursor_is_out_of_range_not_an_empty_stream(client):
+    options = {"shuffle": True, "seed": 11, "epochs": 2}
+    _, _, cursors = collect(client.stream("toy", 16, **options))
+    with pytest.raises(OutOfRangeError, match=r"resume: .*end of the stream's 2 epoch"):
+        next(client.stream("toy", 16, resume=cursors[-1], **options))
+    more, _, _ = collect(client.stream("toy", 16, resume=cursors[-1], **{**options, "epochs": 3}))
+    assert len(more) == 3
 
 
 def test_resume_without_seed_takes_the_cursors_seed(client):
