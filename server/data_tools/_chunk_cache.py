@@ -169,7 +169,9 @@ class CachedSource:
 
     Every read is assembled from the source's chunks along the first axis (rows
     ``[n * chunk_length, (n + 1) * chunk_length)`` form chunk ``n``), each fetched from the
-    cache under ``(key, version, n)`` and read from the source on a miss. It accepts the
+    cache under ``(key, version, n)`` and read from the source on a miss (an ``H5Source``
+    chunked by ``chunk_length`` rows reads it with ``H5Source.read_chunk``, so io threads
+    missing different gzip chunks decompress them in parallel). It accepts the
     keys views and data_flow use: an integer, a slice or a 1-D integer array (sorted or
     not, repeats allowed) on the first axis, then integers, slices or an Ellipsis on the
     others. Any other key (a boolean mask, an index array on a later axis) is numpy's,
@@ -296,7 +298,8 @@ class CachedSource:
         # A writable piece is a copy (fancy indexing); a read-only one views a cached chunk.
         if len(pieces) == 1 and pieces[0].flags.writeable:
             return pieces[0]
-        return np.concatenate(pieces)
+        # The dtype as stored: numpy would make a big-endian one native.
+        return np.concatenate(pieces, dtype=pieces[0].dtype)
 
     def _chunk(self, number: int, version: tuple[int, ...] | None) -> npt.NDArray[Any]:
         return self.cache.get(
@@ -304,8 +307,14 @@ class CachedSource:
         )
 
     def _load_chunk(self, number: int, version: tuple[int, ...] | None) -> npt.NDArray[Any]:
-        start = number * self.chunk_length
-        data = np.asarray(self.source[start : start + self.chunk_length])
+        source = self.source
+        chunks = source.chunks if isinstance(source, H5Source) else None
+        data: npt.NDArray[Any]
+        if chunks is not None and chunks[0] == self.chunk_length:
+            data = source.read_chunk(number)  # gzip decoded outside the GIL
+        else:
+            start = number * self.chunk_length
+            data = np.asarray(source[start : start + self.chunk_length])
         if version is not None and self._version() != version:
             raise SourceChangedError(
                 f"HDF5 file {self._path!r} changed while a chunk was read from it; the data "
@@ -390,7 +399,7 @@ def cached(source: Any, cache: ChunkCache) -> Any:
     """
     source = as_picklable(source)
     if isinstance(source, H5Source):
-        chunks = source._get_dataset().chunks
+        chunks = source.chunks
         if chunks is None:
             return source
         location: tuple[Any, ...] = ("hdf5", os.path.abspath(source.filename), source.key)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
@@ -25,6 +28,7 @@ class H5Source:
     its own, as fsspec's ``_Cached`` does with its pid check. Pickling drops the handle.
 
     Indexing delegates to the dataset, so it accepts whatever ``h5py.Dataset`` accepts.
+    ``read_chunk`` reads one storage chunk, decoding gzip chunks outside the GIL.
 
     Args:
         filename: Path of the HDF5 file.
@@ -46,8 +50,10 @@ class H5Source:
         self._file: Any = None
         self._dataset: Any = None
         self._pid: int | None = None
-        self._meta: tuple[tuple[int, ...], np.dtype[Any]] | None = None
+        self._meta: _Meta | None = None
         self._stamp: tuple[int, ...] | None = None
+        # The dataset handle the plan was made for, and how read_chunk decodes its chunks.
+        self._plan: tuple[Any, _InflatePlan | None] | None = None
 
     def __repr__(self) -> str:
         return f"H5Source({self.filename!r}, {self.key!r})"
@@ -71,10 +77,11 @@ class H5Source:
                         f"Got {self.key!r}, a {type(dataset).__name__}, instead."
                     )
                 self._file, self._dataset, self._pid = handle, dataset, pid
-                self._meta = (tuple(dataset.shape), dataset.dtype)
+                chunks = None if dataset.chunks is None else tuple(dataset.chunks)
+                self._meta = (tuple(dataset.shape), dataset.dtype, chunks)
             return self._dataset
 
-    def _get_meta(self) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    def _get_meta(self) -> _Meta:
         if self._meta is None:
             self._get_dataset()
         assert self._meta is not None
@@ -89,6 +96,11 @@ class H5Source:
     def dtype(self) -> np.dtype[Any]:
         """The dataset's dtype."""
         return self._get_meta()[1]
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        """The dataset's storage chunk shape, or None if it is not chunked."""
+        return self._get_meta()[2]
 
     @property
     def ndim(self) -> int:
@@ -110,6 +122,67 @@ class H5Source:
             raise ValueError("An HDF5 read makes a new array; copy=False cannot be honoured.")
         data = np.asarray(self[()])
         return data if dtype is None else data.astype(dtype, copy=False)
+
+    def read_chunk(self, number: int) -> npt.NDArray[Any]:
+        """Read the rows of storage chunk ``number`` along the first axis.
+
+        The rows are ``[number * chunks[0], (number + 1) * chunks[0])``, fewer in the last
+        chunk. A chunk that spans every later axis whole, stored gzip-compressed (deflate,
+        after shuffle or not) with no filter skipped, is read raw (only that I/O holds h5py's
+        global lock and the GIL) and decompressed by ``zlib``, which releases the GIL, so
+        threads reading different chunks decode them in parallel. Any other chunk (other
+        filters such as lzf or fletcher32, chunks split along a later axis, a chunk never
+        written, which reads as the fill value) is read through h5py. Both give the same
+        array, bit for bit, with the dataset's dtype (big-endian included).
+
+        Args:
+            number: The chunk's position along the first axis, from 0.
+
+        Returns:
+            The chunk's rows; the array may be read-only.
+
+        Raises:
+            TypeError: The dataset is not chunked.
+            IndexError: No chunk has that number.
+            OSError: The chunk cannot be decoded (a corrupt or truncated file); the message
+                names the file, the dataset and the chunk.
+            SourceChangedError: The file changed or was deleted since it was opened.
+        """
+        dataset = self._get_dataset()
+        shape, _, chunks = self._get_meta()
+        if chunks is None:
+            raise TypeError(f"HDF5 dataset {self.key!r} in {self.filename!r} is not chunked.")
+        start = number * chunks[0]
+        if not 0 <= start < shape[0]:
+            raise IndexError(f"chunk {number} is out of range for HDF5 dataset {self.key!r}")
+        stop = min(start + chunks[0], shape[0])
+        plan = self._plan
+        if plan is None or plan[0] is not dataset:
+            plan = self._plan = (dataset, _inflate_plan(dataset))
+        data = None if plan[1] is None else self._inflate(dataset, plan[1], number, start, stop)
+        if data is None:
+            data = dataset[start:stop]
+        self._check_unchanged()
+        return data
+
+    def _inflate(
+        self, dataset: Any, plan: _InflatePlan, number: int, start: int, stop: int
+    ) -> npt.NDArray[Any] | None:
+        """The chunk at row ``start`` read raw and decompressed, or None to read it via h5py."""
+        offset = (start,) + (0,) * (len(plan.chunks) - 1)
+        if dataset.id.get_chunk_info_by_coord(offset).byte_offset is None:
+            return None  # never written: h5py reads it as the fill value
+        filter_mask, raw = dataset.id.read_direct_chunk(offset)
+        if filter_mask:
+            return None  # a filter was skipped when this chunk was written
+        try:
+            return _decode(raw, plan)[: stop - start]
+        except zlib.error as error:
+            raise OSError(
+                f"Can't read chunk {number} (rows {start} to {stop - 1}) of HDF5 dataset "
+                f"{self.key!r} in {self.filename!r}: filter returned failure during read "
+                f"(zlib: {error})"
+            ) from error
 
     def _check_unchanged(self) -> None:
         """Raise if the file was replaced, resized, rewritten or deleted since it was opened.
@@ -146,6 +219,51 @@ class H5Source:
         self.key = state["key"]
         self._init_handle_state()
         self._meta = state["meta"]
+
+
+_Meta = tuple[tuple[int, ...], np.dtype[Any], tuple[int, ...] | None]  # shape, dtype, chunks
+
+
+@dataclass(frozen=True)
+class _InflatePlan:
+    """How ``H5Source.read_chunk`` decodes a dataset's chunks itself: zlib, then unshuffle."""
+
+    chunks: tuple[int, ...]
+    dtype: np.dtype[Any]
+    shuffled: bool
+
+
+def _inflate_plan(dataset: Any) -> _InflatePlan | None:
+    """The plan for ``dataset``, or None if h5py must decode its chunks.
+
+    Chunks are decoded here only if each spans every later axis whole, the dtype is a
+    plain number (or bool), and the filters are exactly deflate or shuffle then deflate.
+    """
+    chunks, dtype = dataset.chunks, dataset.dtype
+    if chunks is None or chunks[1:] != dataset.shape[1:] or dtype.kind not in "biuf":
+        return None
+    plist = dataset.id.get_create_plist()
+    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+    codes = tuple(code for code, *_ in filters)
+    shuffle, deflate = h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE
+    if codes == (deflate,):
+        return _InflatePlan(tuple(chunks), dtype, shuffled=False)
+    # Shuffle's one parameter is the element size it shuffled by.
+    if codes == (shuffle, deflate) and tuple(filters[0][2]) == (dtype.itemsize,):
+        return _InflatePlan(tuple(chunks), dtype, shuffled=True)
+    return None
+
+
+def _decode(raw: bytes, plan: _InflatePlan) -> npt.NDArray[Any]:
+    """A whole chunk from its stored bytes; zlib.error if they do not decompress to it."""
+    nbytes = plan.dtype.itemsize * math.prod(plan.chunks)
+    decoded = zlib.decompress(raw, bufsize=nbytes)  # releases the GIL while it inflates
+    if len(decoded) != nbytes:
+        raise zlib.error(f"{len(decoded)} bytes decompressed, {nbytes} expected")
+    data = np.frombuffer(decoded, np.uint8)
+    if plan.shuffled:  # shuffle stored byte 0 of every element, then byte 1, ...
+        data = np.ascontiguousarray(data.reshape(plan.dtype.itemsize, -1).T).reshape(-1)
+    return data.view(plan.dtype).reshape(plan.chunks)
 
 
 def _file_stamp(path: str) -> tuple[int, ...]:

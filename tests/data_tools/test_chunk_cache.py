@@ -14,8 +14,18 @@ Matrix:
 - Pickling: a CachedSource and a view over one pickle to the bare source.
 - Changed HDF5 files: replaced while every chunk is cached -> SourceChangedError once,
   then the new contents; deleted -> SourceChangedError.
-- ViewContract (tests/view_contract.py) over cached HDF5 (roomy cache) and cached zarr
-  (a cache holding one chunk, so reads evict constantly).
+- ViewContract (tests/view_contract.py) over cached HDF5 (lzf and shuffle+gzip, roomy
+  cache) and cached zarr (a cache holding one chunk, so reads evict constantly).
+- H5Source.read_chunk, gzip chunks decoded by zlib: bit-identical to h5py's read (values
+  and dtype) for deflate and shuffle+deflate x uint8/int16/float32/float64/bool, little-
+  and big-endian, with an edge chunk (length not a multiple of the chunk), zlib used for
+  every chunk; the h5py fallback (same data, zlib never used) for lzf, fletcher32,
+  scale-offset, a chunk split along a later axis, a never-written chunk (fill value) and
+  a chunk stored with its deflate skipped (filter mask); a corrupted chunk raises OSError
+  naming file, dataset and chunk (as h5py's own read raises OSError); a file truncated
+  while open raises; 4 threads missing 4 chunks are inside zlib at the same time (no lock
+  held around the decode); the chunks property (also after pickling) and read_chunk's
+  argument errors.
 """
 
 from __future__ import annotations
@@ -23,8 +33,10 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import re
 import threading
 import time
+import zlib
 
 import bcolz
 import h5py
@@ -457,3 +469,214 @@ class TestCachedZarrView(ViewContract):
             return cached(zarr.open_array(path, mode="r"), cache)
 
         return store
+
+
+class TestCachedGzipH5View(ViewContract):
+    max_examples = 20
+
+    @pytest.fixture
+    def store(self, tmp_path):
+        counter = itertools.count()
+        cache = ChunkCache(10**6)
+
+        def store(array):
+            path = tmp_path / f"source{next(counter)}.h5"
+            chunks = (CHUNK, *array.shape[1:])
+            options = {"chunks": chunks, "compression": "gzip", "shuffle": True}
+            return cached(write_h5(path, array, **options), cache)
+
+        return store
+
+
+# ---------------------------------------------------------------- gzip chunks through zlib
+
+
+@pytest.fixture
+def inflations(monkeypatch):
+    """Count zlib.decompress calls (H5Source.read_chunk's decodes)."""
+    calls = []
+    decompress = zlib.decompress
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return decompress(*args, **kwargs)
+
+    monkeypatch.setattr(zlib, "decompress", counting)
+    return calls
+
+
+def sample(dtype, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        data = rng.normal(0, 1e3, shape).round(1)  # compressible, but not constant
+        data.flat[::7] = np.nan
+    elif dtype.kind == "b":
+        data = rng.random(shape) < 0.3
+    else:
+        info = np.iinfo(dtype)
+        data = rng.integers(info.min, info.max, shape, endpoint=True) // 3
+    return data.astype(dtype)
+
+
+def chunk_rows(source):
+    length = source.chunks[0]
+    return [slice(start, start + length) for start in range(0, len(source), length)]
+
+
+def assert_identical(got, expected):
+    assert got.dtype == expected.dtype
+    assert got.shape == expected.shape
+    assert got.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["deflate", "shuffle+deflate"])
+@pytest.mark.parametrize("dtype", ["u1", "<i2", ">i2", "<f4", ">f4", "<f8", ">f8", "?"])
+def test_gzip_chunks_decode_bit_identical_to_h5py(tmp_path, inflations, dtype, shuffle):
+    data = sample(dtype, (23, 2, 5))  # 6 chunks of 4 rows, the last one 3 rows long
+    options = {"chunks": (4, 2, 5), "compression": "gzip", "shuffle": shuffle}
+    source = write_h5(tmp_path / "g.h5", data, **options)
+    with h5py.File(tmp_path / "g.h5", "r") as handle:
+        expected = handle["data"][...]
+    assert expected.dtype == np.dtype(dtype)
+    for number, rows in enumerate(chunk_rows(source)):
+        assert_identical(source.read_chunk(number), expected[rows])
+    assert len(inflations) == 6
+    view = cached(source, ChunkCache(10**6))
+    assert_identical(view[:], expected)
+    assert_identical(view[[22, 0, 13]], expected[[22, 0, 13]])
+
+
+def write_fill_gaps(path, data):
+    """Chunks 1 and 3 of 5 never written; the rest, gzip."""
+    with h5py.File(path, "w") as handle:
+        dataset = handle.create_dataset(
+            "data", data.shape, data.dtype, chunks=(4, 3), compression="gzip", fillvalue=-7
+        )
+        for start in (0, 8, 16):
+            dataset[start : start + 4] = data[start : start + 4]
+
+
+def write_skipped_deflate(path, data):
+    """Chunk 1 stored raw, its deflate marked skipped in the filter mask; the rest, gzip."""
+    with h5py.File(path, "w") as handle:
+        dataset = handle.create_dataset("data", data=data, chunks=(4, 3), compression="gzip")
+        dataset.id.write_direct_chunk((4, 0), data[4:8].tobytes(), filter_mask=1)
+
+
+@pytest.mark.parametrize(
+    ("write", "decoded_by_zlib"),
+    [
+        (lambda path, data: write_h5(path, data, chunks=(4, 3), compression="lzf"), 0),
+        (
+            lambda path, data: write_h5(
+                path, data, chunks=(4, 3), compression="gzip", fletcher32=True
+            ),
+            0,
+        ),
+        (
+            lambda path, data: write_h5(
+                path, data, chunks=(4, 3), compression="gzip", scaleoffset=0
+            ),
+            0,
+        ),
+        (lambda path, data: write_h5(path, data, chunks=(4, 1), compression="gzip"), 0),
+        (write_fill_gaps, 3),
+        (write_skipped_deflate, 4),
+    ],
+    ids=["lzf", "fletcher32", "scaleoffset", "split-along-axis-1", "never-written", "skipped"],
+)
+def test_other_chunks_fall_back_to_h5py(tmp_path, inflations, write, decoded_by_zlib):
+    path = tmp_path / "f.h5"
+    write(path, sample("<i4", (18, 3)))  # 5 chunks of 4 rows, the last one 2 rows long
+    with h5py.File(path, "r") as handle:
+        expected = handle["data"][...]
+    source = H5Source(path, "data")
+    for number, rows in enumerate(chunk_rows(source)):
+        assert_identical(source.read_chunk(number), expected[rows])
+    assert len(inflations) == decoded_by_zlib
+    assert_identical(cached(source, ChunkCache(10**6))[:], expected)
+
+
+def chunk_address(path, number):
+    with h5py.File(path, "r") as handle:
+        dataset = handle["data"]
+        info = dataset.id.get_chunk_info_by_coord((number * dataset.chunks[0], 0, 0))
+        return info.byte_offset, info.size
+
+
+def test_a_corrupted_chunk_raises_naming_file_dataset_and_chunk(tmp_path):
+    path = tmp_path / "c.h5"
+    data = sample("<f4", (20, 2, 3))
+    write_h5(path, data, chunks=(4, 2, 3), compression="gzip")
+    offset, size = chunk_address(path, 2)
+    with open(path, "r+b") as file:  # flip the bits of the chunk's second half
+        file.seek(offset + size // 2)
+        tail = file.read(size - size // 2)
+        file.seek(offset + size // 2)
+        file.write(bytes(byte ^ 0xFF for byte in tail))
+    with h5py.File(path, "r") as handle, pytest.raises(OSError, match="filter returned failure"):
+        handle["data"][8:12]  # h5py's own read raises OSError too
+    view = cached(H5Source(path, "data"), ChunkCache(10**6))
+    np.testing.assert_array_equal(view[:8], data[:8])
+    message = re.escape(f"chunk 2 (rows 8 to 11) of HDF5 dataset 'data' in '{path}': filter")
+    for _ in range(2):  # a failed chunk is not cached
+        with pytest.raises(OSError, match=message) as caught:
+            view[[1, 9]]
+        assert isinstance(caught.value.__cause__, zlib.error)
+
+
+def test_a_file_truncated_while_open_raises(tmp_path):
+    path = tmp_path / "t.h5"
+    data = sample("<f4", (40, 2, 3))
+    view = cached(write_h5(path, data, chunks=(4, 2, 3), compression="gzip"), ChunkCache(10**6))
+    np.testing.assert_array_equal(view[:4], data[:4])
+    offset, _ = chunk_address(path, 9)
+    os.truncate(path, offset)
+    with pytest.raises(OSError, match=r"filter returned failure|t\.h5' changed while open"):
+        view[36:]
+
+
+def test_threads_missing_different_chunks_decode_at_the_same_time(tmp_path, monkeypatch):
+    # Each decode waits until all four are under way: a lock held around it (ours or
+    # h5py's) would break the barrier.
+    data = sample("<f4", (16, 8, 8))
+    view = cached(
+        write_h5(tmp_path / "p.h5", data, chunks=(4, 8, 8), compression="gzip"), ChunkCache(10**6)
+    )
+    barrier = threading.Barrier(4, timeout=5)
+    decompress = zlib.decompress
+
+    def meeting(*args, **kwargs):
+        barrier.wait()
+        return decompress(*args, **kwargs)
+
+    monkeypatch.setattr(zlib, "decompress", meeting)
+    results = {}
+
+    def read(row):
+        results[row] = view[row]
+
+    threads = [threading.Thread(target=read, args=(row,)) for row in (0, 5, 10, 15)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not barrier.broken
+    for row in (0, 5, 10, 15):
+        np.testing.assert_array_equal(results[row], data[row])
+    assert view.cache.stats().misses == 4
+
+
+def test_chunks_property_and_read_chunk_errors(tmp_path):
+    chunked = write_h5(tmp_path / "c.h5", array(10), chunks=(4, 1, 3))
+    assert chunked.chunks == (4, 1, 3)
+    assert pickle.loads(pickle.dumps(chunked)).chunks == (4, 1, 3)
+    with pytest.raises(IndexError, match="chunk 3"):
+        chunked.read_chunk(3)
+    with pytest.raises(IndexError, match="chunk -1"):
+        chunked.read_chunk(-1)
+    contiguous = write_h5(tmp_path / "plain.h5", array(10))
+    assert contiguous.chunks is None
+    with pytest.raises(TypeError, match="not chunked"):
+        contiguous.read_chunk(0)

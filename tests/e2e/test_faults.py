@@ -10,6 +10,9 @@ Matrix:
   the file changed first; never a hang or a silent end; an HDF5 file deleted: a stream
   whose worker processes open it gets FAILED_PRECONDITION naming the file; the node serves
   its other datasets;
+* the same with the chunk cache on (its own zlib decode of gzip HDF5 chunks): a gzip file
+  truncated mid-stream, and a chunk corrupted before the node opened the file (INTERNAL
+  naming the file, dataset and chunk);
 * a build job whose writes fail (the node runs under RLIMIT_FSIZE, so its job's writes
   fail with EFBIG, as they would with ENOSPC on a full disk): the job is FAILED with the
   OS error's text, leaves no output, and the node streams and runs the next job;
@@ -152,6 +155,85 @@ def test_a_source_corrupted_mid_stream_ends_the_stream(
             read_until_error(stream)
         image, *_ = next(iter(client.stream("toy", 4, **workers)))
         np.testing.assert_array_equal(image, arrays["image"][:4])
+        wait_for_idle(server)
+
+
+@pytest.fixture
+def cached_gzip_node(tmp_path):
+    """A function that starts a node with the chunk cache on over a gzip copy of toy.h5.
+
+    It takes a function that damages the file before the node opens it (or None).
+    """
+    arrays = make_data(tmp_path)
+    path = tmp_path / "data" / "gzip.h5"
+    with h5py.File(path, "w") as file:
+        file.create_dataset("image", data=arrays["image"], chunks=(4, 1, 16, 16), compression=4)
+    config = write_config(tmp_path)
+    with config.open("a") as file:
+        file.write(
+            '[datasets.gzip.arrays]\nimage = { path = "gzip.h5", key = "image" }\n'
+            "[cache]\nmax_bytes = 16777216\n"
+        )
+    servers = []
+
+    def start(damage_before_open):
+        if damage_before_open is not None:
+            damage_before_open(path)
+        server, port = build_server(load(config), "127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return server, DataNodeClient(f"127.0.0.1:{port}"), path, arrays
+
+    yield start
+    for server in servers:
+        server.stop(None)
+
+
+def flip_chunk_bits(path, number):
+    """Invert the second half of the stored bytes of chunk ``number`` of ``image``."""
+    with h5py.File(path, "r") as file:
+        dataset = file["image"]
+        info = dataset.id.get_chunk_info_by_coord((number * dataset.chunks[0], 0, 0, 0))
+    with open(path, "r+b") as file:
+        file.seek(info.byte_offset + info.size // 2)
+        tail = file.read(info.size - info.size // 2)
+        file.seek(info.byte_offset + info.size // 2)
+        file.write(bytes(byte ^ 0xFF for byte in tail))
+
+
+@pytest.mark.parametrize(
+    ("damage_before_open", "damage_mid_stream", "errors", "pattern"),
+    [
+        (
+            None,
+            truncate_half,
+            (InternalError, FailedPreconditionError),
+            r"filter returned failure|gzip\.h5' changed while open",
+        ),
+        (
+            lambda path: flip_chunk_bits(path, 1),
+            None,
+            InternalError,
+            r"chunk 1 \(rows 4 to 7\) of HDF5 dataset 'image' in '.*gzip\.h5': filter returned",
+        ),
+    ],
+    ids=["truncated-mid-stream", "chunk-corrupted-before-open"],
+)
+def test_a_damaged_gzip_source_read_through_the_cache_ends_the_stream(
+    cached_gzip_node, damage_before_open, damage_mid_stream, errors, pattern
+):
+    """The cache's own zlib decode of gzip HDF5 chunks fails as loudly as h5py's."""
+    server, client, path, arrays = cached_gzip_node(damage_before_open)
+    with client, assert_no_leaks(timeout=5):
+        stream = client.stream("gzip", 2, loop_forever=True, max_reconnects=0)
+        np.testing.assert_array_equal(next(stream)[0], arrays["image"][:2])  # chunk 0 is sound
+        if damage_mid_stream is not None:
+            damage_mid_stream(path)
+        with pytest.raises(errors, match=pattern):
+            read_until_error(stream)
+        image, *_ = next(iter(client.stream("toy", 4)))
+        np.testing.assert_array_equal(image, arrays["image"][:4])
+        assert server.servicer._registry.cache.stats().misses > 0
         wait_for_idle(server)
 
 
