@@ -11,6 +11,11 @@
    against data_flow with nb_proc_workers=2. Reported as data_flow / DataLoader throughput.
    Goal: >= 1.0. DataLoader runs with its default start method (fork on Linux, no pickling
    of the dataset), data_flow with spawn.
+4. The cost of shared reads: a gaussian-noise preprocessor (float32 noise added in place) on
+   shuffled batches of 64x3x64x64 float32 from an in-memory array, nb_proc_workers=2, with
+   shared_reads=True (this process reads each batch and passes its rows through shared
+   memory) against shared_reads=False (each process reads from the array, shared once).
+   Reported as shared / separate throughput. Goal: >= 0.8.
 
 Throughput is measured in steady state: the clock starts after the first batch, so worker
 start-up (paid once per flow) is printed separately. Each figure is the best of ROUNDS
@@ -39,6 +44,7 @@ LIGHT_SHAPE = (3, 64, 64)
 LIGHT_ELEMENTS = 4096
 LIGHT_BATCH = 64
 LIGHT_BATCHES = 400
+NOISE_BATCHES = 200
 ROUNDS = 5
 
 
@@ -46,6 +52,13 @@ def blur(batch):
     """The CPU-heavy preprocessor: a gaussian filter over each image of the batch."""
     (x,) = batch
     return (ndi.gaussian_filter(x, sigma=(0, 0, 3, 3)),)
+
+
+def add_noise(batch, rng):
+    """The shared-reads preprocessor: gaussian noise added in place."""
+    (x,) = batch
+    x += rng.standard_normal(size=x.shape, dtype=np.float32)
+    return (x,)
 
 
 class BlurredBatches:
@@ -138,6 +151,17 @@ def main():
         "light fancy": lambda: fancy_indexing(light, LIGHT_BATCH, LIGHT_BATCHES),
         "light io 1": lambda: run_flow(light, LIGHT_BATCH, LIGHT_BATCHES, nb_io_workers=1),
         "light io 2": lambda: run_flow(light, LIGHT_BATCH, LIGHT_BATCHES, nb_io_workers=2),
+        "noise separate": lambda: run_flow(
+            light, LIGHT_BATCH, NOISE_BATCHES, preprocessor=add_noise, nb_proc_workers=2
+        ),
+        "noise shared": lambda: run_flow(
+            light,
+            LIGHT_BATCH,
+            NOISE_BATCHES,
+            preprocessor=add_noise,
+            nb_proc_workers=2,
+            shared_reads=True,
+        ),
     }
     print(f"cores available: {len(os.sched_getaffinity(0))}; best of {ROUNDS} interleaved rounds")
     rounds = [{name: measure() for name, measure in measures.items()} for _ in range(ROUNDS)]
@@ -163,6 +187,9 @@ def main():
         best["heavy DataLoader"][1],
         1.0,
     )
+    print("4. Gaussian noise in 2 processes, in memory (64x3x64x64 float32)")
+    report("   shared_reads=False (baseline)", *best["noise separate"])
+    report("   shared_reads=True", *best["noise shared"], best["noise separate"][1], 0.8)
 
 
 if __name__ == "__main__":

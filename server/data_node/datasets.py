@@ -12,7 +12,7 @@ import numpy as np
 from data_node.config import LABEL_ARRAY
 from data_node.errors import ConfigError, DatasetNotFoundError
 from data_node.wire import WIRE_DTYPES
-from data_tools._chunk_cache import cached
+from data_tools._chunk_cache import CachedSource, cached
 from data_tools._sources import H5Source
 from data_tools.wrap import delayed_view, multi_source_array
 
@@ -38,11 +38,14 @@ class Dataset:
         name: The dataset's name.
         arrays: (name, array) pairs; each array is a lazy, picklable view.
         classes: The class numbers behind the ``label`` array (empty without a class_list).
+        cached: Whether some of its sources read through the node's chunk cache (which
+            only reads made in the node's process use).
     """
 
     name: str
     arrays: tuple[tuple[str, Any], ...]
     classes: tuple[int, ...] = ()
+    cached: bool = False
 
     @property
     def length(self) -> int:
@@ -86,8 +89,9 @@ def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Data
     Args:
         config: The dataset's configuration.
         cache: The decoded-chunk cache that chunked sources (HDF5, zarr, bcolz) read
-            through, shared by every stream reading them in this process (worker processes
-            read uncached). Default None: sources are read directly.
+            through, shared by every stream reading them in this process (the dataset is
+            then ``cached``, and its streams read in this process even with worker
+            processes). Default None: sources are read directly.
 
     Raises:
         ConfigError: A source cannot be opened, or the arrays (or their per-source parts)
@@ -128,7 +132,8 @@ def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Data
                 f"{prefix}.arrays.{name}: Expected a dtype the wire carries {WIRE_DTYPES}. "
                 f"Got {np.dtype(array.dtype)} instead."
             )
-    return Dataset(config.name, tuple(arrays), tuple(config.class_list or ()))
+    is_cached = any(isinstance(s, CachedSource) for _, sources in opened for s in sources)
+    return Dataset(config.name, tuple(arrays), tuple(config.class_list or ()), is_cached)
 
 
 def _check_lengths(prefix: str, opened: list[tuple[str, list[Any]]]) -> None:

@@ -12,6 +12,13 @@ the lanes back in (epoch, batch_index) order; a lane with no batch (more lanes t
 per epoch) is an empty stream that ends OK. A resume cursor at the end of the requested
 epochs gets OUT_OF_RANGE rather than an empty stream.
 
+Shared reads: the streams of a dataset whose sources read through the node's chunk cache
+(``Dataset.cached``) run data_flow with ``shared_reads``: with worker processes
+(nb_proc_workers > 0), the stream's io threads read every batch in the node's process,
+through the cache, and the processes only transform. So N streams of one dataset read and
+decompress each storage chunk once while it stays cached, whatever their worker counts,
+rather than once per worker process. Without a cache, each process reads its own batches.
+
 Determinism: the sample order is data_flow's pure function of (seed, epoch, rank,
 world_size), and a sample's augmentation is drawn from
 ``np.random.default_rng([seed, epoch, sample_index])``, so a stream, and a stream resumed
@@ -275,6 +282,7 @@ def parse_stream_request(
         "max_in_flight": limits.max_in_flight,
         "lane": lane,
         "lanes": lanes,
+        "shared_reads": dataset.cached,
     }
     _check_flow_options(dataset, transform, flow_options)
     return StreamPlan(dataset, flow_options, transform, seed, epochs, digest, request.codec)

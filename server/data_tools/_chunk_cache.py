@@ -7,8 +7,9 @@ reader. ``cached(source, cache)`` wraps an HDF5 dataset, zarr array or bcolz car
 first axis, each fetched from the ``ChunkCache``.
 
 Scope: one process. A ``CachedSource`` pickles to its bare source, so worker processes
-(``data_flow(nb_proc_workers > 0)``) read uncached and the cache's budget is never
-multiplied by the number of processes.
+that read for themselves (``data_flow(nb_proc_workers > 0)``) read uncached and the cache's
+budget is never multiplied by the number of processes; with ``shared_reads=True`` data_flow
+reads in this process, through the cache, and the workers only preprocess.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ preprocessor over two epochs; sources {h5py opened in the parent, zarr, numpy >=
 (shared memory), numpy small (pickled), delayed_view over HDF5, unpicklable}; results
 {larger than the pool's blocks, Python objects, unpicklable}; orders and results larger
 than a pipe's buffer; ordered=False; errors {rebuildable type, unrebuildable type, SIGKILLed
-worker}; shutdown {break, close(), with, garbage collection}, all under leak checks.
+worker}; shutdown {break, close(), with, garbage collection} x shared_reads {False, True},
+all under leak checks.
 Process start-up dominates the time, so each test starts as few workers as it can.
 """
 
@@ -217,10 +218,13 @@ def test_a_killed_worker_is_an_error_not_a_hang():
             list(itertools.islice(batches, 1000))
 
 
+@pytest.mark.parametrize("shared_reads", [False, True])
 @pytest.mark.parametrize("how", ["break", "close", "with", "gc"])
-def test_shutdown_stops_processes_and_frees_shared_memory(how):
+def test_shutdown_stops_processes_and_frees_shared_memory(how, shared_reads):
     with assert_no_leaks(timeout=1.0):
-        flow = data_flow([X, Y], 2, nb_proc_workers=1, preprocessor=augment, seed=1)
+        flow = data_flow(
+            [X, Y], 2, nb_proc_workers=1, preprocessor=augment, seed=1, shared_reads=shared_reads
+        )
         if how == "break":
             for _ in flow.flow():
                 break

@@ -2,15 +2,16 @@
 
 Matrix: a node with ``[cache] max_bytes`` = 64 MiB and one with the cache off (0), both
 serving copies of one chunked, gzip-compressed HDF5 dataset (image float32 and label
-int64, chunks of 10 rows) under the names ``single``, ``partitioned``, ``independent``
-and ``procs``. Cases: 4 concurrent partitioned streams (world_size 4, one seed) and 4
-concurrent independent streams with one seed -> each stream bit-identical (arrays and
-indices) to the uncached node's stream with the same arguments, and the chunks read from
-storage (cache misses) by the 4 streams <= 1.2x those of one stream, with every chunk
-read at least once; a stream with a worker process (nb_proc_workers=1) reads uncached
-(no miss) and serves the same data; the cache-off node has no cache and serves the
-dataset as stored. A build job's output (open_patch_dataset, as a job registers it) reads
-through the cache it is given.
+int64, chunks of 10 rows) under the names of DATASETS. Cases: 4 concurrent partitioned
+streams (world_size 4, one seed) and 4 concurrent independent streams with one seed, x
+nb_proc_workers {0, 1} per stream -> each stream bit-identical (arrays and indices) to the
+uncached node's stream with the same arguments (whose worker processes read their own
+batches), and the chunks read from storage (cache misses) by the 4 streams <= 1.2x those
+of one stream with the same worker count, with every chunk read at least once; a stream
+with a worker process reads through the cache (shared reads: each chunk once) and serves
+the same data; the cache-off node has no cache and serves the dataset as stored. A build
+job's output (open_patch_dataset, as a job registers it) reads through the cache it is
+given and is marked cached.
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ NUM_CHUNKS = 2 * NUM_SAMPLES // CHUNK_ROWS  # image and label
 BATCH = 16
 SEED = 21
 WORLD = 4
-DATASETS = ("single", "partitioned", "independent", "procs")
+DATASETS = (
+    "single",
+    "partitioned",
+    "independent",
+    "procs",
+    "procs_partitioned",
+    "procs_independent",
+)
 
 
 @pytest.fixture(scope="module")
@@ -147,19 +155,34 @@ def misses_of(server, read):
     return cache_of(server).stats().misses - before, result
 
 
+def one_stream_misses(node, dataset, workers):
+    server, port = node
+    options = {"seed": SEED, "nb_proc_workers": workers}
+    misses, _ = misses_of(server, lambda: read_stream(port, dataset, **options))
+    assert misses >= NUM_CHUNKS  # each chunk read once at least (by the node's process)
+    return misses
+
+
 @pytest.fixture(scope="module")
 def single_misses(cached_node):
-    server, port = cached_node
-    misses, _ = misses_of(server, lambda: read_stream(port, "single", seed=SEED))
-    assert misses >= NUM_CHUNKS  # each chunk read once at least
-    return misses
+    """Chunks read from storage by one stream, by its number of worker processes."""
+    return {
+        0: one_stream_misses(cached_node, "single", 0),
+        1: one_stream_misses(cached_node, "procs", 1),
+    }
+
+
+PARTITIONED = [{"seed": SEED, "rank": r, "world_size": WORLD} for r in range(WORLD)]
+INDEPENDENT = [{"seed": SEED, "sharing": "independent"}] * WORLD
 
 
 @pytest.mark.parametrize(
     ("dataset", "options"),
     [
-        ("partitioned", [{"seed": SEED, "rank": r, "world_size": WORLD} for r in range(WORLD)]),
-        ("independent", [{"seed": SEED, "sharing": "independent"}] * WORLD),
+        ("partitioned", PARTITIONED),
+        ("independent", INDEPENDENT),
+        ("procs_partitioned", [{**o, "nb_proc_workers": 1} for o in PARTITIONED]),
+        ("procs_independent", [{**o, "nb_proc_workers": 1} for o in INDEPENDENT]),
     ],
 )
 def test_four_streams_share_chunk_reads(
@@ -167,12 +190,13 @@ def test_four_streams_share_chunk_reads(
 ):
     server, port = cached_node
     misses, streams = misses_of(server, lambda: read_concurrently(port, dataset, options))
-    assert NUM_CHUNKS <= misses <= 1.2 * single_misses
-    for stream, stream_options in zip(streams, options, strict=True):
-        assert_same_streams(stream, read_stream(plain_node[1], dataset, **stream_options))
+    assert NUM_CHUNKS <= misses <= 1.2 * single_misses[options[0].get("nb_proc_workers", 0)]
+    uncached = read_concurrently(plain_node[1], dataset, options)
+    for stream, expected in zip(streams, uncached, strict=True):
+        assert_same_streams(stream, expected)
     _, image, label = stored
     indices = np.concatenate([batch[2] for stream in streams for batch in stream])
-    expected_count = NUM_SAMPLES * (1 if dataset == "partitioned" else WORLD)
+    expected_count = NUM_SAMPLES * (1 if dataset.endswith("partitioned") else WORLD)
     assert len(indices) == expected_count
     assert set(indices.tolist()) == set(range(NUM_SAMPLES))
     for stream in streams:
@@ -181,12 +205,20 @@ def test_four_streams_share_chunk_reads(
             np.testing.assert_array_equal(got_label, label[batch_indices])
 
 
-def test_worker_processes_read_uncached(cached_node, plain_node):
+def test_a_stream_with_worker_processes_reads_through_the_cache(
+    cached_node, plain_node, single_misses
+):
     server, port = cached_node
+    assert server.servicer._registry.get("procs").cached
+    assert not plain_node[0].servicer._registry.get("procs").cached
+    # single_misses read "procs" with a worker process once, through the cache (the
+    # process read nothing itself): a second stream finds every chunk there.
     options = {"seed": SEED, "nb_proc_workers": 1}
+    hits = cache_of(server).stats().hits
     misses, stream = misses_of(server, lambda: read_stream(port, "procs", **options))
     assert misses == 0
-    assert_same_streams(stream, read_stream(plain_node[1], "procs", seed=SEED))
+    assert cache_of(server).stats().hits - hits >= NUM_CHUNKS
+    assert_same_streams(stream, read_stream(plain_node[1], "procs", **options))
 
 
 def test_cache_off_serves_as_stored(plain_node, stored):
@@ -205,7 +237,10 @@ def test_a_build_output_reads_through_the_cache(tmp_path):
     for value, array in enumerate(patches):
         group.create_array(f"class_{value}", data=array, chunks=(2, 4, 4))
     cache = ChunkCache(2**20)
-    view = open_patch_dataset("built", tmp_path, "zarr", (0, 1), cache).array(PATCH_ARRAY)
+    dataset = open_patch_dataset("built", tmp_path, "zarr", (0, 1), cache)
+    assert dataset.cached
+    assert not open_patch_dataset("built", tmp_path, "zarr", (0, 1)).cached
+    view = dataset.array(PATCH_ARRAY)
     assert all(isinstance(source, CachedSource) for source in view.source_list)
     np.testing.assert_array_equal(view[:], np.concatenate(patches))
     assert cache.stats().misses == 6  # 3 chunks of 2 rows per class

@@ -11,23 +11,30 @@ Where a batch is read and preprocessed:
   call of a process behind one lock, so reads only run in parallel across processes. Inside a
   process, io threads read ahead while its main thread preprocesses. Results come back through
   a reusable pool of shared-memory blocks owned by the parent; a batch that does not fit its
-  block travels pickled once and the pool's blocks grow for the next ones.
+  block travels pickled once and the pool's blocks grow for the next ones;
+* worker processes with shared reads: io threads of the parent read each batch from the
+  caller's sources (so a cache they read through serves every flow of the process), write
+  its rows into the batch's block and send the order to the least busy process, which
+  copies the rows out, preprocesses them and writes the result into the same block. Rows
+  that do not fit travel pickled with the order. The processes receive no sources.
 
 The consumer keeps at most ``max_in_flight`` batches submitted but not yet yielded, and a
 reorder buffer (bounded by the same count) hands them out in sampling order. Each batch
 carries the seconds its rows took to read and its preprocessor to run, measured where that
 work happened (a process sends them back with the batch).
 
-Shutdown: the parent closes the task and result pipes of every process (a worker exits on end
-of file, which also happens when the parent dies, so no orphan is left), joins them, then
-terminates and kills stragglers, and unlinks every block once no process can write. Threads
-stop on one Event and are joined with a timeout; a leftover is logged by name.
+Shutdown: the parent stops its io threads, closes the task and result pipes of every process
+(a worker exits on end of file, which also happens when the parent dies, so no orphan is
+left), joins them, then terminates and kills stragglers, and unlinks every block once no
+process can write. Threads stop on one Event and are joined with a timeout; a leftover is
+logged by name.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -43,7 +50,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -278,13 +285,30 @@ class _RemoteFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class _Rows:
+    """The rows of a batch read by the parent (shared reads), on their way to a worker process.
+
+    ``layouts`` when they were written into the order's block, ``arrays`` (pickled with the
+    order) when they did not fit; ``read_seconds`` as measured in the parent.
+    """
+
+    read_seconds: float
+    layouts: tuple[ArrayLayout, ...] | None = None
+    arrays: list[npt.NDArray[Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class _Order:
-    """Parent to worker process: run ``task`` and write its result into ``block_name``."""
+    """Parent to worker process: run ``task`` and write its result into ``block_name``.
+
+    ``rows`` with shared reads: the batch as the parent read it; None: the process reads it.
+    """
 
     task: _Task
     slot: int
     block_name: str
     block_size: int
+    rows: _Rows | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,32 +364,33 @@ class _InlineRunner:
         self._pending.clear()
 
 
+_Item = TypeVar("_Item")
+
+
 def _thread_main(
-    tasks: queue.Queue[_Task],
-    results: queue.Queue[tuple[int, Outcome]],
-    stop: threading.Event,
-    sources: Sequence[Any],
-    preprocess: Preprocess,
+    items: queue.Queue[_Item], stop: threading.Event, work: Callable[[_Item], None]
 ) -> None:
     while not stop.is_set():
         try:
-            task = tasks.get(timeout=_POLL_S)
+            item = items.get(timeout=_POLL_S)
         except queue.Empty:
             continue
-        results.put((task.seq, _run_caught(sources, preprocess, task)))
+        work(item)
 
 
-class _ThreadRunner:
-    """Runs batches on io threads of this process, named ``data_tools-io-N``."""
+class _IoThreads(Generic[_Item]):
+    """Io threads of this process, named ``data_tools-io-N``, that run ``work`` on each item.
 
-    def __init__(self, sources: Sequence[Any], preprocess: Preprocess, num_threads: int) -> None:
-        self._tasks: queue.Queue[_Task] = queue.Queue()
-        self._results: queue.Queue[tuple[int, Outcome]] = queue.Queue()
+    ``work`` must not raise: it reports its failures itself.
+    """
+
+    def __init__(self, num_threads: int, work: Callable[[_Item], None]) -> None:
+        self._items: queue.Queue[_Item] = queue.Queue()
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(
                 target=_thread_main,
-                args=(self._tasks, self._results, self._stop, sources, preprocess),
+                args=(self._items, self._stop, work),
                 name=f"data_tools-io-{index}",
                 daemon=True,
             )
@@ -374,8 +399,33 @@ class _ThreadRunner:
         for thread in self._threads:
             thread.start()
 
+    def submit(self, item: _Item) -> None:
+        self._items.put(item)
+
+    def close(self) -> None:
+        """Stop the threads: each ends once its current item is done (joined with a timeout)."""
+        self._stop.set()
+        deadline = time.monotonic() + _THREAD_JOIN_S
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logger.warning("thread %s did not stop within %.1f s", thread.name, _THREAD_JOIN_S)
+
+
+class _ThreadRunner:
+    """Runs batches on io threads of this process, each reading and preprocessing a batch."""
+
+    def __init__(self, sources: Sequence[Any], preprocess: Preprocess, num_threads: int) -> None:
+        self._sources = sources
+        self._preprocess = preprocess
+        self._results: queue.Queue[tuple[int, Outcome]] = queue.Queue()
+        self._threads = _IoThreads(num_threads, self._run)
+
+    def _run(self, task: _Task) -> None:
+        self._results.put((task.seq, _run_caught(self._sources, self._preprocess, task)))
+
     def submit(self, task: _Task) -> None:
-        self._tasks.put(task)
+        self._threads.submit(task)
 
     def receive(self, timeout: float) -> list[tuple[int, Outcome]]:
         try:
@@ -392,20 +442,59 @@ class _ThreadRunner:
         return received
 
     def close(self) -> None:
-        self._stop.set()
-        deadline = time.monotonic() + _THREAD_JOIN_S
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                logger.warning("thread %s did not stop within %.1f s", thread.name, _THREAD_JOIN_S)
+        self._threads.close()
+
+
+def _take_rows(order: _Order, blocks: BlockCache) -> Read:
+    """Return copies of the rows the parent read for ``order`` (shared reads)."""
+    rows = order.rows
+    assert rows is not None
+    if rows.layouts is None:
+        assert rows.arrays is not None
+        return rows.arrays, rows.read_seconds
+    # Copies: the preprocessor may modify them in place, and its result reuses the block.
+    buffer = buffer_of(blocks.attach(order.slot, order.block_name))
+    return list(read_arrays(buffer, rows.layouts)), rows.read_seconds
+
+
+def _taken_now(order: _Order, blocks: BlockCache) -> Future[Read]:
+    """Take the order's rows in this thread; return the outcome as a finished future."""
+    future: Future[Read] = Future()
+    try:
+        future.set_result(_take_rows(order, blocks))
+    except BaseException as error:  # noqa: BLE001 - raised where the batch is answered
+        future.set_exception(error)
+    return future
 
 
 def _read_ahead(
-    readers: ThreadPoolExecutor | None, sources: Sequence[Any], indices: IndexArray
+    readers: ThreadPoolExecutor | None,
+    sources: Sequence[Any],
+    order: _Order,
+    blocks: BlockCache,
 ) -> Future[Read] | None:
+    """Start getting the order's rows, or return None: the main thread reads them."""
+    if order.rows is not None:
+        # Copied out on arrival: ahead of the preprocessor, and off the main thread, where
+        # large copies between the preprocessor's allocations cost page faults (about 7x).
+        return _taken_now(order, blocks)
     if readers is None:
         return None
-    return readers.submit(_read_batch, sources, indices)
+    return readers.submit(_read_batch, sources, order.task.indices)
+
+
+def _fit(
+    arrays: Sequence[npt.NDArray[Any]], block_size: int
+) -> tuple[tuple[ArrayLayout, ...] | None, int]:
+    """Return the layouts of ``arrays`` in a block (None if they do not fit) and their bytes.
+
+    Arrays of Python objects never fit (they cannot live in shared memory): 0 bytes.
+    """
+    placed = layout_arrays(arrays)
+    if placed is None:
+        return None, 0
+    layouts, nbytes = placed
+    return (layouts if nbytes <= block_size else None), nbytes
 
 
 def _answer(
@@ -420,11 +509,9 @@ def _answer(
         read = future.result() if future is not None else _read_batch(sources, task.indices)
         done = _preprocessed(read, preprocess, task)
         seconds = (done.read_seconds, done.preprocess_seconds)
-        placed = layout_arrays(done.arrays)
-        if placed is None or placed[1] > order.block_size:
-            nbytes = 0 if placed is None else placed[1]
+        layouts, nbytes = _fit(done.arrays, order.block_size)
+        if layouts is None:
             return _Reply(task.seq, arrays=done.arrays, nbytes=nbytes, seconds=seconds)
-        layouts, _ = placed
         # A block that cannot be attached (unlinked behind our back) fails this batch with
         # its own error, rather than ending the worker with an unexplained exit.
         write_arrays(buffer_of(blocks.attach(order.slot, order.block_name)), done.arrays, layouts)
@@ -446,15 +533,20 @@ def _receive_orders(
 
     Reading orders on their own thread keeps the task pipe drained, so the parent never
     blocks on sending an order while this process blocks on sending it a large result.
+    The rows the parent read are copied out here, through this thread's own view of the
+    blocks (a BlockCache serves one thread).
     """
+    blocks = BlockCache()
     try:
         while True:
             order: _Order = tasks.recv()
-            pending.put((order, _read_ahead(readers, sources, order.task.indices)))
+            pending.put((order, _read_ahead(readers, sources, order, blocks)))
     except (EOFError, OSError):
         pass  # The parent closed the pipe (or died).
     except RuntimeError:
         pass  # The readers shut down: the process is stopping.
+    finally:
+        blocks.close()
     pending.put(None)
 
 
@@ -535,6 +627,8 @@ class _Worker:
     tasks: Connection
     results: Connection
     outstanding: int = 0
+    # Held while an order is sent: with shared reads, several io threads send.
+    sending: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -545,7 +639,12 @@ def _describe_exit(exitcode: int | None) -> str:
 
 
 class _ProcessRunner:
-    """Runs batches on worker processes named ``data_tools-proc-N``."""
+    """Runs batches on worker processes named ``data_tools-proc-N``.
+
+    With ``shared_reads``, io threads of this process read each batch and hand its rows to
+    the processes (see the module docstring); the consumer's thread then only submits and
+    receives.
+    """
 
     def __init__(
         self,
@@ -557,18 +656,28 @@ class _ProcessRunner:
         num_slots: int,
         block_nbytes: int,
         start_method: str,
+        shared_reads: bool,
     ) -> None:
+        self._sources = sources
         self._shared: list[SharedMemory] = []
         self._pool = BlockPool(num_slots, block_nbytes)
         self._workers: list[_Worker] = []
-        self._slots: dict[int, tuple[int, _Worker]] = {}
+        self._slots: dict[int, int] = {}  # seq -> slot of every batch submitted, not settled
+        # Guards the workers' outstanding counts and the pool's size, which io threads change
+        # while the consumer settles replies. Held briefly: never while reading or sending.
+        self._lock = threading.Lock()
+        self._failed_reads: queue.SimpleQueue[tuple[int, BaseException]] = queue.SimpleQueue()
+        self._reads: _IoThreads[_Order] | None = None
         try:
-            descriptions = [self._describe(source) for source in sources]
+            descriptions = [] if shared_reads else [self._describe(s) for s in sources]
+            worker_io_threads = 0 if shared_reads else num_io_threads
             context = mp.get_context(start_method)
             for index in range(num_processes):
                 self._workers.append(
-                    self._start(context, index, descriptions, preprocess, num_io_threads)
+                    self._start(context, index, descriptions, preprocess, worker_io_threads)
                 )
+            if shared_reads:
+                self._reads = _IoThreads(max(1, num_io_threads), self._read_and_send)
         except BaseException:
             self.close()
             raise
@@ -602,9 +711,12 @@ class _ProcessRunner:
         except (TypeError, AttributeError, pickle.PicklingError) as error:
             task_writer.close()
             result_reader.close()
+            sent = (
+                "every array of data and the preprocessor" if descriptions else "the preprocessor"
+            )
             raise TypeError(
-                "Expected every array of data and the preprocessor to be picklable, as "
-                f"nb_proc_workers > 0 sends them to worker processes. Got {error} instead."
+                f"Expected {sent} to be picklable, as nb_proc_workers > 0 sends them to "
+                f"worker processes. Got {error} instead."
             ) from error
         finally:
             # The child holds its own ends now; closing ours lets each side see EOF.
@@ -614,13 +726,46 @@ class _ProcessRunner:
 
     def submit(self, task: _Task) -> None:
         slot, block = self._pool.acquire()
-        worker = min(self._workers, key=lambda candidate: candidate.outstanding)
+        self._slots[task.seq] = slot
+        order = _Order(task, slot, block.name, block.size)
+        if self._reads is None:
+            self._send(order)
+        else:
+            self._reads.submit(order)
+
+    def _send(self, order: _Order) -> None:
+        """Send ``order`` to the worker with the fewest outstanding batches.
+
+        Raises:
+            WorkerError: That worker is dead.
+        """
+        with self._lock:
+            worker = min(self._workers, key=lambda candidate: candidate.outstanding)
+            worker.outstanding += 1  # stays counted if the send fails: the flow then ends
         try:
-            worker.tasks.send(_Order(task, slot, block.name, block.size))
+            with worker.sending:
+                worker.tasks.send(order)
         except OSError:
             raise self._death(worker) from None
-        worker.outstanding += 1
-        self._slots[task.seq] = (slot, worker)
+
+    def _read_and_send(self, order: _Order) -> None:
+        """Io thread, shared reads: read the order's rows, place them in its block, send it."""
+        try:
+            batch, seconds = _read_batch(self._sources, order.task.indices)
+            layouts, nbytes = _fit(batch, order.block_size)
+            if layouts is None:
+                self._require(nbytes)
+                rows = _Rows(seconds, arrays=batch)
+            else:
+                write_arrays(self._pool.buffer(order.slot), batch, layouts)
+                rows = _Rows(seconds, layouts=layouts)
+            self._send(dataclasses.replace(order, rows=rows))
+        except BaseException as error:  # noqa: BLE001 - every failure goes to the consumer
+            self._failed_reads.put((order.task.seq, _as_consumer_error(error)))
+
+    def _require(self, nbytes: int) -> None:
+        with self._lock:
+            self._pool.require(nbytes)
 
     def _death(self, worker: _Worker) -> WorkerError:
         worker.process.join(_POLL_S)
@@ -629,9 +774,10 @@ class _ProcessRunner:
             f"unexpectedly ({_describe_exit(worker.process.exitcode)}); the flow stopped."
         )
 
-    def _settle(self, reply: _Reply) -> Outcome:
-        slot, worker = self._slots.pop(reply.seq)
-        worker.outstanding -= 1
+    def _settle(self, worker: _Worker, reply: _Reply) -> Outcome:
+        slot = self._slots.pop(reply.seq)
+        with self._lock:
+            worker.outstanding -= 1
         try:
             if reply.failure is not None:
                 return reply.failure.to_exception()
@@ -639,22 +785,35 @@ class _ProcessRunner:
                 arrays = read_arrays(self._pool.buffer(slot), reply.layouts)
             else:
                 assert reply.arrays is not None
-                self._pool.require(reply.nbytes)
+                self._require(reply.nbytes)
                 arrays = reply.arrays
             return _Done(arrays, *reply.seconds)
         finally:
             self._pool.release(slot)
 
+    def _take_failed_reads(self) -> list[tuple[int, Outcome]]:
+        """The batches whose read (or sending) failed on an io thread; frees their slots."""
+        failed: list[tuple[int, Outcome]] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                seq, error = self._failed_reads.get_nowait()
+                self._pool.release(self._slots.pop(seq))
+                failed.append((seq, error))
+        return failed
+
     def collect(self) -> list[tuple[int, Outcome]]:
-        received = []
+        received = self._take_failed_reads()
         for worker in self._workers:
             with contextlib.suppress(EOFError):  # a dead worker: receive() reports it
                 while worker.results.poll():
                     reply: _Reply = worker.results.recv()
-                    received.append((reply.seq, self._settle(reply)))
+                    received.append((reply.seq, self._settle(worker, reply)))
         return received
 
     def receive(self, timeout: float) -> list[tuple[int, Outcome]]:
+        # A failed read is seen here, at the latest one poll period (timeout) after it.
+        if failed := self._take_failed_reads():
+            return failed
         by_handle: dict[Any, _Worker] = {}
         for worker in self._workers:
             by_handle[worker.results] = worker
@@ -668,10 +827,14 @@ class _ProcessRunner:
                 reply: _Reply = worker.results.recv()
             except EOFError:
                 raise self._death(worker) from None
-            received.append((reply.seq, self._settle(reply)))
+            received.append((reply.seq, self._settle(worker, reply)))
         return received
 
     def close(self) -> None:
+        # Io threads first, so that none sends an order or writes a block from now on (one
+        # still stuck sending to a hung worker past the join timeout fails once it is killed).
+        if self._reads is not None:
+            self._reads.close()
         for worker in self._workers:
             worker.tasks.close()
             worker.results.close()
@@ -831,9 +994,13 @@ def build_pipeline(
     ordered: bool,
     start_method: str,
     block_nbytes: int,
+    shared_reads: bool = False,
     stop: threading.Event | None = None,
 ) -> Pipeline:
-    """Start the workers of one flow and return the iterator over its batches."""
+    """Start the workers of one flow and return the iterator over its batches.
+
+    ``shared_reads`` (with processes only): read in this process, preprocess in the workers.
+    """
     runner: _Runner
     if num_processes:
         runner = _ProcessRunner(
@@ -844,6 +1011,7 @@ def build_pipeline(
             num_slots=max_in_flight,
             block_nbytes=block_nbytes,
             start_method=start_method,
+            shared_reads=shared_reads,
         )
     elif num_io_threads:
         runner = _ThreadRunner(sources, preprocess, num_io_threads)

@@ -172,7 +172,8 @@ class data_flow:
     read-only in each process, numpy arrays (1 MiB and more) are copied once into shared memory
     mapped by every process, zarr arrays and data_tools views pickle themselves. Any other
     array must pickle into something that can read the data in another process; a wrapper
-    over an open file handle cannot.
+    over an open file handle cannot. With ``shared_reads=True`` the processes only
+    preprocess: this process reads every batch (see ``shared_reads``).
 
     Args:
         data: A non-empty list of arrays of equal length (numpy, h5py, zarr, data_tools
@@ -181,7 +182,8 @@ class data_flow:
             unless dropped.
         nb_io_workers: Threads that read (and, without processes, preprocess) batches; 0
             does that in the consumer's thread (with processes, in each process's main
-            thread). Default 1.
+            thread). With processes and ``shared_reads``, the threads of this process that
+            read for them (at least 1). Default 1.
         nb_proc_workers: Worker processes that read and preprocess batches. Default 0.
         loop_forever: If True (default), epochs follow each other endlessly; if False the
             flow ends after one epoch (the rest of ``start_epoch``).
@@ -231,6 +233,17 @@ class data_flow:
             a client reading from several data nodes does). A lane with no batch
             (``lane >= len(self)``) yields nothing, even with ``loop_forever``. Default 0.
         lanes: Number of lanes. Default 1: every batch.
+        shared_reads: With worker processes, read every batch in this process, from the
+            arrays of ``data`` as given, on ``nb_io_workers`` threads (at least 1), and send
+            its rows to the processes through shared memory; they only preprocess. Use it
+            when the arrays read through something that lives in this process, such as a
+            cache of decoded chunks shared with other flows: each chunk is then read and
+            decoded once, not once per process. The arrays are never sent to the processes
+            (they need not pickle; the preprocessor must). Reads no longer run in parallel
+            across processes (and h5py runs one call of a process at a time). Batches are
+            bit-identical either way; ``BatchInfo.read_seconds`` is then measured in this
+            process, ``preprocess_seconds`` in the worker. Without processes it changes
+            nothing. Default False: each process reads its own batches.
 
     Raises:
         TypeError: If an argument has the wrong type (``data`` not a list of arrays, a
@@ -268,6 +281,7 @@ class data_flow:
         start_method: str = "spawn",
         lane: int = 0,
         lanes: int = 1,
+        shared_reads: bool = False,
     ) -> None:
         self._pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
         self._data = _parse_data(data)
@@ -342,6 +356,7 @@ class data_flow:
         else:
             self._max_in_flight = parse_positive_int("max_in_flight", max_in_flight)
         self._start_method = parse_option("start_method", start_method, START_METHODS)
+        self._shared_reads = parse_bool("shared_reads", shared_reads)
         self._preprocess = Preprocess(
             function,
             frozenset() if function is None else preprocessor_keywords(function),
@@ -382,6 +397,8 @@ class data_flow:
                 and the worker's traceback text (as ``__cause__`` when it came from a
                 process); the flow stops.
             WorkerError: If a worker process died, or an exception could not be rebuilt.
+            TypeError: With processes and without ``shared_reads``, if an array of
+                ``data`` cannot be pickled to them.
         """
         pipeline = build_pipeline(
             iter_batches(
@@ -400,6 +417,7 @@ class data_flow:
             ordered=self._ordered,
             start_method=self._start_method,
             block_nbytes=_batch_nbytes(self._data, self._plan.batch_size),
+            shared_reads=self._shared_reads,
             stop=stop,
         )
         self._pipelines.add(pipeline)
