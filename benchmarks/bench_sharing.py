@@ -16,7 +16,10 @@ touched) at the same time as the others:
 
 The node decodes cache misses of these gzip chunks with zlib outside the GIL
 (``H5Source.read_chunk``), so streams (or io threads) missing different chunks decode
-in parallel; serving (encoding, gRPC) still takes the GIL.
+in parallel. On 2 cores the limit of the partitioned modes is the cores themselves: one
+partitioned epoch is the same node work as one trainer's epoch (each chunk decoded once
+either way), so N partitioned trainers can only gain what the trainers' and gRPC threads'
+overlap gives, while N independent trainers share every decode N times.
 
 Printed per mode, N and cache setting: aggregate samples/s (all trainers' samples over
 the time from the first start to the last end) and its ratio to 1 trainer with the same

@@ -146,6 +146,20 @@ class ChunkCache:
         pending.done.set()
         return chunk
 
+    def _lookup(self, keys: list[Hashable]) -> list[npt.NDArray[Any] | None]:
+        """The chunks cached under ``keys`` (None where not cached), in one lock round trip.
+
+        Each chunk found counts as a hit and becomes the most recently used; look up the
+        others with ``get``.
+        """
+        with self._lock:
+            found = [self._chunks.get(key) for key in keys]
+            for key, chunk in zip(keys, found, strict=True):
+                if chunk is not None:
+                    self._chunks.move_to_end(key)
+                    self._hits += 1
+        return found
+
     def _keep(self, key: Hashable, chunk: npt.NDArray[Any]) -> None:
         """Cache ``chunk`` and evict least recently used ones down to the budget (lock held)."""
         if chunk.nbytes > self.max_bytes:
@@ -275,19 +289,34 @@ class CachedSource:
         return self._joined(pieces, trailing)
 
     def _read_rows(self, rows: npt.NDArray[np.intp], trailing: tuple[Any, ...]) -> npt.NDArray[Any]:
-        """Rows ``rows`` (in range, any order, repeats allowed), each restricted to ``trailing``."""
-        if len(rows) > 1 and not (np.diff(rows) > 0).all():
-            unique, inverse = np.unique(rows, return_inverse=True)
-            return self._read_rows(unique, trailing)[inverse]
+        """Rows ``rows`` (in range, any order, repeats allowed), each restricted to ``trailing``.
+
+        Each chunk the rows touch is fetched once and its rows are gathered straight into
+        the result, in row order, then put in the order asked if that is another.
+        """
         version = self._version()
-        numbers = rows // self.chunk_length
-        starts = np.flatnonzero(np.diff(numbers)) + 1
-        pieces = []
-        for group in np.split(rows, starts) if len(rows) else ():
-            number = int(group[0]) // self.chunk_length
-            local = group - number * self.chunk_length
-            pieces.append(self._chunk(number, version)[(local, *trailing)])
-        return self._joined(pieces, trailing)
+        if not len(rows):
+            return self._joined([], trailing)
+        in_order = bool((rows[1:] >= rows[:-1]).all())
+        order = None if in_order else np.argsort(rows, kind="stable")
+        ordered = rows if order is None else rows[order]
+        numbers = ordered // self.chunk_length
+        local = ordered - numbers * self.chunk_length
+        starts = [0, *(np.flatnonzero(numbers[1:] != numbers[:-1]) + 1).tolist()]
+        chunks = self._chunks(numbers[starts].tolist(), version)
+        gathered: npt.NDArray[Any] | None = None
+        for begin, end, chunk in zip(starts, [*starts[1:], len(rows)], chunks, strict=True):
+            part = chunk[(slice(None), *trailing)] if trailing else chunk
+            if gathered is None:
+                gathered = np.empty((len(rows), *part.shape[1:]), part.dtype)
+            # "clip" (the rows are in range) lets take write into ``out`` unbuffered.
+            part.take(local[begin:end], axis=0, out=gathered[begin:end], mode="clip")
+        assert gathered is not None
+        if order is None:
+            return gathered
+        result = np.empty_like(gathered)
+        result[order] = gathered
+        return result
 
     def _joined(
         self, pieces: list[npt.NDArray[Any]], trailing: tuple[Any, ...]
@@ -301,6 +330,16 @@ class CachedSource:
             return pieces[0]
         # The dtype as stored: numpy would make a big-endian one native.
         return np.concatenate(pieces, dtype=pieces[0].dtype)
+
+    def _chunks(
+        self, numbers: list[int], version: tuple[int, ...] | None
+    ) -> list[npt.NDArray[Any]]:
+        """Chunks ``numbers``: the cached ones looked up at once, then the others read."""
+        found = self.cache._lookup([(self.key, version, number) for number in numbers])
+        return [
+            self._chunk(number, version) if chunk is None else chunk
+            for number, chunk in zip(numbers, found, strict=True)
+        ]
 
     def _chunk(self, number: int, version: tuple[int, ...] | None) -> npt.NDArray[Any]:
         return self.cache.get(

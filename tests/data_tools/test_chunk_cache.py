@@ -6,9 +6,11 @@ Matrix:
   not cached, retried), single-flight (8 threads missing one chunk -> 1 read), different
   chunks read in parallel, bad max_bytes.
 - CachedSource over a counting in-memory source: exact hits/misses for a scripted access
-  pattern; every key form against numpy; hypothesis index sets (unsorted, repeated,
-  empty) through getitem and data_flow's read_rows; data_flow with replacement and io
-  threads against the same flow over numpy.
+  pattern; index-array reads refresh the chunks they hit (LRU); every key form against
+  numpy; hypothesis index sets (unsorted, repeated, empty) through getitem and data_flow's
+  read_rows, and with trailing keys (ints, slices, Ellipsis) x little/big-endian dtypes
+  (values, dtype, one lookup per chunk); data_flow with replacement and io threads against
+  the same flow over numpy.
 - cached(): which sources are wrapped (chunked HDF5 / h5py.Dataset / zarr / bcolz) and
   which are not (contiguous HDF5, numpy); chunk lengths; separate wrappings never share.
 - Pickling: a CachedSource and a view over one pickle to the bare source.
@@ -239,6 +241,18 @@ def test_scripted_hits_and_misses():
     assert source.reads == [slice(0, 5), slice(5, 10), slice(10, 15), slice(15, 20)]
 
 
+def test_index_array_reads_refresh_the_chunks_they_hit():
+    source = CountingSource(array(20))  # chunks of 3 rows: 72 bytes
+    view = CachedSource(source, ChunkCache(150), "refresh", CHUNK)  # holds two chunks
+    view[[0, 3]]  # chunks 0, 1: two misses
+    view[[2, 1]]  # chunk 0 hit: now the most recently used
+    view[[7]]  # chunk 2 miss evicts chunk 1, the least recently used
+    view[[0, 8]]  # chunks 0, 2: two hits
+    stats = view.cache.stats()
+    assert (stats.misses, stats.hits, stats.evictions) == (3, 3, 1)
+    assert source.reads == [slice(0, 3), slice(3, 6), slice(6, 9)]
+
+
 KEYS = [
     5,
     -1,
@@ -300,6 +314,33 @@ def test_drawn_index_sets_equal_the_source(rows, chunk_length, budget):
     read = read_rows(view, indices)
     np.testing.assert_array_equal(read, data[indices])
     assert read.flags.writeable
+
+
+TRAILING = [(), (1,), (slice(None), 2), (..., 0), (0, ...), (slice(None, None, -1), slice(1, 3))]
+
+
+@settings(max_examples=40)
+@given(
+    rows=st.lists(st.integers(-23, 22), max_size=30),
+    trailing=st.sampled_from(TRAILING),
+    chunk_length=st.integers(1, 9),
+    dtype=st.sampled_from(["<i4", ">i4", "<f8", ">u2"]),
+)
+def test_index_arrays_with_trailing_keys_gather_like_numpy(rows, trailing, chunk_length, dtype):
+    data = array(23, dtype=np.dtype(dtype))
+    view = CachedSource(CountingSource(data), ChunkCache(10**6), "gather", chunk_length)
+    key = (np.array(rows, dtype=np.int64), *trailing)
+    result = view[key]
+    expected = data[key]
+    assert result.shape == expected.shape
+    assert result.dtype == expected.dtype  # the dtype as stored: big-endian stays big-endian
+    np.testing.assert_array_equal(result, expected)
+    # One lookup per chunk touched, whatever the order and repeats of the rows.
+    stats = view.cache.stats()
+    assert stats.hits + stats.misses == len({row % 23 // chunk_length for row in rows})
+    if result.size:
+        result.flat[0] = 99  # a new, writable array: the cached chunks are untouched
+        np.testing.assert_array_equal(view[key], expected)
 
 
 def test_data_flow_with_replacement_matches_numpy():
