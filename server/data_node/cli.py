@@ -82,6 +82,7 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", type=Path, help="the client certificate's key (PEM)")
     parser.add_argument("--tls", action="store_true", help="TLS even without --ca or --cert")
     parser.add_argument(
+        "--token-file",
         "--token_file",
         type=Path,
         help="file holding the token: the first word of its first line that is not a # comment",
@@ -110,7 +111,7 @@ def _read_token(path: Path) -> str:
         words = line.split()
         if words and not words[0].startswith("#"):
             return words[0]
-    raise ValueError(f"--token_file: Expected a token. {str(path)!r} holds none.")
+    raise ValueError(f"--token-file: Expected a token. {str(path)!r} holds none.")
 
 
 def _add_build_parser(commands: Any) -> None:
@@ -122,25 +123,46 @@ def _add_build_parser(commands: Any) -> None:
         group = build.add_mutually_exclusive_group(required=name == "volume")
         group.add_argument(f"--{name}", metavar="PATH[:KEY]", help="a file under the data root")
         group.add_argument(
-            f"--{name}_dataset", metavar="DATASET:ARRAY", help="an array of a served dataset"
+            f"--{name}-dataset",
+            f"--{name}_dataset",
+            metavar="DATASET:ARRAY",
+            help="an array of a served dataset",
         )
-    build.add_argument("--class_list", type=int, nargs="+", help="mask values to extract")
     build.add_argument(
+        "--class-list", "--class_list", type=int, nargs="+", help="mask values to extract"
+    )
+    build.add_argument(
+        "--random-order",
         "--random_order",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="randomize each class's patch order (default: yes)",
     )
     build.add_argument("--batchsize", type=int, default=32, help="patches per write (32)")
-    build.add_argument("--max_patches_per_class", type=int, help="at most this many per class")
-    build.add_argument("--file_format", default="hdf5", help="hdf5 (default), zarr or bcolz")
-    build.add_argument("--writer_options", type=json.loads, help="a JSON object")
-    build.add_argument("--register_as", help="serve the result as a dataset of this name")
+    build.add_argument(
+        "--max-patches-per-class",
+        "--max_patches_per_class",
+        type=int,
+        help="at most this many per class",
+    )
+    build.add_argument(
+        "--file-format", "--file_format", default="hdf5", help="hdf5 (default), zarr or bcolz"
+    )
+    build.add_argument(
+        "--writer-options", "--writer_options", type=json.loads, help="a JSON object"
+    )
+    build.add_argument(
+        "--register-as", "--register_as", help="serve the result as a dataset of this name"
+    )
     build.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    build.add_argument("--slice_axis", type=int, default=-1, help="axis of the slices (-1)")
+    build.add_argument(
+        "--slice-axis", "--slice_axis", type=int, default=-1, help="axis of the slices (-1)"
+    )
     build.add_argument("--seed", type=int, help="seed of the random choices")
     build.add_argument("--executor", choices=EXECUTORS, help="default: the node's")
-    build.add_argument("--scheduler_address", help="Dask scheduler; default: the node's")
+    build.add_argument(
+        "--scheduler-address", "--scheduler_address", help="Dask scheduler; default: the node's"
+    )
     build.add_argument("--detach", action="store_true", help="print the job id and exit")
 
 
