@@ -53,7 +53,7 @@ from data_tools._chunk_cache import CachedSource, CacheStats, ChunkCache, cached
 from data_tools._sources import H5Source
 from data_tools.errors import SourceChangedError
 from data_tools.io import data_flow
-from data_tools.io._workers import read_rows
+from data_tools.io._batch import read_rows
 from data_tools.wrap import delayed_view
 
 CHUNK = 3

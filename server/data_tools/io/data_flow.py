@@ -19,8 +19,9 @@ from data_tools._parse import (
     parse_option,
     parse_positive_int,
 )
+from data_tools.io._batch import BatchInfo, Preprocess
 from data_tools.io._sampler import SEED_LIMIT, SamplingPlan, iter_batches, num_batches
-from data_tools.io._workers import BatchInfo, Pipeline, Preprocess, build_pipeline
+from data_tools.io._workers import Pipeline, build_pipeline
 
 if TYPE_CHECKING:
     import threading

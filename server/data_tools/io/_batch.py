@@ -1,0 +1,187 @@
+"""One batch's work: its task, reading its rows, running its preprocessor, and the outcome.
+
+Each batch carries the seconds its rows took to read and its preprocessor to run, measured
+where that work happened (a process sends them back with the batch).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from data_tools.errors import WorkerError
+from data_tools.io._sampler import batch_rng
+from data_tools.wrap import _read_source
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = [
+    "Arrays",
+    "BatchInfo",
+    "Done",
+    "IndexArray",
+    "Outcome",
+    "Preprocess",
+    "Read",
+    "Task",
+    "as_consumer_error",
+    "preprocessed",
+    "read_batch",
+    "read_rows",
+    "run_caught",
+]
+
+Arrays = tuple[npt.NDArray[Any], ...]
+IndexArray = npt.NDArray[np.int64]
+# The rows of one batch as read, one array per source, and the seconds the read took.
+Read = tuple[list[npt.NDArray[Any]], float]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """One batch and where it sits in the stream.
+
+    In an ordered flow, one started at ``start_epoch=epoch, start_batch=batch_index + 1``
+    yields exactly what follows this batch: ``(epoch, batch_index + 1)`` is the cursor.
+
+    Attributes:
+        epoch: The epoch the batch belongs to.
+        batch_index: Its position in the epoch (for this rank), from 0.
+        indices: The global indices of its elements in ``data``, in batch order.
+        arrays: One array per output of the preprocessor (per array of ``data`` without
+            one), stacked along the first axis.
+        read_seconds: Wall-clock seconds spent reading the batch's rows from ``data``, in
+            the thread or process that read them (a read ahead counts when it ran, not
+            while the batch waited).
+        preprocess_seconds: Wall-clock seconds the preprocessor took on the batch (0.0
+            without one, bar the call overhead).
+        ready: Batches finished and waiting behind this one when it was handed out (from
+            0 to ``max_in_flight``; always 0 without workers): the flow's queue depth. High
+            values mean the consumer is the bottleneck, 0 that it waits for the workers.
+    """
+
+    epoch: int
+    batch_index: int
+    indices: IndexArray
+    arrays: Arrays
+    read_seconds: float = 0.0
+    preprocess_seconds: float = 0.0
+    ready: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    seq: int
+    epoch: int
+    batch_index: int
+    indices: IndexArray
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A batch's arrays and the seconds its two steps took (see BatchInfo)."""
+
+    arrays: Arrays
+    read_seconds: float
+    preprocess_seconds: float
+
+
+Outcome = Done | BaseException
+
+
+def _as_arrays(result: Any) -> Arrays:
+    if isinstance(result, np.ndarray):
+        return (result,)
+    if isinstance(result, tuple | list):
+        return tuple(np.asarray(item) for item in result)
+    raise TypeError(
+        "Expected preprocessor to return a numpy array or a tuple/list of arrays. "
+        f"Got {type(result).__name__} instead."
+    )
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The compute step of a batch: a picklable preprocessor and its random stream.
+
+    Attributes:
+        function: The user's preprocessor, or None to pass batches through.
+        keywords: Which of ``rng``, ``epoch`` and ``indices`` the function accepts; each is
+            passed as a keyword: the batch's generator, its epoch, its global indices.
+        seed: Seed of the flow.
+        rank: Rank of the flow; part of each batch's random stream.
+    """
+
+    function: Callable[..., Any] | None
+    keywords: frozenset[str]
+    seed: int
+    rank: int
+
+    def __call__(
+        self, batch: list[npt.NDArray[Any]], epoch: int, batch_index: int, indices: IndexArray
+    ) -> Arrays:
+        """Return the preprocessed arrays of one batch read as ``batch``."""
+        if self.function is None:
+            return tuple(batch)
+        extra: dict[str, Any] = {}
+        if "rng" in self.keywords:
+            extra["rng"] = batch_rng(self.seed, epoch, batch_index, self.rank)
+        if "epoch" in self.keywords:
+            extra["epoch"] = epoch
+        if "indices" in self.keywords:
+            extra["indices"] = indices
+        return _as_arrays(self.function(batch, **extra))
+
+
+def read_rows(source: Any, indices: IndexArray) -> npt.NDArray[Any]:
+    """Return ``source[indices]`` as a new array the caller may modify in place.
+
+    Sources other than numpy arrays are read as views read them: once per distinct index,
+    in increasing order (as h5py requires), as slices where possible.
+    """
+    if isinstance(source, np.ndarray):
+        return np.asarray(np.take(source, indices, axis=0))
+    unique, inverse = np.unique(indices, return_inverse=True)
+    rows = np.asarray(_read_source(source, unique.astype(np.intp), ()))
+    if unique.size != indices.size or not np.array_equal(unique, indices):
+        return rows[inverse]
+    # A source may hand back a view of memory it keeps; the preprocessor may write.
+    return rows if rows.flags.owndata else rows.copy()
+
+
+def read_batch(sources: Sequence[Any], indices: IndexArray) -> Read:
+    start = time.perf_counter()
+    batch = [read_rows(source, indices) for source in sources]
+    return batch, time.perf_counter() - start
+
+
+def preprocessed(read: Read, preprocess: Preprocess, task: Task) -> Done:
+    batch, read_seconds = read
+    start = time.perf_counter()
+    arrays = preprocess(batch, task.epoch, task.batch_index, task.indices)
+    return Done(arrays, read_seconds, time.perf_counter() - start)
+
+
+def _run_task(sources: Sequence[Any], preprocess: Preprocess, task: Task) -> Done:
+    return preprocessed(read_batch(sources, task.indices), preprocess, task)
+
+
+def as_consumer_error(error: BaseException) -> BaseException:
+    """Return what the consumer raises for ``error`` caught in a worker."""
+    if isinstance(error, Exception):
+        return error
+    text = "".join(traceback.format_exception(error))
+    return WorkerError(f"A worker stopped with {error!r}.\n\nWorker traceback:\n{text}")
+
+
+def run_caught(sources: Sequence[Any], preprocess: Preprocess, task: Task) -> Outcome:
+    try:
+        return _run_task(sources, preprocess, task)
+    except BaseException as error:  # noqa: BLE001 - every failure goes to the consumer
+        return as_consumer_error(error)
