@@ -120,6 +120,13 @@ _CHANNEL_RECONNECT_OPTIONS: Final = (
 )
 # data_flow seeds numpy generators with 32-bit seeds; the node refuses larger ones.
 _SEED_MAX: Final = 2**32 - 1
+# Keepalive bounds, in seconds. The node accepts pings 0.5 s apart (data_node.server), so
+# 1 s leaves room for jitter; gRPC takes the interval as a 32-bit count of milliseconds.
+_KEEPALIVE_MIN: Final = 1.0
+_KEEPALIVE_MAX: Final = (2**31 - 1) // 1000
+# Longest wait for a ping's acknowledgement: a hung node is dropped at most this long after
+# the ping, while a busy link still gets a few seconds to answer.
+_KEEPALIVE_TIMEOUT_MAX: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -180,12 +187,13 @@ class BatchStream:
     After each item, ``cursor``, ``indices``, ``epoch`` and ``batch_index`` describe it, so a
     trainer can checkpoint ``cursor_bytes()`` and later pass it as ``stream(..., resume=...)``.
 
-    When the node becomes UNAVAILABLE (restart, dropped connection), the stream re-issues its
-    request resuming from the last cursor received, so no sample is lost or duplicated; before
-    any batch it re-issues the original request. With several nodes (one lane of a
-    ``MultiNodeStream``) it first tries the next node at once (failover); once every node has
-    failed in a row, and with one node after each failure, it waits with exponential backoff.
-    Any other failure, or running out of reconnect attempts, raises a ``DataNodeError`` subclass.
+    When the node becomes UNAVAILABLE (restart, dropped connection, keepalive pings left
+    unanswered by a hung node), the stream re-issues its request resuming from the last
+    cursor received, so no sample is lost or duplicated; before any batch it re-issues the
+    original request. With several nodes (one lane of a ``MultiNodeStream``) it first tries
+    the next node at once (failover); once every node has failed in a row, and with one node
+    after each failure, it waits with exponential backoff. Any other failure, or running out
+    of reconnect attempts, raises a ``DataNodeError`` subclass.
 
     ``stall`` is the time the trainer spent waiting inside ``next()`` (receiving, decoding and
     reconnecting), ``stall_fraction`` its share of the wall time.
@@ -451,6 +459,12 @@ class DataNodeClient:
     node would give (a ``MultiNodeStream``), moving a lane to another node if its node goes
     away. The other calls go to the first node that answers, in the order given.
 
+    While a call is open the client sends an HTTP/2 keepalive ping every ``keepalive``
+    seconds (default 10), so a node that hangs rather than going away (stopped process,
+    frozen VM, a network path silently dropping packets) is noticed within about
+    ``keepalive + min(keepalive, 5)`` seconds: its call fails with UNAVAILABLE, and a stream
+    fails over to another node or reconnects, as when a node restarts.
+
     Example:
         >>> with DataNodeClient("localhost:50051") as client:  # doctest: +SKIP
         ...     for image, mask in client.stream("brains", batch_size=32, shuffle=True, seed=1):
@@ -471,6 +485,7 @@ class DataNodeClient:
         *,
         max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
         timeout: float | None = 30.0,
+        keepalive: float | None = 10.0,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         """Open a channel to each node (connecting lazily, at the first call).
@@ -493,13 +508,23 @@ class DataNodeClient:
             timeout: Seconds allowed to each unary call (``datasets()``, ``describe()``, the
                 job calls); None waits forever. Default 30. Streams and job watches have no
                 deadline (``BuildJob.wait`` takes its own).
-            options: Further gRPC channel options as (key, value) pairs; they override ours.
+            keepalive: Seconds between HTTP/2 keepalive pings while a call is open, >= 1;
+                a node that does not acknowledge one within ``min(keepalive, 5)`` seconds
+                (hung process, frozen VM, a network path silently dropping packets) fails
+                the call with UNAVAILABLE, which a stream treats as any other: it fails
+                over or reconnects. None turns the pings off, leaving such a stream blocked
+                until the operating system gives up on the connection (often never).
+                Default 10: a hung node is noticed within about 15 s. The node accepts
+                pings this often; a proxy in between may not.
+            options: Further gRPC channel options as (key, value) pairs; they override ours
+                (e.g. ``grpc.keepalive_timeout_ms`` with ``grpc.http2.ping_timeout_ms``).
 
         Raises:
             TypeError: ``address`` is neither a string nor a sequence of strings, or ``tls``
                 has none of the accepted forms.
-            ValueError: ``address`` is an empty sequence or repeats an address, or
-                ``max_message_bytes`` is not a positive int.
+            ValueError: ``address`` is an empty sequence or repeats an address,
+                ``max_message_bytes`` is not a positive int, or ``keepalive`` is not None
+                or a number of seconds in [1, 2147483] (TypeError if not a number).
             OSError: ``tls`` names a PEM file that cannot be read.
         """
         addresses = parse_addresses(address)
@@ -510,6 +535,7 @@ class DataNodeClient:
                     ("grpc.max_send_message_length", max_message_bytes),
                     ("grpc.max_receive_message_length", max_message_bytes),
                     *_CHANNEL_RECONNECT_OPTIONS,
+                    *_keepalive_options(keepalive),
                     *options,
                 )
             ).items()
@@ -883,6 +909,35 @@ def _open_stream(
         lanes,
         start=shared.resume if shared.HasField("resume") else None,
         epochs=None if shared.loop_forever else shared.epochs,
+    )
+
+
+def _keepalive_options(keepalive: Any) -> tuple[tuple[str, int], ...]:
+    """Channel options pinging the node every ``keepalive`` seconds while a call is open."""
+    if keepalive is None:
+        return ()
+    if isinstance(keepalive, bool | np.bool_) or not isinstance(keepalive, numbers.Real):
+        raise TypeError(
+            f"Expected keepalive to be a number of seconds or None. Got {keepalive!r} instead."
+        )
+    seconds = float(keepalive)
+    if not _KEEPALIVE_MIN <= seconds <= _KEEPALIVE_MAX:
+        raise ValueError(
+            f"Expected keepalive to be a number of seconds in [{_KEEPALIVE_MIN:g}, "
+            f"{_KEEPALIVE_MAX}], or None to turn the pings off. Got {keepalive!r} instead."
+        )
+    timeout_ms = round(min(seconds, _KEEPALIVE_TIMEOUT_MAX) * 1000)
+    return (
+        ("grpc.keepalive_time_ms", round(seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        # grpcio 1.85 drops the connection only when its general ping timeout (default 60 s)
+        # expires, whatever keepalive_timeout_ms says: keep the two equal.
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
+        # Idle channels stay quiet; unary calls have their own deadline.
+        ("grpc.keepalive_permit_without_calls", 0),
+        # gRPC stops pinging after 2 pings without data sent (default), and a stream's
+        # client sends none after its request: lift the limit or the pings would stop.
+        ("grpc.http2.max_pings_without_data", 0),
     )
 
 

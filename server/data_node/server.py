@@ -45,6 +45,17 @@ logger = logging.getLogger(__name__)
 _SPARE_THREADS = 8
 # Seconds stop() waits for cancelled streams to release their workers.
 _STREAM_CLOSE_TIMEOUT = 10.0
+# Clients ping to detect a hung node (data_client's keepalive, >= 1 s apart). gRPC's own
+# policy (pings >= 5 min apart while the node sends nothing, e.g. to a slow consumer, none
+# on an idle connection) would answer them with GOAWAY "too_many_pings", ending every call
+# on the connection. Accept pings 0.5 s apart (jitter margin under the client's 1 s floor),
+# on idle connections too (a client may opt in); a third earlier one with nothing sent
+# in between still gets GOAWAY.
+_PING_POLICY = [
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_ping_strikes", 2),
+]
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -156,7 +167,7 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
             thread_name_prefix="data_node-rpc",
         ),
         interceptors=[] if auth is None else [auth],
-        options=channel_options(config.limits.max_message_bytes),
+        options=[*channel_options(config.limits.max_message_bytes), *_PING_POLICY],
     )
     server.add_generic_rpc_handlers((method_handlers(servicer),))
     health_servicer = health.HealthServicer()

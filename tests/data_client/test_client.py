@@ -13,6 +13,9 @@ Matrix:
   request), a real server stop/restart on the same port, giving up after max_reconnects.
 - close(): cancels the server-side call (stream.close, context exit, garbage collection,
   client.close); token metadata on every RPC; tls forms.
+- keepalive: channel options by default (10 s, timeout 5 s), a short one (timeout = interval),
+  None (no keepalive options), users' options override; bad values -> TypeError/ValueError
+  naming keepalive; a stream with keepalive on reads as usual.
 """
 
 from __future__ import annotations
@@ -501,3 +504,84 @@ def test_tls_forms(tmp_path, fake_node):
         DataNodeClient(fake_node.address, tls=tmp_path / "missing.pem")
     with pytest.raises(TypeError, match="tls"):
         DataNodeClient(fake_node.address, tls=3)
+
+
+def _keepalive_options(monkeypatch, fake_node, **kwargs):
+    """The keepalive-related options DataNodeClient(**kwargs) passes to its channel."""
+    seen = []
+    real = grpc.insecure_channel
+
+    def spy(target, options=None, *args, **kw):
+        seen.append(dict(options))
+        return real(target, options, *args, **kw)
+
+    monkeypatch.setattr(grpc, "insecure_channel", spy)
+    DataNodeClient([fake_node.address, "127.0.0.1:1"], **kwargs).close()
+    assert len(seen) == 2
+    assert seen[0] == seen[1]  # every node's channel alike
+    return {key: value for key, value in seen[0].items() if "ping" in key or "keepalive" in key}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (
+            {},
+            {
+                "grpc.keepalive_time_ms": 10_000,
+                "grpc.keepalive_timeout_ms": 5_000,
+                "grpc.http2.ping_timeout_ms": 5_000,
+                "grpc.keepalive_permit_without_calls": 0,
+                "grpc.http2.max_pings_without_data": 0,
+            },
+        ),
+        (
+            {"keepalive": 2.5},
+            {
+                "grpc.keepalive_time_ms": 2_500,
+                "grpc.keepalive_timeout_ms": 2_500,
+                "grpc.http2.ping_timeout_ms": 2_500,
+                "grpc.keepalive_permit_without_calls": 0,
+                "grpc.http2.max_pings_without_data": 0,
+            },
+        ),
+        ({"keepalive": None}, {}),
+        (
+            {"keepalive": 1, "options": [("grpc.keepalive_timeout_ms", 700)]},
+            {
+                "grpc.keepalive_time_ms": 1_000,
+                "grpc.keepalive_timeout_ms": 700,
+                "grpc.http2.ping_timeout_ms": 1_000,
+                "grpc.keepalive_permit_without_calls": 0,
+                "grpc.http2.max_pings_without_data": 0,
+            },
+        ),
+    ],
+    ids=["default", "short", "off", "options-override"],
+)
+def test_keepalive_channel_options(monkeypatch, fake_node, kwargs, expected):
+    assert _keepalive_options(monkeypatch, fake_node, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    ("keepalive", "error"),
+    [
+        (0, ValueError),
+        (0.5, ValueError),
+        (-10, ValueError),
+        (float("nan"), ValueError),
+        (float("inf"), ValueError),
+        (10**7, ValueError),
+        ("10", TypeError),
+        (True, TypeError),
+    ],
+)
+def test_bad_keepalive_is_refused(fake_node, keepalive, error):
+    with pytest.raises(error, match="keepalive"):
+        DataNodeClient(fake_node.address, keepalive=keepalive)
+
+
+def test_a_stream_with_a_short_keepalive_reads_as_usual(fake_node):
+    with DataNodeClient(fake_node.address, keepalive=1) as client:
+        batches = list(client.stream("toy", 4, epochs=2))
+    assert [len(arrays[0]) for arrays in batches] == [4, 4, 2] * 2

@@ -7,6 +7,10 @@ Matrix:
 - a merged cursor (after an odd batch) resumed on one node and on two: the rest equals;
 - node C killed with SIGKILL mid-epoch: the stream over A and C completes, every sample of
   every epoch once, bit-identical to node A's stream, lane 1 now read from A;
+- node C hung with SIGSTOP mid-epoch (keepalive 1 s): its lane's call fails UNAVAILABLE
+  within seconds and the stream completes as after a kill, bit-identical to node A's stream;
+- keepalive 1 s and a consumer pausing 5 s (several pings while the node sends nothing): the
+  node accepts the pings (no GOAWAY "too_many_pings"), the stream never reconnects;
 - every node down (one never up, the other killed mid-stream): UnavailableError after the
   reconnect rounds;
 - the torch adapter given both addresses yields node A's stream as tensors;
@@ -19,6 +23,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -40,6 +45,8 @@ NO_LEAKS = {"thread_prefix": "data_client", "timeout": 5}
 # Without BDP probing the HTTP/2 window stays at 64 KiB, so a node cannot send the whole of
 # its lane ahead of the trainer: the kill lands mid-lane.
 SMALL_WINDOW = [("grpc.http2.bdp_probe", 0)]
+# The shortest keepalive the client allows: a hung node is dropped about 2 s after it stops.
+KEEPALIVE = 1.0
 
 
 @contextlib.contextmanager
@@ -170,6 +177,52 @@ def test_a_node_killed_mid_epoch_loses_and_repeats_nothing(nodes, tmp_path):
             assert stream._readers[1].lane._node == 1
     assert_same(got, expected)
     assert_every_sample_once_per_epoch(got, epochs, list(range(40)))
+
+
+def test_a_hung_node_is_dropped_by_keepalive_and_its_lane_moves(nodes, tmp_path):
+    epochs = 8
+    expected, _ = read(nodes[0], name="toy", epochs=epochs)
+    with node_process(tmp_path) as (victim, address), assert_no_leaks(**NO_LEAKS):
+        try:
+            client = DataNodeClient([nodes[0], address], keepalive=KEEPALIVE, options=SMALL_WINDOW)
+            with client, client.stream("toy", epochs=epochs, **STREAM) as stream:
+                got = []
+                for arrays in stream:
+                    got.append(
+                        (
+                            arrays,
+                            stream.indices,
+                            stream.epoch,
+                            stream.batch_index,
+                            stream.cursor_bytes(),
+                        )
+                    )
+                    if len(got) == 10:  # mid-epoch 0: the node hangs, its socket stays open
+                        os.kill(victim.pid, signal.SIGSTOP)
+                        stopped = time.monotonic()
+                hung_for = time.monotonic() - stopped
+                assert stream._readers[1].lane._node == 1  # lane 1 moved from C to A
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+    assert_same(got, expected)
+    assert_every_sample_once_per_epoch(got, epochs, list(range(40)))
+    # Ping after 1 s, dropped 1 s later; without keepalive the stream would block forever.
+    assert hung_for < 10
+
+
+def test_keepalive_pings_do_not_end_a_healthy_stream_with_a_slow_consumer(nodes):
+    # Whole-dataset batches fill the 64 KiB window at once: the node then sends nothing
+    # while the trainer pauses, and each ping in the pause is one "without data".
+    # max_reconnects=0: a GOAWAY ("too_many_pings") would raise UnavailableError.
+    client = DataNodeClient(nodes[0], keepalive=KEEPALIVE, options=SMALL_WINDOW)
+    with client, client.stream("toy", 40, loop_forever=True, max_reconnects=0) as stream:
+        for _ in range(3):
+            next(stream)
+        # gRPC's default policy (pings >= 5 min apart, 2 strikes) sends GOAWAY by 4.5 s.
+        time.sleep(5 * KEEPALIVE)
+        batches = [next(stream) for _ in range(5)]
+        assert stream.epoch == 7  # one batch per epoch
+    assert all(len(arrays[0]) == 40 for arrays in batches)
 
 
 def test_every_node_down_raises_unavailable(tmp_path):
