@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from data_client._decode import DecodedBatch, decode_batch
-from data_client._stall import StallClock
+from data_client._stream_base import StreamBase
 from data_client.errors import UnavailableError, translate_rpc_error
 from data_client.jobs import BuildJob, DatasetArray, FileArray, JobCalls, JobInfo, job_info
 from data_client.merge import MultiNodeStream
@@ -177,7 +177,7 @@ class _StreamRpc(Protocol):
     ) -> _StreamCall: ...
 
 
-class BatchStream:
+class BatchStream(StreamBase):
     """An iterator of minibatches from one StreamBatches call; returned by ``DataNodeClient.stream``.
 
     Each item is a tuple of numpy arrays in the dataset's array order, the first axis being
@@ -237,70 +237,11 @@ class BatchStream:
         self._max_backoff = max_backoff
         self._copy = copy
         self._jitter = random.Random()
-        self._clock = StallClock()
         # Guards _call against close() from another thread while __next__ (re)opens it.
         self._lock = threading.Lock()
-        self._closed = threading.Event()
         self._call: _StreamCall | None = None
         self._failures = 0
-        self._cursor: Cursor | None = request.resume if request.HasField("resume") else None
-        self._indices: npt.NDArray[np.int64] | None = None
-        self._epoch: int | None = None
-        self._batch_index: int | None = None
-
-    @property
-    def cursor(self) -> Cursor | None:
-        """The cursor after the last batch yielded (before any: the ``resume`` given, or None)."""
-        return self._cursor
-
-    @property
-    def indices(self) -> npt.NDArray[np.int64] | None:
-        """Global sample index of each row of the last batch yielded; None before the first."""
-        return self._indices
-
-    @property
-    def epoch(self) -> int | None:
-        """Epoch of the last batch yielded, from 0; None before the first."""
-        return self._epoch
-
-    @property
-    def batch_index(self) -> int | None:
-        """Index of the last batch yielded within its epoch, from 0; None before the first."""
-        return self._batch_index
-
-    @property
-    def closed(self) -> bool:
-        """Whether the stream is closed (exhausted, failed or closed by the caller)."""
-        return self._closed.is_set()
-
-    @property
-    def stall(self) -> float:
-        """Seconds the trainer spent waiting inside ``next()`` for data, over all calls."""
-        return self._clock.stall
-
-    @property
-    def stall_fraction(self) -> float:
-        """``stall`` over the wall time since the first ``next()`` began, in [0, 1].
-
-        The wall time runs until now, or, once the stream is closed, until the end of the
-        last ``next()``. Near 1: the node (or the network) limits training; near 0: the
-        trainer does.
-        """
-        return self._clock.fraction
-
-    def cursor_bytes(self) -> bytes | None:
-        """``cursor`` serialized for a checkpoint (``stream(resume=...)`` accepts it); or None."""
-        return None if self._cursor is None else self._cursor.SerializeToString()
-
-    def __iter__(self) -> Self:
-        return self
-
-    def __next__(self) -> tuple[npt.NDArray[Any], ...]:
-        started = self._clock.start()
-        try:
-            return self._next_batch()
-        finally:
-            self._clock.stop(started)
+        super().__init__(request.resume if request.HasField("resume") else None)
 
     def _next_batch(self) -> tuple[npt.NDArray[Any], ...]:
         while True:
@@ -316,10 +257,7 @@ class BatchStream:
                 self._after_failure(error)
                 continue
             self._failures = 0
-            self._cursor = batch.cursor
-            self._indices = batch.indices
-            self._epoch = batch.epoch
-            self._batch_index = batch.batch_index
+            self._advance(batch)
             arrays = tuple(batch.arrays)
             if self._copy:
                 arrays = tuple(a if a.flags.writeable else a.copy() for a in arrays)
@@ -334,29 +272,13 @@ class BatchStream:
         if call is not None:
             call.cancel()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # A partly constructed instance has no _lock; nothing to cancel then.
-        if hasattr(self, "_lock"):
-            self.close()
-
     def _open_call(self) -> _StreamCall | None:
         """The current call, issuing one (resuming from ``cursor``) if needed; None once closed."""
         with self._lock:
             if self._closed.is_set():
                 return None
             if self._call is None:
-                if self._at_end():
+                if self._received_all(None if self._request.loop_forever else self._request.epochs):
                     # The node went away after the last batch: the stream is complete, and
                     # a resume from its end would be refused (OUT_OF_RANGE).
                     self._closed.set()
@@ -364,20 +286,6 @@ class BatchStream:
                 request = _with_resume(self._request, self._cursor)
                 self._call = self._rpcs[self._node](request, metadata=self._metadata)
             return self._call
-
-    def _at_end(self) -> bool:
-        """Whether the batches received so far complete the stream.
-
-        Only after a batch: a ``resume`` cursor already at the end goes to the node, which
-        refuses it (OutOfRangeError) rather than answer with a silently empty stream.
-        """
-        request = self._request
-        return (
-            self._batch_index is not None
-            and self._cursor is not None
-            and not request.loop_forever
-            and self._cursor.epoch >= request.epochs
-        )
 
     def _after_failure(self, error: grpc.RpcError) -> None:
         """After UNAVAILABLE try the next node (backing off once all failed); else raise."""

@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 import grpc
 
-from data_client._stall import StallClock
+from data_client._stream_base import StreamBase
 from data_client.errors import InternalError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from types import TracebackType
 
     import numpy as np
     import numpy.typing as npt
@@ -146,7 +145,7 @@ class _LaneReader:
         return False
 
 
-class MultiNodeStream:
+class MultiNodeStream(StreamBase):
     """One stream of minibatches read from several data nodes at once.
 
     ``DataNodeClient(addresses).stream(...)`` returns it when the client has several nodes.
@@ -180,58 +179,10 @@ class MultiNodeStream:
         """
         self._readers = tuple(_LaneReader(lane, k) for k, lane in enumerate(lanes))
         self._epochs = epochs
-        self._clock = StallClock()
         # Orders starting the readers against close() from another thread.
         self._lock = threading.Lock()
         self._started = False
-        self._closed = threading.Event()
-        self._cursor = start
-        self._indices: npt.NDArray[np.int64] | None = None
-        self._epoch: int | None = None
-        self._batch_index: int | None = None
-
-    @property
-    def cursor(self) -> Cursor | None:
-        """The cursor after the last batch yielded (before any: the ``resume`` given, or None).
-
-        It is the cursor one node gives after that batch: resume it on one or several nodes.
-        """
-        return self._cursor
-
-    @property
-    def indices(self) -> npt.NDArray[np.int64] | None:
-        """Global sample index of each row of the last batch yielded; None before the first."""
-        return self._indices
-
-    @property
-    def epoch(self) -> int | None:
-        """Epoch of the last batch yielded, from 0; None before the first."""
-        return self._epoch
-
-    @property
-    def batch_index(self) -> int | None:
-        """Index of the last batch yielded within its epoch, from 0; None before the first."""
-        return self._batch_index
-
-    @property
-    def closed(self) -> bool:
-        """Whether the stream is closed (exhausted, failed or closed by the caller)."""
-        return self._closed.is_set()
-
-    @property
-    def stall(self) -> float:
-        """Seconds the trainer spent waiting inside ``next()`` for data, over all calls."""
-        return self._clock.stall
-
-    @property
-    def stall_fraction(self) -> float:
-        """``stall`` over the wall time since the first ``next()`` began, in [0, 1].
-
-        The wall time runs until now, or, once the stream is closed, until the end of the
-        last ``next()``. Near 1: the nodes (or the network) limit training; near 0: the
-        trainer does.
-        """
-        return self._clock.fraction
+        super().__init__(start)
 
     @property
     def lane_stalls(self) -> tuple[float, ...]:
@@ -240,20 +191,6 @@ class MultiNodeStream:
         A lane much slower than the others points at a slow node or link.
         """
         return tuple(reader.lane.stall for reader in self._readers)
-
-    def cursor_bytes(self) -> bytes | None:
-        """``cursor`` serialized for a checkpoint (``stream(resume=...)`` accepts it); or None."""
-        return None if self._cursor is None else self._cursor.SerializeToString()
-
-    def __iter__(self) -> Self:
-        return self
-
-    def __next__(self) -> tuple[npt.NDArray[Any], ...]:
-        started = self._clock.start()
-        try:
-            return self._next_batch()
-        finally:
-            self._clock.stop(started)
 
     def close(self) -> None:
         """Stop every lane thread and cancel its call; idempotent and thread-safe."""
@@ -265,24 +202,8 @@ class MultiNodeStream:
         for reader in self._readers:
             reader.join()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # A partly constructed instance has no _lock; nothing to stop then.
-        if hasattr(self, "_lock"):
-            self.close()
-
     def _next_batch(self) -> tuple[npt.NDArray[Any], ...]:
-        if self._closed.is_set() or self._at_end() or not self._start_readers():
+        if self._closed.is_set() or self._received_all(self._epochs) or not self._start_readers():
             self.close()
             raise StopIteration
         epoch, batch_index = self._next_position()
@@ -301,10 +222,7 @@ class MultiNodeStream:
                 f"epoch {item.epoch} where batch {batch_index} of epoch {epoch} was due; do "
                 "the nodes serve the same dataset?",
             )
-        self._cursor = item.cursor
-        self._indices = item.indices
-        self._epoch = item.epoch
-        self._batch_index = item.batch_index
+        self._advance(item)
         return item.arrays
 
     def _start_readers(self) -> bool:
@@ -323,12 +241,3 @@ class MultiNodeStream:
         if self._cursor is None:
             return 0, 0
         return self._cursor.epoch, self._cursor.batch_index
-
-    def _at_end(self) -> bool:
-        """Whether the batches yielded so far complete the stream (as BatchStream's)."""
-        return (
-            self._epochs is not None
-            and self._batch_index is not None
-            and self._cursor is not None
-            and self._cursor.epoch >= self._epochs
-        )
