@@ -36,14 +36,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import h5py
 import numpy as np
+from bench_stream import run_node, touch  # the same node process and page-touching trainer
 
 from data_client import DataNodeClient
-from data_node.config import load
-from data_node.server import build_server
 
 NUM_SAMPLES = 256
 SHAPE = (1, 256, 256)
@@ -54,7 +53,6 @@ WORKERS = 1
 WARMUP = 8
 TIMED = 50
 ROUNDS = 5
-PAGE_ELEMENTS = 1024
 AUGMENT = {
     "x_array": "image",
     "y_array": "mask",
@@ -109,18 +107,6 @@ def make_configs(root: Path) -> list[Path]:
     return configs
 
 
-def run_node(config: Path, ports: Any, stop: Any) -> None:
-    """The node process: serve ``config`` on a free loopback port until ``stop`` is set."""
-    node, port = build_server(load(config), "127.0.0.1:0")
-    node.start()
-    ports.put(port)
-    stop.wait()
-    deadline = time.monotonic() + 10
-    while node.servicer.open_streams and time.monotonic() < deadline:
-        time.sleep(0.02)
-    node.stop(None)
-
-
 def tree_cpu(pids: list[int]) -> tuple[float, float]:
     """CPU seconds (user + system) of the processes ``pids``, and of all their descendants."""
     stats = {}
@@ -144,12 +130,6 @@ def machine_cpu() -> float:
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle, iowait = fields[3], fields[4]
     return (sum(fields[:8]) - idle - iowait) / TICK
-
-
-def touch(batch: tuple[np.ndarray, ...]) -> None:
-    """Read one element per page of every array, as a trainer copying it would."""
-    for array in batch:
-        float(array.reshape(-1)[::PAGE_ELEMENTS].sum())
 
 
 def measure(addresses: list[str], node_pids: list[int], step: float) -> Figures:
