@@ -40,7 +40,9 @@ from typing import NamedTuple
 
 import h5py
 import numpy as np
-from bench_stream import run_node, touch  # the same node process and page-touching trainer
+
+# The same augmentation, node process and page-touching trainer as bench_stream.
+from bench_stream import AUGMENT, run_node, touch
 
 from data_client import DataNodeClient
 
@@ -53,14 +55,6 @@ WORKERS = 1
 WARMUP = 8
 TIMED = 50
 ROUNDS = 5
-AUGMENT = {
-    "x_array": "image",
-    "y_array": "mask",
-    "rotation_range": 20.0,
-    "zoom_range": 0.1,
-    "horizontal_flip": True,
-    "intensity_shift_range": 0.1,
-}
 CONFIG = """
 [node]
 listen = "127.0.0.1:0"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 import grpc
 
-from data_client._stream_base import StreamBase
+from data_client._stream_base import Positioned, StreamBase
 from data_client.errors import InternalError
 
 if TYPE_CHECKING:
@@ -33,22 +33,13 @@ _POLL: Final = 0.05
 _JOIN_TIMEOUT: Final = 5.0
 
 
-class LaneStream(Protocol):
-    """What MultiNodeStream reads of one lane: a ``BatchStream`` of the lane's request."""
+class LaneStream(Positioned, Protocol):
+    """What MultiNodeStream reads of one lane: a ``BatchStream`` of the lane's request.
+
+    Its position (cursor, indices, epoch, batch_index) is that of its last batch.
+    """
 
     def __next__(self) -> tuple[npt.NDArray[Any], ...]: ...
-
-    @property
-    def cursor(self) -> Cursor | None: ...
-
-    @property
-    def indices(self) -> npt.NDArray[np.int64] | None: ...
-
-    @property
-    def epoch(self) -> int | None: ...
-
-    @property
-    def batch_index(self) -> int | None: ...
 
     @property
     def stall(self) -> float: ...

@@ -78,21 +78,18 @@ def dead_address():
         return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
+def received(arrays, stream):
+    """(arrays, indices, epoch, batch_index, cursor bytes) of the batch ``stream`` just yielded."""
+    return arrays, stream.indices, stream.epoch, stream.batch_index, stream.cursor_bytes()
+
+
 def read(addresses, limit=None, options=(), **stream):
     """(arrays, indices, epoch, batch_index, cursor bytes) of each batch, and the stream."""
     with DataNodeClient(addresses, options=options) as client:
         got = []
         with client.stream(**{**STREAM, **stream}) as batches:
             for arrays in batches:
-                got.append(
-                    (
-                        arrays,
-                        batches.indices,
-                        batches.epoch,
-                        batches.batch_index,
-                        batches.cursor_bytes(),
-                    )
-                )
+                got.append(received(arrays, batches))
                 if len(got) == limit:
                     break
         return got, batches
@@ -162,15 +159,7 @@ def test_a_node_killed_mid_epoch_loses_and_repeats_nothing(nodes, tmp_path):
         with client, client.stream("toy", epochs=epochs, **STREAM) as stream:
             got = []
             for arrays in stream:
-                got.append(
-                    (
-                        arrays,
-                        stream.indices,
-                        stream.epoch,
-                        stream.batch_index,
-                        stream.cursor_bytes(),
-                    )
-                )
+                got.append(received(arrays, stream))
                 if len(got) == 10:  # mid-epoch 0
                     os.kill(victim.pid, signal.SIGKILL)
             # Lane 1 moved to node A: position 1 of its failover order (C, A).
@@ -188,15 +177,7 @@ def test_a_hung_node_is_dropped_by_keepalive_and_its_lane_moves(nodes, tmp_path)
             with client, client.stream("toy", epochs=epochs, **STREAM) as stream:
                 got = []
                 for arrays in stream:
-                    got.append(
-                        (
-                            arrays,
-                            stream.indices,
-                            stream.epoch,
-                            stream.batch_index,
-                            stream.cursor_bytes(),
-                        )
-                    )
+                    got.append(received(arrays, stream))
                     if len(got) == 10:  # mid-epoch 0: the node hangs, its socket stays open
                         os.kill(victim.pid, signal.SIGSTOP)
                         stopped = time.monotonic()
