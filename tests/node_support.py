@@ -12,9 +12,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import grpc
 import h5py
 import numpy as np
 import zarr
+
+from data_wire.v1 import data_node_pb2
 
 NUM_SAMPLES = 40
 IMAGE_SHAPE = (1, 16, 16)
@@ -36,6 +39,20 @@ def with_position(batch, *, epoch, indices):
     """A registered preprocessor: the third array becomes each row's (epoch, global index)."""
     image, mask, _ = batch
     return image, mask, np.stack([np.full(len(indices), epoch), indices], axis=1)
+
+
+def runner_pid(batch):
+    """A registered preprocessor: the third array becomes the pid of the process running it."""
+    image, mask, weights = batch
+    return image, mask, np.full(len(weights), os.getpid(), dtype=np.int64)
+
+
+def segfault(batch):
+    """A registered preprocessor that crashes its process in native code (SIGSEGV)."""
+    import ctypes
+
+    ctypes.string_at(0)
+    return batch
 
 
 def make_data(root: Path, seed: int = 7) -> dict[str, np.ndarray]:
@@ -87,6 +104,24 @@ def write_config(root: Path, **limits: int) -> Path:
         ).format(limits=limit_lines)
     )
     return path
+
+
+def stream_error(port, request, metadata=None):
+    """Send a raw StreamBatches ``request``; return the (code, details) it fails with.
+
+    Fails if the stream ends without an error.
+    """
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_stream(
+            "/data_wire.v1.DataNode/StreamBatches",
+            request_serializer=data_node_pb2.StreamRequest.SerializeToString,
+            response_deserializer=bytes,
+        )
+        try:
+            list(call(request, timeout=60, metadata=metadata))
+        except grpc.RpcError as error:
+            return error.code(), error.details()
+    raise AssertionError(f"the stream of {request} ended without an error")
 
 
 def wait_for_idle(server, timeout=5.0):

@@ -12,6 +12,13 @@ the lanes back in (epoch, batch_index) order; a lane with no batch (more lanes t
 per epoch) is an empty stream that ends OK. A resume cursor at the end of the requested
 epochs gets OUT_OF_RANGE rather than an empty stream.
 
+Untrusted values never reach native code in the node's process: every field is checked
+against documented bounds at parse time (augmentation: ``augment_request.py``; cursors:
+``cursors.py``), and a stream with an augmentation or a preprocessor always runs them in at
+least one worker process (``nb_proc_workers`` 0 is read as 1 for it), never in the node's
+threads. A crash in native code (OpenCV, a preprocessor's C extension) then kills one
+worker: the stream ends INTERNAL naming it, and the node serves on.
+
 Shared reads: the streams of a dataset whose sources read through the node's chunk cache
 (``Dataset.cached``) run data_flow with ``shared_reads``: with worker processes
 (nb_proc_workers > 0), the stream's io threads read every batch in the node's process,
@@ -45,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -53,13 +59,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from data_node.augment_request import parse_augmentation
 from data_node.config import resolve_preprocessor
+from data_node.cursors import MAX_EPOCHS, fingerprint, parse_start
 from data_node.errors import (
     CursorAtEndError,
     LimitExceededError,
     NodeStoppingError,
     RequestError,
 )
+from data_node.fields import bounded
 from data_node.wire import encode_batch
 from data_tools.data_augmentation import image_random_transform
 from data_tools.io import data_flow
@@ -71,6 +80,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
+    from data_node.augment_request import AugmentPlan
     from data_node.config import LimitsConfig
     from data_node.datasets import Dataset
     from data_node.metrics import StreamMetrics
@@ -83,36 +93,12 @@ __all__ = [
     "stream_batches",
 ]
 
-SEED_LIMIT = 1 << 32
 # More lanes than any set of nodes a client would split a stream across.
 MAX_LANES = 1024
-# Request fields that do not change which batches a stream yields: left out of the
-# fingerprint so a resumed stream may change them. A lane only selects among the stream's
-# batches, so one cursor continues a stream whatever lanes it is split into.
-_NOT_FINGERPRINTED = (
-    "seed",
-    "sharing",
-    "lane",
-    "resume",
-    "codec",
-    "nb_io_workers",
-    "nb_proc_workers",
-    "epochs",
-    "loop_forever",
-)
-_AUGMENT_OPTIONAL = ("warp_sigma", "warp_grid_size", "order_x", "order_y")
-_AUGMENT_SCALARS = (
-    "rotation_range",
-    "width_shift_range",
-    "height_shift_range",
-    "shear_range",
-    "intensity_shift_range",
-    "cval_x",
-    "cval_y",
-    "horizontal_flip",
-    "vertical_flip",
-    "spline_warp",
-)
+# More ranks than any data-parallel job has.
+MAX_WORLD_SIZE = 1 << 20
+# The largest relative sampling weight: the sum of a dataset's weights stays finite.
+MAX_WEIGHT = 1e100
 
 
 @dataclass(frozen=True)
@@ -193,7 +179,7 @@ class StreamPlan:
         transform: The per-batch work, or None when the batch passes through.
         seed: The stream's seed (given, taken from the cursor, or drawn by the node).
         epochs: Epochs in the whole stream (counted from epoch 0), or None: forever.
-        fingerprint: Digest of the request fields that shape the stream.
+        fingerprint: Digest of what the request means (see cursors.py).
         codec: Wire codec of every tensor.
     """
 
@@ -217,15 +203,6 @@ class StreamPlan:
         )
 
 
-def fingerprint(request: data_node_pb2.StreamRequest) -> str:
-    """Digest of every request field that changes which batches the stream yields."""
-    shaping = data_node_pb2.StreamRequest()
-    shaping.CopyFrom(request)
-    for name in _NOT_FINGERPRINTED:
-        shaping.ClearField(name)
-    return hashlib.sha256(shaping.SerializeToString(deterministic=True)).hexdigest()[:32]
-
-
 def parse_stream_request(
     request: data_node_pb2.StreamRequest,
     dataset: Dataset,
@@ -238,26 +215,19 @@ def parse_stream_request(
         RequestError: A field is invalid; the message starts with the field's name.
         LimitExceededError: A batch would exceed ``limits.max_batch_bytes``.
     """
-    batch_size = _bounded("batch_size", request.batch_size, 1, limits.max_batch_size)
+    batch_size = bounded("batch_size", request.batch_size, 1, limits.max_batch_size)
     _check_batch_bytes(dataset, batch_size, limits)
-    epochs = None if request.loop_forever else _bounded("epochs", request.epochs, 1, None)
+    epochs = None if request.loop_forever else bounded("epochs", request.epochs, 1, MAX_EPOCHS)
     rank, world_size = _parse_sharing(request)
-    lanes = _bounded("lane.count", request.lane.count or 1, 1, MAX_LANES)
-    lane = _bounded("lane.index", request.lane.index, 0, lanes - 1)
-    nb_io_workers = _bounded("nb_io_workers", request.nb_io_workers, 0, limits.max_io_workers)
-    nb_proc_workers = _bounded(
+    lanes = bounded("lane.count", request.lane.count or 1, 1, MAX_LANES)
+    lane = bounded("lane.index", request.lane.index, 0, lanes - 1)
+    nb_io_workers = bounded("nb_io_workers", request.nb_io_workers, 0, limits.max_io_workers)
+    nb_proc_workers = bounded(
         "nb_proc_workers", request.nb_proc_workers, 0, limits.max_proc_workers
     )
     if request.codec not in tensor_pb2.Codec.values():
         raise RequestError(
             f"codec: Expected one of {sorted(tensor_pb2.Codec.keys())}. Got {request.codec}."
-        )
-    digest = fingerprint(request)
-    seed, start_epoch, start_batch = _parse_start(request, dataset.name, digest)
-    if epochs is not None and start_epoch >= epochs:
-        raise CursorAtEndError(
-            f"resume: the cursor (epoch {start_epoch}, batch {start_batch}) is at the end of "
-            f"the stream's {epochs} epoch(s); nothing is left. Ask for more epochs to go on."
         )
     weights = _parse_weights(request, dataset)
     if (weights is not None or request.sample_with_replacement) and not request.sample_random:
@@ -265,11 +235,37 @@ def parse_stream_request(
             "sample_random: Expected true when sample_with_replacement or sample_weights "
             "is set. Got false instead."
         )
-    transform = _parse_transform(request, dataset, preprocessors, seed)
+    augment = (
+        parse_augmentation(request.augmentation, dataset)
+        if request.HasField("augmentation")
+        else None
+    )
+    preprocessor = _parse_preprocessor(request, preprocessors)
+    digest = fingerprint(
+        {
+            "dataset": dataset.name,
+            "batch_size": batch_size,
+            "sample_random": request.sample_random,
+            "sample_with_replacement": request.sample_with_replacement,
+            "sample_weights": None if weights is None else _weights_digest(weights),
+            "drop_incomplete_batches": request.drop_incomplete_batches,
+            "shard": [rank, world_size],
+            "augmentation": None if augment is None else augment.meaning,
+            "preprocessor": request.preprocessor or None,
+        }
+    )
+    seed, start_epoch, start_batch = parse_start(request, dataset.name, digest)
+    if epochs is not None and start_epoch >= epochs:
+        raise CursorAtEndError(
+            f"resume: the cursor (epoch {start_epoch}, batch {start_batch}) is at the end of "
+            f"the stream's {epochs} epoch(s); nothing is left. Ask for more epochs to go on."
+        )
+    transform = _transform(seed, augment, preprocessor)
     flow_options = {
         "batch_size": batch_size,
         "nb_io_workers": nb_io_workers or 1,
-        "nb_proc_workers": nb_proc_workers,
+        # A request's transform never runs in the node's process (see the module docstring).
+        "nb_proc_workers": nb_proc_workers if transform is None else max(1, nb_proc_workers),
         "sample_random": request.sample_random,
         "sample_with_replacement": request.sample_with_replacement,
         "sample_weights": weights,
@@ -399,17 +395,10 @@ class StreamSlots:
 # ---------------------------------------------------------------- field checks
 
 
-def _bounded(field: str, value: int, low: int, high: int | None) -> int:
-    if value < low or (high is not None and value > high):
-        accepted = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
-        raise RequestError(f"{field}: Expected {accepted}. Got {value} instead.")
-    return value
-
-
 def _parse_sharing(request: data_node_pb2.StreamRequest) -> tuple[int, int]:
     """The (rank, world_size) of the request's sharing mode."""
-    world_size = _bounded("shard.world_size", request.shard.world_size or 1, 1, None)
-    rank = _bounded("shard.rank", request.shard.rank, 0, world_size - 1)
+    world_size = bounded("shard.world_size", request.shard.world_size or 1, 1, MAX_WORLD_SIZE)
+    rank = bounded("shard.rank", request.shard.rank, 0, world_size - 1)
     sharing = request.sharing
     if sharing not in data_node_pb2.Sharing.values():
         raise RequestError(
@@ -444,36 +433,6 @@ def _check_batch_bytes(dataset: Dataset, batch_size: int, limits: LimitsConfig) 
         )
 
 
-def _parse_start(
-    request: data_node_pb2.StreamRequest, dataset_name: str, digest: str
-) -> tuple[int, int, int]:
-    """The seed and the (epoch, batch index) to start at."""
-    seed = request.seed if request.HasField("seed") else None
-    if seed is not None and seed >= SEED_LIMIT:
-        raise RequestError(f"seed: Expected an integer in [0, {SEED_LIMIT}). Got {seed} instead.")
-    if not request.HasField("resume"):
-        return (secrets.randbelow(SEED_LIMIT) if seed is None else seed), 0, 0
-    cursor = request.resume
-    if cursor.dataset != dataset_name:
-        raise RequestError(
-            f"resume.dataset: Expected a cursor of dataset {dataset_name!r}. "
-            f"Got one of {cursor.dataset!r} instead."
-        )
-    if seed is not None and cursor.seed != seed:
-        raise RequestError(
-            f"resume.seed: Expected the request's seed {seed}. Got {cursor.seed} instead."
-        )
-    if cursor.fingerprint != digest:
-        raise RequestError(
-            "resume.fingerprint: the cursor comes from a stream with other sampling, shard, "
-            "augmentation or preprocessor fields; it cannot continue this one."
-        )
-    _bounded("resume.seed", cursor.seed, 0, SEED_LIMIT - 1)
-    _bounded("resume.epoch", cursor.epoch, 0, None)
-    _bounded("resume.batch_index", cursor.batch_index, 0, None)
-    return cursor.seed, cursor.epoch, cursor.batch_index
-
-
 def _parse_weights(
     request: data_node_pb2.StreamRequest, dataset: Dataset
 ) -> npt.NDArray[np.float64] | None:
@@ -497,68 +456,37 @@ def _parse_weights(
             f"{field}: Expected one weight per sample ({dataset.length}). "
             f"Got shape {weights.shape} instead."
         )
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or not weights.sum() > 0:
-        raise RequestError(f"{field}: Expected finite weights >= 0, not all zero.")
+    if not np.all((weights >= 0) & (weights <= MAX_WEIGHT)) or not weights.sum() > 0:
+        raise RequestError(
+            f"{field}: Expected finite weights in [0, {MAX_WEIGHT:g}], not all zero."
+        )
     return weights
 
 
-def _parse_transform(
-    request: data_node_pb2.StreamRequest,
-    dataset: Dataset,
-    preprocessors: Mapping[str, str],
-    seed: int,
-) -> SampleTransform | None:
-    preprocessor = None
-    if request.preprocessor:
-        if request.preprocessor not in preprocessors:
-            raise RequestError(
-                f"preprocessor: Expected one of {sorted(preprocessors)}. "
-                f"Got {request.preprocessor!r} instead."
-            )
-        preprocessor = resolve_preprocessor(preprocessors[request.preprocessor])
-    if not request.HasField("augmentation"):
-        return None if preprocessor is None else SampleTransform(seed, preprocessor=preprocessor)
-    augmentation = request.augmentation
-    names = list(dataset.array_names)
-    x_position = _array_position("augmentation.x_array", augmentation.x_array, names)
-    y_position = None
-    if augmentation.y_array:
-        y_position = _array_position("augmentation.y_array", augmentation.y_array, names)
-    options = _augmentation_options(augmentation)
-    _try_augmentation(dataset, x_position, y_position, options)
-    return SampleTransform(seed, x_position, y_position, options, preprocessor)
+def _weights_digest(weights: npt.NDArray[np.float64]) -> str:
+    """What the weights mean: the probabilities they normalize to (as data_flow does)."""
+    probabilities = np.ascontiguousarray(weights / weights.sum(), dtype="<f8")
+    return hashlib.sha256(probabilities.tobytes()).hexdigest()
 
 
-def _array_position(field: str, name: str, names: list[str]) -> int:
-    if name not in names:
-        raise RequestError(f"{field}: Expected one of {names}. Got {name!r} instead.")
-    return names.index(name)
-
-
-def _augmentation_options(augmentation: data_node_pb2.Augmentation) -> dict[str, Any]:
-    options: dict[str, Any] = {name: getattr(augmentation, name) for name in _AUGMENT_SCALARS}
-    options["fill_mode"] = augmentation.fill_mode or "nearest"
-    for name in _AUGMENT_OPTIONAL:
-        if augmentation.HasField(name):
-            options[name] = getattr(augmentation, name)
-    zoom = list(augmentation.zoom_range)
-    if len(zoom) > 2:
+def _parse_preprocessor(
+    request: data_node_pb2.StreamRequest, preprocessors: Mapping[str, str]
+) -> Callable[..., Any] | None:
+    if not request.preprocessor:
+        return None
+    if request.preprocessor not in preprocessors:
         raise RequestError(
-            f"augmentation.zoom_range: Expected one value or two (lo, hi). Got {len(zoom)}."
+            f"preprocessor: Expected one of {sorted(preprocessors)}. "
+            f"Got {request.preprocessor!r} instead."
         )
-    options["zoom_range"] = 0.0 if not zoom else zoom[0] if len(zoom) == 1 else tuple(zoom)
-    if augmentation.crop_size:
-        options["crop_size"] = tuple(augmentation.crop_size)
-    return options
+    return resolve_preprocessor(preprocessors[request.preprocessor])
 
 
-def _try_augmentation(
-    dataset: Dataset, x_position: int, y_position: int | None, options: Mapping[str, Any]
-) -> None:
-    """Run the augmentation once on sample 0, so bad values fail the request, not the stream."""
-    x = np.asarray(dataset.arrays[x_position][1][0])
-    y = None if y_position is None else np.asarray(dataset.arrays[y_position][1][0])
-    try:
-        image_random_transform(x, y, rng=np.random.default_rng(0), **options)
-    except (TypeError, ValueError) as error:
-        raise RequestError(f"augmentation: {error}") from error
+def _transform(
+    seed: int, augment: AugmentPlan | None, preprocessor: Callable[..., Any] | None
+) -> SampleTransform | None:
+    if augment is None:
+        return None if preprocessor is None else SampleTransform(seed, preprocessor=preprocessor)
+    return SampleTransform(
+        seed, augment.x_position, augment.y_position, augment.options, preprocessor
+    )
