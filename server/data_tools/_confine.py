@@ -105,7 +105,7 @@ def open_confined(root: Root, path: str | os.PathLike[str]) -> int:
 def _verify(root: Root, path: str | os.PathLike[str], fd: int) -> None:
     """Check where the file open as ``fd`` really is (the kernel's name), then what it is."""
     if not Path(_real_path(fd)).is_relative_to(root.path):
-        raise root.refuse(path, "a file that resolves outside it (a symlink)")
+        raise root.refuse(path, "a file that resolves outside it")
     mode = os.fstat(fd).st_mode
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(f"{root.name(path)!r} is a directory")
@@ -129,7 +129,7 @@ def check_tree(root: Root, directory: str | os.PathLike[str]) -> None:
         current = pending.pop()
         real = os.path.realpath(current)
         if not Path(real).is_relative_to(root.path):
-            raise root.refuse(current, "an entry that resolves outside it (a symlink)")
+            raise root.refuse(current, "an entry that resolves outside it")
         if real in seen or not os.path.isdir(real):
             continue
         seen.add(real)

@@ -384,9 +384,9 @@ def _confined_dataset(handle: Any, key: str, root: Root, filename: str) -> Any:
     found = _walk_links(handle, key, root, filename, hops=0)
     if isinstance(found, h5py.Dataset):
         if found.is_virtual:
-            raise root.refuse(filename, f"dataset {key!r}, an HDF5 virtual dataset")
+            raise root.refuse(filename, f"{key!r}, an HDF5 virtual dataset,")
         if found.external:
-            raise root.refuse(filename, f"dataset {key!r}, stored in external raw files")
+            raise root.refuse(filename, f"{key!r}, a dataset stored in external raw files,")
     return found
 
 
