@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_tools._confine import PinnedFiles
+from data_tools.errors import ConfinementError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -80,9 +81,11 @@ def _pinned(path: Path, root: Root) -> Iterator[Path]:
             header = header.rename(deeper)
         for name in dict.fromkeys(names):
             ups = _ups(name)
-            files.add(
-                path.parent / name, posixpath.join(*["up"] * (depth - ups), *name.split("/")[ups:])
-            )
+            pinned = posixpath.join(*["up"] * (depth - ups), *name.split("/")[ups:])
+            try:
+                files.add(path.parent / name, pinned)
+            except ConfinementError:
+                raise root.refuse(path, f"a data file {name!r} that resolves outside it") from None
         yield header
 
 
