@@ -81,6 +81,8 @@ def _pinned(path: Path, root: Root) -> Iterator[Path]:
             header = header.rename(deeper)
         for name in dict.fromkeys(names):
             ups = _ups(name)
+            if name == "." or ups == len(name.split("/")):
+                raise ValueError(f"Expected a data file name. Got {name!r} instead.")
             pinned = posixpath.join(*["up"] * (depth - ups), *name.split("/")[ups:])
             try:
                 files.add(path.parent / name, pinned)
