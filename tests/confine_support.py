@@ -81,7 +81,10 @@ def write_image(path: Path, array: np.ndarray) -> None:
 
 
 def swap_for_symlink(path: Path, target: Path) -> None:
-    """Replace ``path`` by a symlink to ``target`` in one step (rename over it)."""
+    """Replace ``path`` by a symlink to ``target``: a file in one step (renamed over), a
+    directory in two (moved aside to ``<name>.old``, then the symlink renamed in)."""
     link = path.with_name(path.name + ".swap")
     link.symlink_to(target)
+    if path.is_dir():
+        path.rename(path.with_name(path.name + ".old"))
     os.replace(link, path)
