@@ -1,4 +1,11 @@
-"""Picklable, read-only stand-ins for array sources that hold open file handles."""
+"""Opening stored arrays read-only: one confined opener per format, and picklable HDF5 sources.
+
+``open_source`` dispatches to the format's ``SourceOpener`` (``SOURCE_OPENERS``), which opens
+the array confined to a root directory by name and by content (see ``data_tools._confine``):
+HDF5 through ``H5Source``, zarr through ``ConfinedStore``, bcolz after a check of its
+directory. ``H5Source`` stands in for an ``h5py.Dataset``, which holds an open file handle
+and cannot be pickled.
+"""
 
 from __future__ import annotations
 
