@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_node.datasets import open_source
+from data_tools._confine import Root
+from data_tools._medical import describe_image, read_image
 from data_tools._sources import H5Source
 from data_tools.io.writers import zarr_array_writer
 from data_tools.patches import (
@@ -56,27 +58,28 @@ Counts = dict[int, int]
 class ArraySpec:
     """Where a job reads one array: exactly one of ``source``, ``image`` or ``array`` is set.
 
-    Picklable: the job's process opens files itself.
+    Picklable: the job's process opens files itself, confined to their roots again.
 
     Attributes:
         source: An HDF5, zarr or bcolz array in a file under the data root.
-        image: A medical image under the data root, read with SimpleITK as a (z, y, x) array.
+        image: A medical image under ``root``, read with SimpleITK as a (z, y, x) array.
         array: An array of a served dataset (a lazy, picklable view or an ndarray).
+        root: The directory ``image`` and the data files its header names must lie in.
     """
 
     source: SourceConfig | None = None
     image: Path | None = None
     array: Any = None
+    root: Root | None = None
 
     def describe(self) -> tuple[tuple[int, ...], np.dtype[Any] | None]:
-        """The array's shape and dtype (None when only a read tells), without reading data."""
+        """The array's shape and dtype (None when only a read tells), without reading data.
+
+        Raises:
+            ConfinementError: A file (or what it names) lies outside its root.
+        """
         if self.image is not None:
-            reader = _sitk().ImageFileReader()
-            reader.SetFileName(str(self.image))
-            reader.ReadImageInformation()
-            shape = tuple(int(n) for n in reversed(reader.GetSize()))
-            components = int(reader.GetNumberOfComponents())
-            return (shape if components == 1 else (*shape, components)), None
+            return describe_image(self.image, self._image_root()), None
         array = self.array if self.source is None else open_source(self.source)
         try:
             return tuple(int(n) for n in array.shape), np.dtype(array.dtype)
@@ -85,12 +88,15 @@ class ArraySpec:
                 array.close()  # the node keeps no handle on a job's input
 
     def read(self) -> npt.NDArray[Any]:
-        """The whole array, in memory."""
+        """The whole array, in memory; raises as ``describe``."""
         if self.image is not None:
-            sitk = _sitk()
-            return np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(self.image))))
+            return read_image(self.image, self._image_root())
         array = self.array if self.source is None else open_source(self.source)
         return np.asarray(array[...])
+
+    def _image_root(self) -> Root:
+        assert self.image is not None
+        return self.root or Root(self.image.parent, "image's directory")
 
 
 @dataclass(frozen=True)
@@ -362,13 +368,3 @@ def _build_on_dask(
         with zarr_array_writer(element, np.float32, chunk, container, f"class_{value}", None, True):
             pass
     return written
-
-
-def _sitk() -> Any:
-    try:
-        import SimpleITK
-    except ImportError as error:  # pragma: no cover - SimpleITK is in the [itk] extra
-        raise ImportError(
-            "Reading medical images needs SimpleITK: pip install 'data-tools[itk]'."
-        ) from error
-    return SimpleITK

@@ -19,6 +19,9 @@ from data_node.errors import (
     PathOutsideRootError,
     RequestError,
 )
+from data_tools._confine import Root
+from data_tools._medical import IMAGE_SUFFIXES
+from data_tools.errors import ConfinementError
 from data_wire.v1 import jobs_pb2
 
 if TYPE_CHECKING:
@@ -38,7 +41,6 @@ __all__ = [
 # The output root's directory of unfinished outputs, one per running job.
 STAGING_DIR = ".jobs"
 FILE_FORMATS = ("bcolz", "hdf5", "zarr")
-IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
 # The writer options a request may set, per file_format: storage layout and compression
 # only (h5py's ``external``, for one, would write outside the output root).
 WRITER_OPTIONS = {
@@ -76,8 +78,10 @@ def parse_build_request(
     """Check every field of ``request``; only the inputs' headers are read.
 
     Raises:
-        PathOutsideRootError: An input path resolves outside the data root, or ``output``
-            outside the output root (PERMISSION_DENIED).
+        PathOutsideRootError: An input path resolves outside the data root, or its content
+            (HDF5 links and storage, zarr entries, a medical header's data files) reads
+            from outside it, or ``output`` resolves outside the output root
+            (PERMISSION_DENIED).
         DatasetNotFoundError: An input names a dataset the node does not serve (NOT_FOUND).
         RequestError: Any other field is invalid (INVALID_ARGUMENT); the message names it.
     """
@@ -181,7 +185,7 @@ def _parse_file(name: str, message: jobs_pb2.FileArray, data_root: Path) -> Arra
             raise RequestError(
                 f"{name}.key: Expected none for a medical image. Got {message.key!r}."
             )
-        return ArraySpec(image=path)
+        return ArraySpec(image=path, root=Root(data_root))
     file_format = next((f for s, f in SOURCE_FORMATS.items() if given.endswith(s)), None)
     if file_format is None:
         raise RequestError(
@@ -192,7 +196,7 @@ def _parse_file(name: str, message: jobs_pb2.FileArray, data_root: Path) -> Arra
         raise RequestError(f"{name}.key: Expected the HDF5 dataset path. Got none.")
     if file_format == "bcolz" and message.key:
         raise RequestError(f"{name}.key: Expected none for a bcolz carray. Got {message.key!r}.")
-    return ArraySpec(source=SourceConfig(path, file_format, message.key or None))
+    return ArraySpec(source=SourceConfig(path, file_format, message.key or None, Root(data_root)))
 
 
 def _resolve(root: Path, given: str, name: str) -> tuple[Path, bool]:
@@ -211,6 +215,8 @@ def _describe(name: str, spec: ArraySpec) -> tuple[tuple[int, ...], np.dtype[Any
         return spec.describe()
     except DataNodeError:
         raise
+    except ConfinementError as error:
+        raise PathOutsideRootError(f"{name}: {error}") from None
     except Exception as error:
         raise RequestError(
             f"{name}: Expected a readable array. Reading it failed: {error}"

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from data_node.errors import ConfigError, PathOutsideRootError
+from data_tools._confine import Root
 
 __all__ = [
     "ROLES",
@@ -227,11 +228,20 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """One stored array: a resolved path inside the data root, its format and array key."""
+    """One stored array: a resolved path inside the data root, its format and array key.
+
+    Attributes:
+        path: The file or store directory.
+        format: "hdf5", "zarr" or "bcolz".
+        key: The array inside it (HDF5: required).
+        root: The directory every read of it must stay inside, content included (HDF5
+            links, zarr entries...). Default None: the directory holding ``path``.
+    """
 
     path: Path
     format: str
     key: str | None = None
+    root: Root | None = None
 
 
 @dataclass(frozen=True)
@@ -618,7 +628,10 @@ def _parse_source(prefix: str, raw: Any, data_root: Path) -> SourceConfig:
     if source_format == "hdf5" and key is None:
         raise ConfigError(f"{prefix}.key: Expected the HDF5 dataset path. It is missing.")
     return SourceConfig(
-        path=path, format=source_format, key=None if key is None else _string(f"{prefix}.key", key)
+        path=path,
+        format=source_format,
+        key=None if key is None else _string(f"{prefix}.key", key),
+        root=Root(data_root),
     )
 
 

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import data_tools._sources
 from data_node.config import LABEL_ARRAY
-from data_node.errors import ConfigError, DatasetNotFoundError
+from data_node.errors import ConfigError, DatasetNotFoundError, PathOutsideRootError
 from data_node.wire import WIRE_DTYPES
 from data_tools._chunk_cache import CachedSource, cached
-from data_tools._sources import H5Source
+from data_tools._confine import Root
+from data_tools.errors import ConfinementError
 from data_tools.wrap import delayed_view, multi_source_array
 
 if TYPE_CHECKING:
@@ -70,17 +72,14 @@ class Dataset:
 
 
 def open_source(source: SourceConfig) -> Any:
-    """Open one configured source read-only, as a picklable array-like."""
-    if source.format == "hdf5":
-        assert source.key is not None  # config validation guarantees it
-        return H5Source(source.path, source.key)
-    if source.format == "zarr":
-        import zarr
+    """Open one configured source read-only, as a picklable array-like, confined to its root.
 
-        return zarr.open_array(store=str(source.path), path=source.key or "", mode="r")
-    import bcolz
-
-    return bcolz.open(rootdir=str(source.path), mode="r")
+    Raises:
+        ConfinementError: The source's name or content reads from outside its root.
+        FileNotFoundError, OSError, KeyError, TypeError: It cannot be opened.
+    """
+    root = source.root or Root(source.path.parent, "source's directory")
+    return data_tools._sources.open_source(source.format, source.path, source.key, root)
 
 
 def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Dataset:
@@ -96,6 +95,9 @@ def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Data
     Raises:
         ConfigError: A source cannot be opened, or the arrays (or their per-source parts)
             differ in length; the message names the dataset key.
+        PathOutsideRootError: A source's content reads from outside its root (an HDF5
+            external link, a zarr entry symlinked outside...); the message names the key
+            and the file relative to the root.
     """
     prefix = f"datasets.{config.name}"
     opened: list[tuple[str, list[Any]]] = []
@@ -108,6 +110,8 @@ def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Data
                 source_array.shape  # noqa: B018 - opening is lazy; make it fail here
                 if cache is not None:
                     source_array = cached(source_array, cache)
+            except ConfinementError as error:
+                raise PathOutsideRootError(f"{key}: {error}") from None
             except Exception as error:
                 raise ConfigError(f"{key}: cannot open {str(source.path)!r}: {error}") from error
             sources.append(source_array)

@@ -22,6 +22,7 @@ from data_node.errors import (
     TokenError,
 )
 from data_tools.errors import (
+    ConfinementError,
     SourceChangedError,
     UnsupportedIndexError,
     ViewIndexError,
@@ -36,6 +37,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (TokenError, grpc.StatusCode.UNAUTHENTICATED),
     (RoleError, grpc.StatusCode.PERMISSION_DENIED),
     (PathOutsideRootError, grpc.StatusCode.PERMISSION_DENIED),
+    (ConfinementError, grpc.StatusCode.PERMISSION_DENIED),
     (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NodeStoppingError, grpc.StatusCode.UNAVAILABLE),
     (CursorAtEndError, grpc.StatusCode.OUT_OF_RANGE),

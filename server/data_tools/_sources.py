@@ -1,21 +1,88 @@
-"""Picklable, read-only stand-ins for array sources that hold open file handles."""
+"""Opening stored arrays read-only: one confined opener per format, and picklable HDF5 sources.
+
+``open_source`` dispatches to the format's ``SourceOpener`` (``SOURCE_OPENERS``), which opens
+the array confined to a root directory by name and by content (see ``data_tools._confine``):
+HDF5 through ``H5Source``, zarr through ``ConfinedStore``, bcolz after a check of its
+directory. ``H5Source`` stands in for an ``h5py.Dataset``, which holds an open file handle
+and cannot be pickled.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import posixpath
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h5py
 import numpy as np
 import numpy.typing as npt
 
+from data_tools._confine import check_tree, fd_path, open_confined
 from data_tools.errors import SourceChangedError
 
-__all__ = ["H5Source", "as_picklable"]
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from data_tools._confine import Root
+
+__all__ = ["SOURCE_OPENERS", "H5Source", "SourceOpener", "as_picklable", "open_source"]
+
+
+class SourceOpener(Protocol):
+    """Opens one storage format's array read-only, confined to a root by name and content.
+
+    One per format (``SOURCE_OPENERS``); each refuses, with ``ConfinementError``, content
+    of its format that would read from outside the root, at the opening and at every
+    reopening (worker processes reopen the picklable result).
+    """
+
+    def __call__(self, path: Path, key: str | None, root: Root) -> Any: ...
+
+
+def open_source(file_format: str, path: Path, key: str | None, root: Root) -> Any:
+    """Open the array ``key`` of the ``file_format`` storage at ``path``, confined to ``root``.
+
+    Args:
+        file_format: "hdf5", "zarr" or "bcolz" (a key of ``SOURCE_OPENERS``).
+        path: The file or store directory, inside ``root``.
+        key: The array inside it (required for HDF5; "" or None: a zarr store's root
+            array; ignored for bcolz).
+        root: The directory every read must stay inside.
+
+    Returns:
+        A picklable array-like (an ``H5Source``, a zarr array on a ``ConfinedStore``, a
+        bcolz carray); HDF5 opens lazily, on first use.
+
+    Raises:
+        ConfinementError: The storage reads from outside ``root``.
+        FileNotFoundError, OSError, KeyError: From the format's library.
+    """
+    return SOURCE_OPENERS[file_format](path, key, root)
+
+
+def _open_hdf5(path: Path, key: str | None, root: Root) -> H5Source:
+    if key is None:
+        raise TypeError("Expected the HDF5 dataset's key. Got None instead.")
+    return H5Source(path, key, root)
+
+
+def _open_zarr(path: Path, key: str | None, root: Root) -> Any:
+    import zarr
+
+    from data_tools._zarr_store import ConfinedStore
+
+    return zarr.open_array(store=ConfinedStore(path, root), path=key or "", mode="r")
+
+
+def _open_bcolz(path: Path, key: str | None, root: Root) -> Any:
+    import bcolz
+
+    check_tree(root, path)  # bcolz opens its files by name itself: checked, not pinned
+    return bcolz.open(rootdir=str(path), mode="r")
 
 
 class H5Source:
@@ -30,19 +97,32 @@ class H5Source:
     Indexing delegates to the dataset, so it accepts whatever ``h5py.Dataset`` accepts.
     ``read_chunk`` reads one storage chunk, decoding gzip chunks outside the GIL.
 
+    With a ``root``, every opening (the first, and each process's own) is confined to it
+    (see ``data_tools._confine``): the file is opened first and the open descriptor checked
+    to lie inside the root, h5py then opens that very descriptor, and the dataset is
+    refused if reaching or reading it would leave the file: an external link on the way to
+    ``key``, a virtual dataset, or external raw storage.
+
     Args:
         filename: Path of the HDF5 file.
         key: Path of the dataset inside the file (for example ``"/images"``).
+        root: The directory the file and everything it reads must lie in. Default None:
+            not confined (a library user's own files).
 
     Raises:
         TypeError: On first use, if ``key`` names a group rather than a dataset.
         FileNotFoundError, OSError, KeyError: On first use, from h5py, if the file or the
             key does not exist.
+        ConfinementError: On any opening with a ``root``, if the file or its content
+            would read from outside it.
     """
 
-    def __init__(self, filename: str | os.PathLike[str], key: str) -> None:
+    def __init__(
+        self, filename: str | os.PathLike[str], key: str, root: Root | None = None
+    ) -> None:
         self.filename = os.fspath(filename)
         self.key = key
+        self.root = root
         self._init_handle_state()
 
     def _init_handle_state(self) -> None:
@@ -56,7 +136,8 @@ class H5Source:
         self._plan: tuple[Any, _InflatePlan | None] | None = None
 
     def __repr__(self) -> str:
-        return f"H5Source({self.filename!r}, {self.key!r})"
+        root = "" if self.root is None else f", root={self.root!r}"
+        return f"H5Source({self.filename!r}, {self.key!r}{root})"
 
     def _get_dataset(self) -> Any:
         """Return this process's dataset handle, opening the file if needed."""
@@ -67,19 +148,39 @@ class H5Source:
             if self._dataset is None or self._pid != pid:
                 # A handle from another process is dropped, never closed: closing it
                 # here could flush or invalidate state the other process still uses.
-                self._stamp = _file_stamp(self.filename)
-                handle = h5py.File(self.filename, "r")
-                dataset = handle[self.key]
-                if not isinstance(dataset, h5py.Dataset):
+                handle, self._stamp = self._open_file()
+                try:
+                    dataset = self._open_dataset(handle)
+                except BaseException:
                     handle.close()
-                    raise TypeError(
-                        f"Expected key to name an HDF5 dataset in {self.filename!r}. "
-                        f"Got {self.key!r}, a {type(dataset).__name__}, instead."
-                    )
+                    raise
                 self._file, self._dataset, self._pid = handle, dataset, pid
                 chunks = None if dataset.chunks is None else tuple(dataset.chunks)
                 self._meta = (tuple(dataset.shape), dataset.dtype, chunks)
             return self._dataset
+
+    def _open_file(self) -> tuple[Any, tuple[int, ...]]:
+        """The open file and the stamp of what was opened (checked against the path later)."""
+        if self.root is None:
+            return h5py.File(self.filename, "r"), _file_stamp(self.filename)
+        fd = open_confined(self.root, self.filename)
+        try:
+            # h5py opens the verified descriptor itself (its magic link), not the path.
+            return h5py.File(fd_path(fd), "r"), _stamp(os.fstat(fd))
+        finally:
+            os.close(fd)  # h5py holds its own descriptor of the same file
+
+    def _open_dataset(self, handle: Any) -> Any:
+        if self.root is None:
+            dataset = handle[self.key]
+        else:
+            dataset = _confined_dataset(handle, self.key, self.root, self.filename)
+        if not isinstance(dataset, h5py.Dataset):
+            raise TypeError(
+                f"Expected key to name an HDF5 dataset in {self.filename!r}. "
+                f"Got {self.key!r}, a {type(dataset).__name__}, instead."
+            )
+        return dataset
 
     def _get_meta(self) -> _Meta:
         if self._meta is None:
@@ -212,11 +313,12 @@ class H5Source:
             self._file = self._dataset = self._pid = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"filename": self.filename, "key": self.key, "meta": self._meta}
+        return {"filename": self.filename, "key": self.key, "root": self.root, "meta": self._meta}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.filename = state["filename"]
         self.key = state["key"]
+        self.root = state["root"]
         self._init_handle_state()
         self._meta = state["meta"]
 
@@ -268,8 +370,58 @@ def _decode(raw: bytes, plan: _InflatePlan) -> npt.NDArray[Any]:
 
 def _file_stamp(path: str) -> tuple[int, ...]:
     """What identifies a file's content cheaply: device, inode, size, modification time."""
-    stat = os.stat(path)
+    return _stamp(os.stat(path))
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, ...]:
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+# HDF5 itself stops after this many soft links on one path (H5L_NUM_LINKS).
+_MAX_SOFT_LINKS = 16
+
+
+def _confined_dataset(handle: Any, key: str, root: Root, filename: str) -> Any:
+    """The object at ``key``, refused if reaching or reading it would leave ``handle``'s file.
+
+    The path is walked link by link, so an external link is refused before HDF5 would
+    open (or block on) the file it names; soft links are followed inside the file. The
+    dataset found may not be virtual nor keep its raw data in external files.
+    """
+    found = _walk_links(handle, key, root, filename, hops=0)
+    if isinstance(found, h5py.Dataset):
+        if found.is_virtual:
+            raise root.refuse(filename, f"{key!r}, an HDF5 virtual dataset,")
+        if found.external:
+            raise root.refuse(filename, f"{key!r}, a dataset stored in external raw files,")
+    return found
+
+
+def _walk_links(handle: Any, key: str, root: Root, filename: str, *, hops: int) -> Any:
+    node = handle["/"]
+    for name in (part for part in key.split("/") if part and part != "."):
+        if not isinstance(node, h5py.Group):
+            raise KeyError(f"Unable to open object ({node.name!r} is not a group) in {key!r}")
+        link = node.get(name, getlink=True)
+        if link is None:
+            raise KeyError(f"Unable to open object (object {name!r} doesn't exist) in {key!r}")
+        if isinstance(link, h5py.SoftLink):
+            if hops == _MAX_SOFT_LINKS:
+                raise KeyError(f"Unable to open object (too many soft links) in {key!r}")
+            target = posixpath.join(node.name, link.path)
+            node = _walk_links(handle, target, root, filename, hops=hops + 1)
+        elif isinstance(link, h5py.HardLink):
+            node = node[name]
+        else:  # an external link, or a user-defined kind HDF5 resolves by its own rules
+            raise root.refuse(filename, f"an HDF5 external link at {key!r}")
+    return node
+
+
+SOURCE_OPENERS: dict[str, SourceOpener] = {
+    "bcolz": _open_bcolz,
+    "hdf5": _open_hdf5,
+    "zarr": _open_zarr,
+}
 
 
 def as_picklable(arr: Any) -> Any:

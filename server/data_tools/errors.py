@@ -8,6 +8,7 @@ status in a single table (``data_node/status.py``).
 from __future__ import annotations
 
 __all__ = [
+    "ConfinementError",
     "DataToolsError",
     "SourceChangedError",
     "UnsupportedIndexError",
@@ -33,6 +34,13 @@ class UnsupportedIndexError(DataToolsError, IndexError):
 
 class SourceChangedError(DataToolsError, OSError):
     """A source file changed or vanished while open, so what was read from it is suspect."""
+
+
+class ConfinementError(DataToolsError, PermissionError):
+    """A file's name or content would read from outside the root it is confined to.
+
+    The message names the file relative to that root, never by an absolute server path.
+    """
 
 
 class WriterError(DataToolsError, RuntimeError):

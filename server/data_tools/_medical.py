@@ -1,0 +1,160 @@
+"""Medical images (NIfTI, MetaImage, NRRD) read with SimpleITK, confined to a root directory.
+
+SimpleITK opens files by name, and a MetaImage (``ElementDataFile``) or NRRD (``data
+file``) header may name its data in other files, anywhere. So the header is opened
+confined first (``data_tools._confine``), the data files it names are read from that very
+descriptor, each is opened confined too, and SimpleITK is handed only pinned names
+(:class:`~data_tools._confine.PinnedFiles`) that resolve to those verified descriptors:
+a data file outside the root (by an absolute name, ``..`` or a symlink) is refused, and a
+file swapped for a symlink after the check is never what SimpleITK reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import re
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from data_tools._confine import PinnedFiles
+from data_tools.errors import ConfinementError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    import numpy.typing as npt
+
+    from data_tools._confine import Root
+
+__all__ = ["IMAGE_SUFFIXES", "describe_image", "read_image"]
+
+IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
+# A header names its data files within this many bytes, and at most this many of them.
+MAX_HEADER_BYTES = 1 << 20
+MAX_DATA_FILES = 256
+_PATTERN = re.compile(r"(\S*%\S*)\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)(\s+\d+)?")
+
+
+def describe_image(path: Path, root: Root) -> tuple[int, ...]:
+    """The shape of the image at ``path`` as read (z, y, x[, components]), from its header.
+
+    Raises:
+        ConfinementError: The image or a data file it names lies outside ``root``.
+        ValueError: The header names more data files than allowed, or no data file.
+        RuntimeError, OSError: SimpleITK cannot read it.
+    """
+    with _pinned(path, root) as pinned:
+        reader = _sitk().ImageFileReader()
+        reader.SetFileName(str(pinned))
+        reader.ReadImageInformation()
+        shape = tuple(int(n) for n in reversed(reader.GetSize()))
+        components = int(reader.GetNumberOfComponents())
+    return shape if components == 1 else (*shape, components)
+
+
+def read_image(path: Path, root: Root) -> npt.NDArray[Any]:
+    """The image at ``path`` as a (z, y, x[, components]) array; raises as ``describe_image``."""
+    with _pinned(path, root) as pinned:
+        sitk = _sitk()
+        return np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(pinned))))
+
+
+@contextlib.contextmanager
+def _pinned(path: Path, root: Root) -> Iterator[Path]:
+    """The image's header and data files, pinned; yields the header's pinned name."""
+    with PinnedFiles(root) as files:
+        header = files.add(path, path.name)  # pinned first: the names are read from it
+        with header.open("rb") as file:
+            text = file.read(MAX_HEADER_BYTES).decode("latin-1")
+        names = [posixpath.normpath(name) for name in _data_files(path.name.lower(), text)]
+        if any(posixpath.isabs(name) for name in names):
+            raise root.refuse(path, "a data file named by an absolute path")
+        # Lay the names out around the header as they are around the original, with the
+        # header deep enough in the private directory for their leading "..".
+        depth = max((_ups(name) for name in names), default=0)
+        if depth:
+            deeper = files.directory.joinpath(*["up"] * depth, path.name)
+            deeper.parent.mkdir(parents=True)
+            header = header.rename(deeper)
+        for name in dict.fromkeys(names):
+            ups = _ups(name)
+            if name == "." or ups == len(name.split("/")):
+                raise ValueError(f"Expected a data file name. Got {name!r} instead.")
+            pinned = posixpath.join(*["up"] * (depth - ups), *name.split("/")[ups:])
+            try:
+                files.add(path.parent / name, pinned)
+            except ConfinementError:
+                raise root.refuse(path, f"a data file {name!r} that resolves outside it") from None
+        yield header
+
+
+def _ups(name: str) -> int:
+    parts = name.split("/")
+    return next((i for i, part in enumerate(parts) if part != ".."), len(parts))
+
+
+def _data_files(name: str, text: str) -> list[str]:
+    """The data file names a header names (none: the data follows the header)."""
+    lines = text.splitlines()
+    if name.endswith((".mha", ".mhd")):
+        for number, line in enumerate(lines):
+            key, sep, value = line.partition("=")
+            if sep and key.strip().lower() == "elementdatafile":
+                return _expand(value.strip(), lines[number + 1 :], local="local")
+        raise ValueError(
+            f"Expected a MetaImage header naming its ElementDataFile within its first "
+            f"{MAX_HEADER_BYTES} bytes. Got none in {name!r} instead."
+        )
+    if name.endswith(".nrrd"):
+        for number, line in enumerate(lines):
+            if not line.strip():
+                break  # the header ends at the first blank line
+            key, sep, value = line.partition(":")
+            if sep and not value.startswith("=") and key.strip().lower() in _NRRD_DATA_KEYS:
+                rest = lines[number + 1 :]
+                end = next((i for i, rest_line in enumerate(rest) if not rest_line.strip()), None)
+                return _expand(value.strip(), rest[:end], local=None)
+    return []
+
+
+_NRRD_DATA_KEYS = ("data file", "datafile")
+
+
+def _expand(value: str, following: list[str], *, local: str | None) -> list[str]:
+    """A data file field's names: one name, a LIST of the following lines, or a pattern."""
+    if local is not None and value.lower() == local:
+        return []
+    if value.split(maxsplit=1)[:1] == ["LIST"]:
+        names = [line.strip() for line in following if line.strip()]
+    elif match := _PATTERN.fullmatch(value):
+        first, last, step = (int(match.group(i)) for i in (2, 3, 4))
+        numbers = range(first, last + 1, step) if step else range(0)
+        _check_count(len(numbers))
+        names = [match.group(1) % number for number in numbers]
+    else:
+        names = [value]
+    _check_count(len(names))
+    if not all(names):
+        raise ValueError("Expected data file names. Got an empty name instead.")
+    return names
+
+
+def _check_count(count: int) -> None:
+    if count > MAX_DATA_FILES:
+        raise ValueError(
+            f"Expected at most {MAX_DATA_FILES} data files per image (each is held open "
+            f"while it is read). Got {count} instead."
+        )
+
+
+def _sitk() -> Any:
+    try:
+        import SimpleITK
+    except ImportError as error:  # pragma: no cover - SimpleITK is in the [itk] extra
+        raise ImportError(
+            "Reading medical images needs SimpleITK: pip install 'data-tools[itk]'."
+        ) from error
+    return SimpleITK
