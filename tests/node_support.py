@@ -132,15 +132,26 @@ def wait_for_idle(server, timeout=5.0):
         time.sleep(0.02)
 
 
-def start_node_process(args, log):
+def node_command(config):
+    """The command line serving ``config``."""
+    return [sys.executable, "-m", "data_node", "serve", "--config", str(config)]
+
+
+def node_environment(**variables):
+    """The environment of a node process: this one's, its sys.path, and ``variables``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **variables}
+
+
+def start_node_process(args, log, **variables):
     """Start a node process (``args``) with its stderr in ``log``; return it and its port.
 
-    ``args`` is a command line, or a config path for ``python -m data_node serve --config``.
-    The port is read from the node's "serving ... on port N" log line.
+    ``args`` is a command line, or a config path for ``python -m data_node serve --config``;
+    ``variables`` are added to its environment. The port is read from the node's
+    "serving ... on port N" log line.
     """
     if isinstance(args, str | Path):
-        args = [sys.executable, "-m", "data_node", "serve", "--config", str(args)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        args = node_command(args)
+    env = node_environment(**variables)
     with log.open("w") as stderr:
         process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 30

@@ -194,7 +194,8 @@ def test_the_security_example_loads(tmp_path):
         (tmp_path / raw["tls"][key]).write_text("-----BEGIN CERTIFICATE-----\n")
     (tmp_path / raw["auth"]["tokens_file"]).write_text(tokens_file)
     config_file = tmp_path / "node.toml"
-    config_file.write_text('[node]\ndata_root = "."\n' + security)
+    (tmp_path / "data").mkdir()
+    config_file.write_text('[node]\ndata_root = "data"\n' + security)
     environ = {
         raw["auth"]["tokens_env"]: "TOKEN_A read,TOKEN_B",
         "DATA_NODE_LIMITS__MAX_OPEN_STREAMS_PER_TOKEN": "4",

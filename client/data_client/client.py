@@ -735,9 +735,18 @@ class DataNodeClient:
         return BuildJob(_parse_name("job_id", job_id), self._nodes[0].job_calls)
 
     def jobs(self) -> list[JobInfo]:
-        """Every job the (first answering) node has recorded, in submission order."""
-        response, _ = self._call("list_jobs", jobs_pb2.ListJobsRequest())
-        return [job_info(message) for message in response.jobs]
+        """Every job the (first answering) node has recorded, in submission order.
+
+        The node answers a page of jobs at a time (ListJobs ``page_token``); this asks for
+        every page, from the node that answered the first.
+        """
+        response, node = self._call("list_jobs", jobs_pb2.ListJobsRequest())
+        messages = list(response.jobs)
+        while response.next_page_token:
+            request = jobs_pb2.ListJobsRequest(page_token=response.next_page_token)
+            response = self._call_on(node, "list_jobs", request)
+            messages += response.jobs
+        return [job_info(message) for message in messages]
 
     def close(self) -> None:
         """Close every open stream of this client, then the channels; idempotent."""

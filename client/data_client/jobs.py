@@ -99,6 +99,8 @@ class JobInfo:
         created_at: Unix time of the submission.
         started_at: Unix time the job started running; 0 if it has not.
         ended_at: Unix time the job ended; 0 if it has not.
+        replaced_by: The id of the later job whose output replaced this succeeded job's
+            (``overwrite``); "" if none.
     """
 
     job_id: str
@@ -111,6 +113,7 @@ class JobInfo:
     created_at: float
     started_at: float
     ended_at: float
+    replaced_by: str = ""
 
     @property
     def output(self) -> str:
@@ -142,6 +145,7 @@ def job_info(message: jobs_pb2.Job) -> JobInfo:
         created_at=message.created_at,
         started_at=message.started_at,
         ended_at=message.ended_at,
+        replaced_by=message.replaced_by,
     )
 
 

@@ -22,6 +22,7 @@ random order.
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,9 +50,11 @@ if TYPE_CHECKING:
 
     from data_node.config import SourceConfig
 
-__all__ = ["ArraySpec", "BuildSpec", "build", "write_block"]
+__all__ = ["MAX_CLASSES", "ArraySpec", "BuildSpec", "build", "check_output_size", "write_block"]
 
 Counts = dict[int, int]
+# Classes one build may write: each is an array, and a line of its job's record.
+MAX_CLASSES = 4096
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class BuildSpec:
         executor: "local" or "dask".
         scheduler_address: The Dask scheduler (executor "dask" only).
         dask_task_bytes: Patch bytes per Dask task, rounded to whole chunks.
+        max_output_bytes: Largest planned output (patches x patch bytes), in bytes.
     """
 
     volume: ArraySpec
@@ -134,6 +138,7 @@ class BuildSpec:
     executor: str
     scheduler_address: str | None = None
     dask_task_bytes: int = 16 << 20
+    max_output_bytes: int = 1 << 40
 
 
 def build(
@@ -155,12 +160,18 @@ def build(
 
     Raises:
         TypeError, ValueError: The data does not fit the request (the message names the
-            argument: volume, mask, class_list, writer_options...).
+            argument: volume, mask, class_list, writer_options...), or the planned output
+            exceeds ``max_output_bytes`` or the free space (checked before any write).
         OSError, data_tools.errors.WriterError: Reading or writing failed.
     """
     image = parse_image("volume", spec.volume.read())
     labels = None if spec.mask is None else parse_class_mask(spec.mask.read(), image.shape)
     counts = class_counts(labels, spec.class_list, image.size)
+    if len(counts) > MAX_CLASSES:
+        raise ValueError(
+            f"class_list: Expected at most {MAX_CLASSES} classes. The mask holds "
+            f"{len(counts)} values; choose some with class_list."
+        )
     slice_axis = parse_slice_axis(spec.slice_axis, image.ndim)
     rng = np.random.default_rng(spec.seed)
     pixels = None
@@ -168,6 +179,7 @@ def build(
         stacked = None if labels is None else _as_stack(labels, slice_axis)
         pixels = _choose_pixels(stacked, counts, spec, rng)
         counts = {value: len(chosen) for value, chosen in pixels.items()}
+    check_output_size(sum(counts.values()), spec.patchsize, spec.max_output_bytes, save_path)
     planned(dict(counts))
     if spec.executor == "dask":
         assert pixels is not None
@@ -191,6 +203,34 @@ def build(
         rng=rng,
         progress=progress,
     )
+
+
+def check_output_size(patches: int, patchsize: int, max_bytes: int, directory: Path) -> None:
+    """Check a planned output (float32 patches) against ``max_bytes`` and the free space.
+
+    Args:
+        patches: Patches to write.
+        patchsize: Patch edge, in pixels.
+        max_bytes: The node's ``jobs.max_output_bytes``.
+        directory: A directory on the output's file system.
+
+    Raises:
+        ValueError: The plan is larger than either.
+    """
+    planned = patches * patchsize * patchsize * np.dtype(np.float32).itemsize
+    plan = f"{patches} patches of {patchsize}x{patchsize} float32 make {planned} bytes"
+    if planned > max_bytes:
+        raise ValueError(
+            f"max_output_bytes: Expected a build of at most {max_bytes} bytes "
+            f"(jobs.max_output_bytes). Got a plan of {plan} instead; set a smaller "
+            "max_patches_per_class, or choose fewer classes."
+        )
+    free = shutil.disk_usage(directory).free
+    if planned > free:
+        raise ValueError(
+            f"output: Expected a build that fits the {free} bytes free under the output "
+            f"root. Got a plan of {plan} instead."
+        )
 
 
 def writer_kwargs(file_format: str, options: Mapping[str, Any]) -> dict[str, Any]:

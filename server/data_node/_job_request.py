@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data_node._build import ArraySpec, BuildSpec
+from data_node._build import MAX_CLASSES, ArraySpec, BuildSpec, check_output_size
+from data_node._output_tree import RESERVED
 from data_node.config import EXECUTORS, SOURCE_FORMATS, SourceConfig, resolve_inside
 from data_node.errors import (
     DataNodeError,
     DatasetNotFoundError,
+    LimitExceededError,
     PathOutsideRootError,
     RequestError,
 )
@@ -32,14 +34,17 @@ __all__ = [
     "DEFAULT_BATCHSIZE",
     "FILE_FORMATS",
     "IMAGE_SUFFIXES",
-    "STAGING_DIR",
+    "MAX_TEXT_BYTES",
+    "MAX_WRITER_OPTIONS_BYTES",
     "WRITER_OPTIONS",
     "BuildPlan",
     "parse_build_request",
 ]
 
-# The output root's directory of unfinished outputs, one per running job.
-STAGING_DIR = ".jobs"
+# Bounds of what a job stores (its request is kept and listed for good): every text field,
+# and writer_options, which may hold a few filter specifications.
+MAX_TEXT_BYTES = 4096
+MAX_WRITER_OPTIONS_BYTES = 64 << 10
 FILE_FORMATS = ("bcolz", "hdf5", "zarr")
 # The writer options a request may set, per file_format: storage layout and compression
 # only (h5py's ``external``, for one, would write outside the output root).
@@ -85,6 +90,7 @@ def parse_build_request(
         DatasetNotFoundError: An input names a dataset the node does not serve (NOT_FOUND).
         RequestError: Any other field is invalid (INVALID_ARGUMENT); the message names it.
     """
+    _check_sizes(request)
     if not request.HasField("volume"):
         raise RequestError("volume: Expected a dataset_array or a file. Got neither.")
     volume = _parse_input("volume", request.volume, config, registry)
@@ -113,6 +119,14 @@ def parse_build_request(
     writer_options = _parse_writer_options(request.writer_options, file_format)
     executor, scheduler_address = _parse_executor(request, file_format, config.jobs)
     seed = request.seed if request.HasField("seed") else secrets.randbits(63)
+    output = _parse_output(request.output, config.output_root, overwrite=request.overwrite)
+    if mask is None:  # every pixel is a patch: the output's size is known now
+        pixels = int(np.prod(shape))
+        patches = pixels if cap is None else min(pixels, cap)
+        try:
+            check_output_size(patches, patchsize, config.jobs.max_output_bytes, config.output_root)
+        except ValueError as error:
+            raise LimitExceededError(str(error)) from None
     accepted = jobs_pb2.SubmitBuildJobRequest()
     accepted.CopyFrom(request)
     accepted.random_order = request.random_order if request.HasField("random_order") else True
@@ -121,6 +135,7 @@ def parse_build_request(
     accepted.slice_axis = slice_axis
     accepted.seed = seed
     accepted.executor = executor
+    accepted.output = str(output.relative_to(config.output_root))
     accepted.scheduler_address = scheduler_address or ""
     spec = BuildSpec(
         volume=volume,
@@ -137,14 +152,51 @@ def parse_build_request(
         executor=executor,
         scheduler_address=scheduler_address,
         dask_task_bytes=config.jobs.dask_task_bytes,
+        max_output_bytes=config.jobs.max_output_bytes,
     )
     return BuildPlan(
         spec=spec,
-        output=_parse_output(request.output, config.output_root, overwrite=request.overwrite),
+        output=output,
         register_as=_parse_register_as(request.register_as, config),
         overwrite=request.overwrite,
         request=accepted,
     )
+
+
+def _check_sizes(request: jobs_pb2.SubmitBuildJobRequest) -> None:
+    """Bound every field a job stores, before any other work."""
+    texts = {
+        "output": request.output,
+        "register_as": request.register_as,
+        "file_format": request.file_format,
+        "executor": request.executor,
+        "scheduler_address": request.scheduler_address,
+    }
+    for name in ("volume", "mask"):
+        source = getattr(request, name)
+        texts |= {
+            f"{name}.file.path": source.file.path,
+            f"{name}.file.key": source.file.key,
+            f"{name}.dataset_array.dataset": source.dataset_array.dataset,
+            f"{name}.dataset_array.array": source.dataset_array.array,
+        }
+    for field_name, text in texts.items():
+        if len(text.encode()) > MAX_TEXT_BYTES:
+            raise RequestError(
+                f"{field_name}: Expected at most {MAX_TEXT_BYTES} bytes. "
+                f"Got {len(text.encode())} instead."
+            )
+    if len(request.writer_options.encode()) > MAX_WRITER_OPTIONS_BYTES:
+        raise RequestError(
+            f"writer_options: Expected at most {MAX_WRITER_OPTIONS_BYTES} bytes of JSON (the "
+            f"request is stored and listed with the job). "
+            f"Got {len(request.writer_options.encode())} instead."
+        )
+    if len(request.class_list) > MAX_CLASSES:
+        raise RequestError(
+            f"class_list: Expected at most {MAX_CLASSES} values. "
+            f"Got {len(request.class_list)} instead."
+        )
 
 
 def _parse_input(
@@ -322,10 +374,10 @@ def _parse_output(name: str, output_root: Path, *, overwrite: bool) -> Path:
     if not name:
         raise RequestError("output: Expected a directory name under the output root. Got none.")
     path, exists = _resolve(output_root, name, "output")
-    if path == output_root or path.is_relative_to(output_root / STAGING_DIR):
+    if path == output_root or path.relative_to(output_root).parts[0] in RESERVED:
         raise RequestError(
-            f"output: Expected a name inside the output root, other than {STAGING_DIR!r} "
-            f"(the node's own). Got {name!r} instead."
+            f"output: Expected a name inside the output root, other than "
+            f"{' and '.join(map(repr, RESERVED))} (the node's own). Got {name!r} instead."
         )
     if not overwrite and exists:
         raise RequestError(f"output: Expected a new name, or overwrite. {name!r} exists.")

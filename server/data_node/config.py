@@ -160,6 +160,10 @@ class JobsConfig:
             None: a dask job must name one.
         dask_task_bytes: Patch bytes one Dask task extracts and writes, rounded to whole
             chunks; bounds a Dask worker's memory per task.
+        max_output_bytes: Largest output a build may plan (patches x patch bytes, before
+            compression); a larger plan, or one larger than the free space under the
+            output root, fails before anything is written (RESOURCE_EXHAUSTED at
+            submission when the plan is known then, without a mask).
     """
 
     max_concurrent_jobs: int = 2
@@ -168,6 +172,7 @@ class JobsConfig:
     executor: str = "local"
     scheduler_address: str | None = None
     dask_task_bytes: int = 16 * MiB
+    max_output_bytes: int = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -331,10 +336,11 @@ def parse_config(
     output_root = _output_root(
         base_dir / _string("node.output_root", node.get("output_root", "outputs"))
     )
+    _check_roots(data_root, state_dir, output_root)
     preprocessors = _parse_preprocessors(_table("preprocessors", raw.get("preprocessors", {})))
     datasets_raw = _table("datasets", raw.get("datasets", {}))
     datasets = {
-        name: _parse_dataset(name, _table(f"datasets.{name}", spec), data_root)
+        name: _parse_dataset(name, _table(f"datasets.{name}", spec), data_root, output_root)
         for name, spec in sorted(datasets_raw.items())
     }
     limits = _parse_limits(_table("limits", raw.get("limits", {})))
@@ -559,7 +565,44 @@ def _parse_preprocessors(raw: Mapping[str, Any]) -> dict[str, str]:
     return result
 
 
-def _parse_dataset(name: str, raw: Mapping[str, Any], data_root: Path) -> DatasetConfig:
+def _check_roots(data_root: Path, state_dir: Path, output_root: Path) -> None:
+    """Refuse roots that hold one another where the node would write over what it keeps.
+
+    The state dir stays apart from both others (an output could replace the job database;
+    clients could read the node's own files). The data root may not lie inside the output
+    root (an output could replace the data); the output root may lie inside the data root.
+    """
+    roots = {"node.data_root": data_root, "node.state_dir": state_dir}
+    roots["node.output_root"] = output_root
+    apart = (
+        ("node.state_dir", "node.output_root", "a job's output could replace the job database"),
+        ("node.state_dir", "node.data_root", "clients could read the node's own files"),
+    )
+    for key, other, why in apart:
+        path, other_path = roots[key], roots[other]
+        if path.is_relative_to(other_path) or other_path.is_relative_to(path):
+            raise ConfigError(
+                f"{key}: Expected a directory apart from {other} ({why}). Got "
+                f"{str(path)!r}, which {_relation(path, other_path)} {other} "
+                f"{str(other_path)!r}, instead."
+            )
+    if data_root.is_relative_to(output_root):
+        raise ConfigError(
+            f"node.data_root: Expected a directory outside node.output_root (an output with "
+            f"overwrite could replace the data). Got {str(data_root)!r}, which "
+            f"{_relation(data_root, output_root)} node.output_root {str(output_root)!r}, instead."
+        )
+
+
+def _relation(path: Path, other: Path) -> str:
+    if path == other:
+        return "is also"
+    return "lies inside" if path.is_relative_to(other) else "holds"
+
+
+def _parse_dataset(
+    name: str, raw: Mapping[str, Any], data_root: Path, output_root: Path
+) -> DatasetConfig:
     prefix = f"datasets.{name}"
     _check_keys(prefix, raw, {"arrays", "class_list", "maxlen"})
     arrays_raw = _table(f"{prefix}.arrays", raw.get("arrays", {}))
@@ -569,6 +612,15 @@ def _parse_dataset(name: str, raw: Mapping[str, Any], data_root: Path) -> Datase
         ArrayConfig(array_name, _parse_sources(f"{prefix}.arrays.{array_name}", spec, data_root))
         for array_name, spec in arrays_raw.items()
     )
+    for array in arrays:
+        for i, source in enumerate(array.sources):
+            if source.path.is_relative_to(output_root):
+                raise ConfigError(
+                    f"{prefix}.arrays.{array.name}[{i}].path: Expected a file outside "
+                    f"node.output_root (a build job with overwrite could replace it under "
+                    f"its readers; serve job outputs with register_as). Got "
+                    f"{str(source.path)!r} instead."
+                )
     class_list = None
     if "class_list" in raw:
         class_list = _int_list(f"{prefix}.class_list", raw["class_list"])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from data_tools.errors import ConfinementError
 from data_tools.wrap import delayed_view, multi_source_array
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Hashable, Iterable, Iterator, Mapping
 
     from data_node.config import DatasetConfig, SourceConfig
     from data_tools._chunk_cache import ChunkCache
@@ -42,12 +43,17 @@ class Dataset:
         classes: The class numbers behind the ``label`` array (empty without a class_list).
         cached: Whether some of its sources read through the node's chunk cache (which
             only reads made in the node's process use).
+        cache_keys: The ``CachedSource.key`` of each of its sources reading through the cache.
+        replaced: Set once the files behind it are being replaced (a build job overwrites its
+            output): nothing read from it since can be trusted, and its streams end.
     """
 
     name: str
     arrays: tuple[tuple[str, Any], ...]
     classes: tuple[int, ...] = ()
     cached: bool = False
+    cache_keys: frozenset[Hashable] = frozenset()
+    replaced: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     @property
     def length(self) -> int:
@@ -136,8 +142,8 @@ def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Data
                 f"{prefix}.arrays.{name}: Expected a dtype the wire carries {WIRE_DTYPES}. "
                 f"Got {np.dtype(array.dtype)} instead."
             )
-    is_cached = any(isinstance(s, CachedSource) for _, sources in opened for s in sources)
-    return Dataset(config.name, tuple(arrays), tuple(config.class_list or ()), is_cached)
+    keys = frozenset(s.key for _, sources in opened for s in sources if isinstance(s, CachedSource))
+    return Dataset(config.name, tuple(arrays), tuple(config.class_list or ()), bool(keys), keys)
 
 
 def _check_lengths(prefix: str, opened: list[tuple[str, list[Any]]]) -> None:
@@ -156,8 +162,10 @@ class DatasetRegistry:
     """Name -> Dataset, safe to read from many RPC threads and to extend at run time."""
 
     def __init__(self, datasets: Iterable[Dataset] = (), cache: ChunkCache | None = None) -> None:
-        self._lock = threading.Lock()
+        # Guards _datasets and _held; notified when a name is released.
+        self._lock = threading.Condition()
         self._datasets = {d.name: d for d in datasets}
+        self._held: set[str] = set()
         self.cache = cache
 
     @classmethod
@@ -175,10 +183,14 @@ class DatasetRegistry:
     def get(self, name: str) -> Dataset:
         """The dataset called ``name``.
 
+        While the name is held by :meth:`replacing` this waits until it is released, so a
+        dataset being replaced is never handed out.
+
         Raises:
             DatasetNotFoundError: No such dataset; the message suggests a close name.
         """
         with self._lock:
+            self._lock.wait_for(lambda: name not in self._held)
             dataset = self._datasets.get(name)
             names = sorted(self._datasets)
         if dataset is None:
@@ -193,6 +205,32 @@ class DatasetRegistry:
         """Serve ``dataset`` from now on (replacing one of the same name)."""
         with self._lock:
             self._datasets[dataset.name] = dataset
+
+    @contextlib.contextmanager
+    def replacing(self, name: str, *, retire: bool) -> Iterator[None]:
+        """Hold ``name`` while the body replaces it (``get`` waits), retiring the old one.
+
+        Args:
+            name: The dataset's name; "" holds nothing.
+            retire: Mark the dataset now served as ``name`` replaced (its streams end with
+                FAILED_PRECONDITION) and drop its cached chunks, before the body runs.
+        """
+        if not name:
+            yield
+            return
+        with self._lock:
+            self._held.add(name)
+            old = self._datasets.get(name)
+        if retire and old is not None:
+            old.replaced.set()
+            if self.cache is not None:
+                self.cache.discard(old.cache_keys)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.discard(name)
+                self._lock.notify_all()
 
     def __iter__(self) -> Iterator[Dataset]:
         with self._lock:

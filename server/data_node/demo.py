@@ -64,7 +64,7 @@ def _write_config(root: Path) -> Path:
             """
             [node]
             listen = "127.0.0.1:0"
-            data_root = "."
+            data_root = "data"
 
             [datasets.disks.arrays]
             image = { path = "disks.h5", key = "image" }
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="data_tools-demo-") as tmp:
         root = Path(tmp)
         print(f"generating {args.images} images of {args.size}x{args.size} in {root}")
-        make_disks(root / "disks.h5", args.images, args.size)
+        (root / "data").mkdir()
+        make_disks(root / "data" / "disks.h5", args.images, args.size)
         node, port = build_server(load(_write_config(root)), "127.0.0.1:0")
         node.start()
         try:

@@ -7,6 +7,7 @@ __all__ = [
     "CursorAtEndError",
     "DataNodeError",
     "DatasetNotFoundError",
+    "DatasetReplacedError",
     "JobNotFoundError",
     "LimitExceededError",
     "NodeStoppingError",
@@ -31,6 +32,10 @@ class PathOutsideRootError(DataNodeError, PermissionError):
 
 class DatasetNotFoundError(DataNodeError, LookupError):
     """A request names a dataset the node does not serve."""
+
+
+class DatasetReplacedError(DataNodeError, RuntimeError):
+    """A stream's dataset was replaced (its files overwritten by a build job) while it read."""
 
 
 class JobNotFoundError(DataNodeError, LookupError):

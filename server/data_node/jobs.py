@@ -36,25 +36,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import shutil
+import os
 import signal
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from multiprocessing import connection as mp_connection
-from typing import TYPE_CHECKING, Any, cast
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from data_node import _job_worker
 from data_node._job_request import (
     FILE_FORMATS,
     IMAGE_SUFFIXES,
-    STAGING_DIR,
+    MAX_TEXT_BYTES,
     WRITER_OPTIONS,
     BuildPlan,
     parse_build_request,
 )
-from data_node._job_store import JobRecord, JobStore
+from data_node._job_store import JobRecord, JobStore, PublishIntent
+from data_node._output_tree import STAGING_DIR, OutputTree, lock_directory
 from data_node.config import ArrayConfig, DatasetConfig, SourceConfig, resolve_inside
 from data_node.datasets import open_dataset
 from data_node.errors import (
@@ -85,11 +87,15 @@ __all__ = [
     "FILE_FORMATS",
     "IMAGE_SUFFIXES",
     "INTERRUPTED",
+    "KILL_AT_VARIABLE",
+    "MAX_PAGE_SIZE",
     "PATCH_ARRAY",
+    "PUBLISH_STEPS",
     "STAGING_DIR",
     "WRITER_OPTIONS",
     "BuildPlan",
     "JobManager",
+    "JobPage",
     "open_patch_dataset",
     "parse_build_request",
 ]
@@ -98,6 +104,16 @@ PATCH_ARRAY = "patch"
 INTERRUPTED = "interrupted: the node stopped while the job ran; it is not resumed, submit it again"
 CANCEL_GRACE = 3.0
 DATABASE = "jobs.sqlite3"
+LOCK_FILE = "node.lock"
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# A ListJobs answer stays under this many bytes (gRPC's default message limit is 4 MiB); a
+# Job is far smaller, its fields being bounded (MAX_TEXT_BYTES, MAX_WRITER_OPTIONS_BYTES...).
+PAGE_BYTES = 1 << 20
+# Test-only hook: the node kills itself (SIGKILL) at the publish step this variable names,
+# so that tests can check that a restart finds every job's state and files in agreement.
+KILL_AT_VARIABLE = "DATA_TOOLS_TEST_KILL_AT"
+PUBLISH_STEPS = ("start", "intent", "aside", "install", "commit")
 
 QUEUED = jobs_pb2.JOB_STATE_QUEUED
 RUNNING = jobs_pb2.JOB_STATE_RUNNING
@@ -160,6 +176,7 @@ class _Job:
     conn: Connection | None = None
     cancel_requested: bool = False
     result: Counts | None = None
+    replaced_by: str = ""
     version: int = 0
 
     @property
@@ -176,6 +193,7 @@ class _Job:
             ended_at=self.ended_at,
             classes=tuple((v, w, t) for v, (w, t) in self.classes.items()),
             error=self.error,
+            replaced_by=self.replaced_by,
         )
 
     @classmethod
@@ -189,7 +207,18 @@ class _Job:
             ended_at=record.ended_at,
             classes={v: [w, t] for v, w, t in record.classes},
             error=record.error,
+            replaced_by=record.replaced_by,
         )
+
+    @property
+    def output(self) -> PurePosixPath:
+        """The output, relative to the output root (as accepted: normalized, resolved)."""
+        return PurePosixPath(self.request.output)
+
+    @property
+    def live_output(self) -> bool:
+        """Whether the output holds this job's result, or will: running, or published."""
+        return not self.ended or (self.state == SUCCEEDED and not self.replaced_by)
 
     def message(self, now: float) -> jobs_pb2.Job:
         written = sum(w for w, _ in self.classes.values())
@@ -213,7 +242,15 @@ class _Job:
             created_at=self.created_at,
             started_at=self.started_at,
             ended_at=self.ended_at,
+            replaced_by=self.replaced_by,
         )
+
+
+class JobPage(NamedTuple):
+    """One page of ``JobManager.list``: jobs, and the token of the next page ("" at the end)."""
+
+    jobs: list[jobs_pb2.Job]
+    next_page_token: str
 
 
 class JobManager:
@@ -228,6 +265,8 @@ class JobManager:
         registry: Where inputs are looked up and results registered.
 
     Raises:
+        ConfigError: Another node uses the state dir or the output root (each is locked by
+            its node until ``close``).
         OSError: The state dir or output root cannot be created.
         sqlite3.DatabaseError: The job database cannot be opened.
     """
@@ -236,12 +275,16 @@ class JobManager:
         self._config = config
         self._limits = config.jobs
         self._registry = registry
-        self._staging_root = config.output_root / STAGING_DIR
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        config.output_root.mkdir(parents=True, exist_ok=True)
+        self._state_lock = lock_directory(config.state_dir, "node.state_dir", LOCK_FILE)
+        try:
+            self._tree = OutputTree(config.output_root)
+        except BaseException:
+            os.close(self._state_lock)
+            raise
         self._store = JobStore(config.state_dir / DATABASE)
         self._changed = threading.Condition()
         self._jobs: dict[str, _Job] = {}
+        self._served: dict[str, _Job] = {}  # dataset name -> the job whose output it serves
         self._watchers = 0
         self._watchers_stopped = False
         self._closing = False
@@ -253,7 +296,8 @@ class JobManager:
     # ------------------------------------------------------------ public
 
     def start(self) -> None:
-        """Start running queued jobs."""
+        """Start running queued jobs, and deleting what earlier runs and ended jobs left."""
+        self._tree.start_emptying()
         # Job processes fork from a server that has imported the build code once.
         self._context.set_forkserver_preload([_job_worker.__name__])
         self._thread = threading.Thread(target=self._dispatch, name="data_node-jobs", daemon=True)
@@ -265,7 +309,9 @@ class JobManager:
         Raises:
             PathOutsideRootError, DatasetNotFoundError, RequestError: See
                 :func:`parse_build_request`; also RequestError when a queued or running job
-                writes the same (or a nested) output.
+                writes the same output, when the output would nest inside another job's
+                output or hold one, and when it would overwrite the output of a served
+                dataset without registering the result under that dataset's name.
             LimitExceededError: ``max_queued_jobs`` jobs are waiting already.
             NodeStoppingError: The node is stopping.
         """
@@ -275,16 +321,7 @@ class JobManager:
                 raise NodeStoppingError(
                     "The node is stopping; submit the job again once it is back."
                 )
-            for other in self._jobs.values():
-                if (
-                    other.plan is not None
-                    and not other.ended
-                    and _overlap(other.plan.output, plan.output)
-                ):
-                    raise RequestError(
-                        f"output: Expected a name no queued or running job writes in. Job "
-                        f"{other.job_id} writes {other.request.output!r}; got {request.output!r}."
-                    )
+            self._check_output(plan)
             queued = sum(job.state == QUEUED for job in self._jobs.values())
             if queued >= self._limits.max_queued_jobs:
                 raise LimitExceededError(
@@ -310,11 +347,45 @@ class JobManager:
         with self._changed:
             return self._lookup(job_id).message(time.time())
 
-    def list(self) -> list[jobs_pb2.Job]:
-        """Every job, in submission order."""
+    def list(self, page_size: int = 0, page_token: str = "") -> JobPage:
+        """One page of the jobs, in submission order.
+
+        Args:
+            page_size: At most this many jobs (fewer when they would exceed ``PAGE_BYTES``);
+                0 (default): 100; more than ``MAX_PAGE_SIZE`` (1000) is taken as 1000.
+            page_token: Where the page starts: "" (default) at the first job, or an earlier
+                page's ``next_page_token``.
+
+        Raises:
+            RequestError: ``page_size`` is negative, or ``page_token`` is not a token of
+                this node's.
+        """
+        if page_size < 0:
+            raise RequestError(
+                f"page_size: Expected an integer >= 0 (0: {DEFAULT_PAGE_SIZE}). "
+                f"Got {page_size} instead."
+            )
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         with self._changed:
+            order = list(self._jobs)
+            start = 0
+            if page_token:
+                if page_token not in self._jobs:
+                    raise RequestError(
+                        "page_token: Expected the next_page_token of an earlier ListJobs "
+                        f"answer of this node. Got {page_token[:MAX_TEXT_BYTES]!r} instead."
+                    )
+                start = order.index(page_token)
             now = time.time()
-            return [job.message(now) for job in self._jobs.values()]
+            page: list[jobs_pb2.Job] = []
+            page_bytes = 0
+            for job_id in order[start:]:
+                message = self._jobs[job_id].message(now)
+                page_bytes += message.ByteSize()
+                if page and (len(page) == size or page_bytes > PAGE_BYTES):
+                    return JobPage(page, job_id)
+                page.append(message)
+            return JobPage(page, "")
 
     def count_by_state(self) -> dict[str, int]:
         """The number of jobs in each state now, by name: QUEUED, RUNNING, SUCCEEDED, ..."""
@@ -417,6 +488,8 @@ class JobManager:
                 else:
                     self._finish(job, FAILED, INTERRUPTED)
         self._store.close()
+        self._tree.close()
+        os.close(self._state_lock)
         self._wake_r.close()
         self._wake_w.close()
 
@@ -468,11 +541,9 @@ class JobManager:
                 running += job.state == RUNNING
 
     def _launch(self, job: _Job, plan: BuildPlan) -> None:
-        staging = self._staging_root / job.job_id
         receiver, sender = self._context.Pipe(duplex=False)
         try:
-            _remove(staging)
-            staging.mkdir(parents=True)
+            staging = self._tree.make_staging(job.job_id)
             process = self._context.Process(
                 target=_job_worker.run,
                 args=(plan.spec, str(staging), sender),
@@ -537,40 +608,131 @@ class JobManager:
         job.process = job.conn = None
 
     def _publish(self, job: _Job) -> None:
+        """Move a finished job's result to its output and record it SUCCEEDED, crash-safely.
+
+        Steps, each leaving a state a restart completes (see ``_finish_publish``): journal
+        the intent; put aside what is at the output (with ``overwrite``); rename the staging
+        directory to the output; in one transaction record the job SUCCEEDED, the job it
+        replaces replaced and the intent done; trash what was put aside. A dataset served
+        from the replaced output is held (its name's lookups wait) and retired first, so its
+        open streams end with FAILED_PRECONDITION instead of reading files being replaced.
+        """
         plan = job.plan
         assert plan is not None
         assert job.result is not None
-        staging = self._staging_root / job.job_id
-        if not is_dataset_complete(staging, plan.spec.file_format):
+        _kill_point("start")
+        if not is_dataset_complete(self._tree.staging(job.job_id), plan.spec.file_format):
             self._finish(job, FAILED, "the job's output is not marked complete")
             return
-        try:
-            _install(staging, plan.output, overwrite=plan.overwrite)
-        except OSError as error:
-            self._finish(job, FAILED, f"output: could not publish the result: {error}")
-            return
-        job.classes = {value: [count, count] for value, count in job.result.items()}
-        if plan.register_as:
+        old = self._owner(job.output)
+        replaces = "" if old is None else old.job_id
+        name = plan.register_as
+        self._store.begin_publish(PublishIntent(job.job_id, str(job.output), replaces, job.result))
+        _kill_point("intent")
+        retire = old is not None and bool(name) and self._served.get(name) is old
+        with self._registry.replacing(name, retire=retire):
             try:
-                self._serve(plan.register_as, job)
-            except ConfigError as error:
-                _remove(plan.output)
-                self._finish(job, FAILED, f"register_as: could not serve the result: {error}")
+                if plan.overwrite:
+                    self._tree.move_aside(job.job_id, job.output)
+                _kill_point("aside")
+                self._tree.install(job.job_id, job.output)
+                _kill_point("install")
+                dataset = self._open_result(name, job, job.result) if name else None
+            except (OSError, ConfigError, PathOutsideRootError) as error:
+                self._tree.restore(job.job_id, job.output)
+                if retire:
+                    assert old is not None
+                    self._serve(name, old)
+                what = "register_as: could not serve" if name else "output: could not publish"
+                self._finish(job, FAILED, f"{what} the result: {error}", publishing=True)
                 return
-        self._finish(job, SUCCEEDED)
+            job.classes = {value: [count, count] for value, count in job.result.items()}
+            self._finish(job, SUCCEEDED, publishing=True, replaces=old)
+            if dataset is not None:
+                self._registry.add(dataset)
+                self._served[name] = job
+
+    def _owner(self, output: PurePosixPath) -> _Job | None:
+        """The succeeded job whose result is at ``output`` now, if any."""
+        for job in self._jobs.values():
+            if job.state == SUCCEEDED and not job.replaced_by and job.output == output:
+                return job
+        return None
+
+    def _check_output(self, plan: BuildPlan) -> None:
+        """Refuse an output that clashes with another job's or replaces a served dataset."""
+        output = PurePosixPath(plan.request.output)
+        for other in self._jobs.values():
+            if not other.live_output or not _overlap(other.output, output):
+                continue
+            if not other.ended:
+                raise RequestError(
+                    f"output: Expected a name no queued or running job writes in. Job "
+                    f"{other.job_id} writes {str(other.output)!r}; got {str(output)!r}."
+                )
+            if other.output != output:
+                raise RequestError(
+                    f"output: Expected a name neither inside nor around another job's output "
+                    f"(overwriting one would delete the other). Job {other.job_id} wrote "
+                    f"{str(other.output)!r}; got {str(output)!r}."
+                )
+            served = other.request.register_as
+            if served and self._served.get(served) is other and plan.register_as != served:
+                raise RequestError(
+                    f"register_as: Expected {served!r}: the output {str(output)!r} serves "
+                    f"dataset {served!r} (job {other.job_id}), which overwriting it replaces; "
+                    f"register the result as {served!r}, or choose another output. "
+                    f"Got {plan.register_as!r} instead."
+                )
+
+    def _open_result(self, name: str, job: _Job, counts: Counts) -> Dataset:
+        output = resolve_inside(self._config.output_root, job.request.output, field_name="output")
+        return open_patch_dataset(
+            name, output, job.request.file_format, tuple(counts), self._registry.cache
+        )
 
     def _serve(self, name: str, job: _Job) -> None:
-        output = resolve_inside(self._config.output_root, job.request.output, field_name="output")
-        dataset = open_patch_dataset(
-            name, output, job.request.file_format, tuple(job.classes), self._registry.cache
-        )
-        self._registry.add(dataset)
+        """Serve ``job``'s output as ``name`` (taking the name over).
 
-    def _finish(self, job: _Job, state: jobs_pb2.JobState, error: str = "") -> None:
-        job.state, job.error, job.ended_at = state, error, time.time()
-        if state != SUCCEEDED:
-            _remove(self._staging_root / job.job_id)
-        self._changed_job(job, persist=True)
+        Raises:
+            ConfigError, PathOutsideRootError: The output cannot be opened.
+        """
+        counts = {value: written for value, (written, _) in job.classes.items()}
+        self._registry.add(self._open_result(name, job, counts))
+        self._served[name] = job
+
+    def _finish(
+        self,
+        job: _Job,
+        state: jobs_pb2.JobState,
+        error: str = "",
+        *,
+        publishing: bool = False,
+        replaces: _Job | None = None,
+    ) -> None:
+        """Record that ``job`` ended, then trash its staging (and what it put aside).
+
+        Args:
+            job: The job.
+            state: How it ended.
+            error: Why it failed, cut to ``MAX_TEXT_BYTES``.
+            publishing: Whether a publish intent of the job is journaled (it is ended in the
+                same transaction).
+            replaces: The job whose output ``job``'s replaced, recorded so in that
+                transaction too.
+        """
+        job.state, job.ended_at = state, time.time()
+        job.error = error.encode()[:MAX_TEXT_BYTES].decode(errors="ignore")
+        if publishing:
+            self._store.end_publish(job.record(), "" if replaces is None else replaces.job_id)
+            _kill_point("commit")
+        else:
+            self._store.update(job.record())
+        if replaces is not None:
+            replaces.replaced_by = job.job_id
+            self._changed_job(replaces, persist=False)
+        self._tree.discard_staging(job.job_id)
+        self._changed_job(job, persist=False)
         logger.info(
             "job %s %s%s", job.job_id, _state_name(state).lower(), f": {error}" if error else ""
         )
@@ -615,14 +777,20 @@ class JobManager:
         for record in self._store.load():
             job = _Job.from_record(record)
             self._jobs[job.job_id] = job
+        for intent in self._store.intents():
+            self._finish_publish(intent)
+        for job in self._jobs.values():
             if job.state == RUNNING:
                 job.state, job.error, job.ended_at = FAILED, INTERRUPTED, time.time()
                 self._store.update(job.record())
         # Nothing runs yet: whatever is in the staging root is debris of an earlier run.
-        _remove(self._staging_root)
+        # It is deleted in the background once the node serves (start()).
+        self._tree.discard_all_staging()
         for job in self._jobs.values():
             name = job.request.register_as
-            if job.state == SUCCEEDED and name and name not in self._config.datasets:
+            if job.state == SUCCEEDED and not job.replaced_by and name:
+                if name in self._config.datasets:
+                    continue
                 try:
                     self._serve(name, job)
                 except (ConfigError, PathOutsideRootError) as error:
@@ -633,13 +801,37 @@ class JobManager:
             except DataNodeError as error:
                 self._finish(job, FAILED, f"could not be resumed after a restart: {error}")
 
+    def _finish_publish(self, intent: PublishIntent) -> None:
+        """Complete a publish a dead node began (its result is complete), or undo it."""
+        job = self._jobs[intent.job_id]
+        output = PurePosixPath(intent.output)
+        staged = self._tree.has_staging(job.job_id)
+        result = self._tree.staging(job.job_id) if staged else self._config.output_root / output
+        error = "its result is not complete"
+        if is_dataset_complete(result, job.request.file_format):
+            try:
+                if staged:
+                    if job.request.overwrite:
+                        self._tree.move_aside(job.job_id, output)
+                    self._tree.install(job.job_id, output)
+            except OSError as failure:
+                error = str(failure)
+            else:
+                job.classes = {value: [count, count] for value, count in intent.counts.items()}
+                old = self._jobs.get(intent.replaces)
+                self._finish(job, SUCCEEDED, publishing=True, replaces=old)
+                logger.info("job %s: finished the publish a stopped node began", job.job_id)
+                return
+        self._tree.restore(job.job_id, output)
+        self._finish(job, FAILED, f"{INTERRUPTED} (while publishing: {error})", publishing=True)
+
 
 def _state_name(state: jobs_pb2.JobState) -> str:
     """ "QUEUED", "RUNNING", ...: the JobState name without its prefix."""
     return jobs_pb2.JobState.Name(state).removeprefix(_STATE_PREFIX)
 
 
-def _overlap(a: Path, b: Path) -> bool:
+def _overlap(a: PurePosixPath, b: PurePosixPath) -> bool:
     return a.is_relative_to(b) or b.is_relative_to(a)
 
 
@@ -649,33 +841,7 @@ def _died(exitcode: int | None) -> str:
     return f"the job's process exited with code {exitcode} without a result"
 
 
-def _install(staging: Path, output: Path, *, overwrite: bool) -> None:
-    """Rename ``staging`` to ``output``, replacing an existing one only with ``overwrite``.
-
-    Raises:
-        OSError: ``output`` exists without ``overwrite``, or a rename failed (an output
-            moved aside is put back).
-    """
-    old = staging.with_name(staging.name + ".old")
-    replacing = output.exists() or output.is_symlink()
-    if replacing:
-        if not overwrite:
-            raise FileExistsError(f"{str(output)!r} appeared while the job ran")
-        output.rename(old)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(output)
-    except OSError:
-        if replacing:
-            old.rename(output)
-        raise
-    _remove(old)
-
-
-def _remove(path: Path) -> None:
-    """Delete a file, link or directory tree if it exists; cleanup never raises."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink()
+def _kill_point(step: str) -> None:
+    """Test-only: SIGKILL this process if KILL_AT_VARIABLE names ``step`` (of PUBLISH_STEPS)."""
+    if os.environ.get(KILL_AT_VARIABLE) == step:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -17,8 +17,10 @@ jobs stay queued for the next start.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -116,10 +118,12 @@ class NodeServer:
                 raise
             host = self.metrics_listen.rpartition(":")[0]
             logger.info("metrics: http://%s:%d/metrics", host, port)
-        self.jobs.start()
         self.server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # Jobs (and deleting what an earlier run left) start once health answers: a
+        # restarted node is healthy at once, however much it has to delete.
+        self.jobs.start()
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop: NOT_SERVING, refuse new calls, end streams and watches, wait, stop the jobs."""
@@ -167,7 +171,13 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
             thread_name_prefix="data_node-rpc",
         ),
         interceptors=[] if auth is None else [auth],
-        options=[*channel_options(config.limits.max_message_bytes), *_PING_POLICY],
+        # gRPC sets SO_REUSEPORT by default: a second node could bind a port a node
+        # serves, and clients would alternate between them. One node per port.
+        options=[
+            *channel_options(config.limits.max_message_bytes),
+            *_PING_POLICY,
+            ("grpc.so_reuseport", 0),
+        ],
     )
     server.add_generic_rpc_handlers((method_handlers(servicer),))
     health_servicer = health.HealthServicer()
@@ -185,12 +195,25 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         port = 0
     if port == 0:
         jobs.close()
-        hint = "" if credentials is None else " (or tls.cert_file and tls.key_file do not match)"
-        raise RuntimeError(f"node.listen: cannot bind {target!r}{hint}.")
+        raise RuntimeError(f"node.listen: cannot bind {target!r}{_bind_hint(target, credentials)}.")
     node = NodeServer(
         server, port, servicer, health_servicer, jobs, auth, metrics, config.metrics.listen
     )
     return node, port
+
+
+def _bind_hint(target: str, credentials: grpc.ServerCredentials | None) -> str:
+    """Why ``target`` could not be bound, where a plain socket can tell."""
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host.strip("[]"), int(port)))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            return f": port {port} is already in use (another node or program serves it)"
+    except ValueError:
+        pass
+    return "" if credentials is None else " (or tls.cert_file and tls.key_file do not match)"
 
 
 def serve(config: NodeConfig, *, ready: threading.Event | None = None) -> None:

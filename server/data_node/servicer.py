@@ -117,7 +117,11 @@ class DataNodeServicer:
     def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
-        return _answer(context, lambda: jobs_pb2.ListJobsResponse(jobs=self._jobs.list()))
+        def page() -> jobs_pb2.ListJobsResponse:
+            jobs, token = self._jobs.list(request.page_size, request.page_token)
+            return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+        return _answer(context, page)
 
     def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext

@@ -13,6 +13,7 @@ from data_node.errors import (
     ConfigError,
     CursorAtEndError,
     DatasetNotFoundError,
+    DatasetReplacedError,
     JobNotFoundError,
     LimitExceededError,
     NodeStoppingError,
@@ -33,6 +34,7 @@ __all__ = ["STATUS_TABLE", "status_for"]
 
 STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (DatasetNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (DatasetReplacedError, grpc.StatusCode.FAILED_PRECONDITION),
     (JobNotFoundError, grpc.StatusCode.NOT_FOUND),
     (TokenError, grpc.StatusCode.UNAUTHENTICATED),
     (RoleError, grpc.StatusCode.PERMISSION_DENIED),

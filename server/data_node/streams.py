@@ -45,11 +45,15 @@ without losing or repeating a sample once the cause is gone:
   (by the servicer) and the stream ends within a tenth of a second, even while it waits
   for a batch: its worker processes are stopped (terminated if busy), an io thread busy
   with a batch ends once that batch is done;
-* the node stopping: UNAVAILABLE ("the node is stopping"), which the client retries.
+* the node stopping: UNAVAILABLE ("the node is stopping"), which the client retries;
+* the dataset's files being replaced (a build job overwrote the output it serves):
+  FAILED_PRECONDITION; a batch is sent only if it was read completely before the
+  replacement began, so a stream never sends rows of a half-replaced output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import threading
@@ -64,6 +68,7 @@ from data_node.config import resolve_preprocessor
 from data_node.cursors import MAX_EPOCHS, fingerprint, parse_start
 from data_node.errors import (
     CursorAtEndError,
+    DatasetReplacedError,
     LimitExceededError,
     NodeStoppingError,
     RequestError,
@@ -318,6 +323,8 @@ def stream_batches(
 
     Raises:
         NodeStoppingError: ``stop`` was set (the node is stopping, or the call ended).
+        DatasetReplacedError: The dataset's files are being replaced (checked after each
+            batch is read, before it is sent; any error once they are is reported so).
         WorkerError: A worker process of the stream died.
         Exception: Whatever reading a source or the transform raised.
 
@@ -328,10 +335,13 @@ def stream_batches(
     arrays = [array for _, array in plan.dataset.arrays]
     flow = data_flow(arrays, preprocessor=plan.transform, **plan.flow_options)
     names = plan.dataset.array_names
-    with flow:
+    with flow, _replacement_ends(plan.dataset):
         if plan.flow_options["lane"] >= len(flow):
             return  # more lanes than batches per epoch: this lane never has a batch
         for info in flow.flow_with_info(stop=stop):
+            # The replacement sets the flag before it moves a file: a batch read whole
+            # before the flag was set holds none of the new files' rows.
+            _check_not_replaced(plan.dataset)
             if stop.is_set():
                 break
             if plan.epochs is not None and info.epoch >= plan.epochs:
@@ -356,6 +366,28 @@ def stream_batches(
     raise NodeStoppingError(
         "the node is stopping; reconnect and resume from the last cursor received"
     )
+
+
+@contextlib.contextmanager
+def _replacement_ends(dataset: Dataset) -> Iterator[None]:
+    """Report any error of a stream whose dataset is being replaced as that replacement."""
+    try:
+        yield
+    except DatasetReplacedError:
+        raise
+    except Exception as error:
+        if not dataset.replaced.is_set():
+            raise
+        _check_not_replaced(dataset, error)
+
+
+def _check_not_replaced(dataset: Dataset, cause: Exception | None = None) -> None:
+    if dataset.replaced.is_set():
+        raise DatasetReplacedError(
+            f"dataset: {dataset.name!r} was replaced while this stream read it (a build job "
+            "overwrote its output); what was read since cannot be trusted. Open a new stream "
+            "to read the new data."
+        ) from cause
 
 
 class StreamSlots:

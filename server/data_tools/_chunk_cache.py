@@ -31,7 +31,7 @@ from data_tools._sources import H5Source, _file_stamp, as_picklable
 from data_tools.errors import SourceChangedError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable
+    from collections.abc import Callable, Collection, Hashable
 
 __all__ = ["CacheStats", "CachedSource", "ChunkCache", "cached"]
 
@@ -170,6 +170,19 @@ class ChunkCache:
             _, evicted = self._chunks.popitem(last=False)
             self._nbytes -= evicted.nbytes
             self._evictions += 1
+
+    def discard(self, sources: Collection[Hashable]) -> int:
+        """Drop every cached chunk of the sources whose ``CachedSource.key`` is in ``sources``.
+
+        Returns:
+            The number of chunks dropped.
+        """
+        with self._lock:
+            # Keys of CachedSource chunks are (source key, version, chunk number).
+            doomed = [k for k in self._chunks if isinstance(k, tuple) and k[0] in sources]
+            for key in doomed:
+                self._nbytes -= self._chunks.pop(key).nbytes
+        return len(doomed)
 
     def stats(self) -> CacheStats:
         """The counters now."""

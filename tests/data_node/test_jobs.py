@@ -339,7 +339,7 @@ def test_store_refuses_another_schema_version(tmp_path):
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA user_version = 99")
     connection.close()
-    with pytest.raises(sqlite3.DatabaseError, match=r"version 1 .* Got version 99"):
+    with pytest.raises(sqlite3.DatabaseError, match=r"version 2 .* Got version 99"):
         JobStore(path)
 
 

@@ -255,7 +255,7 @@ def test_queue_limit_and_output_conflicts(make_manager):
     manager.submit(request("b"))
     with pytest.raises(LimitExceededError, match=r"^max_queued_jobs: the node queues at most 1"):
         manager.submit(request("c"))
-    assert [job.state for job in manager.list()] == [
+    assert [job.state for job in manager.list().jobs] == [
         jobs_pb2.JOB_STATE_RUNNING,
         jobs_pb2.JOB_STATE_QUEUED,
     ]
@@ -298,7 +298,7 @@ def test_close_interrupts_running_jobs_and_a_restart_keeps_them(make_manager):
     manager.close()
     assert forkserver_children() == set()
     again, _, _ = make_manager()
-    (job,) = again.list()
+    (job,) = again.list().jobs
     assert job.job_id == running.job_id
     assert (job.state, job.error) == (jobs_pb2.JOB_STATE_FAILED, INTERRUPTED)
     with pytest.raises(NodeStoppingError):
@@ -306,7 +306,8 @@ def test_close_interrupts_running_jobs_and_a_restart_keeps_them(make_manager):
 
 
 def test_restart_fails_interrupted_jobs_and_runs_queued_ones(make_manager, tmp_path):
-    _, config, _ = make_manager()  # creates the state dir and the database
+    first, config, _ = make_manager()  # creates the state dir and the database
+    first.close()  # a node locks its state dir
     store = JobStore(config.state_dir / "jobs.sqlite3")
     accepted = request("resumed", seed=1, random_order=False)
     store.insert(JobRecord("crashed", "RUNNING", accepted.SerializeToString(), 1.0, 2.0))
