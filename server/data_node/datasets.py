@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from data_node.config import LABEL_ARRAY
 from data_node.errors import ConfigError, DatasetNotFoundError
 from data_node.wire import WIRE_DTYPES
 from data_tools._chunk_cache import CachedSource, cached
+from data_tools._parse import did_you_mean
 from data_tools._sources import H5Source
 from data_tools.wrap import delayed_view, multi_source_array
 
@@ -178,10 +178,9 @@ class DatasetRegistry:
             dataset = self._datasets.get(name)
             names = sorted(self._datasets)
         if dataset is None:
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise DatasetNotFoundError(
-                f"dataset: Expected one of {names}. Got {name!r} instead.{hint}"
+                f"dataset: Expected one of {names}. Got {name!r} instead."
+                f"{did_you_mean(name, names)}"
             )
         return dataset
 
