@@ -20,7 +20,7 @@ A config file looks like this (relative paths are relative to the file's directo
     max_bytes = 536870912          # 0 turns it off
 
     [metrics]                      # optional Prometheus endpoint; see MetricsConfig
-    listen = "0.0.0.0:9400"
+    listen = "9400"                # a port alone binds loopback; "0.0.0.0:9400": every host
 
     [tls]                          # optional; see TlsConfig
     cert_file = "server.pem"       # the node's certificate chain (PEM)
@@ -86,6 +86,7 @@ SOURCE_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr", ".bcolz": "bc
 LABEL_ARRAY = "label"
 EXECUTORS = ("dask", "local")
 MiB = 1 << 20
+LOOPBACK = "127.0.0.1"
 GiB = 1 << 30
 ROLES = ("build", "read")
 """Token roles: "read" lists, describes and streams datasets; "build" may also run jobs."""
@@ -154,7 +155,9 @@ class MetricsConfig:
     """The node's Prometheus endpoint (``[metrics]``).
 
     Attributes:
-        listen: ``host:port`` serving ``/metrics`` over HTTP (port 0 picks a free one).
+        listen: ``host:port`` serving ``/metrics`` over HTTP (port 0 picks a free one); a
+            port alone (``"9400"`` or ``":9400"``) binds loopback, ``127.0.0.1``: the
+            endpoint has no authentication, so it is exposed only when a host is named.
             None (default): no endpoint.
     """
 
@@ -466,6 +469,8 @@ def _parse_metrics(raw: Mapping[str, Any]) -> MetricsConfig:
     if "listen" not in raw:
         return MetricsConfig()
     listen = _string("metrics.listen", raw["listen"])
+    if listen.removeprefix(":").isdigit():
+        listen = f"{LOOPBACK}:{listen.removeprefix(':')}"
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(
