@@ -89,7 +89,7 @@ def write_config(root: Path, **limits: int) -> Path:
     return path
 
 
-def wait_for_idle(server, timeout=5.0):
+def wait_for_idle(server, timeout=30.0):
     """Wait until the node serves no stream: a client's cancel reaches it asynchronously."""
     deadline = time.monotonic() + timeout
     while server.servicer.open_streams:
