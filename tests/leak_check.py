@@ -2,7 +2,8 @@
 
 Use ``with assert_no_leaks(): ...`` around the code, or the ``no_leaks`` fixture
 (``from leak_check import no_leaks`` then ``@pytest.mark.usefixtures("no_leaks")``).
-After the block it waits up to ``timeout`` seconds for
+After the block it waits up to ``timeout`` seconds (default 30: it returns as soon as
+everything is gone, so only a leak waits that long, and a loaded machine gets its time) for
 
 * every new thread whose name starts with ``thread_prefix`` ("data_tools") to end,
 * every new child process of this process to be gone (reaped: a zombie counts as a leak,
@@ -137,7 +138,7 @@ def find_leaks(
 
 @contextmanager
 def assert_no_leaks(
-    timeout: float = 2.0, thread_prefix: str = "data_tools", shm_prefix: str | None = None
+    timeout: float = 30.0, thread_prefix: str = "data_tools", shm_prefix: str | None = None
 ) -> Iterator[None]:
     """Fail if the block leaves a thread, child process or /dev/shm entry after ``timeout``."""
     before = Snapshot.take()

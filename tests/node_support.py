@@ -124,7 +124,7 @@ def stream_error(port, request, metadata=None):
     raise AssertionError(f"the stream of {request} ended without an error")
 
 
-def wait_for_idle(server, timeout=5.0):
+def wait_for_idle(server, timeout=30.0):
     """Wait until the node serves no stream: a client's cancel reaches it asynchronously."""
     deadline = time.monotonic() + timeout
     while server.servicer.open_streams:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import secrets
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from data_node.errors import (
 )
 from data_tools._confine import Root
 from data_tools._medical import IMAGE_SUFFIXES
+from data_tools._parse import did_you_mean
 from data_tools.errors import ConfinementError
 from data_wire.v1 import jobs_pb2
 
@@ -320,13 +320,8 @@ def _non_negative(name: str, value: int) -> int:
 def _parse_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value in choices:
         return value
-    close = _did_you_mean(value, choices)
+    close = did_you_mean(value, choices)
     raise RequestError(f"{name}: Expected one of {list(choices)}. Got {value!r} instead.{close}")
-
-
-def _did_you_mean(value: str, choices: Any) -> str:
-    close = difflib.get_close_matches(value, sorted(choices), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def _parse_writer_options(text: str, file_format: str) -> dict[str, Any]:
@@ -345,7 +340,7 @@ def _parse_writer_options(text: str, file_format: str) -> dict[str, Any]:
         if key not in known:
             raise RequestError(
                 f"writer_options: Expected keys among {sorted(known)} for file_format "
-                f"{file_format!r}. Got {key!r} instead.{_did_you_mean(key, known)}"
+                f"{file_format!r}. Got {key!r} instead.{did_you_mean(key, known)}"
             )
     return options
 

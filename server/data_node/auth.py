@@ -1,4 +1,4 @@
-"""Who gets in: a server interceptor checking bearer tokens, roles and streams per token.
+"""Who gets in: bearer tokens and roles, checked by data_node.admission's interceptor.
 
 Every RPC but the gRPC health service (``/grpc.health.v1.Health/``: load balancers and
 ``data-node health`` probe it without credentials) needs ``authorization: Bearer <token>``
@@ -7,9 +7,7 @@ metadata naming a token of the node's ``[auth]`` config:
 * no token, another scheme, or a token the node does not know: UNAUTHENTICATED;
 * a "read" token on a job RPC (``ROLE_NEEDED``): PERMISSION_DENIED naming the role needed;
   a "build" token may call everything;
-* server reflection needs a valid token too (any role): it is a service like any other;
-* more than ``limits.max_open_streams_per_token`` StreamBatches calls open with one token:
-  RESOURCE_EXHAUSTED naming the limit.
+* server reflection needs a valid token too (any role): it is a service like any other.
 
 The check runs before the request is parsed and before any servicer code, so the servicer
 knows nothing of tokens. A token is never logged, put in a status message or kept in a
@@ -21,31 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import threading
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Final
 
-import grpc
-
-from data_node.errors import LimitExceededError, RoleError, TokenError
-from data_node.status import status_for
+from data_node.errors import RoleError, TokenError
 from data_wire.v1 import data_node_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Sequence
 
     from data_node.config import BearerToken
 
-__all__ = [
-    "OPEN_PREFIX",
-    "ROLE_NEEDED",
-    "AuthInterceptor",
-    "StreamsPerToken",
-    "TokenChecker",
-    "check_role",
-]
-
-logger = logging.getLogger(__name__)
+__all__ = ["MAX_TOKEN_CHARS", "OPEN_PREFIX", "ROLE_NEEDED", "TokenChecker", "check_role"]
 
 OPEN_PREFIX: Final = "/grpc.health.v1.Health/"
 """Methods under this prefix (the health service) need no token."""
@@ -67,7 +51,8 @@ ROLE_NEEDED: Final = {
 """The role each DataNode RPC needs (one missing here needs "build"); any other service's
 method (reflection) takes any valid token."""
 
-_STREAM_METHOD: Final = f"/{_SERVICE}/StreamBatches"
+MAX_TOKEN_CHARS: Final = 1024
+"""Longest bearer token looked at; a longer one is refused before it is hashed."""
 
 
 def _digest(token: str) -> bytes:
@@ -94,6 +79,11 @@ class TokenChecker:
                 f"Got {len(values)} instead."
             )
         value = values[0].decode("latin-1") if isinstance(values[0], bytes) else values[0]
+        if len(value) > MAX_TOKEN_CHARS:
+            raise TokenError(
+                f"Expected an authorization metadata value of at most {MAX_TOKEN_CHARS} "
+                f"characters. Got {len(value)} instead."
+            )
         scheme, _, presented = value.strip().partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise TokenError(
@@ -124,120 +114,3 @@ def check_role(token: BearerToken, method: str) -> None:
         raise RoleError(
             f"{name}: Expected a token with role 'build'. Got one with role {token.role!r}."
         )
-
-
-class StreamsPerToken:
-    """Counts each token's open streams against ``max_open_streams_per_token``."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._open: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, token: BearerToken) -> None:
-        """Count one more stream of ``token``.
-
-        Raises:
-            LimitExceededError: The token already holds ``limit`` streams.
-        """
-        with self._lock:
-            count = self._open.get(token.source, 0)
-            if count >= self._limit:
-                raise LimitExceededError(
-                    f"max_open_streams_per_token: one token may hold at most {self._limit} "
-                    "streams at once (each holds workers and memory on a shared node); close "
-                    "one, retry later or raise the limit."
-                )
-            self._open[token.source] = count + 1
-
-    def release(self, token: BearerToken) -> None:
-        """Count one stream of ``token`` less."""
-        with self._lock:
-            count = self._open.pop(token.source) - 1
-            if count:
-                self._open[token.source] = count
-
-    def open(self, token: BearerToken) -> int:
-        """Streams ``token`` holds now."""
-        with self._lock:
-            return self._open.get(token.source, 0)
-
-
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Refuses calls without a valid token or role, and counts streams per token.
-
-    Attributes:
-        streams: The per-token stream counts, or None without ``max_open_streams_per_token``.
-    """
-
-    def __init__(self, tokens: Sequence[BearerToken], max_streams_per_token: int | None) -> None:
-        """Check calls against ``tokens``.
-
-        Args:
-            tokens: The accepted tokens (``AuthConfig.tokens``).
-            max_streams_per_token: ``limits.max_open_streams_per_token``; None: no such limit.
-        """
-        self._checker = TokenChecker(tokens)
-        self.streams = (
-            None if max_streams_per_token is None else StreamsPerToken(max_streams_per_token)
-        )
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(OPEN_PREFIX):
-            return handler
-        try:
-            token = self._checker.identify(handler_call_details.invocation_metadata)
-            check_role(token, method)
-        except (TokenError, RoleError) as error:
-            logger.warning("refused %s: %s", method, error)
-            return _refusal(handler, status_for(error), str(error))
-        if method == _STREAM_METHOD and self.streams is not None:
-            return _counted(handler, self.streams, token)
-        return handler
-
-
-def _refusal(
-    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of ``handler``'s kind that aborts with ``code``; the request stays unparsed."""
-
-    def abort(request: Any, context: grpc.ServicerContext) -> NoReturn:
-        context.abort(code, message)
-
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort)
-    return grpc.unary_unary_rpc_method_handler(abort)
-
-
-def _counted(
-    handler: grpc.RpcMethodHandler[Any, Any], streams: StreamsPerToken, token: BearerToken
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` (unary-stream) holding one of ``token``'s stream slots while it runs."""
-    stream = handler.unary_stream
-    assert stream is not None
-
-    def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            streams.acquire(token)
-        except LimitExceededError as error:
-            context.abort(status_for(error), str(error))
-        try:
-            yield from stream(request, context)
-        finally:
-            streams.release(token)
-
-    return grpc.unary_stream_rpc_method_handler(
-        behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )

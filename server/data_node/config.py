@@ -20,7 +20,7 @@ A config file looks like this (relative paths are relative to the file's directo
     max_bytes = 536870912          # 0 turns it off
 
     [metrics]                      # optional Prometheus endpoint; see MetricsConfig
-    listen = "0.0.0.0:9400"
+    listen = "9400"                # a port alone binds loopback; "0.0.0.0:9400": every host
 
     [tls]                          # optional; see TlsConfig
     cert_file = "server.pem"       # the node's certificate chain (PEM)
@@ -87,6 +87,8 @@ SOURCE_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr", ".bcolz": "bc
 LABEL_ARRAY = "label"
 EXECUTORS = ("dask", "local")
 MiB = 1 << 20
+LOOPBACK = "127.0.0.1"
+GiB = 1 << 30
 ROLES = ("build", "read")
 """Token roles: "read" lists, describes and streams datasets; "build" may also run jobs."""
 # RFC 6750's b64token: what a bearer token may hold (it travels as an HTTP header value).
@@ -105,20 +107,36 @@ class LimitsConfig:
         max_open_streams_per_token: Streams one bearer token may hold open at once; more
             get RESOURCE_EXHAUSTED. Needs ``[auth]``. None (default): only
             ``max_open_streams`` applies.
+        max_open_calls: Long-lived calls (StreamBatches, WatchJob, health Watch, server
+            reflection) open at once; more get RESOURCE_EXHAUSTED. The RPC pool has this
+            many threads plus spare ones for unary calls.
+        max_open_calls_per_token: Long-lived calls one bearer token may hold open at once
+            (with ``[auth]``; calls without a token, health watches, count as one token);
+            more get RESOURCE_EXHAUSTED, so one client cannot take every thread.
         max_io_workers: Largest nb_io_workers a stream may ask for.
         max_proc_workers: Largest nb_proc_workers a stream may ask for.
-        max_message_bytes: gRPC message size limit, on receive and send.
+        max_message_bytes: gRPC send limit: the largest message (a Batch) the node sends.
+        max_request_bytes: gRPC receive limit: the largest request the node takes, checked
+            on the compressed and on the decompressed message before the request is parsed.
         max_in_flight: Batches a stream prepares ahead of the consumer.
+        max_memory_bytes: The node's memory budget: what its open streams may hold (each
+            reserves its batches in flight, see ``StreamPlan.memory_bytes``) plus the chunk
+            cache's ``cache.max_bytes``. A stream that does not fit gets RESOURCE_EXHAUSTED
+            naming it.
     """
 
     max_batch_size: int = 4096
     max_batch_bytes: int = 256 * MiB
     max_open_streams: int = 64
     max_open_streams_per_token: int | None = None
+    max_open_calls: int = 96
+    max_open_calls_per_token: int = 32
     max_io_workers: int = 8
     max_proc_workers: int = 4
     max_message_bytes: int = 512 * MiB
+    max_request_bytes: int = 4 * MiB
     max_in_flight: int = 4
+    max_memory_bytes: int = 8 * GiB
 
 
 @dataclass(frozen=True)
@@ -138,7 +156,9 @@ class MetricsConfig:
     """The node's Prometheus endpoint (``[metrics]``).
 
     Attributes:
-        listen: ``host:port`` serving ``/metrics`` over HTTP (port 0 picks a free one).
+        listen: ``host:port`` serving ``/metrics`` over HTTP (port 0 picks a free one); a
+            port alone (``"9400"`` or ``":9400"``) binds loopback, ``127.0.0.1``: the
+            endpoint has no authentication, so it is exposed only when a host is named.
             None (default): no endpoint.
     """
 
@@ -347,6 +367,12 @@ def parse_config(
     auth = None
     if "auth" in raw:
         auth = _parse_auth(_table("auth", raw["auth"]), base_dir, environ or {})
+    cache = _parse_cache(_table("cache", raw.get("cache", {})))
+    if limits.max_memory_bytes <= cache.max_bytes:
+        raise ConfigError(
+            f"limits.max_memory_bytes: Expected more than cache.max_bytes ({cache.max_bytes}): "
+            f"the budget holds the cache and the streams. Got {limits.max_memory_bytes} instead."
+        )
     if limits.max_open_streams_per_token is not None and auth is None:
         raise ConfigError(
             "limits.max_open_streams_per_token: Expected [auth] tokens to count streams by. "
@@ -359,7 +385,7 @@ def parse_config(
         listen=_string("node.listen", node.get("listen", "127.0.0.1:50051")),
         limits=limits,
         jobs=_parse_jobs(_table("jobs", raw.get("jobs", {}))),
-        cache=_parse_cache(_table("cache", raw.get("cache", {}))),
+        cache=cache,
         metrics=_parse_metrics(_table("metrics", raw.get("metrics", {}))),
         tls=_parse_tls(_table("tls", raw["tls"]), base_dir) if "tls" in raw else None,
         auth=auth,
@@ -459,6 +485,8 @@ def _parse_metrics(raw: Mapping[str, Any]) -> MetricsConfig:
     if "listen" not in raw:
         return MetricsConfig()
     listen = _string("metrics.listen", raw["listen"])
+    if listen.removeprefix(":").isdigit():
+        listen = f"{LOOPBACK}:{listen.removeprefix(':')}"
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(

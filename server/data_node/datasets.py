@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from data_node.errors import ConfigError, DatasetNotFoundError, PathOutsideRootE
 from data_node.wire import WIRE_DTYPES
 from data_tools._chunk_cache import CachedSource, cached
 from data_tools._confine import Root
+from data_tools._parse import did_you_mean
 from data_tools.errors import ConfinementError
 from data_tools.wrap import delayed_view, multi_source_array
 
@@ -194,10 +194,9 @@ class DatasetRegistry:
             dataset = self._datasets.get(name)
             names = sorted(self._datasets)
         if dataset is None:
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise DatasetNotFoundError(
-                f"dataset: Expected one of {names}. Got {name!r} instead.{hint}"
+                f"dataset: Expected one of {names}. Got {name!r} instead."
+                f"{did_you_mean(name, names)}"
             )
         return dataset
 

@@ -23,6 +23,13 @@ name of a served dataset, never a string a request made up):
 * ``data_node_jobs{state}``: build jobs by state (QUEUED, RUNNING, SUCCEEDED, FAILED,
   CANCELLED); QUEUED is the job queue's depth.
 
+The endpoint cannot be used to exhaust the node: it serves at most
+:data:`MAX_CONNECTIONS` connections at once, each on its own thread (named
+``data_node-metrics-conn``) and for at most :data:`CONNECTION_TIMEOUT_S` seconds without a
+byte; a connection beyond the limit is closed as soon as it is accepted. A thousand idle
+connections therefore hold at most ``MAX_CONNECTIONS`` threads and descriptors, each for a
+few seconds.
+
 Cost: a batch updates a few counters and one histogram per stage, each behind its own
 short lock and through label children looked up once per stream; the cache and job figures
 are read only when scraped.
@@ -30,23 +37,38 @@ are read only when scraped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Self
+import contextlib
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Iterable, Iterator, Mapping
     from types import TracebackType
-    from wsgiref.simple_server import WSGIServer
 
     from prometheus_client.metrics_core import Metric
 
     from data_tools._chunk_cache import ChunkCache
     from data_tools.io.data_flow import BatchInfo
 
-__all__ = ["STAGES", "STAGE_BUCKETS", "JobCounts", "NodeMetrics", "StreamMetrics"]
+__all__ = [
+    "CONNECTION_TIMEOUT_S",
+    "MAX_CONNECTIONS",
+    "STAGES",
+    "STAGE_BUCKETS",
+    "JobCounts",
+    "NodeMetrics",
+    "StreamMetrics",
+]
+
+MAX_CONNECTIONS: Final = 8
+"""Connections the metrics endpoint serves at once; more are closed when accepted."""
+CONNECTION_TIMEOUT_S: Final = 5.0
+"""Seconds a metrics connection may stay silent before the endpoint closes it."""
 
 STAGES = ("read", "augment", "encode", "send")
 # Seconds: a small batch encodes in tens of microseconds, a slow read takes seconds.
@@ -140,7 +162,7 @@ class NodeMetrics:
             registry.register(_JobCollector(jobs))
         for name in datasets:
             self.stream(name)
-        self._http: tuple[WSGIServer, threading.Thread] | None = None
+        self._http: tuple[_BoundedServer, threading.Thread] | None = None
 
     def stream(self, dataset: str) -> StreamMetrics:
         """The metrics of one stream of ``dataset`` (a served dataset's name)."""
@@ -168,12 +190,17 @@ class NodeMetrics:
         host, _, port = listen.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")  # "[::1]:9400"
         try:
-            server, thread = start_http_server(int(port), host, registry=self.registry)
+            family = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][0]
+            server = _BoundedServer((host, int(port)), family)
         except OSError as error:
             raise RuntimeError(
                 f"metrics.listen: cannot bind {listen!r} ({error.strerror or error})."
             ) from error
-        thread.name = "data_node-metrics"
+        server.set_app(make_wsgi_app(self.registry))
+        thread = threading.Thread(
+            target=server.serve_forever, name="data_node-metrics", daemon=True
+        )
+        thread.start()
         self._http = server, thread
         return int(server.server_port)
 
@@ -186,6 +213,7 @@ class NodeMetrics:
         server.shutdown()
         server.server_close()
         thread.join()
+        server.join_connections()
 
 
 class StreamMetrics:
@@ -282,3 +310,58 @@ class _JobCollector:
         for state, count in self._jobs.count_by_state().items():
             family.add_metric([state], count)
         yield family
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Serves one scrape; gives up on a connection silent for ``CONNECTION_TIMEOUT_S``."""
+
+    timeout = CONNECTION_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing: a scrape every few seconds would flood the node's log."""
+
+
+class _BoundedServer(WSGIServer):
+    """A WSGI server with one thread per connection, at most ``MAX_CONNECTIONS`` of them."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily) -> None:
+        self.address_family = family
+        super().__init__(address, _QuietHandler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve ``request`` on a thread of its own, or close it when all slots are taken."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        thread = threading.Thread(
+            target=self._serve, args=(request, client_address), name="data_node-metrics-conn"
+        )
+        thread.daemon = True
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            with contextlib.suppress(OSError):  # timed out, or the client went away
+                self.finish_request(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Drop a failed connection quietly (a scraper's problem, not the node's)."""
+
+    def join_connections(self) -> None:
+        """Wait for the connections being served (each ends within its timeout)."""
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(CONNECTION_TIMEOUT_S + 1)

@@ -1,8 +1,10 @@
 """Build, run and stop a data node: gRPC server, health and reflection services, datasets, jobs.
 
 Security: with ``[tls]`` the port speaks only TLS (and, with ``tls.client_ca_file``, only
-to clients presenting a certificate from that CA); with ``[auth]`` every call but health
-passes data_node.auth's interceptor first (bearer tokens, roles, streams per token).
+to clients presenting a certificate from that CA). Every call passes data_node.admission's
+interceptor first: with ``[auth]``, bearer tokens and roles (every call but health); always,
+the limits on long-lived calls, node-wide and per token. Requests larger than
+``limits.max_request_bytes`` (compressed or not) are refused by gRPC before they are parsed.
 
 Metrics: with ``[metrics] listen`` the node serves Prometheus metrics (data_node.metrics)
 over plain HTTP at ``/metrics``, from ``start()`` until ``stop()``.
@@ -28,23 +30,24 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from data_node.auth import AuthInterceptor
+from data_node.admission import Admission, MemoryBudget
 from data_node.datasets import DatasetRegistry
 from data_node.jobs import JobManager
 from data_node.metrics import NodeMetrics
+from data_node.reflection import enable_reflection
 from data_node.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
 from data_tools._chunk_cache import ChunkCache
 
 if TYPE_CHECKING:
-    from data_node.config import NodeConfig, TlsConfig
+    from data_node.config import LimitsConfig, NodeConfig, TlsConfig
 
-__all__ = ["NodeServer", "build_server", "channel_options", "serve", "server_credentials"]
+__all__ = ["NodeServer", "build_server", "serve", "server_credentials", "server_options"]
 
 logger = logging.getLogger(__name__)
-# Threads beyond the stream limit, for unary calls and health checks while streams run.
-_SPARE_THREADS = 8
+# Threads beyond the long-lived calls' limit, for unary calls and health checks: a client
+# holding every long-lived call it may hold leaves these to everyone's unary calls.
+_SPARE_THREADS = 16
 # Seconds stop() waits for cancelled streams to release their workers.
 _STREAM_CLOSE_TIMEOUT = 10.0
 # Clients ping to detect a hung node (data_client's keepalive, >= 1 s apart). gRPC's own
@@ -60,11 +63,18 @@ _PING_POLICY = [
 ]
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    """gRPC options both ends share: one Batch is one message, so both limits must fit it."""
+def server_options(limits: LimitsConfig) -> list[tuple[str, Any]]:
+    """The node's gRPC options: it sends Batches of up to ``max_message_bytes`` and takes
+    requests of up to ``max_request_bytes`` (gRPC checks a compressed request's size, and
+    its size once decompressed, against that limit), and accepts clients' keepalive pings.
+    """
     return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.max_receive_message_length", limits.max_request_bytes),
+        *_PING_POLICY,
+        # gRPC sets SO_REUSEPORT by default: a second node could bind a port a node
+        # serves, and clients would alternate between them. One node per port.
+        ("grpc.so_reuseport", 0),
     ]
 
 
@@ -94,7 +104,7 @@ class NodeServer:
     servicer: DataNodeServicer
     health: health.HealthServicer
     jobs: JobManager
-    auth: AuthInterceptor | None = None
+    admission: Admission
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     metrics_listen: str | None = None
 
@@ -157,34 +167,25 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
             match).
     """
     credentials = None if config.tls is None else server_credentials(config.tls)
-    auth = None
-    if config.auth is not None:
-        auth = AuthInterceptor(config.auth.tokens, config.limits.max_open_streams_per_token)
+    admission = Admission(config.limits, None if config.auth is None else config.auth.tokens)
     cache = ChunkCache(config.cache.max_bytes) if config.cache.max_bytes else None
     registry = DatasetRegistry.from_config(config.datasets, cache)
     jobs = JobManager(config, registry)
     metrics = NodeMetrics((dataset.name for dataset in registry), cache=cache, jobs=jobs)
-    servicer = DataNodeServicer(config, registry, jobs, metrics)
+    budget = MemoryBudget(config.limits.max_memory_bytes, config.cache.max_bytes)
+    servicer = DataNodeServicer(config, registry, jobs, metrics, budget)
     server = grpc.server(
         futures.ThreadPoolExecutor(
-            max_workers=config.limits.max_open_streams + config.jobs.max_watchers + _SPARE_THREADS,
+            max_workers=config.limits.max_open_calls + _SPARE_THREADS,
             thread_name_prefix="data_node-rpc",
         ),
-        interceptors=[] if auth is None else [auth],
-        # gRPC sets SO_REUSEPORT by default: a second node could bind a port a node
-        # serves, and clients would alternate between them. One node per port.
-        options=[
-            *channel_options(config.limits.max_message_bytes),
-            *_PING_POLICY,
-            ("grpc.so_reuseport", 0),
-        ],
+        interceptors=[admission],
+        options=server_options(config.limits),
     )
     server.add_generic_rpc_handlers((method_handlers(servicer),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
     target = address or config.listen
     try:
         if credentials is None:
@@ -197,7 +198,7 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         jobs.close()
         raise RuntimeError(f"node.listen: cannot bind {target!r}{_bind_hint(target, credentials)}.")
     node = NodeServer(
-        server, port, servicer, health_servicer, jobs, auth, metrics, config.metrics.listen
+        server, port, servicer, health_servicer, jobs, admission, metrics, config.metrics.listen
     )
     return node, port
 

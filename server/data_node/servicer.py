@@ -15,15 +15,18 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from data_node._strings import check_string_lengths
 from data_node.datasets import wire_dtype
+from data_node.errors import RequestError
 from data_node.metrics import NodeMetrics
 from data_node.status import status_for
-from data_node.streams import StreamSlots, parse_stream_request, stream_batches
+from data_node.streams import parse_stream_request, stream_batches
 from data_wire.v1 import data_node_pb2, jobs_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from data_node.admission import MemoryBudget
     from data_node.config import NodeConfig
     from data_node.datasets import Dataset, DatasetRegistry
     from data_node.jobs import JobManager
@@ -38,7 +41,9 @@ Response = TypeVar("Response")
 class DataNodeServicer:
     """The DataNode service over a dataset registry and a job manager, within the limits.
 
-    Streams are counted in ``metrics`` (default: metrics of its own, served nowhere).
+    Streams are counted in ``metrics`` (default: metrics of its own, served nowhere), and
+    each reserves its memory in ``budget`` while it is open (default None: no budget). How
+    many streams may be open is data_node.admission's business, before they get here.
     """
 
     def __init__(
@@ -47,19 +52,21 @@ class DataNodeServicer:
         registry: DatasetRegistry,
         jobs: JobManager,
         metrics: NodeMetrics | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self._config = config
         self._registry = registry
         self._jobs = jobs
         self._metrics = NodeMetrics() if metrics is None else metrics
-        self._slots = StreamSlots(config.limits.max_open_streams)
+        self._budget = budget
         self._stops: set[threading.Event] = set()
         self._lock = threading.Lock()
 
     @property
     def open_streams(self) -> int:
-        """Streams being served now."""
-        return self._slots.open
+        """Streams being served now (checked and started, not yet ended)."""
+        with self._lock:
+            return len(self._stops)
 
     def ListDatasets(
         self, request: data_node_pb2.ListDatasetsRequest, context: grpc.ServicerContext
@@ -88,7 +95,8 @@ class DataNodeServicer:
             plan = parse_stream_request(
                 request, dataset, self._config.limits, self._config.preprocessors
             )
-            self._slots.acquire()
+            if self._budget is not None:
+                self._budget.reserve(plan.memory_bytes)
         except Exception as error:
             self._abort_stream(context, dataset.name, error)
         context.add_callback(stop.set)
@@ -102,7 +110,8 @@ class DataNodeServicer:
         finally:
             with self._lock:
                 self._stops.discard(stop)
-            self._slots.release()
+            if self._budget is not None:
+                self._budget.release(plan.memory_bytes)
 
     def SubmitBuildJob(
         self, request: jobs_pb2.SubmitBuildJobRequest, context: grpc.ServicerContext
@@ -155,9 +164,9 @@ class DataNodeServicer:
     def wait_for_streams(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every stream to end; True if they all did."""
         deadline = time.monotonic() + timeout
-        while self._slots.open:
+        while self.open_streams:
             if time.monotonic() > deadline:
-                logger.warning("%d stream(s) still open after %.1f s", self._slots.open, timeout)
+                logger.warning("%d stream(s) still open after %.1f s", self.open_streams, timeout)
                 return False
             time.sleep(0.01)
         return True
@@ -182,7 +191,8 @@ def method_handlers(servicer: DataNodeServicer) -> grpc.GenericRpcHandler:
     """The service's handlers.
 
     Requests arrive as bytes and are parsed here, so a malformed request gets
-    INVALID_ARGUMENT naming the message type rather than gRPC's generic INTERNAL.
+    INVALID_ARGUMENT naming the message type rather than gRPC's generic INTERNAL; then
+    every string field's length is checked (data_node._strings) before the method runs.
     StreamBatches yields bytes already encoded (data_node.wire): no response serializer.
     """
 
@@ -232,6 +242,10 @@ def _parsing(method: Callable[..., Any], request_type: Any) -> Callable[..., Any
                 f"request: Expected a serialized {request_type.DESCRIPTOR.full_name}. "
                 f"Got {len(raw)} bytes that do not parse ({error}) instead.",
             )
+        try:
+            check_string_lengths(request)
+        except RequestError as error:
+            context.abort(status_for(error), str(error))
         return method(request, context)
 
     return handler

@@ -56,7 +56,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -81,6 +80,7 @@ from data_tools.io.data_flow import preprocessor_keywords
 from data_wire.v1 import data_node_pb2, tensor_pb2
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable, Iterator, Mapping
 
     import numpy.typing as npt
@@ -93,7 +93,6 @@ if TYPE_CHECKING:
 __all__ = [
     "SampleTransform",
     "StreamPlan",
-    "StreamSlots",
     "parse_stream_request",
     "stream_batches",
 ]
@@ -186,6 +185,8 @@ class StreamPlan:
         epochs: Epochs in the whole stream (counted from epoch 0), or None: forever.
         fingerprint: Digest of what the request means (see cursors.py).
         codec: Wire codec of every tensor.
+        batch_bytes: Bytes of one batch as read (the dataset's rows; a preprocessor that
+            grows them is not foreseen).
     """
 
     dataset: Dataset
@@ -195,6 +196,20 @@ class StreamPlan:
     epochs: int | None
     fingerprint: str
     codec: int
+    batch_bytes: int
+
+    @property
+    def memory_bytes(self) -> int:
+        """The most bytes the stream holds in the node's process, reserved in the budget.
+
+        Its batches prepared ahead (``max_in_flight``), and the one being sent twice over
+        (the encoded message and gRPC's copy of it, held until the transport takes it: a
+        client that does not read stops the stream there); with worker processes, also
+        their shared-memory blocks (one batch each per batch in flight).
+        """
+        in_flight: int = self.flow_options["max_in_flight"]
+        blocks = in_flight if self.flow_options["nb_proc_workers"] else 0
+        return self.batch_bytes * (in_flight + 2 + blocks)
 
     def cursor(self, epoch: int, batch_index: int, batches_per_epoch: int) -> tensor_pb2.Cursor:
         """The cursor just after batch ``batch_index`` of ``epoch``."""
@@ -221,7 +236,7 @@ def parse_stream_request(
         LimitExceededError: A batch would exceed ``limits.max_batch_bytes``.
     """
     batch_size = bounded("batch_size", request.batch_size, 1, limits.max_batch_size)
-    _check_batch_bytes(dataset, batch_size, limits)
+    batch_bytes = _check_batch_bytes(dataset, batch_size, limits)
     epochs = None if request.loop_forever else bounded("epochs", request.epochs, 1, MAX_EPOCHS)
     rank, world_size = _parse_sharing(request)
     lanes = bounded("lane.count", request.lane.count or 1, 1, MAX_LANES)
@@ -286,7 +301,9 @@ def parse_stream_request(
         "shared_reads": dataset.cached,
     }
     _check_flow_options(dataset, transform, flow_options)
-    return StreamPlan(dataset, flow_options, transform, seed, epochs, digest, request.codec)
+    return StreamPlan(
+        dataset, flow_options, transform, seed, epochs, digest, request.codec, batch_bytes
+    )
 
 
 def _check_flow_options(
@@ -357,11 +374,16 @@ def stream_batches(
                 names=names if len(names) == len(info.arrays) else None,
             )
             encoded = time.perf_counter()
-            # gRPC resumes the generator once it has sent the message (flow control allowing).
+            info = dataclasses.replace(info, arrays=())  # the message holds the batch now
+            size = len(message)
+            # gRPC resumes the generator once the transport has taken the whole message,
+            # within the client's flow-control window: a client that does not read stops
+            # the stream here, with this message and max_in_flight batches held.
             yield message
+            del message  # not held while the next batch is encoded
             if metrics is not None:
                 sent = time.perf_counter()
-                metrics.batch_sent(info, len(message), encoded - start, sent - encoded)
+                metrics.batch_sent(info, size, encoded - start, sent - encoded)
     # The flow loops forever: it ended because the call ended or the node is stopping.
     raise NodeStoppingError(
         "the node is stopping; reconnect and resume from the last cursor received"
@@ -388,40 +410,6 @@ def _check_not_replaced(dataset: Dataset, cause: Exception | None = None) -> Non
             "overwrote its output); what was read since cannot be trusted. Open a new stream "
             "to read the new data."
         ) from cause
-
-
-class StreamSlots:
-    """Counts open streams against ``max_open_streams``."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._open = 0
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        """Take a slot.
-
-        Raises:
-            LimitExceededError: All ``max_open_streams`` slots are taken.
-        """
-        with self._lock:
-            if self._open >= self._limit:
-                raise LimitExceededError(
-                    f"max_open_streams: the node serves at most {self._limit} streams at once "
-                    "(each holds workers and memory); retry later or raise the limit."
-                )
-            self._open += 1
-
-    def release(self) -> None:
-        """Give a slot back."""
-        with self._lock:
-            self._open -= 1
-
-    @property
-    def open(self) -> int:
-        """Streams open now."""
-        with self._lock:
-            return self._open
 
 
 # ---------------------------------------------------------------- field checks
@@ -452,8 +440,9 @@ def _parse_sharing(request: data_node_pb2.StreamRequest) -> tuple[int, int]:
     return rank, world_size
 
 
-def _check_batch_bytes(dataset: Dataset, batch_size: int, limits: LimitsConfig) -> None:
-    sample_bytes = sum(
+def _check_batch_bytes(dataset: Dataset, batch_size: int, limits: LimitsConfig) -> int:
+    """The bytes of one batch, checked against ``limits.max_batch_bytes``."""
+    sample_bytes: int = sum(
         int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize
         for _, array in dataset.arrays
     )
@@ -463,6 +452,7 @@ def _check_batch_bytes(dataset: Dataset, batch_size: int, limits: LimitsConfig) 
             f"{batch_size * sample_bytes} bytes; the node sends at most "
             f"{limits.max_batch_bytes} bytes per batch. Ask for a smaller batch_size."
         )
+    return batch_size * sample_bytes
 
 
 def _parse_weights(
@@ -478,11 +468,17 @@ def _parse_weights(
         name = request.sample_weights.array
         field = "sample_weights.array"
         try:
-            weights = np.asarray(dataset.array(name)[:], dtype=np.float64)
+            array = dataset.array(name)
         except KeyError:
             raise RequestError(
                 f"{field}: Expected one of {list(dataset.array_names)}. Got {name!r} instead."
             ) from None
+        if tuple(array.shape) != (dataset.length,):  # checked before reading a byte of it
+            raise RequestError(
+                f"{field}: Expected an array of one weight per sample ({dataset.length}). "
+                f"Got {name!r}, of shape {tuple(array.shape)}, instead."
+            )
+        weights = np.asarray(array[:], dtype=np.float64)
     if weights.shape != (dataset.length,):
         raise RequestError(
             f"{field}: Expected one weight per sample ({dataset.length}). "

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAX_SUGGESTED_CHARS",
+    "did_you_mean",
     "parse_bool",
     "parse_dtype",
     "parse_int",
@@ -24,6 +26,9 @@ __all__ = [
     "parse_positive_int",
     "parse_shape",
 ]
+
+MAX_SUGGESTED_CHARS = 64
+"""Longest name that gets a "did you mean" suggestion (see ``did_you_mean``)."""
 
 
 def _is_integer(value: Any) -> bool:
@@ -70,16 +75,24 @@ def parse_dtype(name: str, value: Any) -> np.dtype[Any]:
     return dtype
 
 
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """ " Did you mean 'x'?" naming the choice closest to ``value``, or "" if none is close.
+
+    Only a name of at most ``MAX_SUGGESTED_CHARS`` characters gets a suggestion: matching
+    costs time quadratic in the lengths, and no choice is close to a longer one anyway.
+    """
+    if len(value) > MAX_SUGGESTED_CHARS:
+        return ""
+    close = difflib.get_close_matches(value, sorted(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 def parse_option(name: str, value: Any, options: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``options``; else raise ValueError with a suggestion."""
     choices = sorted(options)
     if isinstance(value, str) and value in choices:
         return value
-    hint = ""
-    if isinstance(value, str):
-        close = difflib.get_close_matches(value, choices, n=1)
-        if close:
-            hint = f" Did you mean {close[0]!r}?"
+    hint = did_you_mean(value, choices) if isinstance(value, str) else ""
     raise ValueError(f"Expected {name} to be one of {choices}. Got {value!r} instead.{hint}")
 
 

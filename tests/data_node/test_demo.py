@@ -10,7 +10,7 @@ from data_node.demo import main, make_disks
 
 
 def test_demo_streams_one_epoch_and_cleans_up(capsys):
-    with assert_no_leaks(timeout=5):
+    with assert_no_leaks():
         assert main(["--images", "40", "--size", "32", "--batch-size", "8", "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "serves 'disks': 40 samples" in out

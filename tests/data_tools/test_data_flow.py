@@ -292,7 +292,7 @@ def test_bad_preprocessor_output_is_a_type_error():
 
 @pytest.mark.parametrize("how", ["exhausted", "break", "close", "with", "gc"])
 def test_shutdown_leaves_nothing(how):
-    with assert_no_leaks(timeout=1.0):
+    with assert_no_leaks():
         flow = data_flow([X, Y], 2, nb_io_workers=3, loop_forever=how != "exhausted")
         if how == "exhausted":
             assert len(list(flow.flow())) == 5
@@ -650,7 +650,7 @@ def test_shared_reads_a_killed_worker_is_an_error_not_a_hang():
 def test_shared_reads_closed_while_reading_leave_nothing_behind():
     from metrics_support import SlowSource
 
-    with assert_no_leaks(timeout=1.0):
+    with assert_no_leaks():
         flow = data_flow(
             [SlowSource(SHARED_X)], 2, nb_io_workers=2, nb_proc_workers=1, shared_reads=True
         )

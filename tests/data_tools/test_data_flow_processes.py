@@ -221,7 +221,7 @@ def test_a_killed_worker_is_an_error_not_a_hang():
 @pytest.mark.parametrize("shared_reads", [False, True])
 @pytest.mark.parametrize("how", ["break", "close", "with", "gc"])
 def test_shutdown_stops_processes_and_frees_shared_memory(how, shared_reads):
-    with assert_no_leaks(timeout=1.0):
+    with assert_no_leaks():
         flow = data_flow(
             [X, Y], 2, nb_proc_workers=1, preprocessor=augment, seed=1, shared_reads=shared_reads
         )

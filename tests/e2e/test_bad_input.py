@@ -234,8 +234,8 @@ def test_batch_bytes_limit(node_with):
             assert next(stream)[0].shape[0] == 2
 
 
-def test_a_request_above_the_message_limit_is_resource_exhausted(node_with):
-    _, client = node_with(max_batch_bytes=16384, max_message_bytes=65536)
+def test_a_request_above_the_request_limit_is_resource_exhausted(node_with):
+    _, client = node_with(max_request_bytes=65536)
     with client:
         with pytest.raises(ResourceExhaustedError, match="larger than max"):
             next(iter(client.stream("toy", 4, shuffle=True, sample_weights=[1.0] * 20000)))

@@ -50,7 +50,7 @@ def write_metrics_config(root, listen="127.0.0.1:0"):
 @pytest.fixture(scope="module")
 def metrics_node(tmp_path_factory):
     config = write_metrics_config(tmp_path_factory.mktemp("metrics"))
-    with assert_no_leaks(timeout=5, thread_prefix="data_node-metrics"):
+    with assert_no_leaks(thread_prefix="data_node-metrics"):
         node, port = build_server(config, "127.0.0.1:0")
         node.start()
         yield node, port
@@ -180,7 +180,7 @@ def test_build_jobs_are_counted_by_state(metrics_node, client):
 
 def test_the_endpoint_lives_and_dies_with_the_node(tmp_path, caplog):
     config = write_metrics_config(tmp_path)
-    with assert_no_leaks(timeout=5, thread_prefix="data_node-metrics"):
+    with assert_no_leaks(thread_prefix="data_node-metrics"):
         node, _ = build_server(config, "127.0.0.1:0")
         assert node.metrics_port is None
         with caplog.at_level(logging.INFO, logger="data_node.server"):
@@ -200,7 +200,7 @@ def test_a_metrics_port_in_use_fails_the_start(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         config = write_metrics_config(tmp_path, f"127.0.0.1:{port}")
-        with assert_no_leaks(timeout=5, thread_prefix="data_node"):
+        with assert_no_leaks(thread_prefix="data_node"):
             node, _ = build_server(config, "127.0.0.1:0")
             with pytest.raises(RuntimeError, match=r"metrics\.listen: cannot bind"):
                 node.start()

@@ -88,9 +88,7 @@ def wait_for_empty_trash(config):
 
 
 @pytest.mark.parametrize("step", PUBLISH_STEPS)
-def test_a_node_killed_while_publishing_restarts_with_jobs_and_files_in_agreement(
-    tmp_path, step
-):
+def test_a_node_killed_while_publishing_restarts_with_jobs_and_files_in_agreement(tmp_path, step):
     config_path = write_node(tmp_path)
     config = load(config_path)
     server, port = build_server(config, "127.0.0.1:0")

@@ -25,7 +25,7 @@ WORKERS = {"nb_proc_workers": 2, "nb_io_workers": 2}
 
 def test_closing_a_stream_frees_its_workers(node, client):
     server, _ = node
-    with assert_no_leaks(timeout=5):
+    with assert_no_leaks():
         stream = client.stream("toy", 4, shuffle=True, loop_forever=True, **WORKERS)
         next(stream)
         assert server.servicer.open_streams == 1
@@ -35,7 +35,7 @@ def test_closing_a_stream_frees_its_workers(node, client):
 
 def test_a_vanished_client_frees_its_workers(node):
     server, port = node
-    with assert_no_leaks(timeout=5):
+    with assert_no_leaks():
         client = DataNodeClient(f"127.0.0.1:{port}")
         stream = client.stream("toy", 4, loop_forever=True, **WORKERS)
         next(stream)
@@ -46,7 +46,7 @@ def test_a_vanished_client_frees_its_workers(node):
 
 def test_a_finished_stream_frees_its_workers(node, client):
     server, _ = node
-    with assert_no_leaks(timeout=5):
+    with assert_no_leaks():
         assert len(list(client.stream("toy", 8, epochs=2, **WORKERS))) == 10
         wait_for_idle(server)
 
@@ -60,7 +60,7 @@ def drain(stream):
 def test_stopping_the_node_ends_open_streams(tmp_path, grace):
     make_data(tmp_path)
     write_config(tmp_path)
-    with assert_no_leaks(timeout=5):
+    with assert_no_leaks():
         server, port = build_server(load(tmp_path / "node.toml"), "127.0.0.1:0")
         server.start()
         with DataNodeClient(f"127.0.0.1:{port}") as client:

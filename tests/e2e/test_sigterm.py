@@ -35,7 +35,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def refusals(client, timeout=3.0):
+def refusals(client, timeout=30.0):
     """Call until the node refuses with UNAVAILABLE or ``timeout`` passes; every status seen.
 
     A call that reaches the node just as it starts stopping may get CANCELLED (or even
