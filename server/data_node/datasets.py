@@ -13,6 +13,7 @@ from data_node.config import LABEL_ARRAY
 from data_node.errors import ConfigError, DatasetNotFoundError
 from data_node.wire import WIRE_DTYPES
 from data_tools._chunk_cache import CachedSource, cached
+from data_tools._chunk_checks import BcolzSource, open_zarr
 from data_tools._sources import H5Source
 from data_tools.wrap import delayed_view, multi_source_array
 
@@ -70,17 +71,17 @@ class Dataset:
 
 
 def open_source(source: SourceConfig) -> Any:
-    """Open one configured source read-only, as a picklable array-like."""
+    """Open one configured source read-only, as a picklable array-like.
+
+    A missing chunk of a zarr array or bcolz carray then reads as ``DataLossError``, never
+    as fill values (see ``data_tools._chunk_checks``).
+    """
     if source.format == "hdf5":
         assert source.key is not None  # config validation guarantees it
         return H5Source(source.path, source.key)
     if source.format == "zarr":
-        import zarr
-
-        return zarr.open_array(store=str(source.path), path=source.key or "", mode="r")
-    import bcolz
-
-    return bcolz.open(rootdir=str(source.path), mode="r")
+        return open_zarr(source.path, source.key or "")
+    return BcolzSource(source.path)
 
 
 def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Dataset:

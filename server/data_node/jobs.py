@@ -66,6 +66,7 @@ from data_node.errors import (
     PathOutsideRootError,
     RequestError,
 )
+from data_node.redact import PathRedactor
 from data_tools.patches import CONTAINERS, is_dataset_complete
 from data_wire.v1 import jobs_pb2
 
@@ -240,6 +241,7 @@ class JobManager:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         config.output_root.mkdir(parents=True, exist_ok=True)
         self._store = JobStore(config.state_dir / DATABASE)
+        self._redact = PathRedactor.from_config(config)
         self._changed = threading.Condition()
         self._jobs: dict[str, _Job] = {}
         self._watchers = 0
@@ -511,7 +513,7 @@ class JobManager:
         elif kind == "done":
             job.result = payload
         else:
-            job.error = payload
+            job.error = self._redact(payload)
         self._changed_job(job, persist=kind == "plan")
 
     def _reap(self, job: _Job) -> None:
@@ -567,7 +569,8 @@ class JobManager:
         self._registry.add(dataset)
 
     def _finish(self, job: _Job, state: jobs_pb2.JobState, error: str = "") -> None:
-        job.state, job.error, job.ended_at = state, error, time.time()
+        # The record is what clients read: no server path in it; the log keeps the full text.
+        job.state, job.error, job.ended_at = state, self._redact(error), time.time()
         if state != SUCCEEDED:
             _remove(self._staging_root / job.job_id)
         self._changed_job(job, persist=True)

@@ -22,6 +22,7 @@ from data_node.errors import (
     TokenError,
 )
 from data_tools.errors import (
+    DataLossError,
     SourceChangedError,
     UnsupportedIndexError,
     ViewIndexError,
@@ -44,6 +45,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ViewIndexError, grpc.StatusCode.OUT_OF_RANGE),
     (UnsupportedIndexError, grpc.StatusCode.INVALID_ARGUMENT),
     (WorkerError, grpc.StatusCode.INTERNAL),
+    (DataLossError, grpc.StatusCode.DATA_LOSS),
     (SourceChangedError, grpc.StatusCode.FAILED_PRECONDITION),
     (FileNotFoundError, grpc.StatusCode.FAILED_PRECONDITION),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),

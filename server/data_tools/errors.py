@@ -8,6 +8,7 @@ status in a single table (``data_node/status.py``).
 from __future__ import annotations
 
 __all__ = [
+    "DataLossError",
     "DataToolsError",
     "SourceChangedError",
     "UnsupportedIndexError",
@@ -33,6 +34,10 @@ class UnsupportedIndexError(DataToolsError, IndexError):
 
 class SourceChangedError(DataToolsError, OSError):
     """A source file changed or vanished while open, so what was read from it is suspect."""
+
+
+class DataLossError(DataToolsError, OSError):
+    """Stored data is gone or damaged: a chunk of an array written complete is missing."""
 
 
 class WriterError(DataToolsError, RuntimeError):
