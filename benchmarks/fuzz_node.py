@@ -1,11 +1,14 @@
 """Fuzz a data node process with generated requests; print the statuses and the node's RSS.
 
 The requests are those of tests/e2e/test_fuzz.py (its hypothesis strategies, imported):
-StreamRequests with every field drawn from extreme and random values, a third sent as
-generated, a third renamed to a served dataset, a third as one generated field in an
-otherwise valid request (each stream is read for at most two batches, then cancelled), DescribeDataset names, and random bytes sent to every
-method as a raw request. The node is a separate process (``python -m data_node serve``)
-over the test datasets of tests/node_support.py, written to a temp dir.
+StreamRequests with every field drawn from extreme and random values (floats tiny,
+subnormal, huge, at and past the node's bounds; huge strings; long repeated fields), sent
+plain or gzip-compressed, a third as generated, a third renamed to a served dataset, a
+third as one generated field in an otherwise valid request (each stream is read for at most
+two batches, then cancelled), DescribeDataset names, and random bytes sent to every method
+as a raw request; after each, a ListDatasets must answer OK. The node is a separate process
+(``python -m data_node serve``) over the test datasets of tests/node_support.py, written to
+a temp dir.
 
 Prints the count of answers per status code, the statuses no bad request deserves (any
 besides OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, OUT_OF_RANGE; the script exits
@@ -177,15 +180,20 @@ def fuzz(channel: grpc.Channel, requests: int, seed_value: int) -> Tally:
             suppress_health_check=list(HealthCheck),
         )
 
+    def alive() -> None:
+        """The node answers at once after every request (else the tally says so)."""
+        outcome = answer(lambda: test_fuzz.raw(channel, "ListDatasets", False)(b"", timeout=30))
+        record("ListDatasets (after each)", outcome, "")
+
     @seed(seed_value)
     @fuzz_settings("stream")
-    @given(fuzzed=stream_requests())
-    def streams(fuzzed: tuple[str, data_node_pb2.StreamRequest]) -> None:
+    @given(fuzzed=stream_requests(), compression=test_fuzz.COMPRESSIONS)
+    def streams(fuzzed: tuple[str, data_node_pb2.StreamRequest], compression: Any) -> None:
         mode, request = fuzzed
 
         def first_batches() -> None:
             call = test_fuzz.raw(channel, "StreamBatches", True)(
-                request.SerializeToString(), timeout=20
+                request.SerializeToString(), timeout=20, compression=compression
             )
             try:
                 for _, _ in zip(call, range(2), strict=False):
@@ -194,6 +202,7 @@ def fuzz(channel: grpc.Channel, requests: int, seed_value: int) -> Tally:
                 call.cancel()
 
         record(f"StreamBatches ({mode})", answer(first_batches), request)
+        alive()
 
     @seed(seed_value)
     @fuzz_settings("describe")
@@ -202,6 +211,7 @@ def fuzz(channel: grpc.Channel, requests: int, seed_value: int) -> Tally:
         payload = data_node_pb2.DescribeDatasetRequest(name=name).SerializeToString()
         call = test_fuzz.raw(channel, "DescribeDataset", False)
         record("DescribeDataset", answer(lambda: call(payload, timeout=10)), name)
+        alive()
 
     @seed(seed_value)
     @fuzz_settings("bytes")
@@ -217,6 +227,7 @@ def fuzz(channel: grpc.Channel, requests: int, seed_value: int) -> Tally:
                 call(payload, timeout=10)
 
         record(f"{method} (bytes)", answer(send), payload)
+        alive()
 
     for run in (streams, describes, raw_bytes):
         run()

@@ -55,6 +55,12 @@ def segfault(batch):
     return batch
 
 
+def hang(batch):
+    """A registered preprocessor that never finishes its batch (its process must be stopped)."""
+    time.sleep(3600)
+    return batch
+
+
 def make_data(root: Path, seed: int = 7) -> dict[str, np.ndarray]:
     """Write the test datasets under ``root/data``; return the arrays written."""
     rng = np.random.default_rng(seed)

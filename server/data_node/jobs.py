@@ -68,6 +68,7 @@ from data_node.errors import (
     PathOutsideRootError,
     RequestError,
 )
+from data_node.redact import PathRedactor
 from data_tools.patches import CONTAINERS, is_dataset_complete
 from data_wire.v1 import jobs_pb2
 
@@ -282,6 +283,7 @@ class JobManager:
             os.close(self._state_lock)
             raise
         self._store = JobStore(config.state_dir / DATABASE)
+        self._redact = PathRedactor.from_config(config)
         self._changed = threading.Condition()
         self._jobs: dict[str, _Job] = {}
         self._served: dict[str, _Job] = {}  # dataset name -> the job whose output it serves
@@ -582,7 +584,7 @@ class JobManager:
         elif kind == "done":
             job.result = payload
         else:
-            job.error = payload
+            job.error = self._redact(payload)
         self._changed_job(job, persist=kind == "plan")
 
     def _reap(self, job: _Job) -> None:
@@ -722,7 +724,8 @@ class JobManager:
                 transaction too.
         """
         job.state, job.ended_at = state, time.time()
-        job.error = error.encode()[:MAX_TEXT_BYTES].decode(errors="ignore")
+        # The record is what clients read: no server path in it; the log keeps the full text.
+        job.error = self._redact(error).encode()[:MAX_TEXT_BYTES].decode(errors="ignore")
         if publishing:
             self._store.end_publish(job.record(), "" if replaces is None else replaces.job_id)
             _kill_point("commit")

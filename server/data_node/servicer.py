@@ -19,6 +19,7 @@ from data_node._strings import check_string_lengths
 from data_node.datasets import wire_dtype
 from data_node.errors import RequestError
 from data_node.metrics import NodeMetrics
+from data_node.redact import PathRedactor
 from data_node.status import status_for
 from data_node.streams import parse_stream_request, stream_batches
 from data_wire.v1 import data_node_pb2, jobs_pb2
@@ -59,6 +60,7 @@ class DataNodeServicer:
         self._jobs = jobs
         self._metrics = NodeMetrics() if metrics is None else metrics
         self._budget = budget
+        self._redact = PathRedactor.from_config(config)
         self._stops: set[threading.Event] = set()
         self._lock = threading.Lock()
 
@@ -71,7 +73,7 @@ class DataNodeServicer:
     def ListDatasets(
         self, request: data_node_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> data_node_pb2.ListDatasetsResponse:
-        return _answer(
+        return self._answer(
             context,
             lambda: data_node_pb2.ListDatasetsResponse(
                 datasets=[describe(d) for d in self._registry]
@@ -81,7 +83,7 @@ class DataNodeServicer:
     def DescribeDataset(
         self, request: data_node_pb2.DescribeDatasetRequest, context: grpc.ServicerContext
     ) -> data_node_pb2.DatasetDescription:
-        return _answer(context, lambda: describe(self._registry.get(request.name)))
+        return self._answer(context, lambda: describe(self._registry.get(request.name)))
 
     def StreamBatches(
         self, request: data_node_pb2.StreamRequest, context: grpc.ServicerContext
@@ -90,7 +92,7 @@ class DataNodeServicer:
         try:
             dataset = self._registry.get(request.dataset)
         except Exception as error:
-            _abort(context, error)
+            self._abort(context, error)
         try:
             plan = parse_stream_request(
                 request, dataset, self._config.limits, self._config.preprocessors
@@ -116,12 +118,12 @@ class DataNodeServicer:
     def SubmitBuildJob(
         self, request: jobs_pb2.SubmitBuildJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return _answer(context, lambda: self._jobs.submit(request))
+        return self._answer(context, lambda: self._jobs.submit(request))
 
     def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return _answer(context, lambda: self._jobs.get(request.job_id))
+        return self._answer(context, lambda: self._jobs.get(request.job_id))
 
     def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
@@ -130,12 +132,12 @@ class DataNodeServicer:
             jobs, token = self._jobs.list(request.page_size, request.page_token)
             return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
-        return _answer(context, page)
+        return self._answer(context, page)
 
     def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return _answer(context, lambda: self._jobs.cancel(request.job_id))
+        return self._answer(context, lambda: self._jobs.cancel(request.job_id))
 
     def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext
@@ -145,7 +147,7 @@ class DataNodeServicer:
         try:
             yield from self._jobs.watch(request.job_id, stop)
         except Exception as error:
-            _abort(context, error)
+            self._abort(context, error)
 
     def _abort_stream(
         self, context: grpc.ServicerContext, dataset: str, error: Exception
@@ -153,7 +155,20 @@ class DataNodeServicer:
         """Abort a stream of a served dataset, counting the error if its client is still there."""
         if context.is_active():
             self._metrics.stream_error(dataset, status_for(error).name)
-        _abort(context, error)
+        self._abort(context, error)
+
+    def _answer(self, context: grpc.ServicerContext, respond: Callable[[], Response]) -> Response:
+        try:
+            return respond()
+        except Exception as error:
+            self._abort(context, error)
+
+    def _abort(self, context: grpc.ServicerContext, error: Exception) -> NoReturn:
+        """Abort with the status of ``error`` and its message, with no server path in it."""
+        code = status_for(error)
+        if code is grpc.StatusCode.INTERNAL:
+            logger.exception("internal error in an RPC", exc_info=error)
+        context.abort(code, self._redact(str(error) or type(error).__name__))
 
     def stop_streams(self) -> None:
         """Ask every open stream to end after its current batch."""
@@ -249,18 +264,3 @@ def _parsing(method: Callable[..., Any], request_type: Any) -> Callable[..., Any
         return method(request, context)
 
     return handler
-
-
-def _answer(context: grpc.ServicerContext, respond: Callable[[], Response]) -> Response:
-    try:
-        return respond()
-    except Exception as error:
-        _abort(context, error)
-
-
-def _abort(context: grpc.ServicerContext, error: Exception) -> NoReturn:
-    code = status_for(error)
-    if code is grpc.StatusCode.INTERNAL:
-        logger.exception("internal error in an RPC", exc_info=error)
-    message: Any = str(error) or type(error).__name__
-    context.abort(code, message)

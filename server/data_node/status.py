@@ -24,6 +24,7 @@ from data_node.errors import (
 )
 from data_tools.errors import (
     ConfinementError,
+    DataLossError,
     SourceChangedError,
     UnsupportedIndexError,
     ViewIndexError,
@@ -48,6 +49,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ViewIndexError, grpc.StatusCode.OUT_OF_RANGE),
     (UnsupportedIndexError, grpc.StatusCode.INVALID_ARGUMENT),
     (WorkerError, grpc.StatusCode.INTERNAL),
+    (DataLossError, grpc.StatusCode.DATA_LOSS),
     (SourceChangedError, grpc.StatusCode.FAILED_PRECONDITION),
     (FileNotFoundError, grpc.StatusCode.FAILED_PRECONDITION),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),

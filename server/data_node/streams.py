@@ -40,7 +40,9 @@ without losing or repeating a sample once the cause is gone:
   flow stopped."; the stream's other workers stop and its shared memory is freed;
 * a source that cannot be read (a corrupt chunk, a truncated compressed file): INTERNAL
   with the reader's message; a file missing when a worker process opens it:
-  FAILED_PRECONDITION naming it;
+  FAILED_PRECONDITION naming it; a chunk lost from a zarr array or bcolz carray written
+  complete: DATA_LOSS naming it (never fill values); every path named relative to the
+  data root (``redact.py``);
 * the call's deadline passing, or the client cancelling or going away: ``stop`` is set
   (by the servicer) and the stream ends within a tenth of a second, even while it waits
   for a batch: its worker processes are stopped (terminated if busy), an io thread busy

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from data_tools._confine import check_tree, fd_path, open_confined
+from data_tools._confine import fd_path, open_confined
 from data_tools.errors import SourceChangedError
 
 if TYPE_CHECKING:
@@ -71,18 +71,15 @@ def _open_hdf5(path: Path, key: str | None, root: Root) -> H5Source:
 
 
 def _open_zarr(path: Path, key: str | None, root: Root) -> Any:
-    import zarr
+    from data_tools._chunk_checks import open_zarr
 
-    from data_tools._zarr_store import ConfinedStore
-
-    return zarr.open_array(store=ConfinedStore(path, root), path=key or "", mode="r")
+    return open_zarr(path, key or "", confine_to=root)
 
 
 def _open_bcolz(path: Path, key: str | None, root: Root) -> Any:
-    import bcolz
+    from data_tools._chunk_checks import BcolzSource
 
-    check_tree(root, path)  # bcolz opens its files by name itself: checked, not pinned
-    return bcolz.open(rootdir=str(path), mode="r")
+    return BcolzSource(path, confine_to=root)
 
 
 class H5Source:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfinementError",
+    "DataLossError",
     "DataToolsError",
     "SourceChangedError",
     "UnsupportedIndexError",
@@ -41,6 +42,10 @@ class ConfinementError(DataToolsError, PermissionError):
 
     The message names the file relative to that root, never by an absolute server path.
     """
+
+
+class DataLossError(DataToolsError, OSError):
+    """Stored data is gone or damaged: a chunk of an array written complete is missing."""
 
 
 class WriterError(DataToolsError, RuntimeError):

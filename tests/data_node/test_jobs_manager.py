@@ -323,3 +323,26 @@ def test_restart_fails_interrupted_jobs_and_runs_queued_ones(make_manager, tmp_p
     assert not debris.parent.exists()
     assert wait_for(manager, "waiting").state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert (config.output_root / "resumed" / "patches.h5").is_file()
+
+
+def test_a_job_error_names_no_server_path(make_manager, data_root):
+    """A job that fails reading its input reports the file relative to the data root."""
+    manager, _, _ = make_manager(max_concurrent_jobs=1)
+    gone = data_root / "gone.h5"
+    gone.write_bytes((data_root / "vol.h5").read_bytes())
+    holder = manager.submit(blocked())
+    wait_for(manager, holder.job_id, states=(jobs_pb2.JOB_STATE_RUNNING,))
+    queued = manager.submit(
+        request(
+            "lost",
+            volume=jobs_pb2.ArrayInput(file=jobs_pb2.FileArray(path="gone.h5", key="image")),
+            mask=None,
+        )
+    )
+    gone.unlink()  # checked at submission, gone when the job runs
+    manager.cancel(holder.job_id)
+    job = wait_for(manager, queued.job_id)
+    assert job.state == jobs_pb2.JOB_STATE_FAILED
+    assert "gone.h5" in job.error, job.error
+    assert str(data_root) not in job.error, job.error
+    assert str(data_root.resolve()) not in job.error, job.error

@@ -19,7 +19,7 @@ import pytest
 import scipy.ndimage as ndi
 import SimpleITK as sitk  # noqa: N813
 
-from data_tools.data_augmentation import _functional, image_random_transform
+from data_tools.data_augmentation import _bspline, _functional, image_random_transform
 from data_tools.data_augmentation._bspline import coefficient_matrix, displacement_basis
 from data_tools.data_augmentation._functional import apply, coordinate_maps, inverse_affine
 from data_tools.data_augmentation._params import FILL_MODES, ORDERS, TransformParams, parse_spec
@@ -351,3 +351,16 @@ def test_coordinate_maps_without_jitter_are_the_affine_grid():
     np.testing.assert_allclose(
         map_rows, matrix[1, 0] * cols + matrix[1, 1] * rows + matrix[1, 2], atol=1e-5
     )
+
+
+def test_the_spline_matrices_kept_stay_within_the_cache_budget(monkeypatch):
+    """A warp matrix above the budget is computed, never kept; small ones are, LRU first out."""
+    # Sizes no other test uses, so nothing is cached for them beforehand.
+    monkeypatch.setattr(_bspline, "CACHE_BYTES", 8 * 13 * 103)  # one (103, 13) basis
+    large = _bspline.spline_basis(1013, 11)
+    assert _bspline.spline_basis(1013, 11) is not large  # not kept
+    np.testing.assert_array_equal(_bspline.spline_basis(1013, 11), large)
+    small = _bspline.spline_basis(103, 11)
+    assert _bspline.spline_basis(103, 11) is small  # kept
+    _bspline.spline_basis(101, 11)  # the budget holds one: the older one goes
+    assert _bspline.spline_basis(103, 11) is not small

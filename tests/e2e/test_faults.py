@@ -305,16 +305,17 @@ RELEASE = threading.Event()
 
 
 def wait_for_release(batch):
-    """A preprocessor that holds its batch until the test sets RELEASE."""
+    """A preprocessor that holds its batch until RELEASE is set (or 30 s pass)."""
     RELEASE.wait(30)
     return batch
 
 
 def test_a_deadline_frees_a_stream_whose_batch_is_stuck(tmp_path):
-    """The deadline passes while the stream's io thread is busy: the stream need not wait.
+    """The deadline passes while the stream's batch is stuck: the stream need not wait.
 
-    The preprocessor runs on the node's io thread (imported by the node from this module),
-    so the thread itself goes on until its batch is done; the stream is freed before.
+    The preprocessor runs in the stream's worker process (a request's transform never runs
+    in the node's process), where nothing releases it; the stream is freed at the deadline
+    and its worker terminated (no process left).
     """
     make_data(tmp_path)
     config = write_config(tmp_path)

@@ -1,17 +1,21 @@
 """SIGTERM to a node process: it says so, refuses, ends what runs, records its jobs, exits 0.
 
-Matrix: one node process (``python -m data_node serve``) serving a stream with two worker
+Matrix: (1) one node process (``python -m data_node serve``) serving a stream with two worker
 processes, a running build job (Dask executor, scheduler unreachable: it stays RUNNING) and
 a health Watch, gets SIGTERM. The Watch reports NOT_SERVING; while the Watch holds the
 grace period open, a new call is refused (UNAVAILABLE) and the stream ends UNAVAILABLE
 ("node is stopping") well within the grace period; once the Watch ends the process exits
 0, leaving no process below it and no /dev/shm block of its own; a node restarted on the
-same state lists the job FAILED "interrupted" and keeps none of its output.
+same state lists the job FAILED "interrupted" and keeps none of its output. (2) SIGTERM
+with a stream stuck in its preprocessor, augmented streams of large images at the warp's
+bounds (read and unread), a refused huge warp grid, a running job and a job watch: the
+node exits 0 within its grace period plus a wide margin, leaving no process below it.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -117,3 +121,100 @@ def test_sigterm_stops_the_node_in_order(tmp_path):
         assert not (tmp_path / "outputs" / ".jobs" / job.job_id).exists()
     finally:
         server.stop(None)
+
+
+WARP_AT_THE_BOUNDS = {
+    "x_array": "image",
+    "spline_warp": True,
+    "warp_sigma": 1000.0,
+    "warp_grid_size": 64,
+    "rotation_range": 360.0,
+    "zoom_range": (1 / 16, 16.0),
+    "order_x": 3,
+}
+
+
+def test_sigterm_stops_the_node_in_time_whatever_runs(tmp_path):
+    """SIGTERM with every kind of work in flight: the node exits 0 within its grace period.
+
+    In flight: a stream whose batch never finishes (its worker process is stuck in the
+    preprocessor), augmented streams of large images at the bounds of the warp (grid 64,
+    sigma 1000) read by a client and left unread, a request for a huge warp grid (refused at
+    once), a running build job and a job watch.
+    """
+    make_data(tmp_path)
+    with h5py.File(tmp_path / "data" / "big.h5", "w") as file:
+        file["image"] = np.random.default_rng(0).random((16, 1, 512, 512), dtype=np.float32)
+    with h5py.File(tmp_path / "data" / "vol.h5", "w") as file:
+        file["image"] = np.zeros((4, 12, 12), dtype=np.float32)
+    config = write_config(tmp_path, max_proc_workers=2)
+    text = config.read_text().replace(
+        "[preprocessors]\n", '[preprocessors]\nhang = "node_support:hang"\n'
+    )
+    config.write_text(text + '[datasets.big.arrays]\nimage = { path = "big.h5", key = "image" }\n')
+    node, port = start_node_process(config, tmp_path / "log")
+    try:
+        with DataNodeClient(f"127.0.0.1:{port}") as client:
+            stuck = client.stream("toy", 4, preprocessor="hang", max_reconnects=0)
+            outcome = []
+
+            def wait_for_the_stuck_batch():
+                try:
+                    next(stuck)
+                except DataNodeError as error:
+                    outcome.append(error.code)
+
+            stuck_call = threading.Thread(target=wait_for_the_stuck_batch, daemon=True)
+            stuck_call.start()
+            read = client.stream(
+                "big",
+                4,
+                loop_forever=True,
+                max_reconnects=0,
+                nb_proc_workers=2,
+                augment=WARP_AT_THE_BOUNDS,
+            )
+            next(read)
+            unread = client.stream(
+                "big", 8, loop_forever=True, max_reconnects=0, augment=WARP_AT_THE_BOUNDS
+            )
+            next(unread)
+            with pytest.raises(DataNodeError, match=r"augmentation\.warp_grid_size"):
+                next(
+                    iter(
+                        client.stream(
+                            "big", 4, augment={**WARP_AT_THE_BOUNDS, "warp_grid_size": 10**6}
+                        )
+                    )
+                )
+            job = client.submit_build(
+                "cut",
+                3,
+                FileArray("vol.h5", "image"),
+                file_format="zarr",
+                executor="dask",
+                scheduler_address="tcp://127.0.0.1:1",
+            )
+            while job.status().state is not JobState.RUNNING:
+                time.sleep(0.05)
+            watch = job.watch()
+            next(watch)
+            while len(descendants(node.pid)) < 5:  # the stream workers (one stuck), the job
+                time.sleep(0.05)
+            below = descendants(node.pid)
+
+            start = time.monotonic()
+            node.send_signal(signal.SIGTERM)
+            assert node.wait(timeout=GRACE + 30) == 0
+            elapsed = time.monotonic() - start
+            stuck_call.join(10)
+            assert outcome == [grpc.StatusCode.UNAVAILABLE]
+    finally:
+        node.kill()
+        node.wait()
+    # The unread stream holds the grace period (about GRACE s here); 39 s before the fix.
+    assert elapsed < GRACE + 10, f"the node took {elapsed:.1f} s to stop"
+    deadline = time.monotonic() + 5
+    while left := below & live_pids():
+        assert time.monotonic() < deadline, f"left running after the node exited: {left}"
+        time.sleep(0.05)

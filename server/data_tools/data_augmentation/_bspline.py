@@ -14,13 +14,49 @@ For an image of ``H x W`` pixels the field is ``rows_basis @ V @ cols_basis.T`` 
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["coefficient_matrix", "displacement_basis", "spline_basis"]
+__all__ = ["CACHE_BYTES", "coefficient_matrix", "displacement_basis", "spline_basis"]
 
 Float64Array = npt.NDArray[np.float64]
+Function = TypeVar("Function", bound=Callable[..., Float64Array])
+
+#: Bytes of matrices each of the functions below keeps for reuse, least recently used out.
+#: A matrix larger than this (a huge grid or image) is computed and returned, never kept,
+#: so a process's memory never holds more than a few of these budgets.
+CACHE_BYTES = 32 << 20
+
+
+def _cached(function: Function) -> Function:
+    """``function`` with its read-only results kept within CACHE_BYTES, by argument."""
+    kept: OrderedDict[tuple[int, ...], Float64Array] = OrderedDict()
+    lock = threading.Lock()
+    held = 0
+
+    @functools.wraps(function)
+    def cached(*args: int) -> Float64Array:
+        nonlocal held
+        with lock:
+            found = kept.get(args)
+            if found is not None:
+                kept.move_to_end(args)
+                return found
+        result = function(*args)
+        with lock:
+            if result.nbytes <= CACHE_BYTES and args not in kept:
+                kept[args] = result
+                held += result.nbytes
+                while held > CACHE_BYTES:
+                    held -= kept.popitem(last=False)[1].nbytes
+        return result
+
+    return cached  # type: ignore[return-value]
 
 
 def _cubic_bspline(t: Float64Array) -> Float64Array:
@@ -31,7 +67,7 @@ def _cubic_bspline(t: Float64Array) -> Float64Array:
     return np.where(a < 1.0, inner, np.where(a < 2.0, outer, 0.0))
 
 
-@functools.lru_cache(maxsize=64)
+@_cached
 def coefficient_matrix(grid_size: int) -> Float64Array:
     """Map interior node values to all ``grid_size + 2`` spline coefficients along one axis.
 
@@ -61,7 +97,7 @@ def coefficient_matrix(grid_size: int) -> Float64Array:
     return coefficients
 
 
-@functools.lru_cache(maxsize=64)
+@_cached
 def spline_basis(length: int, grid_size: int) -> Float64Array:
     """Cubic B-spline weights of each pixel on the ``grid_size + 2`` coefficients of one axis.
 
@@ -80,7 +116,7 @@ def spline_basis(length: int, grid_size: int) -> Float64Array:
     return basis
 
 
-@functools.lru_cache(maxsize=64)
+@_cached
 def displacement_basis(length: int, grid_size: int) -> Float64Array:
     """Weights of each pixel on the interior node values of one axis.
 

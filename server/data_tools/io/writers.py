@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Self
 import h5py
 import numpy as np
 
+from data_tools._chunk_checks import COMPLETE_ATTRIBUTE
 from data_tools._parse import (
     parse_bool,
     parse_dtype,
@@ -66,8 +67,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-
-_COMPLETE_KEY = "data_tools_complete"
 
 
 def _parse_element_args(
@@ -454,7 +453,7 @@ class h5py_array_writer(buffered_array_writer):
             raise
 
     def _set_flag(self, complete: bool) -> None:
-        self.storage_array.attrs[_COMPLETE_KEY] = complete
+        self.storage_array.attrs[COMPLETE_ATTRIBUTE] = complete
         self._file.flush()
 
     def _sync(self) -> None:
@@ -485,8 +484,10 @@ class zarr_array_writer(buffered_array_writer):
             held. True: open it in append mode and continue ``array_name`` if it exists
             (its element shape and dtype must match), else create it.
         kwargs: Arguments for ``zarr.Group.create_array``, overriding the defaults
-            ``compressors=BloscCodec(cname="lz4", clevel=5)`` and
-            ``chunks=(batch_size, *data_element_shape)``. Default None: the defaults.
+            ``compressors=BloscCodec(cname="lz4", clevel=5)``,
+            ``chunks=(batch_size, *data_element_shape)`` and
+            ``config={"write_empty_chunks": True}`` (every chunk is stored, so a reader can
+            tell a lost chunk of a complete array from fill). Default None: the defaults.
             May not set name, shape, dtype, data.
 
     Raises:
@@ -518,6 +519,9 @@ class zarr_array_writer(buffered_array_writer):
         options: dict[str, Any] = {
             "chunks": (batch, *shape),
             "compressors": BloscCodec(cname="lz4", clevel=5),
+            # Every chunk stored, even one of fill values only: a reader can then tell a
+            # lost chunk of a complete array from fill (data_tools._chunk_checks).
+            "config": {"write_empty_chunks": True},
         } | _parse_kwargs(kwargs, frozenset({"name", "shape", "dtype", "data"}))
         group = zarr.open_group(path, mode="a" if appending else "w")
         array = group.get(name) if appending else None
@@ -531,7 +535,7 @@ class zarr_array_writer(buffered_array_writer):
         self._mark(False)
 
     def _mark(self, complete: bool) -> None:
-        self.storage_array.attrs[_COMPLETE_KEY] = complete
+        self.storage_array.attrs[COMPLETE_ATTRIBUTE] = complete
 
     def _mark_complete(self) -> None:
         self._mark(True)
@@ -602,7 +606,7 @@ class bcolz_array_writer(buffered_array_writer):
         self._mark(False)
 
     def _mark(self, complete: bool) -> None:
-        self.storage_array.attrs[_COMPLETE_KEY] = complete
+        self.storage_array.attrs[COMPLETE_ATTRIBUTE] = complete
 
     def _store(self, start: int, block: np.ndarray[Any, Any]) -> None:
         self.storage_array.append(block)
@@ -644,7 +648,7 @@ def is_complete(path: str | os.PathLike[str], array_name: str | None = None) -> 
 
 
 def _flag_set(attributes: Mapping[str, Any]) -> bool:
-    return bool(attributes.get(_COMPLETE_KEY, False))
+    return bool(attributes.get(COMPLETE_ATTRIBUTE, False))
 
 
 # Whatever makes an array unreadable (a truncated file, a lock held by a live writer,
