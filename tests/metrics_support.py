@@ -6,7 +6,9 @@ import time
 
 import numpy as np
 
-DELAY = 0.02
+# Long enough that a pass-through step, timed beside it, stays far below it even when a
+# loaded machine pauses the thread for a few time slices.
+DELAY = 0.1
 
 
 class SlowSource:

@@ -509,7 +509,7 @@ def test_every_command_of_the_image_and_compose_runs_against_a_real_node(
             assert halves[0].isdisjoint(halves[1]), epoch
             assert halves[0] | halves[1] == set(range(length)), epoch
         # The metrics port of node.toml (EXPOSEd, published) counted every batch sent.
-        with urllib.request.urlopen(metrics, timeout=5) as response:
+        with urllib.request.urlopen(metrics, timeout=30) as response:
             scraped = response.read().decode()
         sent = re.search(
             r'^data_node_batches_total\{dataset="disks"\} (\S+)$', scraped, re.MULTILINE

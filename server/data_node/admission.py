@@ -5,19 +5,22 @@ parsed:
 
 * with ``[auth]``, every RPC but the health service needs a valid bearer token of the right
   role (data_node.auth); a refused call gets UNAUTHENTICATED or PERMISSION_DENIED;
-* every long-lived call (one streaming requests or responses: StreamBatches, WatchJob,
-  health Watch, server reflection) holds a place counted against the limits below until it
-  ends; one over a limit gets RESOURCE_EXHAUSTED naming the limit, before it runs:
+* every call holds a place counted against the limits below from its start until it ends:
+  long-lived ones (StreamBatches, WatchJob, health Watch, server reflection) and unary
+  ones, which are counted before their request is awaited (a client that never sends its
+  request holds its place, not an uncounted thread); one over a limit gets
+  RESOURCE_EXHAUSTED naming the limit, before it runs:
 
-  - ``limits.max_open_calls``: long-lived calls of the whole node;
-  - ``limits.max_open_calls_per_token``: long-lived calls of one token (with ``[auth]``;
-    calls without a token, health watches, count as one more token);
+  - ``limits.max_open_calls``: calls of the whole node;
+  - ``limits.max_open_calls_per_token``: calls of one token (with ``[auth]``; calls
+    without a token, to the health service, count as one more token);
   - ``limits.max_open_streams``: StreamBatches calls of the whole node;
   - ``limits.max_open_streams_per_token``: StreamBatches calls of one token (optional).
 
-The RPC pool has ``max_open_calls`` threads plus spare ones for unary calls
-(data_node.server), so one client holding every call it may hold leaves the others'
-unary calls their threads, and a token at its limit leaves the others their calls.
+The RPC pool has ``max_open_calls`` threads plus spare ones that refuse calls over a limit
+at once (data_node.server), so a token holding every call it may hold leaves the other
+tokens their calls. Without ``[auth]`` nothing tells clients apart: only the node-wide
+limits apply, and a call over them is refused at once rather than left waiting.
 
 :class:`MemoryBudget` bounds what the node's streams and cache hold together
 (``limits.max_memory_bytes``): a stream reserves its worst case (``StreamPlan.memory_bytes``)
@@ -55,7 +58,7 @@ _STREAM_METHOD: Final = f"/{_SERVICE}/StreamBatches"
 
 
 class CallLimits:
-    """Counts open long-lived calls, node-wide and per token, against the configured limits."""
+    """Counts open calls, node-wide and per token, against the configured limits."""
 
     def __init__(self, limits: LimitsConfig, *, per_token: bool) -> None:
         """Count against ``limits``; the per-token limits apply only if ``per_token``."""
@@ -109,14 +112,14 @@ class CallLimits:
 
 _MESSAGES: Final = {
     "max_open_calls": (
-        "max_open_calls: the node serves at most {limit} long-lived calls (streams, watches, "
-        "reflection) at once (each may hold an RPC thread); close one, retry later or raise "
-        "the limit."
+        "max_open_calls: the node serves at most {limit} calls at once (streams, watches, "
+        "reflection, unary calls until answered: each holds an RPC thread); close one, retry "
+        "later or raise the limit."
     ),
     "max_open_calls_per_token": (
-        "max_open_calls_per_token: one token may hold at most {limit} long-lived calls "
-        "(streams, watches, reflection) at once, so that it cannot take the node's threads "
-        "from the others; close one, retry later or raise the limit."
+        "max_open_calls_per_token: one token may hold at most {limit} calls at once "
+        "(streams, watches, reflection, unary calls until answered), so that it cannot take "
+        "the node's threads from the others; close one, retry later or raise the limit."
     ),
     "max_open_streams": (
         "max_open_streams: the node serves at most {limit} streams at once (each holds "
@@ -131,10 +134,10 @@ _MESSAGES: Final = {
 
 
 class Admission(grpc.ServerInterceptor):
-    """Refuses calls without a valid token or role, and counts long-lived calls.
+    """Refuses calls without a valid token or role, and counts every call while it is open.
 
     Attributes:
-        calls: The open long-lived calls, node-wide and per token.
+        calls: The open calls, node-wide and per token.
     """
 
     def __init__(self, limits: LimitsConfig, tokens: Sequence[BearerToken] | None = None) -> None:
@@ -169,51 +172,39 @@ class Admission(grpc.ServerInterceptor):
                     logger.warning("refused %s: %s", method, error)
                     return _refusal(handler, status_for(error), str(error))
                 who = token.source
-        if not (handler.request_streaming or handler.response_streaming):
-            return handler
         return _counted(handler, self.calls, method, who)
 
 
 def _refusal(
     handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of ``handler``'s kind that aborts with ``code``; the request stays unparsed."""
+    """A handler aborting with ``code`` at once: the request is neither awaited nor parsed."""
 
-    def abort(request: Any, context: grpc.ServicerContext) -> NoReturn:
+    def abort(request_iterator: Any, context: grpc.ServicerContext) -> NoReturn:
         context.abort(code, message)
 
-    return _handler_like(handler, abort, with_serializers=False)
-
-
-def _handler_like(
-    handler: grpc.RpcMethodHandler[Any, Any],
-    behavior: Callable[..., Any],
-    *,
-    with_serializers: bool,
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of ``handler``'s kind running ``behavior``."""
-    serializers: dict[str, Any] = {}
-    if with_serializers:
-        serializers = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(behavior, **serializers)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(behavior, **serializers)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(behavior, **serializers)
-    return grpc.unary_unary_rpc_method_handler(behavior, **serializers)
+        return grpc.stream_stream_rpc_method_handler(abort)
+    return grpc.stream_unary_rpc_method_handler(abort)
 
 
 def _counted(
     handler: grpc.RpcMethodHandler[Any, Any], calls: CallLimits, method: str, who: str | None
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` holding its places in ``calls`` from its start until the call ends."""
+    """``handler`` holding its places in ``calls`` from its start until the call ends.
+
+    Every handler is served as request-streaming: gRPC then runs it as soon as the call
+    arrives, where for a unary request it would first wait for the request on a pool
+    thread, before any check, for as long as a client cares not to send it. Here the call
+    is counted first, then its request read.
+    """
     inner: Callable[..., Any] = (
-        handler.stream_stream or handler.unary_stream or handler.stream_unary  # type: ignore[assignment]
+        handler.unary_unary  # type: ignore[assignment]
+        or handler.unary_stream
+        or handler.stream_unary
+        or handler.stream_stream
     )
+    unary_request = not handler.request_streaming
 
     def admit(context: grpc.ServicerContext) -> Callable[[], None]:
         """Take the call's places (or abort); return the idempotent release."""
@@ -236,37 +227,56 @@ def _counted(
             release()
         return release
 
+    def request_of(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        """What ``inner`` takes: the request iterator, or a unary request's one message."""
+        if not unary_request:
+            return requests
+        try:
+            request = next(requests, None)
+        except grpc.RpcError:
+            context.abort(grpc.StatusCode.CANCELLED, "The call ended before its request came.")
+        if request is None:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "request: Expected one message. Got none instead."
+            )
+        return request
+
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if getattr(inner, "experimental_non_blocking", False):
-        # Served without a thread (health Watch): the call ends through its callbacks.
-        def non_blocking(request: Any, context: grpc.ServicerContext, *args: Any) -> Any:
+        # Served without holding a thread once answered (health Watch): the call ends
+        # through its callbacks.
+        def non_blocking(requests: Iterator[Any], context: grpc.ServicerContext, send: Any) -> Any:
             admit(context)
-            return inner(request, context, *args)
+            return inner(request_of(requests, context), context, send)
 
         non_blocking.experimental_non_blocking = True  # type: ignore[attr-defined]
         non_blocking.experimental_thread_pool = getattr(  # type: ignore[attr-defined]
             inner, "experimental_thread_pool", None
         )
-        return _handler_like(handler, non_blocking, with_serializers=True)
+        return grpc.stream_stream_rpc_method_handler(non_blocking, **serializers)
 
     if handler.response_streaming:
 
-        def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def streaming(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             release = admit(context)
             try:
-                yield from inner(request, context)
+                yield from inner(request_of(requests, context), context)
             finally:
                 release()
 
-        return _handler_like(handler, streaming, with_serializers=True)
+        return grpc.stream_stream_rpc_method_handler(streaming, **serializers)
 
-    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+    def unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         release = admit(context)
         try:
-            return inner(request, context)
+            return inner(request_of(requests, context), context)
         finally:
             release()
 
-    return _handler_like(handler, unary, with_serializers=True)
+    return grpc.stream_unary_rpc_method_handler(unary, **serializers)
 
 
 class MemoryBudget:

@@ -107,12 +107,13 @@ class LimitsConfig:
         max_open_streams_per_token: Streams one bearer token may hold open at once; more
             get RESOURCE_EXHAUSTED. Needs ``[auth]``. None (default): only
             ``max_open_streams`` applies.
-        max_open_calls: Long-lived calls (StreamBatches, WatchJob, health Watch, server
-            reflection) open at once; more get RESOURCE_EXHAUSTED. The RPC pool has this
-            many threads plus spare ones for unary calls.
-        max_open_calls_per_token: Long-lived calls one bearer token may hold open at once
-            (with ``[auth]``; calls without a token, health watches, count as one token);
-            more get RESOURCE_EXHAUSTED, so one client cannot take every thread.
+        max_open_calls: Calls open at once: long-lived ones (StreamBatches, WatchJob,
+            health Watch, server reflection) and unary ones until answered (from before
+            their request arrives); more get RESOURCE_EXHAUSTED. The RPC pool has this many
+            threads plus spare ones that refuse calls over a limit.
+        max_open_calls_per_token: Calls one bearer token may hold open at once (with
+            ``[auth]``; calls without a token, to the health service, count as one token);
+            more get RESOURCE_EXHAUSTED, so one client cannot take the others' threads.
         max_io_workers: Largest nb_io_workers a stream may ask for.
         max_proc_workers: Largest nb_proc_workers a stream may ask for.
         max_message_bytes: gRPC send limit: the largest message (a Batch) the node sends.

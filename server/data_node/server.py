@@ -3,7 +3,7 @@
 Security: with ``[tls]`` the port speaks only TLS (and, with ``tls.client_ca_file``, only
 to clients presenting a certificate from that CA). Every call passes data_node.admission's
 interceptor first: with ``[auth]``, bearer tokens and roles (every call but health); always,
-the limits on long-lived calls, node-wide and per token. Requests larger than
+the limits on open calls, node-wide and per token. Requests larger than
 ``limits.max_request_bytes`` (compressed or not) are refused by gRPC before they are parsed.
 
 Metrics: with ``[metrics] listen`` the node serves Prometheus metrics (data_node.metrics)
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["NodeServer", "build_server", "serve", "server_credentials", "server_options"]
 
 logger = logging.getLogger(__name__)
-# Threads beyond the long-lived calls' limit, for unary calls and health checks: a client
-# holding every long-lived call it may hold leaves these to everyone's unary calls.
+# Threads beyond the open calls' limit: they refuse calls over a limit at once (admission
+# runs on a pool thread), however many calls are held open.
 _SPARE_THREADS = 16
 # Seconds stop() waits for cancelled streams to release their workers.
 _STREAM_CLOSE_TIMEOUT = 10.0

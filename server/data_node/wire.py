@@ -21,8 +21,9 @@ How the node and the client use it:
 * The client calls ``channel.unary_stream("/data_wire.v1.DataNode/StreamBatches",
   request_serializer=data_node_pb2.StreamRequest.SerializeToString,
   response_deserializer=data_client._decode.decode_batch)``.
-* Both ends set the same ``grpc.max_send_message_length`` / ``grpc.max_receive_message_length``,
-  larger than the biggest batch (the default receive limit is 4 MiB).
+* The node's ``grpc.max_send_message_length`` and the client's
+  ``grpc.max_receive_message_length`` are the same (``limits.max_message_bytes``), larger than
+  the biggest batch (the default receive limit is 4 MiB).
 
 ``benchmarks/bench_wire.py`` runs exactly this over a loopback port.
 """

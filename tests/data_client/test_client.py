@@ -427,7 +427,7 @@ def test_close_cancels_the_server_side_call(client, fake_node):
     next(stream)
     assert not fake_node.stream_ended.is_set()
     stream.close()
-    assert fake_node.stream_ended.wait(5)
+    assert fake_node.stream_ended.wait(30)
     assert list(stream) == []
     stream.close()  # idempotent
 
@@ -435,7 +435,7 @@ def test_close_cancels_the_server_side_call(client, fake_node):
 def test_context_exit_cancels_the_call(client, fake_node):
     with client.stream("toy", 2, loop_forever=True) as stream:
         next(stream)
-    assert fake_node.stream_ended.wait(5)
+    assert fake_node.stream_ended.wait(30)
 
 
 def test_garbage_collection_cancels_the_call(client, fake_node):
@@ -443,7 +443,7 @@ def test_garbage_collection_cancels_the_call(client, fake_node):
     next(stream)
     del stream
     gc.collect()
-    assert fake_node.stream_ended.wait(5)
+    assert fake_node.stream_ended.wait(30)
 
 
 def test_close_from_another_thread_stops_iteration(client, fake_node):
@@ -453,7 +453,7 @@ def test_close_from_another_thread_stops_iteration(client, fake_node):
     for _ in stream:  # ends cleanly, without an error
         pass
     assert stream.closed
-    assert fake_node.stream_ended.wait(5)
+    assert fake_node.stream_ended.wait(30)
 
 
 def test_client_close_closes_its_streams(fake_node):
@@ -462,7 +462,7 @@ def test_client_close_closes_its_streams(fake_node):
     next(stream)
     client.close()
     assert stream.closed
-    assert fake_node.stream_ended.wait(5)
+    assert fake_node.stream_ended.wait(30)
 
 
 # ---------------------------------------------------------------- token and tls
@@ -489,7 +489,7 @@ def test_bad_token_raises_unauthenticated(fake_node, token):
 
 def test_tls_client_cannot_talk_to_a_plaintext_node(fake_node):
     with (
-        DataNodeClient(fake_node.address, tls=True, timeout=5) as client,
+        DataNodeClient(fake_node.address, tls=True, timeout=30) as client,
         pytest.raises(UnavailableError),
     ):
         client.datasets()

@@ -225,4 +225,4 @@ def test_a_watch_closed_early_cancels_its_call(client):
     assert next(watch).state is JobState.RUNNING
     done = threading.Event()
     threading.Thread(target=lambda: (watch.close(), done.set())).start()
-    assert done.wait(5)
+    assert done.wait(30)

@@ -87,7 +87,7 @@ def test_leaving_early_cancels_the_stream(fake_node):
     iterator = iter(dataset)
     next(iterator)
     iterator.close()
-    assert fake_node.stream_ended.wait(5)
+    assert fake_node.stream_ended.wait(30)
 
 
 def test_several_dataloader_workers_are_refused(fake_node, monkeypatch):
@@ -119,5 +119,5 @@ def test_missing_torch_gives_the_install_hint(monkeypatch):
 
 
 def test_factory_may_be_a_partial(fake_node):
-    source = functools.partial(DataNodeClient, fake_node.address, timeout=5)
+    source = functools.partial(DataNodeClient, fake_node.address, timeout=30)
     assert len(list(BatchIterableDataset(source, "toy", 10))) == 1

@@ -2,12 +2,14 @@
 
 Matrix: CallLimits x {max_open_calls node-wide, max_open_calls_per_token, max_open_streams,
 max_open_streams_per_token} refuse at the limit naming it, count per token apart, free on
-release, and apply no per-token limit without [auth]; Admission x {health, unknown method,
-unary, unary-stream, stream-stream, non-blocking (health Watch)}: unknown methods and unary
-calls pass untouched, refusals keep the method's kind and leave the request unparsed, every
-long-lived call holds its places from its start until it ends (its generator closed, or the
-call's callbacks run) and is refused over a limit; MemoryBudget reserves, refuses naming
-max_memory_bytes with the cache counted, releases.
+release, and apply no per-token limit without [auth]; Admission x {unknown method, unary,
+unary-stream, stream-unary, stream-stream, non-blocking (health Watch)}: unknown methods pass,
+every handler is served request-streaming (counted before its request is awaited; a unary
+request is then read from the iterator, none at all is INVALID_ARGUMENT), refusals keep the
+response kind and neither await nor parse the request, every call holds its places from its
+start until it ends (returned, its generator closed, or the call's callbacks run) and is
+refused over a limit; MemoryBudget reserves, refuses naming max_memory_bytes with the cache
+counted, releases.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class Context:
 
     def add_callback(self, callback):
         self.callbacks.append(callback)
+        return True
+
+    def is_active(self):
         return True
 
     def end(self):
@@ -106,7 +111,7 @@ def test_node_wide_limits_hold_whoever_calls():
     with pytest.raises(LimitExceededError, match=r"^max_open_streams: .* at most 4 streams"):
         calls.acquire(STREAM, "e")
     calls.acquire(REFLECTION, "e")
-    with pytest.raises(LimitExceededError, match=r"^max_open_calls: .* at most 5 long-lived"):
+    with pytest.raises(LimitExceededError, match=r"^max_open_calls: .* at most 5 calls at once"):
         calls.acquire(REFLECTION, "f")
     assert calls.open("max_open_calls") == 5
 
@@ -119,26 +124,65 @@ def test_without_auth_only_node_wide_limits_apply():
     assert calls.open("max_open_streams") == 4
 
 
-def test_unknown_methods_and_unary_calls_pass_untouched():
+def request_streaming(kind):
+    return "stream_stream" if kind.endswith("stream") else "stream_unary"
+
+
+def test_unknown_methods_pass_and_every_call_is_counted():
     admission = Admission(LIMITS, [READ])
-    handler = HANDLERS["unary_unary"]
-    assert intercept(admission, f"{OPEN_PREFIX}Check", handler) is handler
-    assert intercept(admission, "/data_wire.v1.DataNode/ListDatasets", handler, READ) is handler
     assert intercept(admission, "/no.Such/Method", None) is None
+    seen = []
+
+    def answer(request, context):
+        seen.append(admission.calls.open("max_open_calls_per_token", READ.source))
+        return request.upper()
+
+    handler = grpc.unary_unary_rpc_method_handler(answer)
+    wrapped = intercept(admission, "/data_wire.v1.DataNode/ListDatasets", handler, READ)
+    # Served request-streaming: gRPC runs it before the request comes, the count first.
+    assert wrapped.request_streaming
+    assert not wrapped.response_streaming
+    assert wrapped.stream_unary(iter([b"ok"]), Context()) == b"OK"
+    assert seen == [1]
+    assert admission.calls.open("max_open_calls") == 0
+    context = Context()
+    with pytest.raises(AbortedError):
+        wrapped.stream_unary(iter([]), context)
+    assert context.status == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "request: Expected one message. Got none instead.",
+    )
+    assert admission.calls.open("max_open_calls") == 0
+
+
+def test_health_calls_without_a_token_count_as_one_token():
+    admission = Admission(LIMITS, [READ])
+    wrapped = intercept(admission, f"{OPEN_PREFIX}Watch", HANDLERS["unary_stream"])
+    held = [wrapped.stream_stream(iter([b""]), Context()) for _ in range(3)]
+    for call in held:
+        next(call)
+    context = Context()
+    with pytest.raises(AbortedError):
+        next(wrapped.stream_stream(iter([b""]), context))
+    assert context.status[1].startswith("max_open_calls_per_token: ")
+    assert admission.calls.open("max_open_calls_per_token", NO_TOKEN) == 3
 
 
 @pytest.mark.parametrize("kind", sorted(HANDLERS))
-def test_refusals_keep_the_kind_of_the_method(kind):
+def test_refusals_neither_await_nor_parse_the_request(kind):
     admission = Admission(LIMITS, [READ])
     refusal = intercept(admission, "/data_wire.v1.DataNode/GetJob", HANDLERS[kind])
-    assert (refusal.request_streaming, refusal.response_streaming) == (
-        kind.startswith("stream"),
-        kind.endswith("stream"),
-    )
-    assert refusal.request_deserializer is None  # the request is never parsed
+    assert refusal.request_streaming  # gRPC runs it at once, not after reading a request
+    assert refusal.response_streaming == kind.endswith("stream")
+    assert refusal.request_deserializer is None
     context = Context()
+
+    def never():
+        raise AssertionError("the refusal read the request")
+        yield
+
     with pytest.raises(AbortedError):
-        getattr(refusal, kind)(b"", context)
+        getattr(refusal, request_streaming(kind))(never(), context)
     assert context.status[0] is grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -146,12 +190,12 @@ def test_refusals_keep_the_kind_of_the_method(kind):
 def test_a_long_lived_call_holds_its_places_until_it_ends(kind):
     admission = Admission(LIMITS, [READ])
     wrapped = intercept(admission, REFLECTION, HANDLERS[kind], READ)
-    first = getattr(wrapped, kind)(b"", Context())
+    first = wrapped.stream_stream(iter([b""]), Context())
     assert next(first) == 1
     assert admission.calls.open("max_open_calls_per_token", READ.source) == 1
     first.close()  # gRPC closes the generator of a call that ends early
     assert admission.calls.open("max_open_calls_per_token", READ.source) == 0
-    assert list(getattr(wrapped, kind)(b"", Context())) == [1, 2]
+    assert list(wrapped.stream_stream(iter([b""]), Context())) == [1, 2]
     assert admission.calls.open("max_open_calls") == 0
 
 
@@ -159,17 +203,17 @@ def test_a_call_over_the_limit_is_refused_naming_it():
     admission = Admission(LIMITS, [READ])
     wrapped = intercept(admission, REFLECTION, HANDLERS["stream_stream"], READ)
     contexts = [Context() for _ in range(3)]
-    held = [wrapped.stream_stream(b"", context) for context in contexts]
+    held = [wrapped.stream_stream(iter([]), context) for context in contexts]
     for call in held:
         next(call)
     context = Context()
     with pytest.raises(AbortedError):
-        next(wrapped.stream_stream(b"", context))
+        next(wrapped.stream_stream(iter([]), context))
     assert context.status[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert context.status[1].startswith("max_open_calls_per_token: ")
     contexts[0].end()  # the call ended (cancelled) while its generator was suspended
     assert admission.calls.open("max_open_calls_per_token", READ.source) == 2
-    assert next(wrapped.stream_stream(b"", Context())) == 1
+    assert next(wrapped.stream_stream(iter([]), Context())) == 1
 
 
 def test_a_non_blocking_call_stays_non_blocking_and_ends_through_its_callbacks():
@@ -182,9 +226,9 @@ def test_a_non_blocking_call_stays_non_blocking_and_ends_through_its_callbacks()
     admission = Admission(LIMITS, [READ])
     handler = grpc.unary_stream_rpc_method_handler(watch)
     wrapped = intercept(admission, f"{OPEN_PREFIX}Watch", handler)
-    assert wrapped.unary_stream.experimental_non_blocking
+    assert wrapped.stream_stream.experimental_non_blocking
     context = Context()
-    wrapped.unary_stream(b"", context, sent.append)
+    wrapped.stream_stream(iter([b""]), context, sent.append)
     assert sent == ["SERVING"]
     assert admission.calls.open("max_open_calls_per_token", NO_TOKEN) == 1
     context.end()

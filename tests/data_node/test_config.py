@@ -10,7 +10,9 @@ TLS: files relative to the config, optional client CA, env overrides; missing ce
 missing file, not PEM, unknown key. Auth: tokens from a file (comments, default role) and
 an environment variable (commas, newlines), both; repr and every error free of tokens;
 missing / empty / unreadable sources, a DATA_NODE_ variable, bad role, bad characters,
-duplicates, an empty section; max_open_streams_per_token with and without [auth].
+duplicates, an empty section; max_open_streams_per_token with and without [auth]. Hardening:
+the new limits' defaults, max_memory_bytes above cache.max_bytes; a metrics port alone binds
+loopback.
 """
 
 from __future__ import annotations
@@ -425,3 +427,30 @@ def test_a_batch_must_fit_in_a_message(root):
                 ),
             )
         )
+
+
+def test_hardening_limits_have_defaults_and_are_checked(root):
+    limits = load(write(root, GOOD)).limits
+    assert (limits.max_open_calls, limits.max_open_calls_per_token) == (96, 32)
+    assert (limits.max_request_bytes, limits.max_memory_bytes) == (4 << 20, 8 << 30)
+    config = load(
+        write(root, GOOD),
+        {"DATA_NODE_LIMITS__MAX_MEMORY_BYTES": "2000", "DATA_NODE_CACHE__MAX_BYTES": "0"},
+    )
+    assert config.limits.max_memory_bytes == 2000
+    with pytest.raises(
+        ConfigError, match=r"^limits\.max_memory_bytes: .*cache\.max_bytes \(2000\)"
+    ):
+        load(
+            write(root, GOOD),
+            {"DATA_NODE_LIMITS__MAX_MEMORY_BYTES": "2000", "DATA_NODE_CACHE__MAX_BYTES": "2000"},
+        )
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [("9400", "127.0.0.1:9400"), (":0", "127.0.0.1:0"), ("0.0.0.0:9400", "0.0.0.0:9400")],
+)
+def test_a_metrics_port_alone_binds_loopback(root, listen, expected):
+    config = load(write(root, GOOD), {"DATA_NODE_METRICS__LISTEN": f'"{listen}"'})
+    assert config.metrics.listen == expected

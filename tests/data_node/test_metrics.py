@@ -139,7 +139,7 @@ def test_jobs_are_counted_by_state_when_scraped(tmp_path):
 
 
 def scrape(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         text = response.read().decode()
     return {family.name: family for family in text_string_to_metric_families(text)}
 

@@ -187,14 +187,14 @@ def test_failed_load_lets_waiting_threads_retry():
     outcome = {}
 
     def waiter():
-        started.wait(5)
+        started.wait(30)
         outcome["chunk"] = cache.get("a", load)
 
     thread = threading.Thread(target=waiter)
     thread.start()
     with pytest.raises(OSError, match="first read fails"):
         cache.get("a", load)
-    thread.join(5)
+    thread.join(30)
     assert outcome["chunk"].nbytes == 4
     assert len(attempts) == 2
 
@@ -208,7 +208,7 @@ def test_different_chunks_are_read_in_parallel():
     def on_read(key):
         start = key.start
         started[start].set()
-        overlapped.append(started[3 - start].wait(5))
+        overlapped.append(started[3 - start].wait(30))
 
     view = CachedSource(CountingSource(array(), on_read=on_read), ChunkCache(10**6), "p", CHUNK)
     threads = [threading.Thread(target=view.__getitem__, args=(row,)) for row in (0, 3)]
@@ -685,7 +685,7 @@ def test_threads_missing_different_chunks_decode_at_the_same_time(tmp_path, monk
     view = cached(
         write_h5(tmp_path / "p.h5", data, chunks=(4, 8, 8), compression="gzip"), ChunkCache(10**6)
     )
-    barrier = threading.Barrier(4, timeout=5)
+    barrier = threading.Barrier(4, timeout=30)
     decompress = zlib.decompress
 
     def meeting(*args, **kwargs):

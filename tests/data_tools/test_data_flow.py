@@ -232,15 +232,22 @@ def test_h5py_and_zarr_sources_read_like_numpy(tmp_path):
 
 
 def test_unordered_yields_every_batch_once():
+    # Batch 0 is held until the consumer has a batch (an event, not a sleep): an ordered
+    # flow could hand out nothing before it, an unordered one goes on with the others.
+    received = threading.Event()
+
     def slow_first(batch):
         if batch[0][0] == 0:
-            time.sleep(0.3)
+            assert received.wait(30)
         return batch
 
     flow = data_flow(
         [Y], 2, nb_io_workers=3, ordered=False, preprocessor=slow_first, loop_forever=False
     )
-    infos = list(flow.flow_with_info())
+    infos = []
+    for info in flow.flow_with_info():
+        infos.append(info)
+        received.set()
     assert sorted(i.batch_index for i in infos) == list(range(5))
     assert infos[0].batch_index != 0  # the slow batch did not hold the others back
     for info in infos:
@@ -260,7 +267,7 @@ def test_in_flight_batches_are_bounded():
         flow = data_flow([Y], 1, nb_io_workers=4, max_in_flight=2, preprocessor=count)
         stream = flow.flow()
         next(stream)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while len(started) < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.2)  # time to overshoot, if anything would
@@ -321,9 +328,9 @@ def test_close_from_another_thread_ends_iteration():
         next(stream)
         closer = threading.Timer(0.1, flow.close)
         closer.start()
-        rest = list(stream)  # ends instead of hanging
+        rest = list(stream)  # ends instead of hanging (the flow loops forever)
         closer.join()
-        assert len(rest) < 100
+        assert len(rest) < 1000  # even if the closer thread starts late on a loaded machine
 
 
 def not_callable():
@@ -498,7 +505,7 @@ def test_ready_counts_the_finished_batches_waiting_behind_each_one(proc_workers)
     ready = []
     for info in flow.flow_with_info():
         ready.append(info.ready)
-        time.sleep(0.05 if len(ready) > 2 else 1.0)
+        time.sleep(0.2 if len(ready) > 2 else 1.0)
     assert len(ready) == N
     assert all(0 <= value <= 4 for value in ready), ready
     assert any(value >= 3 for value in ready[2 : N - 4]), ready

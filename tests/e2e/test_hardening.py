@@ -3,14 +3,16 @@
 Matrix, each with a real node (in-process where the test reads the node's counts, a node
 process where it reads the node's memory, threads or descriptors from /proc):
 
-* long-lived calls: one token opening 90 idle reflection streams holds only
-  max_open_calls_per_token of them (the rest RESOURCE_EXHAUSTED naming the limit), and
-  without [auth] only max_open_calls; meanwhile another token's unary call, stream and a
-  health check are answered within a wide bound; after, every count is 0 again and the
-  node's descriptors are back to what they were;
+* calls held open x {idle reflection streams, unary calls whose request never comes} x
+  {per token, node-wide}: a client opening 90 holds only max_open_calls_per_token of them
+  (with [auth]) or max_open_calls (without), the rest RESOURCE_EXHAUSTED naming the limit;
+  meanwhile another token's unary call, stream and a health check are served within a wide
+  bound (without [auth], any other call is answered at once, naming the limit); after, every
+  count is 0 again, the node serves, and its descriptors are back to what they were;
 * reflection: v1 and v1alpha both list the services, and v1 resolves its own file;
-* memory: a gzip request that decompresses to 64 MiB, from a client without a token, is
-  refused (RESOURCE_EXHAUSTED) with the node's peak RSS grown by far less than the request;
+* memory: a gzip request that decompresses to 64 MiB is refused with the node's peak RSS
+  grown by far less than the request: from a client without a token, UNAUTHENTICATED before
+  it is read; with a token, RESOURCE_EXHAUSTED as it inflates past max_request_bytes;
   a stream whose client stops reading holds at most its reserved memory (RSS from /proc);
   the memory budget refuses a stream that does not fit, naming max_memory_bytes, and takes
   it once another stream ended; every string field is bounded (the field named); a
@@ -22,6 +24,7 @@ process where it reads the node's memory, threads or descriptors from /proc):
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import queue
@@ -89,28 +92,39 @@ def status_kib(pid, key):
 # ---------------------------------------------------------------- long-lived calls
 
 
-def hold_reflection_streams(channel, count, metadata):
-    """Open ``count`` idle reflection streams; return the held ones and the refusals."""
-    held, refused = [], []
+def hold_calls(channel, attack, count, metadata, limit):
+    """Open ``count`` calls that the client never ends; once the node has refused those over
+    ``limit``, return the held ones (call, its request queue) and the refusals.
+
+    "reflection": idle reflection streams; "half-open": unary ListDatasets calls whose
+    request never comes (gRPC would wait for it on a pool thread, before any check).
+    """
+    calls = []
     for _ in range(count):
         requests = queue.Queue()
-        call = reflection_call(channel)(iter(requests.get, None), metadata=metadata)
-        requests.put(reflection_pb2.ServerReflectionRequest(list_services=""))
-        try:
-            next(call)
-        except grpc.RpcError as error:
-            refused.append((error.code(), error.details()))
+        if attack == "reflection":
+            requests.put(reflection_pb2.ServerReflectionRequest(list_services=""))
+            call = reflection_call(channel)(iter(requests.get, None), metadata=metadata)
+            with contextlib.suppress(grpc.RpcError):
+                next(call)  # answered, or refused
         else:
-            held.append((call, requests))
+            call = channel.stream_unary(LIST).future(iter(requests.get, None), metadata=metadata)
+        calls.append((call, requests))
+    wait_for(lambda: sum(call.done() for call, _ in calls) >= count - limit)
+    held = [(call, requests) for call, requests in calls if not call.done()]
+    refused = [(call.code(), call.details()) for call, _ in calls if call.done()]
     return held, refused
 
 
+@pytest.mark.parametrize("attack", ["reflection", "half-open"])
 @pytest.mark.parametrize(
     ("auth", "limit", "value"),
     [(True, "max_open_calls_per_token", 32), (False, "max_open_calls", 24)],
     ids=["per-token", "node-wide"],
 )
-def test_a_client_at_its_call_limit_leaves_the_others_their_calls(tmp_path, auth, limit, value):
+def test_a_client_at_its_call_limit_leaves_the_others_their_calls(
+    tmp_path, auth, limit, value, attack
+):
     make_data(tmp_path)
     config = write_config(tmp_path, **({} if auth else {"max_open_calls": value}))
     if auth:
@@ -120,37 +134,49 @@ def test_a_client_at_its_call_limit_leaves_the_others_their_calls(tmp_path, auth
     attacker, victim = (bearer(ATTACKER), bearer(VICTIM)) if auth else ((), ())
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            channel_ready = channel.unary_unary(LIST)(b"", metadata=victim, timeout=30)
-            assert channel_ready is not None
+            channel.unary_unary(LIST)(b"", metadata=victim, timeout=30)
             fds = open_fds()
-            held, refused = hold_reflection_streams(channel, 90, attacker)
+            held, refused = hold_calls(channel, attack, 90, attacker, value)
             assert len(held) == value
+            assert server.admission.calls.open("max_open_calls") == value
             assert refused == [(grpc.StatusCode.RESOURCE_EXHAUSTED, refused[0][1])] * (90 - value)
             assert refused[0][1].startswith(f"{limit}: ")
-            assert f"at most {value} long-lived calls" in refused[0][1]
-            # While the attack holds its calls, the others' calls are answered.
+            assert f"at most {value} calls at once" in refused[0][1]
             start = time.monotonic()
-            channel.unary_unary(LIST)(b"", metadata=victim, timeout=ANSWER_BOUND_S)
             health = channel.unary_unary("/grpc.health.v1.Health/Check")
-            health(b"", timeout=ANSWER_BOUND_S)
             if auth:
+                # While the attack holds its calls, another token's calls are served.
+                channel.unary_unary(LIST)(b"", metadata=victim, timeout=ANSWER_BOUND_S)
+                health(b"", timeout=ANSWER_BOUND_S)
                 request = data_node_pb2.StreamRequest(dataset="toy", batch_size=4, epochs=1)
                 stream = channel.unary_stream(STREAM)(
                     request.SerializeToString(), metadata=victim, timeout=ANSWER_BOUND_S
                 )
                 assert len(list(stream)) == 10
+            else:
+                # Nothing tells clients apart: the node answers at once, with the limit.
+                with pytest.raises(grpc.RpcError) as caught:
+                    channel.unary_unary(LIST)(b"", timeout=ANSWER_BOUND_S)
+                assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert caught.value.details().startswith(f"{limit}: ")
             assert time.monotonic() - start < ANSWER_BOUND_S
             for call, requests in held:
-                requests.put(None)  # the client ends its request stream: the call ends
-                assert len(list(call)) == 0
-            # Every place is given back, and the node's descriptors are back to before.
-            assert server.admission.calls.open("max_open_calls") == 0
-            deadline = time.monotonic() + 30
-            while open_fds() > fds:
-                assert time.monotonic() < deadline, (open_fds(), fds)
-                time.sleep(0.05)
+                call.cancel()
+                requests.put(None)
+            # Every place is given back, and the node serves and holds no more descriptors.
+            wait_for(lambda: server.admission.calls.open("max_open_calls") == 0)
+            channel.unary_unary(LIST)(b"", metadata=victim, timeout=30)
+            wait_for(lambda: open_fds() <= fds)
     finally:
         server.stop(None)
+
+
+def wait_for(condition, timeout=30.0):
+    """Wait until ``condition()`` (an event another thread causes), within a wide bound."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the node did not get back to its baseline"
+        time.sleep(0.02)
 
 
 def test_both_reflection_versions_are_served(node):
@@ -202,7 +228,17 @@ def node_process(tmp_path_factory):
     assert process.wait(timeout=30) == 0
 
 
-def test_a_compressed_huge_request_is_refused_before_it_grows_the_node(node_process):
+@pytest.mark.parametrize(
+    ("token", "code"),
+    [
+        # Refused before its request is read at all.
+        (None, grpc.StatusCode.UNAUTHENTICATED),
+        # Read, and refused by gRPC as it inflates past max_request_bytes.
+        (VICTIM, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ],
+    ids=["no-token", "token"],
+)
+def test_a_compressed_huge_request_is_refused_before_it_grows_the_node(node_process, token, code):
     process, port, _ = node_process
     huge = 64 << 20
     request = data_node_pb2.DescribeDatasetRequest(name="x" * huge).SerializeToString()
@@ -214,8 +250,10 @@ def test_a_compressed_huge_request_is_refused_before_it_grows_the_node(node_proc
         compression=grpc.Compression.Gzip,
     ) as channel:
         with pytest.raises(grpc.RpcError) as caught:
-            channel.unary_unary(DESCRIBE)(request, timeout=60)  # no token
-        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            channel.unary_unary(DESCRIBE)(
+                request, metadata=() if token is None else bearer(token), timeout=60
+            )
+        assert caught.value.code() is code
         # The node's peak memory grew by far less than the decompressed request.
         assert (status_kib(process.pid, "VmHWM") - peak) * 1024 < huge // 4
         answer = channel.unary_unary(LIST)(b"", metadata=bearer(VICTIM), timeout=30)

@@ -66,7 +66,7 @@ def client(metrics_node):
 
 def scrape(port):
     """{(sample name, sorted label items): value} of every sample the endpoint serves."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         assert response.status == 200
         text = response.read().decode()
     return {

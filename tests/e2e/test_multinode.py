@@ -41,7 +41,7 @@ AUGMENT = {
     "intensity_shift_range": 0.1,
 }
 STREAM = {"batch_size": 3, "shuffle": True, "seed": 11, "augment": AUGMENT}  # 14 batches/epoch
-NO_LEAKS = {"thread_prefix": "data_client", "timeout": 5}
+NO_LEAKS = {"thread_prefix": "data_client"}
 # Without BDP probing the HTTP/2 window stays at 64 KiB, so a node cannot send the whole of
 # its lane ahead of the trainer: the kill lands mid-lane.
 SMALL_WINDOW = [("grpc.http2.bdp_probe", 0)]
@@ -187,8 +187,9 @@ def test_a_hung_node_is_dropped_by_keepalive_and_its_lane_moves(nodes, tmp_path)
             os.kill(victim.pid, signal.SIGCONT)
     assert_same(got, expected)
     assert_every_sample_once_per_epoch(got, epochs, list(range(40)))
-    # Ping after 1 s, dropped 1 s later; without keepalive the stream would block forever.
-    assert hung_for < 10
+    # Ping after 1 s, dropped 1 s later (longer on a loaded machine); without keepalive the
+    # stream would block forever.
+    assert hung_for < 60
 
 
 def test_keepalive_pings_do_not_end_a_healthy_stream_with_a_slow_consumer(nodes):

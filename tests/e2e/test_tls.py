@@ -151,7 +151,7 @@ def test_a_client_trusting_the_ca_is_served(tls_node, pki, form):
 def test_other_clients_are_refused(tls_node, pki, tls):
     if tls == "other_ca":
         tls = pki / "other_ca.pem"
-    with DataNodeClient(f"127.0.0.1:{tls_node}", tls=tls, timeout=5) as client:
+    with DataNodeClient(f"127.0.0.1:{tls_node}", tls=tls, timeout=30) as client:
         with pytest.raises(UnavailableError):
             client.datasets()
         with pytest.raises(UnavailableError):
@@ -170,7 +170,7 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(mtls_node, pki
         key=None if key is None else pki / key,
     )
     with (
-        DataNodeClient(f"127.0.0.1:{mtls_node}", TOKEN, tls, timeout=5) as client,
+        DataNodeClient(f"127.0.0.1:{mtls_node}", TOKEN, tls, timeout=30) as client,
         pytest.raises(UnavailableError),
     ):
         client.datasets()
