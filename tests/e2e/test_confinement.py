@@ -3,8 +3,7 @@
 Matrix: escapes (HDF5 external link, virtual dataset, external raw storage; zarr array
 directory symlinked out; .mhd with an absolute ElementDataFile) x (served by the config:
 the node refuses to start, naming the key and the file relative to the data root, and
-``data-node serve`` exits 2; a build
-job's input: PERMISSION_DENIED at submit); a zarr chunk symlinked out x (served, streamed
+``data-node serve`` exits 2; a build job's input: PERMISSION_DENIED at submit); a zarr chunk symlinked out x (served, streamed
 in the node's threads and in worker processes: PERMISSION_DENIED; a job's file input and a
 served dataset's array as job input: the job FAILS naming the chunk); a served HDF5 file
 and zarr array directory swapped for a symlink after the node started x (threads,
