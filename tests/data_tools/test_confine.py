@@ -7,10 +7,10 @@ with a root) x (external link, virtual dataset, external raw storage, a soft lin
 the file, a soft link to an external link, a path through a dataset) and a pickled
 H5Source reopened after its file was swapped for a symlink (a worker's reopen); zarr
 (ConfinedStore) x (array dir symlink, chunk symlink out, chunk symlink inside, missing
-chunk, pickle round trip); bcolz x (an entry symlinked out); medical images x (NIfTI;
-.mhd with a data file beside it, under "..", absolute, "../.." out, swapped after pinning;
-LIST and pattern forms; NRRD "data file" out; too many data files) with no pinned
-directory left behind.
+chunk, pickle round trip, a sharded array's byte ranges); bcolz x (an entry symlinked
+out); medical images x (NIfTI; .mhd with a data file beside it, under "..", absolute,
+"../.." out, swapped after pinning; LIST and pattern forms; NRRD "data file" out; too many
+data files) with no pinned directory left behind.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import tempfile
 import h5py
 import numpy as np
 import pytest
+import zarr
 from confine_support import (
     ESCAPES,
     INSIDE,
@@ -201,6 +202,16 @@ def test_zarr_chunk_symlink_inside_and_missing_chunks_read(tree):
     array = open_source("zarr", data / "ok.zarr", "image", root)
     np.testing.assert_array_equal(array[2:], INSIDE[2:])
     np.testing.assert_array_equal(array[:2], np.zeros_like(INSIDE[:2]))  # the fill value
+
+
+def test_a_sharded_zarr_array_reads_its_byte_ranges(tree):
+    """A shard is read in byte ranges (its index from the end, then each inner chunk)."""
+    data, _, root = tree
+    group = zarr.open_group(str(data / "sharded.zarr"), mode="w")
+    group.create_array("image", data=INSIDE, chunks=(1, 4, 8), shards=(2, 8, 8))
+    array = open_source("zarr", data / "sharded.zarr", "image", root)
+    np.testing.assert_array_equal(array[...], INSIDE)
+    np.testing.assert_array_equal(array[1:3, 4:], INSIDE[1:3, 4:])
 
 
 def test_bcolz_entry_symlinked_out_is_refused(tree):

@@ -2,8 +2,8 @@
 
 Matrix: escapes (HDF5 external link, virtual dataset, external raw storage; zarr array
 directory symlinked out; .mhd with an absolute ElementDataFile) x (served by the config:
-the node refuses to start, naming the key and the file relative to the data root; a build
-job's input: PERMISSION_DENIED at submit); a zarr chunk symlinked out x (served, streamed
+the node refuses to start, naming the key and the file relative to the data root, and
+``data-node serve`` exits 2; a build job's input: PERMISSION_DENIED at submit); a zarr chunk symlinked out x (served, streamed
 in the node's threads and in worker processes: PERMISSION_DENIED; a job's file input and a
 served dataset's array as job input: the job FAILS naming the chunk); a served HDF5 file
 and zarr array directory swapped for a symlink after the node started x (threads,
@@ -34,6 +34,7 @@ from leak_check import assert_no_leaks, forkserver_children
 from data_client import DataNodeClient
 from data_client.errors import FailedPreconditionError, NotFoundError, PermissionDeniedError
 from data_client.jobs import DatasetArray, FileArray, JobState
+from data_node.cli import main
 from data_node.config import load
 from data_node.errors import PathOutsideRootError
 from data_node.server import build_server
@@ -125,6 +126,15 @@ def test_an_escape_in_the_config_stops_the_node_from_starting(tmp_path, name):
         build_server(config, "127.0.0.1:0")
     assert "read only from inside the data root" in str(error.value)
     assert_no_server_path(error.value, tmp_path)
+
+
+def test_data_node_serve_exits_2_naming_the_escape(tmp_path, capsys):
+    write_tree(tmp_path)
+    config = write_config(tmp_path, dataset("leak", "virtual.h5"))
+    assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "datasets.leak.arrays.image[0]: Expected 'virtual.h5' to read only from" in err
+    assert "Got 'image', an HDF5 virtual dataset, instead." in err
 
 
 @pytest.mark.parametrize("workers", [{}, WORKERS], ids=["threads", "processes"])
