@@ -91,12 +91,14 @@ def test_overwriting_a_served_output_ends_its_open_streams(tmp_path, cache_bytes
                 client, "served", [0, 2], register_as="ds", overwrite=True, file_format=file_format
             )
             new = patches_of(config.output_root / "served", [0, 2], file_format)
-            sent = 0
-            with pytest.raises(FailedPreconditionError, match="'ds' was replaced"):
-                for patches, _ in batches:  # those read before the replacement began
+
+            def read_to_the_end():
+                for sent, (patches, _) in enumerate(batches):  # read before the replacement
                     np.testing.assert_array_equal(patches, old[stream.indices])
-                    sent += 1
                     assert sent < 10_000, "the stream was not ended"
+
+            with pytest.raises(FailedPreconditionError, match="'ds' was replaced"):
+                read_to_the_end()
             described = client.describe("ds")
             assert (described.length, described.classes) == (len(new), (0, 2))
             (patches, labels) = next(iter(client.stream("ds", len(new))))
@@ -107,7 +109,7 @@ def test_overwriting_a_served_output_ends_its_open_streams(tmp_path, cache_bytes
 
 
 def test_a_served_output_is_overwritten_only_to_serve_it_again(job_node):
-    config, client = job_node
+    _, client = job_node
     first = build(client, "kept", [1], register_as="kept")
     for register_as in (None, "renamed"):
         with pytest.raises(InvalidArgumentError, match=r"register_as: Expected 'kept': the "):

@@ -88,9 +88,7 @@ def wait_for_empty_trash(config):
 
 
 @pytest.mark.parametrize("step", PUBLISH_STEPS)
-def test_a_node_killed_while_publishing_restarts_with_jobs_and_files_in_agreement(
-    tmp_path, step
-):
+def test_a_node_killed_while_publishing_restarts_with_jobs_and_files_in_agreement(tmp_path, step):
     config_path = write_node(tmp_path)
     config = load(config_path)
     server, port = build_server(config, "127.0.0.1:0")
@@ -131,7 +129,7 @@ def test_a_node_killed_while_publishing_restarts_with_jobs_and_files_in_agreemen
             with h5py.File(config.output_root / "out" / "patches.h5", "r") as file:
                 written = [file[f"class_{value}"][()] for value in expected]
             np.testing.assert_array_equal(patches, np.concatenate(written))
-            assert list(labels) == [v for v, p in zip(expected, written) for _ in p]
+            assert list(labels) == [v for v, p in zip(expected, written, strict=True) for _ in p]
         wait_for_empty_trash(config)
     finally:
         server.stop(None)
