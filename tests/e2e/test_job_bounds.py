@@ -20,6 +20,7 @@ import grpc
 import h5py
 import numpy as np
 import pytest
+from node_support import start_blocked_job
 
 from data_client import DataNodeClient
 from data_client.errors import ResourceExhaustedError
@@ -33,7 +34,6 @@ VOLUME = np.random.default_rng(41).random((4, 12, 10), dtype=np.float32)
 MASK = (VOLUME * 3).astype(np.uint8)
 IMAGE = FileArray("vol.h5", "image")
 LABELS = FileArray("vol.h5", "mask")
-UNREACHABLE = "tcp://127.0.0.1:1"
 PLANNED = VOLUME.size * 3 * 3 * 4  # every pixel a 3x3 float32 patch
 
 
@@ -100,16 +100,7 @@ def test_oversized_fields_are_refused(bounded_node, fields, pattern):
 
 def test_list_jobs_pages_fit_a_message(bounded_node):
     _, client, stub = bounded_node
-    blocker = client.submit_build(
-        "blocker",
-        3,
-        IMAGE,
-        LABELS,
-        [1],
-        file_format="zarr",
-        executor="dask",
-        scheduler_address=UNREACHABLE,
-    )
+    blocker = start_blocked_job(client, "blocker", IMAGE, LABELS, [1])
     # 60 KiB of JSON whitespace each: valid, within the 64 KiB bound; 20 make over 1 MiB.
     padded = '{"shuffle": true' + " " * (60 << 10) + "}"
     queued = [

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
+from node_support import start_blocked_job
 
 from data_client import DataNodeClient
 from data_client.errors import FailedPreconditionError, InvalidArgumentError
@@ -27,7 +28,6 @@ VOLUME = np.random.default_rng(31).random((4, 12, 10), dtype=np.float32)
 MASK = (VOLUME * 3).astype(np.uint8)
 IMAGE = FileArray("vol.h5", "image")
 LABELS = FileArray("vol.h5", "mask")
-UNREACHABLE = "tcp://127.0.0.1:1"
 
 
 def write_node(root, cache_bytes=1 << 24):
@@ -137,12 +137,7 @@ def test_a_parent_swapped_for_a_symlink_after_submission_is_not_followed(job_nod
     outside = tmp_path / "outside"
     outside.mkdir()
     (config.output_root / "parent").mkdir()
-    blocker = client.submit_build(
-        "blocker", 3, IMAGE, file_format="zarr", executor="dask", scheduler_address=UNREACHABLE
-    )
-    for info in blocker.watch(timeout=30):
-        if info.state is JobState.RUNNING:
-            break
+    blocker = start_blocked_job(client, "blocker", IMAGE)
     job = client.submit_build("parent/out", 3, IMAGE, LABELS, [1])  # queued behind it
     (config.output_root / "parent").rmdir()
     (config.output_root / "parent").symlink_to(outside)

@@ -22,7 +22,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from node_support import node_command, node_environment, start_node_process
+from node_support import node_command, node_environment, start_blocked_job, start_node_process
 
 from data_client import DataNodeClient
 from data_client.jobs import FileArray, JobState
@@ -34,7 +34,6 @@ from data_node.server import build_server
 
 VOLUME = np.random.default_rng(51).random((4, 12, 10), dtype=np.float32)
 IMAGE = FileArray("vol.h5", "image")
-UNREACHABLE = "tcp://127.0.0.1:1"
 
 
 def write_node(root, node_lines=""):
@@ -117,17 +116,7 @@ def test_a_second_node_on_a_state_dir_or_output_root_in_use_is_refused(tmp_path)
     first, port = start_node_process(config_path, tmp_path / "first.log")
     try:
         with DataNodeClient(f"127.0.0.1:{port}") as client:
-            job = client.submit_build(
-                "blocked",
-                3,
-                IMAGE,
-                file_format="zarr",
-                executor="dask",
-                scheduler_address=UNREACHABLE,
-            )
-            for info in job.watch(timeout=30):
-                if info.classes:
-                    break
+            job = start_blocked_job(client, "blocked", IMAGE)
             second = subprocess.run(
                 node_command(config_path),
                 env=node_environment(),
