@@ -61,6 +61,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from data_node import _job_worker
+from data_node._dir_lock import lock_directory
 from data_node._job_request import (
     FILE_FORMATS,
     IMAGE_SUFFIXES,
@@ -70,7 +71,7 @@ from data_node._job_request import (
     parse_build_request,
 )
 from data_node._job_store import JobRecord, JobStore, PublishIntent
-from data_node._output_tree import STAGING_DIR, OutputTree, lock_directory
+from data_node._output_tree import STAGING_DIR, OutputTree
 from data_node.config import ArrayConfig, DatasetConfig, SourceConfig, resolve_inside
 from data_node.datasets import open_dataset
 from data_node.errors import (
