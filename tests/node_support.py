@@ -166,3 +166,28 @@ def start_node_process(args, log, **variables):
         assert time.monotonic() < deadline, "the node did not start"
         time.sleep(0.05)
     return process, int(text.split(" on port ", 1)[1].split()[0])
+
+
+UNREACHABLE = "tcp://127.0.0.1:1"
+
+
+def start_blocked_job(client, output, *inputs, **fields):
+    """Submit a build that stays RUNNING and return its handle once it has read its inputs.
+
+    It is a Dask job (patchsize 3, zarr) whose scheduler is unreachable: its process waits
+    for a connection without using CPU or disk. ``inputs`` are the volume and, optionally,
+    the mask and class_list.
+    """
+    job = client.submit_build(
+        output,
+        3,
+        *inputs,
+        file_format="zarr",
+        executor="dask",
+        scheduler_address=UNREACHABLE,
+        **fields,
+    )
+    for info in job.watch(timeout=30):
+        if info.classes:
+            return job
+    raise AssertionError(f"job {job.job_id} ended before it planned: {info.error}")

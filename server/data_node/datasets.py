@@ -25,12 +25,40 @@ if TYPE_CHECKING:
     from data_node.config import DatasetConfig, SourceConfig
     from data_tools._chunk_cache import ChunkCache
 
-__all__ = ["Dataset", "DatasetRegistry", "open_dataset", "open_source", "wire_dtype"]
+__all__ = [
+    "Dataset",
+    "DatasetRegistry",
+    "ReplacedFlag",
+    "open_dataset",
+    "open_source",
+    "wire_dtype",
+]
 
 
 def wire_dtype(dtype: Any) -> str:
     """The Tensor.dtype string of ``dtype``: explicit little-endian, as on the wire."""
     return str(np.dtype(dtype).newbyteorder("<").str)
+
+
+class ReplacedFlag:
+    """Set once a dataset's files are being replaced; never cleared.
+
+    A plain attribute rather than a ``threading.Event``, so a ``Dataset`` still pickles (a
+    copy keeps the state); reading and setting one attribute is atomic.
+    """
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        """Mark the dataset replaced."""
+        self._set = True
+
+    def is_set(self) -> bool:
+        """Whether the dataset was replaced."""
+        return self._set
 
 
 @dataclass(frozen=True)
@@ -53,7 +81,9 @@ class Dataset:
     classes: tuple[int, ...] = ()
     cached: bool = False
     cache_keys: frozenset[Hashable] = frozenset()
-    replaced: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    replaced: ReplacedFlag = field(
+        default_factory=lambda: ReplacedFlag(), compare=False, repr=False
+    )
 
     @property
     def length(self) -> int:

@@ -6,29 +6,43 @@ each in a process of its own started from a ``forkserver`` context, so a crash o
 job never takes the node down. A job is QUEUED, then RUNNING, and ends SUCCEEDED, FAILED or
 CANCELLED. Its process reports the planned and written patch counts through a pipe.
 
-Output. A job writes into ``<output_root>/.jobs/<job_id>`` and only the node publishes it:
-once the process has exited after reporting success and the dataset is marked complete
-(``data_tools.patches.is_dataset_complete``), the directory is renamed to
-``<output_root>/<output>`` (an existing one is replaced only with ``overwrite``). A failed,
-cancelled or interrupted job's directory is removed, so no complete-looking output is ever
-left under its name; the directory under ``.jobs`` is itself never marked complete unless
-the build finished. Cancelling terminates the process (SIGTERM, then SIGKILL after
+Output. A job writes into ``<output_root>/.jobs/<job_id>`` and only the node publishes it,
+through ``data_node._output_tree`` (directories opened without following symlinks): once the
+process has exited after reporting success and the dataset is marked complete
+(``data_tools.patches.is_dataset_complete``), the node journals the publish (a
+``PublishIntent`` in the job database), puts an existing output aside (only with
+``overwrite``), renames the directory to ``<output_root>/<output>``, and in one transaction
+records the job SUCCEEDED, the job whose output it replaced ``replaced_by`` it, and the intent
+done. A node killed between two steps finishes the publish when it restarts (the result is
+complete), so a SUCCEEDED job always has its complete output and, with overwrite, either the
+old output and its job stand or the new ones. A failed, cancelled or interrupted job's
+directory is discarded, so no complete-looking output is ever left under its name; the
+directory under ``.jobs`` is itself never marked complete unless the build finished.
+Discarding renames into ``<output_root>/.trash``, emptied by a background thread once the node
+serves: nothing is deleted under the manager's lock. Outputs never nest (refused at
+submission). Cancelling terminates the process (SIGTERM, then SIGKILL after
 ``CANCEL_GRACE`` seconds) and returns once it is gone.
 
 register_as. A succeeded job with ``register_as`` is served at once (and again after a
 restart) as a dataset with two arrays: ``patch``, every class's patches one after the other
 in class order (a ``multi_source_array`` over the ``class_<v>`` arrays), and ``label``, the
 class value of each patch; its description lists the classes. A name of a configured
-dataset is refused; a name served by an earlier job is taken over.
+dataset is refused; a name served by an earlier job is taken over. An output serving a
+dataset is overwritten only by a job registering under that name: the dataset is retired
+first (its open streams end with FAILED_PRECONDITION, its cached chunks are dropped) and its
+name's lookups wait until the new one is served.
 
 Persistence. Every job is recorded in ``<state_dir>/jobs.sqlite3``. When the node starts,
 ended jobs list as they ended; jobs that were RUNNING when the node stopped or died are
 marked FAILED with ``INTERRUPTED`` as their error (they are not resumed, as their partial
 output cannot be trusted), and their directories removed; QUEUED jobs are checked again
 and run. Stopping the node (``close``) likewise fails its running jobs as interrupted.
-One node uses a state dir and output root at a time.
+One node uses a state dir and output root at a time: it locks both (``flock``) and a second
+node is refused with ConfigError naming the key.
 
-Lock order: ``JobManager._changed`` (a Condition), then the store's own lock.
+Lock order: ``JobManager._changed`` (a Condition), then the registry's lock or the store's
+own lock. The registry's ``get`` waits while a publish holds the name, so nothing under the
+manager's lock may ``get`` a dataset (submit parses its request before taking it).
 """
 
 from __future__ import annotations
@@ -47,6 +61,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from data_node import _job_worker
+from data_node._dir_lock import lock_directory
 from data_node._job_request import (
     FILE_FORMATS,
     IMAGE_SUFFIXES,
@@ -56,7 +71,7 @@ from data_node._job_request import (
     parse_build_request,
 )
 from data_node._job_store import JobRecord, JobStore, PublishIntent
-from data_node._output_tree import STAGING_DIR, OutputTree, lock_directory
+from data_node._output_tree import STAGING_DIR, OutputTree
 from data_node.config import ArrayConfig, DatasetConfig, SourceConfig, resolve_inside
 from data_node.datasets import open_dataset
 from data_node.errors import (

@@ -2,12 +2,14 @@
 
 Matrix: hdf5 / zarr / bcolz single sources; two sources with class_list (label array) and
 maxlen; arrays whose per-source lengths differ; a source that cannot be opened; registry
-lookup with a did-you-mean; the opened views pickle (worker processes receive them).
+lookup with a did-you-mean; the opened views pickle (worker processes receive them);
+replacing a dataset holds its name (lookups wait), retires the old one and drops its chunks.
 """
 
 from __future__ import annotations
 
 import pickle
+import threading
 
 import bcolz
 import h5py
@@ -18,6 +20,7 @@ import zarr
 from data_node.config import ArrayConfig, DatasetConfig, SourceConfig
 from data_node.datasets import DatasetRegistry, open_dataset, wire_dtype
 from data_node.errors import ConfigError, DatasetNotFoundError
+from data_tools._chunk_cache import ChunkCache
 
 
 @pytest.fixture
@@ -121,6 +124,34 @@ def test_registry_lookup(sources):
     assert [d.name for d in registry] == ["brains"]
     with pytest.raises(DatasetNotFoundError, match="Did you mean 'brains'"):
         registry.get("brain")
+
+
+def test_replacing_holds_the_name_and_retires_the_old_dataset(sources):
+    root, _, _ = sources
+    config = DatasetConfig(
+        name="brains", arrays=(ArrayConfig("image", (source(root / "b.zarr", "zarr", "image"),)),)
+    )
+    cache = ChunkCache(1 << 20)
+    registry = DatasetRegistry.from_config({"brains": config}, cache)
+    old = registry.get("brains")
+    old.array("image")[:]
+    assert old.cache_keys
+    assert cache.stats().nbytes > 0
+    got = []
+    with registry.replacing("brains", retire=True):
+        assert old.replaced.is_set()
+        assert cache.stats().nbytes == 0  # its chunks dropped
+        lookup = threading.Thread(target=lambda: got.append(registry.get("brains")))
+        lookup.start()
+        lookup.join(0.2)
+        assert lookup.is_alive()  # waits while the name is held
+        new = open_dataset(config, cache)
+        registry.add(new)
+    lookup.join(5)
+    assert len(got) == 1
+    assert got[0] is new
+    assert not new.replaced.is_set()
+    assert registry.get("brains") is new
 
 
 def test_dtypes_the_wire_cannot_carry_are_refused(tmp_path):

@@ -14,8 +14,10 @@ absolute, symlink), the root itself, the staging dir, existing without overwrite
 register_as naming a configured dataset. Generated requests (extreme integers, NUL bytes,
 long and odd strings, deep JSON) are accepted or refused with a DataNodeError naming a field.
 
-JobStore matrix: insert, update and load in submission order across reopening; a database
-of another schema version is refused.
+JobStore matrix: insert, update and load in submission order across reopening; a version 1
+database is migrated (replaced_by added); publish intents persist until ended, and ending one
+updates the job and marks the job it replaces in one transaction; a database of another
+schema version is refused.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data_node._job_store import JobRecord, JobStore
+from data_node._job_store import JobRecord, JobStore, PublishIntent
 from data_node.config import parse_config
 from data_node.datasets import DatasetRegistry
 from data_node.errors import (
@@ -331,6 +333,56 @@ def test_store_round_trip_across_reopening(tmp_path):
     store.close()
     store = JobStore(path)
     assert store.load() == [done, record("a")]
+    store.close()
+
+
+def test_store_migrates_a_version_1_database(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.execute(
+        "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT UNIQUE NOT NULL, "
+        "state TEXT NOT NULL, request BLOB NOT NULL, created_at REAL NOT NULL, "
+        "started_at REAL NOT NULL, ended_at REAL NOT NULL, classes TEXT NOT NULL, "
+        "error TEXT NOT NULL)"
+    )
+    connection.execute(
+        "INSERT INTO jobs (job_id, state, request, created_at, started_at, ended_at, classes, "
+        "error) VALUES ('old', 'SUCCEEDED', x'0801', 1.0, 2.0, 3.0, '[[0, 4, 4]]', '')"
+    )
+    connection.execute("PRAGMA user_version = 1")
+    connection.commit()
+    connection.close()
+    store = JobStore(path)
+    done = record("old", "SUCCEEDED", started_at=2.0, ended_at=3.0, classes=((0, 4, 4),))
+    assert store.load() == [done]
+    store.insert(record("new", "RUNNING"))
+    store.end_publish(record("new", "SUCCEEDED"), replaces="old")
+    assert store.load() == [
+        record(
+            "old",
+            "SUCCEEDED",
+            started_at=2.0,
+            ended_at=3.0,
+            classes=((0, 4, 4),),
+            replaced_by="new",
+        ),
+        record("new", "SUCCEEDED"),
+    ]
+    store.close()
+
+
+def test_store_journals_publishes_until_they_end(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    store = JobStore(path)
+    store.insert(record("a", "RUNNING"))
+    intent = PublishIntent("a", "x/out", "", {2: 5, 0: 3})
+    store.begin_publish(intent)
+    store.close()
+    store = JobStore(path)
+    assert store.intents() == [intent]
+    store.end_publish(record("a", "FAILED", error="rolled back"))
+    assert store.intents() == []
+    assert store.load() == [record("a", "FAILED", error="rolled back")]
     store.close()
 
 

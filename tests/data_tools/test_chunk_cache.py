@@ -4,7 +4,7 @@ Matrix:
 - ChunkCache: LRU order and the byte bound (evictions, nbytes), a chunk larger than the
   budget (returned, not kept), a zero budget, read-only chunks, a failed load (raised,
   not cached, retried), single-flight (8 threads missing one chunk -> 1 read), different
-  chunks read in parallel, bad max_bytes.
+  chunks read in parallel, bad max_bytes; discard drops exactly the named sources' chunks.
 - CachedSource over a counting in-memory source: exact hits/misses for a scripted access
   pattern; index-array reads refresh the chunks they hit (LRU); every key form against
   numpy; hypothesis index sets (unsorted, repeated, empty) through getitem and data_flow's
@@ -112,6 +112,23 @@ def test_lru_order_and_byte_bound():
     assert loads == [*"abcd", "b", "a"]
     stats = cache.stats()
     assert (stats.hits, stats.misses, stats.evictions, stats.nbytes) == (4, 6, 3, 300)
+
+
+def test_discard_drops_the_chunks_of_the_sources_named():
+    cache = ChunkCache(1000)
+    kept, dropped = (
+        CachedSource(np.zeros(8), cache, "kept", 2),
+        CachedSource(np.ones(8), cache, "dropped", 2),
+    )
+    kept[:], dropped[:]
+    assert cache.stats().nbytes == 128
+    assert cache.discard({"dropped", "never cached"}) == 4
+    assert cache.stats().nbytes == 64
+    misses = cache.stats().misses
+    np.testing.assert_array_equal(kept[:], np.zeros(8))
+    assert cache.stats().misses == misses  # kept: still cached
+    np.testing.assert_array_equal(dropped[:], np.ones(8))
+    assert cache.stats().misses == misses + 4  # dropped: read again
 
 
 def test_chunk_larger_than_budget_is_returned_not_kept():

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
+from node_support import start_blocked_job
 
 from data_client import DataNodeClient
 from data_client.errors import FailedPreconditionError, InvalidArgumentError
@@ -27,7 +28,6 @@ VOLUME = np.random.default_rng(31).random((4, 12, 10), dtype=np.float32)
 MASK = (VOLUME * 3).astype(np.uint8)
 IMAGE = FileArray("vol.h5", "image")
 LABELS = FileArray("vol.h5", "mask")
-UNREACHABLE = "tcp://127.0.0.1:1"
 
 
 def write_node(root, cache_bytes=1 << 24):
@@ -91,12 +91,14 @@ def test_overwriting_a_served_output_ends_its_open_streams(tmp_path, cache_bytes
                 client, "served", [0, 2], register_as="ds", overwrite=True, file_format=file_format
             )
             new = patches_of(config.output_root / "served", [0, 2], file_format)
-            sent = 0
-            with pytest.raises(FailedPreconditionError, match="'ds' was replaced"):
-                for patches, _ in batches:  # those read before the replacement began
+
+            def read_to_the_end():
+                for sent, (patches, _) in enumerate(batches):  # read before the replacement
                     np.testing.assert_array_equal(patches, old[stream.indices])
-                    sent += 1
                     assert sent < 10_000, "the stream was not ended"
+
+            with pytest.raises(FailedPreconditionError, match="'ds' was replaced"):
+                read_to_the_end()
             described = client.describe("ds")
             assert (described.length, described.classes) == (len(new), (0, 2))
             (patches, labels) = next(iter(client.stream("ds", len(new))))
@@ -107,7 +109,7 @@ def test_overwriting_a_served_output_ends_its_open_streams(tmp_path, cache_bytes
 
 
 def test_a_served_output_is_overwritten_only_to_serve_it_again(job_node):
-    config, client = job_node
+    _, client = job_node
     first = build(client, "kept", [1], register_as="kept")
     for register_as in (None, "renamed"):
         with pytest.raises(InvalidArgumentError, match=r"register_as: Expected 'kept': the "):
@@ -135,12 +137,7 @@ def test_a_parent_swapped_for_a_symlink_after_submission_is_not_followed(job_nod
     outside = tmp_path / "outside"
     outside.mkdir()
     (config.output_root / "parent").mkdir()
-    blocker = client.submit_build(
-        "blocker", 3, IMAGE, file_format="zarr", executor="dask", scheduler_address=UNREACHABLE
-    )
-    for info in blocker.watch(timeout=30):
-        if info.state is JobState.RUNNING:
-            break
+    blocker = start_blocked_job(client, "blocker", IMAGE)
     job = client.submit_build("parent/out", 3, IMAGE, LABELS, [1])  # queued behind it
     (config.output_root / "parent").rmdir()
     (config.output_root / "parent").symlink_to(outside)

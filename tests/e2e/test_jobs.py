@@ -31,6 +31,7 @@ import pytest
 import SimpleITK
 import zarr
 from leak_check import assert_no_leaks, descendants, forkserver_children
+from node_support import start_blocked_job
 
 from data_client import DataNodeClient
 from data_client.errors import (
@@ -303,17 +304,7 @@ def test_a_killed_node_takes_its_jobs_along_and_reports_them_interrupted(tmp_pat
             if " on port " in line:
                 port = int(line.rsplit(" ", 1)[1])
         with DataNodeClient(f"127.0.0.1:{port}") as client:
-            job = client.submit_build(
-                "orphan",
-                3,
-                IMAGE,
-                file_format="zarr",
-                executor="dask",
-                scheduler_address=UNREACHABLE,
-            )
-            for info in job.watch(timeout=30):
-                if info.classes:
-                    break
+            job = start_blocked_job(client, "orphan", IMAGE)
         processes = descendants(node.pid)
         assert processes  # the forkserver and the job's process
         node.kill()

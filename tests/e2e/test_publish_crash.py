@@ -129,7 +129,7 @@ def test_a_node_killed_while_publishing_restarts_with_jobs_and_files_in_agreemen
             with h5py.File(config.output_root / "out" / "patches.h5", "r") as file:
                 written = [file[f"class_{value}"][()] for value in expected]
             np.testing.assert_array_equal(patches, np.concatenate(written))
-            assert list(labels) == [v for v, p in zip(expected, written) for _ in p]
+            assert list(labels) == [v for v, p in zip(expected, written, strict=True) for _ in p]
         wait_for_empty_trash(config)
     finally:
         server.stop(None)
