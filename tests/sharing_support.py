@@ -1,14 +1,15 @@
 """Test support for sharing and fairness: a node config whose preprocessors count batches.
 
-The node runs in the test process (``build_server``) with no worker processes, so the
-registered preprocessors below run in its io threads and their counts are visible here.
+The node runs in the test process (``build_server``); the registered preprocessors below
+run in its streams' worker processes (a request's transform never runs in the node's
+process), so they count in files, one per name, under the directory that
+:func:`write_sharing_config` sets in ``SHARING_COUNTS`` (inherited by the workers).
 """
 
 from __future__ import annotations
 
+import os
 import textwrap
-import threading
-from collections import Counter
 from pathlib import Path
 
 import h5py
@@ -17,14 +18,13 @@ from node_support import make_data
 
 BIG_SAMPLES = 64
 BIG_SHAPE = (1, 128, 128)  # 64 KiB of float32 per sample
-
-_prepared: Counter[str] = Counter()
-_lock = threading.Lock()
+COUNTS = "SHARING_COUNTS"
 
 
 def _count(name, batch):
-    with _lock:
-        _prepared[name] += 1
+    # One byte appended per batch: appends of a few bytes never interleave.
+    with open(Path(os.environ[COUNTS]) / name, "ab") as file:
+        file.write(b"1")
     return batch
 
 
@@ -45,19 +45,21 @@ def count_slow(batch):
 
 def prepared(name):
     """Batches prepared so far by the preprocessor counting under ``name``."""
-    with _lock:
-        return _prepared[name]
+    path = Path(os.environ[COUNTS]) / name
+    return path.stat().st_size if path.exists() else 0
 
 
 def reset_counts():
     """Forget every count."""
-    with _lock:
-        _prepared.clear()
+    for path in Path(os.environ[COUNTS]).iterdir():
+        path.unlink()
 
 
 def write_sharing_config(root: Path, **limits: int) -> Path:
     """Write node_support's data, a "big" dataset and ``root/node.toml`` serving both."""
     make_data(root)
+    (root / "counts").mkdir(exist_ok=True)
+    os.environ[COUNTS] = str(root / "counts")
     rng = np.random.default_rng(3)
     with h5py.File(root / "data" / "big.h5", "w") as f:
         f["image"] = rng.random((BIG_SAMPLES, *BIG_SHAPE), dtype=np.float32)
