@@ -189,7 +189,8 @@ def without_volume():
         (
             request(mask=file_input("/etc/hostname", "a")),
             PathOutsideRootError,
-            r"^mask\.file\.path: .*resolves to '/etc/hostname'",
+            r"^mask\.file\.path: Expected a path inside the data root\. Got '/etc/hostname', "
+            r"which resolves outside it, instead\.$",
         ),
         (
             request(volume=file_input("escape.h5", "a")),
