@@ -189,8 +189,7 @@ def without_volume():
         (
             request(mask=file_input("/etc/hostname", "a")),
             PathOutsideRootError,
-            r"^mask\.file\.path: Expected a path inside the data root\. Got '/etc/hostname', "
-            r"which resolves outside it, instead\.$",
+            r"^mask\.file\.path: .* Got '/etc/hostname', which resolves outside it, instead\.$",
         ),
         (
             request(volume=file_input("escape.h5", "a")),
