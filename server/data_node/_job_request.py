@@ -224,7 +224,14 @@ def _parse_input(
 def _parse_file(name: str, message: jobs_pb2.FileArray, data_root: Path) -> ArraySpec:
     if not message.path:
         raise RequestError(f"{name}.path: Expected a path under the data root. Got none.")
-    path, exists = _resolve(data_root, message.path, f"{name}.path")
+    try:
+        path, exists = _resolve(data_root, message.path, f"{name}.path")
+    except PathOutsideRootError:
+        # Said without the server's paths (the root's, a symlink's target): a client sees it.
+        raise PathOutsideRootError(
+            f"{name}.path: Expected a path inside the data root. "
+            f"Got {message.path!r}, which resolves outside it, instead."
+        ) from None
     if not exists:
         raise RequestError(
             f"{name}.path: Expected an existing file under the data root. "

@@ -35,7 +35,9 @@ IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
 # A header names its data files within this many bytes, and at most this many of them.
 MAX_HEADER_BYTES = 1 << 20
 MAX_DATA_FILES = 256
-_PATTERN = re.compile(r"(\S*%\S*)\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)(\s+\d+)?")
+# A numbered file pattern "name%03d.raw first last step [subdimension]": one "%d" with at
+# most two digits of width, so a name can never be made huge ("%999999999d").
+_PATTERN = re.compile(r"([^%\s]*%0?\d?\d?d[^%\s]*)\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)(\s+\d+)?")
 
 
 def describe_image(path: Path, root: Root) -> tuple[int, ...]:

@@ -268,6 +268,10 @@ def test_mhd_data_file_list_and_pattern_forms_read(images):
     (data / "many.mhd").write_text(f"{header}ElementDataFile = raw/s%d.raw 0 100000 1\n")
     with pytest.raises(ValueError, match=f"Expected at most {MAX_DATA_FILES} data files"):
         describe_image(data / "many.mhd", root)
+    # Not a pattern (a width of more than two digits): one file of that odd name, missing.
+    (data / "wide.mhd").write_text(f"{header}ElementDataFile = raw/s%999999999d.raw 0 3 1\n")
+    with pytest.raises(FileNotFoundError):
+        describe_image(data / "wide.mhd", root)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 Matrix: escapes (HDF5 external link, virtual dataset, external raw storage; zarr array
 directory symlinked out; .mhd with an absolute ElementDataFile) x (served by the config:
 the node refuses to start, naming the key and the file relative to the data root, and
-``data-node serve`` exits 2; a build job's input: PERMISSION_DENIED at submit); a zarr chunk symlinked out x (served, streamed
+``data-node serve`` exits 2; a build job's input: PERMISSION_DENIED at submit); an input
+named through a symlink out (no server path in the message); a zarr chunk symlinked out x (served, streamed
 in the node's threads and in worker processes: PERMISSION_DENIED; a job's file input and a
 served dataset's array as job input: the job FAILS naming the chunk); a served HDF5 file
 and zarr array directory swapped for a symlink after the node started x (threads,
@@ -162,6 +163,18 @@ def test_an_escape_as_a_job_input_is_refused_at_submit(confined_node, name):
     assert_no_server_path(error.value, root)
     assert all(info.request.output != f"escape-{name}" for info in client.jobs())
     assert_still_serving(client)
+
+
+def test_an_input_named_through_a_symlink_out_is_refused_without_server_paths(confined_node):
+    root, client = confined_node
+    (root / "data" / "named.h5").symlink_to(root / "outside" / "secret.h5")
+    with pytest.raises(PermissionDeniedError) as error:
+        client.submit_build("named", 3, FileArray("named.h5", "image"))
+    assert str(error.value).endswith(
+        "volume.file.path: Expected a path inside the data root. "
+        "Got 'named.h5', which resolves outside it, instead."
+    )
+    assert_no_server_path(error.value, root)
 
 
 @pytest.mark.parametrize(
