@@ -73,6 +73,14 @@ def test_open_confined_reads_files_and_symlinks_inside(tree):
         os.close(fd)
 
 
+def test_a_root_given_through_a_symlink_is_resolved(tree, tmp_path):
+    data, _, _ = tree
+    (tmp_path / "alias").symlink_to(data)
+    root = Root(tmp_path / "alias")
+    assert root.path == data.resolve()
+    os.close(open_confined(root, tmp_path / "alias" / "inside.h5"))
+
+
 def test_open_confined_refuses_a_symlink_out_naming_it_relative(tree, tmp_path):
     data, outside, root = tree
     (data / "sub").mkdir()
