@@ -52,12 +52,16 @@ class Root:
     """A directory every confined read must stay inside (picklable).
 
     Attributes:
-        path: The directory, resolved (no symlinks left in it).
+        path: The directory, resolved on construction (no symlinks left in it).
         label: How messages name it, e.g. "data root".
     """
 
     path: Path
     label: str = "data root"
+
+    def __post_init__(self) -> None:
+        # Compared with the kernel's real names of open files, so it must be real too.
+        object.__setattr__(self, "path", Path(os.path.realpath(self.path)))
 
     def name(self, path: str | os.PathLike[str]) -> str:
         """``path`` as messages show it: relative to the root, never an absolute server path.

@@ -70,7 +70,7 @@ def _pinned(path: Path, root: Root) -> Iterator[Path]:
     with PinnedFiles(root) as files:
         header = files.add(path, path.name)  # pinned first: the names are read from it
         with header.open("rb") as file:
-            text = file.read(MAX_HEADER_BYTES).decode("latin-1")
+            text = file.read(MAX_HEADER_BYTES + 1).decode("latin-1")
         names = [posixpath.normpath(name) for name in _data_files(path.name.lower(), text)]
         if any(posixpath.isabs(name) for name in names):
             raise root.refuse(path, "a data file named by an absolute path")
@@ -99,13 +99,18 @@ def _ups(name: str) -> int:
 
 
 def _data_files(name: str, text: str) -> list[str]:
-    """The data file names a header names (none: the data follows the header)."""
+    """The data file names a header names (none: the data follows the header).
+
+    ``text`` is the header file's first ``MAX_HEADER_BYTES + 1`` bytes. A LIST runs to the
+    end of the file, so the whole file must be in ``text``, and every word of it counts as
+    a name: whatever SimpleITK may take for one is checked.
+    """
     lines = text.splitlines()
     if name.endswith((".mha", ".mhd")):
         for number, line in enumerate(lines):
             key, sep, value = line.partition("=")
             if sep and key.strip().lower() == "elementdatafile":
-                return _expand(value.strip(), lines[number + 1 :], local="local")
+                return _expand(value.strip(), lines[number + 1 :], text, local="local")
         raise ValueError(
             f"Expected a MetaImage header naming its ElementDataFile within its first "
             f"{MAX_HEADER_BYTES} bytes. Got none in {name!r} instead."
@@ -116,21 +121,24 @@ def _data_files(name: str, text: str) -> list[str]:
                 break  # the header ends at the first blank line
             key, sep, value = line.partition(":")
             if sep and not value.startswith("=") and key.strip().lower() in _NRRD_DATA_KEYS:
-                rest = lines[number + 1 :]
-                end = next((i for i, rest_line in enumerate(rest) if not rest_line.strip()), None)
-                return _expand(value.strip(), rest[:end], local=None)
+                return _expand(value.strip(), lines[number + 1 :], text, local=None)
     return []
 
 
 _NRRD_DATA_KEYS = ("data file", "datafile")
 
 
-def _expand(value: str, following: list[str], *, local: str | None) -> list[str]:
+def _expand(value: str, following: list[str], text: str, *, local: str | None) -> list[str]:
     """A data file field's names: one name, a LIST of the following lines, or a pattern."""
     if local is not None and value.lower() == local:
         return []
     if value.split(maxsplit=1)[:1] == ["LIST"]:
-        names = [line.strip() for line in following if line.strip()]
+        if len(text) > MAX_HEADER_BYTES:
+            raise ValueError(
+                f"Expected a header listing its data files within {MAX_HEADER_BYTES} bytes. "
+                "Got a longer one instead."
+            )
+        names = [word for line in following for word in line.split()]
     elif match := _PATTERN.fullmatch(value):
         first, last, step = (int(match.group(i)) for i in (2, 3, 4))
         numbers = range(first, last + 1, step) if step else range(0)

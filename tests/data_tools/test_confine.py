@@ -73,6 +73,14 @@ def test_open_confined_reads_files_and_symlinks_inside(tree):
         os.close(fd)
 
 
+def test_a_root_given_through_a_symlink_is_resolved(tree, tmp_path):
+    data, _, _ = tree
+    (tmp_path / "alias").symlink_to(data)
+    root = Root(tmp_path / "alias")
+    assert root.path == data.resolve()
+    os.close(open_confined(root, tmp_path / "alias" / "inside.h5"))
+
+
 def test_open_confined_refuses_a_symlink_out_naming_it_relative(tree, tmp_path):
     data, outside, root = tree
     (data / "sub").mkdir()
@@ -268,6 +276,15 @@ def test_mhd_data_file_list_and_pattern_forms_read(images):
     (data / "many.mhd").write_text(f"{header}ElementDataFile = raw/s%d.raw 0 100000 1\n")
     with pytest.raises(ValueError, match=f"Expected at most {MAX_DATA_FILES} data files"):
         describe_image(data / "many.mhd", root)
+    # A LIST is read to the end of the header: a name after blank lines is checked too, and
+    # a header too long to read whole is refused.
+    padded = f"{header}ElementDataFile = LIST 2D\n{names}\n\n\n/elsewhere/x.raw\n"
+    (data / "padded.mhd").write_text(padded)
+    with refused("Got a data file named by an absolute path instead"):
+        describe_image(data / "padded.mhd", root)
+    (data / "long.mhd").write_text(padded.replace("\n\n\n", "\n" * (1 << 20)))
+    with pytest.raises(ValueError, match="Expected a header listing its data files within"):
+        describe_image(data / "long.mhd", root)
     # Not a pattern (a width of more than two digits): one file of that odd name, missing.
     (data / "wide.mhd").write_text(f"{header}ElementDataFile = raw/s%999999999d.raw 0 3 1\n")
     with pytest.raises(FileNotFoundError):
