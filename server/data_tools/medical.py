@@ -262,7 +262,7 @@ def import_cases(
             writers["image"].buffered_write(slices.image[kept])
             if "mask" in writers:
                 assert slices.mask is not None
-                writers["mask"].buffered_write(slices.mask[kept])
+                writers["mask"].buffered_write(slices.mask[kept].astype(mask_dtype))
             writers["case"].buffered_write(np.full(len(kept), index, dtype=np.int64))
             writers["slice"].buffered_write(kept.astype(np.int64))
             report = CaseReport(index, slices.name, len(slices.image), len(kept))
@@ -542,6 +542,13 @@ def _check_label_values(
     index: int, case: Case, mask: npt.NDArray[Any], allowed: tuple[int, ...] | None
 ) -> None:
     if allowed is None:
+        bounds = np.iinfo(np.int32)
+        if mask.size and not bounds.min <= int(mask.min()) <= int(mask.max()) <= bounds.max:
+            raise ValueError(
+                f"{_case_field(index, case, 'label')}: Expected label values within int32 "
+                "(label_values sets another dtype). "
+                f"Got values in [{mask.min()}, {mask.max()}] instead."
+            )
         return
     unexpected = sorted(set(np.unique(mask).tolist()) - set(allowed))
     if unexpected:
