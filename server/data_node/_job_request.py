@@ -20,7 +20,7 @@ from data_node.errors import (
     PathOutsideRootError,
     RequestError,
 )
-from data_tools.medical import CASES_CONTAINERS, parse_import_options
+from data_tools.medical import CASES_CONTAINERS, IMAGE_SUFFIXES, parse_import_options
 from data_wire.v1 import jobs_pb2
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ __all__ = [
 # The output root's directory of unfinished outputs, one per running job.
 STAGING_DIR = ".jobs"
 FILE_FORMATS = ("bcolz", "hdf5", "zarr")
-IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
 # The writer options a request may set, per file_format: storage layout and compression
 # only (h5py's ``external``, for one, would write outside the output root).
 WRITER_OPTIONS = {

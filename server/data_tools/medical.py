@@ -172,7 +172,8 @@ def import_cases(
     in-plane (``spacing`` / ``size``), clip (``clip``), normalize (``normalize``), select
     slices (``keep_unlabelled``). The slices of all cases must then agree in shape and
     channels, and (when not resampled) in in-plane spacing; their out-of-plane spacing may
-    differ. Either every case has a label or none has.
+    differ (resampling with ``spacing`` or ``size`` lifts the spacing check). Either every
+    case has a label or none has.
 
     Args:
         save_path: The directory to write the store in (created if missing): ``cases.h5``
@@ -212,9 +213,9 @@ def import_cases(
     Raises:
         TypeError, ValueError: An option is invalid (the message names it), or a case
             does not fit: image and label shapes differ, a label is not integer, a case's
-            slices, channels or spacing disagree with the first case's, a label value is
-            not in ``label_values``; the message names the case (``cases[i]`` and its
-            name) and the field.
+            slices, channels or (without resampling) in-plane spacing disagree with the
+            first case's, a label value is not in ``label_values``; the message names the
+            case (``cases[i]`` and its name) and the field.
         OSError: A file cannot be read, or the store cannot be written.
         data_tools.errors.WriterError: Writing an array failed.
     """
@@ -644,7 +645,8 @@ def _check_agrees(
             f"{first.image.shape[1:]}, as {reference} has{hint}. "
             f"Got shape {slices.image.shape[1:]} instead."
         )
-    if options.spacing is None and not np.allclose(
+    resampled = options.spacing is not None or options.size is not None
+    if not resampled and not np.allclose(
         slices.spacing, first.spacing, rtol=_SPACING_TOLERANCE, atol=0
     ):
         raise ValueError(

@@ -166,7 +166,9 @@ def test_resampling_to_a_spacing_and_size_centres_the_grid(rng, tmp_path):
     import_cases(tmp_path / "out", [small, big], spacing=(1.0, 1.0), size=(16, 16))
     stored = read_store(tmp_path / "out")
     assert stored["image"].shape == (10, 16, 16)
-    for case, entry in zip(("small", "big"), load_cases(tmp_path / "out" / "cases.h5")):
+    for case, entry in zip(
+        ("small", "big"), load_cases(tmp_path / "out" / "cases.h5"), strict=True
+    ):
         image = sitk.ReadImage(str(tmp_path / f"{case}.nii.gz"))
         centre = image.TransformContinuousIndexToPhysicalPoint(
             [(n - 1) / 2 for n in image.GetSize()]
