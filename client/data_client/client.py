@@ -10,6 +10,7 @@ import os
 import random
 import secrets
 import threading
+import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -128,6 +129,8 @@ _CHANNEL_RECONNECT_OPTIONS: Final = (
 )
 # data_flow seeds numpy generators with 32-bit seeds; the node refuses larger ones.
 _SEED_MAX: Final = 2**32 - 1
+# The node reads these as medical images, (z, y, x) arrays (data_tools.medical.IMAGE_SUFFIXES).
+_IMAGE_SUFFIXES: Final = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
 # Keepalive bounds, in seconds. The node accepts pings 0.5 s apart (data_node.server), so
 # 1 s leaves room for jitter; gRPC takes the interval as a 32-bit count of milliseconds.
 _KEEPALIVE_MIN: Final = 1.0
@@ -687,7 +690,9 @@ class DataNodeClient:
             register_as: Serve the result as a dataset of this name once the job succeeds,
                 with arrays "patch" and "label". Default None.
             overwrite: Replace an existing output once the job succeeds. Default False.
-            slice_axis: Axis of a 3D volume indexing its slices, in [-3, 2]. Default -1.
+            slice_axis: Axis of a 3D volume indexing its slices, in [-3, 2]. Default -1. A
+                medical image is a (z, y, x) array: pass 0 for axial slices (a UserWarning
+                says so when a medical image is cut along x).
             seed: Seed of the random choices, >= 0. Default None: the node draws one.
             executor: "local" or "dask". Default None: the node's configured executor.
             scheduler_address: The Dask scheduler's address. Default None: the node's.
@@ -725,6 +730,7 @@ class DataNodeClient:
             ),
             store_masks=bool(store_masks),
         )
+        _warn_on_image_slice_axis(request)
         if mask is not None:
             request.mask.CopyFrom(_build_array_input("mask", mask))
         if max_patches_per_class is not None:
@@ -953,6 +959,16 @@ def _build_array_input(argument: str, value: Any) -> jobs_pb2.ArrayInput:
     raise TypeError(
         f"Expected {argument} to be a DatasetArray, a FileArray or a path. Got {value!r} instead."
     )
+
+
+def _warn_on_image_slice_axis(request: jobs_pb2.SubmitBuildJobRequest) -> None:
+    path = request.volume.file.path
+    if path.lower().endswith(_IMAGE_SUFFIXES) and request.slice_axis in (-1, 2):
+        warnings.warn(
+            f"volume {path!r} is a medical image, a (z, y, x) array: slice_axis="
+            f"{request.slice_axis} cuts it along x. Pass slice_axis=0 to cut its axial slices.",
+            stacklevel=3,
+        )
 
 
 def _build_case_input(index: int, case: Any) -> jobs_pb2.CaseInput:

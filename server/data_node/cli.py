@@ -267,16 +267,6 @@ def _file_input(text: str) -> FileArray:
 def _build(args: argparse.Namespace) -> int:
     volume = _array_input(args.volume, args.volume_dataset)
     assert volume is not None  # argparse requires one
-    from data_tools.medical import IMAGE_SUFFIXES  # imported here for the reason in main()
-
-    image = isinstance(volume, FileArray) and volume.path.lower().endswith(IMAGE_SUFFIXES)
-    if image and args.slice_axis % 3 != 0:
-        print(
-            f"data-node build: warning: a medical image is a (z, y, x) array; "
-            f"--slice-axis {args.slice_axis} cuts it along x or y; "
-            "--slice-axis 0 cuts its axial slices",
-            file=sys.stderr,
-        )
     with _client(args) as client:
         job = client.submit_build(
             args.output,
