@@ -715,12 +715,6 @@ class DataNodeClient:
                 for i, v in enumerate(class_list or ())
             ],
             random_order=bool(random_order),
-            batchsize=_parse_int("batchsize", batchsize, minimum=1),
-            file_format=_parse_name("file_format", file_format),
-            writer_options=_dump_writer_options(writer_options),
-            output=_parse_name("output", output),
-            register_as="" if register_as is None else _parse_name("register_as", register_as),
-            overwrite=bool(overwrite),
             slice_axis=_parse_int("slice_axis", slice_axis, minimum=-(2**31)),
             executor="" if executor is None else _parse_name("executor", executor),
             scheduler_address=(
@@ -730,6 +724,9 @@ class DataNodeClient:
             ),
             store_masks=bool(store_masks),
         )
+        _set_output_fields(
+            request, output, batchsize, file_format, writer_options, register_as, overwrite, seed
+        )
         _warn_on_image_slice_axis(request)
         if mask is not None:
             request.mask.CopyFrom(_build_array_input("mask", mask))
@@ -737,8 +734,6 @@ class DataNodeClient:
             request.max_patches_per_class = _parse_int(
                 "max_patches_per_class", max_patches_per_class, minimum=1
             )
-        if seed is not None:
-            request.seed = _parse_int("seed", seed, minimum=0, maximum=2**64 - 1)
         job, node = self._call("submit_build_job", request)
         return BuildJob(job.job_id, node.job_calls)
 
@@ -810,17 +805,10 @@ class DataNodeClient:
             options.slice_axis = _parse_int("slice_axis", slice_axis, minimum=-(2**31))
         if keep_unlabelled is not None:
             options.keep_unlabelled = keep_unlabelled
-        request = jobs_pb2.SubmitBuildJobRequest(
-            import_cases=options,
-            batchsize=_parse_int("batchsize", batchsize, minimum=1),
-            file_format=_parse_name("file_format", file_format),
-            writer_options=_dump_writer_options(writer_options),
-            output=_parse_name("output", output),
-            register_as="" if register_as is None else _parse_name("register_as", register_as),
-            overwrite=bool(overwrite),
+        request = jobs_pb2.SubmitBuildJobRequest(import_cases=options)
+        _set_output_fields(
+            request, output, batchsize, file_format, writer_options, register_as, overwrite, seed
         )
-        if seed is not None:
-            request.seed = _parse_int("seed", seed, minimum=0, maximum=2**64 - 1)
         job, node = self._call("submit_build_job", request)
         return BuildJob(job.job_id, node.job_calls)
 
@@ -959,6 +947,27 @@ def _build_array_input(argument: str, value: Any) -> jobs_pb2.ArrayInput:
     raise TypeError(
         f"Expected {argument} to be a DatasetArray, a FileArray or a path. Got {value!r} instead."
     )
+
+
+def _set_output_fields(
+    request: jobs_pb2.SubmitBuildJobRequest,
+    output: Any,
+    batchsize: Any,
+    file_format: Any,
+    writer_options: Any,
+    register_as: Any,
+    overwrite: Any,
+    seed: Any,
+) -> None:
+    """Check and set the fields every build job has: where and how its result is written."""
+    request.batchsize = _parse_int("batchsize", batchsize, minimum=1)
+    request.file_format = _parse_name("file_format", file_format)
+    request.writer_options = _dump_writer_options(writer_options)
+    request.output = _parse_name("output", output)
+    request.register_as = "" if register_as is None else _parse_name("register_as", register_as)
+    request.overwrite = bool(overwrite)
+    if seed is not None:
+        request.seed = _parse_int("seed", seed, minimum=0, maximum=2**64 - 1)
 
 
 def _warn_on_image_slice_axis(request: jobs_pb2.SubmitBuildJobRequest) -> None:

@@ -286,8 +286,7 @@ def _build(args: argparse.Namespace) -> int:
             executor=args.executor,
             scheduler_address=args.scheduler_address,
         )
-        print(f"job {job.job_id} submitted")
-        return 0 if args.detach else _wait(job)
+        return _follow(job, detach=args.detach)
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -314,8 +313,13 @@ def _import(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             seed=args.seed,
         )
-        print(f"job {job.job_id} submitted")
-        return 0 if args.detach else _wait(job)
+        return _follow(job, detach=args.detach)
+
+
+def _follow(job: BuildJob, *, detach: bool) -> int:
+    """Print the job's id, then (unless ``detach``) wait for it with a progress bar."""
+    print(f"job {job.job_id} submitted")
+    return 0 if detach else _wait(job)
 
 
 def _wait(job: BuildJob) -> int:
