@@ -20,6 +20,7 @@ attribute ``import`` (JSON) keeps the options.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -280,7 +281,7 @@ def import_cases(
         _set_root_attrs(
             file_format,
             writers["case"],
-            {"cases": json.dumps(metadata), "import": json.dumps(_options_json(options))},
+            {"cases": json.dumps(metadata), "import": json.dumps(dataclasses.asdict(options))},
         )
     return reports
 
@@ -397,20 +398,6 @@ def _parse_pair(name: str, value: Any, kind: type) -> tuple[Any, Any] | None:
             f"(rows, columns or low, high). Got {value!r} instead."
         )
     return kind(items[0]), kind(items[1])
-
-
-def _options_json(options: ImportOptions) -> dict[str, Any]:
-    return {
-        "slice_axis": options.slice_axis,
-        "orientation": options.orientation,
-        "spacing": options.spacing,
-        "size": options.size,
-        "clip": options.clip,
-        "normalize": options.normalize,
-        "keep_unlabelled": options.keep_unlabelled,
-        "label_values": options.label_values,
-        "seed": options.seed,
-    }
 
 
 def _mask_dtype(values: tuple[int, ...] | None) -> np.dtype[Any]:

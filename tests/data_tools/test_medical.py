@@ -105,6 +105,18 @@ def test_cases_from_hdf5_arrays_without_labels(rng, tmp_path):
     assert load_cases(tmp_path / "out" / "cases.h5")[1]["original"]["spacing"] == [1, 1, 3]
 
 
+def test_multi_component_images_get_a_channel_axis(rng, tmp_path):
+    pixels = rng.normal(size=(*SHAPE, 2)).astype(np.float32) * [1, 100] + [0, 50]
+    volume = sitk.GetImageFromArray(pixels, isVector=True)
+    sitk.WriteImage(volume, str(tmp_path / "rgb.mha"))
+    import_cases(tmp_path / "out", [Case(tmp_path / "rgb.mha")], normalize="zscore")
+    image = read_store(tmp_path / "out")["image"]
+    assert image.shape == (6, 2, 10, 12)
+    for channel in (0, 1):  # normalized per channel
+        assert image[:, channel].mean() == pytest.approx(0, abs=1e-5)
+        assert image[:, channel].std() == pytest.approx(1, abs=1e-4)
+
+
 def test_slice_axis_cuts_along_another_axis(rng, tmp_path):
     image, label = labelled_volume(rng)
     import_cases(tmp_path / "out", [write_case(tmp_path, "c", image, label)], slice_axis=2)
