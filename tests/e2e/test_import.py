@@ -207,6 +207,12 @@ def test_cli_imports_and_reports_cases(import_node, capsys):
     out = capsys.readouterr().out
     assert "succeeded" in out
     assert "cases=3/3" in out
+    build = ["build", *argv[1:3], "--output", "cli-masks", "--patchsize", "3", "--slice-axis", "0"]
+    inputs = ["--volume", "arrays.h5:image", "--mask", "arrays.h5:mask", "--store-masks"]
+    assert main([*build, *inputs, "--max-patches-per-class", "5"]) == 0
+    assert "class_1=5/5" in capsys.readouterr().out
+    with h5py.File(import_node[0].output_root / "cli-masks" / "patches.h5", "r") as file:
+        assert file["mask_1"].shape == (5, 1, 3, 3)
 
 
 def test_an_imported_dataset_is_served_again_after_a_restart(tmp_path):
