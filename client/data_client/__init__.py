@@ -27,6 +27,8 @@ from data_client.errors import (
 )
 from data_client.jobs import (
     BuildJob,
+    CaseInput,
+    CaseProgress,
     ClassProgress,
     DatasetArray,
     FileArray,
@@ -42,6 +44,8 @@ __all__ = [
     "ArrayInput",
     "BatchStream",
     "BuildJob",
+    "CaseInput",
+    "CaseProgress",
     "ClassProgress",
     "Cursor",
     "DataNodeClient",

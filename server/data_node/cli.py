@@ -8,6 +8,9 @@ Build jobs (over the node's RPCs, with ``data_client``)::
 
     data-node build --address HOST:PORT --output NAME --patchsize 32 \
         --volume brain.h5:/image --mask brain.h5:/mask --class_list 0 1   # watches: a bar
+    data-node import --address HOST:PORT --output NAME --register-as NAME \
+        --case a.nii.gz,a_seg.nii.gz --case b.nii.gz,b_seg.nii.gz --orientation RAS \
+        --spacing 1 1 --size 128 128 --normalize zscore     # medical cases -> 2D slices
     data-node jobs --address HOST:PORT                     # one line per job
     data-node watch JOB_ID --address HOST:PORT
     data-node cancel JOB_ID --address HOST:PORT
@@ -18,8 +21,10 @@ CA.pem`` (TLS; ``--tls`` alone trusts gRPC's bundled roots), ``--cert C.pem --ke
 or a ``#`` comment is the bearer token; ``health`` sends none). ``build`` takes SubmitBuildJobRequest's fields as flags of the same names. An input is
 ``--volume PATH[:KEY]`` (a file under the node's data root; KEY is the HDF5 or zarr array
 path) or ``--volume_dataset DATASET:ARRAY`` (an array of a served dataset); likewise
-``--mask`` / ``--mask_dataset``. ``build`` and ``watch`` exit 0 when the job succeeds, 1 when
-it fails or is cancelled, 2 when the node refuses the request.
+``--mask`` / ``--mask_dataset``. ``import`` takes ImportCases' fields as flags; each
+``--case IMAGE[,LABEL]`` is one case, IMAGE and LABEL each ``PATH[:KEY]`` under the data
+root. ``build``, ``import`` and ``watch`` exit 0 when the job succeeds, 1 when it fails or
+is cancelled, 2 when the node refuses the request.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from data_client import DataNodeClient, DataNodeError, TlsConfig
-from data_client.jobs import DatasetArray, FileArray, JobInfo, JobState
+from data_client.jobs import CaseInput, DatasetArray, FileArray, JobInfo, JobState
 from data_node.config import EXECUTORS, load
 from data_node.errors import ConfigError, PathOutsideRootError
 from data_tools._parse import parse_non_negative_int, parse_positive_int
@@ -62,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_connection_arguments(health_parser)
     health_parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     _add_build_parser(commands)
+    _add_import_parser(commands)
     _add_demo_data_parser(commands)
     jobs_parser = commands.add_parser("jobs", help="list the node's build jobs")
     _add_connection_arguments(jobs_parser)
@@ -158,12 +164,66 @@ def _add_build_parser(commands: Any) -> None:
     build.add_argument(
         "--slice-axis", "--slice_axis", type=int, default=-1, help="axis of the slices (-1)"
     )
+    build.add_argument(
+        "--store-masks",
+        "--store_masks",
+        action="store_true",
+        help="also store each patch's mask patch (needs --mask)",
+    )
     build.add_argument("--seed", type=int, help="seed of the random choices")
     build.add_argument("--executor", choices=EXECUTORS, help="default: the node's")
     build.add_argument(
         "--scheduler-address", "--scheduler_address", help="Dask scheduler; default: the node's"
     )
     build.add_argument("--detach", action="store_true", help="print the job id and exit")
+
+
+def _add_import_parser(commands: Any) -> None:
+    command = commands.add_parser(
+        "import", help="submit an import of medical cases (2D slices) and watch it"
+    )
+    _add_connection_arguments(command)
+    command.add_argument("--output", required=True, help="output name under the output root")
+    command.add_argument(
+        "--case",
+        dest="cases",
+        action="append",
+        required=True,
+        metavar="IMAGE[,LABEL]",
+        help="one case: image and optional label, each PATH[:KEY] under the data root",
+    )
+    command.add_argument(
+        "--slice-axis", "--slice_axis", type=int, help="axis of the (z, y, x) arrays (0)"
+    )
+    command.add_argument("--orientation", help="reorient every case, e.g. RAS or LPS")
+    command.add_argument(
+        "--spacing", type=float, nargs=2, metavar=("ROWS", "COLS"), help="in-plane spacing"
+    )
+    command.add_argument("--size", type=int, nargs=2, metavar=("ROWS", "COLS"), help="slice size")
+    command.add_argument("--clip", type=float, nargs=2, metavar=("LOW", "HIGH"), help="clip")
+    command.add_argument("--normalize", help="none (default), zscore, minmax or window")
+    command.add_argument(
+        "--keep-unlabelled",
+        "--keep_unlabelled",
+        type=float,
+        help="fraction of the slices without labels kept (1)",
+    )
+    command.add_argument(
+        "--label-values", "--label_values", type=int, nargs="+", help="the labels cases may hold"
+    )
+    command.add_argument(
+        "--file-format", "--file_format", default="hdf5", help="hdf5 (default) or zarr"
+    )
+    command.add_argument("--batchsize", type=int, default=32, help="slices per write (32)")
+    command.add_argument(
+        "--writer-options", "--writer_options", type=json.loads, help="a JSON object"
+    )
+    command.add_argument(
+        "--register-as", "--register_as", help="serve the result as a dataset of this name"
+    )
+    command.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    command.add_argument("--seed", type=int, help="seed of the keep_unlabelled draw")
+    command.add_argument("--detach", action="store_true", help="print the job id and exit")
 
 
 def _add_demo_data_parser(commands: Any) -> None:
@@ -201,10 +261,13 @@ def _array_input(path: str | None, dataset: str | None) -> FileArray | DatasetAr
     if dataset is not None:
         name, _, array = dataset.partition(":")
         return DatasetArray(name, array)
-    if path is not None:
-        file, _, key = path.partition(":")
-        return FileArray(file, key)
-    return None
+    return None if path is None else _file_input(path)
+
+
+def _file_input(text: str) -> FileArray:
+    """``PATH[:KEY]`` as a FileArray."""
+    file, _, key = text.partition(":")
+    return FileArray(file, key)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -228,9 +291,42 @@ def _build(args: argparse.Namespace) -> int:
             seed=args.seed,
             executor=args.executor,
             scheduler_address=args.scheduler_address,
+            store_masks=args.store_masks,
         )
-        print(f"job {job.job_id} submitted")
-        return 0 if args.detach else _wait(job)
+        return _follow(job, detach=args.detach)
+
+
+def _import(args: argparse.Namespace) -> int:
+    cases = []
+    for text in args.cases:
+        image, _, label = text.partition(",")
+        cases.append(CaseInput(_file_input(image), _file_input(label) if label else None))
+    with _client(args) as client:
+        job = client.submit_import(
+            args.output,
+            cases,
+            slice_axis=args.slice_axis,
+            orientation=args.orientation,
+            spacing=args.spacing,
+            size=args.size,
+            clip=args.clip,
+            normalize=args.normalize,
+            keep_unlabelled=args.keep_unlabelled,
+            label_values=args.label_values,
+            file_format=args.file_format,
+            batchsize=args.batchsize,
+            writer_options=args.writer_options,
+            register_as=args.register_as,
+            overwrite=args.overwrite,
+            seed=args.seed,
+        )
+        return _follow(job, detach=args.detach)
+
+
+def _follow(job: BuildJob, *, detach: bool) -> int:
+    """Print the job's id, then (unless ``detach``) wait for it with a progress bar."""
+    print(f"job {job.job_id} submitted")
+    return 0 if detach else _wait(job)
 
 
 def _wait(job: BuildJob) -> int:
@@ -241,6 +337,10 @@ def _wait(job: BuildJob) -> int:
 
 def _describe(info: JobInfo) -> str:
     counts = " ".join(f"class_{c.value}={c.written}/{c.total}" for c in info.classes)
+    if info.cases:
+        done = sum(case.done for case in info.cases)
+        kept = sum(case.kept for case in info.cases)
+        counts = f"cases={done}/{len(info.cases)} slices={kept}"
     line = (
         f"{info.job_id} {info.state.value:<9} {info.fraction_done:6.1%} "
         f"{info.elapsed_seconds:7.1f}s output={info.output!r} {counts}"
@@ -288,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _health(args)
             if args.command == "demo-data":
                 return _demo_data(args)
+            if args.command == "import":
+                return _import(args)
             return _build(args) if args.command == "build" else _jobs_command(args)
         except (DataNodeError, TypeError, ValueError, OSError) as error:
             print(f"data-node {args.command}: {error}", file=sys.stderr)

@@ -1,15 +1,17 @@
-"""Patch-dataset build jobs: check a request, queue it, run it in its own process, persist it.
+"""Build jobs (patch builds and imports): check a request, queue it, run it, persist it.
 
 Life cycle. ``JobManager.submit`` checks a ``SubmitBuildJobRequest`` (reading only the
 inputs' headers) and queues the job. At most ``jobs.max_concurrent_jobs`` jobs run at once,
 each in a process of its own started from a ``forkserver`` context, so a crash or a huge
 job never takes the node down. A job is QUEUED, then RUNNING, and ends SUCCEEDED, FAILED or
-CANCELLED. Its process reports the planned and written patch counts through a pipe.
+CANCELLED. Its process reports the planned patches and bytes per class, then the patches
+written (a patch build), or each case once written (an import), through a pipe.
 
 Output. A job writes into ``<output_root>/.jobs/<job_id>`` and only the node publishes it,
 through ``data_node._output_tree`` (directories opened without following symlinks): once the
 process has exited after reporting success and the dataset is marked complete
-(``data_tools.patches.is_dataset_complete``), the node journals the publish (a
+(``data_tools.patches.is_dataset_complete``, ``data_tools.medical.is_import_complete``),
+the node journals the publish (a
 ``PublishIntent`` in the job database), puts an existing output aside (only with
 ``overwrite``), renames the directory to ``<output_root>/<output>``, and in one transaction
 records the job SUCCEEDED, the job whose output it replaced ``replaced_by`` it, and the intent
@@ -25,8 +27,10 @@ submission). Cancelling terminates the process (SIGTERM, then SIGKILL after
 
 register_as. A succeeded job with ``register_as`` is served at once (and again after a
 restart) as a dataset with two arrays: ``patch``, every class's patches one after the other
-in class order (a ``multi_source_array`` over the ``class_<v>`` arrays), and ``label``, the
-class value of each patch; its description lists the classes. A name of a configured
+in class order (a ``multi_source_array`` over the ``class_<v>`` arrays), with
+``store_masks`` ``mask`` (the ``mask_<v>`` arrays likewise), and ``label``, the class value
+of each patch; its description lists the classes. An import is served with the arrays of
+its store: ``image``, ``mask`` (with labels), ``case`` and ``slice``. A name of a configured
 dataset is refused; a name served by an earlier job is taken over. An output serving a
 dataset is overwritten only by a job registering under that name: the dataset is retired
 first (its open streams end with FAILED_PRECONDITION, its cached chunks are dropped) and its
@@ -62,6 +66,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from data_node import _job_worker
 from data_node._dir_lock import lock_directory
+from data_node._import import ImportSpec
 from data_node._job_request import (
     FILE_FORMATS,
     IMAGE_SUFFIXES,
@@ -84,6 +89,8 @@ from data_node.errors import (
     RequestError,
 )
 from data_node.redact import PathRedactor
+from data_tools.io.writers import is_complete
+from data_tools.medical import CASES_CONTAINERS, Case, default_case_name, is_import_complete
 from data_tools.patches import CONTAINERS, is_dataset_complete
 from data_wire.v1 import jobs_pb2
 
@@ -112,11 +119,14 @@ __all__ = [
     "BuildPlan",
     "JobManager",
     "JobPage",
+    "open_import_dataset",
     "open_patch_dataset",
     "parse_build_request",
 ]
 
 PATCH_ARRAY = "patch"
+MASK_ARRAY = "mask"
+IMPORT_ARRAYS = ("image", "mask", "case", "slice")
 INTERRUPTED = "interrupted: the node stopped while the job ran; it is not resumed, submit it again"
 CANCEL_GRACE = 3.0
 DATABASE = "jobs.sqlite3"
@@ -148,8 +158,10 @@ def open_patch_dataset(
     file_format: str,
     classes: tuple[int, ...],
     cache: ChunkCache | None = None,
+    *,
+    masks: bool = False,
 ) -> Dataset:
-    """A create_dataset output as a served dataset: arrays ``patch`` and ``label``.
+    """A create_dataset output as a served dataset: arrays ``patch``, [``mask``,] ``label``.
 
     Args:
         name: The dataset's name.
@@ -157,19 +169,43 @@ def open_patch_dataset(
         file_format: Its file_format.
         classes: The class values, in the order of the patches.
         cache: The decoded-chunk cache its sources read through. Default None: none.
+        masks: Keyword-only. Serve the mask patches (``store_masks``) as ``mask``.
 
     Raises:
         ConfigError: An array cannot be opened, or its dtype does not travel on the wire.
     """
     container = directory / CONTAINERS[file_format]
-    sources = tuple(
-        SourceConfig(container / f"class_{value}", "bcolz")
-        if file_format == "bcolz"
-        else SourceConfig(container, file_format, f"class_{value}")
-        for value in classes
+    prefixes = {PATCH_ARRAY: "class"} | ({MASK_ARRAY: "mask"} if masks else {})
+    arrays = tuple(
+        ArrayConfig(
+            array,
+            tuple(
+                SourceConfig(container / f"{prefix}_{value}", "bcolz")
+                if file_format == "bcolz"
+                else SourceConfig(container, file_format, f"{prefix}_{value}")
+                for value in classes
+            ),
+        )
+        for array, prefix in prefixes.items()
     )
-    config = DatasetConfig(name, (ArrayConfig(PATCH_ARRAY, sources),), class_list=classes)
-    return open_dataset(config, cache)
+    return open_dataset(DatasetConfig(name, arrays, class_list=classes), cache)
+
+
+def open_import_dataset(
+    name: str, directory: Path, file_format: str, cache: ChunkCache | None = None
+) -> Dataset:
+    """An import_cases output as a served dataset: ``image``, [``mask``,] ``case``, ``slice``.
+
+    Raises:
+        ConfigError: An array cannot be opened, or its dtype does not travel on the wire.
+    """
+    container = directory / CASES_CONTAINERS[file_format]
+    arrays = tuple(
+        ArrayConfig(array, (SourceConfig(container, file_format, array),))
+        for array in IMPORT_ARRAYS
+        if array != MASK_ARRAY or is_complete(container, array)
+    )
+    return open_dataset(DatasetConfig(name, arrays), cache)
 
 
 # ---------------------------------------------------------------- the jobs
@@ -185,7 +221,9 @@ class _Job:
     created_at: float
     started_at: float = 0.0
     ended_at: float = 0.0
-    classes: dict[int, list[int]] = field(default_factory=dict)  # value -> [written, total]
+    # A patch build: class value -> [written, total, bytes]; an import: case index ->
+    # [done (0 or 1), slices, kept].
+    classes: dict[int, list[int]] = field(default_factory=dict)
     error: str = ""
     plan: BuildPlan | None = None
     process: BaseProcess | None = None
@@ -207,7 +245,7 @@ class _Job:
             created_at=self.created_at,
             started_at=self.started_at,
             ended_at=self.ended_at,
-            classes=tuple((v, w, t) for v, (w, t) in self.classes.items()),
+            classes=tuple((key, *entry) for key, entry in self.classes.items()),
             error=self.error,
             replaced_by=self.replaced_by,
         )
@@ -221,7 +259,8 @@ class _Job:
             created_at=record.created_at,
             started_at=record.started_at,
             ended_at=record.ended_at,
-            classes={v: [w, t] for v, w, t in record.classes},
+            # Records of earlier versions hold no bytes: 0.
+            classes={key: [*entry, 0][:3] for key, *entry in record.classes},
             error=record.error,
             replaced_by=record.replaced_by,
         )
@@ -236,22 +275,37 @@ class _Job:
         """Whether the output holds this job's result, or will: running, or published."""
         return not self.ended or (self.state == SUCCEEDED and not self.replaced_by)
 
+    @property
+    def is_import(self) -> bool:
+        """Whether the job imports medical cases (else it builds patches)."""
+        return self.request.HasField("import_cases")
+
     def message(self, now: float) -> jobs_pb2.Job:
-        written = sum(w for w, _ in self.classes.values())
-        total = sum(t for _, t in self.classes.values())
+        classes, cases = [], []
+        if self.is_import:
+            names = _case_names(self.request)
+            cases = [
+                jobs_pb2.CaseProgress(index=i, name=names[i], done=bool(d), slices=n, kept=k)
+                for i, (d, n, k) in self.classes.items()
+            ]
+            done, total = sum(c.done for c in cases), len(cases)
+        else:
+            classes = [
+                jobs_pb2.ClassProgress(value=v, written=w, total=t, total_bytes=b)
+                for v, (w, t, b) in self.classes.items()
+            ]
+            done, total = sum(c.written for c in classes), sum(c.total for c in classes)
         if self.state == SUCCEEDED:
             fraction = 1.0
         else:
-            fraction = written / total if total else 0.0
+            fraction = done / total if total else 0.0
         elapsed = (self.ended_at or now) - self.started_at if self.started_at else 0.0
         return jobs_pb2.Job(
             job_id=self.job_id,
             state=self.state,
             request=self.request,
-            classes=[
-                jobs_pb2.ClassProgress(value=v, written=w, total=t)
-                for v, (w, t) in self.classes.items()
-            ],
+            classes=classes,
+            cases=cases,
             fraction_done=fraction,
             elapsed_seconds=max(0.0, elapsed),
             error=self.error,
@@ -348,6 +402,8 @@ class JobManager:
                     "retry later or raise the limit."
                 )
             job = _Job(uuid.uuid4().hex, plan.request, QUEUED, time.time(), plan=plan)
+            if isinstance(plan.spec, ImportSpec):
+                job.classes = {i: [0, 0, 0] for i in range(len(plan.spec.cases))}
             self._store.insert(job.record())
             self._jobs[job.job_id] = job
             message = job.message(time.time())
@@ -592,7 +648,9 @@ class JobManager:
 
     def _apply(self, job: _Job, kind: str, payload: Any) -> None:
         if kind == "plan":
-            job.classes = {value: [0, total] for value, total in payload.items()}
+            job.classes = {value: [0, p.patches, p.bytes] for value, p in payload.items()}
+        elif kind == "case":
+            job.classes[payload.index] = [1, payload.slices, payload.kept]
         elif kind == "progress":
             for value, written in payload.items():
                 job.classes[value][0] = written
@@ -600,7 +658,7 @@ class JobManager:
             job.result = payload
         else:
             job.error = self._redact(payload)
-        self._changed_job(job, persist=kind == "plan")
+        self._changed_job(job, persist=kind in ("plan", "case"))
 
     def _reap(self, job: _Job) -> None:
         self._receive(job)
@@ -638,7 +696,8 @@ class JobManager:
         assert plan is not None
         assert job.result is not None
         _kill_point("start")
-        if not is_dataset_complete(self._tree.staging(job.job_id), plan.spec.file_format):
+        is_done = is_import_complete if job.is_import else is_dataset_complete
+        if not is_done(self._tree.staging(job.job_id), plan.spec.file_format):
             self._finish(job, FAILED, "the job's output is not marked complete")
             return
         old = self._owner(job.output)
@@ -663,7 +722,7 @@ class JobManager:
                 what = "register_as: could not serve" if name else "output: could not publish"
                 self._finish(job, FAILED, f"{what} the result: {error}", publishing=True)
                 return
-            job.classes = {value: [count, count] for value, count in job.result.items()}
+            _record_result(job, job.result)
             self._finish(job, SUCCEEDED, publishing=True, replaces=old)
             if dataset is not None:
                 self._registry.add(dataset)
@@ -704,9 +763,11 @@ class JobManager:
 
     def _open_result(self, name: str, job: _Job, counts: Counts) -> Dataset:
         output = resolve_inside(self._config.output_root, job.request.output, field_name="output")
-        return open_patch_dataset(
-            name, output, job.request.file_format, tuple(counts), self._registry.cache
-        )
+        file_format, cache = job.request.file_format, self._registry.cache
+        if job.is_import:
+            return open_import_dataset(name, output, file_format, cache)
+        masks = job.request.store_masks
+        return open_patch_dataset(name, output, file_format, tuple(counts), cache, masks=masks)
 
     def _serve(self, name: str, job: _Job) -> None:
         """Serve ``job``'s output as ``name`` (taking the name over).
@@ -714,7 +775,7 @@ class JobManager:
         Raises:
             ConfigError, PathOutsideRootError: The output cannot be opened.
         """
-        counts = {value: written for value, (written, _) in job.classes.items()}
+        counts = {value: entry[0] for value, entry in job.classes.items()}
         self._registry.add(self._open_result(name, job, counts))
         self._served[name] = job
 
@@ -826,7 +887,8 @@ class JobManager:
         staged = self._tree.has_staging(job.job_id)
         result = self._tree.staging(job.job_id) if staged else self._config.output_root / output
         error = "its result is not complete"
-        if is_dataset_complete(result, job.request.file_format):
+        is_done = is_import_complete if job.is_import else is_dataset_complete
+        if is_done(result, job.request.file_format):
             try:
                 if staged:
                     if job.request.overwrite:
@@ -835,7 +897,7 @@ class JobManager:
             except OSError as failure:
                 error = str(failure)
             else:
-                job.classes = {value: [count, count] for value, count in intent.counts.items()}
+                _record_result(job, intent.counts)
                 old = self._jobs.get(intent.replaces)
                 self._finish(job, SUCCEEDED, publishing=True, replaces=old)
                 logger.info("job %s: finished the publish a stopped node began", job.job_id)
@@ -847,6 +909,21 @@ class JobManager:
 def _state_name(state: jobs_pb2.JobState) -> str:
     """ "QUEUED", "RUNNING", ...: the JobState name without its prefix."""
     return jobs_pb2.JobState.Name(state).removeprefix(_STATE_PREFIX)
+
+
+def _record_result(job: _Job, counts: Counts) -> None:
+    """Record a finished build's patches written per class (an import's cases are recorded)."""
+    if not job.is_import:
+        planned = {value: entry[2] for value, entry in job.classes.items()}
+        job.classes = {value: [n, n, planned.get(value, 0)] for value, n in counts.items()}
+
+
+def _case_names(request: jobs_pb2.SubmitBuildJobRequest) -> list[str]:
+    """The name of each case of an import request, as import_cases names it."""
+    return [
+        default_case_name(Case(case.image.path, name=case.name or None), i)
+        for i, case in enumerate(request.import_cases.cases)
+    ]
 
 
 def _overlap(a: PurePosixPath, b: PurePosixPath) -> bool:

@@ -29,7 +29,14 @@ if TYPE_CHECKING:
 
     from data_tools._confine import Root
 
-__all__ = ["IMAGE_SUFFIXES", "describe_image", "read_image"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "describe_image",
+    "image_spacing",
+    "load_sitk",
+    "read_image",
+    "read_sitk_image",
+]
 
 IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
 # A header names its data files within this many bytes, and at most this many of them.
@@ -49,7 +56,7 @@ def describe_image(path: Path, root: Root) -> tuple[int, ...]:
         RuntimeError, OSError: SimpleITK cannot read it.
     """
     with _pinned(path, root) as pinned:
-        reader = _sitk().ImageFileReader()
+        reader = load_sitk().ImageFileReader()
         reader.SetFileName(str(pinned))
         reader.ReadImageInformation()
         shape = tuple(int(n) for n in reversed(reader.GetSize()))
@@ -57,11 +64,28 @@ def describe_image(path: Path, root: Root) -> tuple[int, ...]:
     return shape if components == 1 else (*shape, components)
 
 
+def image_spacing(path: Path, root: Root) -> tuple[float, ...]:
+    """The voxel spacing (x, y, z) of the image at ``path``, from its header.
+
+    Raises as ``describe_image``.
+    """
+    with _pinned(path, root) as pinned:
+        reader = load_sitk().ImageFileReader()
+        reader.SetFileName(str(pinned))
+        reader.ReadImageInformation()
+        return tuple(float(s) for s in reader.GetSpacing())
+
+
+def read_sitk_image(path: Path, root: Root) -> Any:
+    """The image at ``path`` as a SimpleITK image (with its geometry); raises as
+    ``describe_image``."""
+    with _pinned(path, root) as pinned:
+        return load_sitk().ReadImage(str(pinned))
+
+
 def read_image(path: Path, root: Root) -> npt.NDArray[Any]:
     """The image at ``path`` as a (z, y, x[, components]) array; raises as ``describe_image``."""
-    with _pinned(path, root) as pinned:
-        sitk = _sitk()
-        return np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(pinned))))
+    return np.asarray(load_sitk().GetArrayFromImage(read_sitk_image(path, root)))
 
 
 @contextlib.contextmanager
@@ -160,7 +184,8 @@ def _check_count(count: int) -> None:
         )
 
 
-def _sitk() -> Any:
+def load_sitk() -> Any:
+    """The SimpleITK module, or an ImportError saying how to install it."""
     try:
         import SimpleITK
     except ImportError as error:  # pragma: no cover - SimpleITK is in the [itk] extra
