@@ -332,7 +332,7 @@ def test_a_data_file_swapped_after_pinning_is_not_what_is_read(images, monkeypat
     write_mhd(data / "racy.mhd", "raw/in.raw")
     import data_tools._medical as medical
 
-    real_sitk = medical._sitk()
+    real_sitk = medical.load_sitk()
     swapped = []
 
     class SwappingSitk:
@@ -344,7 +344,7 @@ def test_a_data_file_swapped_after_pinning_is_not_what_is_read(images, monkeypat
             swapped.append(True)
             return real_sitk.ReadImage(*args)
 
-    monkeypatch.setattr(medical, "_sitk", SwappingSitk)
+    monkeypatch.setattr(medical, "load_sitk", SwappingSitk)
     np.testing.assert_array_equal(read_image(data / "racy.mhd", root), INSIDE)
     assert swapped
     with refused("resolves outside it"):

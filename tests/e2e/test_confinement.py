@@ -159,7 +159,9 @@ def test_an_escape_as_a_job_input_is_refused_at_submit(confined_node, name):
     filename, key = ESCAPES.get(name, (MHD_ABSOLUTE, ""))
     pattern = rf"volume: Expected '{re.escape(filename)}(/|')"
     with pytest.raises(PermissionDeniedError, match=pattern) as error:
-        client.submit_build(f"escape-{name}", 3, FileArray(filename, key), register_as=name)
+        client.submit_build(
+            f"escape-{name}", 3, FileArray(filename, key), register_as=name, slice_axis=0
+        )
     assert_no_server_path(error.value, root)
     assert all(info.request.output != f"escape-{name}" for info in client.jobs())
     assert_still_serving(client)
@@ -212,7 +214,13 @@ def test_inputs_swapped_for_symlinks_after_the_job_was_accepted_fail_it(confined
         "served": (DatasetArray("jobswap", "image"), "'jobswap_served.h5'"),
     }
     jobs = {
-        kind: client.submit_build(f"swapped-{kind}", 3, volume, register_as=f"swapped-{kind}")
+        kind: client.submit_build(
+            f"swapped-{kind}",
+            3,
+            volume,
+            register_as=f"swapped-{kind}",
+            slice_axis=0 if kind == "mhd" else -1,  # a medical image's axial slices
+        )
         for kind, (volume, _) in inputs.items()
     }
     assert {job.status().state for job in jobs.values()} == {JobState.QUEUED}
