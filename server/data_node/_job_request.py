@@ -38,7 +38,6 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_IMPORT_CASES",
     "MAX_TEXT_BYTES",
-    "MAX_WRITER_OPTIONS_BYTES",
     "WRITER_OPTIONS",
     "BuildPlan",
     "parse_build_request",
@@ -47,7 +46,6 @@ __all__ = [
 # Bounds of what a job stores (its request is kept and listed for good): every text field,
 # and writer_options, which may hold a few filter specifications.
 MAX_TEXT_BYTES = 4096
-MAX_WRITER_OPTIONS_BYTES = 64 << 10
 FILE_FORMATS = ("bcolz", "hdf5", "zarr")
 # The writer options a request may set, per file_format: storage layout and compression
 # only (h5py's ``external``, for one, would write outside the output root).
@@ -254,34 +252,8 @@ def _plan(
 
 
 def _check_sizes(request: jobs_pb2.SubmitBuildJobRequest) -> None:
-    """Bound every field a job stores, before any other work."""
-    texts = {
-        "output": request.output,
-        "register_as": request.register_as,
-        "file_format": request.file_format,
-        "executor": request.executor,
-        "scheduler_address": request.scheduler_address,
-    }
-    for name in ("volume", "mask"):
-        source = getattr(request, name)
-        texts |= {
-            f"{name}.file.path": source.file.path,
-            f"{name}.file.key": source.file.key,
-            f"{name}.dataset_array.dataset": source.dataset_array.dataset,
-            f"{name}.dataset_array.array": source.dataset_array.array,
-        }
-    for field_name, text in texts.items():
-        if len(text.encode()) > MAX_TEXT_BYTES:
-            raise RequestError(
-                f"{field_name}: Expected at most {MAX_TEXT_BYTES} bytes. "
-                f"Got {len(text.encode())} instead."
-            )
-    if len(request.writer_options.encode()) > MAX_WRITER_OPTIONS_BYTES:
-        raise RequestError(
-            f"writer_options: Expected at most {MAX_WRITER_OPTIONS_BYTES} bytes of JSON (the "
-            f"request is stored and listed with the job). "
-            f"Got {len(request.writer_options.encode())} instead."
-        )
+    """Bound the repeated fields a job stores, before any other work (its strings are bounded
+    for every request: ``data_node._strings``)."""
     if len(request.class_list) > MAX_CLASSES:
         raise RequestError(
             f"class_list: Expected at most {MAX_CLASSES} values. "

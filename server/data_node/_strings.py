@@ -17,9 +17,12 @@ from data_node.errors import RequestError
 if TYPE_CHECKING:
     from google.protobuf.message import Message
 
-__all__ = ["MAX_STRING_CHARS", "check_string_lengths"]
+__all__ = ["LONGER_FIELDS", "MAX_STRING_CHARS", "check_string_lengths"]
 
 MAX_STRING_CHARS: Final = 4096
+#: Fields that may be longer, by full name, with their bound: a build's writer options are
+#: JSON (filters, chunk shapes), stored and listed with its job.
+LONGER_FIELDS: Final = {"data_wire.v1.SubmitBuildJobRequest.writer_options": 64 << 10}
 
 _TEXT = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES)
 
@@ -29,7 +32,8 @@ def check_string_lengths(message: Message, prefix: str = "") -> None:
 
     Raises:
         RequestError: A field is longer than ``MAX_STRING_CHARS``; the message names it
-            (e.g. ``augmentation.x_array`` or ``arrays[2].name``).
+            (e.g. ``augmentation.x_array`` or ``arrays[2].name``), or than its bound in
+            ``LONGER_FIELDS``.
     """
     for field, value in message.ListFields():
         is_text = field.type in _TEXT
@@ -40,11 +44,11 @@ def check_string_lengths(message: Message, prefix: str = "") -> None:
             items = [(f"{name}[{index}]", each) for index, each in enumerate(value)]
         else:
             items = [(name, value)]
+        limit = LONGER_FIELDS.get(field.full_name, MAX_STRING_CHARS)
         for where, each in items:
             if not is_text:
                 check_string_lengths(each, f"{where}.")
-            elif len(each) > MAX_STRING_CHARS:
+            elif len(each) > limit:
                 raise RequestError(
-                    f"{where}: Expected at most {MAX_STRING_CHARS} characters. "
-                    f"Got {len(each)} instead."
+                    f"{where}: Expected at most {limit} characters. Got {len(each)} instead."
                 )

@@ -134,7 +134,7 @@ LOCK_FILE = "node.lock"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # A ListJobs answer stays under this many bytes (gRPC's default message limit is 4 MiB); a
-# Job is far smaller, its fields being bounded (MAX_TEXT_BYTES, MAX_WRITER_OPTIONS_BYTES...).
+# Job is far smaller, its fields being bounded (data_node._strings, MAX_CLASSES...).
 PAGE_BYTES = 1 << 20
 # Test-only hook: the node kills itself (SIGKILL) at the publish step this variable names,
 # so that tests can check that a restart finds every job's state and files in agreement.

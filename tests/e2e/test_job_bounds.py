@@ -82,8 +82,8 @@ def raw_request(**fields):
 @pytest.mark.parametrize(
     ("fields", "pattern"),
     [
-        ({"writer_options": "{" + " " * (60 << 20) + "}"}, r"^writer_options: Expected at most"),
-        ({"output": "x" * 5000}, r"^output: Expected at most 4096 bytes. Got 5000 instead."),
+        ({"writer_options": "{" + " " * (100 << 10) + "}"}, r"^writer_options: Expected at most"),
+        ({"output": "x" * 5000}, r"^output: Expected at most 4096 characters. Got 5000 instead."),
         ({"class_list": range(5000)}, r"^class_list: Expected at most 4096 values"),
     ],
     ids=["writer_options", "output", "class_list"],
