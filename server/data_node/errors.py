@@ -6,7 +6,9 @@ __all__ = [
     "ConfigError",
     "CursorAtEndError",
     "DataNodeError",
+    "DatasetExistsError",
     "DatasetNotFoundError",
+    "DatasetRemovedError",
     "JobNotFoundError",
     "LimitExceededError",
     "NodeStoppingError",
@@ -31,6 +33,14 @@ class PathOutsideRootError(DataNodeError, PermissionError):
 
 class DatasetNotFoundError(DataNodeError, LookupError):
     """A request names a dataset the node does not serve."""
+
+
+class DatasetExistsError(DataNodeError, FileExistsError):
+    """A registration names a dataset the node serves already (and may not replace)."""
+
+
+class DatasetRemovedError(DataNodeError, RuntimeError):
+    """The dataset a call needs was removed or replaced (or cannot be removed at run time)."""
 
 
 class JobNotFoundError(DataNodeError, LookupError):

@@ -15,11 +15,13 @@ left under its name; the directory under ``.jobs`` is itself never marked comple
 the build finished. Cancelling terminates the process (SIGTERM, then SIGKILL after
 ``CANCEL_GRACE`` seconds) and returns once it is gone.
 
-register_as. A succeeded job with ``register_as`` is served at once (and again after a
-restart) as a dataset with two arrays: ``patch``, every class's patches one after the other
+register_as. A succeeded job with ``register_as`` is registered (``DatasetRegistry.register``,
+as RegisterDataset does: served at once, persisted in the state dir and so served again
+after a restart, removable with RemoveDataset) as a dataset with two arrays: ``patch``, every class's patches one after the other
 in class order (a ``multi_source_array`` over the ``class_<v>`` arrays), and ``label``, the
 class value of each patch; its description lists the classes. A name of a configured
-dataset is refused; a name served by an earlier job is taken over.
+dataset is refused; a registered name (by an earlier job or RegisterDataset) is taken over,
+ending that dataset's open streams.
 
 Persistence. Every job is recorded in ``<state_dir>/jobs.sqlite3``. When the node starts,
 ended jobs list as they ended; jobs that were RUNNING when the node stopped or died are
@@ -60,10 +62,10 @@ from data_node.datasets import open_dataset
 from data_node.errors import (
     ConfigError,
     DataNodeError,
+    DatasetExistsError,
     JobNotFoundError,
     LimitExceededError,
     NodeStoppingError,
-    PathOutsideRootError,
     RequestError,
 )
 from data_tools.patches import CONTAINERS, is_dataset_complete
@@ -92,6 +94,7 @@ __all__ = [
     "JobManager",
     "open_patch_dataset",
     "parse_build_request",
+    "patch_dataset_config",
 ]
 
 PATCH_ARRAY = "patch"
@@ -110,24 +113,16 @@ _STATE_PREFIX = "JOB_STATE_"
 logger = logging.getLogger(__name__)
 
 
-def open_patch_dataset(
-    name: str,
-    directory: Path,
-    file_format: str,
-    classes: tuple[int, ...],
-    cache: ChunkCache | None = None,
-) -> Dataset:
-    """A create_dataset output as a served dataset: arrays ``patch`` and ``label``.
+def patch_dataset_config(
+    name: str, directory: Path, file_format: str, classes: tuple[int, ...]
+) -> DatasetConfig:
+    """A create_dataset output as a dataset: arrays ``patch`` and ``label``.
 
     Args:
         name: The dataset's name.
         directory: The directory create_dataset wrote in.
         file_format: Its file_format.
         classes: The class values, in the order of the patches.
-        cache: The decoded-chunk cache its sources read through. Default None: none.
-
-    Raises:
-        ConfigError: An array cannot be opened, or its dtype does not travel on the wire.
     """
     container = directory / CONTAINERS[file_format]
     sources = tuple(
@@ -136,8 +131,25 @@ def open_patch_dataset(
         else SourceConfig(container, file_format, f"class_{value}")
         for value in classes
     )
-    config = DatasetConfig(name, (ArrayConfig(PATCH_ARRAY, sources),), class_list=classes)
-    return open_dataset(config, cache)
+    return DatasetConfig(name, (ArrayConfig(PATCH_ARRAY, sources),), class_list=classes)
+
+
+def open_patch_dataset(
+    name: str,
+    directory: Path,
+    file_format: str,
+    classes: tuple[int, ...],
+    cache: ChunkCache | None = None,
+) -> Dataset:
+    """Open a create_dataset output as a served dataset (see ``patch_dataset_config``).
+
+    Args:
+        cache: The decoded-chunk cache its sources read through. Default None: none.
+
+    Raises:
+        ConfigError: An array cannot be opened, or its dtype does not travel on the wire.
+    """
+    return open_dataset(patch_dataset_config(name, directory, file_format, classes), cache)
 
 
 # ---------------------------------------------------------------- the jobs
@@ -553,7 +565,7 @@ class JobManager:
         if plan.register_as:
             try:
                 self._serve(plan.register_as, job)
-            except ConfigError as error:
+            except (ConfigError, DatasetExistsError, OSError) as error:
                 _remove(plan.output)
                 self._finish(job, FAILED, f"register_as: could not serve the result: {error}")
                 return
@@ -561,10 +573,8 @@ class JobManager:
 
     def _serve(self, name: str, job: _Job) -> None:
         output = resolve_inside(self._config.output_root, job.request.output, field_name="output")
-        dataset = open_patch_dataset(
-            name, output, job.request.file_format, tuple(job.classes), self._registry.cache
-        )
-        self._registry.add(dataset)
+        config = patch_dataset_config(name, output, job.request.file_format, tuple(job.classes))
+        self._registry.register(config, replace=True)
 
     def _finish(self, job: _Job, state: jobs_pb2.JobState, error: str = "") -> None:
         job.state, job.error, job.ended_at = state, error, time.time()
@@ -607,7 +617,10 @@ class JobManager:
     # ------------------------------------------------------------ recovery
 
     def _recover(self) -> None:
-        """Load the jobs of earlier runs: fail the interrupted, serve and requeue the rest."""
+        """Load the jobs of earlier runs: fail the interrupted, requeue the queued.
+
+        The datasets of succeeded jobs with register_as are the registry's to serve again.
+        """
         with self._changed:
             self._recover_locked()
 
@@ -620,13 +633,6 @@ class JobManager:
                 self._store.update(job.record())
         # Nothing runs yet: whatever is in the staging root is debris of an earlier run.
         _remove(self._staging_root)
-        for job in self._jobs.values():
-            name = job.request.register_as
-            if job.state == SUCCEEDED and name and name not in self._config.datasets:
-                try:
-                    self._serve(name, job)
-                except (ConfigError, PathOutsideRootError) as error:
-                    logger.warning("job %s: cannot serve %r again: %s", job.job_id, name, error)
         for job in [j for j in self._jobs.values() if j.state == QUEUED]:
             try:
                 job.plan = parse_build_request(job.request, self._config, self._registry)

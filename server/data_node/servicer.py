@@ -16,7 +16,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from data_node.datasets import wire_dtype
+from data_node.errors import DatasetRemovedError, NodeStoppingError
 from data_node.metrics import NodeMetrics
+from data_node.registration import parse_dataset_name, parse_register_request
 from data_node.status import status_for
 from data_node.streams import StreamSlots, parse_stream_request, stream_batches
 from data_wire.v1 import data_node_pb2, jobs_pb2
@@ -95,14 +97,48 @@ class DataNodeServicer:
         with self._lock:
             self._stops.add(stop)
         try:
-            with self._metrics.stream(dataset.name) as metrics:
+            with (
+                self._registry.serving(dataset, stop.set),
+                self._metrics.stream(dataset.name) as metrics,
+            ):
                 yield from stream_batches(plan, stop, metrics)
+        except NodeStoppingError as stopped:
+            # The stream's stop was set: by the node stopping, the client leaving, or the
+            # registry retiring the dataset (which then is no longer the one served).
+            reason: Exception = stopped
+            if not self._registry.is_served(dataset):
+                reason = DatasetRemovedError(
+                    f"dataset: {dataset.name!r} was removed or replaced on the node while "
+                    "the stream was open; the stream ended before its next batch."
+                )
+            self._abort_stream(context, dataset.name, reason)
         except Exception as error:
             self._abort_stream(context, dataset.name, error)
         finally:
             with self._lock:
                 self._stops.discard(stop)
             self._slots.release()
+
+    def RegisterDataset(
+        self, request: data_node_pb2.RegisterDatasetRequest, context: grpc.ServicerContext
+    ) -> data_node_pb2.DatasetDescription:
+        def register() -> data_node_pb2.DatasetDescription:
+            config = parse_register_request(request, self._config.data_root)
+            return describe(self._registry.register(config, replace=request.replace))
+
+        return _answer(context, register)
+
+    def RemoveDataset(
+        self, request: data_node_pb2.RemoveDatasetRequest, context: grpc.ServicerContext
+    ) -> data_node_pb2.RemoveDatasetResponse:
+        def remove() -> data_node_pb2.RemoveDatasetResponse:
+            removed = self._registry.remove(parse_dataset_name("name", request.name))
+            response = data_node_pb2.RemoveDatasetResponse()
+            if removed is not None:
+                response.removed.CopyFrom(describe(removed))
+            return response
+
+        return _answer(context, remove)
 
     def SubmitBuildJob(
         self, request: jobs_pb2.SubmitBuildJobRequest, context: grpc.ServicerContext
@@ -171,6 +207,11 @@ def describe(dataset: Dataset) -> data_node_pb2.DatasetDescription:
             for name, array in dataset.arrays
         ],
         classes=list(dataset.classes),
+        origin=(
+            data_node_pb2.DATASET_ORIGIN_REGISTERED
+            if dataset.registered
+            else data_node_pb2.DATASET_ORIGIN_CONFIG
+        ),
     )
 
 
@@ -207,6 +248,10 @@ def method_handlers(servicer: DataNodeServicer) -> grpc.GenericRpcHandler:
             "StreamBatches": streaming(
                 servicer.StreamBatches, data_node_pb2.StreamRequest, encoded=True
             ),
+            "RegisterDataset": unary(
+                servicer.RegisterDataset, data_node_pb2.RegisterDatasetRequest
+            ),
+            "RemoveDataset": unary(servicer.RemoveDataset, data_node_pb2.RemoveDatasetRequest),
             "SubmitBuildJob": unary(servicer.SubmitBuildJob, jobs_pb2.SubmitBuildJobRequest),
             "GetJob": unary(servicer.GetJob, jobs_pb2.GetJobRequest),
             "ListJobs": unary(servicer.ListJobs, jobs_pb2.ListJobsRequest),

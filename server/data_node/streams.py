@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from data_node.cases import parse_cases
 from data_node.config import resolve_preprocessor
 from data_node.errors import (
     CursorAtEndError,
@@ -67,7 +68,7 @@ from data_tools.io.data_flow import preprocessor_keywords
 from data_wire.v1 import data_node_pb2, tensor_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     import numpy.typing as npt
 
@@ -217,12 +218,19 @@ class StreamPlan:
         )
 
 
-def fingerprint(request: data_node_pb2.StreamRequest) -> str:
-    """Digest of every request field that changes which batches the stream yields."""
+def fingerprint(request: data_node_pb2.StreamRequest, cases: Sequence[tuple[int, int]] = ()) -> str:
+    """Digest of every request field that changes which batches the stream yields.
+
+    ``cases`` (the selection as sorted, merged ranges) stands for the request's ``cases``,
+    so two spellings of one selection ("0-39,40-79" and "0-79") continue each other.
+    """
     shaping = data_node_pb2.StreamRequest()
     shaping.CopyFrom(request)
     for name in _NOT_FINGERPRINTED:
         shaping.ClearField(name)
+    del shaping.cases[:]
+    for first, last in cases:
+        shaping.cases.add(first=first, last=last)
     return hashlib.sha256(shaping.SerializeToString(deterministic=True)).hexdigest()[:32]
 
 
@@ -252,7 +260,8 @@ def parse_stream_request(
         raise RequestError(
             f"codec: Expected one of {sorted(tensor_pb2.Codec.keys())}. Got {request.codec}."
         )
-    digest = fingerprint(request)
+    subset, cases = parse_cases(request.cases, dataset)
+    digest = fingerprint(request, cases)
     seed, start_epoch, start_batch = _parse_start(request, dataset.name, digest)
     if epochs is not None and start_epoch >= epochs:
         raise CursorAtEndError(
@@ -283,6 +292,7 @@ def parse_stream_request(
         "lane": lane,
         "lanes": lanes,
         "shared_reads": dataset.cached,
+        "subset": subset,
     }
     _check_flow_options(dataset, transform, flow_options)
     return StreamPlan(dataset, flow_options, transform, seed, epochs, digest, request.codec)
