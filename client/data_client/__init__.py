@@ -5,13 +5,16 @@ from __future__ import annotations
 from data_client.client import (
     ArrayInfo,
     ArrayInput,
+    ArraySources,
     BatchStream,
+    CaseSelection,
     DataNodeClient,
     DatasetInfo,
     TlsConfig,
     TlsOption,
 )
 from data_client.errors import (
+    AlreadyExistsError,
     DataNodeError,
     DeadlineExceededError,
     FailedPreconditionError,
@@ -38,10 +41,13 @@ from data_client.nodes import resolve_nodes
 from data_wire.v1.tensor_pb2 import Cursor
 
 __all__ = [
+    "AlreadyExistsError",
     "ArrayInfo",
     "ArrayInput",
+    "ArraySources",
     "BatchStream",
     "BuildJob",
+    "CaseSelection",
     "ClassProgress",
     "Cursor",
     "DataNodeClient",

@@ -142,7 +142,9 @@ def open_source(source: SourceConfig) -> Any:
     return bcolz.open(rootdir=str(source.path), mode="r")
 
 
-def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Dataset:
+def open_dataset(
+    config: DatasetConfig, cache: ChunkCache | None = None, *, prefix: str | None = None
+) -> Dataset:
     """Open every source of a configured dataset and check the arrays line up.
 
     Args:
@@ -151,17 +153,19 @@ def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Data
             through, shared by every stream reading them in this process (the dataset is
             then ``cached``, and its streams read in this process even with worker
             processes). Default None: sources are read directly.
+        prefix: What error messages put before ``arrays``. Default None:
+            ``datasets.<name>``, the config file's key; "" names a request's fields.
 
     Raises:
         ConfigError: A source cannot be opened, or the arrays (or their per-source parts)
             differ in length; the message names the dataset key.
     """
-    prefix = f"datasets.{config.name}"
+    prefix = f"datasets.{config.name}." if prefix is None else prefix
     opened: list[tuple[str, list[Any]]] = []
     for array in config.arrays:
         sources = []
         for i, source in enumerate(array.sources):
-            key = f"{prefix}.arrays.{array.name}[{i}]"
+            key = f"{prefix}arrays.{array.name}[{i}]"
             try:
                 source_array = open_source(source)
                 source_array.shape  # noqa: B018 - opening is lazy; make it fail here
@@ -188,7 +192,7 @@ def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Data
     for name, array in arrays:
         if wire_dtype(array.dtype) not in WIRE_DTYPES:
             raise ConfigError(
-                f"{prefix}.arrays.{name}: Expected a dtype the wire carries {WIRE_DTYPES}. "
+                f"{prefix}arrays.{name}: Expected a dtype the wire carries {WIRE_DTYPES}. "
                 f"Got {np.dtype(array.dtype)} instead."
             )
     is_cached = any(isinstance(s, CachedSource) for _, sources in opened for s in sources)
@@ -202,7 +206,7 @@ def _check_lengths(prefix: str, opened: list[tuple[str, list[Any]]]) -> None:
         got = [s.shape[0] for s in sources]
         if got != expected:
             raise ConfigError(
-                f"{prefix}.arrays: Expected every array to have the lengths of "
+                f"{prefix}arrays: Expected every array to have the lengths of "
                 f"{first_name!r} ({expected} per source). Got {got} for {name!r} instead."
             )
 
@@ -293,13 +297,16 @@ class DatasetRegistry:
             )
         return dataset
 
-    def register(self, config: DatasetConfig, *, replace: bool = False) -> Dataset:
+    def register(
+        self, config: DatasetConfig, *, replace: bool = False, prefix: str | None = None
+    ) -> Dataset:
         """Open ``config``'s sources and serve them from now on (and after a restart).
 
         Args:
             config: The dataset; its sources already confined to the node's roots.
             replace: Replace a registered dataset of that name (its streams end). Default
                 False.
+            prefix: Put before the keys in error messages (see ``open_dataset``).
 
         Raises:
             ConfigError: A source cannot be opened, or the arrays do not line up.
@@ -307,7 +314,9 @@ class DatasetRegistry:
                 without ``replace``.
             OSError: The state dir cannot be written; nothing changed.
         """
-        dataset = dataclasses.replace(open_dataset(config, self.cache), registered=True)
+        dataset = dataclasses.replace(
+            open_dataset(config, self.cache, prefix=prefix), registered=True
+        )
         name = config.name
         with self._lock:
             if name in self._configured:

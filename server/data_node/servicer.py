@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from data_node.datasets import wire_dtype
-from data_node.errors import DatasetRemovedError, NodeStoppingError
+from data_node.errors import ConfigError, DatasetRemovedError, NodeStoppingError, RequestError
 from data_node.metrics import NodeMetrics
 from data_node.registration import parse_dataset_name, parse_register_request
 from data_node.status import status_for
@@ -124,7 +124,11 @@ class DataNodeServicer:
     ) -> data_node_pb2.DatasetDescription:
         def register() -> data_node_pb2.DatasetDescription:
             config = parse_register_request(request, self._config.data_root)
-            return describe(self._registry.register(config, replace=request.replace))
+            try:
+                dataset = self._registry.register(config, replace=request.replace, prefix="")
+            except ConfigError as error:  # the request's files, not the node's config
+                raise RequestError(str(error)) from error
+            return describe(dataset)
 
         return _answer(context, register)
 
