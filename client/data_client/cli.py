@@ -4,7 +4,7 @@ Usage::
 
     data-client datasets --address HOST:PORT
     data-client stream --address HOST:PORT --dataset NAME --batch-size 32 --epochs 1 \\
-        --rank 0 --world-size 2 --seed 0 --shuffle --report-every 10
+        --rank 0 --world-size 2 --seed 0 --shuffle --report-every 10 [--cases 0-79,90]
 
 ``stream`` prints a line every ``--report-every`` batches and one at the end of each epoch
 (batches/s, samples/s and MB/s over that stretch), then one summary line of ``key=value``
@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         help="default: partitioned when --world-size > 1, else independent",
     )
     stream.add_argument("--codec", choices=_CODECS, default="none", help="wire encoding")
+    _add_cases_argument(stream)
     stream.add_argument(
         "--max-reconnects",
         type=int,
@@ -99,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
         "--indices-out", type=Path, help="write 'EPOCH INDEX' per sample received to this file"
     )
     return parser
+
+
+def _add_cases_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cases",
+        help="only these cases of the dataset's 'case' array, e.g. 0-79,90 (default: all)",
+    )
 
 
 def _count(text: str) -> int:
@@ -254,6 +262,7 @@ def _stream(args: argparse.Namespace) -> int:
             sharing=args.sharing,
             codec=args.codec,
             max_reconnects=args.max_reconnects,
+            cases=args.cases,
         )
         indices_out: TextIO | None = None
         if args.indices_out is not None:

@@ -80,6 +80,7 @@ __all__ = [
     "SampleTransform",
     "StreamPlan",
     "StreamSlots",
+    "augment_sample",
     "parse_stream_request",
     "stream_batches",
 ]
@@ -170,18 +171,37 @@ class SampleTransform:
         xs, ys = [], []
         for row, index in enumerate(indices):
             rng = np.random.default_rng([self.seed, epoch, int(index)])
-            x = arrays[self.x_position][row]
-            if self.y_position is None:
-                xs.append(image_random_transform(x, rng=rng, **(self.options or {})))
-                continue
-            x_out, y_out = image_random_transform(
-                x, arrays[self.y_position][row], rng=rng, **(self.options or {})
+            y = None if self.y_position is None else arrays[self.y_position][row]
+            x_out, y_out = augment_sample(
+                arrays[self.x_position][row], y, rng=rng, options=self.options or {}
             )
             xs.append(x_out)
-            ys.append(y_out)
+            if y_out is not None:
+                ys.append(y_out)
         arrays[self.x_position] = np.stack(xs)
         if self.y_position is not None:
             arrays[self.y_position] = np.stack(ys)
+
+
+def augment_sample(
+    x: npt.NDArray[Any],
+    y: npt.NDArray[Any] | None,
+    *,
+    rng: np.random.Generator,
+    options: Mapping[str, Any],
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
+    """``image_random_transform`` of one sample (x and optionally y, e.g. a mask).
+
+    A 2-D x or y (H, W), as a medical import's slices and masks, is transformed as one
+    channel and comes back 2-D; (C, H, W) arrays are passed as they are.
+    """
+    x_in = x[np.newaxis] if x.ndim == 2 else x
+    if y is None:
+        x_out: npt.NDArray[Any] = image_random_transform(x_in, rng=rng, **options)  # type: ignore[assignment]
+        return (x_out[0] if x.ndim == 2 else x_out), None
+    y_in = y[np.newaxis] if y.ndim == 2 else y
+    x_out, y_out = image_random_transform(x_in, y_in, rng=rng, **options)
+    return (x_out[0] if x.ndim == 2 else x_out), (y_out[0] if y.ndim == 2 else y_out)
 
 
 @dataclass(frozen=True)
@@ -569,6 +589,6 @@ def _try_augmentation(
     x = np.asarray(dataset.arrays[x_position][1][0])
     y = None if y_position is None else np.asarray(dataset.arrays[y_position][1][0])
     try:
-        image_random_transform(x, y, rng=np.random.default_rng(0), **options)
+        augment_sample(x, y, rng=np.random.default_rng(0), options=options)
     except (TypeError, ValueError) as error:
         raise RequestError(f"augmentation: {error}") from error
