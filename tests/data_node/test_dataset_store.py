@@ -86,7 +86,7 @@ def test_bad_files_and_entries_are_named(tmp_path, roots):
     with pytest.raises(ConfigError, match=f"{FILE_NAME}: Expected the node's registered"):
         store.load()
     store.path.write_text(json.dumps({"version": 99, "datasets": []}))
-    with pytest.raises(ConfigError, match="Expected a registry of version 1. Got 99"):
+    with pytest.raises(ConfigError, match=r"Expected a registry of version 1\. Got 99"):
         store.load()
     entry = {"name": "d", "class_list": None, "maxlen": None}
     source = {"root": "nowhere", "path": "a.h5", "format": "hdf5", "key": "x"}

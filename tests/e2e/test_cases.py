@@ -124,9 +124,9 @@ def test_a_cursor_resumes_its_selection_only(client, cases):
         ):
             np.testing.assert_array_equal(got_indices, indices)
             np.testing.assert_array_equal(got_image, image)
-    with pytest.raises(InvalidArgumentError, match="resume.fingerprint"):
+    with pytest.raises(InvalidArgumentError, match=r"resume\.fingerprint"):
         next(iter(client.stream("cases", 4, cases="0-3", resume=cursors[0], **kwargs)))
-    with pytest.raises(InvalidArgumentError, match="resume.fingerprint"):
+    with pytest.raises(InvalidArgumentError, match=r"resume\.fingerprint"):
         next(iter(client.stream("cases", 4, resume=cursors[0], **kwargs)))
 
 

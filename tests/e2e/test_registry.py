@@ -100,7 +100,9 @@ def test_registered_datasets_are_served_at_once_and_after_a_restart(root):
         assert "fresh" not in names(client)
         with pytest.raises(NotFoundError, match="dataset"):
             client.describe("fresh")
-        with pytest.raises(NotFoundError, match="^NOT_FOUND: name: Expected one of the registered"):
+        with pytest.raises(
+            NotFoundError, match=r"^NOT_FOUND: name: Expected one of the registered"
+        ):
             client.remove_dataset("fresh")
     server.stop(None)
     server, client = start(root)
@@ -276,8 +278,8 @@ def test_removing_a_streamed_dataset_ends_its_streams_with_failed_precondition(r
                 with pytest.raises(
                     FailedPreconditionError, match="'going' was removed or replaced"
                 ):
-                    for batch in stream:  # the batches gRPC had buffered, then the end
-                        received.append(tuple(np.array(a) for a in batch))
+                    # The batches gRPC had buffered, then the end.
+                    received.extend(tuple(np.array(a) for a in batch) for batch in stream)
                 for image, mask in received:  # never zeros: each batch is the stored data
                     assert any(
                         np.array_equal(image, arrays["image"][i : i + 4]) for i in range(0, 40, 4)
