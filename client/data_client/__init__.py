@@ -38,6 +38,7 @@ from data_client.jobs import (
 )
 from data_client.merge import MultiNodeStream
 from data_client.nodes import resolve_nodes
+from data_client.preview import Preview
 from data_wire.v1.tensor_pb2 import Cursor
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
+    "Preview",
     "ResourceExhaustedError",
     "TlsConfig",
     "TlsOption",

@@ -46,6 +46,8 @@ from data_wire.v1.tensor_pb2 import Cursor
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from data_client.preview import Preview
+
 __all__ = [
     "ArrayInfo",
     "ArrayInput",
@@ -633,6 +635,7 @@ class DataNodeClient:
         initial_backoff: float = 0.1,
         max_backoff: float = 2.0,
         cases: CaseSelection | None = None,
+        start_epoch: int = 0,
     ) -> BatchStream | MultiNodeStream:
         """Stream minibatches of a dataset (the call starts at the first ``next()``).
 
@@ -698,6 +701,9 @@ class DataNodeClient:
                 shards, determinism and resume as a whole dataset, e.g. ``"0-79"`` to train
                 and ``"80-99"`` to validate. Part of the stream's identity: a cursor resumes
                 only the same selection. Default None: every sample.
+            start_epoch: Start at batch 0 of this epoch, < ``epochs`` (what a cursor at
+                that point resumes; with the same seed, the batches a trainer gets in that
+                epoch). Not with ``resume``. Default 0.
 
         Returns:
             A ``BatchStream`` (one node) or ``MultiNodeStream`` (several), yielding tuples of
@@ -734,6 +740,7 @@ class DataNodeClient:
             request.augmentation.CopyFrom(_build_augmentation(augment))
         if cases is not None:
             request.cases.extend(_build_cases(cases))
+        request.start_epoch = _parse_int("start_epoch", start_epoch, minimum=0)
         stream = _open_stream(
             [node.stream_batches for node in self._nodes],
             _with_resume(request, _parse_cursor(resume)),
@@ -745,6 +752,77 @@ class DataNodeClient:
         )
         self._streams.add(stream)
         return stream
+
+    def preview(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        num_samples: int = 8,
+        *,
+        shuffle: bool = False,
+        seed: int | None = None,
+        epoch: int = 0,
+        augment: Mapping[str, Any] | None = None,
+        cases: CaseSelection | None = None,
+        sample_with_replacement: bool = False,
+        sample_weights: Sequence[float] | npt.ArrayLike | str | None = None,
+        image_array: str | None = None,
+        mask_array: str | None = None,
+        columns: int = 4,
+        scale: int | None = None,
+    ) -> Preview:
+        """Write a PNG grid of samples as a trainer streams them, each beside its original.
+
+        The first ``num_samples`` samples of epoch ``epoch`` of the stream that ``stream()``
+        opens with the same arguments, each shown as its original (the same sample without
+        augmentation) next to its augmented version, the mask drawn over both in colour: a
+        glance shows whether image and mask stay aligned and how strong the augmentation
+        is. The layout and colours are those of ``data_client.preview``.
+
+        Args:
+            name: Dataset name.
+            path: The PNG file to write (replaced atomically if it exists).
+            num_samples: Samples shown, >= 1 (fewer if the epoch holds fewer). Default 8.
+            shuffle, seed, augment, cases, sample_with_replacement, sample_weights: As for
+                ``stream()``; pass the trainer's to see what it gets. Default seed None:
+                one is drawn (it is in the result).
+            epoch: The epoch shown, >= 0. Default 0.
+            image_array: The array shown as the image. Default None: ``augment``'s
+                ``x_array``, else "image".
+            mask_array: The array drawn over it. Default None: ``augment``'s ``y_array``,
+                else "mask" if the dataset has one, else no overlay.
+            columns: Sample pairs per row, >= 1. Default 4.
+            scale: Screen pixels per sample pixel, >= 1. Default None: tiles of about 128
+                pixels.
+
+        Returns:
+            Where the grid went, which samples it shows and where each tile is.
+
+        Raises:
+            TypeError, ValueError: An argument is invalid (named), or an array named is not
+                the dataset's.
+            OSError: ``path`` cannot be written.
+            DataNodeError: The node refused the stream (as ``stream()`` would).
+        """
+        from data_client.preview import preview  # imports this module: not at the top
+
+        return preview(
+            self,
+            name,
+            path,
+            num_samples,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            augment=augment,
+            cases=cases,
+            sample_with_replacement=sample_with_replacement,
+            sample_weights=sample_weights,
+            image_array=image_array,
+            mask_array=mask_array,
+            columns=columns,
+            scale=scale,
+        )
 
     def submit_build(
         self,
@@ -929,6 +1007,7 @@ def _open_stream(
         lanes,
         start=shared.resume if shared.HasField("resume") else None,
         epochs=None if shared.loop_forever else shared.epochs,
+        start_epoch=shared.start_epoch,
     )
 
 

@@ -101,6 +101,7 @@ _NOT_FINGERPRINTED = (
     "nb_proc_workers",
     "epochs",
     "loop_forever",
+    "start_epoch",
 )
 _AUGMENT_OPTIONAL = ("warp_sigma", "warp_grid_size", "order_x", "order_y")
 _AUGMENT_SCALARS = (
@@ -283,6 +284,10 @@ def parse_stream_request(
     subset, cases = parse_cases(request.cases, dataset)
     digest = fingerprint(request, cases)
     seed, start_epoch, start_batch = _parse_start(request, dataset.name, digest)
+    if epochs is not None and start_epoch >= epochs and not request.HasField("resume"):
+        raise RequestError(
+            f"start_epoch: Expected an epoch below epochs ({epochs}). Got {start_epoch} instead."
+        )
     if epochs is not None and start_epoch >= epochs:
         raise CursorAtEndError(
             f"resume: the cursor (epoch {start_epoch}, batch {start_batch}) is at the end of "
@@ -481,8 +486,14 @@ def _parse_start(
     seed = request.seed if request.HasField("seed") else None
     if seed is not None and seed >= SEED_LIMIT:
         raise RequestError(f"seed: Expected an integer in [0, {SEED_LIMIT}). Got {seed} instead.")
+    start_epoch = _bounded("start_epoch", request.start_epoch, 0, None)
     if not request.HasField("resume"):
-        return (secrets.randbelow(SEED_LIMIT) if seed is None else seed), 0, 0
+        return (secrets.randbelow(SEED_LIMIT) if seed is None else seed), start_epoch, 0
+    if start_epoch:
+        raise RequestError(
+            f"start_epoch: Expected 0 with resume (the cursor says where to start). "
+            f"Got {start_epoch} instead."
+        )
     cursor = request.resume
     if cursor.dataset != dataset_name:
         raise RequestError(
