@@ -10,7 +10,8 @@ registration whose files are gone at start is kept, not served, and removable; b
 unequal lengths, class_list of the wrong length, maxlen 0} name the field and the node keeps
 serving; removing a config-file dataset -> FAILED_PRECONDITION; removing (or replacing) a
 dataset with an open stream ends it with FAILED_PRECONDITION after only true batches; roles:
-a read token may not register or remove, a build token may.
+a read token may not register or remove, a build token may; ``data-node register`` and
+``remove``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from data_client import (
     NotFoundError,
     PermissionDeniedError,
 )
+from data_node.cli import main as node_main
 from data_node.config import load
 from data_node.server import build_server
 
@@ -314,3 +316,26 @@ def test_roles_on_the_registry_rpcs(tmp_path):
             assert builder.remove_dataset("x") is not None
     finally:
         server.stop(None)
+
+
+def test_the_command_line_registers_and_removes(root, capsys):
+    root, _ = root
+    server, client = start(root)
+    with client:
+        address = client.addresses[0]
+        argv = ["register", "cli_set", "--address", address, "--array", "image=toy.h5:image"]
+        assert (
+            node_main([*argv, "--array", "image=extra.zarr:image", "--class_list", "0", "1"]) == 0
+        )
+        assert "registered 'cli_set': 50 samples; image float32 (1, 16, 16), label" in (
+            capsys.readouterr().out
+        )
+        assert client.describe("cli_set").classes == (0, 1)
+        assert node_main([*argv]) == 2  # registered already, without --replace
+        assert "ALREADY_EXISTS: name: Expected a name not registered yet" in capsys.readouterr().err
+        assert node_main(["register", "x", "--address", address, "--array", "image"]) == 2
+        assert "--array: Expected NAME=PATH[:KEY]. Got 'image' instead." in capsys.readouterr().err
+        assert node_main(["remove", "cli_set", "--address", address]) == 0
+        assert capsys.readouterr().out.startswith("removed 'cli_set': 50 samples")
+        assert "cli_set" not in names(client)
+    server.stop(None)
