@@ -30,6 +30,8 @@ from data_client.errors import (
 )
 from data_client.jobs import (
     BuildJob,
+    CaseInput,
+    CaseProgress,
     ClassProgress,
     DatasetArray,
     FileArray,
@@ -48,6 +50,8 @@ __all__ = [
     "ArraySources",
     "BatchStream",
     "BuildJob",
+    "CaseInput",
+    "CaseProgress",
     "CaseSelection",
     "ClassProgress",
     "Cursor",

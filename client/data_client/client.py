@@ -23,7 +23,15 @@ import numpy.typing as npt
 from data_client._decode import DecodedBatch, decode_batch
 from data_client._stream_base import StreamBase
 from data_client.errors import UnavailableError, translate_rpc_error
-from data_client.jobs import BuildJob, DatasetArray, FileArray, JobCalls, JobInfo, job_info
+from data_client.jobs import (
+    BuildJob,
+    CaseInput,
+    DatasetArray,
+    FileArray,
+    JobCalls,
+    JobInfo,
+    job_info,
+)
 from data_client.merge import MultiNodeStream
 from data_client.nodes import parse_addresses
 from data_wire.v1 import data_node_pb2, jobs_pb2, tensor_pb2
@@ -843,6 +851,7 @@ class DataNodeClient:
         seed: int | None = None,
         executor: str | None = None,
         scheduler_address: str | None = None,
+        store_masks: bool = False,
     ) -> BuildJob:
         """Submit a patch-dataset build (``data_tools.patches.create_dataset`` on the node).
 
@@ -872,6 +881,8 @@ class DataNodeClient:
             seed: Seed of the random choices, >= 0. Default None: the node draws one.
             executor: "local" or "dask". Default None: the node's configured executor.
             scheduler_address: The Dask scheduler's address. Default None: the node's.
+            store_masks: Also store each patch's mask patch (needs ``mask``); a registered
+                result then serves "patch", "mask" and "label". Default False.
 
         Returns:
             A ``BuildJob`` handle on the queued job.
@@ -902,6 +913,7 @@ class DataNodeClient:
                 if scheduler_address is None
                 else _parse_name("scheduler_address", scheduler_address)
             ),
+            store_masks=bool(store_masks),
         )
         if mask is not None:
             request.mask.CopyFrom(_build_array_input("mask", mask))
@@ -909,6 +921,88 @@ class DataNodeClient:
             request.max_patches_per_class = _parse_int(
                 "max_patches_per_class", max_patches_per_class, minimum=1
             )
+        if seed is not None:
+            request.seed = _parse_int("seed", seed, minimum=0, maximum=2**64 - 1)
+        job, node = self._call("submit_build_job", request)
+        return BuildJob(job.job_id, node.job_calls)
+
+    def submit_import(
+        self,
+        output: str,
+        cases: Sequence[CaseInput],
+        *,
+        slice_axis: int | None = None,
+        orientation: str | None = None,
+        spacing: Sequence[float] | None = None,
+        size: Sequence[int] | None = None,
+        clip: Sequence[float] | None = None,
+        normalize: str | None = None,
+        keep_unlabelled: float | None = None,
+        label_values: Sequence[int] | None = None,
+        file_format: str = "hdf5",
+        batchsize: int = 32,
+        writer_options: Mapping[str, Any] | None = None,
+        register_as: str | None = None,
+        overwrite: bool = False,
+        seed: int | None = None,
+    ) -> BuildJob:
+        """Submit an import of medical cases (``data_tools.medical.import_cases`` on the node).
+
+        The node writes one dataset of 2D slices (arrays "image", "mask" with labels,
+        "case", "slice") and, with ``register_as``, serves it once the job succeeds. The
+        options are import_cases'; the node checks them all.
+
+        Args:
+            output: Name of the output directory under the node's output root.
+            cases: The cases (``CaseInput``: image, optional label, name), at least one.
+            slice_axis: Axis of the (z, y, x) arrays cut into slices. Default None: 0.
+            orientation: Reorient every case to this code ("RAS", "LPS", ...). Default
+                None: keep each case's.
+            spacing: Target in-plane spacing (rows, columns). Default None: keep.
+            size: Target slice size (rows, columns). Default None: keep the extent.
+            clip: (low, high) intensity clipping. Default None.
+            normalize: "none", "zscore", "minmax" or "window". Default None: "none".
+            keep_unlabelled: Fraction of slices without labels kept. Default None: 1.
+            label_values: The label values cases may hold. Default None: any.
+            file_format: "hdf5" (default) or "zarr".
+            batchsize: Slices per write and chunk length, >= 1. Default 32.
+            writer_options: JSON-serializable writer options. Default None.
+            register_as: Serve the result as a dataset of this name. Default None.
+            overwrite: Replace an existing output once the job succeeds. Default False.
+            seed: Seed of the keep_unlabelled draw, >= 0. Default None: the node draws one.
+
+        Returns:
+            A ``BuildJob`` handle on the queued job; its ``status().cases`` show progress.
+
+        Raises:
+            TypeError, ValueError: An argument is invalid here; the message names it.
+            InvalidArgumentError, PermissionDeniedError, ResourceExhaustedError: The node
+                refused the request; the details name the field (and the case).
+        """
+        if not isinstance(cases, Sequence):
+            raise TypeError(f"Expected cases to be a sequence of CaseInput. Got {cases!r}.")
+        options = jobs_pb2.ImportCases(
+            cases=[_build_case_input(i, case) for i, case in enumerate(cases)],
+            orientation=orientation or "",
+            spacing=list(spacing or ()),
+            size=list(size or ()),
+            clip=list(clip or ()),
+            normalize=normalize or "",
+            label_values=list(label_values or ()),
+        )
+        if slice_axis is not None:
+            options.slice_axis = _parse_int("slice_axis", slice_axis, minimum=-(2**31))
+        if keep_unlabelled is not None:
+            options.keep_unlabelled = keep_unlabelled
+        request = jobs_pb2.SubmitBuildJobRequest(
+            import_cases=options,
+            batchsize=_parse_int("batchsize", batchsize, minimum=1),
+            file_format=_parse_name("file_format", file_format),
+            writer_options=_dump_writer_options(writer_options),
+            output=_parse_name("output", output),
+            register_as="" if register_as is None else _parse_name("register_as", register_as),
+            overwrite=bool(overwrite),
+        )
         if seed is not None:
             request.seed = _parse_int("seed", seed, minimum=0, maximum=2**64 - 1)
         job, node = self._call("submit_build_job", request)
@@ -1041,10 +1135,8 @@ def _keepalive_options(keepalive: Any) -> tuple[tuple[str, int], ...]:
 
 
 def _build_array_input(argument: str, value: Any) -> jobs_pb2.ArrayInput:
-    if isinstance(value, str):
-        value = FileArray(value)
-    if isinstance(value, FileArray):
-        return jobs_pb2.ArrayInput(file=jobs_pb2.FileArray(path=value.path, key=value.key))
+    if isinstance(value, str | FileArray):
+        return jobs_pb2.ArrayInput(file=_file_array(argument, value))
     if isinstance(value, DatasetArray):
         return jobs_pb2.ArrayInput(
             dataset_array=jobs_pb2.DatasetArray(dataset=value.dataset, array=value.array)
@@ -1052,6 +1144,24 @@ def _build_array_input(argument: str, value: Any) -> jobs_pb2.ArrayInput:
     raise TypeError(
         f"Expected {argument} to be a DatasetArray, a FileArray or a path. Got {value!r} instead."
     )
+
+
+def _build_case_input(index: int, case: Any) -> jobs_pb2.CaseInput:
+    if not isinstance(case, CaseInput):
+        raise TypeError(f"Expected cases[{index}] to be a CaseInput. Got {case!r} instead.")
+    message = jobs_pb2.CaseInput(image=_file_array(f"cases[{index}].image", case.image))
+    message.name = case.name
+    if case.label is not None:
+        message.label.CopyFrom(_file_array(f"cases[{index}].label", case.label))
+    return message
+
+
+def _file_array(argument: str, value: Any) -> jobs_pb2.FileArray:
+    if isinstance(value, str):
+        value = FileArray(value)
+    if not isinstance(value, FileArray):
+        raise TypeError(f"Expected {argument} to be a FileArray or a path. Got {value!r} instead.")
+    return jobs_pb2.FileArray(path=value.path, key=value.key)
 
 
 def _dump_writer_options(options: Mapping[str, Any] | None) -> str:

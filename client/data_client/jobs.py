@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BuildJob",
+    "CaseInput",
+    "CaseProgress",
     "ClassProgress",
     "DatasetArray",
     "FileArray",
@@ -70,6 +72,22 @@ class FileArray:
 
 
 @dataclass(frozen=True)
+class CaseInput:
+    """One case of an import job: an image and its optional label, under the data root.
+
+    Attributes:
+        image: A medical image (.nii, .nii.gz, .mha, .mhd, .nrrd) or an HDF5/zarr array
+            (a ``FileArray`` with its key); a str is a path.
+        label: The label (segmentation) on the image's voxel grid, likewise. Default None.
+        name: The case's name. Default "": the image file's name without its suffix.
+    """
+
+    image: FileArray | str
+    label: FileArray | str | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class ClassProgress:
     """Patches of one class, array ``class_<value>``.
 
@@ -77,11 +95,32 @@ class ClassProgress:
         value: The class's mask value.
         written: Patches written so far.
         total: Patches the class will hold.
+        total_bytes: Bytes those patches (and mask patches) take before compression.
     """
 
     value: int
     written: int
     total: int
+    total_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class CaseProgress:
+    """One case of an import job.
+
+    Attributes:
+        index: The case's index in the request.
+        name: The case's name.
+        done: Whether the case is written.
+        slices: Its slices (0 until done).
+        kept: The slices kept (0 until done).
+    """
+
+    index: int
+    name: str
+    done: bool
+    slices: int
+    kept: int
 
 
 @dataclass(frozen=True)
@@ -91,7 +130,8 @@ class JobInfo:
     Attributes:
         job_id: The node's id of the job.
         state: Its state.
-        classes: Progress per class, in class order; empty until the job has read its inputs.
+        classes: A patch build's plan and progress per class, in class order; empty until
+            the job has read its inputs.
         fraction_done: Patches written over patches to write, in [0, 1].
         elapsed_seconds: Seconds the job has run (until it ended); 0 while queued.
         error: Why the job failed; "" otherwise.
@@ -99,6 +139,7 @@ class JobInfo:
         created_at: Unix time of the submission.
         started_at: Unix time the job started running; 0 if it has not.
         ended_at: Unix time the job ended; 0 if it has not.
+        cases: An import's progress per case, in order; empty for a patch build.
     """
 
     job_id: str
@@ -111,6 +152,7 @@ class JobInfo:
     created_at: float
     started_at: float
     ended_at: float
+    cases: tuple[CaseProgress, ...] = ()
 
     @property
     def output(self) -> str:
@@ -134,7 +176,9 @@ def job_info(message: jobs_pb2.Job) -> JobInfo:
     return JobInfo(
         job_id=message.job_id,
         state=JobState(name.lower()),
-        classes=tuple(ClassProgress(c.value, c.written, c.total) for c in message.classes),
+        classes=tuple(
+            ClassProgress(c.value, c.written, c.total, c.total_bytes) for c in message.classes
+        ),
         fraction_done=message.fraction_done,
         elapsed_seconds=message.elapsed_seconds,
         error=message.error,
@@ -142,6 +186,7 @@ def job_info(message: jobs_pb2.Job) -> JobInfo:
         created_at=message.created_at,
         started_at=message.started_at,
         ended_at=message.ended_at,
+        cases=tuple(CaseProgress(c.index, c.name, c.done, c.slices, c.kept) for c in message.cases),
     )
 
 
@@ -239,7 +284,7 @@ class BuildJob:
 
 
 class _ProgressBar:
-    """A tqdm bar of patches written, fed with JobInfo; nothing at all when disabled."""
+    """A tqdm bar of patches (an import: cases) written, fed with JobInfo; nothing when disabled."""
 
     def __init__(self, job_id: str, *, enabled: bool) -> None:
         self._bar: Any = None
@@ -251,8 +296,13 @@ class _ProgressBar:
     def show(self, info: JobInfo) -> None:
         if self._bar is None:
             return
-        self._bar.total = info.patches_total
-        self._bar.n = info.patches_written
+        if info.cases:
+            self._bar.unit = "case"
+            self._bar.total = len(info.cases)
+            self._bar.n = sum(case.done for case in info.cases)
+        else:
+            self._bar.total = info.patches_total
+            self._bar.n = info.patches_written
         self._bar.set_postfix_str(info.state.value, refresh=False)
         self._bar.refresh()
 

@@ -3,9 +3,9 @@
 This runs inside the job's own process (see ``_job_worker``); nothing here knows of gRPC.
 
 Local executor: ``data_tools.patches.create_dataset`` itself, so the output is exactly what
-that function writes for the same inputs. ``max_patches_per_class`` is applied first, by
-relabelling the mask pixels of a class beyond its first (or, with ``random_order``, beyond a
-random subset of) ``max_patches_per_class`` pixels to a value outside ``class_list``.
+that function writes for the same inputs (``max_patches_per_class`` and ``store_masks``
+included). A medical image's voxel spacing (SimpleITK's x, y, z order) is kept as the
+attribute ``spacing`` of every array written.
 
 Dask executor (zarr only): the job's process creates every ``class_<v>`` array at its final
 size, marked incomplete, scatters the volume to the cluster, and submits one task per block
@@ -30,13 +30,18 @@ import numpy as np
 from data_node.datasets import open_source
 from data_tools._sources import H5Source
 from data_tools.io.writers import zarr_array_writer
+from data_tools.medical import load_sitk
 from data_tools.patches import (
+    ClassPlan,
+    as_stack,
+    choose_pixels,
     class_counts,
     create_dataset,
     parse_class_mask,
     parse_image,
     parse_slice_axis,
     patch_generator,
+    plan_classes,
 )
 
 if TYPE_CHECKING:
@@ -71,7 +76,7 @@ class ArraySpec:
     def describe(self) -> tuple[tuple[int, ...], np.dtype[Any] | None]:
         """The array's shape and dtype (None when only a read tells), without reading data."""
         if self.image is not None:
-            reader = _sitk().ImageFileReader()
+            reader = load_sitk().ImageFileReader()
             reader.SetFileName(str(self.image))
             reader.ReadImageInformation()
             shape = tuple(int(n) for n in reversed(reader.GetSize()))
@@ -84,10 +89,19 @@ class ArraySpec:
             if isinstance(array, H5Source) and self.source is not None:
                 array.close()  # the node keeps no handle on a job's input
 
+    def spacing(self) -> tuple[float, ...] | None:
+        """A medical image's voxel spacing (x, y, z, as SimpleITK reports it); else None."""
+        if self.image is None:
+            return None
+        reader = load_sitk().ImageFileReader()
+        reader.SetFileName(str(self.image))
+        reader.ReadImageInformation()
+        return tuple(float(s) for s in reader.GetSpacing())
+
     def read(self) -> npt.NDArray[Any]:
         """The whole array, in memory."""
         if self.image is not None:
-            sitk = _sitk()
+            sitk = load_sitk()
             return np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(self.image))))
         array = self.array if self.source is None else open_source(self.source)
         return np.asarray(array[...])
@@ -112,6 +126,7 @@ class BuildSpec:
         executor: "local" or "dask".
         scheduler_address: The Dask scheduler (executor "dask" only).
         dask_task_bytes: Patch bytes per Dask task, rounded to whole chunks.
+        store_masks: Also store each patch's mask patch (executor "local" only).
     """
 
     volume: ArraySpec
@@ -128,12 +143,13 @@ class BuildSpec:
     executor: str
     scheduler_address: str | None = None
     dask_task_bytes: int = 16 << 20
+    store_masks: bool = False
 
 
 def build(
     spec: BuildSpec,
     save_path: Path,
-    planned: Callable[[Counts], None],
+    planned: Callable[[dict[int, ClassPlan]], None],
     progress: Callable[[Counts], None],
 ) -> Counts:
     """Build the patch dataset of ``spec`` in the directory ``save_path``.
@@ -141,7 +157,7 @@ def build(
     Args:
         spec: The build.
         save_path: The directory create_dataset writes its container in.
-        planned: Called once, before any patch is written, with {class value: patches}.
+        planned: Called once, before any patch is written, with {class value: ClassPlan}.
         progress: Called as patches are written with {class value: patches written so far}.
 
     Returns:
@@ -154,29 +170,25 @@ def build(
     """
     image = parse_image("volume", spec.volume.read())
     labels = None if spec.mask is None else parse_class_mask(spec.mask.read(), image.shape)
-    counts = class_counts(labels, spec.class_list, image.size)
     slice_axis = parse_slice_axis(spec.slice_axis, image.ndim)
     rng = np.random.default_rng(spec.seed)
-    pixels = None
-    if spec.executor == "dask" or _over_cap(counts, spec.max_patches_per_class):
-        stacked = None if labels is None else _as_stack(labels, slice_axis)
-        pixels = _choose_pixels(stacked, counts, spec, rng)
-        counts = {value: len(chosen) for value, chosen in pixels.items()}
-    planned(dict(counts))
     if spec.executor == "dask":
-        assert pixels is not None
-        return _build_on_dask(spec, _as_stack(image, slice_axis), pixels, save_path, rng, progress)
-    mask: Any = labels
-    class_list = spec.class_list
-    if pixels is not None:  # max_patches_per_class dropped some pixels
-        mask = _relabel(pixels, image.shape, slice_axis)
-        class_list = tuple(pixels)
+        counts = class_counts(labels, spec.class_list, image.size)
+        stacked = None if labels is None else as_stack(labels, slice_axis)
+        cap = spec.max_patches_per_class
+        pixels = choose_pixels(stacked, counts, cap, spec.random_order, rng)
+        planned(
+            plan_classes({value: len(chosen) for value, chosen in pixels.items()}, spec.patchsize)
+        )
+        stack = as_stack(image, slice_axis)
+        return _build_on_dask(spec, stack, pixels, save_path, rng, progress)
+    spacing = spec.volume.spacing()
     return create_dataset(
         save_path,
         spec.patchsize,
         image,
-        mask,
-        class_list=class_list,
+        labels,
+        class_list=spec.class_list,
         random_order=spec.random_order,
         batchsize=spec.batchsize,
         file_format=spec.file_format,
@@ -184,6 +196,10 @@ def build(
         slice_axis=slice_axis,
         rng=rng,
         progress=progress,
+        planned=planned,
+        max_patches_per_class=spec.max_patches_per_class,
+        store_masks=spec.store_masks,
+        attrs=None if spacing is None else {"spacing": list(spacing)},
     )
 
 
@@ -246,62 +262,6 @@ def write_block(
     return len(pixels)
 
 
-# ---------------------------------------------------------------- planning
-
-
-def _over_cap(counts: Counts, cap: int | None) -> bool:
-    return cap is not None and any(count > cap for count in counts.values())
-
-
-def _as_stack(array: npt.NDArray[Any], slice_axis: int) -> npt.NDArray[Any]:
-    """``array`` as (slice, row, column), as patch_generator sees it."""
-    return array[np.newaxis] if array.ndim == 2 else np.moveaxis(array, slice_axis, 0)
-
-
-def _choose_pixels(
-    labels: npt.NDArray[Any] | None, counts: Counts, spec: BuildSpec, rng: np.random.Generator
-) -> dict[int, npt.NDArray[np.intp]]:
-    """Per class, the flat stack indices of the pixels to extract, ascending.
-
-    With ``max_patches_per_class`` a larger class keeps its first pixels, or with
-    ``random_order`` a uniformly random subset of them.
-    """
-    cap = spec.max_patches_per_class
-    flat = None if labels is None else labels.reshape(-1)
-    chosen = {}
-    for value, count in counts.items():
-        if flat is None:
-            pixels = np.arange(count, dtype=np.intp)
-        else:
-            pixels = np.flatnonzero(flat == value).astype(np.intp, copy=False)
-        if cap is not None and count > cap:
-            if spec.random_order:
-                pixels = np.sort(rng.choice(pixels, size=cap, replace=False))
-            else:
-                pixels = pixels[:cap]
-        chosen[value] = pixels
-    return chosen
-
-
-def _relabel(
-    pixels: Mapping[int, npt.NDArray[np.intp]], shape: tuple[int, ...], slice_axis: int
-) -> npt.NDArray[np.int64]:
-    """A mask holding only the chosen pixels' classes; every other pixel is below them all."""
-    stack_shape: tuple[int, ...]
-    if len(shape) == 2:
-        stack_shape = (1, *shape)
-    else:
-        stack_shape = (
-            shape[slice_axis],
-            *(n for axis, n in enumerate(shape) if axis != slice_axis),
-        )
-    relabelled = np.full(stack_shape, min(pixels) - 1, dtype=np.int64)
-    flat = relabelled.reshape(-1)
-    for value, chosen in pixels.items():
-        flat[chosen] = value
-    return relabelled[0] if len(shape) == 2 else np.moveaxis(relabelled, 0, slice_axis)
-
-
 # ---------------------------------------------------------------- Dask
 
 
@@ -362,13 +322,3 @@ def _build_on_dask(
         with zarr_array_writer(element, np.float32, chunk, container, f"class_{value}", None, True):
             pass
     return written
-
-
-def _sitk() -> Any:
-    try:
-        import SimpleITK
-    except ImportError as error:  # pragma: no cover - SimpleITK is in the [itk] extra
-        raise ImportError(
-            "Reading medical images needs SimpleITK: pip install 'data-tools[itk]'."
-        ) from error
-    return SimpleITK

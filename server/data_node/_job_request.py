@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_node._build import ArraySpec, BuildSpec
+from data_node._import import CaseSpec, ImportSpec
 from data_node.config import EXECUTORS, SOURCE_FORMATS, SourceConfig, resolve_inside
 from data_node.errors import (
     DataNodeError,
@@ -19,6 +20,7 @@ from data_node.errors import (
     PathOutsideRootError,
     RequestError,
 )
+from data_tools.medical import CASES_CONTAINERS, IMAGE_SUFFIXES, parse_import_options
 from data_wire.v1 import jobs_pb2
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ __all__ = [
     "DEFAULT_BATCHSIZE",
     "FILE_FORMATS",
     "IMAGE_SUFFIXES",
+    "MAX_IMPORT_CASES",
     "STAGING_DIR",
     "WRITER_OPTIONS",
     "BuildPlan",
@@ -38,7 +41,6 @@ __all__ = [
 # The output root's directory of unfinished outputs, one per running job.
 STAGING_DIR = ".jobs"
 FILE_FORMATS = ("bcolz", "hdf5", "zarr")
-IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
 # The writer options a request may set, per file_format: storage layout and compression
 # only (h5py's ``external``, for one, would write outside the output root).
 WRITER_OPTIONS = {
@@ -49,6 +51,22 @@ WRITER_OPTIONS = {
     "zarr": frozenset({"chunks", "compressors", "filters"}),
 }
 DEFAULT_BATCHSIZE = 32
+# The most cases one import takes: the request, the job's record and its progress grow
+# with them.
+MAX_IMPORT_CASES = 10_000
+# SubmitBuildJobRequest fields of a patch build only, refused with import_cases.
+_PATCH_ONLY_FIELDS = (
+    "volume",
+    "mask",
+    "patchsize",
+    "class_list",
+    "random_order",
+    "max_patches_per_class",
+    "slice_axis",
+    "store_masks",
+    "executor",
+    "scheduler_address",
+)
 
 
 @dataclass(frozen=True)
@@ -56,14 +74,14 @@ class BuildPlan:
     """A checked request: what the job's process builds and where the node publishes it.
 
     Attributes:
-        spec: What the job's process builds.
+        spec: What the job's process builds: a patch build or an import.
         output: The resolved output directory, inside the output root.
         register_as: Dataset name to serve the result under; "" for none.
         overwrite: Replace an existing output.
         request: The request as accepted, every default filled in.
     """
 
-    spec: BuildSpec
+    spec: BuildSpec | ImportSpec
     output: Path
     register_as: str
     overwrite: bool
@@ -81,6 +99,8 @@ def parse_build_request(
         DatasetNotFoundError: An input names a dataset the node does not serve (NOT_FOUND).
         RequestError: Any other field is invalid (INVALID_ARGUMENT); the message names it.
     """
+    if request.HasField("import_cases"):
+        return _parse_import_request(request, config)
     if not request.HasField("volume"):
         raise RequestError("volume: Expected a dataset_array or a file. Got neither.")
     volume = _parse_input("volume", request.volume, config, registry)
@@ -101,14 +121,23 @@ def parse_build_request(
                 f"mask: Expected the shape of volume, {shape}. Got shape {mask_shape} instead."
             )
     slice_axis = request.slice_axis if request.HasField("slice_axis") else -1
-    patchsize = _parse_patchsize(request.patchsize, shape, slice_axis)
+    patchsize = _parse_patchsize(
+        request.patchsize, shape, slice_axis, is_image=volume.image is not None
+    )
     class_list = _parse_class_list(list(request.class_list), has_mask=mask is not None)
     batchsize = _non_negative("batchsize", request.batchsize) or DEFAULT_BATCHSIZE
     cap = _non_negative("max_patches_per_class", request.max_patches_per_class) or None
     file_format = _parse_choice("file_format", request.file_format or "hdf5", FILE_FORMATS)
     writer_options = _parse_writer_options(request.writer_options, file_format)
     executor, scheduler_address = _parse_executor(request, file_format, config.jobs)
-    seed = request.seed if request.HasField("seed") else secrets.randbits(63)
+    if request.store_masks and mask is None:
+        raise RequestError("store_masks: Expected a mask (mask patches are cut from it). Got none.")
+    if request.store_masks and executor != "local":
+        raise RequestError(
+            f"store_masks: Expected executor 'local' (Dask tasks write image patches only). "
+            f"Got executor {executor!r}."
+        )
+    seed = _parse_seed(request)
     accepted = jobs_pb2.SubmitBuildJobRequest()
     accepted.CopyFrom(request)
     accepted.random_order = request.random_order if request.HasField("random_order") else True
@@ -133,6 +162,7 @@ def parse_build_request(
         executor=executor,
         scheduler_address=scheduler_address,
         dask_task_bytes=config.jobs.dask_task_bytes,
+        store_masks=request.store_masks,
     )
     return BuildPlan(
         spec=spec,
@@ -141,6 +171,93 @@ def parse_build_request(
         overwrite=request.overwrite,
         request=accepted,
     )
+
+
+def _parse_import_request(request: jobs_pb2.SubmitBuildJobRequest, config: NodeConfig) -> BuildPlan:
+    for name in _PATCH_ONLY_FIELDS:
+        if _is_set(request, name):
+            raise RequestError(
+                f"{name}: Expected none with import_cases (an import cuts no patches). "
+                f"Got {getattr(request, name)!r}."
+            )
+    message = request.import_cases
+    if not 1 <= len(message.cases) <= MAX_IMPORT_CASES:
+        raise RequestError(
+            f"import_cases.cases: Expected 1 to {MAX_IMPORT_CASES} cases. "
+            f"Got {len(message.cases)} instead."
+        )
+    cases = tuple(_parse_case(i, case, config.data_root) for i, case in enumerate(message.cases))
+    file_format = _parse_choice(
+        "file_format", request.file_format or "hdf5", tuple(CASES_CONTAINERS)
+    )
+    writer_options = _parse_writer_options(request.writer_options, file_format)
+    batchsize = _non_negative("batchsize", request.batchsize) or DEFAULT_BATCHSIZE
+    seed = _parse_seed(request)
+    options: dict[str, Any] = {
+        "slice_axis": message.slice_axis if message.HasField("slice_axis") else 0,
+        "orientation": message.orientation or None,
+        "spacing": list(message.spacing) or None,
+        "size": list(message.size) or None,
+        "clip": list(message.clip) or None,
+        "normalize": message.normalize or "none",
+        "keep_unlabelled": (
+            message.keep_unlabelled if message.HasField("keep_unlabelled") else 1.0
+        ),
+        "label_values": list(message.label_values) or None,
+    }
+    try:
+        parse_import_options(**options, seed=seed)
+    except (TypeError, ValueError) as error:
+        raise RequestError(f"import_cases: {error}") from None
+    accepted = jobs_pb2.SubmitBuildJobRequest()
+    accepted.CopyFrom(request)
+    accepted.file_format = file_format
+    accepted.batchsize = batchsize
+    accepted.seed = seed
+    accepted.import_cases.slice_axis = options["slice_axis"]
+    accepted.import_cases.normalize = options["normalize"]
+    accepted.import_cases.keep_unlabelled = options["keep_unlabelled"]
+    spec = ImportSpec(cases, options, file_format, batchsize, writer_options, seed)
+    return BuildPlan(
+        spec=spec,
+        output=_parse_output(request.output, config.output_root, overwrite=request.overwrite),
+        register_as=_parse_register_as(request.register_as, config),
+        overwrite=request.overwrite,
+        request=accepted,
+    )
+
+
+def _is_set(request: jobs_pb2.SubmitBuildJobRequest, name: str) -> bool:
+    if name in ("volume", "mask", "random_order", "slice_axis"):
+        return request.HasField(name)
+    return bool(getattr(request, name))
+
+
+def _parse_case(index: int, message: jobs_pb2.CaseInput, data_root: Path) -> CaseSpec:
+    prefix = f"import_cases.cases[{index}]"
+    if not message.HasField("image"):
+        raise RequestError(f"{prefix}.image: Expected a file under the data root. Got none.")
+    image = _parse_file(f"{prefix}.image", message.image, data_root)
+    label = None
+    if message.HasField("label"):
+        label = _parse_file(f"{prefix}.label", message.label, data_root)
+        shape, _ = _describe(f"{prefix}.image", image)
+        label_shape, dtype = _describe(f"{prefix}.label", label)
+        case = f"(case {message.name or message.image.path!r})"
+        if label_shape != shape:
+            raise RequestError(
+                f"{prefix}.label {case}: Expected the image's shape {shape}. "
+                f"Got shape {label_shape} instead."
+            )
+        if dtype is not None and not _is_real(dtype):
+            raise RequestError(
+                f"{prefix}.label {case}: Expected integer class values. Got dtype {dtype} instead."
+            )
+    return CaseSpec(image, label, message.name or None)
+
+
+def _parse_seed(request: jobs_pb2.SubmitBuildJobRequest) -> int:
+    return request.seed if request.HasField("seed") else secrets.randbits(63)
 
 
 def _parse_input(
@@ -223,7 +340,9 @@ def _is_real(dtype: np.dtype[Any]) -> bool:
     )
 
 
-def _parse_patchsize(patchsize: int, shape: tuple[int, ...], slice_axis: int) -> int:
+def _parse_patchsize(
+    patchsize: int, shape: tuple[int, ...], slice_axis: int, *, is_image: bool
+) -> int:
     if len(shape) == 3 and not -3 <= slice_axis <= 2:
         raise RequestError(
             f"slice_axis: Expected an axis of the 3D volume, in [-3, 2]. Got {slice_axis} instead."
@@ -234,9 +353,15 @@ def _parse_patchsize(patchsize: int, shape: tuple[int, ...], slice_axis: int) ->
     if patchsize < 1:
         raise RequestError(f"patchsize: Expected an integer >= 1. Got {patchsize} instead.")
     if patchsize > min(plane):
+        hint = ""
+        if is_image and len(shape) == 3 and slice_axis % 3 != 0:
+            hint = (
+                f" A medical image is a (z, y, x) array: slice_axis {slice_axis} cuts it "
+                "along x or y; slice_axis=0 cuts its axial slices."
+            )
         raise RequestError(
             f"patchsize: Expected at most {min(plane)}, the smaller side of the volume's "
-            f"{plane[0]}x{plane[1]} slices. Got {patchsize} instead."
+            f"{plane[0]}x{plane[1]} slices. Got {patchsize} instead.{hint}"
         )
     return patchsize
 

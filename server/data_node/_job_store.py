@@ -39,7 +39,9 @@ class JobRecord:
         created_at: Unix time of the submission.
         started_at: Unix time the job started running; 0 if it never did.
         ended_at: Unix time the job ended; 0 if it has not.
-        classes: (class value, patches written, patches in total) per class, in class order.
+        classes: A patch build: (class value, patches written, patches in total, their
+            bytes) per class, in class order; an import: (case index, done, slices, kept)
+            per case.
         error: Why the job failed; "" otherwise.
     """
 
@@ -49,7 +51,7 @@ class JobRecord:
     created_at: float
     started_at: float = 0.0
     ended_at: float = 0.0
-    classes: tuple[tuple[int, int, int], ...] = ()
+    classes: tuple[tuple[int, ...], ...] = ()
     error: str = ""
 
 

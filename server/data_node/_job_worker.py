@@ -1,8 +1,10 @@
 """The entry point of a job's process: run the build and report to the node through a pipe.
 
-Messages sent, each a (kind, payload) tuple: ("plan", {class: total}) once the inputs are
-read, ("progress", {class: written}) at most every ``PROGRESS_INTERVAL`` seconds, then
-("done", {class: written}) or ("failed", message). The node decides the job's state from
+Messages sent, each a (kind, payload) tuple. A patch build: ("plan", {class: ClassPlan})
+once the inputs are read, ("progress", {class: written}) at most every
+``PROGRESS_INTERVAL`` seconds, then ("done", {class: written}). An import: ("case",
+CaseReport) after each case, then ("done", {case index: slices kept}). Either may end with
+("failed", message) instead. The node decides the job's state from
 these and from the process's exit; the output directory is the node's to publish.
 
 The process ends on SIGTERM (raised as SystemExit, so open writers and a Dask client are
@@ -25,12 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from data_node._build import build
+from data_node._import import ImportSpec, run_import
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from types import FrameType
 
     from data_node._build import BuildSpec, Counts
+    from data_tools.medical import CaseReport
+    from data_tools.patches import ClassPlan
 
 __all__ = ["CLEAN_EXIT_TIMEOUT", "PROGRESS_INTERVAL", "error_text", "run"]
 
@@ -38,13 +43,17 @@ PROGRESS_INTERVAL = 0.1
 CLEAN_EXIT_TIMEOUT = 1.0
 
 
-def run(spec: BuildSpec, save_path: str, conn: Connection) -> None:
+def run(spec: BuildSpec | ImportSpec, save_path: str, conn: Connection) -> None:
     """Build ``spec`` in ``save_path``, reporting through ``conn``; the process's target."""
     signal.signal(signal.SIGTERM, _exit_on_signal)
     _exit_with_node(conn)
     reporter = _Reporter(conn)
     try:
-        counts = build(spec, Path(save_path), reporter.planned, reporter.progress)
+        if isinstance(spec, ImportSpec):
+            reports = run_import(spec, Path(save_path), reporter.case)
+            counts = {report.index: report.kept for report in reports}
+        else:
+            counts = build(spec, Path(save_path), reporter.planned, reporter.progress)
     except Exception as error:  # noqa: BLE001 - the process boundary: every failure is reported
         conn.send(("failed", error_text(error)))
     else:
@@ -66,8 +75,11 @@ class _Reporter:
         self._conn = conn
         self._last = 0.0
 
-    def planned(self, totals: Counts) -> None:
-        self._conn.send(("plan", totals))
+    def planned(self, plan: dict[int, ClassPlan]) -> None:
+        self._conn.send(("plan", plan))
+
+    def case(self, report: CaseReport) -> None:
+        self._conn.send(("case", report))
 
     def progress(self, written: Counts) -> None:
         now = time.monotonic()

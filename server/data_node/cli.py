@@ -8,6 +8,9 @@ Build jobs (over the node's RPCs, with ``data_client``)::
 
     data-node build --address HOST:PORT --output NAME --patchsize 32 \
         --volume brain.h5:/image --mask brain.h5:/mask --class_list 0 1   # watches: a bar
+    data-node import --address HOST:PORT --output NAME --register-as NAME \
+        --case a.nii.gz,a_seg.nii.gz --case b.nii.gz,b_seg.nii.gz --orientation RAS \
+        --spacing 1 1 --size 128 128 --normalize zscore     # medical cases -> 2D slices
     data-node jobs --address HOST:PORT                     # one line per job
     data-node watch JOB_ID --address HOST:PORT
     data-node cancel JOB_ID --address HOST:PORT
@@ -27,8 +30,10 @@ CA.pem`` (TLS; ``--tls`` alone trusts gRPC's bundled roots), ``--cert C.pem --ke
 or a ``#`` comment is the bearer token; ``health`` sends none). ``build`` takes SubmitBuildJobRequest's fields as flags of the same names. An input is
 ``--volume PATH[:KEY]`` (a file under the node's data root; KEY is the HDF5 or zarr array
 path) or ``--volume_dataset DATASET:ARRAY`` (an array of a served dataset); likewise
-``--mask`` / ``--mask_dataset``. ``build`` and ``watch`` exit 0 when the job succeeds, 1 when
-it fails or is cancelled, 2 when the node refuses the request.
+``--mask`` / ``--mask_dataset``. ``import`` takes ImportCases' fields as flags; each
+``--case IMAGE[,LABEL]`` is one case, IMAGE and LABEL each ``PATH[:KEY]`` under the data
+root. ``build``, ``import`` and ``watch`` exit 0 when the job succeeds, 1 when it fails or
+is cancelled, 2 when the node refuses the request.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from data_client import DataNodeClient, DataNodeError, DatasetInfo, TlsConfig
-from data_client.jobs import DatasetArray, FileArray, JobInfo, JobState
+from data_client.jobs import CaseInput, DatasetArray, FileArray, JobInfo, JobState
 from data_node.config import EXECUTORS, load
 from data_node.errors import ConfigError, PathOutsideRootError
 from data_tools._parse import parse_non_negative_int, parse_positive_int
@@ -72,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     health_parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     _add_build_parser(commands)
     _add_registry_parsers(commands)
+    _add_import_parser(commands)
     _add_demo_data_parser(commands)
     jobs_parser = commands.add_parser("jobs", help="list the node's build jobs")
     _add_connection_arguments(jobs_parser)
@@ -225,6 +231,54 @@ def _describe_dataset(info: DatasetInfo) -> str:
     return f"{info.name!r}: {info.length} samples; {arrays}"
 
 
+def _add_import_parser(commands: Any) -> None:
+    command = commands.add_parser(
+        "import", help="submit an import of medical cases (2D slices) and watch it"
+    )
+    _add_connection_arguments(command)
+    command.add_argument("--output", required=True, help="output name under the output root")
+    command.add_argument(
+        "--case",
+        dest="cases",
+        action="append",
+        required=True,
+        metavar="IMAGE[,LABEL]",
+        help="one case: image and optional label, each PATH[:KEY] under the data root",
+    )
+    command.add_argument(
+        "--slice-axis", "--slice_axis", type=int, help="axis of the (z, y, x) arrays (0)"
+    )
+    command.add_argument("--orientation", help="reorient every case, e.g. RAS or LPS")
+    command.add_argument(
+        "--spacing", type=float, nargs=2, metavar=("ROWS", "COLS"), help="in-plane spacing"
+    )
+    command.add_argument("--size", type=int, nargs=2, metavar=("ROWS", "COLS"), help="slice size")
+    command.add_argument("--clip", type=float, nargs=2, metavar=("LOW", "HIGH"), help="clip")
+    command.add_argument("--normalize", help="none (default), zscore, minmax or window")
+    command.add_argument(
+        "--keep-unlabelled",
+        "--keep_unlabelled",
+        type=float,
+        help="fraction of the slices without labels kept (1)",
+    )
+    command.add_argument(
+        "--label-values", "--label_values", type=int, nargs="+", help="the labels cases may hold"
+    )
+    command.add_argument(
+        "--file-format", "--file_format", default="hdf5", help="hdf5 (default) or zarr"
+    )
+    command.add_argument("--batchsize", type=int, default=32, help="slices per write (32)")
+    command.add_argument(
+        "--writer-options", "--writer_options", type=json.loads, help="a JSON object"
+    )
+    command.add_argument(
+        "--register-as", "--register_as", help="serve the result as a dataset of this name"
+    )
+    command.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    command.add_argument("--seed", type=int, help="seed of the keep_unlabelled draw")
+    command.add_argument("--detach", action="store_true", help="print the job id and exit")
+
+
 def _add_demo_data_parser(commands: Any) -> None:
     demo = commands.add_parser("demo-data", help=f"write the demo dataset DIR/{_DEMO_FILE}")
     demo.add_argument("directory", type=Path, help="where to write it (created if missing)")
@@ -260,15 +314,28 @@ def _array_input(path: str | None, dataset: str | None) -> FileArray | DatasetAr
     if dataset is not None:
         name, _, array = dataset.partition(":")
         return DatasetArray(name, array)
-    if path is not None:
-        file, _, key = path.partition(":")
-        return FileArray(file, key)
-    return None
+    return None if path is None else _file_input(path)
+
+
+def _file_input(text: str) -> FileArray:
+    """``PATH[:KEY]`` as a FileArray."""
+    file, _, key = text.partition(":")
+    return FileArray(file, key)
 
 
 def _build(args: argparse.Namespace) -> int:
     volume = _array_input(args.volume, args.volume_dataset)
     assert volume is not None  # argparse requires one
+    from data_tools.medical import IMAGE_SUFFIXES  # imported here for the reason in main()
+
+    image = isinstance(volume, FileArray) and volume.path.lower().endswith(IMAGE_SUFFIXES)
+    if image and args.slice_axis % 3 != 0:
+        print(
+            f"data-node build: warning: a medical image is a (z, y, x) array; "
+            f"--slice-axis {args.slice_axis} cuts it along x or y; "
+            "--slice-axis 0 cuts its axial slices",
+            file=sys.stderr,
+        )
     with _client(args) as client:
         job = client.submit_build(
             args.output,
@@ -292,6 +359,34 @@ def _build(args: argparse.Namespace) -> int:
         return 0 if args.detach else _wait(job)
 
 
+def _import(args: argparse.Namespace) -> int:
+    cases = []
+    for text in args.cases:
+        image, _, label = text.partition(",")
+        cases.append(CaseInput(_file_input(image), _file_input(label) if label else None))
+    with _client(args) as client:
+        job = client.submit_import(
+            args.output,
+            cases,
+            slice_axis=args.slice_axis,
+            orientation=args.orientation,
+            spacing=args.spacing,
+            size=args.size,
+            clip=args.clip,
+            normalize=args.normalize,
+            keep_unlabelled=args.keep_unlabelled,
+            label_values=args.label_values,
+            file_format=args.file_format,
+            batchsize=args.batchsize,
+            writer_options=args.writer_options,
+            register_as=args.register_as,
+            overwrite=args.overwrite,
+            seed=args.seed,
+        )
+        print(f"job {job.job_id} submitted")
+        return 0 if args.detach else _wait(job)
+
+
 def _wait(job: BuildJob) -> int:
     info = job.wait(progress=True)
     print(_describe(info))
@@ -300,6 +395,10 @@ def _wait(job: BuildJob) -> int:
 
 def _describe(info: JobInfo) -> str:
     counts = " ".join(f"class_{c.value}={c.written}/{c.total}" for c in info.classes)
+    if info.cases:
+        done = sum(case.done for case in info.cases)
+        kept = sum(case.kept for case in info.cases)
+        counts = f"cases={done}/{len(info.cases)} slices={kept}"
     line = (
         f"{info.job_id} {info.state.value:<9} {info.fraction_done:6.1%} "
         f"{info.elapsed_seconds:7.1f}s output={info.output!r} {counts}"
@@ -349,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _demo_data(args)
             if args.command in ("register", "remove"):
                 return _register(args) if args.command == "register" else _remove(args)
+            if args.command == "import":
+                return _import(args)
             return _build(args) if args.command == "build" else _jobs_command(args)
         except (DataNodeError, TypeError, ValueError, OSError) as error:
             print(f"data-node {args.command}: {error}", file=sys.stderr)

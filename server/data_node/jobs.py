@@ -1,14 +1,16 @@
-"""Patch-dataset build jobs: check a request, queue it, run it in its own process, persist it.
+"""Build jobs (patch builds and imports): check a request, queue it, run it, persist it.
 
 Life cycle. ``JobManager.submit`` checks a ``SubmitBuildJobRequest`` (reading only the
 inputs' headers) and queues the job. At most ``jobs.max_concurrent_jobs`` jobs run at once,
 each in a process of its own started from a ``forkserver`` context, so a crash or a huge
 job never takes the node down. A job is QUEUED, then RUNNING, and ends SUCCEEDED, FAILED or
-CANCELLED. Its process reports the planned and written patch counts through a pipe.
+CANCELLED. Its process reports the planned patches and bytes per class, then the patches
+written (a patch build), or each case once written (an import), through a pipe.
 
 Output. A job writes into ``<output_root>/.jobs/<job_id>`` and only the node publishes it:
 once the process has exited after reporting success and the dataset is marked complete
-(``data_tools.patches.is_dataset_complete``), the directory is renamed to
+(``data_tools.patches.is_dataset_complete``, ``data_tools.medical.is_import_complete``),
+the directory is renamed to
 ``<output_root>/<output>`` (an existing one is replaced only with ``overwrite``). A failed,
 cancelled or interrupted job's directory is removed, so no complete-looking output is ever
 left under its name; the directory under ``.jobs`` is itself never marked complete unless
@@ -17,11 +19,14 @@ the build finished. Cancelling terminates the process (SIGTERM, then SIGKILL aft
 
 register_as. A succeeded job with ``register_as`` is registered (``DatasetRegistry.register``,
 as RegisterDataset does: served at once, persisted in the state dir and so served again
-after a restart, removable with RemoveDataset) as a dataset with two arrays: ``patch``, every class's patches one after the other
-in class order (a ``multi_source_array`` over the ``class_<v>`` arrays), and ``label``, the
-class value of each patch; its description lists the classes. A name of a configured
-dataset is refused; a registered name (by an earlier job or RegisterDataset) is taken over,
-ending that dataset's open streams.
+after a restart, removable with RemoveDataset). A patch build is served with two arrays:
+``patch``, every class's patches one after the other in class order (a
+``multi_source_array`` over the ``class_<v>`` arrays), with ``store_masks`` ``mask`` (the
+``mask_<v>`` arrays likewise), and ``label``, the class value of each patch; its description
+lists the classes. An import is served with the arrays of its store: ``image``, ``mask``
+(with labels), ``case`` and ``slice``. A name of a configured dataset is refused; a
+registered name (by an earlier job or RegisterDataset) is taken over, ending that dataset's
+open streams.
 
 Persistence. Every job is recorded in ``<state_dir>/jobs.sqlite3``. When the node starts,
 ended jobs list as they ended; jobs that were RUNNING when the node stopped or died are
@@ -48,6 +53,7 @@ from multiprocessing import connection as mp_connection
 from typing import TYPE_CHECKING, Any, cast
 
 from data_node import _job_worker
+from data_node._import import ImportSpec
 from data_node._job_request import (
     FILE_FORMATS,
     IMAGE_SUFFIXES,
@@ -68,6 +74,8 @@ from data_node.errors import (
     NodeStoppingError,
     RequestError,
 )
+from data_tools.io.writers import is_complete
+from data_tools.medical import CASES_CONTAINERS, Case, default_case_name, is_import_complete
 from data_tools.patches import CONTAINERS, is_dataset_complete
 from data_wire.v1 import jobs_pb2
 
@@ -92,12 +100,15 @@ __all__ = [
     "WRITER_OPTIONS",
     "BuildPlan",
     "JobManager",
+    "import_dataset_config",
     "open_patch_dataset",
     "parse_build_request",
     "patch_dataset_config",
 ]
 
 PATCH_ARRAY = "patch"
+MASK_ARRAY = "mask"
+IMPORT_ARRAYS = ("image", "mask", "case", "slice")
 INTERRUPTED = "interrupted: the node stopped while the job ran; it is not resumed, submit it again"
 CANCEL_GRACE = 3.0
 DATABASE = "jobs.sqlite3"
@@ -114,24 +125,37 @@ logger = logging.getLogger(__name__)
 
 
 def patch_dataset_config(
-    name: str, directory: Path, file_format: str, classes: tuple[int, ...]
+    name: str,
+    directory: Path,
+    file_format: str,
+    classes: tuple[int, ...],
+    *,
+    masks: bool = False,
 ) -> DatasetConfig:
-    """A create_dataset output as a dataset: arrays ``patch`` and ``label``.
+    """A create_dataset output as a dataset: arrays ``patch``, [``mask``,] ``label``.
 
     Args:
         name: The dataset's name.
         directory: The directory create_dataset wrote in.
         file_format: Its file_format.
         classes: The class values, in the order of the patches.
+        masks: Keyword-only. Serve the mask patches (``store_masks``) as ``mask``.
     """
     container = directory / CONTAINERS[file_format]
-    sources = tuple(
-        SourceConfig(container / f"class_{value}", "bcolz")
-        if file_format == "bcolz"
-        else SourceConfig(container, file_format, f"class_{value}")
-        for value in classes
+    prefixes = {PATCH_ARRAY: "class"} | ({MASK_ARRAY: "mask"} if masks else {})
+    arrays = tuple(
+        ArrayConfig(
+            array,
+            tuple(
+                SourceConfig(container / f"{prefix}_{value}", "bcolz")
+                if file_format == "bcolz"
+                else SourceConfig(container, file_format, f"{prefix}_{value}")
+                for value in classes
+            ),
+        )
+        for array, prefix in prefixes.items()
     )
-    return DatasetConfig(name, (ArrayConfig(PATCH_ARRAY, sources),), class_list=classes)
+    return DatasetConfig(name, arrays, class_list=classes)
 
 
 def open_patch_dataset(
@@ -140,6 +164,8 @@ def open_patch_dataset(
     file_format: str,
     classes: tuple[int, ...],
     cache: ChunkCache | None = None,
+    *,
+    masks: bool = False,
 ) -> Dataset:
     """Open a create_dataset output as a served dataset (see ``patch_dataset_config``).
 
@@ -149,7 +175,19 @@ def open_patch_dataset(
     Raises:
         ConfigError: An array cannot be opened, or its dtype does not travel on the wire.
     """
-    return open_dataset(patch_dataset_config(name, directory, file_format, classes), cache)
+    config = patch_dataset_config(name, directory, file_format, classes, masks=masks)
+    return open_dataset(config, cache)
+
+
+def import_dataset_config(name: str, directory: Path, file_format: str) -> DatasetConfig:
+    """An import_cases output as a dataset: ``image``, [``mask``,] ``case``, ``slice``."""
+    container = directory / CASES_CONTAINERS[file_format]
+    arrays = tuple(
+        ArrayConfig(array, (SourceConfig(container, file_format, array),))
+        for array in IMPORT_ARRAYS
+        if array != MASK_ARRAY or is_complete(container, array)
+    )
+    return DatasetConfig(name, arrays)
 
 
 # ---------------------------------------------------------------- the jobs
@@ -165,7 +203,9 @@ class _Job:
     created_at: float
     started_at: float = 0.0
     ended_at: float = 0.0
-    classes: dict[int, list[int]] = field(default_factory=dict)  # value -> [written, total]
+    # A patch build: class value -> [written, total, bytes]; an import: case index ->
+    # [done (0 or 1), slices, kept].
+    classes: dict[int, list[int]] = field(default_factory=dict)
     error: str = ""
     plan: BuildPlan | None = None
     process: BaseProcess | None = None
@@ -186,7 +226,7 @@ class _Job:
             created_at=self.created_at,
             started_at=self.started_at,
             ended_at=self.ended_at,
-            classes=tuple((v, w, t) for v, (w, t) in self.classes.items()),
+            classes=tuple((key, *entry) for key, entry in self.classes.items()),
             error=self.error,
         )
 
@@ -199,26 +239,41 @@ class _Job:
             created_at=record.created_at,
             started_at=record.started_at,
             ended_at=record.ended_at,
-            classes={v: [w, t] for v, w, t in record.classes},
+            # Records of earlier versions hold no bytes: 0.
+            classes={key: [*entry, 0][:3] for key, *entry in record.classes},
             error=record.error,
         )
 
+    @property
+    def is_import(self) -> bool:
+        return self.request.HasField("import_cases")
+
     def message(self, now: float) -> jobs_pb2.Job:
-        written = sum(w for w, _ in self.classes.values())
-        total = sum(t for _, t in self.classes.values())
+        classes, cases = [], []
+        if self.is_import:
+            names = _case_names(self.request)
+            cases = [
+                jobs_pb2.CaseProgress(index=i, name=names[i], done=bool(d), slices=n, kept=k)
+                for i, (d, n, k) in self.classes.items()
+            ]
+            done, total = sum(c.done for c in cases), len(cases)
+        else:
+            classes = [
+                jobs_pb2.ClassProgress(value=v, written=w, total=t, total_bytes=b)
+                for v, (w, t, b) in self.classes.items()
+            ]
+            done, total = sum(c.written for c in classes), sum(c.total for c in classes)
         if self.state == SUCCEEDED:
             fraction = 1.0
         else:
-            fraction = written / total if total else 0.0
+            fraction = done / total if total else 0.0
         elapsed = (self.ended_at or now) - self.started_at if self.started_at else 0.0
         return jobs_pb2.Job(
             job_id=self.job_id,
             state=self.state,
             request=self.request,
-            classes=[
-                jobs_pb2.ClassProgress(value=v, written=w, total=t)
-                for v, (w, t) in self.classes.items()
-            ],
+            classes=classes,
+            cases=cases,
             fraction_done=fraction,
             elapsed_seconds=max(0.0, elapsed),
             error=self.error,
@@ -306,6 +361,8 @@ class JobManager:
                     "retry later or raise the limit."
                 )
             job = _Job(uuid.uuid4().hex, plan.request, QUEUED, time.time(), plan=plan)
+            if isinstance(plan.spec, ImportSpec):
+                job.classes = {i: [0, 0, 0] for i in range(len(plan.spec.cases))}
             self._store.insert(job.record())
             self._jobs[job.job_id] = job
             message = job.message(time.time())
@@ -516,7 +573,9 @@ class JobManager:
 
     def _apply(self, job: _Job, kind: str, payload: Any) -> None:
         if kind == "plan":
-            job.classes = {value: [0, total] for value, total in payload.items()}
+            job.classes = {value: [0, p.patches, p.bytes] for value, p in payload.items()}
+        elif kind == "case":
+            job.classes[payload.index] = [1, payload.slices, payload.kept]
         elif kind == "progress":
             for value, written in payload.items():
                 job.classes[value][0] = written
@@ -524,7 +583,7 @@ class JobManager:
             job.result = payload
         else:
             job.error = payload
-        self._changed_job(job, persist=kind == "plan")
+        self._changed_job(job, persist=kind in ("plan", "case"))
 
     def _reap(self, job: _Job) -> None:
         self._receive(job)
@@ -553,7 +612,8 @@ class JobManager:
         assert plan is not None
         assert job.result is not None
         staging = self._staging_root / job.job_id
-        if not is_dataset_complete(staging, plan.spec.file_format):
+        is_done = is_import_complete if job.is_import else is_dataset_complete
+        if not is_done(staging, plan.spec.file_format):
             self._finish(job, FAILED, "the job's output is not marked complete")
             return
         try:
@@ -561,7 +621,8 @@ class JobManager:
         except OSError as error:
             self._finish(job, FAILED, f"output: could not publish the result: {error}")
             return
-        job.classes = {value: [count, count] for value, count in job.result.items()}
+        if not job.is_import:
+            job.classes = {v: [n, n, job.classes[v][2]] for v, n in job.result.items()}
         if plan.register_as:
             try:
                 self._serve(plan.register_as, job)
@@ -573,7 +634,13 @@ class JobManager:
 
     def _serve(self, name: str, job: _Job) -> None:
         output = resolve_inside(self._config.output_root, job.request.output, field_name="output")
-        config = patch_dataset_config(name, output, job.request.file_format, tuple(job.classes))
+        file_format = job.request.file_format
+        if job.is_import:
+            config = import_dataset_config(name, output, file_format)
+        else:
+            config = patch_dataset_config(
+                name, output, file_format, tuple(job.classes), masks=job.request.store_masks
+            )
         self._registry.register(config, replace=True)
 
     def _finish(self, job: _Job, state: jobs_pb2.JobState, error: str = "") -> None:
@@ -643,6 +710,14 @@ class JobManager:
 def _state_name(state: jobs_pb2.JobState) -> str:
     """ "QUEUED", "RUNNING", ...: the JobState name without its prefix."""
     return jobs_pb2.JobState.Name(state).removeprefix(_STATE_PREFIX)
+
+
+def _case_names(request: jobs_pb2.SubmitBuildJobRequest) -> list[str]:
+    """The name of each case of an import request, as import_cases names it."""
+    return [
+        default_case_name(Case(case.image.path, name=case.name or None), i)
+        for i, case in enumerate(request.import_cases.cases)
+    ]
 
 
 def _overlap(a: Path, b: Path) -> bool:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTAINERS",
+    "LARGE_PLAN_BYTES",
+    "LARGE_PLAN_RATIO",
+    "ClassPlan",
+    "as_stack",
+    "choose_pixels",
     "class_counts",
     "create_dataset",
     "is_dataset_complete",
@@ -42,6 +48,7 @@ __all__ = [
     "parse_image",
     "parse_slice_axis",
     "patch_generator",
+    "plan_classes",
 ]
 
 FloatPatches: TypeAlias = npt.NDArray[np.float32]
@@ -50,6 +57,11 @@ Coordinates: TypeAlias = npt.NDArray[np.intp]
 # Float32 elements gathered per block by default (16 MiB): large enough that numpy, not
 # Python, does the work, small enough that a block never dominates memory.
 _BLOCK_ELEMENTS = 1 << 22
+# create_dataset warns when its patches would take at least LARGE_PLAN_BYTES and at least
+# LARGE_PLAN_RATIO times the bytes of its input: every pixel gives a whole patch, so a
+# 250 KB volume easily becomes hundreds of MB.
+LARGE_PLAN_BYTES = 64 << 20
+LARGE_PLAN_RATIO = 64
 
 
 def parse_image(name: str, value: Any) -> npt.NDArray[Any]:
@@ -79,6 +91,11 @@ def parse_slice_axis(value: Any, ndim: int) -> int:
             f"Expected slice_axis to be an axis of the 3D source, in [-3, 2]. Got {axis} instead."
         )
     return axis % ndim
+
+
+def as_stack(array: npt.NDArray[Any], slice_axis: int) -> npt.NDArray[Any]:
+    """View ``array`` as (slice, row, column): slices first, one slice for 2D."""
+    return array[np.newaxis] if array.ndim == 2 else np.moveaxis(array, slice_axis, 0)
 
 
 def _parse_rng(value: Any) -> np.random.Generator:
@@ -180,8 +197,7 @@ class patch_generator:
         return mask.astype(bool, copy=False)
 
     def _as_stack(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """View ``array`` as (slice, row, column): slices first, one slice for 2D."""
-        return array[np.newaxis] if array.ndim == 2 else np.moveaxis(array, self.slice_axis, 0)
+        return as_stack(array, self.slice_axis)
 
     def __len__(self) -> int:
         """The number of patches one iteration yields."""
@@ -249,8 +265,8 @@ class patch_generator:
         centres = np.stack(np.unravel_index(picks, self._stack.shape), axis=1).astype(np.intp)
         yield 0, self._pad(self._stack), centres
 
-    def _pad(self, stack: npt.NDArray[Any]) -> FloatPatches:
-        """Return ``stack`` as float32, padded in-plane so each pixel has a full patch."""
+    def _pad(self, stack: npt.NDArray[Any], dtype: npt.DTypeLike = np.float32) -> npt.NDArray[Any]:
+        """Return ``stack`` as ``dtype``, padded in-plane so each pixel has a full patch."""
         before = self.patchsize // 2
         widths = (
             (0, 0),
@@ -258,7 +274,31 @@ class patch_generator:
             (before, self.patchsize - 1 - before),
         )
         mode: Literal["symmetric", "constant"] = "symmetric" if self.mirrored else "constant"
-        return np.pad(stack.astype(np.float32, copy=False), widths, mode=mode)
+        return np.pad(stack.astype(dtype, copy=False), widths, mode=mode)
+
+    def cutter(self, array: Any, dtype: npt.DTypeLike) -> Callable[[Coordinates], npt.NDArray[Any]]:
+        """A function cutting patches of ``array`` at centres, as this generator cuts source.
+
+        ``array`` (of source's shape) is read and padded once, as ``dtype``, with this
+        generator's edges; the function returned takes centres as :meth:`iter_blocks`
+        yields them and returns their ``(n, patchsize, patchsize)`` patches of ``array``:
+        the mask patch of every image patch, say.
+
+        Raises:
+            ValueError: If ``array``'s shape differs from source's.
+        """
+        values = np.asarray(array)
+        if values.shape != self.source.shape:
+            raise ValueError(
+                f"Expected an array of source's shape, {self.source.shape}. "
+                f"Got shape {values.shape} instead."
+            )
+        padded = self._pad(self._as_stack(values), dtype)
+        windows = sliding_window_view(padded, (self.patchsize,) * 2, axis=(1, 2))
+        if self.source.ndim == 2:
+            return lambda centres: windows[0, centres[:, 0], centres[:, 1]]
+        axis, (row, col) = self.slice_axis, (a for a in range(3) if a != self.slice_axis)
+        return lambda centres: windows[centres[:, axis], centres[:, row], centres[:, col]]
 
     def _source_coordinates(self, centres: Coordinates) -> Coordinates:
         """Map (slice, row, column) centres to indices in ``source``'s axis order."""
@@ -326,25 +366,105 @@ def class_counts(mask: npt.NDArray[Any] | None, class_list: Any, size: int) -> d
     return {value: present[value] for value in classes}
 
 
+class ClassPlan(NamedTuple):
+    """What a build writes for one class: its patches, and their bytes before compression."""
+
+    patches: int
+    bytes: int
+
+
+def plan_classes(
+    counts: Mapping[int, int], patchsize: int, mask_dtype: npt.DTypeLike | None = None
+) -> dict[int, ClassPlan]:
+    """{class value: ClassPlan} for ``counts`` patches per class, in ``counts``' order.
+
+    A patch takes ``patchsize**2`` float32 values, plus as many of ``mask_dtype`` when the
+    mask patches are stored too (``mask_dtype`` not None).
+    """
+    itemsize = 4 + (0 if mask_dtype is None else np.dtype(mask_dtype).itemsize)
+    return {value: ClassPlan(n, n * patchsize**2 * itemsize) for value, n in counts.items()}
+
+
+def choose_pixels(
+    labels: npt.NDArray[Any] | None,
+    counts: Mapping[int, int],
+    cap: int | None,
+    random_order: bool,
+    rng: np.random.Generator,
+) -> dict[int, npt.NDArray[np.intp]]:
+    """Per class, the flat indices into the (slice, row, column) stack of the pixels to extract.
+
+    Ascending. A class of more than ``cap`` pixels keeps its first ``cap`` ones, or with
+    ``random_order`` a uniformly random subset of them (drawn from ``rng``, class by class).
+
+    Args:
+        labels: The mask as a stack (see :func:`as_stack`); None: every pixel is class 0.
+        counts: {class value: its pixels}, as :func:`class_counts` returns.
+        cap: The most pixels per class; None: all.
+        random_order: Draw a random subset rather than the first pixels.
+        rng: The random source.
+    """
+    flat = None if labels is None else labels.reshape(-1)
+    chosen = {}
+    for value, count in counts.items():
+        if flat is None:
+            pixels = np.arange(count, dtype=np.intp)
+        else:
+            pixels = np.flatnonzero(flat == value).astype(np.intp, copy=False)
+        if cap is not None and count > cap:
+            if random_order:
+                pixels = np.sort(rng.choice(pixels, size=cap, replace=False))
+            else:
+                pixels = pixels[:cap]
+        chosen[value] = pixels
+    return chosen
+
+
+def _warn_if_large(plan: Mapping[int, ClassPlan], input_bytes: int) -> None:
+    planned = sum(entry.bytes for entry in plan.values())
+    if planned >= LARGE_PLAN_BYTES and planned >= LARGE_PLAN_RATIO * input_bytes:
+        patches = sum(entry.patches for entry in plan.values())
+        warnings.warn(
+            f"create_dataset plans {patches} patches taking {_size(planned)} (before "
+            f"compression), {planned / max(input_bytes, 1):.0f} times its input's "
+            f"{_size(input_bytes)}: every selected pixel gives a whole patch. Bound it with "
+            "max_patches_per_class (or fewer classes in class_list).",
+            stacklevel=3,
+        )
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if num_bytes < 1000 or unit == "GB":
+            break
+        num_bytes /= 1000  # type: ignore[assignment]
+    return f"{num_bytes:.4g} {unit}"
+
+
+def _mask_patch_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """Mask patches hold integers: bools as uint8, integral floats as int32."""
+    if dtype == np.bool_:
+        return np.dtype(np.uint8)
+    return dtype if np.issubdtype(dtype, np.integer) else np.dtype(np.int32)
+
+
 def _open_writer(
     file_format: str,
     container: str,
-    value: int,
+    name: str,
+    dtype: np.dtype[Any],
     first: bool,
     length: int,
     element_shape: tuple[int, ...],
     batch_size: int,
     kwargs: Mapping[str, Any],
 ) -> buffered_array_writer:
-    """Open the writer of array ``class_<value>``; the first one replaces an HDF5/zarr file."""
-    name = f"class_{value}"
+    """Open the writer of array ``name``; the first one replaces an HDF5/zarr file."""
     if file_format == "bcolz":
         path = os.path.join(container, name)
-        return bcolz_array_writer(
-            element_shape, np.float32, batch_size, path, length, False, kwargs
-        )
+        return bcolz_array_writer(element_shape, dtype, batch_size, path, length, False, kwargs)
     writer = h5py_array_writer if file_format == "hdf5" else zarr_array_writer
-    return writer(element_shape, np.float32, batch_size, container, name, length, not first, kwargs)
+    return writer(element_shape, dtype, batch_size, container, name, length, not first, kwargs)
 
 
 def create_dataset(
@@ -362,6 +482,10 @@ def create_dataset(
     slice_axis: int = -1,
     rng: Any = None,
     progress: Callable[[dict[int, int]], None] | None = None,
+    planned: Callable[[dict[int, ClassPlan]], None] | None = None,
+    max_patches_per_class: int | None = None,
+    store_masks: bool = False,
+    attrs: Mapping[str, Any] | None = None,
 ) -> dict[int, int]:
     """Extract patches around every pixel of a volume and save them, one array per class.
 
@@ -371,6 +495,11 @@ def create_dataset(
     ``slice_axis``). The patches of class ``v`` are stored as a float32 array named
     ``class_<v>`` (``v`` the integer mask value, e.g. ``class_0``, ``class_-1``) of shape
     ``(n_v, 1, patchsize, patchsize)``: axis 1 is a channel axis of length 1.
+
+    With ``store_masks`` each class also gets an array ``mask_<v>`` of the same shape: the
+    patch of ``mask`` cut at the same centre with the same edges (``mask_<v>[i]`` belongs to
+    ``class_<v>[i]``), in the mask's integer dtype (bools as uint8, integral floats as
+    int32), ready for segmentation training.
 
     On-disk layout, by ``file_format``, inside the directory ``save_path`` (created if
     missing; nothing else in it is touched):
@@ -394,6 +523,10 @@ def create_dataset(
     Order: with ``random_order`` the patches of each class are in a uniformly random
     order; otherwise in ``patch_generator``'s order (slices, then row-major).
 
+    Size: before writing, the plan (:class:`ClassPlan` per class: patches and bytes before
+    compression) goes to ``planned``, and a ``UserWarning`` says so when it takes at least
+    ``LARGE_PLAN_BYTES`` and ``LARGE_PLAN_RATIO`` times the input's bytes.
+
     Args:
         save_path: The directory to write the container in.
         patchsize: Edge length of the square patches, in pixels; an int >= 1.
@@ -413,13 +546,24 @@ def create_dataset(
             ``{}``. Never modified.
         show_progress: Draw a tqdm progress bar on stderr, counting patches. Default False.
         slice_axis: Keyword-only. The axis of a 3D ``volume`` that indexes slices, in
-            [-3, 2]. Default -1. Ignored for a 2D volume.
-        rng: Keyword-only. Random source for ``random_order``: None, an int seed, or a
+            [-3, 2]. Default -1. Ignored for a 2D volume. A medical image read with
+            SimpleITK is a (z, y, x) array: ``slice_axis=0`` cuts its axial slices.
+        rng: Keyword-only. Random source for ``random_order`` and the
+            ``max_patches_per_class`` subset: None, an int seed, or a
             ``numpy.random.Generator``. Default None.
         progress: Keyword-only. Called after each block of patches is handed to the writers
             with ``{class value: patches written so far}`` (every class, in the order of the
             returned dict; a fresh dict each call). An exception it raises aborts the build
             like any other failure. Default None.
+        planned: Keyword-only. Called once, before anything is written, with
+            ``{class value: ClassPlan(patches, bytes)}``. Default None.
+        max_patches_per_class: Keyword-only. Keep at most this many patches (>= 1) per
+            class: the first ones in order, or with ``random_order`` a random subset drawn
+            from ``rng``. Default None: all.
+        store_masks: Keyword-only. Also store each patch's mask patch (``mask_<v>``);
+            needs ``mask``. Default False.
+        attrs: Keyword-only. Attributes set on every array written (values: numbers,
+            strings or lists of numbers), e.g. the volume's voxel spacing. Default None.
 
     Returns:
         ``{class value: number of patches written}``, in ``class_list`` order (ascending
@@ -427,39 +571,67 @@ def create_dataset(
 
     Raises:
         TypeError: If ``save_path`` is not a path, ``patchsize``, ``batchsize``,
-            ``slice_axis`` or a ``class_list`` value is not an int, ``class_list`` is not a
-            sequence, ``random_order`` or ``show_progress`` is not a bool, ``kwargs`` is
-            not a mapping, ``progress`` is neither None nor callable, ``volume`` or ``mask`` has an unsupported dtype, or ``rng`` is
-            not accepted by ``numpy.random.default_rng``.
-        ValueError: If ``patchsize`` or ``batchsize`` < 1, ``file_format`` is unknown
-            (with a did-you-mean hint), ``volume`` is not 2D or 3D or has no pixel,
-            ``mask``'s shape differs from ``volume``'s or it holds non-integral values,
-            ``class_list`` is given without ``mask``, is empty, repeats a value or names a
-            value absent from ``mask``, ``slice_axis`` is not an axis of ``volume``, or
-            ``kwargs`` sets a key the writer sets itself.
+            ``slice_axis``, ``max_patches_per_class`` or a ``class_list`` value is not an
+            int, ``class_list`` is not a sequence, ``random_order``, ``store_masks`` or
+            ``show_progress`` is not a bool, ``kwargs`` or ``attrs`` is not a mapping,
+            ``progress`` or ``planned`` is neither None nor callable, ``volume`` or ``mask``
+            has an unsupported dtype, or ``rng`` is not accepted by
+            ``numpy.random.default_rng``.
+        ValueError: If ``patchsize``, ``batchsize`` or ``max_patches_per_class`` < 1,
+            ``file_format`` is unknown (with a did-you-mean hint), ``volume`` is not 2D or
+            3D or has no pixel, ``mask``'s shape differs from ``volume``'s or it holds
+            non-integral values, ``class_list`` is given without ``mask``, is empty, repeats
+            a value or names a value absent from ``mask``, ``store_masks`` is set without
+            ``mask``, ``slice_axis`` is not an axis of ``volume``, or ``kwargs`` sets a key
+            the writer sets itself.
         OSError: If ``save_path`` cannot be created or written.
         data_tools.errors.WriterError: If writing an array fails.
     """
     directory = parse_path("save_path", save_path)
     file_format = parse_option("file_format", file_format, CONTAINERS)
     batch_size = parse_positive_int("batchsize", batchsize)
-    if kwargs is not None and not isinstance(kwargs, Mapping):
-        raise TypeError(f"Expected kwargs to be a dict or None. Got {kwargs!r} instead.")
-    options = dict(kwargs or {})
+    options = dict(_parse_mapping("kwargs", kwargs))
+    extra_attrs = dict(_parse_mapping("attrs", attrs))
     show_bar = parse_bool("show_progress", show_progress)
-    if progress is not None and not callable(progress):
-        raise TypeError(f"Expected progress to be None or a callable. Got {progress!r} instead.")
+    shuffle = parse_bool("random_order", random_order)
+    with_masks = parse_bool("store_masks", store_masks)
+    cap = None
+    if max_patches_per_class is not None:
+        cap = parse_positive_int("max_patches_per_class", max_patches_per_class)
+    for name, callback in (("progress", progress), ("planned", planned)):
+        if callback is not None and not callable(callback):
+            raise TypeError(f"Expected {name} to be None or a callable. Got {callback!r} instead.")
+    generator_rng = _parse_rng(rng)
     image = parse_image("volume", volume)
     if image.size == 0:
         raise ValueError(
             f"Expected volume to have at least one pixel. Got shape {image.shape} instead."
         )
     labels = None if mask is None else parse_class_mask(mask, image.shape)
+    if with_masks and labels is None:
+        raise ValueError(
+            "Expected a mask with store_masks=True (the mask patches are cut from it). "
+            "Got mask=None instead."
+        )
     counts = class_counts(labels, class_list, image.size)
+    axis = parse_slice_axis(slice_axis, image.ndim)
     selection = None if labels is None or class_list is None else np.isin(labels, list(counts))
+    if cap is not None and any(count > cap for count in counts.values()):
+        stacked = None if labels is None else as_stack(labels, axis)
+        kept = choose_pixels(stacked, counts, cap, shuffle, generator_rng)
+        picked = np.zeros(as_stack(image, axis).shape, dtype=bool)
+        for pixels in kept.values():
+            picked.reshape(-1)[pixels] = True
+        selection = picked[0] if image.ndim == 2 else np.moveaxis(picked, 0, axis)
+        counts = {value: len(pixels) for value, pixels in kept.items()}
     generator = patch_generator(
-        patchsize, image, selection, random_order, slice_axis=slice_axis, rng=rng
+        patchsize, image, selection, shuffle, slice_axis=axis, rng=generator_rng
     )
+    mask_dtype = None if labels is None or not with_masks else _mask_patch_dtype(labels.dtype)
+    plan = plan_classes(counts, generator.patchsize, mask_dtype)
+    _warn_if_large(plan, image.nbytes + (0 if labels is None else labels.nbytes))
+    if planned is not None:
+        planned(dict(plan))
 
     container = os.path.join(directory, CONTAINERS[file_format])
     os.makedirs(directory, exist_ok=True)
@@ -467,29 +639,56 @@ def create_dataset(
         shutil.rmtree(container, ignore_errors=True)
         os.makedirs(container)
     element_shape = (1, generator.patchsize, generator.patchsize)
+    arrays = [(f"class_{value}", np.dtype(np.float32), value) for value in counts]
+    if mask_dtype is not None:
+        arrays += [(f"mask_{value}", mask_dtype, value) for value in counts]
     with ExitStack() as stack:
-        # Every class array exists, marked incomplete, before the first is marked complete.
-        writers = {
-            value: stack.enter_context(
+        # Every array exists, marked incomplete, before the first is marked complete.
+        writers = [
+            stack.enter_context(
                 _open_writer(
-                    file_format, container, value, i == 0, count, element_shape, batch_size, options
+                    file_format,
+                    container,
+                    name,
+                    dtype,
+                    i == 0,
+                    counts[value],
+                    element_shape,
+                    batch_size,
+                    options,
                 )
             )
-            for i, (value, count) in enumerate(counts.items())
-        }
+            for i, (name, dtype, value) in enumerate(arrays)
+        ]
+        for writer in writers:
+            for key, attribute in extra_attrs.items():
+                writer.storage_array.attrs[key] = attribute
+        patch_writers = dict(zip(counts, writers, strict=False))
+        mask_writers = dict(zip(counts, writers[len(counts) :], strict=False))
+        cut_masks = None if mask_dtype is None else generator.cutter(labels, mask_dtype)
         bar = stack.enter_context(tqdm(total=len(generator), disable=not show_bar, unit="patch"))
         written = dict.fromkeys(counts, 0)
         for patches, centres in generator.iter_blocks():
             classes = None if labels is None else labels[tuple(centres.T)]
-            for value, writer in writers.items():
-                chosen = patches if classes is None else patches[classes == value]
+            mask_patches = None if cut_masks is None else cut_masks(centres)
+            for value, writer in patch_writers.items():
+                member = slice(None) if classes is None else classes == value
+                chosen = patches[member]
                 if len(chosen):
                     writer.buffered_write(chosen[:, np.newaxis])
                     written[value] += len(chosen)
+                    if mask_patches is not None:
+                        mask_writers[value].buffered_write(mask_patches[member][:, np.newaxis])
             bar.update(len(patches))
             if progress is not None:
                 progress(dict(written))
     return counts
+
+
+def _parse_mapping(name: str, value: Any) -> Mapping[str, Any]:
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"Expected {name} to be a dict or None. Got {value!r} instead.")
+    return value or {}
 
 
 def is_dataset_complete(save_path: str | os.PathLike[str], file_format: str = "hdf5") -> bool:

@@ -524,3 +524,131 @@ def test_create_dataset_bad_arguments(kwargs, error, match, tmp_path):
         create_dataset(**arguments)
     if kwargs.get("kwargs") != {"dtype": "f8"}:  # writer options are checked by the writer
         assert not save_path.exists()
+
+
+# ----------------------------------------------------------------- mask patches, size plan
+
+
+@pytest.mark.parametrize("file_format", FORMATS)
+@pytest.mark.parametrize("slice_axis", [0, -1])
+def test_store_masks_cuts_the_mask_at_each_patch_centre(
+    file_format, slice_axis, labelled, tmp_path
+):
+    volume, mask = labelled
+    save_path = tmp_path / "out"
+    create_dataset(
+        save_path,
+        4,
+        volume,
+        mask,
+        random_order=False,
+        batchsize=4,
+        file_format=file_format,
+        slice_axis=slice_axis,
+        store_masks=True,
+    )
+    stored = read_back(save_path, file_format)
+    assert sorted(stored) == sorted(f"{a}_{v}" for a in ("class", "mask") for v in (0, 1, 2, 7))
+    for value in (0, 1, 2, 7):
+        images, centres = reference_patches(volume, 4, mask == value, slice_axis=slice_axis)
+        masks, mask_centres = reference_patches(mask, 4, mask == value, slice_axis=slice_axis)
+        np.testing.assert_array_equal(centres, mask_centres)
+        np.testing.assert_array_equal(stored[f"class_{value}"][:, 0], images)
+        assert stored[f"mask_{value}"].dtype == mask.dtype
+        assert stored[f"mask_{value}"].shape == (len(masks), 1, 4, 4)
+        np.testing.assert_array_equal(stored[f"mask_{value}"][:, 0], masks)
+    assert is_dataset_complete(save_path, file_format)
+
+
+def test_store_masks_pairs_survive_random_order_and_the_cap(rng, tmp_path):
+    # Every pixel value is unique, so an image patch's centre value tells its centre.
+    volume = rng.permutation(6 * 7 * 8).reshape(6, 7, 8).astype(np.float64)
+    mask = rng.integers(0, 3, size=volume.shape).astype(bool)
+    create_dataset(
+        tmp_path,
+        3,
+        volume,
+        mask,
+        rng=4,
+        slice_axis=0,
+        store_masks=True,
+        max_patches_per_class=50,
+    )
+    stored = read_back(tmp_path, "hdf5")
+    padded_mask = np.pad(mask.astype(np.uint8), ((0, 0), (1, 1), (1, 1)), mode="symmetric")
+    for value in (0, 1):
+        images, masks = stored[f"class_{value}"][:, 0], stored[f"mask_{value}"][:, 0]
+        assert len(images) == len(masks) == 50
+        assert masks.dtype == np.uint8  # bool masks are stored as uint8
+        for image, mask_patch in zip(images, masks, strict=True):
+            s, r, c = np.argwhere(volume == image[1, 1])[0]
+            assert mask[s, r, c] == value
+            np.testing.assert_array_equal(mask_patch, padded_mask[s, r : r + 3, c : c + 3])
+
+
+def test_max_patches_per_class_keeps_the_first_patches_in_order(labelled, tmp_path):
+    volume, mask = labelled
+    counts = create_dataset(tmp_path, 3, volume, mask, random_order=False, max_patches_per_class=5)
+    stored = read_back(tmp_path, "hdf5")
+    assert counts == {0: 5, 1: 5, 2: 5, 7: 1}
+    for value in (0, 1, 2):
+        np.testing.assert_array_equal(
+            stored[f"class_{value}"], class_patches(3, volume, mask == value)[:5]
+        )
+
+
+def test_planned_reports_patches_and_bytes_per_class_before_writing(labelled, tmp_path):
+    volume, mask = labelled
+    plans = []
+
+    def planned(plan):
+        assert not os.path.exists(tmp_path / "patches.h5")  # nothing written yet
+        plans.append(plan)
+
+    counts = create_dataset(
+        tmp_path, 3, volume, mask.astype(np.int16), planned=planned, store_masks=True
+    )
+    assert len(plans) == 1
+    assert {v: p.patches for v, p in plans[0].items()} == counts
+    # 9 float32 image values and 9 int16 mask values per patch
+    assert {v: p.bytes for v, p in plans[0].items()} == {v: n * 9 * 6 for v, n in counts.items()}
+    assert patches_module.plan_classes({0: 10}, 4) == {0: patches_module.ClassPlan(10, 640)}
+
+
+def test_a_plan_large_for_its_input_warns(tmp_path):
+    # 256 KB of float32 in, 64 * 64 * 16 patches of 32 * 32 float32 out: 268 MB.
+    volume = np.zeros((16, 64, 64), dtype=np.float32)
+
+    def stop(written):
+        raise RuntimeError("stopped after the first block")
+
+    with (
+        pytest.warns(UserWarning, match=r"65536 patches taking 268\.4 MB .*max_patches_per_class"),
+        pytest.raises(RuntimeError, match="stopped"),
+    ):
+        create_dataset(tmp_path, 32, volume, slice_axis=0, progress=stop)
+    assert not is_dataset_complete(tmp_path)
+
+
+def test_attrs_are_set_on_every_array(labelled, tmp_path):
+    volume, mask = labelled
+    create_dataset(tmp_path, 3, volume, mask, store_masks=True, attrs={"spacing": [0.5, 2.0]})
+    with h5py.File(tmp_path / "patches.h5", "r") as file:
+        for array in file.values():
+            np.testing.assert_array_equal(array.attrs["spacing"], [0.5, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"store_masks": True}, ValueError, "Expected a mask with store_masks=True"),
+        ({"store_masks": 1}, TypeError, "store_masks"),
+        ({"max_patches_per_class": 0}, ValueError, "max_patches_per_class"),
+        ({"planned": 3}, TypeError, "planned to be None or a callable"),
+        ({"attrs": [1]}, TypeError, "attrs to be a dict or None"),
+    ],
+)
+def test_mask_patch_options_bad_arguments(kwargs, error, match, tmp_path):
+    with pytest.raises(error, match=match):
+        create_dataset(tmp_path, 3, np.zeros((4, 4)), **kwargs)
+    assert not os.path.exists(tmp_path / "patches.h5")

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61ta_wire/v1/jobs.proto\x12\x0c\x64\x61ta_wire.v1\"t\n\nArrayInput\x12\x33\n\rdataset_array\x18\x01 \x01(\x0b\x32\x1a.data_wire.v1.DatasetArrayH\x00\x12\'\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x17.data_wire.v1.FileArrayH\x00\x42\x08\n\x06source\".\n\x0c\x44\x61tasetArray\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05\x61rray\x18\x02 \x01(\t\"&\n\tFileArray\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xc4\x03\n\x15SubmitBuildJobRequest\x12(\n\x06volume\x18\x01 \x01(\x0b\x32\x18.data_wire.v1.ArrayInput\x12&\n\x04mask\x18\x02 \x01(\x0b\x32\x18.data_wire.v1.ArrayInput\x12\x11\n\tpatchsize\x18\x03 \x01(\x03\x12\x12\n\nclass_list\x18\x04 \x03(\x03\x12\x19\n\x0crandom_order\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\tbatchsize\x18\x06 \x01(\x03\x12\x1d\n\x15max_patches_per_class\x18\x07 \x01(\x03\x12\x13\n\x0b\x66ile_format\x18\x08 \x01(\t\x12\x16\n\x0ewriter_options\x18\t \x01(\t\x12\x0e\n\x06output\x18\n \x01(\t\x12\x13\n\x0bregister_as\x18\x0b \x01(\t\x12\x11\n\toverwrite\x18\x0c \x01(\x08\x12\x17\n\nslice_axis\x18\r \x01(\x05H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x0e \x01(\x04H\x02\x88\x01\x01\x12\x10\n\x08\x65xecutor\x18\x0f \x01(\t\x12\x19\n\x11scheduler_address\x18\x10 \x01(\tB\x0f\n\r_random_orderB\r\n\x0b_slice_axisB\x07\n\x05_seed\">\n\rClassProgress\x12\r\n\x05value\x18\x01 \x01(\x03\x12\x0f\n\x07written\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\"\x99\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.data_wire.v1.JobState\x12\x34\n\x07request\x18\x03 \x01(\x0b\x32#.data_wire.v1.SubmitBuildJobRequest\x12,\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x1b.data_wire.v1.ClassProgress\x12\x15\n\rfraction_done\x18\x05 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x06 \x01(\x01\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x10\n\x08\x65nded_at\x18\n \x01(\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.data_wire.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64\x61ta_wire/v1/jobs.proto\x12\x0c\x64\x61ta_wire.v1\"t\n\nArrayInput\x12\x33\n\rdataset_array\x18\x01 \x01(\x0b\x32\x1a.data_wire.v1.DatasetArrayH\x00\x12\'\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x17.data_wire.v1.FileArrayH\x00\x42\x08\n\x06source\".\n\x0c\x44\x61tasetArray\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05\x61rray\x18\x02 \x01(\t\"&\n\tFileArray\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x8a\x04\n\x15SubmitBuildJobRequest\x12(\n\x06volume\x18\x01 \x01(\x0b\x32\x18.data_wire.v1.ArrayInput\x12&\n\x04mask\x18\x02 \x01(\x0b\x32\x18.data_wire.v1.ArrayInput\x12\x11\n\tpatchsize\x18\x03 \x01(\x03\x12\x12\n\nclass_list\x18\x04 \x03(\x03\x12\x19\n\x0crandom_order\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\tbatchsize\x18\x06 \x01(\x03\x12\x1d\n\x15max_patches_per_class\x18\x07 \x01(\x03\x12\x13\n\x0b\x66ile_format\x18\x08 \x01(\t\x12\x16\n\x0ewriter_options\x18\t \x01(\t\x12\x0e\n\x06output\x18\n \x01(\t\x12\x13\n\x0bregister_as\x18\x0b \x01(\t\x12\x11\n\toverwrite\x18\x0c \x01(\x08\x12\x17\n\nslice_axis\x18\r \x01(\x05H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x0e \x01(\x04H\x02\x88\x01\x01\x12\x10\n\x08\x65xecutor\x18\x0f \x01(\t\x12\x19\n\x11scheduler_address\x18\x10 \x01(\t\x12\x13\n\x0bstore_masks\x18( \x01(\x08\x12/\n\x0cimport_cases\x18) \x01(\x0b\x32\x19.data_wire.v1.ImportCasesB\x0f\n\r_random_orderB\r\n\x0b_slice_axisB\x07\n\x05_seed\"i\n\tCaseInput\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.data_wire.v1.FileArray\x12&\n\x05label\x18\x02 \x01(\x0b\x32\x17.data_wire.v1.FileArray\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xfa\x01\n\x0bImportCases\x12&\n\x05\x63\x61ses\x18\x01 \x03(\x0b\x32\x17.data_wire.v1.CaseInput\x12\x17\n\nslice_axis\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0borientation\x18\x03 \x01(\t\x12\x0f\n\x07spacing\x18\x04 \x03(\x01\x12\x0c\n\x04size\x18\x05 \x03(\x03\x12\x0c\n\x04\x63lip\x18\x06 \x03(\x01\x12\x11\n\tnormalize\x18\x07 \x01(\t\x12\x1c\n\x0fkeep_unlabelled\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x0clabel_values\x18\t \x03(\x03\x42\r\n\x0b_slice_axisB\x12\n\x10_keep_unlabelled\"S\n\rClassProgress\x12\r\n\x05value\x18\x01 \x01(\x03\x12\x0f\n\x07written\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x13\n\x0btotal_bytes\x18( \x01(\x03\"W\n\x0c\x43\x61seProgress\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x0e\n\x06slices\x18\x04 \x01(\x03\x12\x0c\n\x04kept\x18\x05 \x01(\x03\"\xc4\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.data_wire.v1.JobState\x12\x34\n\x07request\x18\x03 \x01(\x0b\x32#.data_wire.v1.SubmitBuildJobRequest\x12,\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x1b.data_wire.v1.ClassProgress\x12\x15\n\rfraction_done\x18\x05 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x06 \x01(\x01\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x10\n\x08\x65nded_at\x18\n \x01(\x01\x12)\n\x05\x63\x61ses\x18( \x03(\x0b\x32\x1a.data_wire.v1.CaseProgress\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.data_wire.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'data_wire.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1227
-  _globals['_JOBSTATE']._serialized_end=1381
+  _globals['_JOBSTATE']._serialized_start=1810
+  _globals['_JOBSTATE']._serialized_end=1964
   _globals['_ARRAYINPUT']._serialized_start=41
   _globals['_ARRAYINPUT']._serialized_end=157
   _globals['_DATASETARRAY']._serialized_start=159
@@ -40,19 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILEARRAY']._serialized_start=207
   _globals['_FILEARRAY']._serialized_end=245
   _globals['_SUBMITBUILDJOBREQUEST']._serialized_start=248
-  _globals['_SUBMITBUILDJOBREQUEST']._serialized_end=700
-  _globals['_CLASSPROGRESS']._serialized_start=702
-  _globals['_CLASSPROGRESS']._serialized_end=764
-  _globals['_JOB']._serialized_start=767
-  _globals['_JOB']._serialized_end=1048
-  _globals['_GETJOBREQUEST']._serialized_start=1050
-  _globals['_GETJOBREQUEST']._serialized_end=1081
-  _globals['_LISTJOBSREQUEST']._serialized_start=1083
-  _globals['_LISTJOBSREQUEST']._serialized_end=1100
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1102
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1153
-  _globals['_CANCELJOBREQUEST']._serialized_start=1155
-  _globals['_CANCELJOBREQUEST']._serialized_end=1189
-  _globals['_WATCHJOBREQUEST']._serialized_start=1191
-  _globals['_WATCHJOBREQUEST']._serialized_end=1224
+  _globals['_SUBMITBUILDJOBREQUEST']._serialized_end=770
+  _globals['_CASEINPUT']._serialized_start=772
+  _globals['_CASEINPUT']._serialized_end=877
+  _globals['_IMPORTCASES']._serialized_start=880
+  _globals['_IMPORTCASES']._serialized_end=1130
+  _globals['_CLASSPROGRESS']._serialized_start=1132
+  _globals['_CLASSPROGRESS']._serialized_end=1215
+  _globals['_CASEPROGRESS']._serialized_start=1217
+  _globals['_CASEPROGRESS']._serialized_end=1304
+  _globals['_JOB']._serialized_start=1307
+  _globals['_JOB']._serialized_end=1631
+  _globals['_GETJOBREQUEST']._serialized_start=1633
+  _globals['_GETJOBREQUEST']._serialized_end=1664
+  _globals['_LISTJOBSREQUEST']._serialized_start=1666
+  _globals['_LISTJOBSREQUEST']._serialized_end=1683
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1685
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1736
+  _globals['_CANCELJOBREQUEST']._serialized_start=1738
+  _globals['_CANCELJOBREQUEST']._serialized_end=1772
+  _globals['_WATCHJOBREQUEST']._serialized_start=1774
+  _globals['_WATCHJOBREQUEST']._serialized_end=1807
 # @@protoc_insertion_point(module_scope)

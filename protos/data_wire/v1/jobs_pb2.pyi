@@ -47,7 +47,7 @@ class FileArray(_message.Message):
     def __init__(self, path: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
 class SubmitBuildJobRequest(_message.Message):
-    __slots__ = ("volume", "mask", "patchsize", "class_list", "random_order", "batchsize", "max_patches_per_class", "file_format", "writer_options", "output", "register_as", "overwrite", "slice_axis", "seed", "executor", "scheduler_address")
+    __slots__ = ("volume", "mask", "patchsize", "class_list", "random_order", "batchsize", "max_patches_per_class", "file_format", "writer_options", "output", "register_as", "overwrite", "slice_axis", "seed", "executor", "scheduler_address", "store_masks", "import_cases")
     VOLUME_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     PATCHSIZE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,8 @@ class SubmitBuildJobRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STORE_MASKS_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_CASES_FIELD_NUMBER: _ClassVar[int]
     volume: ArrayInput
     mask: ArrayInput
     patchsize: int
@@ -80,20 +82,70 @@ class SubmitBuildJobRequest(_message.Message):
     seed: int
     executor: str
     scheduler_address: str
-    def __init__(self, volume: _Optional[_Union[ArrayInput, _Mapping]] = ..., mask: _Optional[_Union[ArrayInput, _Mapping]] = ..., patchsize: _Optional[int] = ..., class_list: _Optional[_Iterable[int]] = ..., random_order: _Optional[bool] = ..., batchsize: _Optional[int] = ..., max_patches_per_class: _Optional[int] = ..., file_format: _Optional[str] = ..., writer_options: _Optional[str] = ..., output: _Optional[str] = ..., register_as: _Optional[str] = ..., overwrite: _Optional[bool] = ..., slice_axis: _Optional[int] = ..., seed: _Optional[int] = ..., executor: _Optional[str] = ..., scheduler_address: _Optional[str] = ...) -> None: ...
+    store_masks: bool
+    import_cases: ImportCases
+    def __init__(self, volume: _Optional[_Union[ArrayInput, _Mapping]] = ..., mask: _Optional[_Union[ArrayInput, _Mapping]] = ..., patchsize: _Optional[int] = ..., class_list: _Optional[_Iterable[int]] = ..., random_order: _Optional[bool] = ..., batchsize: _Optional[int] = ..., max_patches_per_class: _Optional[int] = ..., file_format: _Optional[str] = ..., writer_options: _Optional[str] = ..., output: _Optional[str] = ..., register_as: _Optional[str] = ..., overwrite: _Optional[bool] = ..., slice_axis: _Optional[int] = ..., seed: _Optional[int] = ..., executor: _Optional[str] = ..., scheduler_address: _Optional[str] = ..., store_masks: _Optional[bool] = ..., import_cases: _Optional[_Union[ImportCases, _Mapping]] = ...) -> None: ...
+
+class CaseInput(_message.Message):
+    __slots__ = ("image", "label", "name")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    image: FileArray
+    label: FileArray
+    name: str
+    def __init__(self, image: _Optional[_Union[FileArray, _Mapping]] = ..., label: _Optional[_Union[FileArray, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ImportCases(_message.Message):
+    __slots__ = ("cases", "slice_axis", "orientation", "spacing", "size", "clip", "normalize", "keep_unlabelled", "label_values")
+    CASES_FIELD_NUMBER: _ClassVar[int]
+    SLICE_AXIS_FIELD_NUMBER: _ClassVar[int]
+    ORIENTATION_FIELD_NUMBER: _ClassVar[int]
+    SPACING_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_UNLABELLED_FIELD_NUMBER: _ClassVar[int]
+    LABEL_VALUES_FIELD_NUMBER: _ClassVar[int]
+    cases: _containers.RepeatedCompositeFieldContainer[CaseInput]
+    slice_axis: int
+    orientation: str
+    spacing: _containers.RepeatedScalarFieldContainer[float]
+    size: _containers.RepeatedScalarFieldContainer[int]
+    clip: _containers.RepeatedScalarFieldContainer[float]
+    normalize: str
+    keep_unlabelled: float
+    label_values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, cases: _Optional[_Iterable[_Union[CaseInput, _Mapping]]] = ..., slice_axis: _Optional[int] = ..., orientation: _Optional[str] = ..., spacing: _Optional[_Iterable[float]] = ..., size: _Optional[_Iterable[int]] = ..., clip: _Optional[_Iterable[float]] = ..., normalize: _Optional[str] = ..., keep_unlabelled: _Optional[float] = ..., label_values: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ClassProgress(_message.Message):
-    __slots__ = ("value", "written", "total")
+    __slots__ = ("value", "written", "total", "total_bytes")
     VALUE_FIELD_NUMBER: _ClassVar[int]
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     value: int
     written: int
     total: int
-    def __init__(self, value: _Optional[int] = ..., written: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+    total_bytes: int
+    def __init__(self, value: _Optional[int] = ..., written: _Optional[int] = ..., total: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class CaseProgress(_message.Message):
+    __slots__ = ("index", "name", "done", "slices", "kept")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    done: bool
+    slices: int
+    kept: int
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., done: _Optional[bool] = ..., slices: _Optional[int] = ..., kept: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "request", "classes", "fraction_done", "elapsed_seconds", "error", "created_at", "started_at", "ended_at")
+    __slots__ = ("job_id", "state", "request", "classes", "fraction_done", "elapsed_seconds", "error", "created_at", "started_at", "ended_at", "cases")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +156,7 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    CASES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     request: SubmitBuildJobRequest
@@ -114,7 +167,8 @@ class Job(_message.Message):
     created_at: float
     started_at: float
     ended_at: float
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., request: _Optional[_Union[SubmitBuildJobRequest, _Mapping]] = ..., classes: _Optional[_Iterable[_Union[ClassProgress, _Mapping]]] = ..., fraction_done: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ...) -> None: ...
+    cases: _containers.RepeatedCompositeFieldContainer[CaseProgress]
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., request: _Optional[_Union[SubmitBuildJobRequest, _Mapping]] = ..., classes: _Optional[_Iterable[_Union[ClassProgress, _Mapping]]] = ..., fraction_done: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., cases: _Optional[_Iterable[_Union[CaseProgress, _Mapping]]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
