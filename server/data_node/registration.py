@@ -20,7 +20,12 @@ if TYPE_CHECKING:
     from data_node.config import DatasetConfig
     from data_wire.v1 import data_node_pb2
 
-__all__ = ["MAX_ARRAYS", "MAX_SOURCES", "parse_dataset_name", "parse_register_request"]
+__all__ = [
+    "MAX_ARRAYS",
+    "MAX_SOURCES",
+    "parse_register_request",
+    "parse_remove_request",
+]
 
 MAX_ARRAYS: Final = 64
 """Most arrays a registered dataset may have."""
@@ -30,7 +35,7 @@ _MAX_TEXT: Final = 4096
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def parse_dataset_name(field: str, name: str) -> str:
+def _parse_name(field: str, name: str) -> str:
     """Check a dataset name given in a request.
 
     Raises:
@@ -45,6 +50,21 @@ def parse_dataset_name(field: str, name: str) -> str:
     return name
 
 
+def parse_remove_request(request: data_node_pb2.RemoveDatasetRequest) -> str:
+    """The name a RemoveDataset request names (any registered name: a build job's
+    ``register_as`` may hold characters a RegisterDataset name may not).
+
+    Raises:
+        RequestError: An empty name, or one longer than any dataset's could be.
+    """
+    if not 1 <= len(request.name) <= _MAX_TEXT:
+        raise RequestError(
+            f"name: Expected the name of a registered dataset (1 to {_MAX_TEXT} characters). "
+            f"Got {len(request.name)} characters instead."
+        )
+    return request.name
+
+
 def parse_register_request(
     request: data_node_pb2.RegisterDatasetRequest, data_root: Path
 ) -> DatasetConfig:
@@ -54,7 +74,7 @@ def parse_register_request(
         RequestError: A field is invalid (named in the message).
         PathOutsideRootError: A source resolves outside ``data_root``.
     """
-    name = parse_dataset_name("name", request.name)
+    name = _parse_name("name", request.name)
     if not 1 <= len(request.arrays) <= MAX_ARRAYS:
         raise RequestError(
             f"arrays: Expected 1 to {MAX_ARRAYS} arrays. Got {len(request.arrays)} instead."

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from data_node.datasets import wire_dtype
 from data_node.errors import ConfigError, DatasetRemovedError, NodeStoppingError, RequestError
 from data_node.metrics import NodeMetrics
-from data_node.registration import parse_dataset_name, parse_register_request
+from data_node.registration import parse_register_request, parse_remove_request
 from data_node.status import status_for
 from data_node.streams import StreamSlots, parse_stream_request, stream_batches
 from data_wire.v1 import data_node_pb2, jobs_pb2
@@ -136,7 +136,7 @@ class DataNodeServicer:
         self, request: data_node_pb2.RemoveDatasetRequest, context: grpc.ServicerContext
     ) -> data_node_pb2.RemoveDatasetResponse:
         def remove() -> data_node_pb2.RemoveDatasetResponse:
-            removed = self._registry.remove(parse_dataset_name("name", request.name))
+            removed = self._registry.remove(parse_remove_request(request))
             response = data_node_pb2.RemoveDatasetResponse()
             if removed is not None:
                 response.removed.CopyFrom(describe(removed))

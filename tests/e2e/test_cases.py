@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from data_client import FileArray, InvalidArgumentError
+from data_client import DataNodeClient, FileArray, InvalidArgumentError
 from data_client.cli import main as client_main
 from data_wire.v1 import data_node_pb2
 
@@ -39,8 +39,6 @@ def cases(node_dir, node):
         f["case"] = CASE
         f["slice"] = np.concatenate([np.arange(n) for n in SLICES])
         f["float_case"] = CASE.astype(np.float32)
-    from data_client import DataNodeClient
-
     with DataNodeClient(f"127.0.0.1:{node[1]}") as client:
         arrays = {key: FileArray("cases.h5", key) for key in ("image", "mask", "case", "slice")}
         client.register_dataset("cases", arrays, replace=True)

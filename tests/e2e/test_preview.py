@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
 
-from data_client import FileArray, InvalidArgumentError
+from data_client import DataNodeClient, FileArray, InvalidArgumentError
 from data_client._png import encode_png
 from data_client.cli import main as client_main
 from data_client.preview import BACKGROUND, CLASS_COLOURS, MASK_ALPHA
@@ -54,8 +54,6 @@ def segmented(node_dir, node):
         mask[k, SIDE - 3 :, : 3 + k % 5] = 2
     with h5py.File(root / "data" / "segmented.h5", "w") as f:
         f["image"], f["mask"], f["case"] = image, mask, CASE
-    from data_client import DataNodeClient
-
     with DataNodeClient(f"127.0.0.1:{node[1]}") as client:
         arrays = {key: FileArray("segmented.h5", key) for key in ("image", "mask", "case")}
         client.register_dataset("segmented", arrays, replace=True)

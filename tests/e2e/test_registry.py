@@ -36,6 +36,7 @@ from data_client import (
 from data_node.cli import main as node_main
 from data_node.config import load
 from data_node.server import build_server
+from data_wire.v1 import data_node_pb2
 
 IMAGE = FileArray("toy.h5", "image")
 MASK = FileArray("toy.h5", "mask")
@@ -222,8 +223,6 @@ def test_bad_registrations_name_the_field(client, arrays, options, error, messag
 
 
 def test_requests_the_client_cannot_send_are_refused_by_the_node(node):
-    from data_wire.v1 import data_node_pb2
-
     _, port = node
     with DataNodeClient(f"127.0.0.1:{port}") as client:
         node_call = client._nodes[0].register_dataset  # raw requests past the client's checks
@@ -261,6 +260,12 @@ def test_requests_the_client_cannot_send_are_refused_by_the_node(node):
         for request, message in cases:
             with pytest.raises(Exception, match=message) as raised:
                 node_call(request, timeout=10)
+            assert raised.value.code().name == "INVALID_ARGUMENT"
+        for name in ("", "x" * 4097):
+            with pytest.raises(
+                Exception, match="name: Expected the name of a registered"
+            ) as raised:
+                client._nodes[0].remove_dataset(data_node_pb2.RemoveDatasetRequest(name=name))
             assert raised.value.code().name == "INVALID_ARGUMENT"
 
 
