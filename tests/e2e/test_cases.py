@@ -8,7 +8,8 @@ disjoint and cover it; a cursor resumes the selection bit for bit, also spelled 
 the selected samples; bad selections {dataset without a case array, a range outside the
 cases, first > last, a gap holding no sample, too many ranges, a float case array} name
 "cases" and the node keeps serving; the client refuses malformed selections before calling;
-``data-client stream --cases`` streams the selection.
+``data-client stream --cases`` streams the selection; two nodes (lanes) serve a selection
+from a later epoch (start_epoch) exactly as one node does.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pytest
 
 from data_client import DataNodeClient, FileArray, InvalidArgumentError
 from data_client.cli import main as client_main
+from data_node.config import load
+from data_node.server import build_server
 from data_wire.v1 import data_node_pb2
 
 SLICES = [3, 5, 4, 6, 3, 2, 5, 4, 3, 5]  # slices of cases 0..9
@@ -237,3 +240,39 @@ def test_the_cli_streams_a_selection(node, cases, tmp_path, capsys):
     assert f"samples={len(selected(0, 1, 2, 3, 7))}" in capsys.readouterr().out
     assert client_main([*argv, "--cases", "3-1"]) == 2
     assert "0 <= first <= last" in capsys.readouterr().err
+
+
+def test_two_nodes_serve_a_selection_from_a_later_epoch_as_one_does(node_dir, node, client, cases):
+    root, _ = node_dir
+    # A second node on the same state dir serves the same registrations.
+    second, port = build_server(load(root / "node.toml"), "127.0.0.1:0")
+    second.start()
+    try:
+        request = {"shuffle": True, "seed": 6, "epochs": 3, "start_epoch": 1, "cases": "0-3,7"}
+        request["augment"] = AUGMENT
+        one = [
+            (stream_position(s), np.array(b[0]))
+            for s, b in iterate(client.stream("cases", 3, **request))
+        ]
+        with DataNodeClient([f"127.0.0.1:{node[1]}", f"127.0.0.1:{port}"]) as both:
+            two = [
+                (stream_position(s), np.array(b[0]))
+                for s, b in iterate(both.stream("cases", 3, **request))
+            ]
+        assert one[0][0][:2] == (1, 0)  # the first batch of epoch 1
+        assert len(one) == len(two) == 2 * -(-len(selected(0, 1, 2, 3, 7)) // 3)
+        for (position, image), (want_position, want_image) in zip(two, one, strict=True):
+            assert position == want_position
+            np.testing.assert_array_equal(image, want_image)
+    finally:
+        second.stop(None)
+
+
+def iterate(stream):
+    with stream:
+        for batch in stream:
+            yield stream, batch
+
+
+def stream_position(stream):
+    return stream.epoch, stream.batch_index, tuple(stream.indices.tolist())
