@@ -10,6 +10,7 @@ import os
 import random
 import secrets
 import threading
+import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,6 +148,8 @@ _CHANNEL_RECONNECT_OPTIONS: Final = (
 )
 # data_flow seeds numpy generators with 32-bit seeds; the node refuses larger ones.
 _SEED_MAX: Final = 2**32 - 1
+# The node reads these as medical images, (z, y, x) arrays (data_tools.medical.IMAGE_SUFFIXES).
+_IMAGE_SUFFIXES: Final = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
 # Keepalive bounds, in seconds. The node accepts pings 0.5 s apart (data_node.server), so
 # 1 s leaves room for jitter; gRPC takes the interval as a 32-bit count of milliseconds.
 _KEEPALIVE_MIN: Final = 1.0
@@ -877,7 +880,9 @@ class DataNodeClient:
             register_as: Serve the result as a dataset of this name once the job succeeds,
                 with arrays "patch" and "label". Default None.
             overwrite: Replace an existing output once the job succeeds. Default False.
-            slice_axis: Axis of a 3D volume indexing its slices, in [-3, 2]. Default -1.
+            slice_axis: Axis of a 3D volume indexing its slices, in [-3, 2]. Default -1. A
+                medical image is a (z, y, x) array: pass 0 for axial slices (a UserWarning
+                says so when a medical image is cut along x).
             seed: Seed of the random choices, >= 0. Default None: the node draws one.
             executor: "local" or "dask". Default None: the node's configured executor.
             scheduler_address: The Dask scheduler's address. Default None: the node's.
@@ -900,12 +905,6 @@ class DataNodeClient:
                 for i, v in enumerate(class_list or ())
             ],
             random_order=bool(random_order),
-            batchsize=_parse_int("batchsize", batchsize, minimum=1),
-            file_format=_parse_name("file_format", file_format),
-            writer_options=_dump_writer_options(writer_options),
-            output=_parse_name("output", output),
-            register_as="" if register_as is None else _parse_name("register_as", register_as),
-            overwrite=bool(overwrite),
             slice_axis=_parse_int("slice_axis", slice_axis, minimum=-(2**31)),
             executor="" if executor is None else _parse_name("executor", executor),
             scheduler_address=(
@@ -915,14 +914,16 @@ class DataNodeClient:
             ),
             store_masks=bool(store_masks),
         )
+        _set_output_fields(
+            request, output, batchsize, file_format, writer_options, register_as, overwrite, seed
+        )
+        _warn_on_image_slice_axis(request)
         if mask is not None:
             request.mask.CopyFrom(_build_array_input("mask", mask))
         if max_patches_per_class is not None:
             request.max_patches_per_class = _parse_int(
                 "max_patches_per_class", max_patches_per_class, minimum=1
             )
-        if seed is not None:
-            request.seed = _parse_int("seed", seed, minimum=0, maximum=2**64 - 1)
         job, node = self._call("submit_build_job", request)
         return BuildJob(job.job_id, node.job_calls)
 
@@ -994,17 +995,10 @@ class DataNodeClient:
             options.slice_axis = _parse_int("slice_axis", slice_axis, minimum=-(2**31))
         if keep_unlabelled is not None:
             options.keep_unlabelled = keep_unlabelled
-        request = jobs_pb2.SubmitBuildJobRequest(
-            import_cases=options,
-            batchsize=_parse_int("batchsize", batchsize, minimum=1),
-            file_format=_parse_name("file_format", file_format),
-            writer_options=_dump_writer_options(writer_options),
-            output=_parse_name("output", output),
-            register_as="" if register_as is None else _parse_name("register_as", register_as),
-            overwrite=bool(overwrite),
+        request = jobs_pb2.SubmitBuildJobRequest(import_cases=options)
+        _set_output_fields(
+            request, output, batchsize, file_format, writer_options, register_as, overwrite, seed
         )
-        if seed is not None:
-            request.seed = _parse_int("seed", seed, minimum=0, maximum=2**64 - 1)
         job, node = self._call("submit_build_job", request)
         return BuildJob(job.job_id, node.job_calls)
 
@@ -1144,6 +1138,37 @@ def _build_array_input(argument: str, value: Any) -> jobs_pb2.ArrayInput:
     raise TypeError(
         f"Expected {argument} to be a DatasetArray, a FileArray or a path. Got {value!r} instead."
     )
+
+
+def _set_output_fields(
+    request: jobs_pb2.SubmitBuildJobRequest,
+    output: Any,
+    batchsize: Any,
+    file_format: Any,
+    writer_options: Any,
+    register_as: Any,
+    overwrite: Any,
+    seed: Any,
+) -> None:
+    """Check and set the fields every build job has: where and how its result is written."""
+    request.batchsize = _parse_int("batchsize", batchsize, minimum=1)
+    request.file_format = _parse_name("file_format", file_format)
+    request.writer_options = _dump_writer_options(writer_options)
+    request.output = _parse_name("output", output)
+    request.register_as = "" if register_as is None else _parse_name("register_as", register_as)
+    request.overwrite = bool(overwrite)
+    if seed is not None:
+        request.seed = _parse_int("seed", seed, minimum=0, maximum=2**64 - 1)
+
+
+def _warn_on_image_slice_axis(request: jobs_pb2.SubmitBuildJobRequest) -> None:
+    path = request.volume.file.path
+    if path.lower().endswith(_IMAGE_SUFFIXES) and request.slice_axis in (-1, 2):
+        warnings.warn(
+            f"volume {path!r} is a medical image, a (z, y, x) array: slice_axis="
+            f"{request.slice_axis} cuts it along x. Pass slice_axis=0 to cut its axial slices.",
+            stacklevel=3,
+        )
 
 
 def _build_case_input(index: int, case: Any) -> jobs_pb2.CaseInput:

@@ -164,13 +164,7 @@ def parse_build_request(
         dask_task_bytes=config.jobs.dask_task_bytes,
         store_masks=request.store_masks,
     )
-    return BuildPlan(
-        spec=spec,
-        output=_parse_output(request.output, config.output_root, overwrite=request.overwrite),
-        register_as=_parse_register_as(request.register_as, config),
-        overwrite=request.overwrite,
-        request=accepted,
-    )
+    return _plan(spec, accepted, config)
 
 
 def _parse_import_request(request: jobs_pb2.SubmitBuildJobRequest, config: NodeConfig) -> BuildPlan:
@@ -218,11 +212,18 @@ def _parse_import_request(request: jobs_pb2.SubmitBuildJobRequest, config: NodeC
     accepted.import_cases.normalize = options["normalize"]
     accepted.import_cases.keep_unlabelled = options["keep_unlabelled"]
     spec = ImportSpec(cases, options, file_format, batchsize, writer_options, seed)
+    return _plan(spec, accepted, config)
+
+
+def _plan(
+    spec: BuildSpec | ImportSpec, accepted: jobs_pb2.SubmitBuildJobRequest, config: NodeConfig
+) -> BuildPlan:
+    """The plan of a checked ``spec``, with the output fields of the accepted request checked."""
     return BuildPlan(
         spec=spec,
-        output=_parse_output(request.output, config.output_root, overwrite=request.overwrite),
-        register_as=_parse_register_as(request.register_as, config),
-        overwrite=request.overwrite,
+        output=_parse_output(accepted.output, config.output_root, overwrite=accepted.overwrite),
+        register_as=_parse_register_as(accepted.register_as, config),
+        overwrite=accepted.overwrite,
         request=accepted,
     )
 

@@ -326,16 +326,6 @@ def _file_input(text: str) -> FileArray:
 def _build(args: argparse.Namespace) -> int:
     volume = _array_input(args.volume, args.volume_dataset)
     assert volume is not None  # argparse requires one
-    from data_tools.medical import IMAGE_SUFFIXES  # imported here for the reason in main()
-
-    image = isinstance(volume, FileArray) and volume.path.lower().endswith(IMAGE_SUFFIXES)
-    if image and args.slice_axis % 3 != 0:
-        print(
-            f"data-node build: warning: a medical image is a (z, y, x) array; "
-            f"--slice-axis {args.slice_axis} cuts it along x or y; "
-            "--slice-axis 0 cuts its axial slices",
-            file=sys.stderr,
-        )
     with _client(args) as client:
         job = client.submit_build(
             args.output,
@@ -355,8 +345,7 @@ def _build(args: argparse.Namespace) -> int:
             executor=args.executor,
             scheduler_address=args.scheduler_address,
         )
-        print(f"job {job.job_id} submitted")
-        return 0 if args.detach else _wait(job)
+        return _follow(job, detach=args.detach)
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -383,8 +372,13 @@ def _import(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             seed=args.seed,
         )
-        print(f"job {job.job_id} submitted")
-        return 0 if args.detach else _wait(job)
+        return _follow(job, detach=args.detach)
+
+
+def _follow(job: BuildJob, *, detach: bool) -> int:
+    """Print the job's id, then (unless ``detach``) wait for it with a progress bar."""
+    print(f"job {job.job_id} submitted")
+    return 0 if detach else _wait(job)
 
 
 def _wait(job: BuildJob) -> int:

@@ -20,7 +20,9 @@ attribute ``import`` (JSON) keeps the options.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CASES_CONTAINERS",
     "IMAGE_SUFFIXES",
+    "MAX_SLICE_PIXELS",
     "NORMALIZATIONS",
     "Case",
     "CaseReport",
@@ -66,6 +69,9 @@ NORMALIZATIONS = ("none", "zscore", "minmax", "window")
 # Relative difference below which two spacings are the same (headers round differently).
 _SPACING_TOLERANCE = 1e-4
 _AXIS_LETTERS = ("RL", "AP", "SI")
+# The most pixels of a resampled slice (256 MiB of float32): a typo in size or spacing
+# would otherwise ask for terabytes.
+MAX_SLICE_PIXELS = 1 << 26
 
 
 def load_sitk() -> Any:
@@ -275,7 +281,7 @@ def import_cases(
         _set_root_attrs(
             file_format,
             writers["case"],
-            {"cases": json.dumps(metadata), "import": json.dumps(_options_json(options))},
+            {"cases": json.dumps(metadata), "import": json.dumps(dataclasses.asdict(options))},
         )
     return reports
 
@@ -341,8 +347,13 @@ def parse_import_options(
     if target_spacing is not None and min(target_spacing) <= 0:
         raise ValueError(f"Expected spacing to be positive. Got {spacing!r} instead.")
     target_size = _parse_pair("size", size, int)
-    if target_size is not None and min(target_size) < 1:
-        raise ValueError(f"Expected size to be at least 1 pixel. Got {size!r} instead.")
+    if target_size is not None and not (
+        min(target_size) >= 1 and target_size[0] * target_size[1] <= MAX_SLICE_PIXELS
+    ):
+        raise ValueError(
+            f"Expected size to be at least 1 pixel and at most {MAX_SLICE_PIXELS} pixels in "
+            f"all (the limit keeps a typo from filling memory). Got {size!r} instead."
+        )
     if isinstance(keep_unlabelled, bool) or not isinstance(keep_unlabelled, int | float):
         raise TypeError(f"Expected keep_unlabelled to be a number. Got {keep_unlabelled!r}.")
     if not 0.0 <= keep_unlabelled <= 1.0:
@@ -376,7 +387,10 @@ def _parse_pair(name: str, value: Any, kind: type) -> tuple[Any, Any] | None:
     if (
         items is None
         or len(items) != 2
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items)
+        or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in items
+        )
         or (kind is int and not all(float(v).is_integer() for v in items))
     ):
         raise ValueError(
@@ -384,20 +398,6 @@ def _parse_pair(name: str, value: Any, kind: type) -> tuple[Any, Any] | None:
             f"(rows, columns or low, high). Got {value!r} instead."
         )
     return kind(items[0]), kind(items[1])
-
-
-def _options_json(options: ImportOptions) -> dict[str, Any]:
-    return {
-        "slice_axis": options.slice_axis,
-        "orientation": options.orientation,
-        "spacing": options.spacing,
-        "size": options.size,
-        "clip": options.clip,
-        "normalize": options.normalize,
-        "keep_unlabelled": options.keep_unlabelled,
-        "label_values": options.label_values,
-        "seed": options.seed,
-    }
 
 
 def _mask_dtype(values: tuple[int, ...] | None) -> np.dtype[Any]:
@@ -457,9 +457,10 @@ def _read_case(index: int, case: Case, options: ImportOptions) -> _Slices:
         image = sitk.DICOMOrient(image, options.orientation)
         label = None if label is None else sitk.DICOMOrient(label, options.orientation)
     if options.spacing is not None or options.size is not None:
-        image = _resample(image, options, sitk.sitkLinear, sitk.sitkFloat32)
+        where = _case_field(index, case, "spacing")
+        image = _resample(image, options, sitk.sitkLinear, sitk.sitkFloat32, where)
         if label is not None:
-            label = _resample(label, options, sitk.sitkNearestNeighbor, label.GetPixelID())
+            label = _resample(label, options, sitk.sitkNearestNeighbor, label.GetPixelID(), where)
     pixels = np.asarray(sitk.GetArrayFromImage(image), dtype=np.float32)
     pixels = np.moveaxis(pixels, options.slice_axis, 0)
     if pixels.ndim == 4:  # (n, H, W, C) -> (n, C, H, W)
@@ -559,7 +560,9 @@ def _check_label_values(
         )
 
 
-def _resample(image: Any, options: ImportOptions, interpolator: int, pixel_type: int) -> Any:
+def _resample(
+    image: Any, options: ImportOptions, interpolator: int, pixel_type: int, where: str
+) -> Any:
     """``image`` on a grid of the target in-plane spacing and size, centred on its own."""
     sitk = load_sitk()
     old_size = np.array(image.GetSize(), dtype=float)
@@ -576,6 +579,12 @@ def _resample(image: Any, options: ImportOptions, interpolator: int, pixel_type:
                 new_spacing[dim] = extent / new_size[dim]
         else:
             new_size[dim] = max(1, round(extent / new_spacing[dim]))
+    if new_size[in_plane[0]] * new_size[in_plane[1]] > MAX_SLICE_PIXELS:
+        raise ValueError(
+            f"{where}: Expected resampled slices of at most {MAX_SLICE_PIXELS} pixels (give a larger "
+            f"spacing or a size). Got {int(new_size[in_plane[0]])}x"
+            f"{int(new_size[in_plane[1]])} instead."
+        )
     direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
     centre = np.array(image.TransformContinuousIndexToPhysicalPoint((old_size - 1) / 2))
     origin = centre - direction @ ((new_size - 1) / 2 * new_spacing)

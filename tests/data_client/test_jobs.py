@@ -102,7 +102,8 @@ def client(fake):
 
 
 def test_submit_defaults(client, fake):
-    job = client.submit_build("out", 5, "vol.nii.gz")
+    with pytest.warns(UserWarning, match=r"'vol.nii.gz' is a medical image.*slice_axis=0"):
+        job = client.submit_build("out", 5, "vol.nii.gz")
     assert job.job_id == "j1"
     (request,) = fake.requests
     assert request.volume == jobs_pb2.ArrayInput(file=jobs_pb2.FileArray(path="vol.nii.gz"))

@@ -105,6 +105,18 @@ def test_cases_from_hdf5_arrays_without_labels(rng, tmp_path):
     assert load_cases(tmp_path / "out" / "cases.h5")[1]["original"]["spacing"] == [1, 1, 3]
 
 
+def test_multi_component_images_get_a_channel_axis(rng, tmp_path):
+    pixels = rng.normal(size=(*SHAPE, 2)).astype(np.float32) * [1, 100] + [0, 50]
+    volume = sitk.GetImageFromArray(pixels, isVector=True)
+    sitk.WriteImage(volume, str(tmp_path / "rgb.mha"))
+    import_cases(tmp_path / "out", [Case(tmp_path / "rgb.mha")], normalize="zscore")
+    image = read_store(tmp_path / "out")["image"]
+    assert image.shape == (6, 2, 10, 12)
+    for channel in (0, 1):  # normalized per channel
+        assert image[:, channel].mean() == pytest.approx(0, abs=1e-5)
+        assert image[:, channel].std() == pytest.approx(1, abs=1e-4)
+
+
 def test_slice_axis_cuts_along_another_axis(rng, tmp_path):
     image, label = labelled_volume(rng)
     import_cases(tmp_path / "out", [write_case(tmp_path, "c", image, label)], slice_axis=2)
@@ -315,6 +327,12 @@ def test_label_values_outside_label_values_name_the_case(rng, tmp_path):
         import_cases(tmp_path / "out", [case], label_values=[0, 1])
 
 
+def test_a_spacing_giving_huge_slices_names_the_case(rng, tmp_path):
+    case = write_case(tmp_path, "c", *labelled_volume(rng))
+    with pytest.raises(ValueError, match=r"cases\[0\]\.spacing \(case 'c'\): .*at most 67108864"):
+        import_cases(tmp_path / "out", [case], spacing=(1e-3, 1e-3))
+
+
 def test_labels_on_some_cases_only_are_refused(rng, tmp_path):
     image, label = labelled_volume(rng)
     cases = [write_case(tmp_path, "a", image, label), write_case(tmp_path, "b", image)]
@@ -331,6 +349,8 @@ def test_labels_on_some_cases_only_are_refused(rng, tmp_path):
         ({"spacing": (1,)}, "spacing to be two numbers"),
         ({"spacing": (0, 1)}, "spacing to be positive"),
         ({"size": (1.5, 2)}, "size to be two integers"),
+        ({"size": (1 << 14, 1 << 14)}, "size to be at least 1 pixel and at most 67108864"),
+        ({"spacing": (float("nan"), 1)}, "spacing to be two numbers"),
         ({"keep_unlabelled": 1.5}, r"keep_unlabelled to be a fraction in \[0, 1\]"),
         ({"slice_axis": 3}, r"slice_axis .* in \[-3, 2\]"),
         ({"label_values": [1, 1]}, "distinct"),

@@ -275,6 +275,7 @@ def test_store_masks_needs_a_mask_and_the_local_executor(client):
             "other.nii.gz",
             "case0_seg.nii.gz",
             store_masks=True,
+            slice_axis=0,
             file_format="zarr",
             executor="dask",
             scheduler_address="tcp://127.0.0.1:1",
@@ -283,12 +284,16 @@ def test_store_masks_needs_a_mask_and_the_local_executor(client):
 
 def test_a_medical_image_gets_the_slice_axis_hint(import_node, client, capsys):
     # A (5, 24, 28) image cut along x has 5x24 slices: a patch of 8 does not fit.
-    with pytest.raises(InvalidArgumentError, match="slice_axis=0 cuts its axial slices"):
+    with (
+        pytest.warns(UserWarning, match="Pass slice_axis=0 to cut its axial slices"),
+        pytest.raises(InvalidArgumentError, match="slice_axis=0 cuts its axial slices"),
+    ):
         client.submit_build("x", 8, "other.nii.gz")
     _, port = import_node
     argv = ["build", "--address", f"127.0.0.1:{port}", "--output", "hint", "--patchsize", "8"]
-    assert main([*argv, "--volume", "other.nii.gz"]) == 2
-    assert "--slice-axis 0 cuts its axial slices" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="slice_axis=0"):
+        assert main([*argv, "--volume", "other.nii.gz"]) == 2
+    assert "slice_axis=0 cuts its axial slices" in capsys.readouterr().err
 
 
 def test_a_build_from_a_medical_image_keeps_its_spacing(import_node, client):
