@@ -198,7 +198,7 @@ def augment_sample(
     """
     x_in = x[np.newaxis] if x.ndim == 2 else x
     if y is None:
-        x_out: npt.NDArray[Any] = image_random_transform(x_in, rng=rng, **options)  # type: ignore[assignment]
+        x_out = np.asarray(image_random_transform(x_in, rng=rng, **options))
         return (x_out[0] if x.ndim == 2 else x_out), None
     y_in = y[np.newaxis] if y.ndim == 2 else y
     x_out, y_out = image_random_transform(x_in, y_in, rng=rng, **options)
