@@ -174,6 +174,12 @@ def _add_build_parser(commands: Any) -> None:
     build.add_argument(
         "--slice-axis", "--slice_axis", type=int, default=-1, help="axis of the slices (-1)"
     )
+    build.add_argument(
+        "--store-masks",
+        "--store_masks",
+        action="store_true",
+        help="also store each patch's mask patch (needs --mask)",
+    )
     build.add_argument("--seed", type=int, help="seed of the random choices")
     build.add_argument("--executor", choices=EXECUTORS, help="default: the node's")
     build.add_argument(
@@ -344,6 +350,7 @@ def _build(args: argparse.Namespace) -> int:
             seed=args.seed,
             executor=args.executor,
             scheduler_address=args.scheduler_address,
+            store_masks=args.store_masks,
         )
         return _follow(job, detach=args.detach)
 

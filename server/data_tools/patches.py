@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +20,14 @@ from data_tools._parse import (
     parse_option,
     parse_path,
     parse_positive_int,
+)
+from data_tools._patch_plan import (
+    LARGE_PLAN_BYTES,
+    LARGE_PLAN_RATIO,
+    ClassPlan,
+    choose_pixels,
+    plan_classes,
+    warn_if_large,
 )
 from data_tools.io.writers import (
     bcolz_array_writer,
@@ -57,11 +64,6 @@ Coordinates: TypeAlias = npt.NDArray[np.intp]
 # Float32 elements gathered per block by default (16 MiB): large enough that numpy, not
 # Python, does the work, small enough that a block never dominates memory.
 _BLOCK_ELEMENTS = 1 << 22
-# create_dataset warns when its patches would take at least LARGE_PLAN_BYTES and at least
-# LARGE_PLAN_RATIO times the bytes of its input: every pixel gives a whole patch, so a
-# 250 KB volume easily becomes hundreds of MB.
-LARGE_PLAN_BYTES = 64 << 20
-LARGE_PLAN_RATIO = 64
 
 
 def parse_image(name: str, value: Any) -> npt.NDArray[Any]:
@@ -366,81 +368,6 @@ def class_counts(mask: npt.NDArray[Any] | None, class_list: Any, size: int) -> d
     return {value: present[value] for value in classes}
 
 
-class ClassPlan(NamedTuple):
-    """What a build writes for one class: its patches, and their bytes before compression."""
-
-    patches: int
-    bytes: int
-
-
-def plan_classes(
-    counts: Mapping[int, int], patchsize: int, mask_dtype: npt.DTypeLike | None = None
-) -> dict[int, ClassPlan]:
-    """{class value: ClassPlan} for ``counts`` patches per class, in ``counts``' order.
-
-    A patch takes ``patchsize**2`` float32 values, plus as many of ``mask_dtype`` when the
-    mask patches are stored too (``mask_dtype`` not None).
-    """
-    itemsize = 4 + (0 if mask_dtype is None else np.dtype(mask_dtype).itemsize)
-    return {value: ClassPlan(n, n * patchsize**2 * itemsize) for value, n in counts.items()}
-
-
-def choose_pixels(
-    labels: npt.NDArray[Any] | None,
-    counts: Mapping[int, int],
-    cap: int | None,
-    random_order: bool,
-    rng: np.random.Generator,
-) -> dict[int, npt.NDArray[np.intp]]:
-    """Per class, the flat indices into the (slice, row, column) stack of the pixels to extract.
-
-    Ascending. A class of more than ``cap`` pixels keeps its first ``cap`` ones, or with
-    ``random_order`` a uniformly random subset of them (drawn from ``rng``, class by class).
-
-    Args:
-        labels: The mask as a stack (see :func:`as_stack`); None: every pixel is class 0.
-        counts: {class value: its pixels}, as :func:`class_counts` returns.
-        cap: The most pixels per class; None: all.
-        random_order: Draw a random subset rather than the first pixels.
-        rng: The random source.
-    """
-    flat = None if labels is None else labels.reshape(-1)
-    chosen = {}
-    for value, count in counts.items():
-        if flat is None:
-            pixels = np.arange(count, dtype=np.intp)
-        else:
-            pixels = np.flatnonzero(flat == value).astype(np.intp, copy=False)
-        if cap is not None and count > cap:
-            if random_order:
-                pixels = np.sort(rng.choice(pixels, size=cap, replace=False))
-            else:
-                pixels = pixels[:cap]
-        chosen[value] = pixels
-    return chosen
-
-
-def _warn_if_large(plan: Mapping[int, ClassPlan], input_bytes: int) -> None:
-    planned = sum(entry.bytes for entry in plan.values())
-    if planned >= LARGE_PLAN_BYTES and planned >= LARGE_PLAN_RATIO * input_bytes:
-        patches = sum(entry.patches for entry in plan.values())
-        warnings.warn(
-            f"create_dataset plans {patches} patches taking {_size(planned)} (before "
-            f"compression), {planned / max(input_bytes, 1):.0f} times its input's "
-            f"{_size(input_bytes)}: every selected pixel gives a whole patch. Bound it with "
-            "max_patches_per_class (or fewer classes in class_list).",
-            stacklevel=3,
-        )
-
-
-def _size(num_bytes: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if num_bytes < 1000 or unit == "GB":
-            break
-        num_bytes /= 1000  # type: ignore[assignment]
-    return f"{num_bytes:.4g} {unit}"
-
-
 def _mask_patch_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     """Mask patches hold integers: bools as uint8, integral floats as int32."""
     if dtype == np.bool_:
@@ -629,7 +556,7 @@ def create_dataset(
     )
     mask_dtype = None if labels is None or not with_masks else _mask_patch_dtype(labels.dtype)
     plan = plan_classes(counts, generator.patchsize, mask_dtype)
-    _warn_if_large(plan, image.nbytes + (0 if labels is None else labels.nbytes))
+    warn_if_large(plan, image.nbytes + (0 if labels is None else labels.nbytes))
     if planned is not None:
         planned(dict(plan))
 

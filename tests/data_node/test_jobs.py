@@ -13,6 +13,9 @@ scheduler_address, dask without zarr; output empty, outside the output root ("..
 absolute, symlink), the root itself, the staging dir, existing without overwrite;
 register_as naming a configured dataset. Generated requests (extreme integers, NUL bytes,
 long and odd strings, deep JSON) are accepted or refused with a DataNodeError naming a field.
+Imports (import_cases): defaults and spec; patch-only fields and bad output fields refused;
+each case checked (label shape and dtype, suffix, path outside the root) with the case named;
+options checked by the library's parser.
 
 JobStore matrix: insert, update and load in submission order across reopening; a database
 of another schema version is refused.
@@ -427,3 +430,89 @@ def test_generated_requests_are_accepted_or_refused_naming_a_field(node, message
     except DataNodeError as error:
         refusal = str(error)
     assert refusal is None or refusal.startswith(FIELDS), refusal
+
+
+# ----------------------------------------------------------------- import requests
+
+
+def import_request(*cases, **fields):
+    message = jobs_pb2.SubmitBuildJobRequest(output="imported", **fields)
+    for image, label, name in cases or [("vol.nii.gz", ("vol.h5", "mask"), "")]:
+        case = message.import_cases.cases.add(name=name)
+        case.image.path = image
+        if label is not None:
+            case.label.path, case.label.key = label
+    return message
+
+
+def test_an_import_gets_its_defaults_and_spec(node):
+    config, registry = node
+    plan = parse_build_request(import_request(), config, registry)
+    accepted = plan.request
+    assert (accepted.file_format, accepted.batchsize) == ("hdf5", 32)
+    assert accepted.HasField("seed")
+    assert accepted.import_cases.slice_axis == 0
+    assert (accepted.import_cases.normalize, accepted.import_cases.keep_unlabelled) == ("none", 1)
+    (case,) = plan.spec.cases
+    assert case.image.image == config.data_root / "vol.nii.gz"
+    assert case.label.source.key == "mask"
+    assert plan.spec.options["orientation"] is None
+    assert plan.output == config.output_root / "imported"
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"patchsize": 3}, "patchsize: Expected none with import_cases"),
+        ({"store_masks": True}, "store_masks: Expected none with import_cases"),
+        ({"slice_axis": 0}, "slice_axis: Expected none with import_cases"),
+        ({"volume": file_input("vol.h5", "image")}, "volume: Expected none with import_cases"),
+        ({"file_format": "bcolz"}, "file_format: Expected one of"),
+        ({"writer_options": '{"cparams": {}}'}, "writer_options: Expected keys among"),
+        ({"output": ""}, "output: Expected a directory name"),
+    ],
+)
+def test_an_import_refuses_patch_fields_and_bad_output_fields(node, fields, match):
+    config, registry = node
+    message = import_request()
+    for name, value in fields.items():
+        if isinstance(value, jobs_pb2.ArrayInput):
+            getattr(message, name).CopyFrom(value)
+        else:
+            setattr(message, name, value)
+    with pytest.raises(RequestError, match=match):
+        parse_build_request(message, config, registry)
+
+
+@pytest.mark.parametrize(
+    ("cases", "match"),
+    [
+        (
+            [("vol.nii.gz", ("vol.h5", "narrow"), "c")],
+            r"import_cases\.cases\[0\]\.label \(case 'c'\): Expected the image's shape \(4, 10, 12\)",
+        ),
+        (
+            [("vol.nii.gz", ("vol.h5", "complex"), "")],
+            r"cases\[0\]\.label \(case 'vol.nii.gz'\): Expected integer class values",
+        ),
+        ([("notes.txt", None, "")], r"import_cases\.cases\[0\]\.image\.path: Expected a name"),
+        ([("../x.nii", None, "")], None),
+    ],
+)
+def test_an_import_checks_each_case(node, cases, match):
+    config, registry = node
+    error = PathOutsideRootError if match is None else RequestError
+    with pytest.raises(error, match=match):
+        parse_build_request(import_request(*cases), config, registry)
+
+
+def test_an_import_checks_its_options(node):
+    config, registry = node
+    message = import_request()
+    message.import_cases.orientation = "XYZ"
+    with pytest.raises(RequestError, match="import_cases: Expected orientation to be a 3-letter"):
+        parse_build_request(message, config, registry)
+    message = import_request()
+    message.import_cases.spacing[:] = [1.0]
+    with pytest.raises(RequestError, match="import_cases: Expected spacing to be two numbers"):
+        parse_build_request(message, config, registry)

@@ -3,7 +3,7 @@
 Matrix: an import of synthetic NIfTI cases (labels, differing spacings; orientation,
 resampling, normalization, slice filtering) through SubmitBuildJob is registered and streams
 exactly what data_tools.medical.import_cases writes, with progress per case, and is served
-again after a restart; zarr output and HDF5-array cases; bad import requests get
+again after a restart; zarr output and HDF5-array cases; cases without labels serve no mask; bad import requests get
 INVALID_ARGUMENT naming the field and the case (label shape, orientation, patch-only fields,
 no cases) and the node keeps serving; a case the job cannot use (non-integer labels) fails
 the job with the case and field named, leaving no output; the CLI imports; a build with
@@ -150,6 +150,16 @@ def test_zarr_output_and_hdf5_array_cases(import_node, client):
     np.testing.assert_array_equal(case, np.repeat([0, 1], 5))
 
 
+def test_an_import_without_labels_serves_no_mask(client):
+    cases = [CaseInput("other.nii.gz"), CaseInput("case0.nii.gz")]
+    job = client.submit_import("unlabelled", cases, register_as="unlabelled", size=(12, 12))
+    info = job.wait(progress=False)
+    assert info.state is JobState.SUCCEEDED, info.error
+    described = client.describe("unlabelled")
+    assert [a.name for a in described.arrays] == ["image", "case", "slice"]
+    assert described.length == 10
+
+
 @pytest.mark.parametrize(
     ("cases", "options", "match"),
     [
@@ -207,6 +217,12 @@ def test_cli_imports_and_reports_cases(import_node, capsys):
     out = capsys.readouterr().out
     assert "succeeded" in out
     assert "cases=3/3" in out
+    build = ["build", *argv[1:3], "--output", "cli-masks", "--patchsize", "3", "--slice-axis", "0"]
+    inputs = ["--volume", "arrays.h5:image", "--mask", "arrays.h5:mask", "--store-masks"]
+    assert main([*build, *inputs, "--max-patches-per-class", "5"]) == 0
+    assert "class_1=5/5" in capsys.readouterr().out
+    with h5py.File(import_node[0].output_root / "cli-masks" / "patches.h5", "r") as file:
+        assert file["mask_1"].shape == (5, 1, 3, 3)
 
 
 def test_an_imported_dataset_is_served_again_after_a_restart(tmp_path):
