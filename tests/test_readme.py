@@ -9,6 +9,10 @@ builds (exit 0) and its ``data-node jobs`` line lists that job, and the node exi
 Security: the node section's second TOML block ([tls], [auth]) with its tokens file (the
 section's text block), PEM stand-ins and the variable it names loads into the TLS paths and the
 tokens with their roles; the roles table lists each DataNode RPC under the role it needs.
+Walkthrough: its first python block writes the NIfTI cases, its TOML block is the node's
+config, its bash block's ``data-node serve`` line starts the node and every other line (import,
+preview, stream) exits 0 against it; preview.png decodes with both the overlay colours; then
+its other python blocks (the torch loop, the client) exit 0 against that node.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import SimpleITK as sitk  # noqa: N813
 
 from data_node.auth import ROLE_NEEDED
 from data_node.config import TlsConfig, load
@@ -33,6 +38,8 @@ README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
 NODE_SECTION = "The data node"
 CLIENT_SECTION = "The client: data_client"
+WALKTHROUGH_SECTION = "Walkthrough: NIfTI cases to a segmentation training loop"
+NODE_SECTIONS = (CLIENT_SECTION, WALKTHROUGH_SECTION)  # their python blocks need a node
 README_ADDRESS = "127.0.0.1:50051"
 TIMEOUT = 60
 
@@ -64,13 +71,24 @@ def section_code(language: str) -> dict[str, str]:
     return code
 
 
-def node_blocks(language: str) -> list[str]:
-    """The node section's blocks of ``language``, in order."""
+def section_blocks(section: str, language: str) -> list[str]:
+    """The blocks of ``language`` in ``section``, in order."""
     return [
         code
-        for section, block_language, code in code_blocks()
-        if section == NODE_SECTION and block_language == language
+        for block_section, block_language, code in code_blocks()
+        if block_section == section and block_language == language
     ]
+
+
+def node_blocks(language: str) -> list[str]:
+    """The node section's blocks of ``language``, in order."""
+    return section_blocks(NODE_SECTION, language)
+
+
+def shell_lines(block: str) -> list[list[str]]:
+    """The argv of each command of a bash block (continuations joined, comments and & dropped)."""
+    commands = block.replace("\\\n", " ").splitlines()
+    return [words for line in commands if (words := shlex.split(line, comments=True))]
 
 
 def run_python(code: str, cwd: Path) -> None:
@@ -141,7 +159,7 @@ def test_the_node_and_client_sections_have_examples():
     assert README_ADDRESS in section_code("python")[CLIENT_SECTION]
 
 
-@pytest.mark.parametrize("section", [s for s in SECTIONS if s != CLIENT_SECTION])
+@pytest.mark.parametrize("section", [s for s in SECTIONS if s not in NODE_SECTIONS])
 def test_section_runs(section, tmp_path):
     run_python(section_code("python")[section], tmp_path)
 
@@ -176,6 +194,48 @@ def test_client_section_runs_against_the_readme_node(tmp_path):
         assert listed.returncode == 0, listed.stderr
         line = rf"^{job_id} succeeded 100.0% .* output='scan_cli' "
         assert re.search(line, listed.stdout, re.MULTILINE), listed.stdout
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=TIMEOUT) == 0, log.read_text()
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+
+
+def test_the_walkthrough_runs(tmp_path):
+    setup, *training = section_blocks(WALKTHROUGH_SECTION, "python")
+    run_python(setup, tmp_path)
+    (config,) = section_blocks(WALKTHROUGH_SECTION, "toml")
+    (tmp_path / "walkthrough.toml").write_text(config)
+    serve, *commands = shell_lines(section_blocks(WALKTHROUGH_SECTION, "bash")[0])
+    assert serve == ["data-node", "serve", "--config", "walkthrough.toml", "&"]
+    env = {**os.environ, "DATA_NODE_NODE__LISTEN": "127.0.0.1:0"}
+    log = tmp_path / "node.log"
+    with log.open("wb") as output:
+        node = subprocess.Popen(
+            [str(BIN / "data-node"), *serve[1:-1]],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=output,
+        )
+    try:
+        address = f"127.0.0.1:{wait_for_port(node, log)}"
+        for program, *arguments in commands:
+            done = subprocess.run(
+                [str(BIN / program), *arguments, "--address", address],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                check=False,
+            )
+            assert done.returncode == 0, f"{program} {arguments[0]}:\n{done.stdout}\n{done.stderr}"
+        png = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "preview.png")))
+        colours = {tuple(pixel) for pixel in png.reshape(-1, 3).tolist()}
+        assert any(r > g and r > b for r, g, b in colours)  # the organ (1): red
+        assert any(g > r and g > b for r, g, b in colours)  # the lesion (2): green
+        run_python("".join(training).replace(README_ADDRESS, address), tmp_path)
         node.send_signal(signal.SIGTERM)
         assert node.wait(timeout=TIMEOUT) == 0, log.read_text()
     finally:

@@ -5,13 +5,16 @@ from __future__ import annotations
 from data_client.client import (
     ArrayInfo,
     ArrayInput,
+    ArraySources,
     BatchStream,
+    CaseSelection,
     DataNodeClient,
     DatasetInfo,
     TlsConfig,
     TlsOption,
 )
 from data_client.errors import (
+    AlreadyExistsError,
     DataNodeError,
     DeadlineExceededError,
     FailedPreconditionError,
@@ -37,15 +40,19 @@ from data_client.jobs import (
 )
 from data_client.merge import MultiNodeStream
 from data_client.nodes import resolve_nodes
+from data_client.preview import Preview
 from data_wire.v1.tensor_pb2 import Cursor
 
 __all__ = [
+    "AlreadyExistsError",
     "ArrayInfo",
     "ArrayInput",
+    "ArraySources",
     "BatchStream",
     "BuildJob",
     "CaseInput",
     "CaseProgress",
+    "CaseSelection",
     "ClassProgress",
     "Cursor",
     "DataNodeClient",
@@ -63,6 +70,7 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
+    "Preview",
     "ResourceExhaustedError",
     "TlsConfig",
     "TlsOption",

@@ -1,10 +1,13 @@
-"""The ``data-client`` command: list a node's datasets, or stream one and print its throughput.
+"""The ``data-client`` command: list a node's datasets, stream one, or preview its samples.
 
 Usage::
 
     data-client datasets --address HOST:PORT
+    data-client preview --address HOST:PORT --dataset NAME --out grid.png --samples 8 \\
+        --seed 0 --epoch 0 --shuffle --cases 0-79 \\
+        --augment '{"x_array": "image", "y_array": "mask", "rotation_range": 15}'
     data-client stream --address HOST:PORT --dataset NAME --batch-size 32 --epochs 1 \\
-        --rank 0 --world-size 2 --seed 0 --shuffle --report-every 10
+        --rank 0 --world-size 2 --seed 0 --shuffle --report-every 10 [--cases 0-79,90]
 
 ``stream`` prints a line every ``--report-every`` batches and one at the end of each epoch
 (batches/s, samples/s and MB/s over that stretch), then one summary line of ``key=value``
@@ -14,6 +17,11 @@ received, ``stall_s`` is the time spent waiting for data and ``stall_fraction`` 
 the time streamed. ``--indices-out FILE`` writes one line ``EPOCH INDEX`` per sample
 received, in order: with ``--world-size W`` and one ``--seed``, the W ranks' files hold
 disjoint parts of every epoch whose union is the epoch.
+
+``preview`` writes a PNG grid of the first ``--samples`` samples of epoch ``--epoch`` of
+the stream those arguments open (``--augment`` is ``stream(augment=...)`` as JSON), each
+augmented image beside its original with the mask drawn over both in colour (see
+``DataNodeClient.preview``), and prints the file's path.
 
 ``--address`` may be given several times: the nodes share the work of the stream (see
 ``DataNodeClient``). With ``--resolve`` each address is a DNS name standing for every address
@@ -31,12 +39,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -83,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         help="default: partitioned when --world-size > 1, else independent",
     )
     stream.add_argument("--codec", choices=_CODECS, default="none", help="wire encoding")
+    _add_cases_argument(stream)
     stream.add_argument(
         "--max-reconnects",
         type=int,
@@ -98,7 +108,49 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument(
         "--indices-out", type=Path, help="write 'EPOCH INDEX' per sample received to this file"
     )
+    _add_preview_parser(commands)
     return parser
+
+
+def _add_preview_parser(commands: Any) -> None:
+    preview = commands.add_parser(
+        "preview", help="write a PNG grid of augmented samples beside their originals"
+    )
+    _add_connection_arguments(preview)
+    preview.add_argument("--dataset", required=True, help="the dataset's name on the node")
+    preview.add_argument("--out", type=Path, required=True, help="the PNG file to write")
+    preview.add_argument("--samples", type=int, default=8, help="samples shown (default 8)")
+    preview.add_argument("--seed", type=int, help="the stream's seed (default: drawn)")
+    preview.add_argument("--epoch", type=int, default=0, help="the epoch shown (default 0)")
+    preview.add_argument("--shuffle", action="store_true", help="random order within epochs")
+    _add_cases_argument(preview)
+    preview.add_argument(
+        "--augment", type=_json_object, help="stream(augment=...) as a JSON object"
+    )
+    preview.add_argument("--image-array", help="the array shown (default: x_array or image)")
+    preview.add_argument("--mask-array", help="the array drawn over it (default: y_array or mask)")
+    preview.add_argument("--columns", type=int, default=4, help="pairs per row (default 4)")
+    preview.add_argument("--scale", type=int, help="pixels per sample pixel (default: auto)")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f"Expected a JSON object. Got {text!r} ({error})."
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"Expected a JSON object. Got {text!r} instead.")
+    return value
+
+
+def _add_cases_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cases",
+        help="only these cases of the dataset's 'case' array, e.g. 0-79,90 (default: all)",
+    )
 
 
 def _count(text: str) -> int:
@@ -254,6 +306,7 @@ def _stream(args: argparse.Namespace) -> int:
             sharing=args.sharing,
             codec=args.codec,
             max_reconnects=args.max_reconnects,
+            cases=args.cases,
         )
         indices_out: TextIO | None = None
         if args.indices_out is not None:
@@ -281,6 +334,29 @@ def _stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preview(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        shown = client.preview(
+            args.dataset,
+            args.out,
+            args.samples,
+            shuffle=args.shuffle,
+            seed=args.seed,
+            epoch=args.epoch,
+            augment=args.augment,
+            cases=args.cases,
+            image_array=args.image_array,
+            mask_array=args.mask_array,
+            columns=args.columns,
+            scale=args.scale,
+        )
+    _say(
+        f"wrote a preview of {len(shown.indices)} samples of {args.dataset!r} (epoch "
+        f"{shown.epoch}, seed {shown.seed}) to {shown.path}"
+    )
+    return 0
+
+
 def _say(line: str) -> None:
     # Flushed per line: in a container stdout is a pipe, and the lines are the progress.
     print(line, flush=True)
@@ -290,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (argparse exits 2 for bad arguments)."""
     args = _parser().parse_args(argv)
     try:
-        return _stream(args) if args.command == "stream" else _datasets(args)
+        command = {"stream": _stream, "preview": _preview, "datasets": _datasets}[args.command]
+        return command(args)
     except DataNodeError as error:
         print(f"data-client {args.command}: {error}", file=sys.stderr)
         return 1

@@ -38,10 +38,14 @@ from data_client.nodes import parse_addresses
 from data_wire.v1 import data_node_pb2, jobs_pb2, tensor_pb2
 from data_wire.v1.data_node_pb2 import (
     Augmentation,
+    CaseRange,
     DatasetDescription,
     DescribeDatasetRequest,
     ListDatasetsRequest,
     ListDatasetsResponse,
+    RegisterDatasetRequest,
+    RemoveDatasetRequest,
+    RemoveDatasetResponse,
     SampleWeights,
     Shard,
     StreamRequest,
@@ -51,10 +55,14 @@ from data_wire.v1.tensor_pb2 import Cursor
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from data_client.preview import Preview
+
 __all__ = [
     "ArrayInfo",
     "ArrayInput",
+    "ArraySources",
     "BatchStream",
+    "CaseSelection",
     "DataNodeClient",
     "DatasetInfo",
     "TlsConfig",
@@ -115,6 +123,17 @@ TlsOption: TypeAlias = bool | PemSource | TlsConfig | grpc.ChannelCredentials | 
 ArrayInput: TypeAlias = DatasetArray | FileArray | str
 """Accepted forms of a build job's volume or mask; a ``str`` is ``FileArray(path)``."""
 
+ArraySources: TypeAlias = FileArray | str | Sequence[FileArray | str]
+"""Accepted forms of a registered dataset's array: one source or a list of them, each a
+``FileArray`` (path under the node's data root and array key) or a path (``FileArray(path)``)."""
+
+CaseSelection: TypeAlias = (
+    str | int | range | tuple[int, int] | Sequence[int | range | tuple[int, int]]
+)
+"""Accepted forms of ``stream(cases=...)``: ``"0-79,90"`` (inclusive ranges and single cases,
+comma-separated), a case number, a ``range`` (``range(80)`` is 0-79), a ``(first, last)`` pair
+(inclusive), or a sequence of these."""
+
 _METHOD_PREFIX: Final = f"/{data_node_pb2.DESCRIPTOR.services_by_name['DataNode'].full_name}/"
 _CODECS: Final = {
     "none": tensor_pb2.CODEC_NONE,
@@ -164,12 +183,16 @@ class DatasetInfo:
         length: Number of samples.
         arrays: The arrays iterated in tandem, in the order every batch carries them.
         classes: Class numbers of the "label" array when the dataset has a class list; else ().
+        registered: Registered at run time (``register_dataset`` or a build job's
+            ``register_as``; removable with ``remove_dataset``), else from the node's config
+            file. Default False.
     """
 
     name: str
     length: int
     arrays: tuple[ArrayInfo, ...]
     classes: tuple[int, ...]
+    registered: bool = False
 
 
 class _StreamCall(Protocol):
@@ -337,6 +360,8 @@ class _Node:
         self.channel = channel
         self.list_datasets = self._unary("ListDatasets", ListDatasetsResponse)
         self.describe_dataset = self._unary("DescribeDataset", DatasetDescription)
+        self.register_dataset = self._unary("RegisterDataset", DatasetDescription)
+        self.remove_dataset = self._unary("RemoveDataset", RemoveDatasetResponse)
         self.stream_batches = channel.unary_stream(
             _METHOD_PREFIX + "StreamBatches",
             request_serializer=StreamRequest.SerializeToString,
@@ -514,6 +539,87 @@ class DataNodeClient:
         description, _ = self._call("describe_dataset", DescribeDatasetRequest(name=name))
         return _dataset_info(description)
 
+    def register_dataset(
+        self,
+        name: str,
+        arrays: Mapping[str, ArraySources],
+        *,
+        class_list: Sequence[int] | None = None,
+        maxlen: int | None = None,
+        replace: bool = False,
+    ) -> DatasetInfo:
+        """Serve files under the node's data root as a dataset, at once and after restarts.
+
+        The arguments are those of a ``[datasets.NAME]`` table of the node's config file.
+        Needs a token with the "build" role on a node with ``[auth]``.
+
+        Args:
+            name: The dataset's name: 1 to 128 letters, digits and "._-", starting with a
+                letter or digit; not one of the node's config-file datasets.
+            arrays: Array name -> its sources (see ``ArraySources``), iterated in tandem in
+                this order. A source's format comes from its suffix (.h5/.hdf5, .zarr,
+                .bcolz); HDF5 sources need a key.
+            class_list: One class per source; adds a "label" array. Default None.
+            maxlen: At most this many samples per source, >= 1. Default None: all.
+            replace: Replace a dataset registered under ``name`` (its open streams end with
+                FailedPreconditionError). Default False: AlreadyExistsError.
+
+        Returns:
+            The registered dataset's description.
+
+        Raises:
+            TypeError, ValueError: An argument is invalid here; the message names it.
+            InvalidArgumentError: The node refused a field (named in the details), e.g. a
+                source that does not exist or arrays of different lengths.
+            AlreadyExistsError: ``name`` is served already (see ``replace``).
+            PermissionDeniedError: A path leads outside the data root, or the token's role
+                is "read".
+        """
+        if not isinstance(arrays, Mapping) or not arrays:
+            raise TypeError(
+                f"Expected arrays to be a non-empty dict of array name -> sources. Got {arrays!r} instead."
+            )
+        request = RegisterDatasetRequest(name=_parse_name("name", name), replace=bool(replace))
+        for array_name, sources in arrays.items():
+            array = request.arrays.add(name=_parse_name("arrays key", array_name))
+            listed = [sources] if isinstance(sources, str | FileArray) else list(sources)
+            for i, source in enumerate(listed):
+                if isinstance(source, str):
+                    source = FileArray(source)
+                if not isinstance(source, FileArray):
+                    raise TypeError(
+                        f"Expected arrays[{array_name!r}][{i}] to be a FileArray or a path. "
+                        f"Got {source!r} instead."
+                    )
+                array.sources.add(path=source.path, key=source.key)
+        request.class_list.extend(
+            _parse_int(f"class_list[{i}]", v, minimum=-(2**63))
+            for i, v in enumerate(class_list or ())
+        )
+        if maxlen is not None:
+            request.maxlen = _parse_int("maxlen", maxlen, minimum=1)
+        description, _ = self._call("register_dataset", request)
+        return _dataset_info(description)
+
+    def remove_dataset(self, name: str) -> DatasetInfo | None:
+        """Stop serving a registered dataset and forget it across restarts; its files stay.
+
+        Its open streams end with FailedPreconditionError before their next batch. Needs a
+        token with the "build" role on a node with ``[auth]``.
+
+        Returns:
+            What the node served under ``name``, or None when it was registered but not
+            served (its files could not be opened when the node started).
+
+        Raises:
+            NotFoundError: No dataset of that name is registered.
+            FailedPreconditionError: ``name`` comes from the node's config file.
+        """
+        response, _ = self._call(
+            "remove_dataset", RemoveDatasetRequest(name=_parse_name("name", name))
+        )
+        return _dataset_info(response.removed) if response.HasField("removed") else None
+
     def stream(
         self,
         name: str,
@@ -539,6 +645,8 @@ class DataNodeClient:
         max_reconnects: int = 20,
         initial_backoff: float = 0.1,
         max_backoff: float = 2.0,
+        cases: CaseSelection | None = None,
+        start_epoch: int = 0,
     ) -> BatchStream | MultiNodeStream:
         """Stream minibatches of a dataset (the call starts at the first ``next()``).
 
@@ -601,6 +709,14 @@ class DataNodeClient:
                 of it). Default 0.1.
             max_backoff: Upper bound of one wait, in seconds, > 0. It also bounds how long a
                 stream lags behind a node that came back. Default 2.
+            cases: Only the samples of these cases (by the dataset's "case" array; see
+                ``CaseSelection``): every epoch is drawn from them alone, with the same
+                shards, determinism and resume as a whole dataset, e.g. ``"0-79"`` to train
+                and ``"80-99"`` to validate. Part of the stream's identity: a cursor resumes
+                only the same selection. Default None: every sample.
+            start_epoch: Start at batch 0 of this epoch, < ``epochs`` (what a cursor at
+                that point resumes; with the same seed, the batches a trainer gets in that
+                epoch). Not with ``resume``. Default 0.
 
         Returns:
             A ``BatchStream`` (one node) or ``MultiNodeStream`` (several), yielding tuples of
@@ -635,6 +751,9 @@ class DataNodeClient:
             request.sample_weights.CopyFrom(_build_sample_weights(sample_weights))
         if augment is not None:
             request.augmentation.CopyFrom(_build_augmentation(augment))
+        if cases is not None:
+            request.cases.extend(_build_cases(cases))
+        request.start_epoch = _parse_int("start_epoch", start_epoch, minimum=0)
         stream = _open_stream(
             [node.stream_batches for node in self._nodes],
             _with_resume(request, _parse_cursor(resume)),
@@ -646,6 +765,77 @@ class DataNodeClient:
         )
         self._streams.add(stream)
         return stream
+
+    def preview(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        num_samples: int = 8,
+        *,
+        shuffle: bool = False,
+        seed: int | None = None,
+        epoch: int = 0,
+        augment: Mapping[str, Any] | None = None,
+        cases: CaseSelection | None = None,
+        sample_with_replacement: bool = False,
+        sample_weights: Sequence[float] | npt.ArrayLike | str | None = None,
+        image_array: str | None = None,
+        mask_array: str | None = None,
+        columns: int = 4,
+        scale: int | None = None,
+    ) -> Preview:
+        """Write a PNG grid of samples as a trainer streams them, each beside its original.
+
+        The first ``num_samples`` samples of epoch ``epoch`` of the stream that ``stream()``
+        opens with the same arguments, each shown as its original (the same sample without
+        augmentation) next to its augmented version, the mask drawn over both in colour: a
+        glance shows whether image and mask stay aligned and how strong the augmentation
+        is. The layout and colours are those of ``data_client.preview``.
+
+        Args:
+            name: Dataset name.
+            path: The PNG file to write (replaced atomically if it exists).
+            num_samples: Samples shown, >= 1 (fewer if the epoch holds fewer). Default 8.
+            shuffle, seed, augment, cases, sample_with_replacement, sample_weights: As for
+                ``stream()``; pass the trainer's to see what it gets. Default seed None:
+                one is drawn (it is in the result).
+            epoch: The epoch shown, >= 0. Default 0.
+            image_array: The array shown as the image. Default None: ``augment``'s
+                ``x_array``, else "image".
+            mask_array: The array drawn over it. Default None: ``augment``'s ``y_array``,
+                else "mask" if the dataset has one, else no overlay.
+            columns: Sample pairs per row, >= 1. Default 4.
+            scale: Screen pixels per sample pixel, >= 1. Default None: tiles of about 128
+                pixels.
+
+        Returns:
+            Where the grid went, which samples it shows and where each tile is.
+
+        Raises:
+            TypeError, ValueError: An argument is invalid (named), or an array named is not
+                the dataset's.
+            OSError: ``path`` cannot be written.
+            DataNodeError: The node refused the stream (as ``stream()`` would).
+        """
+        from data_client.preview import preview  # imports this module: not at the top
+
+        return preview(
+            self,
+            name,
+            path,
+            num_samples,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            augment=augment,
+            cases=cases,
+            sample_with_replacement=sample_with_replacement,
+            sample_weights=sample_weights,
+            image_array=image_array,
+            mask_array=mask_array,
+            columns=columns,
+            scale=scale,
+        )
 
     def submit_build(
         self,
@@ -916,6 +1106,7 @@ def _open_stream(
         lanes,
         start=shared.resume if shared.HasField("resume") else None,
         epochs=None if shared.loop_forever else shared.epochs,
+        start_epoch=shared.start_epoch,
     )
 
 
@@ -1056,6 +1247,7 @@ def _dataset_info(description: DatasetDescription) -> DatasetInfo:
             for array in description.arrays
         ),
         classes=tuple(description.classes),
+        registered=description.origin == data_node_pb2.DATASET_ORIGIN_REGISTERED,
     )
 
 
@@ -1088,6 +1280,69 @@ def _parse_sharing(sharing: str | None, world_size: int) -> Any:
     if sharing is None:
         sharing = "partitioned" if world_size > 1 else "independent"
     return _SHARING[_parse_option("sharing", sharing, _SHARING)]
+
+
+_CASES_FORM: Final = (
+    "case numbers >= 0 and inclusive ranges first-last, comma-separated (e.g. '0-79,90'), "
+    "a range, a (first, last) pair, or a sequence of these"
+)
+
+
+def _build_cases(cases: CaseSelection) -> list[CaseRange]:
+    """The ``StreamRequest.cases`` ranges of a ``CaseSelection``.
+
+    Raises:
+        TypeError, ValueError: ``cases`` has none of the accepted forms, holds a range with
+            first > last or a negative case, or selects nothing; the message names cases.
+    """
+    if isinstance(cases, str):
+        parts: list[Any] = [part.strip() for part in cases.split(",")]
+    elif (isinstance(cases, Sequence) and not isinstance(cases, range | tuple)) or (
+        isinstance(cases, tuple) and not (len(cases) == 2 and all(_is_int(v) for v in cases))
+    ):
+        parts = list(cases)
+    else:
+        parts = [cases]
+    if not parts:
+        raise ValueError(f"Expected cases to hold {_CASES_FORM}. Got {cases!r} instead.")
+    ranges = [_case_range(part, cases) for part in parts]
+    return [CaseRange(first=first, last=last) for first, last in ranges]
+
+
+def _case_range(part: Any, cases: Any) -> tuple[int, int]:
+    first: Any
+    last: Any
+    if isinstance(part, str):
+        first, sep, last = part.partition("-")
+        if not sep:
+            last = first
+        try:
+            first, last = int(first), int(last)
+        except ValueError:
+            raise ValueError(
+                f"Expected cases to hold {_CASES_FORM}. Got {cases!r} ({part!r}) instead."
+            ) from None
+    elif isinstance(part, range):
+        if part.step != 1 or not part:
+            raise ValueError(
+                f"Expected cases' ranges to have step 1 and hold a case. Got {part!r} instead."
+            )
+        first, last = part.start, part.stop - 1
+    elif isinstance(part, tuple) and len(part) == 2:
+        first, last = part
+    else:
+        first = last = part
+    if not (_is_int(first) and _is_int(last)):
+        raise TypeError(f"Expected cases to hold {_CASES_FORM}. Got {cases!r} instead.")
+    if not 0 <= int(first) <= int(last):
+        raise ValueError(
+            f"Expected each of cases to be 0 <= first <= last. Got {first}-{last} instead."
+        )
+    return int(first), int(last)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 def _build_sample_weights(weights: Sequence[float] | npt.ArrayLike | str) -> SampleWeights:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "AlreadyExistsError",
     "DataNodeError",
     "DeadlineExceededError",
     "FailedPreconditionError",
@@ -37,6 +38,10 @@ class DataNodeError(RuntimeError):
 
 class NotFoundError(DataNodeError, LookupError):
     """NOT_FOUND: the node does not serve the named dataset."""
+
+
+class AlreadyExistsError(DataNodeError, FileExistsError):
+    """ALREADY_EXISTS: the node already serves a dataset of that name."""
 
 
 class InvalidArgumentError(DataNodeError, ValueError):
@@ -81,6 +86,7 @@ class InternalError(DataNodeError):
 
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[DataNodeError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.OUT_OF_RANGE: OutOfRangeError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,

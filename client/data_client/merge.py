@@ -159,17 +159,24 @@ class MultiNodeStream(StreamBase):
     """
 
     def __init__(
-        self, lanes: Sequence[LaneStream], *, start: Cursor | None, epochs: int | None
+        self,
+        lanes: Sequence[LaneStream],
+        *,
+        start: Cursor | None,
+        epochs: int | None,
+        start_epoch: int = 0,
     ) -> None:
         """Prepare the stream; the lane threads start at the first ``next()``.
 
         Args:
             lanes: Lane k's stream for each k, in lane order (lane k of ``len(lanes)``).
-            start: The cursor the lanes resume from, or None: epoch 0, batch 0.
+            start: The cursor the lanes resume from, or None: ``start_epoch``, batch 0.
             epochs: Number of epochs of the stream, or None when it loops forever.
+            start_epoch: The first epoch without ``start``. Default 0.
         """
         self._readers = tuple(_LaneReader(lane, k) for k, lane in enumerate(lanes))
         self._epochs = epochs
+        self._start_epoch = start_epoch
         # Orders starting the readers against close() from another thread.
         self._lock = threading.Lock()
         self._started = False
@@ -230,5 +237,5 @@ class MultiNodeStream(StreamBase):
     def _next_position(self) -> tuple[int, int]:
         """(epoch, batch_index) of the next batch: the cursor's, as a cursor names the next."""
         if self._cursor is None:
-            return 0, 0
+            return self._start_epoch, 0
         return self._cursor.epoch, self._cursor.batch_index

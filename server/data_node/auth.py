@@ -5,7 +5,7 @@ Every RPC but the gRPC health service (``/grpc.health.v1.Health/``: load balance
 metadata naming a token of the node's ``[auth]`` config:
 
 * no token, another scheme, or a token the node does not know: UNAUTHENTICATED;
-* a "read" token on a job RPC (``ROLE_NEEDED``): PERMISSION_DENIED naming the role needed;
+* a "read" token on a job RPC or RegisterDataset / RemoveDataset (``ROLE_NEEDED``): PERMISSION_DENIED naming the role needed;
   a "build" token may call everything;
 * server reflection needs a valid token too (any role): it is a service like any other.
 
@@ -41,6 +41,8 @@ ROLE_NEEDED: Final = {
         ("ListDatasets", "read"),
         ("DescribeDataset", "read"),
         ("StreamBatches", "read"),
+        ("RegisterDataset", "build"),
+        ("RemoveDataset", "build"),
         ("SubmitBuildJob", "build"),
         ("GetJob", "build"),
         ("ListJobs", "build"),

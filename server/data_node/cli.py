@@ -15,6 +15,15 @@ Build jobs (over the node's RPCs, with ``data_client``)::
     data-node watch JOB_ID --address HOST:PORT
     data-node cancel JOB_ID --address HOST:PORT
 
+Datasets served without a restart (persisted in the node's state dir; see RegisterDataset)::
+
+    data-node register NAME --address HOST:PORT --array image=cases.h5:image \
+        --array mask=cases.h5:mask [--class_list 0 1] [--maxlen N] [--replace]
+    data-node remove NAME --address HOST:PORT
+
+``--array NAME=PATH[:KEY]`` names a file under the node's data root (KEY: the HDF5 or zarr
+array path); repeat a NAME to combine several sources into one array.
+
 Against a node with ``[tls]`` or ``[auth]``, every command but ``serve`` takes ``--ca
 CA.pem`` (TLS; ``--tls`` alone trusts gRPC's bundled roots), ``--cert C.pem --key C.key``
 (mutual TLS) and ``--token_file FILE`` (the first word of its first line that is not blank
@@ -40,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from data_client import DataNodeClient, DataNodeError, TlsConfig
+from data_client import DataNodeClient, DataNodeError, DatasetInfo, TlsConfig
 from data_client.jobs import CaseInput, DatasetArray, FileArray, JobInfo, JobState
 from data_node.config import EXECUTORS, load
 from data_node.errors import ConfigError, PathOutsideRootError
@@ -67,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_connection_arguments(health_parser)
     health_parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     _add_build_parser(commands)
+    _add_registry_parsers(commands)
     _add_import_parser(commands)
     _add_demo_data_parser(commands)
     jobs_parser = commands.add_parser("jobs", help="list the node's build jobs")
@@ -176,6 +186,55 @@ def _add_build_parser(commands: Any) -> None:
         "--scheduler-address", "--scheduler_address", help="Dask scheduler; default: the node's"
     )
     build.add_argument("--detach", action="store_true", help="print the job id and exit")
+
+
+def _add_registry_parsers(commands: Any) -> None:
+    register = commands.add_parser("register", help="serve files as a dataset, at once")
+    register.add_argument("name", help="the dataset's name")
+    _add_connection_arguments(register)
+    register.add_argument(
+        "--array",
+        action="append",
+        required=True,
+        metavar="NAME=PATH[:KEY]",
+        help="an array's source under the data root; repeat (a NAME again adds a source)",
+    )
+    register.add_argument(
+        "--class-list", "--class_list", type=int, nargs="+", help="one class per source"
+    )
+    register.add_argument("--maxlen", type=int, help="at most this many samples per source")
+    register.add_argument("--replace", action="store_true", help="replace a registered one")
+    remove = commands.add_parser("remove", help="stop serving a registered dataset")
+    remove.add_argument("name", help="the dataset's name")
+    _add_connection_arguments(remove)
+
+
+def _register(args: argparse.Namespace) -> int:
+    arrays: dict[str, list[FileArray]] = {}
+    for spec in args.array:
+        name, sep, source = spec.partition("=")
+        if not sep or not name or not source:
+            raise ValueError(f"--array: Expected NAME=PATH[:KEY]. Got {spec!r} instead.")
+        path, _, key = source.partition(":")
+        arrays.setdefault(name, []).append(FileArray(path, key))
+    with _client(args) as client:
+        info = client.register_dataset(
+            args.name, arrays, class_list=args.class_list, maxlen=args.maxlen, replace=args.replace
+        )
+    print(f"registered {_describe_dataset(info)}")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.remove_dataset(args.name)
+    print(f"removed {args.name!r}" if info is None else f"removed {_describe_dataset(info)}")
+    return 0
+
+
+def _describe_dataset(info: DatasetInfo) -> str:
+    arrays = ", ".join(f"{a.name} {a.dtype} {a.shape[1:]}" for a in info.arrays)
+    return f"{info.name!r}: {info.length} samples; {arrays}"
 
 
 def _add_import_parser(commands: Any) -> None:
@@ -388,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _health(args)
             if args.command == "demo-data":
                 return _demo_data(args)
+            if args.command in ("register", "remove"):
+                return _register(args) if args.command == "register" else _remove(args)
             if args.command == "import":
                 return _import(args)
             return _build(args) if args.command == "build" else _jobs_command(args)

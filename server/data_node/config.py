@@ -78,6 +78,7 @@ __all__ = [
     "TlsConfig",
     "load",
     "parse_config",
+    "parse_dataset",
     "resolve_inside",
     "resolve_preprocessor",
 ]
@@ -361,7 +362,9 @@ def parse_config(
     preprocessors = _parse_preprocessors(_table("preprocessors", raw.get("preprocessors", {})))
     datasets_raw = _table("datasets", raw.get("datasets", {}))
     datasets = {
-        name: _parse_dataset(name, _table(f"datasets.{name}", spec), data_root, output_root)
+        name: parse_dataset(
+            name, _table(f"datasets.{name}", spec), data_root, output_root=output_root
+        )
         for name, spec in sorted(datasets_raw.items())
     }
     limits = _parse_limits(_table("limits", raw.get("limits", {})))
@@ -629,46 +632,71 @@ def _relation(path: Path, other: Path) -> str:
     return "lies inside" if path.is_relative_to(other) else "holds"
 
 
-def _parse_dataset(
-    name: str, raw: Mapping[str, Any], data_root: Path, output_root: Path
+def parse_dataset(
+    name: str,
+    raw: Mapping[str, Any],
+    data_root: Path,
+    *,
+    output_root: Path,
+    prefix: str | None = None,
 ) -> DatasetConfig:
-    prefix = f"datasets.{name}"
+    """Validate one dataset's table (``arrays``, ``class_list``, ``maxlen``), as in the file.
+
+    Args:
+        name: The dataset's name.
+        raw: Its table: ``arrays`` maps array names to a source table or a list of them.
+        data_root: The resolved root every source must stay inside.
+        output_root: The resolved root of build jobs' outputs, where no source may lie (a
+            build job with overwrite could replace it under its readers).
+        prefix: What error messages put before each key. Default None: ``datasets.<name>``.
+            "" names the keys bare (``arrays.image[0].path``), as a request's fields.
+
+    Raises:
+        ConfigError: A key is invalid (named in the message).
+        PathOutsideRootError: A source resolves outside ``data_root``.
+    """
+    prefix = f"datasets.{name}" if prefix is None else prefix
     _check_keys(prefix, raw, {"arrays", "class_list", "maxlen"})
-    arrays_raw = _table(f"{prefix}.arrays", raw.get("arrays", {}))
+    arrays_key = _join(prefix, "arrays")
+    arrays_raw = _table(arrays_key, raw.get("arrays", {}))
     if not arrays_raw:
-        raise ConfigError(f"{prefix}.arrays: Expected at least one array. Got none.")
+        raise ConfigError(f"{arrays_key}: Expected at least one array. Got none.")
     arrays = tuple(
-        ArrayConfig(array_name, _parse_sources(f"{prefix}.arrays.{array_name}", spec, data_root))
+        ArrayConfig(array_name, _parse_sources(f"{arrays_key}.{array_name}", spec, data_root))
         for array_name, spec in arrays_raw.items()
     )
     for array in arrays:
         for i, source in enumerate(array.sources):
             if source.path.is_relative_to(output_root):
                 raise ConfigError(
-                    f"{prefix}.arrays.{array.name}[{i}].path: Expected a file outside "
+                    f"{arrays_key}.{array.name}[{i}].path: Expected a file outside "
                     f"node.output_root (a build job with overwrite could replace it under "
                     f"its readers; serve job outputs with register_as). Got "
                     f"{str(source.path)!r} instead."
                 )
     class_list = None
     if "class_list" in raw:
-        class_list = _int_list(f"{prefix}.class_list", raw["class_list"])
+        key = _join(prefix, "class_list")
+        class_list = _int_list(key, raw["class_list"])
         if LABEL_ARRAY in arrays_raw:
             raise ConfigError(
-                f"{prefix}.class_list: adds an array named {LABEL_ARRAY!r}, "
-                f"but {prefix}.arrays already has one."
+                f"{key}: adds an array named {LABEL_ARRAY!r}, but {arrays_key} already has one."
             )
         for array in arrays:
             if len(array.sources) != len(class_list):
                 raise ConfigError(
-                    f"{prefix}.class_list: Expected one class per source "
-                    f"({len(array.sources)} in {prefix}.arrays.{array.name}). "
+                    f"{key}: Expected one class per source "
+                    f"({len(array.sources)} in {arrays_key}.{array.name}). "
                     f"Got {len(class_list)} instead."
                 )
     maxlen = None
     if "maxlen" in raw:
-        maxlen = _positive_int(f"{prefix}.maxlen", raw["maxlen"])
+        maxlen = _positive_int(_join(prefix, "maxlen"), raw["maxlen"])
     return DatasetConfig(name=name, arrays=arrays, class_list=class_list, maxlen=maxlen)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
 
 
 def _parse_sources(prefix: str, raw: Any, data_root: Path) -> tuple[SourceConfig, ...]:

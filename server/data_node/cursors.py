@@ -7,7 +7,7 @@ normalize to, fields that cannot change the output reset). So two requests that 
 same batches fingerprint alike, whoever wrote the client, and a cursor of one resumes the
 other. Fields that do not change which batches come out (``seed``, checked on its own;
 ``sharing``, ``lane``, ``resume``, ``codec``, the worker counts, ``epochs``,
-``loop_forever``) are left out, so a resumed stream may change them.
+``loop_forever``, ``start_epoch``) are left out, so a resumed stream may change them.
 
 Every cursor field is range-checked before use: ``seed`` in [0, 2**32), ``epoch`` in
 [0, MAX_EPOCHS), ``batch_index`` from 0 (its upper end, the batches of one epoch, is
@@ -59,6 +59,8 @@ def parse_start(
 ) -> tuple[int, int, int]:
     """The seed and the (epoch, batch index) to start at; the cursor checked field by field.
 
+    Without a cursor a stream starts at batch 0 of ``start_epoch`` (default 0).
+
     Raises:
         RequestError: The seed or a cursor field is out of range, or the cursor belongs to
             another dataset, seed or stream (another fingerprint).
@@ -66,8 +68,14 @@ def parse_start(
     seed = request.seed if request.HasField("seed") else None
     if seed is not None and seed >= SEED_LIMIT:
         raise RequestError(f"seed: Expected an integer in [0, {SEED_LIMIT}). Got {seed} instead.")
+    start_epoch = bounded("start_epoch", request.start_epoch, 0, MAX_EPOCHS - 1)
     if not request.HasField("resume"):
-        return (secrets.randbelow(SEED_LIMIT) if seed is None else seed), 0, 0
+        return (secrets.randbelow(SEED_LIMIT) if seed is None else seed), start_epoch, 0
+    if start_epoch:
+        raise RequestError(
+            f"start_epoch: Expected 0 with resume (the cursor says where to start). "
+            f"Got {start_epoch} instead."
+        )
     cursor = request.resume
     bounded("resume.seed", cursor.seed, 0, SEED_LIMIT - 1)
     bounded("resume.epoch", cursor.epoch, 0, MAX_EPOCHS - 1)

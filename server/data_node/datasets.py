@@ -1,8 +1,27 @@
-"""The datasets a node serves: configured sources opened read-only as lazy views, by name."""
+"""The datasets a node serves: configured sources opened read-only as lazy views, by name.
+
+Two kinds share one registry: the config file's datasets, fixed while the node runs, and
+registered ones (``RegisterDataset``, a build job's ``register_as``), added, replaced and
+removed at run time and persisted in the state dir (``_dataset_store``), so a restart serves
+them again. Names are unique across both; the config file wins: a registration may not take
+a config-file dataset's name, and a stored registration whose name the config file has
+since taken is dropped (with a warning) when the node starts. A stored registration whose
+files cannot be opened at start is kept (a warning names it) but not served until a restart
+finds them; ``remove`` forgets it.
+
+A stream holds the dataset it opened. When that dataset is removed or replaced, the
+registry calls the stream's ``on_retire`` (see ``serving``) and the stream ends before its
+next batch (FAILED_PRECONDITION): it never reads files that may be gone or rewritten.
+
+Lock order: the registry's lock only; callbacks run after it is released.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -11,7 +30,13 @@ import numpy as np
 
 import data_tools._sources
 from data_node.config import LABEL_ARRAY
-from data_node.errors import ConfigError, DatasetNotFoundError, PathOutsideRootError
+from data_node.errors import (
+    ConfigError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    DatasetRemovedError,
+    PathOutsideRootError,
+)
 from data_node.wire import WIRE_DTYPES
 from data_tools._chunk_cache import CachedSource, cached
 from data_tools._confine import Root
@@ -20,12 +45,16 @@ from data_tools.errors import ConfinementError
 from data_tools.wrap import delayed_view, multi_source_array
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Iterable, Iterator, Mapping
+    from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 
+    import numpy.typing as npt
+
+    from data_node._dataset_store import DatasetStore
     from data_node.config import DatasetConfig, SourceConfig
     from data_tools._chunk_cache import ChunkCache
 
 __all__ = [
+    "CASE_ARRAY",
     "Dataset",
     "DatasetRegistry",
     "ReplacedFlag",
@@ -33,6 +62,11 @@ __all__ = [
     "open_source",
     "wire_dtype",
 ]
+
+CASE_ARRAY = "case"
+"""The array holding each sample's case number, which streams select cases by."""
+
+logger = logging.getLogger(__name__)
 
 
 def wire_dtype(dtype: Any) -> str:
@@ -72,6 +106,7 @@ class Dataset:
         cached: Whether some of its sources read through the node's chunk cache (which
             only reads made in the node's process use).
         cache_keys: The ``CachedSource.key`` of each of its sources reading through the cache.
+        registered: Registered at run time (else from the config file).
         replaced: Set once the files behind it are being replaced (a build job overwrites its
             output): nothing read from it since can be trusted, and its streams end.
     """
@@ -81,9 +116,26 @@ class Dataset:
     classes: tuple[int, ...] = ()
     cached: bool = False
     cache_keys: frozenset[Hashable] = frozenset()
+    registered: bool = False
     replaced: ReplacedFlag = field(
         default_factory=lambda: ReplacedFlag(), compare=False, repr=False
     )
+
+    @functools.cached_property
+    def cases(self) -> npt.NDArray[np.int64]:
+        """Each sample's case number (the ``case`` array, read once).
+
+        Raises:
+            KeyError: The dataset has no ``case`` array.
+            TypeError: Its values are not integers.
+        """
+        array = self.array(CASE_ARRAY)
+        if not np.issubdtype(np.dtype(array.dtype), np.integer) or len(array.shape) != 1:
+            raise TypeError(
+                f"Expected a 1-D {CASE_ARRAY!r} array of integers. Got dtype {array.dtype} "
+                f"and shape {tuple(array.shape)} instead."
+            )
+        return np.asarray(array[:], dtype=np.int64)
 
     @property
     def length(self) -> int:
@@ -118,7 +170,9 @@ def open_source(source: SourceConfig) -> Any:
     return data_tools._sources.open_source(source.format, source.path, source.key, root)
 
 
-def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Dataset:
+def open_dataset(
+    config: DatasetConfig, cache: ChunkCache | None = None, *, prefix: str | None = None
+) -> Dataset:
     """Open every source of a configured dataset and check the arrays line up.
 
     Args:
@@ -127,6 +181,8 @@ def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Data
             through, shared by every stream reading them in this process (the dataset is
             then ``cached``, and its streams read in this process even with worker
             processes). Default None: sources are read directly.
+        prefix: What error messages put before ``arrays``. Default None:
+            ``datasets.<name>``, the config file's key; "" names a request's fields.
 
     Raises:
         ConfigError: A source cannot be opened, or the arrays (or their per-source parts)
@@ -135,12 +191,12 @@ def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Data
             external link, a zarr entry symlinked outside...); the message names the key
             and the file relative to the root.
     """
-    prefix = f"datasets.{config.name}"
+    prefix = f"datasets.{config.name}." if prefix is None else prefix
     opened: list[tuple[str, list[Any]]] = []
     for array in config.arrays:
         sources = []
         for i, source in enumerate(array.sources):
-            key = f"{prefix}.arrays.{array.name}[{i}]"
+            key = f"{prefix}arrays.{array.name}[{i}]"
             try:
                 source_array = open_source(source)
                 source_array.shape  # noqa: B018 - opening is lazy; make it fail here
@@ -169,7 +225,7 @@ def open_dataset(config: DatasetConfig, cache: ChunkCache | None = None) -> Data
     for name, array in arrays:
         if wire_dtype(array.dtype) not in WIRE_DTYPES:
             raise ConfigError(
-                f"{prefix}.arrays.{name}: Expected a dtype the wire carries {WIRE_DTYPES}. "
+                f"{prefix}arrays.{name}: Expected a dtype the wire carries {WIRE_DTYPES}. "
                 f"Got {np.dtype(array.dtype)} instead."
             )
     keys = frozenset(s.key for _, sources in opened for s in sources if isinstance(s, CachedSource))
@@ -183,32 +239,81 @@ def _check_lengths(prefix: str, opened: list[tuple[str, list[Any]]]) -> None:
         got = [s.shape[0] for s in sources]
         if got != expected:
             raise ConfigError(
-                f"{prefix}.arrays: Expected every array to have the lengths of "
+                f"{prefix}arrays: Expected every array to have the lengths of "
                 f"{first_name!r} ({expected} per source). Got {got} for {name!r} instead."
             )
 
 
 class DatasetRegistry:
-    """Name -> Dataset, safe to read from many RPC threads and to extend at run time."""
+    """Name -> Dataset, safe to read from many RPC threads and to change at run time."""
 
-    def __init__(self, datasets: Iterable[Dataset] = (), cache: ChunkCache | None = None) -> None:
-        # Guards _datasets and _held; notified when a name is released.
+    def __init__(
+        self,
+        datasets: Iterable[Dataset] = (),
+        cache: ChunkCache | None = None,
+        store: DatasetStore | None = None,
+    ) -> None:
+        """Serve ``datasets`` (the config file's).
+
+        Args:
+            datasets: The config file's datasets.
+            cache: The decoded-chunk cache registered datasets read through. Default None.
+            store: Where registrations persist. Default None: they last while the node runs.
+        """
+        # Guards everything below; notified when a held name is released.
         self._lock = threading.Condition()
-        self._datasets = {d.name: d for d in datasets}
         self._held: set[str] = set()
+        self._datasets = {d.name: d for d in datasets}
+        self._configured = frozenset(self._datasets)
+        # name -> stored entry of every registration (served or not), in registration order.
+        self._registered: dict[str, dict[str, Any]] = {}
+        self._watchers: dict[int, list[Callable[[], None]]] = {}
+        self._store = store
         self.cache = cache
 
     @classmethod
     def from_config(
-        cls, configs: Mapping[str, DatasetConfig], cache: ChunkCache | None = None
+        cls,
+        configs: Mapping[str, DatasetConfig],
+        cache: ChunkCache | None = None,
+        store: DatasetStore | None = None,
     ) -> DatasetRegistry:
-        """Open every configured dataset (raising ConfigError on the first bad one).
+        """Open every configured dataset, then every stored registration.
 
         Args:
             configs: The configured datasets by name.
             cache: The decoded-chunk cache their sources read through. Default None: none.
+            store: Where registrations persist. Default None: none are loaded or saved.
+
+        Raises:
+            ConfigError: A configured dataset cannot be opened, or the store's file is not
+                readable (a registration that cannot be opened is only logged).
         """
-        return cls((open_dataset(config, cache) for config in configs.values()), cache)
+        registry = cls((open_dataset(config, cache) for config in configs.values()), cache, store)
+        if store is not None:
+            registry._load(store)
+        return registry
+
+    def _load(self, store: DatasetStore) -> None:
+        entries = store.load()
+        for entry in entries:
+            name = str(entry.get("name"))
+            if name in self._configured:
+                logger.warning(
+                    "registered dataset %r dropped: the config file now has a dataset of that "
+                    "name (the config file wins)",
+                    name,
+                )
+                continue
+            self._registered[name] = entry
+            try:
+                dataset = open_dataset(store.parse_entry(entry), self.cache)
+            except (ConfigError, PathOutsideRootError) as error:
+                logger.warning("registered dataset %r not served: %s", name, error)
+                continue
+            self._datasets[name] = dataclasses.replace(dataset, registered=True)
+        if len(self._registered) != len(entries):
+            store.save(self._registered.values())
 
     def get(self, name: str) -> Dataset:
         """The dataset called ``name``.
@@ -230,10 +335,113 @@ class DatasetRegistry:
             )
         return dataset
 
-    def add(self, dataset: Dataset) -> None:
-        """Serve ``dataset`` from now on (replacing one of the same name)."""
+    def register(
+        self, config: DatasetConfig, *, replace: bool = False, prefix: str | None = None
+    ) -> Dataset:
+        """Open ``config``'s sources and serve them from now on (and after a restart).
+
+        Args:
+            config: The dataset; its sources already confined to the node's roots.
+            replace: Replace a registered dataset of that name (its streams end). Default
+                False.
+            prefix: Put before the keys in error messages (see ``open_dataset``).
+
+        Raises:
+            ConfigError: A source cannot be opened, or the arrays do not line up.
+            DatasetExistsError: The name is a config-file dataset's, or registered already
+                without ``replace``.
+            OSError: The state dir cannot be written; nothing changed.
+        """
+        dataset = dataclasses.replace(
+            open_dataset(config, self.cache, prefix=prefix), registered=True
+        )
+        name = config.name
         with self._lock:
-            self._datasets[dataset.name] = dataset
+            if name in self._configured:
+                raise DatasetExistsError(
+                    f"name: Expected a name other than the config file's datasets "
+                    f"{sorted(self._configured)}. Got {name!r} instead."
+                )
+            if name in self._registered and not replace:
+                raise DatasetExistsError(
+                    f"name: Expected a name not registered yet, or replace. {name!r} is "
+                    "registered already."
+                )
+            if self._store is not None:
+                entries = {**self._registered, name: self._store.dump_entry(config)}
+                self._store.save(entries.values())
+                self._registered = entries
+            else:
+                self._registered[name] = {}
+            retired = self._swap(name, dataset)
+        _call(retired)
+        return dataset
+
+    def remove(self, name: str) -> Dataset | None:
+        """Stop serving the registered dataset ``name`` and forget it; its streams end.
+
+        Returns:
+            The dataset served until now, or None for a registration that was not served
+            (its files could not be opened).
+
+        Raises:
+            DatasetRemovedError: ``name`` is a config-file dataset (FAILED_PRECONDITION).
+            DatasetNotFoundError: No dataset of that name is registered.
+            OSError: The state dir cannot be written; nothing changed.
+        """
+        with self._lock:
+            if name in self._configured:
+                raise DatasetRemovedError(
+                    f"name: Expected a registered dataset. {name!r} comes from the node's "
+                    "config file: edit it and restart the node to remove it."
+                )
+            if name not in self._registered:
+                raise DatasetNotFoundError(
+                    f"name: Expected one of the registered datasets {sorted(self._registered)}. "
+                    f"Got {name!r} instead."
+                )
+            entries = {key: e for key, e in self._registered.items() if key != name}
+            if self._store is not None:
+                self._store.save(entries.values())
+            self._registered = entries
+            removed = self._datasets.get(name)
+            retired = self._swap(name, None)
+        _call(retired)
+        return removed
+
+    def is_served(self, dataset: Dataset) -> bool:
+        """Whether ``dataset`` (this very object) is still served under its name."""
+        with self._lock:
+            return self._datasets.get(dataset.name) is dataset
+
+    @contextlib.contextmanager
+    def serving(self, dataset: Dataset, on_retire: Callable[[], None]) -> Iterator[None]:
+        """Within the block, call ``on_retire`` once ``dataset`` is removed or replaced.
+
+        Called at once if it was already. Used by a stream: its ``stop.set``.
+        """
+        with self._lock:
+            served = self._datasets.get(dataset.name) is dataset
+            if served:
+                self._watchers.setdefault(id(dataset), []).append(on_retire)
+        if not served:
+            on_retire()
+        try:
+            yield
+        finally:
+            with self._lock:
+                watchers = self._watchers.get(id(dataset), [])
+                if on_retire in watchers:
+                    watchers.remove(on_retire)
+                if not watchers:
+                    self._watchers.pop(id(dataset), None)
+
+    def _swap(self, name: str, dataset: Dataset | None) -> list[Callable[[], None]]:
+        """Serve ``dataset`` as ``name`` (None: nothing); the old one's watchers (lock held)."""
+        old = self._datasets.pop(name, None)
+        if dataset is not None:
+            self._datasets[name] = dataset
+        return [] if old is None else self._watchers.pop(id(old), [])
 
     @contextlib.contextmanager
     def replacing(self, name: str, *, retire: bool) -> Iterator[None]:
@@ -261,7 +469,16 @@ class DatasetRegistry:
                 self._held.discard(name)
                 self._lock.notify_all()
 
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._datasets
+
     def __iter__(self) -> Iterator[Dataset]:
         with self._lock:
             datasets = sorted(self._datasets.values(), key=lambda d: d.name)
         return iter(datasets)
+
+
+def _call(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        callback()

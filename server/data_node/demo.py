@@ -2,8 +2,10 @@
 
 Generates a small synthetic image-and-mask dataset (bright disks on noise) in a temporary
 directory, starts a data node on a free loopback port, streams one augmented, shuffled
-epoch to a client with a progress bar, prints batches/s and MB/s, stops the node and
-removes the directory. Nothing is downloaded.
+epoch to a client with a progress bar, prints batches/s and MB/s, writes a preview grid of
+the first samples (each augmented image beside its original, the mask in colour; see
+``DataNodeClient.preview``) and prints its path, stops the node and removes the directory.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="image edge (default 128)")
     parser.add_argument("--batch-size", type=int, default=32, help="default 32")
     parser.add_argument("--workers", type=int, default=2, help="node processes (default 2)")
+    parser.add_argument(
+        "--preview",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "data_tools-demo-preview.png",
+        help="where the preview PNG goes (default: in the temp dir)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="data_tools-demo-") as tmp:
         root = Path(tmp)
@@ -113,12 +121,16 @@ def main(argv: list[str] | None = None) -> int:
                     num_batches += 1
                     num_bytes += sum(array.nbytes for array in batch)
                 elapsed = time.perf_counter() - start
+                shown = client.preview(
+                    "disks", args.preview, 8, shuffle=True, seed=0, augment=AUGMENT
+                )
         finally:
             node.stop(None)
     print(
         f"streamed {num_batches} augmented batches in {elapsed:.2f} s: "
         f"{num_batches / elapsed:.1f} batches/s, {num_bytes / elapsed / 1e6:.1f} MB/s"
     )
+    print(f"preview of {len(shown.indices)} augmented samples beside their originals: {shown.path}")
     return 0
 
 

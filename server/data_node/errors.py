@@ -6,8 +6,9 @@ __all__ = [
     "ConfigError",
     "CursorAtEndError",
     "DataNodeError",
+    "DatasetExistsError",
     "DatasetNotFoundError",
-    "DatasetReplacedError",
+    "DatasetRemovedError",
     "JobNotFoundError",
     "LimitExceededError",
     "NodeStoppingError",
@@ -34,8 +35,12 @@ class DatasetNotFoundError(DataNodeError, LookupError):
     """A request names a dataset the node does not serve."""
 
 
-class DatasetReplacedError(DataNodeError, RuntimeError):
-    """A stream's dataset was replaced (its files overwritten by a build job) while it read."""
+class DatasetExistsError(DataNodeError, FileExistsError):
+    """A registration names a dataset the node serves already (and may not replace)."""
+
+
+class DatasetRemovedError(DataNodeError, RuntimeError):
+    """The dataset a call needs was removed or replaced (or cannot be removed at run time)."""
 
 
 class JobNotFoundError(DataNodeError, LookupError):

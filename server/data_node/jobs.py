@@ -25,16 +25,18 @@ serves: nothing is deleted under the manager's lock. Outputs never nest (refused
 submission). Cancelling terminates the process (SIGTERM, then SIGKILL after
 ``CANCEL_GRACE`` seconds) and returns once it is gone.
 
-register_as. A succeeded job with ``register_as`` is served at once (and again after a
-restart) as a dataset with two arrays: ``patch``, every class's patches one after the other
-in class order (a ``multi_source_array`` over the ``class_<v>`` arrays), with
-``store_masks`` ``mask`` (the ``mask_<v>`` arrays likewise), and ``label``, the class value
-of each patch; its description lists the classes. An import is served with the arrays of
-its store: ``image``, ``mask`` (with labels), ``case`` and ``slice``. A name of a configured
-dataset is refused; a name served by an earlier job is taken over. An output serving a
-dataset is overwritten only by a job registering under that name: the dataset is retired
-first (its open streams end with FAILED_PRECONDITION, its cached chunks are dropped) and its
-name's lookups wait until the new one is served.
+register_as. A succeeded job with ``register_as`` is registered (``DatasetRegistry.register``,
+as RegisterDataset does: served at once, persisted in the state dir and so served again
+after a restart, removable with RemoveDataset). A patch build is served with two arrays:
+``patch``, every class's patches one after the other in class order (a
+``multi_source_array`` over the ``class_<v>`` arrays), with ``store_masks`` ``mask`` (the
+``mask_<v>`` arrays likewise), and ``label``, the class value of each patch; its description
+lists the classes. An import is served with the arrays of its store: ``image``, ``mask``
+(with labels), ``case`` and ``slice``. A name of a configured dataset is refused; a
+registered name (by an earlier job or RegisterDataset) is taken over, ending that dataset's
+open streams. An output serving a dataset is overwritten only by a job registering under
+that name: the dataset is retired first (its open streams end with FAILED_PRECONDITION, its
+cached chunks are dropped) and its name's lookups wait until the new one is served.
 
 Persistence. Every job is recorded in ``<state_dir>/jobs.sqlite3``. When the node starts,
 ended jobs list as they ended; jobs that were RUNNING when the node stopped or died are
@@ -82,6 +84,7 @@ from data_node.datasets import open_dataset
 from data_node.errors import (
     ConfigError,
     DataNodeError,
+    DatasetExistsError,
     JobNotFoundError,
     LimitExceededError,
     NodeStoppingError,
@@ -119,9 +122,10 @@ __all__ = [
     "BuildPlan",
     "JobManager",
     "JobPage",
-    "open_import_dataset",
+    "import_dataset_config",
     "open_patch_dataset",
     "parse_build_request",
+    "patch_dataset_config",
 ]
 
 PATCH_ARRAY = "patch"
@@ -152,27 +156,22 @@ _STATE_PREFIX = "JOB_STATE_"
 logger = logging.getLogger(__name__)
 
 
-def open_patch_dataset(
+def patch_dataset_config(
     name: str,
     directory: Path,
     file_format: str,
     classes: tuple[int, ...],
-    cache: ChunkCache | None = None,
     *,
     masks: bool = False,
-) -> Dataset:
-    """A create_dataset output as a served dataset: arrays ``patch``, [``mask``,] ``label``.
+) -> DatasetConfig:
+    """A create_dataset output as a dataset: arrays ``patch``, [``mask``,] ``label``.
 
     Args:
         name: The dataset's name.
         directory: The directory create_dataset wrote in.
         file_format: Its file_format.
         classes: The class values, in the order of the patches.
-        cache: The decoded-chunk cache its sources read through. Default None: none.
         masks: Keyword-only. Serve the mask patches (``store_masks``) as ``mask``.
-
-    Raises:
-        ConfigError: An array cannot be opened, or its dtype does not travel on the wire.
     """
     container = directory / CONTAINERS[file_format]
     prefixes = {PATCH_ARRAY: "class"} | ({MASK_ARRAY: "mask"} if masks else {})
@@ -188,24 +187,39 @@ def open_patch_dataset(
         )
         for array, prefix in prefixes.items()
     )
-    return open_dataset(DatasetConfig(name, arrays, class_list=classes), cache)
+    return DatasetConfig(name, arrays, class_list=classes)
 
 
-def open_import_dataset(
-    name: str, directory: Path, file_format: str, cache: ChunkCache | None = None
+def open_patch_dataset(
+    name: str,
+    directory: Path,
+    file_format: str,
+    classes: tuple[int, ...],
+    cache: ChunkCache | None = None,
+    *,
+    masks: bool = False,
 ) -> Dataset:
-    """An import_cases output as a served dataset: ``image``, [``mask``,] ``case``, ``slice``.
+    """Open a create_dataset output as a served dataset (see ``patch_dataset_config``).
+
+    Args:
+        cache: The decoded-chunk cache its sources read through. Default None: none.
 
     Raises:
         ConfigError: An array cannot be opened, or its dtype does not travel on the wire.
     """
+    config = patch_dataset_config(name, directory, file_format, classes, masks=masks)
+    return open_dataset(config, cache)
+
+
+def import_dataset_config(name: str, directory: Path, file_format: str) -> DatasetConfig:
+    """An import_cases output as a dataset: ``image``, [``mask``,] ``case``, ``slice``."""
     container = directory / CASES_CONTAINERS[file_format]
     arrays = tuple(
         ArrayConfig(array, (SourceConfig(container, file_format, array),))
         for array in IMPORT_ARRAYS
         if array != MASK_ARRAY or is_complete(container, array)
     )
-    return open_dataset(DatasetConfig(name, arrays), cache)
+    return DatasetConfig(name, arrays)
 
 
 # ---------------------------------------------------------------- the jobs
@@ -713,20 +727,18 @@ class JobManager:
                 _kill_point("aside")
                 self._tree.install(job.job_id, job.output)
                 _kill_point("install")
-                dataset = self._open_result(name, job, job.result) if name else None
-            except (OSError, ConfigError, PathOutsideRootError) as error:
+                if name:
+                    self._serve(name, job, job.result)
+            except (OSError, ConfigError, PathOutsideRootError, DatasetExistsError) as error:
                 self._tree.restore(job.job_id, job.output)
                 if retire:
                     assert old is not None
-                    self._serve(name, old)
+                    self._serve(name, old, _written(old))
                 what = "register_as: could not serve" if name else "output: could not publish"
                 self._finish(job, FAILED, f"{what} the result: {error}", publishing=True)
                 return
             _record_result(job, job.result)
             self._finish(job, SUCCEEDED, publishing=True, replaces=old)
-            if dataset is not None:
-                self._registry.add(dataset)
-                self._served[name] = job
 
     def _owner(self, output: PurePosixPath) -> _Job | None:
         """The succeeded job whose result is at ``output`` now, if any."""
@@ -761,22 +773,24 @@ class JobManager:
                     f"Got {plan.register_as!r} instead."
                 )
 
-    def _open_result(self, name: str, job: _Job, counts: Counts) -> Dataset:
+    def _result_config(self, name: str, job: _Job, counts: Counts) -> DatasetConfig:
+        """The dataset ``job``'s output is served as, with ``counts`` patches per class."""
         output = resolve_inside(self._config.output_root, job.request.output, field_name="output")
-        file_format, cache = job.request.file_format, self._registry.cache
+        file_format = job.request.file_format
         if job.is_import:
-            return open_import_dataset(name, output, file_format, cache)
+            return import_dataset_config(name, output, file_format)
         masks = job.request.store_masks
-        return open_patch_dataset(name, output, file_format, tuple(counts), cache, masks=masks)
+        return patch_dataset_config(name, output, file_format, tuple(counts), masks=masks)
 
-    def _serve(self, name: str, job: _Job) -> None:
-        """Serve ``job``'s output as ``name`` (taking the name over).
+    def _serve(self, name: str, job: _Job, counts: Counts) -> None:
+        """Register ``job``'s output as ``name`` (persisted; taking the name over).
 
         Raises:
             ConfigError, PathOutsideRootError: The output cannot be opened.
+            DatasetExistsError: ``name`` is a config-file dataset's.
+            OSError: The registration cannot be persisted.
         """
-        counts = {value: entry[0] for value, entry in job.classes.items()}
-        self._registry.add(self._open_result(name, job, counts))
+        self._registry.register(self._result_config(name, job, counts), replace=True)
         self._served[name] = job
 
     def _finish(
@@ -848,7 +862,10 @@ class JobManager:
     # ------------------------------------------------------------ recovery
 
     def _recover(self) -> None:
-        """Load the jobs of earlier runs: fail the interrupted, serve and requeue the rest."""
+        """Load the jobs of earlier runs: fail the interrupted, requeue the queued.
+
+        The datasets of succeeded jobs with register_as are the registry's to serve again.
+        """
         with self._changed:
             self._recover_locked()
 
@@ -865,15 +882,11 @@ class JobManager:
         # Nothing runs yet: whatever is in the staging root is debris of an earlier run.
         # It is deleted in the background once the node serves (start()).
         self._tree.discard_all_staging()
+        # The datasets of succeeded jobs are the registry's (persisted) to serve again.
         for job in self._jobs.values():
             name = job.request.register_as
-            if job.state == SUCCEEDED and not job.replaced_by and name:
-                if name in self._config.datasets:
-                    continue
-                try:
-                    self._serve(name, job)
-                except (ConfigError, PathOutsideRootError) as error:
-                    logger.warning("job %s: cannot serve %r again: %s", job.job_id, name, error)
+            if job.state == SUCCEEDED and not job.replaced_by and name in self._registry:
+                self._served[name] = job
         for job in [j for j in self._jobs.values() if j.state == QUEUED]:
             try:
                 job.plan = parse_build_request(job.request, self._config, self._registry)
@@ -898,6 +911,12 @@ class JobManager:
                 error = str(failure)
             else:
                 _record_result(job, intent.counts)
+                name = job.request.register_as
+                if name:  # its registration may be missing or still name the old output
+                    try:
+                        self._serve(name, job, intent.counts)
+                    except (OSError, ConfigError, PathOutsideRootError, DatasetExistsError) as why:
+                        logger.warning("job %s: cannot serve %r: %s", job.job_id, name, why)
                 old = self._jobs.get(intent.replaces)
                 self._finish(job, SUCCEEDED, publishing=True, replaces=old)
                 logger.info("job %s: finished the publish a stopped node began", job.job_id)
@@ -909,6 +928,11 @@ class JobManager:
 def _state_name(state: jobs_pb2.JobState) -> str:
     """ "QUEUED", "RUNNING", ...: the JobState name without its prefix."""
     return jobs_pb2.JobState.Name(state).removeprefix(_STATE_PREFIX)
+
+
+def _written(job: _Job) -> Counts:
+    """A finished job's patches written per class (an import's kept slices per case)."""
+    return {value: entry[0] for value, entry in job.classes.items()}
 
 
 def _record_result(job: _Job, counts: Counts) -> None:

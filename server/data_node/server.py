@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from data_node._dataset_store import DatasetStore
 from data_node.admission import Admission, MemoryBudget
 from data_node.datasets import DatasetRegistry
 from data_node.jobs import JobManager
@@ -160,7 +161,8 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         The node and the port it is bound to (useful with port 0).
 
     Raises:
-        ConfigError: A dataset cannot be opened or its arrays do not line up.
+        ConfigError: A configured dataset cannot be opened or its arrays do not line up, or
+            the registered datasets' file in the state dir cannot be read.
         OSError: The state dir or output root cannot be created, or a TLS file read.
         sqlite3.DatabaseError: The job database in the state dir cannot be opened.
         RuntimeError: The address cannot be bound (or the TLS certificate and key do not
@@ -169,7 +171,10 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
     credentials = None if config.tls is None else server_credentials(config.tls)
     admission = Admission(config.limits, None if config.auth is None else config.auth.tokens)
     cache = ChunkCache(config.cache.max_bytes) if config.cache.max_bytes else None
-    registry = DatasetRegistry.from_config(config.datasets, cache)
+    store = DatasetStore(
+        config.state_dir, {"data_root": config.data_root, "output_root": config.output_root}
+    )
+    registry = DatasetRegistry.from_config(config.datasets, cache, store)
     jobs = JobManager(config, registry)
     metrics = NodeMetrics((dataset.name for dataset in registry), cache=cache, jobs=jobs)
     budget = MemoryBudget(config.limits.max_memory_bytes, config.cache.max_bytes)

@@ -17,9 +17,10 @@ from google.protobuf.message import DecodeError
 
 from data_node._strings import check_string_lengths
 from data_node.datasets import wire_dtype
-from data_node.errors import RequestError
+from data_node.errors import ConfigError, DatasetRemovedError, NodeStoppingError, RequestError
 from data_node.metrics import NodeMetrics
 from data_node.redact import PathRedactor
+from data_node.registration import parse_register_request, parse_remove_request
 from data_node.status import status_for
 from data_node.streams import parse_stream_request, stream_batches
 from data_wire.v1 import data_node_pb2, jobs_pb2
@@ -105,8 +106,21 @@ class DataNodeServicer:
         with self._lock:
             self._stops.add(stop)
         try:
-            with self._metrics.stream(dataset.name) as metrics:
+            with (
+                self._registry.serving(dataset, stop.set),
+                self._metrics.stream(dataset.name) as metrics,
+            ):
                 yield from stream_batches(plan, stop, metrics)
+        except NodeStoppingError as stopped:
+            # The stream's stop was set: by the node stopping, the client leaving, or the
+            # registry retiring the dataset (which then is no longer the one served).
+            reason: Exception = stopped
+            if not self._registry.is_served(dataset):
+                reason = DatasetRemovedError(
+                    f"dataset: {dataset.name!r} was removed or replaced on the node while "
+                    "the stream was open; the stream ended before its next batch."
+                )
+            self._abort_stream(context, dataset.name, reason)
         except Exception as error:
             self._abort_stream(context, dataset.name, error)
         finally:
@@ -114,6 +128,33 @@ class DataNodeServicer:
                 self._stops.discard(stop)
             if self._budget is not None:
                 self._budget.release(plan.memory_bytes)
+
+    def RegisterDataset(
+        self, request: data_node_pb2.RegisterDatasetRequest, context: grpc.ServicerContext
+    ) -> data_node_pb2.DatasetDescription:
+        def register() -> data_node_pb2.DatasetDescription:
+            config = parse_register_request(
+                request, self._config.data_root, self._config.output_root
+            )
+            try:
+                dataset = self._registry.register(config, replace=request.replace, prefix="")
+            except ConfigError as error:  # the request's files, not the node's config
+                raise RequestError(str(error)) from error
+            return describe(dataset)
+
+        return self._answer(context, register)
+
+    def RemoveDataset(
+        self, request: data_node_pb2.RemoveDatasetRequest, context: grpc.ServicerContext
+    ) -> data_node_pb2.RemoveDatasetResponse:
+        def remove() -> data_node_pb2.RemoveDatasetResponse:
+            removed = self._registry.remove(parse_remove_request(request))
+            response = data_node_pb2.RemoveDatasetResponse()
+            if removed is not None:
+                response.removed.CopyFrom(describe(removed))
+            return response
+
+        return self._answer(context, remove)
 
     def SubmitBuildJob(
         self, request: jobs_pb2.SubmitBuildJobRequest, context: grpc.ServicerContext
@@ -199,6 +240,11 @@ def describe(dataset: Dataset) -> data_node_pb2.DatasetDescription:
             for name, array in dataset.arrays
         ],
         classes=list(dataset.classes),
+        origin=(
+            data_node_pb2.DATASET_ORIGIN_REGISTERED
+            if dataset.registered
+            else data_node_pb2.DATASET_ORIGIN_CONFIG
+        ),
     )
 
 
@@ -236,6 +282,10 @@ def method_handlers(servicer: DataNodeServicer) -> grpc.GenericRpcHandler:
             "StreamBatches": streaming(
                 servicer.StreamBatches, data_node_pb2.StreamRequest, encoded=True
             ),
+            "RegisterDataset": unary(
+                servicer.RegisterDataset, data_node_pb2.RegisterDatasetRequest
+            ),
+            "RemoveDataset": unary(servicer.RemoveDataset, data_node_pb2.RemoveDatasetRequest),
             "SubmitBuildJob": unary(servicer.SubmitBuildJob, jobs_pb2.SubmitBuildJobRequest),
             "GetJob": unary(servicer.GetJob, jobs_pb2.GetJobRequest),
             "ListJobs": unary(servicer.ListJobs, jobs_pb2.ListJobsRequest),

@@ -12,8 +12,9 @@ import grpc
 from data_node.errors import (
     ConfigError,
     CursorAtEndError,
+    DatasetExistsError,
     DatasetNotFoundError,
-    DatasetReplacedError,
+    DatasetRemovedError,
     JobNotFoundError,
     LimitExceededError,
     NodeStoppingError,
@@ -35,7 +36,8 @@ __all__ = ["STATUS_TABLE", "status_for"]
 
 STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (DatasetNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (DatasetReplacedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (DatasetExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (DatasetRemovedError, grpc.StatusCode.FAILED_PRECONDITION),
     (JobNotFoundError, grpc.StatusCode.NOT_FOUND),
     (TokenError, grpc.StatusCode.UNAUTHENTICATED),
     (RoleError, grpc.StatusCode.PERMISSION_DENIED),

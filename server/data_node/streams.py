@@ -65,11 +65,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_node.augment_request import parse_augmentation
+from data_node.cases import parse_cases
 from data_node.config import resolve_preprocessor
 from data_node.cursors import MAX_EPOCHS, fingerprint, parse_start
 from data_node.errors import (
     CursorAtEndError,
-    DatasetReplacedError,
+    DatasetRemovedError,
     LimitExceededError,
     NodeStoppingError,
     RequestError,
@@ -95,6 +96,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SampleTransform",
     "StreamPlan",
+    "augment_sample",
     "parse_stream_request",
     "stream_batches",
 ]
@@ -161,18 +163,37 @@ class SampleTransform:
         xs, ys = [], []
         for row, index in enumerate(indices):
             rng = np.random.default_rng([self.seed, epoch, int(index)])
-            x = arrays[self.x_position][row]
-            if self.y_position is None:
-                xs.append(image_random_transform(x, rng=rng, **(self.options or {})))
-                continue
-            x_out, y_out = image_random_transform(
-                x, arrays[self.y_position][row], rng=rng, **(self.options or {})
+            y = None if self.y_position is None else arrays[self.y_position][row]
+            x_out, y_out = augment_sample(
+                arrays[self.x_position][row], y, rng=rng, options=self.options or {}
             )
             xs.append(x_out)
-            ys.append(y_out)
+            if y_out is not None:
+                ys.append(y_out)
         arrays[self.x_position] = np.stack(xs)
         if self.y_position is not None:
             arrays[self.y_position] = np.stack(ys)
+
+
+def augment_sample(
+    x: npt.NDArray[Any],
+    y: npt.NDArray[Any] | None,
+    *,
+    rng: np.random.Generator,
+    options: Mapping[str, Any],
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
+    """``image_random_transform`` of one sample (x and optionally y, e.g. a mask).
+
+    A 2-D x or y (H, W), as a medical import's slices and masks, is transformed as one
+    channel and comes back 2-D; (C, H, W) arrays are passed as they are.
+    """
+    x_in = x[np.newaxis] if x.ndim == 2 else x
+    if y is None:
+        x_out = np.asarray(image_random_transform(x_in, rng=rng, **options))
+        return (x_out[0] if x.ndim == 2 else x_out), None
+    y_in = y[np.newaxis] if y.ndim == 2 else y
+    x_out, y_out = image_random_transform(x_in, y_in, rng=rng, **options)
+    return (x_out[0] if x.ndim == 2 else x_out), (y_out[0] if y.ndim == 2 else y_out)
 
 
 @dataclass(frozen=True)
@@ -251,6 +272,7 @@ def parse_stream_request(
         raise RequestError(
             f"codec: Expected one of {sorted(tensor_pb2.Codec.keys())}. Got {request.codec}."
         )
+    subset, cases = parse_cases(request.cases, dataset)
     weights = _parse_weights(request, dataset)
     if (weights is not None or request.sample_with_replacement) and not request.sample_random:
         raise RequestError(
@@ -263,20 +285,25 @@ def parse_stream_request(
         else None
     )
     preprocessor = _parse_preprocessor(request, preprocessors)
-    digest = fingerprint(
-        {
-            "dataset": dataset.name,
-            "batch_size": batch_size,
-            "sample_random": request.sample_random,
-            "sample_with_replacement": request.sample_with_replacement,
-            "sample_weights": None if weights is None else _weights_digest(weights),
-            "drop_incomplete_batches": request.drop_incomplete_batches,
-            "shard": [rank, world_size],
-            "augmentation": None if augment is None else augment.meaning,
-            "preprocessor": request.preprocessor or None,
-        }
-    )
+    meaning = {
+        "dataset": dataset.name,
+        "batch_size": batch_size,
+        "sample_random": request.sample_random,
+        "sample_with_replacement": request.sample_with_replacement,
+        "sample_weights": None if weights is None else _weights_digest(weights),
+        "drop_incomplete_batches": request.drop_incomplete_batches,
+        "shard": [rank, world_size],
+        "augmentation": None if augment is None else augment.meaning,
+        "preprocessor": request.preprocessor or None,
+    }
+    if cases:  # absent rather than empty: streams of every case keep their fingerprints
+        meaning["cases"] = [list(case_range) for case_range in cases]
+    digest = fingerprint(meaning)
     seed, start_epoch, start_batch = parse_start(request, dataset.name, digest)
+    if epochs is not None and start_epoch >= epochs and not request.HasField("resume"):
+        raise RequestError(
+            f"start_epoch: Expected an epoch below epochs ({epochs}). Got {start_epoch} instead."
+        )
     if epochs is not None and start_epoch >= epochs:
         raise CursorAtEndError(
             f"resume: the cursor (epoch {start_epoch}, batch {start_batch}) is at the end of "
@@ -301,6 +328,7 @@ def parse_stream_request(
         "lane": lane,
         "lanes": lanes,
         "shared_reads": dataset.cached,
+        "subset": subset,
     }
     _check_flow_options(dataset, transform, flow_options)
     return StreamPlan(
@@ -342,7 +370,7 @@ def stream_batches(
 
     Raises:
         NodeStoppingError: ``stop`` was set (the node is stopping, or the call ended).
-        DatasetReplacedError: The dataset's files are being replaced (checked after each
+        DatasetRemovedError: The dataset's files are being replaced (checked after each
             batch is read, before it is sent; any error once they are is reported so).
         WorkerError: A worker process of the stream died.
         Exception: Whatever reading a source or the transform raised.
@@ -397,7 +425,7 @@ def _replacement_ends(dataset: Dataset) -> Iterator[None]:
     """Report any error of a stream whose dataset is being replaced as that replacement."""
     try:
         yield
-    except DatasetReplacedError:
+    except DatasetRemovedError:
         raise
     except Exception as error:
         if not dataset.replaced.is_set():
@@ -407,7 +435,7 @@ def _replacement_ends(dataset: Dataset) -> Iterator[None]:
 
 def _check_not_replaced(dataset: Dataset, cause: Exception | None = None) -> None:
     if dataset.replaced.is_set():
-        raise DatasetReplacedError(
+        raise DatasetRemovedError(
             f"dataset: {dataset.name!r} was replaced while this stream read it (a build job "
             "overwrote its output); what was read since cannot be trusted. Open a new stream "
             "to read the new data."

@@ -7,7 +7,8 @@ preprocessors {none, reference-style, with rng, in place, bad return, raising}; 
 {numpy, h5py, zarr}; shutdown {exhausted, break, close(), with, garbage collection} under
 leak checks; bad arguments (the type raised and the argument named); lanes {2, 3, 4} merged
 equal one flow from any (epoch, batch) start, with ranks, workers and an rng preprocessor,
-one epoch only without loop_forever, lane out of range. Worker processes are covered in
+one epoch only without loop_forever, lane out of range; a subset of elements {sequential,
+shuffled, weighted, 2 ranks, resumed} yields only its elements, as global ids. Worker processes are covered in
 test_data_flow_processes.py.
 """
 
@@ -379,12 +380,75 @@ def not_callable():
         ({"start_batch": 6}, ValueError, "start_batch"),
         ({"start_method": "fork"}, ValueError, "start_method"),
         ({"start_method": "spwan"}, ValueError, "Did you mean 'spawn'"),
+        ({"subset": []}, ValueError, "subset"),
+        ({"subset": [[1, 2]]}, ValueError, "subset"),
+        ({"subset": [0.5]}, ValueError, "subset"),
+        ({"subset": [3, 1]}, ValueError, "subset"),
+        ({"subset": [1, 1]}, ValueError, "subset"),
+        ({"subset": [N]}, ValueError, "subset"),
+        ({"subset": [-1, 2]}, ValueError, "subset"),
+        (
+            {"subset": [1, 2], "sample_random": True, "sample_weights": np.eye(N)[0]},
+            ValueError,
+            "weight > 0",
+        ),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, error, named):
     arguments = {"data": [X, Y], "batch_size": 2, **kwargs}
     with pytest.raises(error, match=named):
         data_flow(**arguments)
+
+
+SUBSET = np.array([1, 2, 5, 6, 7, 9])
+
+
+def test_a_subset_is_drawn_as_if_the_data_held_only_its_elements():
+    flow = data_flow([X, Y], 4, subset=SUBSET, loop_forever=False)
+    assert len(flow) == 2
+    infos = list(flow.flow_with_info())
+    np.testing.assert_array_equal(np.concatenate([i.indices for i in infos]), SUBSET)
+    np.testing.assert_array_equal(np.concatenate([i.arrays[1] for i in infos]), Y[SUBSET])
+    shuffled = data_flow([Y], 4, subset=SUBSET, sample_random=True, seed=1)
+    for epoch in range(3):
+        got = np.concatenate(
+            [i.indices for i in take(shuffled.flow_with_info(), 6)[2 * epoch :][:2]]
+        )
+        np.testing.assert_array_equal(np.sort(got), SUBSET)
+    weights = np.zeros(N)
+    weights[[2, 3]] = 1.0  # element 3 is outside the subset: only 2 may be drawn
+    weighted = data_flow(
+        [Y],
+        3,
+        subset=SUBSET,
+        sample_random=True,
+        sample_with_replacement=True,
+        sample_weights=weights,
+        seed=0,
+    )
+    assert set(np.concatenate([i.indices for i in take(weighted.flow_with_info(), 10)])) == {2}
+
+
+def test_a_subset_is_sharded_and_resumed_like_the_whole():
+    kwargs = {"subset": SUBSET, "sample_random": True, "seed": 5, "preprocessor": augment}
+    parts = [
+        np.concatenate(
+            [
+                i.indices
+                for i in data_flow(
+                    [X, Y], 2, rank=r, world_size=2, loop_forever=False, **kwargs
+                ).flow_with_info()
+            ]
+        )
+        for r in range(2)
+    ]
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), SUBSET)
+    full = take(data_flow([X, Y], 2, **kwargs).flow_with_info(), 7)
+    resumed = take(data_flow([X, Y], 2, start_epoch=1, start_batch=1, **kwargs).flow_with_info(), 3)
+    for got, want in zip(resumed, full[4:], strict=True):
+        assert (got.epoch, got.batch_index) == (want.epoch, want.batch_index)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_array_equal(got.arrays[0], want.arrays[0])
 
 
 def positions(infos):

@@ -9,11 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DatasetOrigin(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATASET_ORIGIN_UNSPECIFIED: _ClassVar[DatasetOrigin]
+    DATASET_ORIGIN_CONFIG: _ClassVar[DatasetOrigin]
+    DATASET_ORIGIN_REGISTERED: _ClassVar[DatasetOrigin]
+
 class Sharing(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SHARING_UNSPECIFIED: _ClassVar[Sharing]
     SHARING_INDEPENDENT: _ClassVar[Sharing]
     SHARING_PARTITIONED: _ClassVar[Sharing]
+DATASET_ORIGIN_UNSPECIFIED: DatasetOrigin
+DATASET_ORIGIN_CONFIG: DatasetOrigin
+DATASET_ORIGIN_REGISTERED: DatasetOrigin
 SHARING_UNSPECIFIED: Sharing
 SHARING_INDEPENDENT: Sharing
 SHARING_PARTITIONED: Sharing
@@ -45,16 +54,70 @@ class ArrayDescription(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DatasetDescription(_message.Message):
-    __slots__ = ("name", "length", "arrays", "classes")
+    __slots__ = ("name", "length", "arrays", "classes", "origin")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     ARRAYS_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     length: int
     arrays: _containers.RepeatedCompositeFieldContainer[ArrayDescription]
     classes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., length: _Optional[int] = ..., arrays: _Optional[_Iterable[_Union[ArrayDescription, _Mapping]]] = ..., classes: _Optional[_Iterable[int]] = ...) -> None: ...
+    origin: DatasetOrigin
+    def __init__(self, name: _Optional[str] = ..., length: _Optional[int] = ..., arrays: _Optional[_Iterable[_Union[ArrayDescription, _Mapping]]] = ..., classes: _Optional[_Iterable[int]] = ..., origin: _Optional[_Union[DatasetOrigin, str]] = ...) -> None: ...
+
+class RegisteredSource(_message.Message):
+    __slots__ = ("path", "key", "format")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    key: str
+    format: str
+    def __init__(self, path: _Optional[str] = ..., key: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
+
+class RegisteredArray(_message.Message):
+    __slots__ = ("name", "sources")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sources: _containers.RepeatedCompositeFieldContainer[RegisteredSource]
+    def __init__(self, name: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[RegisteredSource, _Mapping]]] = ...) -> None: ...
+
+class RegisterDatasetRequest(_message.Message):
+    __slots__ = ("name", "arrays", "class_list", "maxlen", "replace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARRAYS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_LIST_FIELD_NUMBER: _ClassVar[int]
+    MAXLEN_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    arrays: _containers.RepeatedCompositeFieldContainer[RegisteredArray]
+    class_list: _containers.RepeatedScalarFieldContainer[int]
+    maxlen: int
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., arrays: _Optional[_Iterable[_Union[RegisteredArray, _Mapping]]] = ..., class_list: _Optional[_Iterable[int]] = ..., maxlen: _Optional[int] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class RemoveDatasetRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveDatasetResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: DatasetDescription
+    def __init__(self, removed: _Optional[_Union[DatasetDescription, _Mapping]] = ...) -> None: ...
+
+class CaseRange(_message.Message):
+    __slots__ = ("first", "last")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    first: int
+    last: int
+    def __init__(self, first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
 
 class Lane(_message.Message):
     __slots__ = ("index", "count")
@@ -129,7 +192,7 @@ class DoubleList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("dataset", "batch_size", "sample_random", "seed", "sample_with_replacement", "sample_weights", "drop_incomplete_batches", "epochs", "loop_forever", "nb_io_workers", "nb_proc_workers", "shard", "augmentation", "preprocessor", "resume", "codec", "sharing", "lane")
+    __slots__ = ("dataset", "batch_size", "sample_random", "seed", "sample_with_replacement", "sample_weights", "drop_incomplete_batches", "epochs", "loop_forever", "nb_io_workers", "nb_proc_workers", "shard", "augmentation", "preprocessor", "resume", "codec", "sharing", "lane", "cases", "start_epoch")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RANDOM_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +211,8 @@ class StreamRequest(_message.Message):
     CODEC_FIELD_NUMBER: _ClassVar[int]
     SHARING_FIELD_NUMBER: _ClassVar[int]
     LANE_FIELD_NUMBER: _ClassVar[int]
+    CASES_FIELD_NUMBER: _ClassVar[int]
+    START_EPOCH_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     batch_size: int
     sample_random: bool
@@ -166,4 +231,6 @@ class StreamRequest(_message.Message):
     codec: _tensor_pb2.Codec
     sharing: Sharing
     lane: Lane
-    def __init__(self, dataset: _Optional[str] = ..., batch_size: _Optional[int] = ..., sample_random: _Optional[bool] = ..., seed: _Optional[int] = ..., sample_with_replacement: _Optional[bool] = ..., sample_weights: _Optional[_Union[SampleWeights, _Mapping]] = ..., drop_incomplete_batches: _Optional[bool] = ..., epochs: _Optional[int] = ..., loop_forever: _Optional[bool] = ..., nb_io_workers: _Optional[int] = ..., nb_proc_workers: _Optional[int] = ..., shard: _Optional[_Union[Shard, _Mapping]] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., preprocessor: _Optional[str] = ..., resume: _Optional[_Union[_tensor_pb2.Cursor, _Mapping]] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ..., sharing: _Optional[_Union[Sharing, str]] = ..., lane: _Optional[_Union[Lane, _Mapping]] = ...) -> None: ...
+    cases: _containers.RepeatedCompositeFieldContainer[CaseRange]
+    start_epoch: int
+    def __init__(self, dataset: _Optional[str] = ..., batch_size: _Optional[int] = ..., sample_random: _Optional[bool] = ..., seed: _Optional[int] = ..., sample_with_replacement: _Optional[bool] = ..., sample_weights: _Optional[_Union[SampleWeights, _Mapping]] = ..., drop_incomplete_batches: _Optional[bool] = ..., epochs: _Optional[int] = ..., loop_forever: _Optional[bool] = ..., nb_io_workers: _Optional[int] = ..., nb_proc_workers: _Optional[int] = ..., shard: _Optional[_Union[Shard, _Mapping]] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., preprocessor: _Optional[str] = ..., resume: _Optional[_Union[_tensor_pb2.Cursor, _Mapping]] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ..., sharing: _Optional[_Union[Sharing, str]] = ..., lane: _Optional[_Union[Lane, _Mapping]] = ..., cases: _Optional[_Iterable[_Union[CaseRange, _Mapping]]] = ..., start_epoch: _Optional[int] = ...) -> None: ...

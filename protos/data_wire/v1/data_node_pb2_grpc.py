@@ -76,6 +76,16 @@ class DataNodeStub:
                 request_serializer=data__wire_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=data__wire_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.RegisterDataset = channel.unary_unary(
+                '/data_wire.v1.DataNode/RegisterDataset',
+                request_serializer=data__wire_dot_v1_dot_data__node__pb2.RegisterDatasetRequest.SerializeToString,
+                response_deserializer=data__wire_dot_v1_dot_data__node__pb2.DatasetDescription.FromString,
+                _registered_method=True)
+        self.RemoveDataset = channel.unary_unary(
+                '/data_wire.v1.DataNode/RemoveDataset',
+                request_serializer=data__wire_dot_v1_dot_data__node__pb2.RemoveDatasetRequest.SerializeToString,
+                response_deserializer=data__wire_dot_v1_dot_data__node__pb2.RemoveDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class DataNodeServicer:
@@ -143,6 +153,25 @@ class DataNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterDataset(self, request, context):
+        """Serve a dataset of files under the node's data root from now on, and after a
+        restart (persisted in the state dir); ListDatasets lists it at once. The arrays
+        and options are a config-file dataset's. A name of a config-file dataset is refused
+        (ALREADY_EXISTS), as is a registered one unless replace is set. Needs the build role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDataset(self, request, context):
+        """Stop serving a registered dataset (its files stay) and forget it across restarts.
+        Its open streams end with FAILED_PRECONDITION before their next batch. NOT_FOUND
+        if not registered; FAILED_PRECONDITION for a config-file dataset. Needs the build role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +214,16 @@ def add_DataNodeServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=data__wire_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
                     response_serializer=data__wire_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'RegisterDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterDataset,
+                    request_deserializer=data__wire_dot_v1_dot_data__node__pb2.RegisterDatasetRequest.FromString,
+                    response_serializer=data__wire_dot_v1_dot_data__node__pb2.DatasetDescription.SerializeToString,
+            ),
+            'RemoveDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDataset,
+                    request_deserializer=data__wire_dot_v1_dot_data__node__pb2.RemoveDatasetRequest.FromString,
+                    response_serializer=data__wire_dot_v1_dot_data__node__pb2.RemoveDatasetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +442,60 @@ class DataNode:
             '/data_wire.v1.DataNode/WatchJob',
             data__wire_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
             data__wire_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/data_wire.v1.DataNode/RegisterDataset',
+            data__wire_dot_v1_dot_data__node__pb2.RegisterDatasetRequest.SerializeToString,
+            data__wire_dot_v1_dot_data__node__pb2.DatasetDescription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/data_wire.v1.DataNode/RemoveDataset',
+            data__wire_dot_v1_dot_data__node__pb2.RemoveDatasetRequest.SerializeToString,
+            data__wire_dot_v1_dot_data__node__pb2.RemoveDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,6 +15,10 @@ Random streams (``seed`` is an integer in ``[0, 2**32)``):
 A ``SeedSequence`` pads its entropy to four words before it appends a spawn key, so with a
 one-word seed the two streams hash five and four words: they can never coincide.
 
+Subsets: with ``subset`` (sorted, distinct element ids) an epoch draws ``len(subset)``
+positions as above and maps each position ``p`` to element ``subset[p]``: the elements
+outside the subset never come, and every yielded index is still an element id.
+
 Shards: the epoch order of ``num_samples`` positions is cut into ``world_size`` contiguous
 parts whose sizes differ by at most one (the first ``num_samples % world_size`` ranks get one
 more). Nothing is dropped or padded, so the parts are disjoint and their union is the epoch
@@ -56,7 +60,8 @@ class SamplingPlan:
     """How one epoch is drawn and cut into batches (already validated).
 
     Attributes:
-        num_samples: Number of elements in the data; also the number of draws per epoch.
+        num_samples: Number of elements drawn from (``len(subset)`` with a subset); also the
+            number of draws per epoch.
         batch_size: Maximum number of elements per batch.
         shuffle: Draw in random order (else ``0, 1, ..., num_samples - 1``).
         replacement: Draw with replacement (only with ``shuffle``).
@@ -66,6 +71,8 @@ class SamplingPlan:
         seed: Seed of every random stream, in ``[0, SEED_LIMIT)``.
         rank: This consumer's part of each epoch, in ``[0, world_size)``.
         world_size: Number of parts each epoch is cut into.
+        subset: The element ids position ``p`` of an epoch stands for (``subset[p]``), or
+            None: position ``p`` is element ``p``. Weights are then one per subset element.
     """
 
     num_samples: int
@@ -77,6 +84,7 @@ class SamplingPlan:
     seed: int = 0
     rank: int = 0
     world_size: int = 1
+    subset: IndexArray | None = None
 
 
 def sampler_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -108,6 +116,12 @@ def _weighted_order(rng: np.random.Generator, weights: npt.NDArray[np.float64]) 
 
 def epoch_order(plan: SamplingPlan, epoch: int) -> IndexArray:
     """Return the element drawn at each position of ``epoch``, for all ranks together."""
+    order = _position_order(plan, epoch)
+    return order if plan.subset is None else plan.subset[order]
+
+
+def _position_order(plan: SamplingPlan, epoch: int) -> IndexArray:
+    """Return the position (in ``[0, num_samples)``) drawn at each place of ``epoch``."""
     n = plan.num_samples
     if not plan.shuffle:
         return np.arange(n, dtype=np.int64)

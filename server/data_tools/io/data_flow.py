@@ -59,7 +59,28 @@ def _parse_data(data: Any) -> list[Any]:
     return list(data)
 
 
-def _parse_weights(weights: Any, num_samples: int) -> npt.NDArray[np.float64]:
+def _parse_subset(subset: Any, num_samples: int) -> npt.NDArray[np.int64] | None:
+    if subset is None:
+        return None
+    array = np.asarray(subset)
+    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            "Expected subset to be a non-empty 1-D sequence of element ids. "
+            f"Got {array.size} value(s) of dtype {array.dtype} and shape {array.shape} instead."
+        )
+    ids = array.astype(np.int64)
+    if ids[0] < 0 or ids[-1] >= num_samples or np.any(np.diff(ids) <= 0):
+        raise ValueError(
+            f"Expected subset to hold distinct element ids in [0, {num_samples}), in "
+            f"increasing order. Got ids from {ids.min()} to {ids.max()} instead."
+        )
+    return ids
+
+
+def _parse_weights(
+    weights: Any, num_samples: int, subset: npt.NDArray[np.int64] | None
+) -> npt.NDArray[np.float64]:
+    """The weights of the elements drawn (the subset's, when given), summing to 1."""
     try:
         array = np.asarray(weights, dtype=np.float64)
     except (TypeError, ValueError) as error:
@@ -76,6 +97,13 @@ def _parse_weights(weights: Any, num_samples: int) -> npt.NDArray[np.float64]:
             "Expected sample_weights to be finite, non-negative and not all zero. "
             f"Got {array!r} instead."
         )
+    if subset is not None:
+        array = array[subset]
+        if not array.sum() > 0:
+            raise ValueError(
+                "Expected sample_weights to give some element of subset a weight > 0. "
+                "Got only zeros there instead."
+            )
     normalized: npt.NDArray[np.float64] = array / array.sum()
     return normalized
 
@@ -245,13 +273,19 @@ class data_flow:
             bit-identical either way; ``BatchInfo.read_seconds`` is then measured in this
             process, ``preprocess_seconds`` in the worker. Without processes it changes
             nothing. Default False: each process reads its own batches.
+        subset: Element ids (distinct, increasing, in ``[0, len(data[0]))``) the flow
+            draws from, as if ``data`` held only these elements: an epoch has
+            ``len(subset)`` draws (so fewer batches), shards and ``sample_weights``
+            (still one weight per element of ``data``; those of the subset are used) apply
+            to them, and ``BatchInfo.indices`` (so the per-sample randomness keyed by
+            index) stay element ids of ``data``. Default None: every element.
 
     Raises:
         TypeError: If an argument has the wrong type (``data`` not a list of arrays, a
             non-callable or, with processes, unpicklable ``preprocessor``, an ``rng`` that
             is not a numpy generator, non-bool flags).
         ValueError: If ``batch_size`` < 1, worker counts < 0, arrays of unequal or zero
-            length, invalid ``sample_weights``, replacement or weights without
+            length, invalid ``sample_weights`` or ``subset``, replacement or weights without
             ``sample_random``, both ``seed`` and ``rng``, ``rank`` outside
             ``[0, world_size)``, ``lane`` outside ``[0, lanes)``, ``start_batch`` outside
             ``[0, len(self)]``, an unknown
@@ -283,10 +317,12 @@ class data_flow:
         lane: int = 0,
         lanes: int = 1,
         shared_reads: bool = False,
+        subset: Any = None,
     ) -> None:
         self._pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
         self._data = _parse_data(data)
         num_samples = _length("data[0]", self._data[0])
+        ids = _parse_subset(subset, num_samples)
         batch_size = parse_positive_int("batch_size", batch_size)
         self._num_io_threads = parse_non_negative_int("nb_io_workers", nb_io_workers)
         self._num_processes = parse_non_negative_int("nb_proc_workers", nb_proc_workers)
@@ -305,7 +341,9 @@ class data_flow:
                     "Expected sample_weights=None when sample_random=False (weights only "
                     "apply to random sampling). Got weights instead."
                 )
-            weights = _parse_weights(sample_weights, num_samples)
+            weights = _parse_weights(sample_weights, num_samples, ids)
+        if ids is not None:
+            num_samples = len(ids)
         function = _parse_preprocessor(preprocessor, self._num_processes > 0)
         self._seed = _parse_seed(seed, rng)
         self._ordered = parse_bool("ordered", ordered)
@@ -333,6 +371,7 @@ class data_flow:
             seed=self._seed,
             rank=rank,
             world_size=world_size,
+            subset=ids,
         )
         self._num_batches = num_batches(self._plan)
         if self._num_batches == 0:
