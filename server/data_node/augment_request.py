@@ -141,16 +141,18 @@ def _array_position(field: str, name: str, names: list[str]) -> int:
 
 
 def _image_shape(field: str, dataset: Dataset, position: int) -> tuple[int, ...]:
-    """The (channels, H, W) of each sample of the array at ``position``."""
+    """The (channels, H, W) of each sample of the array at ``position``; an (H, W) sample
+    is one channel (``streams.augment_sample`` transforms it so)."""
     name, array = dataset.arrays[position]
     shape = tuple(int(size) for size in array.shape[1:])
     kind = np.dtype(array.dtype).kind
-    if len(shape) != 3 or 0 in shape or kind not in "biuf":
+    if len(shape) not in (2, 3) or 0 in shape or kind not in "biuf":
         raise RequestError(
-            f"{field}: Expected an array of numeric images (channels, H, W) per sample. "
-            f"Got {name!r}, of {np.dtype(array.dtype)} samples of shape {shape}, instead."
+            f"{field}: Expected an array of numeric images (channels, H, W) or (H, W) per "
+            f"sample. Got {name!r}, of {np.dtype(array.dtype)} samples of shape {shape}, "
+            "instead."
         )
-    return shape
+    return shape if len(shape) == 3 else (1, *shape)
 
 
 def _bounded(augmentation: data_node_pb2.Augmentation, name: str) -> Any:

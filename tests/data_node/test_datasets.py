@@ -132,7 +132,8 @@ def test_replacing_holds_the_name_and_retires_the_old_dataset(sources):
         name="brains", arrays=(ArrayConfig("image", (source(root / "b.zarr", "zarr", "image"),)),)
     )
     cache = ChunkCache(1 << 20)
-    registry = DatasetRegistry.from_config({"brains": config}, cache)
+    registry = DatasetRegistry.from_config({}, cache)
+    registry.register(config)
     old = registry.get("brains")
     old.array("image")[:]
     assert old.cache_keys
@@ -145,8 +146,7 @@ def test_replacing_holds_the_name_and_retires_the_old_dataset(sources):
         lookup.start()
         lookup.join(0.2)
         assert lookup.is_alive()  # waits while the name is held
-        new = open_dataset(config, cache)
-        registry.add(new)
+        new = registry.register(config, replace=True)
     lookup.join(5)
     assert len(got) == 1
     assert got[0] is new

@@ -14,6 +14,8 @@ from a later epoch (start_epoch) exactly as one node does.
 
 from __future__ import annotations
 
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -244,8 +246,16 @@ def test_the_cli_streams_a_selection(node, cases, tmp_path, capsys):
 
 def test_two_nodes_serve_a_selection_from_a_later_epoch_as_one_does(node_dir, node, client, cases):
     root, _ = node_dir
-    # A second node on the same state dir serves the same registrations.
-    second, port = build_server(load(root / "node.toml"), "127.0.0.1:0")
+    # A second node (each node locks its own state dir and output root) serves the same
+    # registrations: a copy of the first node's.
+    state = root / "state-2"
+    state.mkdir()
+    shutil.copy(load(root / "node.toml").state_dir / "datasets.json", state)
+    environ = {
+        "DATA_NODE_NODE__STATE_DIR": str(state),
+        "DATA_NODE_NODE__OUTPUT_ROOT": str(root / "outputs-2"),
+    }
+    second, port = build_server(load(root / "node.toml", environ), "127.0.0.1:0")
     second.start()
     try:
         request = {"shuffle": True, "seed": 6, "epochs": 3, "start_epoch": 1, "cases": "0-3,7"}

@@ -261,10 +261,11 @@ def test_requests_the_client_cannot_send_are_refused_by_the_node(node):
             with pytest.raises(Exception, match=message) as raised:
                 node_call(request, timeout=10)
             assert raised.value.code().name == "INVALID_ARGUMENT"
-        for name in ("", "x" * 4097):
-            with pytest.raises(
-                Exception, match="name: Expected the name of a registered"
-            ) as raised:
+        for name, message in (
+            ("", "name: Expected the name of a registered"),
+            ("x" * 4097, "name: Expected at most 4096 characters"),
+        ):
+            with pytest.raises(Exception, match=message) as raised:
                 client._nodes[0].remove_dataset(data_node_pb2.RemoveDatasetRequest(name=name))
             assert raised.value.code().name == "INVALID_ARGUMENT"
 
