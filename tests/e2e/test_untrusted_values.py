@@ -88,6 +88,14 @@ OUT_OF_BOUNDS = [
         r"^augmentation\.x_array: Expected an array of numeric images",
     ),
     (
+        {"augmentation": Augmentation(x_array="x" * 100_000)},
+        r"^augmentation\.x_array: Expected one of .*'\.\.\. \(100000 characters\) instead\.$",
+    ),
+    (
+        augmented(fill_mode="nearest" * 10_000),
+        r"^augmentation\.fill_mode: .*\(70000 characters\) instead\.$",
+    ),
+    (
         weights([HUGE] * NUM_SAMPLES),
         r"^sample_weights\.values: Expected finite weights in \[0, 1e\+100\]",
     ),
