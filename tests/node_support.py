@@ -55,6 +55,11 @@ def segfault(batch):
     return batch
 
 
+def refuse(batch):
+    """A registered preprocessor that raises ValueError: the node's fault, not the request's."""
+    raise ValueError("this preprocessor refuses every batch")
+
+
 def hang(batch):
     """A registered preprocessor that never finishes its batch (its process must be stopped)."""
     time.sleep(3600)

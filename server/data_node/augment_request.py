@@ -134,9 +134,16 @@ def parse_augmentation(augmentation: data_node_pb2.Augmentation, dataset: Datase
     return AugmentPlan(x_position, y_position, options, meaning)
 
 
+def _shown(value: str) -> str:
+    """``value`` quoted for a message, cut short: a message never echoes a huge string."""
+    if len(value) <= _SUGGEST_MAX_CHARS:
+        return repr(value)
+    return f"{value[:_SUGGEST_MAX_CHARS]!r}... ({len(value)} characters)"
+
+
 def _array_position(field: str, name: str, names: list[str]) -> int:
     if name not in names:
-        raise RequestError(f"{field}: Expected one of {names}. Got {name!r} instead.")
+        raise RequestError(f"{field}: Expected one of {names}. Got {_shown(name)} instead.")
     return names.index(name)
 
 
@@ -204,7 +211,7 @@ def _fill_mode(value: str) -> str:
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise RequestError(
         f"augmentation.fill_mode: Expected one of {list(FILL_MODES)}. "
-        f"Got {value[:_SUGGEST_MAX_CHARS]!r} instead.{hint}"
+        f"Got {_shown(value)} instead.{hint}"
     )
 
 

@@ -33,7 +33,8 @@ __all__ = ["FINGERPRINT_VERSION", "MAX_EPOCHS", "SEED_LIMIT", "fingerprint", "pa
 
 SEED_LIMIT = 1 << 32
 #: Epochs a stream may span, and the bound of a cursor's epoch: every position
-#: (epoch * batches per epoch + batch index) then fits a cursor's int64 fields.
+#: (epoch * batches per epoch + batch index) then fits a cursor's int64 fields for any
+#: epoch of fewer than 2**31 batches.
 MAX_EPOCHS = 1 << 32
 #: Bumped whenever what the fingerprint covers changes (old cursors are then refused).
 FINGERPRINT_VERSION = 2

@@ -15,6 +15,7 @@ __all__ = [
     "PathOutsideRootError",
     "RequestError",
     "RoleError",
+    "StreamFailedError",
     "TokenError",
 ]
 
@@ -69,3 +70,7 @@ class TokenError(DataNodeError, PermissionError):
 
 class RoleError(DataNodeError, PermissionError):
     """A call's token is valid but its role does not allow the RPC; names the role needed."""
+
+
+class StreamFailedError(DataNodeError, RuntimeError):
+    """A stream failed after its request was accepted: the node's fault, not the client's."""

@@ -207,8 +207,8 @@ class DataNodeServicer:
     def _abort(self, context: grpc.ServicerContext, error: Exception) -> NoReturn:
         """Abort with the status of ``error`` and its message, with no server path in it."""
         code = status_for(error)
-        if code is grpc.StatusCode.INTERNAL:
-            logger.exception("internal error in an RPC", exc_info=error)
+        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS):
+            logger.exception("%s in an RPC", code.name, exc_info=error)
         context.abort(code, self._redact(str(error) or type(error).__name__))
 
     def stop_streams(self) -> None:

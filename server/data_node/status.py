@@ -21,6 +21,7 @@ from data_node.errors import (
     PathOutsideRootError,
     RequestError,
     RoleError,
+    StreamFailedError,
     TokenError,
 )
 from data_tools.errors import (
@@ -51,6 +52,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ViewIndexError, grpc.StatusCode.OUT_OF_RANGE),
     (UnsupportedIndexError, grpc.StatusCode.INVALID_ARGUMENT),
     (WorkerError, grpc.StatusCode.INTERNAL),
+    (StreamFailedError, grpc.StatusCode.INTERNAL),
     (DataLossError, grpc.StatusCode.DATA_LOSS),
     (SourceChangedError, grpc.StatusCode.FAILED_PRECONDITION),
     (FileNotFoundError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -42,7 +42,9 @@ without losing or repeating a sample once the cause is gone:
   with the reader's message; a file missing when a worker process opens it:
   FAILED_PRECONDITION naming it; a chunk lost from a zarr array or bcolz carray written
   complete: DATA_LOSS naming it (never fill values); every path named relative to the
-  data root (``redact.py``);
+  data root (``redact.py``); a ValueError or TypeError once the stream began (from a
+  source, the preprocessor, encoding): INTERNAL, never INVALID_ARGUMENT, as the request
+  was checked before;
 * the call's deadline passing, or the client cancelling or going away: ``stop`` is set
   (by the servicer) and the stream ends within a tenth of a second, even while it waits
   for a batch: its worker processes are stopped (terminated if busy), an io thread busy
@@ -74,6 +76,7 @@ from data_node.errors import (
     LimitExceededError,
     NodeStoppingError,
     RequestError,
+    StreamFailedError,
 )
 from data_node.fields import bounded
 from data_node.wire import encode_batch
@@ -373,12 +376,25 @@ def stream_batches(
         DatasetRemovedError: The dataset's files are being replaced (checked after each
             batch is read, before it is sent; any error once they are is reported so).
         WorkerError: A worker process of the stream died.
-        Exception: Whatever reading a source or the transform raised.
+        StreamFailedError: Reading a source, the transform or encoding raised a ValueError
+            or TypeError (INTERNAL: the request was checked before the stream began).
+        Exception: Whatever else reading a source or the transform raised.
 
     Every worker the stream started is stopped when the generator ends, however it ends
     (exhausted, closed by gRPC on cancellation, or garbage-collected), and once ``stop`` is
     set even while the generator waits for a batch.
     """
+    try:
+        yield from _stream(plan, stop, metrics)
+    except (ValueError, TypeError) as error:
+        # The request was checked before the stream began: what fails now (a source, the
+        # preprocessor, encoding) is the node's, never the client's (not INVALID_ARGUMENT).
+        raise StreamFailedError(f"{type(error).__name__} while streaming: {error}") from error
+
+
+def _stream(
+    plan: StreamPlan, stop: threading.Event, metrics: StreamMetrics | None
+) -> Iterator[bytes]:
     arrays = [array for _, array in plan.dataset.arrays]
     flow = data_flow(arrays, preprocessor=plan.transform, **plan.flow_options)
     names = plan.dataset.array_names

@@ -57,6 +57,21 @@ def refusals(client, timeout=30.0):
     return codes
 
 
+def running_job(client):
+    """A build job that stays RUNNING: Dask executor, its scheduler unreachable."""
+    job = client.submit_build(
+        "cut",
+        3,
+        FileArray("vol.h5", "image"),
+        file_format="zarr",
+        executor="dask",
+        scheduler_address="tcp://127.0.0.1:1",
+    )
+    while job.status().state is not JobState.RUNNING:
+        time.sleep(0.05)
+    return job
+
+
 def test_sigterm_stops_the_node_in_order(tmp_path):
     make_data(tmp_path)
     with h5py.File(tmp_path / "data" / "vol.h5", "w") as file:
@@ -76,16 +91,7 @@ def test_sigterm_stops_the_node_in_order(tmp_path):
             assert next(watch).status == SERVING
             stream = client.stream("toy", 4, loop_forever=True, max_reconnects=0, nb_proc_workers=2)
             next(stream)
-            job = client.submit_build(
-                "cut",
-                3,
-                FileArray("vol.h5", "image"),
-                file_format="zarr",
-                executor="dask",
-                scheduler_address="tcp://127.0.0.1:1",
-            )
-            while job.status().state is not JobState.RUNNING:
-                time.sleep(0.05)
+            job = running_job(client)
             below = descendants(node.pid)
             assert len(below) >= 4  # two stream workers, the forkserver, the job
 
@@ -187,16 +193,7 @@ def test_sigterm_stops_the_node_in_time_whatever_runs(tmp_path):
                         )
                     )
                 )
-            job = client.submit_build(
-                "cut",
-                3,
-                FileArray("vol.h5", "image"),
-                file_format="zarr",
-                executor="dask",
-                scheduler_address="tcp://127.0.0.1:1",
-            )
-            while job.status().state is not JobState.RUNNING:
-                time.sleep(0.05)
+            job = running_job(client)
             watch = job.watch()
             next(watch)
             while len(descendants(node.pid)) < 5:  # the stream workers (one stuck), the job

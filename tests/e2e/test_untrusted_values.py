@@ -7,7 +7,8 @@ the field and the bound, at parse time; augmentations at the very edge of every 
 stream fine; with nb_proc_workers=0 an augmented or preprocessed stream still runs its
 transform in a worker process (the preprocessor reports its pid); a transform that crashes
 its process in native code (SIGSEGV) ends its stream INTERNAL naming the signal while a
-concurrent stream goes on and the node process serves on.
+concurrent stream goes on and the node process serves on; a ValueError once the stream
+began (a preprocessor's) is INTERNAL, never INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ OUT_OF_BOUNDS = [
     (
         {"augmentation": Augmentation(x_array="weights")},
         r"^augmentation\.x_array: Expected an array of numeric images",
+    ),
+    (
+        {"augmentation": Augmentation(x_array="x" * 100_000)},
+        r"^augmentation\.x_array: Expected one of .*'\.\.\. \(100000 characters\) instead\.$",
+    ),
+    (
+        augmented(fill_mode="nearest" * 10_000),
+        r"^augmentation\.fill_mode: .*\(70000 characters\) instead\.$",
     ),
     (
         weights([HUGE] * NUM_SAMPLES),
@@ -184,7 +193,8 @@ def node_process(tmp_path_factory):
     config = write_config(root, max_proc_workers=2)
     text = config.read_text().replace(
         "[preprocessors]\n",
-        '[preprocessors]\npid = "node_support:runner_pid"\ncrash = "node_support:segfault"\n',
+        '[preprocessors]\npid = "node_support:runner_pid"\ncrash = "node_support:segfault"\n'
+        'refuse = "node_support:refuse"\n',
     )
     config.write_text(text)
     process, port = start_node_process(config, root / "node.log")
@@ -225,3 +235,12 @@ def test_a_native_crash_takes_one_worker_not_the_node(node_process):
         assert process.poll() is None
         with client.stream("toy", 4, seed=5) as again:
             np.testing.assert_array_equal(next(again)[0], first[0])
+
+
+def test_a_value_error_mid_stream_is_internal_not_the_clients_fault(node_process):
+    _, port = node_process
+    with DataNodeClient(f"127.0.0.1:{port}") as client:
+        stream = client.stream("toy", 4, preprocessor="refuse", max_reconnects=0)
+        with pytest.raises(InternalError, match=r"ValueError while streaming: this preprocessor"):
+            next(stream)
+        assert next(iter(client.stream("toy", 4)))[0].shape == (4, 1, 16, 16)
