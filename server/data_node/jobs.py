@@ -290,13 +290,6 @@ class JobManager:
         self._config = config
         self._limits = config.jobs
         self._registry = registry
-        self._state_lock = lock_directory(config.state_dir, "node.state_dir", LOCK_FILE)
-        try:
-            self._tree = OutputTree(config.output_root)
-        except BaseException:
-            os.close(self._state_lock)
-            raise
-        self._store = JobStore(config.state_dir / DATABASE)
         self._changed = threading.Condition()
         self._jobs: dict[str, _Job] = {}
         self._served: dict[str, _Job] = {}  # dataset name -> the job whose output it serves
@@ -304,9 +297,18 @@ class JobManager:
         self._watchers_stopped = False
         self._closing = False
         self._context = multiprocessing.get_context("forkserver")
-        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._thread: threading.Thread | None = None
-        self._recover()
+        # The state dir's lock comes first: nothing of another node's is touched.
+        self._state_lock = lock_directory(config.state_dir, "node.state_dir", LOCK_FILE)
+        with contextlib.ExitStack() as undo:
+            undo.callback(os.close, self._state_lock)
+            self._tree = OutputTree(config.output_root)
+            undo.callback(self._tree.close)
+            self._store = JobStore(config.state_dir / DATABASE)
+            undo.callback(self._store.close)
+            self._recover()
+            undo.pop_all()  # built: close() releases them
+        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
 
     # ------------------------------------------------------------ public
 
