@@ -231,9 +231,14 @@ class _Job:
         return PurePosixPath(self.request.output)
 
     @property
+    def published(self) -> bool:
+        """Whether the output holds this job's result: it succeeded and was not replaced."""
+        return self.state == SUCCEEDED and not self.replaced_by
+
+    @property
     def live_output(self) -> bool:
-        """Whether the output holds this job's result, or will: running, or published."""
-        return not self.ended or (self.state == SUCCEEDED and not self.replaced_by)
+        """Whether the output holds this job's result, or will (the job has not ended)."""
+        return not self.ended or self.published
 
     def message(self, now: float) -> jobs_pb2.Job:
         written = sum(w for w, _ in self.classes.values())
@@ -629,8 +634,8 @@ class JobManager:
 
         Steps, each leaving a state a restart completes (see ``_finish_publish``): journal
         the intent; put aside what is at the output (with ``overwrite``); rename the staging
-        directory to the output; in one transaction record the job SUCCEEDED, the job it
-        replaces replaced and the intent done; trash what was put aside. A dataset served
+        directory to the output; in one transaction record the job SUCCEEDED, the job whose
+        output it replaces ``replaced_by`` it, and the intent done; trash what was put aside. A dataset served
         from the replaced output is held (its name's lookups wait) and retired first, so its
         open streams end with FAILED_PRECONDITION instead of reading files being replaced.
         """
@@ -648,20 +653,21 @@ class JobManager:
         _kill_point("intent")
         retire = old is not None and bool(name) and self._served.get(name) is old
         with self._registry.replacing(name, retire=retire):
+            what = "output: could not publish the result"
             try:
                 if plan.overwrite:
                     self._tree.move_aside(job.job_id, job.output)
                 _kill_point("aside")
                 self._tree.install(job.job_id, job.output)
                 _kill_point("install")
+                what = "register_as: could not serve the result"
                 dataset = self._open_result(name, job, job.result) if name else None
             except (OSError, ConfigError, PathOutsideRootError) as error:
                 self._tree.restore(job.job_id, job.output)
                 if retire:
                     assert old is not None
-                    self._serve(name, old)
-                what = "register_as: could not serve" if name else "output: could not publish"
-                self._finish(job, FAILED, f"{what} the result: {error}", publishing=True)
+                    self._serve_again(name, old)
+                self._finish(job, FAILED, f"{what}: {error}", publishing=True)
                 return
             job.classes = {value: [count, count] for value, count in job.result.items()}
             self._finish(job, SUCCEEDED, publishing=True, replaces=old)
@@ -672,7 +678,7 @@ class JobManager:
     def _owner(self, output: PurePosixPath) -> _Job | None:
         """The succeeded job whose result is at ``output`` now, if any."""
         for job in self._jobs.values():
-            if job.state == SUCCEEDED and not job.replaced_by and job.output == output:
+            if job.published and job.output == output:
                 return job
         return None
 
@@ -717,6 +723,13 @@ class JobManager:
         counts = {value: written for value, (written, _) in job.classes.items()}
         self._registry.add(self._open_result(name, job, counts))
         self._served[name] = job
+
+    def _serve_again(self, name: str, job: _Job) -> None:
+        """Serve ``job``'s output as ``name`` if it can be opened, else log why not."""
+        try:
+            self._serve(name, job)
+        except (ConfigError, PathOutsideRootError) as error:
+            logger.warning("job %s: cannot serve %r again: %s", job.job_id, name, error)
 
     def _finish(
         self,
@@ -805,13 +818,8 @@ class JobManager:
         self._tree.discard_all_staging()
         for job in self._jobs.values():
             name = job.request.register_as
-            if job.state == SUCCEEDED and not job.replaced_by and name:
-                if name in self._config.datasets:
-                    continue
-                try:
-                    self._serve(name, job)
-                except (ConfigError, PathOutsideRootError) as error:
-                    logger.warning("job %s: cannot serve %r again: %s", job.job_id, name, error)
+            if job.published and name and name not in self._config.datasets:
+                self._serve_again(name, job)
         for job in [j for j in self._jobs.values() if j.state == QUEUED]:
             try:
                 job.plan = parse_build_request(job.request, self._config, self._registry)
