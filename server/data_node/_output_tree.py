@@ -82,18 +82,6 @@ class OutputTree:
         with self._open((STAGING_DIR,)) as jobs:
             return _exists(job_id, jobs)
 
-    def exists(self, output: PurePosixPath) -> bool:
-        """Whether something (a symlink included) is at ``output``.
-
-        Raises:
-            NotADirectoryError: A parent of ``output`` is a symlink or not a directory.
-        """
-        try:
-            with self._open(output.parts[:-1]) as parent:
-                return _exists(output.name, parent)
-        except FileNotFoundError:
-            return False
-
     def move_aside(self, job_id: str, output: PurePosixPath) -> bool:
         """Rename what is at ``output`` to ``.jobs/<job_id>.old``; False if nothing is there.
 
