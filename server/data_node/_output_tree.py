@@ -70,12 +70,17 @@ class OutputTree:
         """The path of ``job_id``'s staging directory (for the job's process to write in)."""
         return self.root / STAGING_DIR / job_id
 
-    def make_staging(self, job_id: str) -> Path:
-        """Create ``job_id``'s staging directory, discarding any earlier one; return its path."""
+    def make_staging(self, job_id: str) -> tuple[Path, tuple[int, int]]:
+        """Create ``job_id``'s staging directory, discarding any earlier one.
+
+        Returns:
+            Its path and its (device, inode), which the job's process checks it opened.
+        """
         with self._open((STAGING_DIR,)) as jobs:
             self._discard_in(jobs, job_id)
             os.mkdir(job_id, dir_fd=jobs)
-        return self.staging(job_id)
+            made = os.stat(job_id, dir_fd=jobs, follow_symlinks=False)
+        return self.staging(job_id), (made.st_dev, made.st_ino)
 
     def has_staging(self, job_id: str) -> bool:
         """Whether ``job_id``'s staging directory exists."""

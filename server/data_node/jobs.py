@@ -565,10 +565,10 @@ class JobManager:
     def _launch(self, job: _Job, plan: BuildPlan) -> None:
         receiver, sender = self._context.Pipe(duplex=False)
         try:
-            staging = self._tree.make_staging(job.job_id)
+            staging, identity = self._tree.make_staging(job.job_id)
             process = self._context.Process(
                 target=_job_worker.run,
-                args=(plan.spec, str(staging), sender),
+                args=(plan.spec, str(staging), identity, sender),
                 name=f"data_node-job-{job.job_id[:8]}",
                 daemon=True,
             )
