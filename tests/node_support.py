@@ -196,3 +196,11 @@ def start_blocked_job(client, output, *inputs, **fields):
         if info.classes:
             return job
     raise AssertionError(f"job {job.job_id} ended before it planned: {info.error}")
+
+
+def wait_for_empty_trash(config, timeout=10.0):
+    """Wait until the node has deleted everything in its output root's ``.trash``."""
+    deadline = time.monotonic() + timeout
+    while list((config.output_root / ".trash").iterdir()):
+        assert time.monotonic() < deadline, "the trash was not emptied"
+        time.sleep(0.02)

@@ -7,6 +7,10 @@ CaseReport) after each case, then ("done", {case index: slices kept}). Either ma
 ("failed", message) instead. The node decides the job's state from
 these and from the process's exit; the output directory is the node's to publish.
 
+The process first enters its staging directory (checking, by device and inode, that it is
+the one the node made), and a local build writes relative to it, so a directory of the
+path swapped for a symlink later cannot redirect a write outside the output root.
+
 The process ends on SIGTERM (raised as SystemExit, so open writers and a Dask client are
 closed without marking anything complete; should Python swallow that SystemExit, as it does
 in a weakref callback or ``__del__``, the process exits hard ``CLEAN_EXIT_TIMEOUT`` seconds
@@ -37,28 +41,58 @@ if TYPE_CHECKING:
     from data_tools.medical import CaseReport
     from data_tools.patches import ClassPlan
 
-__all__ = ["CLEAN_EXIT_TIMEOUT", "PROGRESS_INTERVAL", "error_text", "run"]
+__all__ = ["CLEAN_EXIT_TIMEOUT", "PROGRESS_INTERVAL", "enter_staging", "error_text", "run"]
 
 PROGRESS_INTERVAL = 0.1
 CLEAN_EXIT_TIMEOUT = 1.0
 
 
-def run(spec: BuildSpec | ImportSpec, save_path: str, conn: Connection) -> None:
-    """Build ``spec`` in ``save_path``, reporting through ``conn``; the process's target."""
+def run(
+    spec: BuildSpec | ImportSpec, save_path: str, identity: tuple[int, int], conn: Connection
+) -> None:
+    """Build ``spec`` in ``save_path``, reporting through ``conn``; the process's target.
+
+    ``identity`` is the (device, inode) of the directory the node made at ``save_path``.
+    """
     signal.signal(signal.SIGTERM, _exit_on_signal)
     _exit_with_node(conn)
     reporter = _Reporter(conn)
     try:
+        enter_staging(save_path, identity)
+        # A local build or an import writes relative to the directory entered: a directory
+        # of the path swapped for a symlink meanwhile cannot redirect its writes. Dask
+        # workers, other processes, need the path.
         if isinstance(spec, ImportSpec):
-            reports = run_import(spec, Path(save_path), reporter.case)
+            reports = run_import(spec, Path(), reporter.case)
             counts = {report.index: report.kept for report in reports}
         else:
-            counts = build(spec, Path(save_path), reporter.planned, reporter.progress)
+            where = Path(save_path) if spec.executor == "dask" else Path()
+            counts = build(spec, where, reporter.planned, reporter.progress)
     except Exception as error:  # noqa: BLE001 - the process boundary: every failure is reported
         conn.send(("failed", error_text(error)))
     else:
         conn.send(("done", counts))
     # conn stays open until the process exits: closing it would wake the watchdog.
+
+
+def enter_staging(save_path: str, identity: tuple[int, int]) -> None:
+    """Make the staging directory this process's working directory, checking it is the node's.
+
+    Raises:
+        PermissionError: The directory at ``save_path`` is not the one the node made (a
+            component was swapped, for a symlink say, since).
+    """
+    fd = os.open(save_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != identity:
+            raise PermissionError(
+                f"output: Expected the staging directory the node made at {save_path!r}. "
+                "Got another directory (a part of its path was replaced); nothing was written."
+            )
+        os.fchdir(fd)
+    finally:
+        os.close(fd)
 
 
 def error_text(error: BaseException) -> str:

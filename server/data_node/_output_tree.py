@@ -70,29 +70,22 @@ class OutputTree:
         """The path of ``job_id``'s staging directory (for the job's process to write in)."""
         return self.root / STAGING_DIR / job_id
 
-    def make_staging(self, job_id: str) -> Path:
-        """Create ``job_id``'s staging directory, discarding any earlier one; return its path."""
+    def make_staging(self, job_id: str) -> tuple[Path, tuple[int, int]]:
+        """Create ``job_id``'s staging directory, discarding any earlier one.
+
+        Returns:
+            Its path and its (device, inode), which the job's process checks it opened.
+        """
         with self._open((STAGING_DIR,)) as jobs:
             self._discard_in(jobs, job_id)
             os.mkdir(job_id, dir_fd=jobs)
-        return self.staging(job_id)
+            made = os.stat(job_id, dir_fd=jobs, follow_symlinks=False)
+        return self.staging(job_id), (made.st_dev, made.st_ino)
 
     def has_staging(self, job_id: str) -> bool:
         """Whether ``job_id``'s staging directory exists."""
         with self._open((STAGING_DIR,)) as jobs:
             return _exists(job_id, jobs)
-
-    def exists(self, output: PurePosixPath) -> bool:
-        """Whether something (a symlink included) is at ``output``.
-
-        Raises:
-            NotADirectoryError: A parent of ``output`` is a symlink or not a directory.
-        """
-        try:
-            with self._open(output.parts[:-1]) as parent:
-                return _exists(output.name, parent)
-        except FileNotFoundError:
-            return False
 
     def move_aside(self, job_id: str, output: PurePosixPath) -> bool:
         """Rename what is at ``output`` to ``.jobs/<job_id>.old``; False if nothing is there.

@@ -6,8 +6,10 @@ A config file looks like this (relative paths are relative to the file's directo
     [node]
     listen = "127.0.0.1:50051"     # host:port; port 0 picks a free one
     data_root = "data"             # every source must resolve inside it
-    state_dir = "state"            # the node's own files (the job database)
-    output_root = "outputs"        # build jobs write their outputs inside it
+    state_dir = "state"            # the node's own files (the job database); apart from
+                                   # data_root and output_root (checked)
+    output_root = "outputs"        # build jobs write their outputs inside it; may lie in
+                                   # data_root, never hold it (checked)
 
     [limits]
     max_batch_size = 4096          # see LimitsConfig for every limit and its default

@@ -285,9 +285,14 @@ class _Job:
         return PurePosixPath(self.request.output)
 
     @property
+    def published(self) -> bool:
+        """Whether the output holds this job's result: it succeeded and was not replaced."""
+        return self.state == SUCCEEDED and not self.replaced_by
+
+    @property
     def live_output(self) -> bool:
-        """Whether the output holds this job's result, or will: running, or published."""
-        return not self.ended or (self.state == SUCCEEDED and not self.replaced_by)
+        """Whether the output holds this job's result, or will (the job has not ended)."""
+        return not self.ended or self.published
 
     @property
     def is_import(self) -> bool:
@@ -359,13 +364,6 @@ class JobManager:
         self._config = config
         self._limits = config.jobs
         self._registry = registry
-        self._state_lock = lock_directory(config.state_dir, "node.state_dir", LOCK_FILE)
-        try:
-            self._tree = OutputTree(config.output_root)
-        except BaseException:
-            os.close(self._state_lock)
-            raise
-        self._store = JobStore(config.state_dir / DATABASE)
         self._redact = PathRedactor.from_config(config)
         self._changed = threading.Condition()
         self._jobs: dict[str, _Job] = {}
@@ -374,9 +372,18 @@ class JobManager:
         self._watchers_stopped = False
         self._closing = False
         self._context = multiprocessing.get_context("forkserver")
-        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._thread: threading.Thread | None = None
-        self._recover()
+        # The state dir's lock comes first: nothing of another node's is touched.
+        self._state_lock = lock_directory(config.state_dir, "node.state_dir", LOCK_FILE)
+        with contextlib.ExitStack() as undo:
+            undo.callback(os.close, self._state_lock)
+            self._tree = OutputTree(config.output_root)
+            undo.callback(self._tree.close)
+            self._store = JobStore(config.state_dir / DATABASE)
+            undo.callback(self._store.close)
+            self._recover()
+            undo.pop_all()  # built: close() releases them
+        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
 
     # ------------------------------------------------------------ public
 
@@ -630,10 +637,10 @@ class JobManager:
     def _launch(self, job: _Job, plan: BuildPlan) -> None:
         receiver, sender = self._context.Pipe(duplex=False)
         try:
-            staging = self._tree.make_staging(job.job_id)
+            staging, identity = self._tree.make_staging(job.job_id)
             process = self._context.Process(
                 target=_job_worker.run,
-                args=(plan.spec, str(staging), sender),
+                args=(plan.spec, str(staging), identity, sender),
                 name=f"data_node-job-{job.job_id[:8]}",
                 daemon=True,
             )
@@ -701,8 +708,8 @@ class JobManager:
 
         Steps, each leaving a state a restart completes (see ``_finish_publish``): journal
         the intent; put aside what is at the output (with ``overwrite``); rename the staging
-        directory to the output; in one transaction record the job SUCCEEDED, the job it
-        replaces replaced and the intent done; trash what was put aside. A dataset served
+        directory to the output; in one transaction record the job SUCCEEDED, the job whose
+        output it replaces ``replaced_by`` it, and the intent done; trash what was put aside. A dataset served
         from the replaced output is held (its name's lookups wait) and retired first, so its
         open streams end with FAILED_PRECONDITION instead of reading files being replaced.
         """
@@ -721,21 +728,22 @@ class JobManager:
         _kill_point("intent")
         retire = old is not None and bool(name) and self._served.get(name) is old
         with self._registry.replacing(name, retire=retire):
+            what = "output: could not publish the result"
             try:
                 if plan.overwrite:
                     self._tree.move_aside(job.job_id, job.output)
                 _kill_point("aside")
                 self._tree.install(job.job_id, job.output)
                 _kill_point("install")
+                what = "register_as: could not serve the result"
                 if name:
                     self._serve(name, job, job.result)
             except (OSError, ConfigError, PathOutsideRootError, DatasetExistsError) as error:
                 self._tree.restore(job.job_id, job.output)
                 if retire:
                     assert old is not None
-                    self._serve(name, old, _written(old))
-                what = "register_as: could not serve" if name else "output: could not publish"
-                self._finish(job, FAILED, f"{what} the result: {error}", publishing=True)
+                    self._serve_again(name, old, _written(old))
+                self._finish(job, FAILED, f"{what}: {error}", publishing=True)
                 return
             _record_result(job, job.result)
             self._finish(job, SUCCEEDED, publishing=True, replaces=old)
@@ -743,7 +751,7 @@ class JobManager:
     def _owner(self, output: PurePosixPath) -> _Job | None:
         """The succeeded job whose result is at ``output`` now, if any."""
         for job in self._jobs.values():
-            if job.state == SUCCEEDED and not job.replaced_by and job.output == output:
+            if job.published and job.output == output:
                 return job
         return None
 
@@ -792,6 +800,13 @@ class JobManager:
         """
         self._registry.register(self._result_config(name, job, counts), replace=True)
         self._served[name] = job
+
+    def _serve_again(self, name: str, job: _Job, counts: Counts) -> None:
+        """Serve ``job``'s output as ``name`` if it can be, else log why not."""
+        try:
+            self._serve(name, job, counts)
+        except (OSError, ConfigError, PathOutsideRootError, DatasetExistsError) as error:
+            logger.warning("job %s: cannot serve %r: %s", job.job_id, name, error)
 
     def _finish(
         self,
@@ -885,7 +900,7 @@ class JobManager:
         # The datasets of succeeded jobs are the registry's (persisted) to serve again.
         for job in self._jobs.values():
             name = job.request.register_as
-            if job.state == SUCCEEDED and not job.replaced_by and name in self._registry:
+            if job.published and name in self._registry:
                 self._served[name] = job
         for job in [j for j in self._jobs.values() if j.state == QUEUED]:
             try:
@@ -913,10 +928,7 @@ class JobManager:
                 _record_result(job, intent.counts)
                 name = job.request.register_as
                 if name:  # its registration may be missing or still name the old output
-                    try:
-                        self._serve(name, job, intent.counts)
-                    except (OSError, ConfigError, PathOutsideRootError, DatasetExistsError) as why:
-                        logger.warning("job %s: cannot serve %r: %s", job.job_id, name, why)
+                    self._serve_again(name, job, intent.counts)
                 old = self._jobs.get(intent.replaces)
                 self._finish(job, SUCCEEDED, publishing=True, replaces=old)
                 logger.info("job %s: finished the publish a stopped node began", job.job_id)

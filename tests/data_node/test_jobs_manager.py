@@ -10,7 +10,8 @@ an output nested in a running job's; watch events (first, progress, last), NOT_F
 max_watchers, stop_watchers; close() fails a running job as interrupted; a new manager on
 the same state dir marks a job recorded RUNNING as interrupted, removes staging debris and
 runs a job recorded QUEUED; overwrite replaces an output when the job succeeds and keeps it
-when the job fails. Every test ends with no job process left (children of the forkserver)
+when the job fails; a manager failing to start (a database of another version) releases the
+state dir and output root it locked. Every test ends with no job process left (children of the forkserver)
 and no data_node-jobs thread.
 
 "Blocked" jobs use the Dask executor with an unreachable scheduler: their process reads the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 
@@ -346,3 +348,16 @@ def test_a_job_error_names_no_server_path(make_manager, data_root):
     assert "gone.h5" in job.error, job.error
     assert str(data_root) not in job.error, job.error
     assert str(data_root.resolve()) not in job.error, job.error
+
+
+def test_a_manager_that_fails_to_start_releases_its_directories(data_root, tmp_path):
+    config = parse_config({"node": {"data_root": str(data_root)}}, base_dir=tmp_path)
+    config.state_dir.mkdir()
+    connection = sqlite3.connect(config.state_dir / "jobs.sqlite3")
+    connection.execute("PRAGMA user_version = 99")
+    connection.close()
+    with pytest.raises(sqlite3.DatabaseError, match="Got version 99"):
+        JobManager(config, DatasetRegistry())
+    (config.state_dir / "jobs.sqlite3").unlink()
+    manager = JobManager(config, DatasetRegistry())  # neither directory is still locked
+    manager.close()

@@ -17,12 +17,17 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
-import time
 
 import h5py
 import numpy as np
 import pytest
-from node_support import node_command, node_environment, start_blocked_job, start_node_process
+from node_support import (
+    node_command,
+    node_environment,
+    start_blocked_job,
+    start_node_process,
+    wait_for_empty_trash,
+)
 
 from data_client import DataNodeClient
 from data_client.jobs import FileArray, JobState
@@ -154,13 +159,6 @@ def held_deletes(monkeypatch):
     monkeypatch.setattr(_output_tree, "_delete", held)
     yield release
     release.set()
-
-
-def wait_for_empty_trash(config):
-    deadline = time.monotonic() + 10
-    while list((config.output_root / ".trash").iterdir()):
-        assert time.monotonic() < deadline, "the trash was not emptied"
-        time.sleep(0.02)
 
 
 def test_leftover_staging_is_deleted_once_the_node_serves(tmp_path, held_deletes):

@@ -14,12 +14,10 @@ replaced by it.
 
 from __future__ import annotations
 
-import time
-
 import h5py
 import numpy as np
 import pytest
-from node_support import start_node_process
+from node_support import start_node_process, wait_for_empty_trash
 
 from data_client import DataNodeClient
 from data_client.jobs import FileArray, JobState
@@ -78,13 +76,6 @@ def check_jobs_against_files(config, client):
             assert found is None or owners, f"{info.job_id} left an output: {found}"
     assert list((config.output_root / ".jobs").iterdir()) == []
     return jobs
-
-
-def wait_for_empty_trash(config):
-    deadline = time.monotonic() + 10
-    while list((config.output_root / ".trash").iterdir()):
-        assert time.monotonic() < deadline, "the trash was not emptied"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("step", PUBLISH_STEPS)
