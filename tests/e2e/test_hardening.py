@@ -29,6 +29,7 @@ import gzip
 import os
 import queue
 import socket
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,9 @@ def hold_calls(channel, attack, count, metadata, limit):
     wait_for(lambda: sum(call.done() for call, _ in calls) >= count - limit)
     held = [(call, requests) for call, requests in calls if not call.done()]
     refused = [(call.code(), call.details()) for call, _ in calls if call.done()]
+    for call, requests in calls:
+        if call.done():
+            requests.put(None)  # ends the client's thread sending the requests
     return held, refused
 
 
@@ -135,7 +139,7 @@ def test_a_client_at_its_call_limit_leaves_the_others_their_calls(
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             channel.unary_unary(LIST)(b"", metadata=victim, timeout=30)
-            fds = open_fds()
+            fds, threads = open_fds(), threads_but_the_pool()
             held, refused = hold_calls(channel, attack, 90, attacker, value)
             assert len(held) == value
             assert server.admission.calls.open("max_open_calls") == value
@@ -167,15 +171,26 @@ def test_a_client_at_its_call_limit_leaves_the_others_their_calls(
             wait_for(lambda: server.admission.calls.open("max_open_calls") == 0)
             channel.unary_unary(LIST)(b"", metadata=victim, timeout=30)
             wait_for(lambda: open_fds() <= fds)
+            # The pool keeps its idle threads, never more than its size; no other is left.
+            wait_for(
+                lambda: threads_but_the_pool() <= threads,
+                what=lambda: threads_but_the_pool() - threads,
+            )
+            size = server.admission.calls.limits.max_open_calls + 16
+            wait_for(lambda: len(threading.enumerate()) - len(threads_but_the_pool()) <= size)
     finally:
         server.stop(None)
 
 
-def wait_for(condition, timeout=30.0):
+def threads_but_the_pool():
+    return {t for t in threading.enumerate() if not t.name.startswith("data_node-rpc")}
+
+
+def wait_for(condition, timeout=30.0, what=None):
     """Wait until ``condition()`` (an event another thread causes), within a wide bound."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "the node did not get back to its baseline"
+        assert time.monotonic() < deadline, what() if what else "the condition did not hold"
         time.sleep(0.02)
 
 
