@@ -58,11 +58,15 @@ _STREAM_METHOD: Final = f"/{_SERVICE}/StreamBatches"
 
 
 class CallLimits:
-    """Counts open calls, node-wide and per token, against the configured limits."""
+    """Counts open calls, node-wide and per token, against the configured limits.
+
+    Attributes:
+        limits: The limits counted against.
+    """
 
     def __init__(self, limits: LimitsConfig, *, per_token: bool) -> None:
         """Count against ``limits``; the per-token limits apply only if ``per_token``."""
-        self._limits = limits
+        self.limits = limits
         self._per_token = per_token
         self._open: collections.Counter[tuple[str, str | None]] = collections.Counter()
         self._lock = threading.Lock()
@@ -79,7 +83,7 @@ class CallLimits:
         places = self._places(method, who)
         with self._lock:
             for name, key in places:
-                limit = getattr(self._limits, name)
+                limit = getattr(self.limits, name)
                 if self._open[name, key] >= limit:
                     raise LimitExceededError(_MESSAGES[name].format(limit=limit))
             self._open.update(places)
@@ -105,7 +109,7 @@ class CallLimits:
             places.append(("max_open_calls_per_token", who))
         if method == _STREAM_METHOD:
             places.append(("max_open_streams", None))
-            if per_token and self._limits.max_open_streams_per_token is not None:
+            if per_token and self.limits.max_open_streams_per_token is not None:
                 places.append(("max_open_streams_per_token", who))
         return places
 

@@ -97,7 +97,8 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
 class NodeServer:
     """A built (not yet started) node. ``start()``, then ``stop()`` or ``wait()``.
 
-    ``metrics`` are served on ``metrics_listen`` ("host:port"; None: not served).
+    ``metrics`` are served on ``metrics_listen`` ("host:port"; None: not served). ``pool``
+    is the RPC thread pool, shut down by ``stop()``.
     """
 
     server: grpc.Server
@@ -108,6 +109,7 @@ class NodeServer:
     admission: Admission
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     metrics_listen: str | None = None
+    pool: futures.ThreadPoolExecutor | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -148,6 +150,8 @@ class NodeServer:
         self.servicer.wait_for_streams(_STREAM_CLOSE_TIMEOUT)
         self.jobs.close()
         self.metrics.close()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)  # its idle threads end; gRPC never shuts it down
 
     def wait(self) -> None:
         """Block until the server has stopped."""
@@ -179,11 +183,12 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
     metrics = NodeMetrics((dataset.name for dataset in registry), cache=cache, jobs=jobs)
     budget = MemoryBudget(config.limits.max_memory_bytes, config.cache.max_bytes)
     servicer = DataNodeServicer(config, registry, jobs, metrics, budget)
+    pool = futures.ThreadPoolExecutor(
+        max_workers=config.limits.max_open_calls + _SPARE_THREADS,
+        thread_name_prefix="data_node-rpc",
+    )
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=config.limits.max_open_calls + _SPARE_THREADS,
-            thread_name_prefix="data_node-rpc",
-        ),
+        pool,
         interceptors=[admission],
         options=server_options(config.limits),
     )
@@ -201,9 +206,18 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         port = 0
     if port == 0:
         jobs.close()
+        pool.shutdown(wait=False)
         raise RuntimeError(f"node.listen: cannot bind {target!r}{_bind_hint(target, credentials)}.")
     node = NodeServer(
-        server, port, servicer, health_servicer, jobs, admission, metrics, config.metrics.listen
+        server,
+        port,
+        servicer,
+        health_servicer,
+        jobs,
+        admission,
+        metrics,
+        config.metrics.listen,
+        pool,
     )
     return node, port
 

@@ -228,14 +228,15 @@ class StreamPlan:
     def memory_bytes(self) -> int:
         """The most bytes the stream holds in the node's process, reserved in the budget.
 
-        Its batches prepared ahead (``max_in_flight``), and the one being sent twice over
-        (the encoded message and gRPC's copy of it, held until the transport takes it: a
-        client that does not read stops the stream there); with worker processes, also
-        their shared-memory blocks (one batch each per batch in flight).
+        Its batches prepared ahead (``max_in_flight``), the one being sent twice over (the
+        encoded message and gRPC's copy of it, held until the transport takes it: a client
+        that does not read stops the stream there), and one more for what the C allocator
+        keeps of freed batches for reuse (measured up to a batch on a loaded machine); with
+        worker processes, also their shared-memory blocks (one per batch in flight).
         """
         in_flight: int = self.flow_options["max_in_flight"]
         blocks = in_flight if self.flow_options["nb_proc_workers"] else 0
-        return self.batch_bytes * (in_flight + 2 + blocks)
+        return self.batch_bytes * (in_flight + 3 + blocks)
 
     def cursor(self, epoch: int, batch_index: int, batches_per_epoch: int) -> tensor_pb2.Cursor:
         """The cursor just after batch ``batch_index`` of ``epoch``."""

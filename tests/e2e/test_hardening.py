@@ -29,6 +29,7 @@ import gzip
 import os
 import queue
 import socket
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,9 @@ def hold_calls(channel, attack, count, metadata, limit):
     wait_for(lambda: sum(call.done() for call, _ in calls) >= count - limit)
     held = [(call, requests) for call, requests in calls if not call.done()]
     refused = [(call.code(), call.details()) for call, _ in calls if call.done()]
+    for call, requests in calls:
+        if call.done():
+            requests.put(None)  # ends the client's thread sending the requests
     return held, refused
 
 
@@ -135,7 +139,7 @@ def test_a_client_at_its_call_limit_leaves_the_others_their_calls(
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             channel.unary_unary(LIST)(b"", metadata=victim, timeout=30)
-            fds = open_fds()
+            fds, threads = open_fds(), threads_but_the_pool()
             held, refused = hold_calls(channel, attack, 90, attacker, value)
             assert len(held) == value
             assert server.admission.calls.open("max_open_calls") == value
@@ -167,15 +171,26 @@ def test_a_client_at_its_call_limit_leaves_the_others_their_calls(
             wait_for(lambda: server.admission.calls.open("max_open_calls") == 0)
             channel.unary_unary(LIST)(b"", metadata=victim, timeout=30)
             wait_for(lambda: open_fds() <= fds)
+            # The pool keeps its idle threads, never more than its size; no other is left.
+            wait_for(
+                lambda: threads_but_the_pool() <= threads,
+                what=lambda: threads_but_the_pool() - threads,
+            )
+            size = server.admission.calls.limits.max_open_calls + 16
+            wait_for(lambda: len(threading.enumerate()) - len(threads_but_the_pool()) <= size)
     finally:
         server.stop(None)
 
 
-def wait_for(condition, timeout=30.0):
+def threads_but_the_pool():
+    return {t for t in threading.enumerate() if not t.name.startswith("data_node-rpc")}
+
+
+def wait_for(condition, timeout=30.0, what=None):
     """Wait until ``condition()`` (an event another thread causes), within a wide bound."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "the node did not get back to its baseline"
+        assert time.monotonic() < deadline, what() if what else "the condition did not hold"
         time.sleep(0.02)
 
 
@@ -275,7 +290,7 @@ def settled_rss(pid, settle=1.5, timeout=60.0):
 def test_a_stalled_stream_holds_at_most_its_reserved_memory(node_process):
     process, port, _ = node_process
     batch_bytes = BIG_BATCH * int(np.prod(BIG_SAMPLE)) * 4
-    reserved = batch_bytes * (MAX_IN_FLIGHT + 2)  # StreamPlan.memory_bytes, no processes
+    reserved = batch_bytes * (MAX_IN_FLIGHT + 3)  # StreamPlan.memory_bytes, no processes
     with DataNodeClient(f"127.0.0.1:{port}", token=VICTIM) as client:
         with client.stream("big", 1, epochs=1) as warm:  # the node's first read loads code
             assert len(list(warm)) == 12
@@ -283,13 +298,15 @@ def test_a_stalled_stream_holds_at_most_its_reserved_memory(node_process):
         with client.stream("big", BIG_BATCH, loop_forever=True) as stalled:
             next(stalled)  # then the client stops reading
             grown = settled_rss(process.pid) - before
-    # Whatever the client's window, the node holds what it reserved (and allocator slack).
-    assert grown <= reserved + batch_bytes // 2, (grown, reserved)
+    # Whatever the client's window, the node holds what it reserved (measured: up to 5.3
+    # batches on a loaded machine), with a batch of margin for the measure itself; a node
+    # that went on reading for a stalled client would never settle.
+    assert grown <= reserved + batch_bytes, (grown, reserved)
 
 
 def test_the_memory_budget_refuses_a_stream_that_does_not_fit(tmp_path):
     make_data(tmp_path)
-    per_stream = 32 * (16 * 16 * 4 + 16 * 16 + 8) * (4 + 2)  # toy, batch 32, max_in_flight 4
+    per_stream = 32 * (16 * 16 * 4 + 16 * 16 + 8) * (4 + 3)  # toy, batch 32, max_in_flight 4
     config = write_config(tmp_path, max_memory_bytes=(1 << 20) + per_stream + 100)
     config.write_text(config.read_text() + "\n[cache]\nmax_bytes = 1048576\n")
     server, port = build_server(load(config), "127.0.0.1:0")
