@@ -89,11 +89,19 @@ OUT_OF_BOUNDS = [
     ),
     (
         {"augmentation": Augmentation(x_array="x" * 100_000)},
-        r"^augmentation\.x_array: Expected one of .*'\.\.\. \(100000 characters\) instead\.$",
+        r"^augmentation\.x_array: Expected at most 4096 characters\. Got 100000 instead\.$",
+    ),
+    (
+        {"augmentation": Augmentation(x_array="x" * 4000)},
+        r"^augmentation\.x_array: Expected one of .*'\.\.\. \(4000 characters\) instead\.$",
     ),
     (
         augmented(fill_mode="nearest" * 10_000),
-        r"^augmentation\.fill_mode: .*\(70000 characters\) instead\.$",
+        r"^augmentation\.fill_mode: Expected at most 4096 characters\. Got 70000 instead\.$",
+    ),
+    (
+        augmented(fill_mode="nearest" * 500),
+        r"^augmentation\.fill_mode: .*\(3500 characters\) instead\.$",
     ),
     (
         weights([HUGE] * NUM_SAMPLES),
