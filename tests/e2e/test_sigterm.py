@@ -95,7 +95,6 @@ def test_sigterm_stops_the_node_in_order(tmp_path):
             below = descendants(node.pid)
             assert len(below) >= 4  # two stream workers, the forkserver, the job
 
-            start = time.monotonic()
             node.send_signal(signal.SIGTERM)
             assert next(watch).status == NOT_SERVING
             codes = refusals(client)
@@ -104,8 +103,9 @@ def test_sigterm_stops_the_node_in_order(tmp_path):
             with pytest.raises(UnavailableError, match="node is stopping"):
                 for _ in stream:
                     pass
-            assert time.monotonic() - start < GRACE / 2
-            assert node.poll() is None  # the open Watch holds the grace period
+            # The stream ended while the node still ran (the open Watch holds the grace
+            # period): streams are ended, not cut off when the grace runs out.
+            assert node.poll() is None
             watch.cancel()
         assert node.wait(timeout=GRACE + 10) == 0
     finally:
