@@ -49,7 +49,9 @@ class FakeNode(data_node_pb2_grpc.DataNodeServicer):
     Epoch e, shard (rank, world_size): samples rank, rank + world_size, ... in batches of
     batch_size; a resume cursor restarts at its (epoch, batch_index). Every request and its
     metadata are recorded. ``fail_after = k`` makes the next stream abort with UNAVAILABLE
-    after k batches (once); ``always_unavailable`` aborts every stream at once.
+    after k batches (once); ``hold_after = k`` makes the next stream stop sending after k
+    batches until its call ends (once), setting ``held``; ``always_unavailable`` aborts every
+    stream at once.
     """
 
     arrays = ARRAYS
@@ -63,6 +65,8 @@ class FakeNode(data_node_pb2_grpc.DataNodeServicer):
         self.metadata = []
         self.required_token = None
         self.fail_after = None
+        self.hold_after = None
+        self.held = threading.Event()
         self.always_unavailable = False
         self.stream_ended = threading.Event()
         self.yielded = 0
@@ -97,7 +101,15 @@ class FakeNode(data_node_pb2_grpc.DataNodeServicer):
         if self.always_unavailable:
             context.abort(grpc.StatusCode.UNAVAILABLE, "node is restarting")
         fail_after, self.fail_after = self.fail_after, None
-        yield from self._batches(request, context, fail_after)
+        hold_after, self.hold_after = self.hold_after, None
+        ended = threading.Event()
+        context.add_callback(ended.set)
+        for sent, batch in enumerate(self._batches(request, context, fail_after)):
+            if sent == hold_after:
+                self.held.set()
+                ended.wait()
+                return
+            yield batch
 
     def _batches(self, request, context, fail_after):
         world_size = request.shard.world_size or 1

@@ -384,8 +384,10 @@ def test_unavailable_before_any_batch_reissues_the_original_request(client, fake
 
 
 def test_reconnects_across_a_node_restart(client, fake_node):
+    fake_node.hold_after = 4  # the node goes down with the stream unfinished, however fast
     stream = client.stream("toy", 1, epochs=3, initial_backoff=0.05, max_backoff=0.2)
     seen = [int(next(stream)[2][0]) for _ in range(4)]
+    assert fake_node.held.wait(30)
     fake_node.stop()
     restart = threading.Timer(0.3, fake_node.start)
     restart.start()
