@@ -6,10 +6,10 @@ threads and, for one stream in six, 1 or 2 worker processes. Each ends one way: 
 after a random number of batches (0: opened and never read), its connection dropped, its
 deadline passed while the client idles, or read to its end.
 
-Then, within SETTLE seconds, the node (it runs in this process) serves no stream, and its
-thread count (/proc/self/task), child processes, /dev/shm entries of its own and open file
-descriptors (/proc/self/fd) equal the baseline exactly, and its RSS (/proc/self/statm) is
-at most RSS_SLACK above it. The baseline is taken after a warm-up of the same mix (imports,
+Then, within SETTLE seconds, the node (it runs in this process) serves no stream, its child
+processes and /dev/shm entries of its own equal the baseline exactly, its thread count
+(/proc/self/task) and open file descriptors (/proc/self/fd) are at most the baseline's, and
+its RSS (/proc/self/statm) is at most RSS_SLACK above it. The baseline is taken after a warm-up of the same mix (imports,
 caches, the RPC thread pool grown to the concurrency the run uses).
 """
 
