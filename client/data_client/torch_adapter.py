@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from data_client.client import DataNodeClient
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+    from types import FrameType
 
     import numpy.typing as npt
 

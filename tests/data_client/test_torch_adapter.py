@@ -169,7 +169,8 @@ def readme_recipe():
 def test_the_readme_data_parallel_recipe_splits_every_epoch_across_ranks(fake_node, tmp_path):
     recipe = readme_recipe()
     service = "data-node.ml.svc.cluster.local:50051"
-    assert service in recipe and '"disks"' in recipe
+    assert service in recipe
+    assert '"disks"' in recipe
     recipe = recipe.replace(service, fake_node.address).replace('"disks"', '"toy"')
     recipe = recipe.replace("epochs=10", "epochs=2").replace(", 32,", ", 2,")
     # train_step records the labels each rank trains on.
