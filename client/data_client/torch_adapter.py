@@ -185,7 +185,8 @@ def _is_rebatched_by_a_dataloader(dataset: object, frame: FrameType | None) -> b
         if caller is None:
             return False
         fetcher = caller.f_locals.get("self")
-        if getattr(fetcher, "dataset", None) is dataset and hasattr(fetcher, "auto_collation"):
-            return bool(fetcher.auto_collation)
+        auto_collation = getattr(fetcher, "auto_collation", None)
+        if auto_collation is not None and getattr(fetcher, "dataset", None) is dataset:
+            return bool(auto_collation)
         caller = caller.f_back
     return False
