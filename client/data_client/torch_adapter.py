@@ -37,11 +37,11 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
 
     The node already batches, so wrap it as ``DataLoader(dataset, batch_size=None,
     num_workers=0)`` (or iterate it directly). A DataLoader that batches again (any other
-    ``batch_size``, the default 1 included, or a ``batch_sampler``) would yield batches of
-    batches, and one with several workers would open one full stream per worker and deliver
-    every sample several times: iterating either raises RuntimeError. Each ``iter()`` opens a
-    new client and stream with the same options; leaving the loop early (or dropping the
-    iterator) cancels the stream so the node frees its workers.
+    ``batch_size``, the default 1 included) would yield batches of batches, and one with
+    several workers would open one full stream per worker and deliver every sample several
+    times: iterating either raises RuntimeError. Each ``iter()`` opens a new client and
+    stream with the same options; leaving the loop early (or dropping the iterator) cancels
+    the stream so the node frees its workers.
 
     Data-parallel training (one process per GPU, started by ``torchrun``): initialise the
     process group first, then build the same dataset in every process with the same ``seed``.
@@ -126,8 +126,8 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
 
         Raises:
             RuntimeError: A DataLoader with automatic batching (any ``batch_size`` other than
-                None, or a ``batch_sampler``) is iterating this dataset, or one with
-                ``num_workers > 1``. Nothing is sent to the node.
+                None) is iterating this dataset, or one with ``num_workers > 1``. Nothing is
+                sent to the node.
         """
         if _is_rebatched_by_a_dataloader(self, inspect.currentframe()):
             raise RuntimeError(
@@ -176,9 +176,9 @@ def _is_rebatched_by_a_dataloader(dataset: object, frame: FrameType | None) -> b
     """Whether ``iter(dataset)`` comes from a DataLoader fetcher with automatic batching.
 
     torch's fetchers (``torch.utils.data._utils.fetch``, private) hold the ``dataset`` and
-    ``auto_collation`` (True when the loader has a ``batch_size`` or ``batch_sampler``) they
-    were built with; that is the only place a dataset can see how it will be collated, in the
-    main process and in a loader worker alike.
+    ``auto_collation`` (True when the loader has a ``batch_size``) they were built with; that
+    is the only place a dataset can see how it will be collated, in the main process and in
+    a loader worker alike.
     """
     caller = None if frame is None else frame.f_back
     for _ in range(_FETCHER_FRAMES):
