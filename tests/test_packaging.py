@@ -15,12 +15,12 @@ import ast
 import importlib
 import importlib.metadata
 import importlib.resources
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from make_support import make_dry_run
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -132,28 +132,8 @@ def test_every_import_comes_from_a_base_dependency_or_its_extra():
         assert providers & BASE, f"{module} (imported by {files[0]}) is no base dependency"
 
 
-def make_dry_run(target, tmp_path):
-    """The commands ``make <target>`` would run from a checkout without a venv."""
-    done = subprocess.run(
-        [
-            "make",
-            "-n",
-            "--no-print-directory",
-            "-C",
-            str(ROOT),
-            target,
-            f"VENV={tmp_path / '.venv'}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return done.stdout.splitlines()
-
-
 def test_make_demo_installs_no_extra(tmp_path):
-    lines = make_dry_run("demo", tmp_path)
+    lines = make_dry_run("demo", tmp_path / ".venv")
     installs = [line for line in lines if " pip install " in line and "--upgrade pip" not in line]
     assert [line.split()[-1] for line in installs] == ["."]
     assert lines[0].endswith(f"-m venv {tmp_path / '.venv'}")
@@ -161,7 +141,7 @@ def test_make_demo_installs_no_extra(tmp_path):
 
 
 def test_make_test_installs_the_dev_extra_and_runs_every_check(tmp_path):
-    lines = make_dry_run("test", tmp_path)
+    lines = make_dry_run("test", tmp_path / ".venv")
     installs = [line.split()[-1] for line in lines if " pip install --quiet -e " in line]
     assert installs == [".", "'.[dev]'"]
     commands = [line.split("/")[-1] for line in lines if "/.venv/bin/" in line]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk  # noqa: N813
+from make_support import make_dry_run
 
 from data_node.config import TlsConfig, load
 from data_node.rpc.auth import ROLE_NEEDED
@@ -165,13 +166,7 @@ def command_bullet(target):
 
 @pytest.mark.parametrize(("target", "installs"), [("demo", ["."]), ("test", [".", "'.[dev]'"])])
 def test_each_command_installs_what_the_readme_says(target, installs, tmp_path):
-    dry_run = subprocess.run(
-        ["make", "-n", "--no-print-directory", "-C", str(ROOT), target, f"VENV={tmp_path}/v"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=TIMEOUT,
-    ).stdout
+    dry_run = "\n".join(make_dry_run(target, tmp_path / ".venv"))
     assert re.findall(r"pip install --quiet -e (\S+)$", dry_run, re.MULTILINE) == installs
     bullet = command_bullet(target)
     assert f"`pip install -e {installs[-1]}`" in bullet
