@@ -167,8 +167,8 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
         return tensor
 
 
-# A DataLoader's fetcher calls ``iter(dataset)`` in its constructor, one or two frames above
-# ``__iter__``; a few more allow for a wrapper in a later torch.
+# A DataLoader's fetcher calls ``iter(dataset)`` in its constructor, the frame right above
+# ``__iter__`` in torch 2.13; a few more allow for a helper in between in a later torch.
 _FETCHER_FRAMES = 4
 
 
