@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2
 from node_support import NUM_SAMPLES
 
 from data_client.errors import OutOfRangeError
-from data_node.streams import SampleTransform
+from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
 from data_tools.io import data_flow
 
 AUGMENT = {
@@ -85,7 +85,7 @@ def test_augmented_stream_equals_data_flow_in_process(client, node_dir):
         client.stream("toy", 8, shuffle=True, seed=5, augment=AUGMENT, nb_proc_workers=2)
     )
     options = {k: v for k, v in AUGMENT.items() if not k.endswith("_array")}
-    transform = SampleTransform(5, 0, 1, options)
+    transform = SampleAugmentation(parse_augmentation_spec(**options), 5, 0, 1)
     data = [arrays["image"], arrays["mask"], arrays["weights"]]
     local = data_flow(
         data, 8, sample_random=True, seed=5, preprocessor=transform, loop_forever=False

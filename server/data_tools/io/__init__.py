@@ -1,6 +1,7 @@
 """Minibatch pipeline (data_flow) and buffered array writers."""
 
 from data_tools.io.data_flow import BatchInfo, data_flow
+from data_tools.io.preprocessing import PreprocessorChain
 from data_tools.io.writers import (
     bcolz_array_writer,
     buffered_array_writer,
@@ -11,6 +12,7 @@ from data_tools.io.writers import (
 
 __all__ = [
     "BatchInfo",
+    "PreprocessorChain",
     "bcolz_array_writer",
     "buffered_array_writer",
     "data_flow",
