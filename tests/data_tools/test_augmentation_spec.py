@@ -148,17 +148,18 @@ def test_draw_is_a_pure_function_of_the_rng_state_and_consumes_it_as_the_referen
     assert drawn.random() == reference.random()
 
 
-def sample(rng, dtype, shape):
-    values = rng.standard_normal(shape) * 40
-    return (values > 0) if dtype is np.bool_ else values.astype(dtype)
+def spec_and_images(rng, options, dtype):
+    """The spec of ``options``, a (2, 12, 10) x of ``dtype`` and a (1, 12, 10) uint8 y."""
+    values = rng.standard_normal((2, 12, 10)) * 40
+    x = (values > 0) if dtype is np.bool_ else values.astype(dtype)
+    y = (rng.random((1, 12, 10)) * 3).astype(np.uint8)
+    return parse_augmentation_spec(**options), x, y
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("options", OPTION_SETS, ids=range(len(OPTION_SETS)))
 def test_apply_equals_image_random_transform(rng, options, dtype):
-    spec = parse_augmentation_spec(**options)
-    x = sample(rng, dtype, (2, 12, 10))
-    y = (rng.random((1, 12, 10)) * 3).astype(np.uint8)
+    spec, x, y = spec_and_images(rng, options, dtype)
     for seed in (0, 1):
         params = spec.draw(np.random.default_rng(seed), x.shape)
         x_out, y_out = spec.apply(params, x, y)
@@ -174,9 +175,7 @@ def test_apply_equals_image_random_transform(rng, options, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("options", OPTION_SETS, ids=range(len(OPTION_SETS)))
 def test_apply_writes_into_out(rng, options, dtype):
-    spec = parse_augmentation_spec(**options)
-    x = sample(rng, dtype, (2, 12, 10))
-    y = (rng.random((1, 12, 10)) * 3).astype(np.uint8)
+    spec, x, y = spec_and_images(rng, options, dtype)
     params = spec.draw(np.random.default_rng(3), x.shape)
     want_x, want_y = spec.apply(params, x, y)
     window = spec.output_shape((12, 10))
