@@ -330,10 +330,12 @@ def image_stack_random_transform(
     for index in np.ndindex(xs.shape[:-3]):
         if params is None or not same_transform:
             params = spec.draw(generator, (xs.shape[-3], *spatial_shape))
-        x_image, y_image = spec.apply(params, xs[index], None if ys is None else ys[index])
-        x_view[index] = x_image
-        if y_view is not None:
-            y_view[index] = y_image
+        spec.apply(
+            params,
+            xs[index],
+            None if ys is None else ys[index],
+            out=(x_view[index], None if y_view is None else y_view[index]),
+        )
     return x_out if y_out is None else (x_out, y_out)
 
 
