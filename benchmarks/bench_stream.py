@@ -34,8 +34,8 @@ import h5py
 import numpy as np
 
 from data_client import DataNodeClient
+from data_node.catalog.datasets import open_dataset
 from data_node.config import LimitsConfig, load
-from data_node.datasets import open_dataset
 from data_node.server import build_server
 from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
 from data_tools.io import data_flow

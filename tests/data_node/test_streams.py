@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from node_support import noisy
 
+from data_node.catalog.datasets import Dataset
 from data_node.config import LimitsConfig
-from data_node.datasets import Dataset
 from data_node.errors import RequestError
-from data_node.streams import parse_stream_request
+from data_node.streaming.streams import parse_stream_request
 from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
 from data_tools.io import PreprocessorChain
 from data_wire.v1 import data_node_pb2
