@@ -254,7 +254,9 @@ def report(tally: Tally, elapsed: float, seed_value: int) -> None:
 
 def valid_stream_works(port: int) -> bool:
     with DataNodeClient(f"127.0.0.1:{port}") as client:
-        batch = next(iter(client.stream("toy", 4, shuffle=True, augment={"x_array": "image"})))
+        batch = next(
+            iter(client.stream("toy", 4, sample_random=True, augmentation={"x_array": "image"}))
+        )
         return batch[0].shape == (4, 1, 16, 16)
 
 

@@ -304,7 +304,7 @@ def test_compose_trainers_share_one_partitioned_stream_once_the_node_is_healthy(
         assert args.report_every > 0
         assert args.sharing in (None, "partitioned")
         assert args.dataset in node_toml()["datasets"]
-    same = ("dataset", "batch_size", "epochs", "shuffle", "seed")
+    same = ("dataset", "batch_size", "epochs", "sample_random", "seed")
     assert {tuple(getattr(args, key) for key in same) for args in parsed} == {
         tuple(getattr(parsed[0], key) for key in same)
     }

@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                 stream = client.stream(
                     "disks",
                     args.batch_size,
-                    shuffle=True,
+                    sample_random=True,
                     seed=0,
-                    augment=AUGMENT,
+                    augmentation=AUGMENT,
                     nb_proc_workers=args.workers,
                 )
                 num_bytes = num_batches = 0
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     num_bytes += sum(array.nbytes for array in batch)
                 elapsed = time.perf_counter() - start
                 shown = client.preview(
-                    "disks", args.preview, 8, shuffle=True, seed=0, augment=AUGMENT
+                    "disks", args.preview, 8, sample_random=True, seed=0, augmentation=AUGMENT
                 )
         finally:
             node.stop(None)

@@ -373,7 +373,7 @@ def test_a_long_unknown_name_gets_no_suggestion_and_a_weights_array_is_shape_che
     with pytest.raises(
         InvalidArgumentError, match=r"sample_weights\.array: .* Got 'image', of shape \(40, 1, 16"
     ):
-        next(iter(client.stream("toy", 4, shuffle=True, sample_weights="image")))
+        next(iter(client.stream("toy", 4, sample_random=True, sample_weights="image")))
 
 
 # ---------------------------------------------------------------- metrics

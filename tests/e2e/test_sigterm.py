@@ -178,18 +178,18 @@ def test_sigterm_stops_the_node_in_time_whatever_runs(tmp_path):
                 loop_forever=True,
                 max_reconnects=0,
                 nb_proc_workers=2,
-                augment=WARP_AT_THE_BOUNDS,
+                augmentation=WARP_AT_THE_BOUNDS,
             )
             next(read)
             unread = client.stream(
-                "big", 8, loop_forever=True, max_reconnects=0, augment=WARP_AT_THE_BOUNDS
+                "big", 8, loop_forever=True, max_reconnects=0, augmentation=WARP_AT_THE_BOUNDS
             )
             next(unread)
             with pytest.raises(DataNodeError, match=r"augmentation\.warp_grid_size"):
                 next(
                     iter(
                         client.stream(
-                            "big", 4, augment={**WARP_AT_THE_BOUNDS, "warp_grid_size": 10**6}
+                            "big", 4, augmentation={**WARP_AT_THE_BOUNDS, "warp_grid_size": 10**6}
                         )
                     )
                 )
