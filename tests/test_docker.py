@@ -520,10 +520,10 @@ def test_every_command_of_the_image_and_compose_runs_against_a_real_node(
         # A build job on the Dask profile's cluster: the node's default scheduler comes from
         # the compose environment, the worker writes into the shared outputs directory.
         build = [
-            "data-node", "build", "--address", f"127.0.0.1:{ports['node']}",
+            "data-client", "build", "--address", f"127.0.0.1:{ports['node']}",
             "--output", "dask-patches", "--patchsize", "3", "--volume", "volume.h5:image",
-            "--mask", "volume.h5:mask", "--class_list", "0", "1", "--batchsize", "8",
-            "--file_format", "zarr", "--executor", "dask",
+            "--mask", "volume.h5:mask", "--class-list", "0", "1", "--batchsize", "8",
+            "--file-format", "zarr", "--executor", "dask",
         ]  # fmt: skip
         code, out = run(local_argv(build), env)
         assert code == 0, out + "".join((root / f"{n}.log").read_text() for n in dask)

@@ -388,7 +388,7 @@ def parse_config(
         data_root=data_root,
         state_dir=state_dir,
         output_root=output_root,
-        listen=_string("node.listen", node.get("listen", "127.0.0.1:50051")),
+        listen=_listen(_string("node.listen", node.get("listen", "127.0.0.1:50051"))),
         limits=limits,
         jobs=_parse_jobs(_table("jobs", raw.get("jobs", {}))),
         cache=cache,
@@ -867,6 +867,17 @@ def _pem_file(key: str, value: Any, base_dir: Path) -> Path:
             f"{key}: Expected a PEM file (-----BEGIN ...). Got {str(path)!r} instead."
         )
     return path
+
+
+def _listen(address: str) -> str:
+    """``node.listen``: HOST:PORT, the port named (gRPC would read a bare host as port 443)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            "node.listen: Expected HOST:PORT with a port in [0, 65535] (0 picks a free one). "
+            f"Got {address!r} instead."
+        )
+    return address
 
 
 def _existing_dir(key: str, path: Path) -> Path:

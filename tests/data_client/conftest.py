@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from data_wire.v1 import data_node_pb2, data_node_pb2_grpc, tensor_pb2
+from data_wire.v1 import data_node_pb2, data_node_pb2_grpc, jobs_pb2, tensor_pb2
 
 LENGTH = 10
 ARRAYS = {
@@ -70,6 +70,7 @@ class FakeNode(data_node_pb2_grpc.DataNodeServicer):
         self.always_unavailable = False
         self.stream_ended = threading.Event()
         self.yielded = 0
+        self.job_ids = []  # ended jobs ListJobs reports; CancelJob and GetJob know them
 
     def _check_token(self, context):
         self.metadata.append(dict(context.invocation_metadata()))
@@ -89,6 +90,25 @@ class FakeNode(data_node_pb2_grpc.DataNodeServicer):
         if request.name not in ("toy", "other"):
             context.abort(grpc.StatusCode.NOT_FOUND, f"name: no dataset {request.name!r}")
         return _description(request.name)
+
+    def ListJobs(self, request, context):
+        self._check_token(context)
+        return jobs_pb2.ListJobsResponse(jobs=[self._job(job_id) for job_id in self.job_ids])
+
+    def GetJob(self, request, context):
+        self._check_token(context)
+        if request.job_id not in self.job_ids:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
+        return self._job(request.job_id)
+
+    CancelJob = GetJob
+
+    def WatchJob(self, request, context):
+        yield self.GetJob(request, context)
+
+    @staticmethod
+    def _job(job_id):
+        return jobs_pb2.Job(job_id=job_id, state=jobs_pb2.JOB_STATE_SUCCEEDED, fraction_done=1)
 
     def StreamBatches(self, request, context):
         self.requests.append(request)

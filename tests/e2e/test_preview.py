@@ -7,7 +7,7 @@ plain grey elsewhere, every augmented tile likewise for the augmented sample and
 trainer's stream yields (same seed, epoch, augmentation, case selection), the background
 between tiles; epoch and cases pick the trainer's samples; a dataset without a mask has no
 colour anywhere; bad arguments are named; the CLI writes the file and prints its path, and
-refuses a malformed --augment; no temporary file is left.
+refuses a malformed --augmentation; no temporary file is left.
 """
 
 from __future__ import annotations
@@ -164,13 +164,13 @@ def test_the_cli_writes_a_preview_and_prints_its_path(node, segmented, tmp_path,
             *argv,
             "--out",
             str(out),
-            "--samples",
+            "--num-samples",
             "5",
             "--seed",
             "2",
             "--cases",
             "0-1",
-            "--augment",
+            "--augmentation",
             augment,
             "--columns",
             "2",
@@ -183,7 +183,7 @@ def test_the_cli_writes_a_preview_and_prints_its_path(node, segmented, tmp_path,
     pair = 2 * SIDE * scale + 3 * 4
     assert png.shape == (4 + 3 * (SIDE * scale + 4), 4 + 2 * pair, 3)  # 5 pairs, 2 per row
     with pytest.raises(SystemExit, match="2"):
-        client_main([*argv, "--out", str(out), "--augment", "[1]"])
+        client_main([*argv, "--out", str(out), "--augmentation", "[1]"])
     assert "Expected a JSON object" in capsys.readouterr().err
 
 

@@ -33,7 +33,7 @@ from data_client import (
     NotFoundError,
     PermissionDeniedError,
 )
-from data_node.cli import main as node_main
+from data_client.cli import main as client_main
 from data_node.config import load
 from data_node.server import build_server
 from data_wire.v1 import data_node_pb2
@@ -331,17 +331,17 @@ def test_the_command_line_registers_and_removes(root, capsys):
         address = client.addresses[0]
         argv = ["register", "cli_set", "--address", address, "--array", "image=toy.h5:image"]
         assert (
-            node_main([*argv, "--array", "image=extra.zarr:image", "--class_list", "0", "1"]) == 0
+            client_main([*argv, "--array", "image=extra.zarr:image", "--class-list", "0", "1"]) == 0
         )
-        assert "registered 'cli_set': 50 samples; image float32 (1, 16, 16), label" in (
+        assert "registered cli_set: 50 samples; image float32 (1, 16, 16), label" in (
             capsys.readouterr().out
         )
         assert client.describe("cli_set").classes == (0, 1)
-        assert node_main([*argv]) == 2  # registered already, without --replace
+        assert client_main([*argv]) == 1  # registered already, without --replace
         assert "ALREADY_EXISTS: name: Expected a name not registered yet" in capsys.readouterr().err
-        assert node_main(["register", "x", "--address", address, "--array", "image"]) == 2
+        assert client_main(["register", "x", "--address", address, "--array", "image"]) == 2
         assert "--array: Expected NAME=PATH[:KEY]. Got 'image' instead." in capsys.readouterr().err
-        assert node_main(["remove", "cli_set", "--address", address]) == 0
-        assert capsys.readouterr().out.startswith("removed 'cli_set': 50 samples")
+        assert client_main(["remove", "cli_set", "--address", address]) == 0
+        assert capsys.readouterr().out.startswith("removed cli_set: 50 samples")
         assert "cli_set" not in names(client)
     server.stop(None)

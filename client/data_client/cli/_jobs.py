@@ -17,6 +17,8 @@ from data_client.cli.exits import FAILED, OK, Interrupted
 from data_client.jobs import CaseInput, DatasetArray, FileArray, JobState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from data_client.client import DataNodeClient
     from data_client.jobs import BuildJob, JobInfo
 
@@ -170,7 +172,7 @@ def _build(args: argparse.Namespace) -> int:
     volume = _array_input(args.volume, args.volume_dataset)
     assert volume is not None  # argparse requires one
     with connect(args) as client:
-        job = _submitted(
+        return _submit_and_follow(
             lambda: client.submit_build(
                 args.output,
                 args.patchsize,
@@ -189,9 +191,9 @@ def _build(args: argparse.Namespace) -> int:
                 executor=args.executor,
                 scheduler_address=args.scheduler_address,
                 store_masks=args.store_masks,
-            )
+            ),
+            detach=args.detach,
         )
-        return _follow(job, detach=args.detach)
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -200,7 +202,7 @@ def _import(args: argparse.Namespace) -> int:
         image, _, label = text.partition(",")
         cases.append(CaseInput(_file_input(image), _file_input(label) if label else None))
     with connect(args) as client:
-        job = _submitted(
+        return _submit_and_follow(
             lambda: client.submit_import(
                 args.output,
                 cases,
@@ -218,40 +220,47 @@ def _import(args: argparse.Namespace) -> int:
                 register_as=args.register_as,
                 overwrite=args.overwrite,
                 seed=args.seed,
-            )
+            ),
+            detach=args.detach,
         )
-        return _follow(job, detach=args.detach)
 
 
-def _submitted(submit: Any) -> BuildJob:
-    """``submit()``'s job; a Ctrl-C before the node answered says where to look."""
+def _submit_and_follow(submit: Callable[[], BuildJob], *, detach: bool) -> int:
+    """Submit with ``submit()``; print the job's id (alone with ``detach``), else wait for it.
+
+    A Ctrl-C at any point says whether a job was queued, and that it keeps running.
+    """
+    job: BuildJob | None = None
     try:
-        job: BuildJob = submit()
+        job = submit()
+        if detach:
+            say(job.job_id)
+            return OK
+        print(f"job {job.job_id} submitted", file=sys.stderr, flush=True)
+        info = job.wait(progress=True)
     except KeyboardInterrupt:
-        raise Interrupted(
-            "interrupted before the node answered; the job may have been queued "
-            "(data-client jobs lists it)"
-        ) from None
-    return job
+        if job is None:
+            raise Interrupted(
+                "interrupted before the node answered; the job may have been queued "
+                "(data-client jobs lists it)"
+            ) from None
+        raise _keeps_running(job) from None
+    say(_describe(info))
+    return OK if info.state is JobState.SUCCEEDED else FAILED
 
 
-def _follow(job: BuildJob, *, detach: bool) -> int:
-    """Print the job's id (alone with ``detach``), else wait for the job with a progress bar."""
-    if detach:
-        say(job.job_id)
-        return OK
-    print(f"job {job.job_id} submitted", file=sys.stderr, flush=True)
-    return _wait(job)
+def _keeps_running(job: BuildJob) -> Interrupted:
+    return Interrupted(
+        f"interrupted; job {job.job_id} keeps running on the node "
+        f"(data-client cancel {job.job_id[:8]})"
+    )
 
 
 def _wait(job: BuildJob) -> int:
     try:
         info = job.wait(progress=True)
     except KeyboardInterrupt:
-        raise Interrupted(
-            f"interrupted; job {job.job_id} keeps running on the node "
-            f"(data-client cancel {job.job_id[:8]})"
-        ) from None
+        raise _keeps_running(job) from None
     say(_describe(info))
     return OK if info.state is JobState.SUCCEEDED else FAILED
 
