@@ -249,7 +249,7 @@ def test_the_security_example_loads(tmp_path):
     (tokens_file,) = node_blocks("text")
     raw = tomllib.loads(security)
     (tmp_path / "pki").mkdir()
-    for key in ("cert_file", "key_file", "client_ca_file"):
+    for key in ("cert", "key", "ca"):
         # A stand-in: loading checks only the PEM marker (test_tls.py covers real certificates).
         (tmp_path / raw["tls"][key]).write_text("-----BEGIN CERTIFICATE-----\n")
     (tmp_path / raw["auth"]["tokens_file"]).write_text(tokens_file)

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from data_client.preview import Preview
 
 __all__ = [
+    "SEED_LIMIT",
     "ArrayInfo",
     "ArrayInput",
     "ArraySources",
@@ -88,7 +89,7 @@ class TlsConfig:
         ca: PEM bundle of the CA(s) the node's certificate must chain to. Default None:
             gRPC's bundled root certificates.
         cert: The client's PEM certificate chain, for a node that requires client
-            certificates (``tls.client_ca_file`` on the node). Default None: none.
+            certificates (``[tls] ca`` in the node's config). Default None: none.
         key: The private key of ``cert`` (PEM); never shown in the repr. Default None.
 
     Each is a path (``str`` or ``os.PathLike``, read when the client is created) or the
@@ -150,8 +151,9 @@ _CHANNEL_RECONNECT_OPTIONS: Final = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
-# data_flow seeds numpy generators with 32-bit seeds; the node refuses larger ones.
-_SEED_MAX: Final = 2**32 - 1
+SEED_LIMIT: Final = 2**32
+"""Seeds of streams lie in [0, SEED_LIMIT): data_tools.io.SEED_LIMIT, which the node enforces
+(StreamRequest.seed); the client may not import the library, so it states the bound again."""
 # The node reads these as medical images, (z, y, x) arrays (data_tools.medical.IMAGE_SUFFIXES).
 _IMAGE_SUFFIXES: Final = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
 # Keepalive bounds, in seconds. The node accepts pings 0.5 s apart (data_node.server), so
@@ -552,7 +554,7 @@ class DataNodeClient:
             NotFoundError: The node does not serve ``dataset`` (also a ``LookupError``).
             DataNodeError: Any other failure (a subclass per status code).
         """
-        description, _ = self._call("describe_dataset", DescribeDatasetRequest(name=dataset))
+        description, _ = self._call("describe_dataset", DescribeDatasetRequest(dataset=dataset))
         return _dataset_info(description)
 
     def register_dataset(
@@ -596,7 +598,7 @@ class DataNodeClient:
                 f"Expected arrays to be a non-empty dict of array name -> sources. Got {arrays!r} instead."
             )
         request = RegisterDatasetRequest(
-            name=_parse_name("dataset", dataset), replace=bool(replace)
+            dataset=_parse_name("dataset", dataset), replace=bool(replace)
         )
         for array_name, sources in arrays.items():
             array = request.arrays.add(name=_parse_name("arrays key", array_name))
@@ -634,7 +636,7 @@ class DataNodeClient:
             FailedPreconditionError: ``dataset`` comes from the node's config file.
         """
         response, _ = self._call(
-            "remove_dataset", RemoveDatasetRequest(name=_parse_name("dataset", dataset))
+            "remove_dataset", RemoveDatasetRequest(dataset=_parse_name("dataset", dataset))
         )
         return _dataset_info(response.removed) if response.HasField("removed") else None
 
@@ -764,7 +766,7 @@ class DataNodeClient:
             codec=_CODECS[_parse_option("codec", codec, _CODECS)],
         )
         if seed is not None:
-            request.seed = _parse_int("seed", seed, minimum=0, maximum=_SEED_MAX)
+            request.seed = _parse_int("seed", seed, minimum=0, maximum=SEED_LIMIT - 1)
         if sample_weights is not None:
             request.sample_weights.CopyFrom(_build_sample_weights(sample_weights))
         if augmentation is not None:
@@ -1113,7 +1115,7 @@ def _open_stream(
     shared.CopyFrom(request)
     if not shared.HasField("seed"):
         # Each node would draw its own seed; the lanes must cut the same epochs.
-        shared.seed = secrets.randbelow(_SEED_MAX + 1)
+        shared.seed = secrets.randbelow(SEED_LIMIT)
     lanes = []
     for k in range(count):
         lane_request = StreamRequest()

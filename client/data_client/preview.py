@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from data_client._png import encode_png
-from data_client.client import _parse_int
+from data_client.client import SEED_LIMIT, _parse_int
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -103,7 +103,7 @@ def preview(
                 f"Got {array_name!r} instead."
             )
     if seed is None:
-        seed = secrets.randbelow(2**32)
+        seed = secrets.randbelow(SEED_LIMIT)
     request: dict[str, Any] = {
         "sample_random": sample_random,
         "seed": seed,

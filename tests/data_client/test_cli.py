@@ -213,28 +213,28 @@ JOB_IDS = ["3f2a0000aa", "3f2a0000bb", "77c10000cc", "77c1"]
 
 
 @pytest.mark.parametrize("command", ["watch", "cancel"])
-def test_a_unique_id_prefix_names_the_job(fake_node, capsys, command):
-    fake_node.job_ids = JOB_IDS
-    assert main([command, "3f2a0000a", "--address", fake_node.address]) == 0
+def test_a_unique_id_prefix_names_the_job(fake_jobs_node, capsys, command):
+    fake_jobs_node.job_ids = JOB_IDS
+    assert main([command, "3f2a0000a", "--address", fake_jobs_node.address]) == 0
     assert capsys.readouterr().out.startswith("3f2a0000aa succeeded")
     # An id that is also the prefix of another id is that job.
-    assert main([command, "77c1", "--address", fake_node.address]) == 0
+    assert main([command, "77c1", "--address", fake_jobs_node.address]) == 0
     assert capsys.readouterr().out.startswith("77c1 succeeded")
 
 
 @pytest.mark.parametrize("command", ["watch", "cancel"])
-def test_an_ambiguous_id_prefix_is_refused_naming_the_candidates(fake_node, capsys, command):
-    fake_node.job_ids = JOB_IDS
-    assert main([command, "3f2a", "--address", fake_node.address]) == 2
+def test_an_ambiguous_id_prefix_is_refused_naming_the_candidates(fake_jobs_node, capsys, command):
+    fake_jobs_node.job_ids = JOB_IDS
+    assert main([command, "3f2a", "--address", fake_jobs_node.address]) == 2
     err = capsys.readouterr().err
     assert f"data-client {command}: JOB: Expected an id prefix that names one job." in err
     assert "2 jobs start with '3f2a': 3f2a0000aa, 3f2a0000bb." in err
-    assert main([command, "9", "--address", fake_node.address]) == 1
+    assert main([command, "9", "--address", fake_jobs_node.address]) == 1
     assert "NOT_FOUND: job_id: no job '9'" in capsys.readouterr().err
 
 
-def test_empty_lists_say_so(fake_node, capsys):
-    assert main(["jobs", "--address", fake_node.address]) == 0
+def test_empty_lists_say_so(fake_jobs_node, capsys):
+    assert main(["jobs", "--address", fake_jobs_node.address]) == 0
     out, err = capsys.readouterr()
     assert (out, err) == ("", "the node has no jobs\n")
 

@@ -89,8 +89,8 @@ def test_describe_unknown_dataset_raises_not_found(client):
     assert isinstance(error, LookupError)
     assert isinstance(error, DataNodeError)
     assert error.code is grpc.StatusCode.NOT_FOUND
-    assert error.details == "name: no dataset 'nope'"
-    assert str(error) == "NOT_FOUND: name: no dataset 'nope'"
+    assert error.details == "dataset: no dataset 'nope'"
+    assert str(error) == "NOT_FOUND: dataset: no dataset 'nope'"
 
 
 # ---------------------------------------------------------------- request mapping
@@ -215,7 +215,7 @@ def test_bad_augment_is_refused_before_any_call(client, fake_node, augment, erro
         ({"batch_size": 0}, ValueError, "batch_size to be an integer >= 1. Got 0"),
         ({"batch_size": 2.0}, TypeError, "batch_size to be an integer"),
         ({"batch_size": True}, TypeError, "batch_size to be an integer"),
-        ({"name": ""}, TypeError, "name to be a non-empty string"),
+        ({"dataset": ""}, TypeError, "dataset to be a non-empty string"),
         ({"epochs": 0}, ValueError, "epochs"),
         ({"seed": -1}, ValueError, "seed"),
         ({"seed": 2**32}, ValueError, "seed"),
@@ -235,7 +235,7 @@ def test_bad_augment_is_refused_before_any_call(client, fake_node, augment, erro
     ],
 )
 def test_bad_arguments_are_refused_naming_them(client, fake_node, kwargs, error, match):
-    arguments = {"name": "toy", "batch_size": 2, **kwargs}
+    arguments = {"dataset": "toy", "batch_size": 2, **kwargs}
     with pytest.raises(error, match=match):
         client.stream(**arguments)
     assert fake_node.requests == []

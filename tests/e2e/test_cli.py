@@ -124,9 +124,9 @@ def mtls_node(tmp_path_factory):
             listen = "127.0.0.1:0"
             data_root = "data"
             [tls]
-            cert_file = "server.pem"
-            key_file = "server.key"
-            client_ca_file = "ca.pem"
+            cert = "server.pem"
+            key = "server.key"
+            ca = "ca.pem"
             [auth]
             tokens_file = "tokens.txt"
             """

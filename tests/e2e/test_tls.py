@@ -3,7 +3,7 @@
 Matrix: a TLS node ([tls] with paths relative to the config file) x clients: CA bundle as
 a path, as bytes and as TlsConfig (lists, describes, streams), plaintext (UNAVAILABLE), an
 untrusted CA (UNAVAILABLE), gRPC's bundled roots (UNAVAILABLE). A mutual-TLS node
-(client_ca_file, plus [auth] tokens) x clients: no client certificate, a certificate from
+(ca, plus [auth] tokens) x clients: no client certificate, a certificate from
 another CA (both UNAVAILABLE), the right certificate (works). The ``data-node health``
 command against the mutual-TLS node: with --ca/--cert/--key and no token (SERVING, exit
 0), without a client certificate (exit 1); ``data-client jobs`` with --token-file (exit 0)
@@ -38,7 +38,7 @@ def pki(tmp_path_factory):
 def start_node(root, pki, extra):
     make_data(root)
     config = write_config(root)
-    tls = f'[tls]\ncert_file = "pki/server.pem"\nkey_file = "pki/server.key"\n{extra}'
+    tls = f'[tls]\ncert = "pki/server.pem"\nkey = "pki/server.key"\n{extra}'
     config.write_text(config.read_text() + "\n" + textwrap.dedent(tls))
     (root / "pki").symlink_to(pki)
     server, port = build_server(load(config), "127.0.0.1:0")
@@ -57,7 +57,7 @@ def tls_node(tmp_path_factory, pki):
 def mtls_node(tmp_path_factory, pki):
     root = tmp_path_factory.mktemp("mtls_node")
     (root / "tokens.txt").write_text(f"{TOKEN} build\n")
-    extra = 'client_ca_file = "pki/ca.pem"\n[auth]\ntokens_file = "tokens.txt"\n'
+    extra = 'ca = "pki/ca.pem"\n[auth]\ntokens_file = "tokens.txt"\n'
     server, port = start_node(root, pki, extra)
     yield port
     server.stop(None)
@@ -140,9 +140,9 @@ def test_the_cli_reaches_a_mutual_tls_node(mtls_node, pki, tmp_path, capsys):
 def test_a_certificate_and_key_that_do_not_match_are_named(tmp_path, pki):
     make_data(tmp_path)
     config = write_config(tmp_path)
-    tls = f'[tls]\ncert_file = "{pki / "server.pem"}"\nkey_file = "{pki / "client.key"}"\n'
+    tls = f'[tls]\ncert = "{pki / "server.pem"}"\nkey = "{pki / "client.key"}"\n'
     config.write_text(config.read_text() + "\n" + tls)
-    with pytest.raises(RuntimeError, match=r"tls\.cert_file and tls\.key_file do not match"):
+    with pytest.raises(RuntimeError, match=r"tls\.cert and tls\.key do not match"):
         build_server(load(config), "127.0.0.1:0")
 
 

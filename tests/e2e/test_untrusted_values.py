@@ -198,7 +198,7 @@ def node_process(tmp_path_factory):
     """A node process serving toy, with the preprocessors runner_pid and segfault too."""
     root = tmp_path_factory.mktemp("untrusted")
     make_data(root)
-    config = write_config(root, max_proc_workers=2)
+    config = write_config(root, max_nb_proc_workers=2)
     text = config.read_text().replace(
         "[preprocessors]\n",
         '[preprocessors]\npid = "node_support:runner_pid"\ncrash = "node_support:segfault"\n'

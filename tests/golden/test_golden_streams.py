@@ -142,7 +142,7 @@ def check(golden: dict[str, list[str]], name: str, digests: list[str]) -> None:
 def node(tmp_path_factory):
     root = tmp_path_factory.mktemp("golden")
     make_data(root)
-    write_config(root, max_batch_size=32, max_open_streams=16, max_proc_workers=2)
+    write_config(root, max_batch_size=32, max_open_streams=16, max_nb_proc_workers=2)
     server, port = build_server(load(root / "node.toml"), "127.0.0.1:0")
     server.start()
     yield port, root

@@ -1,5 +1,6 @@
 """Minibatch pipeline (data_flow) and buffered array writers."""
 
+from data_tools.io._sampler import SEED_LIMIT
 from data_tools.io.data_flow import BatchInfo, data_flow
 from data_tools.io.writers import (
     bcolz_array_writer,
@@ -10,6 +11,7 @@ from data_tools.io.writers import (
 )
 
 __all__ = [
+    "SEED_LIMIT",
     "BatchInfo",
     "bcolz_array_writer",
     "buffered_array_writer",
