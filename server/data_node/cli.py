@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2
 
 from data_client.cli.connection import add_connection_arguments, connect, node_addresses
 from data_client.cli.exits import FAILED, INTERRUPTED, OK, USAGE
+from data_client.errors import failure_cause
 from data_node.config import load
 from data_node.errors import ConfigError, PathOutsideRootError
 from data_tools._parse import parse_non_negative_int, parse_positive_int
@@ -133,7 +134,11 @@ def _health(args: argparse.Namespace) -> int:
             try:
                 response = check(health_pb2.HealthCheckRequest(service=""), timeout=args.timeout)
             except grpc.RpcError as error:
-                print(f"{address}: {error.code().name}: {error.details()}", file=sys.stderr)
+                details = error.details() or ""
+                cause = failure_cause(error.code(), details)
+                print(f"{address}: {error.code().name}: {details}", file=sys.stderr)
+                if cause:
+                    print(f"{address}: {cause}", file=sys.stderr)
                 status = FAILED
                 continue
         serving = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

@@ -8,7 +8,11 @@ sample: two ranks get disjoint halves covering each epoch; --resolve with an IP 
 --token-env sends the token (unset: exit 2; wrong: exit 1 UNAUTHENTICATED). Exit 1 with the
 node's status for NOT_FOUND, INVALID_ARGUMENT and an unreachable node (stream and datasets);
 exit 2 for bad arguments (argparse's, the client's checks, a repeated address, an unwritable
---indices-out); 130 on Ctrl-C. pyproject.toml's console script names main.
+--indices-out, a port-less --address, an underscored flag: its hyphenated name shown); 130 on
+Ctrl-C. Against a node with jobs: a unique id prefix names its job (an exact id wins over a
+longer id it prefixes), an ambiguous one exits 2 naming the candidates, an unknown one 1
+(NOT_FOUND); an empty job list says so on stderr. --token-file's token; failure_cause for each
+UNAVAILABLE detail gRPC gives. pyproject.toml's console script names main.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import socket
 import tomllib
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from data_client.cli import _stream, main
+from data_client.cli.connection import read_token
+from data_client.errors import failure_cause
 from data_wire.v1 import data_node_pb2, tensor_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,3 +253,45 @@ def test_an_address_without_a_port_is_refused(capsys, address):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Expected HOST:PORT with a port in [1, 65535] (without one gRPC would dial" in err
+
+
+def test_token_file_first_word_skipping_comments(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text("# the team's token\n\n  s3cret-token read\nother\n")
+    assert read_token(path) == "s3cret-token"
+    path.write_text("# nothing here\n\n")
+    with pytest.raises(ValueError, match="--token-file: Expected a token"):
+        read_token(path)
+
+
+def test_an_underscored_flag_is_refused_naming_the_hyphenated_one(capsys):
+    argv = ["register", "x", "--array", "image=a.h5:image", "--class_list", "0"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "(flags are spelled with '-': --class-list)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "cause"),
+    [
+        (
+            "UNAVAILABLE",
+            "ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused",
+            "connection refused",
+        ),
+        (
+            "UNAVAILABLE",
+            "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL",
+            "TLS handshake failed",
+        ),
+        ("UNAVAILABLE", "ipv4:127.0.0.1:5: Socket closed", "the node closed the connection"),
+        ("UNAVAILABLE", "errors resolving nosuchhost.invalid:5", "the address does not resolve"),
+        ("UNAUTHENTICATED", "", "unauthenticated: the node needs a bearer token"),
+        ("UNAVAILABLE", "node is restarting", ""),
+        ("NOT_FOUND", "Connection refused", ""),
+    ],
+)
+def test_failure_cause_names_what_grpc_details_hide(code, details, cause):
+    found = failure_cause(grpc.StatusCode[code], details)
+    assert found.startswith(cause) if cause else found == ""

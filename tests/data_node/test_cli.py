@@ -1,9 +1,9 @@
-"""The data-node command line: token files, unservable configs, health without a node.
+"""The data-node command line: unservable configs, health without a node, its commands.
 
-Matrix: --token-file with comments and blank lines / with no token; `serve` on an address
-that cannot be bound and on an invalid config (exit 2, message); `health` against nothing
-listening (exit 1) and with an unreadable --token-file it does not need; the commands moved
-to data-client (build, import, register, remove, jobs, watch, cancel) are not data-node's.
+Matrix: `serve` on an address that cannot be bound and on an invalid config (exit 2,
+message); `health` against nothing listening (exit 1) and with an unreadable --token-file it
+does not need; the commands moved to data-client (build, import, register, remove, jobs,
+watch, cancel) are not data-node's.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import socket
 import pytest
 from node_support import make_data, write_config
 
-from data_client.cli.connection import read_token
 from data_node.cli import _parser, main
 
 
@@ -23,15 +22,6 @@ def test_moved_commands_are_data_clients(capsys):
             _parser().parse_args([command])
         assert exit_info.value.code == 2
         assert "invalid choice" in capsys.readouterr().err
-
-
-def test_token_file_first_word_skipping_comments(tmp_path):
-    path = tmp_path / "tokens.txt"
-    path.write_text("# the team's token\n\n  s3cret-token read\nother\n")
-    assert read_token(path) == "s3cret-token"
-    path.write_text("# nothing here\n\n")
-    with pytest.raises(ValueError, match="--token-file: Expected a token"):
-        read_token(path)
 
 
 def test_serve_reports_an_unbindable_address(tmp_path, monkeypatch, capsys):

@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from data_client.cli._arguments import Parser
 from data_client.cli._datasets import add_dataset_commands
 from data_client.cli._jobs import add_job_commands
 from data_client.cli._stream import add_stream_commands
@@ -47,7 +48,7 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="data-client",
         description=_DESCRIPTION,
         epilog=_EXAMPLES,

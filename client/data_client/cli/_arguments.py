@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["add_command", "count", "json_object", "say"]
+__all__ = ["Parser", "add_command", "count", "json_object", "say"]
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose refusal of an underscored flag names its hyphenated spelling."""
+
+    def error(self, message: str) -> NoReturn:
+        flags = [word for word in message.split() if word.startswith("--") and "_" in word]
+        if message.startswith("unrecognized arguments:") and flags:
+            spelled = ", ".join(flag.replace("_", "-") for flag in flags)
+            message += f" (flags are spelled with '-': {spelled})"
+        super().error(message)
 
 
 def add_command(
