@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any, NoReturn
 
-__all__ = ["Parser", "add_command", "count", "json_object", "say"]
+__all__ = ["Parser", "add_command", "count", "json_object", "say", "say_each"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -60,3 +61,11 @@ def count(text: str) -> int:
 def say(line: str) -> None:
     """Print one line of output, flushed: in a container stdout is a pipe."""
     print(line, flush=True)
+
+
+def say_each(lines: list[str], empty: str) -> None:
+    """Print each line; none: say ``empty`` on stderr, so stdout stays empty for scripts."""
+    for line in lines:
+        say(line)
+    if not lines:
+        print(empty, file=sys.stderr)

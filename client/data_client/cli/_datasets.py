@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
-from data_client.cli._arguments import add_command, say
+from data_client.cli._arguments import add_command, say, say_each
 from data_client.cli.connection import add_connection_arguments, connect
 from data_client.jobs import FileArray
 
@@ -83,10 +82,7 @@ def describe_dataset(info: DatasetInfo) -> str:
 def _datasets(args: argparse.Namespace) -> int:
     with connect(args) as client:
         found = client.datasets()
-    for info in found:
-        say(describe_dataset(info))
-    if not found:
-        print("the node serves no dataset", file=sys.stderr)
+    say_each([describe_dataset(info) for info in found], "the node serves no dataset")
     return 0
 
 

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from data_client.cli._arguments import add_command, say
+from data_client.cli._arguments import add_command, say, say_each
 from data_client.cli.connection import add_connection_arguments, connect
 from data_client.cli.exits import FAILED, OK, Interrupted
 from data_client.jobs import CaseInput, DatasetArray, FileArray, JobState
@@ -281,10 +281,7 @@ def _describe(info: JobInfo) -> str:
 def _jobs(args: argparse.Namespace) -> int:
     with connect(args) as client:
         found = client.jobs()
-    for info in found:
-        say(_describe(info))
-    if not found:
-        print("the node has no jobs", file=sys.stderr)
+    say_each([_describe(info) for info in found], "the node has no jobs")
     return OK
 
 
