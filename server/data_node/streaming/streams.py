@@ -180,9 +180,9 @@ def parse_stream_request(
     rank, world_size = _parse_sharing(request)
     lanes = bounded("lane.count", request.lane.count or 1, 1, MAX_LANES)
     lane = bounded("lane.index", request.lane.index, 0, lanes - 1)
-    nb_io_workers = bounded("nb_io_workers", request.nb_io_workers, 0, limits.max_io_workers)
+    nb_io_workers = bounded("nb_io_workers", request.nb_io_workers, 0, limits.max_nb_io_workers)
     nb_proc_workers = bounded(
-        "nb_proc_workers", request.nb_proc_workers, 0, limits.max_proc_workers
+        "nb_proc_workers", request.nb_proc_workers, 0, limits.max_nb_proc_workers
     )
     if request.codec not in tensor_pb2.Codec.values():
         raise RequestError(
