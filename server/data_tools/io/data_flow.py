@@ -407,7 +407,7 @@ class data_flow:
             self._preprocess,
             num_io_threads=spec.nb_io_workers,
             num_processes=spec.nb_proc_workers,
-            max_in_flight=spec.max_in_flight,
+            max_in_flight=spec.in_flight,
             ordered=self._ordered,
             start_method=self._start_method,
             block_nbytes=_batch_nbytes(self._data, spec.batch_size),

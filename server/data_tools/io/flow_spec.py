@@ -36,6 +36,7 @@ draws are not one permutation of the epoch that windows could localize).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -231,6 +232,7 @@ class FlowSpec:
     max_in_flight: int | None = None
     _sampling: SamplingPlan = field(init=False, repr=False)
     _batches_per_epoch: int = field(init=False, repr=False)
+    _in_flight: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         parsed = self._parse()
@@ -309,21 +311,18 @@ class FlowSpec:
                 else f"Expected rank {rank} to get at least one element per epoch. Got "
                 f"{num_positions} elements over world_size={world_size} ranks instead."
             )
-        start_epoch = parse_non_negative_int("start_epoch", self.start_epoch)
-        start_batch = parse_int("start_batch", self.start_batch)
-        if not 0 <= start_batch <= batches_per_epoch:
-            raise ValueError(
-                f"Expected start_batch to be an integer in [0, {batches_per_epoch}] (the "
-                f"batches of one epoch). Got {start_batch} instead."
-            )
+        start_epoch, start_batch = _parse_start(
+            self.start_epoch, self.start_batch, batches_per_epoch
+        )
         stop_epoch = self.stop_epoch
         if stop_epoch is not None:
             stop_epoch = parse_non_negative_int("stop_epoch", stop_epoch)
-        if self.max_in_flight is None:
+        max_in_flight = self.max_in_flight
+        if max_in_flight is None:
             workers = nb_proc_workers or nb_io_workers
-            max_in_flight = 2 * workers if workers else 1
+            in_flight = 2 * workers if workers else 1
         else:
-            max_in_flight = parse_positive_int("max_in_flight", self.max_in_flight)
+            in_flight = max_in_flight = parse_positive_int("max_in_flight", max_in_flight)
         return {
             "num_elements": num_elements,
             "batch_size": batch_size,
@@ -347,6 +346,7 @@ class FlowSpec:
             "max_in_flight": max_in_flight,
             "_sampling": sampling,
             "_batches_per_epoch": batches_per_epoch,
+            "_in_flight": in_flight,
         }
 
     def _parse_window(
@@ -379,6 +379,11 @@ class FlowSpec:
         return self._sampling.num_samples
 
     @property
+    def in_flight(self) -> int:
+        """The most batches prepared ahead of the consumer: ``max_in_flight`` or its default."""
+        return self._in_flight
+
+    @property
     def batches_per_epoch(self) -> int:
         """The batches of one epoch for this rank (every lane together), >= 1."""
         return self._batches_per_epoch
@@ -397,6 +402,18 @@ class FlowSpec:
     def exhausted(self) -> bool:
         """Whether the flow yields nothing: it starts at or after ``stop_epoch``."""
         return self.stop_epoch is not None and self.start.epoch >= self.stop_epoch
+
+    def starting_at(self, epoch: int, batch_index: int) -> FlowSpec:
+        """This spec, starting at batch ``batch_index`` of ``epoch`` (checked as in the fields).
+
+        Raises:
+            TypeError, ValueError: As for ``start_epoch`` and ``start_batch``.
+        """
+        start_epoch, start_batch = _parse_start(epoch, batch_index, self._batches_per_epoch)
+        spec = copy.copy(self)
+        object.__setattr__(spec, "start_epoch", start_epoch)
+        object.__setattr__(spec, "start_batch", start_batch)
+        return spec
 
     def position_after(self, epoch: int, batch_index: int) -> Position:
         """The position just after batch ``batch_index`` of ``epoch`` (of any lane)."""
@@ -432,6 +449,17 @@ class FlowSpec:
                     start = batch_index * self.batch_size
                     yield epoch, batch_index, order[start : start + self.batch_size].copy()
             epoch, first = epoch + 1, 0
+
+
+def _parse_start(epoch: Any, batch_index: Any, batches_per_epoch: int) -> tuple[int, int]:
+    start_epoch = parse_non_negative_int("start_epoch", epoch)
+    start_batch = parse_int("start_batch", batch_index)
+    if not 0 <= start_batch <= batches_per_epoch:
+        raise ValueError(
+            f"Expected start_batch to be an integer in [0, {batches_per_epoch}] (the "
+            f"batches of one epoch). Got {start_batch} instead."
+        )
+    return start_epoch, start_batch
 
 
 def _batches_per_epoch(sampling: SamplingPlan) -> int:
