@@ -7,7 +7,8 @@ Usage::
         --seed 0 --epoch 0 --shuffle --cases 0-79 \\
         --augment '{"x_array": "image", "y_array": "mask", "rotation_range": 15}'
     data-client stream --address HOST:PORT --dataset NAME --batch-size 32 --epochs 1 \\
-        --rank 0 --world-size 2 --seed 0 --shuffle --report-every 10 [--cases 0-79,90]
+        --rank 0 --world-size 2 --seed 0 --shuffle --report-every 10 [--cases 0-79,90] \
+        [--shuffle-window 4096]
 
 ``stream`` prints a line every ``--report-every`` batches and one at the end of each epoch
 (batches/s, samples/s and MB/s over that stretch), then one summary line of ``key=value``
@@ -84,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--epochs", type=int, default=1, help="number of epochs (default 1)")
     stream.add_argument("--shuffle", action="store_true", help="random order within epochs")
     stream.add_argument("--seed", type=int, help="sample order seed (default: the node's)")
+    stream.add_argument(
+        "--shuffle-window",
+        type=int,
+        metavar="SAMPLES",
+        help="with --shuffle: shuffle within windows of about SAMPLES samples of whole storage "
+        "chunks, each chunk decoded about once per epoch (default: the exact permutation)",
+    )
     stream.add_argument("--rank", type=int, default=0, help="this trainer's rank (default 0)")
     stream.add_argument("--world-size", type=int, default=1, help="number of ranks (default 1)")
     stream.add_argument(
@@ -307,6 +315,7 @@ def _stream(args: argparse.Namespace) -> int:
             codec=args.codec,
             max_reconnects=args.max_reconnects,
             cases=args.cases,
+            shuffle_window=args.shuffle_window,
         )
         indices_out: TextIO | None = None
         if args.indices_out is not None:

@@ -26,7 +26,7 @@ def chunk_length(source: Any) -> int | None:
 
     A source read through a chunk cache has ``chunk_length``, a bcolz carray ``chunklen``,
     HDF5 datasets and zarr arrays ``chunks`` (a zarr array's inner chunk when sharded).
-    Numpy arrays and contiguous HDF5 datasets have none: any row reads alike.
+    Numpy arrays and contiguous HDF5 datasets have none.
     """
     for name in ("chunk_length", "chunklen"):
         value = getattr(source, name, None)
@@ -57,7 +57,8 @@ def _chunk_ids(array: Any) -> npt.NDArray[np.int64]:
 def _source_chunk_ids(source: Any, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     if isinstance(source, delayed_view):
         return _chunk_ids(source)[rows]
-    return rows // (chunk_length(source) or 1)
+    length = chunk_length(source)
+    return rows // length if length else np.zeros_like(rows)
 
 
 def _length(array: Any) -> int:
@@ -69,8 +70,10 @@ def read_blocks(arrays: Sequence[Any]) -> npt.NDArray[np.int64]:
     """The first element of each read block of ``arrays`` (a flow's data), increasing from 0.
 
     A block is a maximal run of consecutive elements that lie, in every array, in one
-    storage chunk of one source (views are followed to their sources). Elements of an
-    unchunked source are blocks of their own.
+    storage chunk of one source (views are followed to their sources). An unchunked source
+    (numpy, a contiguous HDF5 dataset) reads any row alike and is one block, so it splits
+    no block of the other arrays; data with no chunked array at all is then one block,
+    which ``shuffle_window`` shuffles whole, as the exact permutation does.
 
     Args:
         arrays: Arrays of equal length (numpy, h5py, zarr, bcolz, data_tools views, cached
