@@ -80,7 +80,7 @@ from data_node.errors import (
 from data_node.fields import bounded
 from data_node.wire import encode_batch
 from data_tools.data_augmentation import image_random_transform
-from data_tools.io import FlowSpec, data_flow, parse_sample_weights, read_blocks, weights_digest
+from data_tools.io import FlowSpec, data_flow, parse_sample_weights, weights_digest
 from data_tools.io.data_flow import preprocessor_keywords
 from data_wire.v1 import data_node_pb2, tensor_pb2
 
@@ -305,10 +305,9 @@ def parse_stream_request(
     digest = fingerprint(meaning)
     seed, start_epoch, start_batch = parse_start(request, dataset.name, digest)
     transform = _transform(seed, augment, preprocessor)
-    arrays = [array for _, array in dataset.arrays]
     try:
-        flow = FlowSpec(
-            num_elements=dataset.length,
+        flow = FlowSpec.for_data(
+            [array for _, array in dataset.arrays],
             batch_size=batch_size,
             seed=seed,
             sample_random=request.sample_random,
@@ -316,8 +315,6 @@ def parse_stream_request(
             sample_weights=weights,
             drop_incomplete_batches=request.drop_incomplete_batches,
             shuffle_window=shuffle_window,
-            # Only bounded values reach here: the blocks are read from the layout alone.
-            read_blocks=None if shuffle_window is None else read_blocks(arrays),
             subset=subset,
             rank=rank,
             world_size=world_size,

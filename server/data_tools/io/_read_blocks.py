@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-__all__ = ["chunk_length", "read_blocks"]
+__all__ = ["chunk_length", "length", "read_blocks"]
 
 
 def chunk_length(source: Any) -> int | None:
@@ -51,17 +51,18 @@ def _chunk_ids(array: Any) -> npt.NDArray[np.int64]:
             if source_ids.size:  # the next source's numbers start above this one's
                 offset += int(source_ids.max()) + 1
         return ids
-    return _source_chunk_ids(array, np.arange(_length(array), dtype=np.int64))
+    return _source_chunk_ids(array, np.arange(length(array), dtype=np.int64))
 
 
 def _source_chunk_ids(source: Any, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     if isinstance(source, delayed_view):
         return _chunk_ids(source)[rows]
-    length = chunk_length(source)
-    return rows // length if length else np.zeros_like(rows)
+    rows_per_chunk = chunk_length(source)
+    return rows // rows_per_chunk if rows_per_chunk else np.zeros_like(rows)
 
 
-def _length(array: Any) -> int:
+def length(array: Any) -> int:
+    """The length of the first axis of ``array`` (zarr arrays have no ``len()``)."""
     shape = getattr(array, "shape", None)
     return int(shape[0]) if shape is not None else len(array)
 

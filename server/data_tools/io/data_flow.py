@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from data_tools._parse import parse_bool, parse_non_negative_int, parse_option
 from data_tools.io._batch import BatchInfo, Preprocess
-from data_tools.io._read_blocks import read_blocks
+from data_tools.io._read_blocks import length
 from data_tools.io._sampler import SEED_LIMIT
 from data_tools.io._workers import Pipeline, build_pipeline
 from data_tools.io.flow_spec import FlowSpec
@@ -30,10 +30,9 @@ START_METHODS = ("forkserver", "spawn")
 
 
 def _length(name: str, array: Any) -> int:
-    """Return the length of the first axis of ``array`` (zarr arrays have no ``len()``)."""
-    shape = getattr(array, "shape", None)
+    """Return the length of the first axis of ``array``, or raise TypeError naming ``name``."""
     try:
-        return int(shape[0]) if shape is not None else len(array)
+        return length(array)
     except (TypeError, IndexError) as error:
         raise TypeError(
             f"Expected {name} to be an array with a first axis. Got {type(array).__name__} instead."
@@ -282,8 +281,8 @@ class data_flow:
         data = _parse_data(data)
         loop_forever = parse_bool("loop_forever", loop_forever)
         start_epoch = parse_non_negative_int("start_epoch", start_epoch)
-        spec = FlowSpec(
-            num_elements=_length("data[0]", data[0]),
+        spec = FlowSpec.for_data(
+            data,
             batch_size=batch_size,
             seed=_parse_seed(seed, rng),
             sample_random=sample_random,
@@ -291,7 +290,6 @@ class data_flow:
             sample_weights=sample_weights,
             drop_incomplete_batches=drop_incomplete_batches,
             shuffle_window=shuffle_window,
-            read_blocks=None if shuffle_window is None else read_blocks(data),
             subset=subset,
             rank=rank,
             world_size=world_size,

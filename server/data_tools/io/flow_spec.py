@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from data_tools._parse import parse_bool, parse_int, parse_non_negative_int, parse_positive_int
+from data_tools.io._read_blocks import length, read_blocks
 from data_tools.io._sampler import (
     SEED_LIMIT,
     SamplingPlan,
@@ -54,7 +55,7 @@ from data_tools.io._sampler import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
 __all__ = ["MAX_WEIGHT", "FlowSpec", "Position", "parse_sample_weights", "weights_digest"]
 
@@ -348,6 +349,20 @@ class FlowSpec:
             "_batches_per_epoch": batches_per_epoch,
             "_in_flight": in_flight,
         }
+
+    @classmethod
+    def for_data(cls, data: Sequence[Any], **fields: Any) -> FlowSpec:
+        """A spec over ``data`` (arrays of equal length) with the other ``fields`` given.
+
+        ``num_elements`` is the length of ``data[0]`` and, with a ``shuffle_window``,
+        ``read_blocks`` is ``read_blocks(data)``: the storage layout is read only then.
+        """
+        window = fields.get("shuffle_window")
+        return cls(
+            num_elements=length(data[0]),
+            read_blocks=None if window is None else read_blocks(data),
+            **fields,
+        )
 
     def _parse_window(
         self, shuffle: bool, replacement: bool, weighted: bool, num_positions: int
