@@ -5,9 +5,9 @@ sample once per epoch, its rows are the dataset's, each pair of batches (one win
 two whole storage chunks, and its order is the library's (FlowSpec, data_flow over the same
 file) bit for bit; epochs differ; two partitioned ranks split every epoch; a cursor taken
 mid-epoch resumes exactly the uninterrupted stream's tail; a cursor of another window or of
-the exact permutation is refused (resume.fingerprint); bad values {negative, above the
-samples of an epoch, with replacement, with weights, without
-sample_random} are INVALID_ARGUMENT naming shuffle_window, and the node keeps serving.
+the exact permutation is refused (resume.fingerprint); two lanes merge into the one-node
+stream; bad values {negative, above the samples of an epoch, with replacement, with weights,
+without sample_random} are INVALID_ARGUMENT naming shuffle_window; the node keeps serving.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from node_support import NUM_SAMPLES, stream_error
 
-from data_client import InvalidArgumentError
+from data_client import DataNodeClient, InvalidArgumentError
 from data_tools.io import FlowSpec, data_flow
 from data_wire.v1 import data_node_pb2
 
@@ -142,3 +142,14 @@ def test_bad_windows_are_refused_naming_the_field(node, client, fields, message)
     assert re.search(message, details), details
     # The node keeps serving.
     assert len(list(client.stream("toy", 8, **OPTIONS))) == 15
+
+
+def test_lanes_merge_to_the_windowed_stream_of_one_node(client, node):
+    one = batches_of(client.stream("toy", 8, **OPTIONS))
+    # One node under two names: each lane is a request of its own.
+    with DataNodeClient([f"127.0.0.1:{node[1]}", f"localhost:{node[1]}"]) as lanes:
+        merged = batches_of(lanes.stream("toy", 8, **OPTIONS))
+    assert [b[:2] for b in merged] == [b[:2] for b in one]
+    for (_, _, indices, arrays), want in zip(merged, one, strict=True):
+        np.testing.assert_array_equal(indices, want[2])
+        np.testing.assert_array_equal(arrays[0], want[3][0])
