@@ -1,8 +1,15 @@
 """One StreamBatches call: check the request against its dataset and the limits, then stream.
 
 ``parse_stream_request`` turns a ``StreamRequest`` into a :class:`StreamPlan` (every field
-checked once, errors naming the field); :func:`stream_batches` runs the plan through
-``data_flow`` and yields each batch as encoded ``Batch`` bytes with the cursor after it.
+checked once, errors naming the field): the library's ``FlowSpec`` (sampling, shard, lane,
+start, last epoch, workers; and every position: batches per epoch, the cursor after a batch,
+an empty lane) plus the transform and the wire options. :func:`stream_batches` runs it with
+``data_flow.from_spec`` and yields each batch as encoded ``Batch`` bytes with the cursor after
+it.
+
+Windowed shuffle: ``shuffle_window`` asks for the library's chunk-windowed shuffle over the
+dataset's storage chunks (``data_tools.io.read_blocks`` of its arrays), so a dataset larger
+than the chunk cache is decoded about once per epoch; the window is part of the fingerprint.
 
 Sharing: SHARING_INDEPENDENT trainers each get whole epochs in the order of their own seed;
 SHARING_PARTITIONED ranks (one shared seed, required) get disjoint parts of every epoch whose
