@@ -61,7 +61,7 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
     def __init__(
         self,
         source: str | Sequence[str] | Callable[[], DataNodeClient],
-        name: str,
+        dataset: str,
         batch_size: int,
         *,
         rank: int | None = None,
@@ -78,7 +78,7 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
                 ``functools.partial(DataNodeClient, address, token=...)``); it must be
                 picklable if the dataset is sent to another process. The client is closed when
                 the iteration ends.
-            name: Dataset name.
+            dataset: Dataset name.
             batch_size: Samples per batch, >= 1.
             rank: This trainer's shard. Default None: ``torch.distributed.get_rank()`` when a
                 process group is initialised at iteration time, else 0.
@@ -87,20 +87,20 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
             pin_memory: Yield tensors in page-locked memory for faster, asynchronous copies to
                 the GPU. Only when CUDA is available; otherwise a warning says it is ignored.
                 Default False.
-            **stream_options: Any other keyword argument of ``DataNodeClient.stream`` (shuffle,
-                seed, epochs, augment, preprocessor, codec, resume, ...).
+            **stream_options: Any other keyword argument of ``DataNodeClient.stream`` (sample_random,
+                seed, epochs, augmentation, preprocessor, codec, resume, ...).
 
         Raises:
             TypeError: ``stream_options`` holds a keyword ``DataNodeClient.stream`` does not take.
         """
-        inspect.signature(DataNodeClient.stream).bind(None, name, batch_size, **stream_options)
+        inspect.signature(DataNodeClient.stream).bind(None, dataset, batch_size, **stream_options)
         if pin_memory and not torch.cuda.is_available():
             warnings.warn(
                 "pin_memory=True is ignored: CUDA is not available.", UserWarning, stacklevel=2
             )
             pin_memory = False
         self._source = source
-        self._name = name
+        self._dataset = dataset
         self._batch_size = batch_size
         self._rank = rank
         self._world_size = world_size
@@ -149,7 +149,7 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
         client = self._source() if callable(self._source) else DataNodeClient(self._source)
         with client:
             self._stream = stream = client.stream(
-                self._name,
+                self._dataset,
                 self._batch_size,
                 rank=rank,
                 world_size=world_size,

@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                 stream = client.stream(
                     "disks",
                     args.batch_size,
-                    shuffle=True,
+                    sample_random=True,
                     seed=0,
-                    augment=AUGMENT,
+                    augmentation=AUGMENT,
                     nb_proc_workers=args.workers,
                 )
                 start = time.perf_counter()
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 ):
                     timing.batch(time.perf_counter(), sum(array.nbytes for array in batch))
                 shown = client.preview(
-                    "disks", args.preview, 8, shuffle=True, seed=0, augment=AUGMENT
+                    "disks", args.preview, 8, sample_random=True, seed=0, augmentation=AUGMENT
                 )
         finally:
             node.stop(None)

@@ -35,7 +35,9 @@ from data_client.torch_adapter import BatchIterableDataset
 
 
 def test_yields_tuples_of_torch_tensors(fake_node):
-    dataset = BatchIterableDataset(fake_node.address, "toy", 4, shuffle=True, seed=3, epochs=2)
+    dataset = BatchIterableDataset(
+        fake_node.address, "toy", 4, sample_random=True, seed=3, epochs=2
+    )
     batches = list(dataset)
     assert len(batches) == 6
     first = batches[0]
