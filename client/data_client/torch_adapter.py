@@ -50,7 +50,7 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
 
         torch.distributed.init_process_group("nccl")
         nodes = resolve_nodes("data-node.ml.svc.cluster.local:50051")  # a headless service
-        dataset = BatchIterableDataset(nodes, "disks", 32, shuffle=True, seed=0)
+        dataset = BatchIterableDataset(nodes, "disks", 32, sample_random=True, seed=0)
         for image, mask in DataLoader(dataset, batch_size=None, num_workers=0):
             ...
 
@@ -134,7 +134,7 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
                 "This DataLoader would batch the node's batches again (each item would be a "
                 "batch of batches): the node already batches. Use DataLoader(dataset, "
                 "batch_size=None, num_workers=0) and give the batch size to "
-                "BatchIterableDataset(source, name, batch_size)."
+                "BatchIterableDataset(source, dataset, batch_size)."
             )
         worker = get_worker_info()
         if worker is not None and worker.num_workers > 1:
