@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import zarr
 
-from data_tools._chunk_checks import BcolzSource, open_zarr
+from data_tools.storage.bcolz import BcolzSource
+from data_tools.storage.zarr import open_zarr
 from data_tools.errors import DataLossError
 from data_tools.io.writers import bcolz_array_writer, zarr_array_writer
 

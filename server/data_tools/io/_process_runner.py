@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data_tools._sources import as_picklable
+from data_tools.storage import as_picklable
 from data_tools.errors import WorkerError
 from data_tools.io._batch import Done, as_consumer_error, read_batch
 from data_tools.io._io_threads import POLL_S, IoThreads

@@ -1,104 +1,33 @@
-"""Readers that never answer a missing storage chunk with fill values or a misleading error.
-
-A zarr array answers a chunk missing from its store with the fill value, silently: zarr
-stores no chunk that holds only the fill value, so a missing chunk is normally no fault.
-An array written complete by ``data_tools.io`` writers stores every chunk (they write empty
-chunks too) and carries the attribute :data:`COMPLETE_ATTRIBUTE`; :func:`open_zarr` opens
-such an array through a store that raises :class:`DataLossError` for a chunk that is not
-there, on every read path (slices, index arrays, sharded arrays' shards), in every process
-the array is pickled to.
+"""The bcolz storage backend: picklable carrays that report lost chunks, and writing.
 
 A bcolz carray with a chunk file deleted raises ``ValueError("chunkfile ... not found")``,
 which reads as the caller's mistake; :class:`BcolzSource` turns it into
-:class:`DataLossError` naming the file.
+:class:`DataLossError` naming the file. bcolz itself is imported only when a carray is
+opened or written. ``BACKEND`` is the format's ``StorageBackend``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import zarr
-from zarr.storage import LocalStore, WrapperStore
+import numpy as np
 
-from data_tools._confine import check_tree
-from data_tools._zarr_store import ConfinedStore
 from data_tools.errors import DataLossError
+from data_tools.storage.base import COMPLETE_ATTRIBUTE, UNREADABLE, StorageBackend, check_existing
+from data_tools.storage.confine import check_tree
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Hashable, Mapping
 
-    import numpy as np
-    from zarr.abc.store import ByteRequest
-    from zarr.core.buffer import Buffer, BufferPrototype
+    import numpy.typing as npt
 
-    from data_tools._confine import Root
+    from data_tools.storage.confine import Root
 
-__all__ = ["COMPLETE_ATTRIBUTE", "BcolzSource", "open_zarr"]
-
-#: The attribute ``data_tools.io`` writers set to True on an array once every element
-#: (and, for zarr, every chunk) is written.
-COMPLETE_ATTRIBUTE = "data_tools_complete"
-# Keys zarr probes while opening; their absence is no data loss.
-_METADATA_KEYS = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
-
-
-class _CompleteStore(WrapperStore[LocalStore]):
-    """A read-only local store whose every chunk key must exist."""
-
-    def _check(self, key: str, value: Buffer | None) -> Buffer | None:
-        if value is None and key.rsplit("/", 1)[-1] not in _METADATA_KEYS:
-            path = Path(self._store.root) / key
-            raise DataLossError(
-                f"zarr chunk {str(path)!r} is missing, but its array was written complete "
-                "(every chunk stored): the data is lost. Restore the store."
-            )
-        return value
-
-    async def get(
-        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
-    ) -> Buffer | None:
-        return self._check(key, await super().get(key, prototype, byte_range))
-
-    async def get_partial_values(
-        self,
-        prototype: BufferPrototype,
-        key_ranges: Iterable[tuple[str, ByteRequest | None]],
-    ) -> list[Buffer | None]:
-        key_ranges = list(key_ranges)
-        values = await super().get_partial_values(prototype, key_ranges)
-        return [self._check(key, value) for (key, _), value in zip(key_ranges, values, strict=True)]
-
-
-def open_zarr(
-    path: str | os.PathLike[str], key: str = "", *, confine_to: Root | None = None
-) -> zarr.Array[Any]:
-    """Open the zarr array ``key`` of the store at ``path`` read-only.
-
-    An array marked complete (:data:`COMPLETE_ATTRIBUTE`) reads through a store that raises
-    :class:`DataLossError` for a missing chunk instead of returning fill values.
-
-    Args:
-        path: The store's directory.
-        key: The array's path inside the store ("" for the root array).
-        confine_to: If given, every read is confined to this root
-            (``data_tools._zarr_store.ConfinedStore``).
-
-    Raises:
-        FileNotFoundError, KeyError, ValueError: From zarr, if there is no such array.
-        ConfinementError: A read would leave ``confine_to``.
-    """
-    base = (
-        LocalStore(os.fspath(path), read_only=True)
-        if confine_to is None
-        else ConfinedStore(os.fspath(path), confine_to)
-    )
-    array = zarr.open_array(store=base, path=key, mode="r")
-    if array.attrs.get(COMPLETE_ATTRIBUTE) is not True:
-        return array
-    return zarr.open_array(store=_CompleteStore(base), path=key, mode="r")
+__all__ = ["BACKEND", "BcolzBackend", "BcolzSource"]
 
 
 class BcolzSource:
@@ -111,7 +40,7 @@ class BcolzSource:
         rootdir: The carray's directory.
         confine_to: If given, the carray's tree is checked to stay inside this root each
             time a process opens it (bcolz opens its files by name itself: checked, not
-            pinned; see ``data_tools._confine.check_tree``).
+            pinned; see ``data_tools.storage.confine.check_tree``).
     """
 
     def __init__(self, rootdir: str | os.PathLike[str], *, confine_to: Root | None = None) -> None:
@@ -187,3 +116,123 @@ class BcolzSource:
         self.rootdir, self.confine_to = state["rootdir"], state["confine_to"]
         self._lock = threading.Lock()
         self._carray = self._pid = None
+
+
+class _BcolzTarget:
+    """A bcolz carray open for writing (``BcolzBackend.create``): batches are appended."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def store(self, start: int, block: npt.NDArray[Any]) -> None:
+        self.array.append(block)
+
+    def sync(self) -> None:
+        self.array.flush()  # the carray's own last, partly filled chunk too
+
+    def mark(self, complete: bool) -> None:
+        self.array.attrs[COMPLETE_ATTRIBUTE] = complete
+
+    def release(self) -> None:
+        """Nothing to do: bcolz holds no handle between writes."""
+
+    def set_root_attrs(self, attrs: Mapping[str, str]) -> None:
+        for key, value in attrs.items():
+            self.array.attrs[key] = value
+
+
+class BcolzBackend(StorageBackend):
+    """bcolz carrays: one array per directory, so arrays need no key."""
+
+    name = "bcolz"
+    reserved_options = frozenset({"array", "rootdir", "mode", "dtype"})
+    request_options = frozenset({"chunklen", "cparams", "expectedlen"})
+
+    def open(self, path: Path, key: str | None, root: Root | None) -> BcolzSource:
+        return BcolzSource(path, confine_to=root)
+
+    def chunk_rows(self, source: Any) -> int | None:
+        return int(source.chunklen)
+
+    def location(self, source: Any) -> tuple[Hashable, ...]:
+        return (source.rootdir,)
+
+    def check_content(self, path: Path, key: str | None, root: Root) -> None:
+        check_tree(root, path)
+
+    def default_options(
+        self, batch_size: int, element_shape: tuple[int, ...], length: int | None
+    ) -> dict[str, Any]:
+        import bcolz
+
+        return {
+            "cparams": bcolz.cparams(clevel=5, shuffle=bcolz.SHUFFLE, cname="lz4"),
+            "expectedlen": batch_size if length is None else length,
+        }
+
+    def options_from_json(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """As the default, and a ``cparams`` object becomes ``bcolz.cparams(**cparams)``."""
+        kwargs = super().options_from_json(options)
+        if isinstance(kwargs.get("cparams"), dict):
+            import bcolz
+
+            kwargs["cparams"] = bcolz.cparams(**kwargs["cparams"])
+        return kwargs
+
+    def create(
+        self,
+        path: str,
+        name: str | None,
+        element_shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        append: bool,
+        options: dict[str, Any],
+    ) -> _BcolzTarget:
+        import bcolz
+
+        if append and os.path.exists(path):
+            carray = bcolz.open(path, mode="a")
+            if not isinstance(carray, bcolz.carray):
+                raise TypeError(
+                    f"Expected save_path to hold a bcolz carray. Got {type(carray).__name__}."
+                )
+        else:
+            empty = np.empty((0, *element_shape), dtype=dtype)
+            carray = bcolz.carray(empty, rootdir=path, mode="w", **options)
+        check_existing("bcolz carray", carray, element_shape, dtype)
+        return _BcolzTarget(carray)
+
+    def array_location(self, container: str, name: str) -> tuple[str, str | None]:
+        """One carray per directory: ``container/name``, with no key."""
+        return os.path.join(container, name), None
+
+    def new_container(self, container: str) -> None:
+        """Replace ``container`` with an empty directory for the carrays to be written in it."""
+        shutil.rmtree(container, ignore_errors=True)
+        os.makedirs(container)
+
+    def holds(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def is_complete(self, path: str, array_name: str | None) -> bool:
+        import bcolz
+
+        carray_dir = path if array_name is None else os.path.join(path, array_name)
+        if not os.path.isdir(os.path.join(carray_dir, "meta")):
+            return False
+        try:
+            return bool(
+                bcolz.open(carray_dir, mode="r").attrs.getall().get(COMPLETE_ATTRIBUTE, False)
+            )
+        except UNREADABLE:
+            return False
+
+    def is_container_complete(self, container: str) -> bool:
+        """Whether every carray in ``container`` (at least one) is complete."""
+        if not os.path.isdir(container):
+            return False
+        names = os.listdir(container)
+        return bool(names) and all(self.is_complete(container, name) for name in names)
+
+
+BACKEND = BcolzBackend()
