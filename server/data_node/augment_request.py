@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_node.errors import RequestError
-from data_tools.data_augmentation._params import FILL_MODES, ORDERS
+from data_tools.data_augmentation import FILL_MODES, ORDERS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

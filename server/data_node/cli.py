@@ -53,7 +53,7 @@ from data_client import DataNodeClient, DataNodeError, DatasetInfo, TlsConfig
 from data_client.jobs import CaseInput, DatasetArray, FileArray, JobInfo, JobState
 from data_node.config import EXECUTORS, load
 from data_node.errors import ConfigError, PathOutsideRootError
-from data_tools._parse import parse_non_negative_int, parse_positive_int
+from data_tools.parsing import parse_non_negative_int, parse_positive_int
 
 if TYPE_CHECKING:
     from data_client.jobs import BuildJob

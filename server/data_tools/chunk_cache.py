@@ -345,9 +345,7 @@ class CachedSource:
         # The dtype as stored: numpy would make a big-endian one native.
         return np.concatenate(pieces, dtype=pieces[0].dtype)
 
-    def _chunks(
-        self, numbers: list[int], version: Hashable | None
-    ) -> list[npt.NDArray[Any]]:
+    def _chunks(self, numbers: list[int], version: Hashable | None) -> list[npt.NDArray[Any]]:
         """Chunks ``numbers``: the cached ones looked up at once, then the others read."""
         found = self.cache._lookup([(self.key, version, number) for number in numbers])
         return [

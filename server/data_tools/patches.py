@@ -34,7 +34,6 @@ from data_tools.storage import backend
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from data_tools.io.writers import buffered_array_writer
 
 __all__ = [
     "CONTAINERS",

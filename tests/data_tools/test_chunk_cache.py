@@ -50,10 +50,10 @@ from hypothesis import strategies as st
 from view_contract import ViewContract
 
 from data_tools.chunk_cache import CachedSource, CacheStats, ChunkCache, cached
-from data_tools.storage.hdf5 import H5Source
 from data_tools.errors import SourceChangedError
 from data_tools.io import data_flow
 from data_tools.storage import take_rows
+from data_tools.storage.hdf5 import H5Source
 from data_tools.wrap import delayed_view
 
 CHUNK = 3

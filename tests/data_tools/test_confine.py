@@ -35,11 +35,11 @@ from confine_support import (
     write_mhd,
 )
 
-from data_tools.storage.confine import PinnedFiles, Root, open_confined
-from data_tools.storage.sitk import MAX_DATA_FILES, describe_image, read_image
-from data_tools.storage import open_source
-from data_tools.storage.hdf5 import H5Source
 from data_tools.errors import ConfinementError
+from data_tools.storage import open_source
+from data_tools.storage.confine import PinnedFiles, Root, open_confined
+from data_tools.storage.hdf5 import H5Source
+from data_tools.storage.sitk import MAX_DATA_FILES, describe_image, read_image
 
 
 @pytest.fixture

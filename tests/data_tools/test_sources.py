@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import zarr
 
+from data_tools.errors import SourceChangedError
 from data_tools.storage import as_picklable
 from data_tools.storage.hdf5 import H5Source
-from data_tools.errors import SourceChangedError
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import numpy.typing as npt
 from data_tools._parse import parse_int, parse_option
 from data_tools.data_augmentation._functional import apply
 from data_tools.data_augmentation._params import (
+    FILL_MODES,
+    ORDERS,
     Rng,
     TransformParams,
     TransformSpec,
@@ -20,7 +22,7 @@ from data_tools.data_augmentation._params import (
     parse_spec,
 )
 
-__all__ = ["image_random_transform", "image_stack_random_transform"]
+__all__ = ["FILL_MODES", "ORDERS", "image_random_transform", "image_stack_random_transform"]
 
 Array = npt.NDArray[Any]
 

@@ -16,7 +16,6 @@ never imports zarr or bcolz.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 from abc import ABC, abstractmethod
@@ -38,11 +37,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPLETE_ATTRIBUTE",
-    "ArrayTarget",
     "FORMATS",
-    "WRITABLE_FORMATS",
-    "Format",
     "UNREADABLE",
+    "WRITABLE_FORMATS",
+    "ArrayTarget",
+    "Format",
     "StorageBackend",
     "WriteTarget",
     "backend",
@@ -202,7 +201,7 @@ class StorageBackend(ABC):
 
         return SourceChangedError(f"{source!r} changed while a chunk was read from it.")
 
-    def close(self, source: Any) -> None:
+    def close(self, source: Any) -> None:  # noqa: B027 - most formats hold no handle
         """Release this process's handle on ``source`` (the next read reopens it)."""
 
     def check_content(self, path: Path, key: str | None, root: Root) -> None:
@@ -263,7 +262,7 @@ class StorageBackend(ABC):
         """Where array ``name`` of a container of several arrays lives: (path, key)."""
         return container, name
 
-    def new_container(self, container: str) -> None:
+    def new_container(self, container: str) -> None:  # noqa: B027 - most need nothing
         """Prepare ``container`` for a new set of arrays (default: nothing; the first
         writer, with ``append=False``, replaces the file or store)."""
 
@@ -284,9 +283,7 @@ class StorageBackend(ABC):
         raise TypeError(f"Expected a storage format with attributes. Got {self.name!r}.")
 
 
-def check_existing(
-    kind: str, array: Any, shape: tuple[int, ...], dtype: np.dtype[Any]
-) -> None:
+def check_existing(kind: str, array: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
     """Refuse to append to an array whose element shape or dtype differs."""
     if tuple(array.shape[1:]) != shape:
         raise ValueError(
@@ -312,6 +309,7 @@ class Format:
         writable: Whether ``data_tools`` writers write it.
         key: Whether its arrays are named by a key inside the file: "required",
             "optional" or "none".
+        noun: What messages call one of its arrays, e.g. "HDF5 dataset".
     """
 
     name: str
@@ -320,6 +318,7 @@ class Format:
     suffixes: tuple[str, ...] = ()
     writable: bool = False
     key: str = "none"
+    noun: str = "array"
 
 
 FORMATS: dict[str, Format] = {
@@ -331,6 +330,7 @@ FORMATS: dict[str, Format] = {
             ("bcolz", "data_tools.storage.bcolz"),
             (".bcolz",),
             writable=True,
+            noun="bcolz carray",
         ),
         Format(
             "hdf5",
@@ -339,13 +339,15 @@ FORMATS: dict[str, Format] = {
             (".h5", ".hdf5"),
             writable=True,
             key="required",
+            noun="HDF5 dataset",
         ),
-        Format("numpy", "data_tools.storage.numpy", ("numpy",), (".npy",)),
+        Format("numpy", "data_tools.storage.numpy", ("numpy",), (".npy",), noun="numpy array"),
         Format(
             "sitk",
             "data_tools.storage.sitk",
             ("data_tools.storage.sitk",),
             (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd"),
+            noun="medical image",
         ),
         Format(
             "zarr",
@@ -354,6 +356,7 @@ FORMATS: dict[str, Format] = {
             (".zarr",),
             writable=True,
             key="optional",
+            noun="zarr array",
         ),
     )
 }
@@ -361,7 +364,11 @@ FORMATS: dict[str, Format] = {
 WRITABLE_FORMATS = tuple(name for name, entry in FORMATS.items() if entry.writable)
 # The order storage is told apart in (``format_of_path``): a zarr store before a directory.
 _DETECTION_ORDER = ("hdf5", "zarr", "bcolz")
-_BY_TYPE_MODULE = {module: entry.name for entry in FORMATS.values() for module in entry.type_modules}
+_BY_TYPE_MODULE = {
+    module: entry.name for entry in FORMATS.values() for module in entry.type_modules
+}
+# Type -> its format, found once per type (a dict's reads and writes are atomic).
+_TYPE_FORMATS: dict[type[Any], str | None] = {}
 
 
 def read_rows(source: Any, rows: npt.NDArray[np.intp], trailing: tuple[Any, ...] = ()) -> Any:
@@ -411,14 +418,17 @@ def backend_of(source: Any) -> StorageBackend | None:
     return None if name is None else backend(name)
 
 
-@functools.cache
-def _format_of_type(kind: type) -> str | None:
-    for cls in kind.__mro__:
-        module = cls.__module__
-        found = _BY_TYPE_MODULE.get(module) or _BY_TYPE_MODULE.get(module.partition(".")[0])
-        if found is not None:
-            return found
-    return None
+def _format_of_type(kind: type[Any]) -> str | None:
+    if kind not in _TYPE_FORMATS:
+        found = None
+        for cls in kind.__mro__:
+            module = cls.__module__
+            found = _BY_TYPE_MODULE.get(module) or _BY_TYPE_MODULE.get(module.partition(".")[0])
+            if found is not None:
+                break
+        _TYPE_FORMATS[kind] = found
+    known: str | None = _TYPE_FORMATS[kind]
+    return known
 
 
 def format_of_path(path: str | os.PathLike[str]) -> str | None:

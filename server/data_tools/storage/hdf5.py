@@ -19,9 +19,9 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
+from data_tools.errors import SourceChangedError
 from data_tools.storage.base import COMPLETE_ATTRIBUTE, UNREADABLE, StorageBackend, check_existing
 from data_tools.storage.confine import fd_path, open_confined
-from data_tools.errors import SourceChangedError
 
 if TYPE_CHECKING:
     from collections.abc import Hashable, Mapping
@@ -364,8 +364,6 @@ def _walk_links(handle: Any, key: str, root: Root, filename: str, *, hops: int) 
     return node
 
 
-
-
 class _H5Target:
     """An HDF5 dataset open for writing in its file (``HDF5Backend.create``)."""
 
@@ -390,6 +388,26 @@ class _H5Target:
 
     def set_root_attrs(self, attrs: Mapping[str, str]) -> None:
         self.file.attrs.update(attrs)
+
+
+def _dataset_to_write(
+    file: Any,
+    name: str,
+    element_shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    append: bool,
+    options: dict[str, Any],
+) -> Any:
+    """The dataset to continue (appending, when it exists) or a new, empty one."""
+    dataset = file.get(name) if append else None
+    if dataset is None:
+        return file.create_dataset(
+            name, shape=(0, *element_shape), maxshape=(None, *element_shape), dtype=dtype, **options
+        )
+    if not isinstance(dataset, h5py.Dataset):
+        raise TypeError(f"Expected array_name to name a dataset in {file.filename}. Got a group.")
+    check_existing("HDF5 dataset", dataset, element_shape, dtype)
+    return dataset
 
 
 class HDF5Backend(StorageBackend):
@@ -467,21 +485,7 @@ class HDF5Backend(StorageBackend):
         assert name is not None
         file = h5py.File(path, "a" if append else "w")
         try:
-            dataset = file.get(name) if append else None
-            if dataset is None:
-                dataset = file.create_dataset(
-                    name,
-                    shape=(0, *element_shape),
-                    maxshape=(None, *element_shape),
-                    dtype=dtype,
-                    **options,
-                )
-            elif not isinstance(dataset, h5py.Dataset):
-                raise TypeError(
-                    f"Expected array_name to name a dataset in {file.filename}. Got a group."
-                )
-            else:
-                check_existing("HDF5 dataset", dataset, element_shape, dtype)
+            dataset = _dataset_to_write(file, name, element_shape, dtype, append, options)
         except BaseException:
             file.close()
             raise
@@ -496,9 +500,9 @@ class HDF5Backend(StorageBackend):
                 if array_name is None:
                     datasets: list[h5py.Dataset] = []
                     file.visititems(
-                        lambda _, obj: datasets.append(obj)
-                        if isinstance(obj, h5py.Dataset)
-                        else None
+                        lambda _, obj: (
+                            datasets.append(obj) if isinstance(obj, h5py.Dataset) else None
+                        )
                     )
                 else:
                     found = file.get(array_name)

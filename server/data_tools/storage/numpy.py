@@ -33,11 +33,11 @@ class NumpyBackend(StorageBackend):
     def open(self, path: Path, key: str | None, root: Root | None) -> npt.NDArray[Any]:
         """Map the ``.npy`` file at ``path`` read-only (``key`` is ignored)."""
         if root is None:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            return np.asarray(np.load(path, mmap_mode="r", allow_pickle=False))
         fd = open_confined(root, path)
         try:
             # numpy maps the verified descriptor itself (its magic link), not the path.
-            return np.load(fd_path(fd), mmap_mode="r", allow_pickle=False)
+            return np.asarray(np.load(fd_path(fd), mmap_mode="r", allow_pickle=False))
         finally:
             os.close(fd)  # the map keeps the file
 

@@ -177,34 +177,6 @@ def open_zarr(
     return zarr.open_array(store=_CompleteStore(base), path=key, mode="r")
 
 
-def open_zarr(
-    path: str | os.PathLike[str], key: str = "", *, confine_to: Root | None = None
-) -> zarr.Array[Any]:
-    """Open the zarr array ``key`` of the store at ``path`` read-only.
-
-    An array marked complete (``COMPLETE_ATTRIBUTE``) reads through a store that raises
-    :class:`DataLossError` for a missing chunk instead of returning fill values.
-
-    Args:
-        path: The store's directory.
-        key: The array's path inside the store ("" for the root array).
-        confine_to: If given, every read is confined to this root (``ConfinedStore``).
-
-    Raises:
-        FileNotFoundError, KeyError, ValueError: From zarr, if there is no such array.
-        ConfinementError: A read would leave ``confine_to``.
-    """
-    base = (
-        LocalStore(os.fspath(path), read_only=True)
-        if confine_to is None
-        else ConfinedStore(os.fspath(path), confine_to)
-    )
-    array = zarr.open_array(store=base, path=key, mode="r")
-    if array.attrs.get(COMPLETE_ATTRIBUTE) is not True:
-        return array
-    return zarr.open_array(store=_CompleteStore(base), path=key, mode="r")
-
-
 class _ZarrTarget:
     """A zarr array open for writing (``ZarrBackend.create``)."""
 
