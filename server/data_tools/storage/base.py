@@ -166,7 +166,7 @@ class StorageBackend(ABC):
 
     def read_chunk(self, source: Any, number: int) -> npt.NDArray[Any]:
         """The rows of chunk ``number`` along the first axis, decoded (may be read-only)."""
-        rows = self.chunk_rows(source) or len(source)
+        rows = self.chunk_rows(source) or int(source.shape[0])
         return np.asarray(source[number * rows : (number + 1) * rows])
 
     def read_rows(

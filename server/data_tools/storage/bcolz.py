@@ -154,6 +154,13 @@ class BcolzBackend(StorageBackend):
     def chunk_rows(self, source: Any) -> int | None:
         return int(source.chunklen)
 
+    def read_rows(
+        self, source: Any, rows: npt.NDArray[np.intp], trailing: tuple[Any, ...] = ()
+    ) -> npt.NDArray[Any]:
+        # bcolz answers an index array followed by later keys with no rows: apply those after.
+        read = np.asarray(source[rows])
+        return read[(slice(None), *trailing)] if trailing else read
+
     def location(self, source: Any) -> tuple[Hashable, ...]:
         return (source.rootdir,)
 
