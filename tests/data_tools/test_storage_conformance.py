@@ -19,7 +19,7 @@ import math
 import multiprocessing
 import pickle
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -187,9 +187,9 @@ def test_a_file_symlinked_from_outside_the_root_is_refused(case, tmp_path):
     backend, root = storage.backend(case.name), Root(data_dir)
     with pytest.raises(ConfinementError, match=r"Expected 'a\..*' to read only from inside"):
         backend.check_content(link, key, root)
+    rows = np.array([0, 2], dtype=np.intp)
     with pytest.raises(ConfinementError, match="to read only from inside the data root"):
-        source = backend.open(link, key, root)
-        storage.read_rows(source, np.array([0, 2], dtype=np.intp))
+        storage.read_rows(backend.open(link, key, root), rows)  # HDF5 opens on first use
     backend.check_content(path, key, Root(outside))  # the same storage, inside its own root
 
 
@@ -237,16 +237,20 @@ def test_create_append_complete_round_trip(writable, tmp_path):
     backend.close(source)
 
 
+def _interrupted_write(file_format: str, container: str) -> None:
+    with format_writer(file_format, container, "x", (3, 2), np.float32, CHUNK) as writer:
+        writer.buffered_write(DATA[:6])
+        writer.flush_buffer()
+        raise RuntimeError("interrupted")
+
+
 def test_an_interrupted_or_open_write_never_looks_complete(writable, tmp_path):
     backend = storage.backend(writable.name)
     container = str(tmp_path / f"out.{writable.name}")
     backend.new_container(container)
     path, key = backend.array_location(container, "x")
-    with pytest.raises(RuntimeError, match="interrupted"):  # noqa: PT012 - the block fails
-        with format_writer(writable.name, container, "x", (3, 2), np.float32, CHUNK) as writer:
-            writer.buffered_write(DATA[:6])
-            writer.flush_buffer()
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _interrupted_write(writable.name, container)
     assert not is_complete(path, key)
     assert not backend.is_container_complete(container)
     _write(writable.name, container, "x", [DATA], append=False)

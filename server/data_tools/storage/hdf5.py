@@ -20,7 +20,13 @@ import numpy as np
 import numpy.typing as npt
 
 from data_tools.errors import SourceChangedError
-from data_tools.storage.base import COMPLETE_ATTRIBUTE, UNREADABLE, StorageBackend, check_existing
+from data_tools.storage.base import (
+    COMPLETE_ATTRIBUTE,
+    UNREADABLE,
+    ArrayTarget,
+    StorageBackend,
+    check_existing,
+)
 from data_tools.storage.confine import fd_path, open_confined
 
 if TYPE_CHECKING:
@@ -364,17 +370,12 @@ def _walk_links(handle: Any, key: str, root: Root, filename: str, *, hops: int) 
     return node
 
 
-class _H5Target:
+class _H5Target(ArrayTarget):
     """An HDF5 dataset open for writing in its file (``HDF5Backend.create``)."""
 
     def __init__(self, file: Any, array: Any) -> None:
-        self.file, self.array = file, array
-
-    def store(self, start: int, block: npt.NDArray[Any]) -> None:
-        end = start + len(block)
-        if end > self.array.shape[0]:
-            self.array.resize((end, *self.array.shape[1:]))
-        self.array[start:end] = block
+        super().__init__(array)
+        self.file = file
 
     def sync(self) -> None:
         self.file.flush()

@@ -24,7 +24,13 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore, WrapperStore
 
 from data_tools.errors import DataLossError
-from data_tools.storage.base import COMPLETE_ATTRIBUTE, UNREADABLE, StorageBackend, check_existing
+from data_tools.storage.base import (
+    COMPLETE_ATTRIBUTE,
+    UNREADABLE,
+    ArrayTarget,
+    StorageBackend,
+    check_existing,
+)
 from data_tools.storage.confine import check_tree, open_confined
 
 if TYPE_CHECKING:
@@ -177,26 +183,11 @@ def open_zarr(
     return zarr.open_array(store=_CompleteStore(base), path=key, mode="r")
 
 
-class _ZarrTarget:
-    """A zarr array open for writing (``ZarrBackend.create``)."""
-
-    def __init__(self, array: Any) -> None:
-        self.array = array
-
-    def store(self, start: int, block: npt.NDArray[Any]) -> None:
-        end = start + len(block)
-        if end > self.array.shape[0]:
-            self.array.resize((end, *self.array.shape[1:]))
-        self.array[start:end] = block
-
-    def sync(self) -> None:
-        """Nothing to do: every chunk is stored when written."""
+class _ZarrTarget(ArrayTarget):
+    """A zarr array open for writing (``ZarrBackend.create``): chunks are stored as written."""
 
     def mark(self, complete: bool) -> None:
         self.array.attrs[COMPLETE_ATTRIBUTE] = complete
-
-    def release(self) -> None:
-        """Nothing to do: zarr holds no handle between writes."""
 
     def set_root_attrs(self, attrs: Mapping[str, str]) -> None:
         zarr.open_group(self.array.store, mode="a").attrs.update(attrs)
