@@ -43,7 +43,7 @@ from data_tools.patches import (
     plan_classes,
 )
 from data_tools.storage import COMPLETE_ATTRIBUTE, Root, backend, close_source
-from data_tools.storage.sitk import describe_image, image_spacing, read_image, read_sitk_image
+from data_tools.storage.sitk import describe_image, image_spacing, read_sitk_image
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -107,8 +107,9 @@ class ArraySpec:
     def read(self) -> npt.NDArray[Any]:
         """The whole array, in memory; raises as ``describe``."""
         if self.image is not None:
-            return read_image(self.image, self._image_root())
-        array = self.array if self.source is None else open_source(self.source)
+            array = backend("sitk").open(self.image, None, self._image_root())
+        else:
+            array = self.array if self.source is None else open_source(self.source)
         return np.asarray(array[...])
 
     def _image_root(self) -> Root:

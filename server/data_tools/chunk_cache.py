@@ -418,13 +418,15 @@ def _in_bounds(rows: npt.NDArray[np.intp], length: int) -> npt.NDArray[np.intp]:
 def cached(source: Any, cache: ChunkCache) -> Any:
     """Return ``source`` reading through ``cache``, or ``source`` itself if nothing is decoded.
 
-    Chunked HDF5 datasets (``h5py.Dataset`` or ``H5Source``; a ``h5py.Dataset`` is
-    reopened as an ``H5Source``), zarr arrays and bcolz carrays become a ``CachedSource``
-    whose chunk length is the storage chunk's first-axis length (``dataset.chunks[0]``,
-    ``array.chunks[0]`` (the inner chunk of a sharded array), ``carray.chunklen``).
+    A source whose storage backend reports a chunk layout (``data_tools.storage``:
+    ``chunk_rows``, ``read_chunk``) becomes a ``CachedSource`` whose chunk length is the
+    storage chunk's first-axis length: chunked HDF5 datasets (``h5py.Dataset`` or
+    ``H5Source``; a ``h5py.Dataset`` is reopened as an ``H5Source``), zarr arrays (the inner
+    chunk of a sharded array), bcolz carrays, medical images (one chunk: the image).
     Contiguous HDF5 datasets, numpy arrays and anything else are returned unchanged. Each
-    call wraps afresh: its chunks are keyed by the store's location (file and dataset
-    key, store and array path, rootdir) and a number unique to the call, so two wrappings
+    call wraps afresh: its chunks are keyed by the store's location (the backend's
+    ``location``: file and dataset key, store and array path, rootdir) and a number unique
+    to the call, so two wrappings
     of one array never share chunks, and a store rewritten in place is not served from
     the chunks of its earlier opening.
 

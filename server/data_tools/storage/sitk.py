@@ -227,9 +227,9 @@ class SitkImage:
     @property
     def shape(self) -> tuple[int, ...]:
         """The image's shape as read: (z, y, x[, components])."""
-        return (
-            self._read().shape if self._array is not None else describe_image(self.path, self.root)
-        )
+        if self._array is not None:
+            return tuple(self._array.shape)
+        return describe_image(self.path, self.root)
 
     @property
     def dtype(self) -> np.dtype[Any]:
