@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from data_client.client import DataNodeClient
+from data_client.client import _CODECS, DataNodeClient
 from data_client.errors import DataNodeError
 from data_client.nodes import resolve_nodes
 
@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 _DEFAULT_ADDRESS = "127.0.0.1:50051"
-_CODECS = ("lz4", "none", "zstd")
 _SHARING = ("independent", "partitioned")
 
 
@@ -91,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=_SHARING,
         help="default: partitioned when --world-size > 1, else independent",
     )
-    stream.add_argument("--codec", choices=_CODECS, default="none", help="wire encoding")
+    stream.add_argument("--codec", choices=sorted(_CODECS), default="none", help="wire encoding")
     _add_cases_argument(stream)
     stream.add_argument(
         "--max-reconnects",
