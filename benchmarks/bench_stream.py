@@ -34,10 +34,10 @@ import h5py
 import numpy as np
 
 from data_client import DataNodeClient
+from data_node.catalog.datasets import open_dataset
 from data_node.config import LimitsConfig, load
-from data_node.datasets import open_dataset
 from data_node.server import build_server
-from data_node.streams import SampleTransform
+from data_node.streaming.streams import SampleTransform
 from data_tools.io import data_flow
 
 if TYPE_CHECKING:

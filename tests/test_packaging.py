@@ -30,9 +30,9 @@ PUBLIC_MODULES = [
     "data_client.errors",
     "data_client.jobs",
     "data_node.config",
-    "data_node.jobs",
+    "data_node.jobs.manager",
     "data_node.server",
-    "data_node.streams",
+    "data_node.streaming.streams",
 ]
 
 

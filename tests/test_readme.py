@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk  # noqa: N813
 
-from data_node.auth import ROLE_NEEDED
 from data_node.config import TlsConfig, load
+from data_node.rpc.auth import ROLE_NEEDED
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

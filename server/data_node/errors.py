@@ -1,4 +1,4 @@
-"""The exception hierarchy of the data node (mapped to gRPC status codes in status.py)."""
+"""The exception hierarchy of the data node (mapped to gRPC status codes in rpc/status.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Build, run and stop a data node: gRPC server, health and reflection services, datasets, jobs.
 
 Security: with ``[tls]`` the port speaks only TLS (and, with ``tls.client_ca_file``, only
-to clients presenting a certificate from that CA). Every call passes data_node.admission's
+to clients presenting a certificate from that CA). Every call passes data_node.rpc.admission's
 interceptor first: with ``[auth]``, bearer tokens and roles (every call but health); always,
 the limits on open calls, node-wide and per token. Requests larger than
 ``limits.max_request_bytes`` (compressed or not) are refused by gRPC before they are parsed.
@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from data_node._dataset_store import DatasetStore
-from data_node.admission import Admission, MemoryBudget
-from data_node.datasets import DatasetRegistry
-from data_node.jobs import JobManager
+from data_node.catalog.dataset_store import DatasetStore
+from data_node.catalog.datasets import DatasetRegistry
+from data_node.jobs.manager import JobManager
 from data_node.metrics import NodeMetrics
-from data_node.reflection import enable_reflection
-from data_node.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
+from data_node.rpc.admission import Admission, MemoryBudget
+from data_node.rpc.reflection import enable_reflection
+from data_node.rpc.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
 from data_tools.chunk_cache import ChunkCache
 
 if TYPE_CHECKING:

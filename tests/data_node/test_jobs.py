@@ -36,16 +36,16 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data_node._job_store import JobRecord, JobStore, PublishIntent
+from data_node.catalog.datasets import DatasetRegistry
 from data_node.config import parse_config
-from data_node.datasets import DatasetRegistry
 from data_node.errors import (
     DataNodeError,
     DatasetNotFoundError,
     PathOutsideRootError,
     RequestError,
 )
-from data_node.jobs import parse_build_request
+from data_node.jobs._store import JobRecord, JobStore, PublishIntent
+from data_node.jobs.manager import parse_build_request
 from data_wire.v1 import jobs_pb2
 
 VOLUME = np.random.default_rng(3).random((4, 10, 12), dtype=np.float32)

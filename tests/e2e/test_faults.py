@@ -3,7 +3,7 @@
 Matrix:
 
 * kill -9 one of a stream's two worker processes: that stream ends INTERNAL naming the
-  worker, its pid and SIGKILL (it does not recover: streams.py); a concurrent stream goes
+  worker, its pid and SIGKILL (it does not recover: streaming/streams.py); a concurrent stream goes
   on bit-exact, a new one works, nothing of the victim is left (threads, processes, shm);
 * a source corrupted mid-stream (a zarr chunk overwritten with garbage, a gzip HDF5 file
   truncated): INTERNAL naming the failed decode, or FAILED_PRECONDITION when H5Source sees

@@ -43,9 +43,9 @@ from node_support import make_data, start_node_process, wait_for_idle, write_con
 
 from data_client import DataNodeClient
 from data_client.errors import ResourceExhaustedError
-from data_node._strings import MAX_STRING_CHARS
 from data_node.config import load
 from data_node.metrics import MAX_CONNECTIONS
+from data_node.rpc._strings import MAX_STRING_CHARS
 from data_node.server import build_server
 from data_wire.v1 import data_node_pb2
 

@@ -43,7 +43,7 @@ from data_client.errors import (
 from data_client.jobs import DatasetArray, FileArray, JobState
 from data_node.cli import main
 from data_node.config import load
-from data_node.jobs import INTERRUPTED
+from data_node.jobs.manager import INTERRUPTED
 from data_node.server import build_server
 from data_tools.patches import create_dataset
 from data_wire.v1 import data_node_pb2_grpc, jobs_pb2

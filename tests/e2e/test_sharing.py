@@ -27,7 +27,7 @@ from node_support import NUM_SAMPLES, wait_for_idle
 from data_client import DataNodeClient
 from data_client._decode import decode_batch
 from data_client.errors import OutOfRangeError
-from data_node.streams import SampleTransform
+from data_node.streaming.streams import SampleTransform
 from data_tools.io import data_flow
 from data_wire.v1 import data_node_pb2
 

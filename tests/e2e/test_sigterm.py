@@ -31,7 +31,7 @@ from data_client import DataNodeClient
 from data_client.errors import DataNodeError, UnavailableError
 from data_client.jobs import FileArray, JobState
 from data_node.config import load
-from data_node.jobs import INTERRUPTED
+from data_node.jobs.manager import INTERRUPTED
 from data_node.server import build_server
 
 GRACE = 5.0  # NodeServer.stop's default, which `serve` uses

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2
 from node_support import NUM_SAMPLES
 
 from data_client.errors import OutOfRangeError
-from data_node.streams import SampleTransform
+from data_node.streaming.streams import SampleTransform
 from data_tools.io import data_flow
 
 AUGMENT = {

@@ -55,7 +55,7 @@ def parse_remove_request(request: data_node_pb2.RemoveDatasetRequest) -> str:
 
     Raises:
         RequestError: An empty name (its length is bounded for every request:
-            ``data_node._strings``).
+            ``data_node.rpc._strings``).
     """
     if not request.name:
         raise RequestError("name: Expected the name of a registered dataset. Got none.")

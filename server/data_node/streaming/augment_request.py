@@ -27,7 +27,7 @@ from data_tools.data_augmentation import FILL_MODES, ORDERS
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from data_node.datasets import Dataset
+    from data_node.catalog.datasets import Dataset
     from data_wire.v1 import data_node_pb2
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Two kinds share one registry: the config file's datasets, fixed while the node runs, and
 registered ones (``RegisterDataset``, a build job's ``register_as``), added, replaced and
-removed at run time and persisted in the state dir (``_dataset_store``), so a restart serves
+removed at run time and persisted in the state dir (``catalog.dataset_store``), so a restart serves
 them again. Names are unique across both; the config file wins: a registration may not take
 a config-file dataset's name, and a stored registration whose name the config file has
 since taken is dropped (with a warning) when the node starts. A stored registration whose
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-    from data_node._dataset_store import DatasetStore
+    from data_node.catalog.dataset_store import DatasetStore
     from data_node.config import DatasetConfig, SourceConfig
     from data_tools.chunk_cache import ChunkCache
 

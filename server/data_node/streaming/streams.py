@@ -66,10 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data_node.augment_request import parse_augmentation
-from data_node.cases import parse_cases
 from data_node.config import resolve_preprocessor
-from data_node.cursors import MAX_EPOCHS, fingerprint, parse_start
 from data_node.errors import (
     CursorAtEndError,
     DatasetRemovedError,
@@ -78,7 +75,10 @@ from data_node.errors import (
     RequestError,
     StreamFailedError,
 )
-from data_node.fields import bounded
+from data_node.streaming.augment_request import parse_augmentation
+from data_node.streaming.cases import parse_cases
+from data_node.streaming.cursors import MAX_EPOCHS, fingerprint, parse_start
+from data_node.streaming.fields import bounded
 from data_node.wire import encode_batch
 from data_tools.data_augmentation import image_random_transform
 from data_tools.io import data_flow
@@ -91,10 +91,10 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-    from data_node.augment_request import AugmentPlan
+    from data_node.catalog.datasets import Dataset
     from data_node.config import LimitsConfig
-    from data_node.datasets import Dataset
     from data_node.metrics import StreamMetrics
+    from data_node.streaming.augment_request import AugmentPlan
 
 __all__ = [
     "SampleTransform",
