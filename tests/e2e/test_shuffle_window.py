@@ -27,7 +27,7 @@ from data_wire.v1 import data_node_pb2
 
 CHUNK = 8  # the image array's chunks (node_support.make_data)
 WINDOW = 16
-OPTIONS = {"shuffle": True, "seed": 3, "epochs": 3, "shuffle_window": WINDOW}
+OPTIONS = {"sample_random": True, "seed": 3, "epochs": 3, "shuffle_window": WINDOW}
 
 
 def batches_of(stream):
