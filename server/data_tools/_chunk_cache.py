@@ -320,6 +320,12 @@ class ChunkCache:
                     break
         return victim
 
+    @property
+    def registered(self) -> int:
+        """Streams registered now (whose foreseen reads eviction follows)."""
+        with self._lock:
+            return len(self._streams)
+
     def register(self, reads: StreamReads) -> None:
         """Let eviction and decode-ahead follow ``reads`` until ``unregister(reads)``."""
         with self._lock:

@@ -19,13 +19,13 @@ from data_tools._parse import (
     parse_option,
     parse_positive_int,
 )
-from data_tools.io._batch import BatchInfo, Preprocess
+from data_tools.io._batch import BatchInfo, IndexArray, Preprocess
 from data_tools.io._sampler import SEED_LIMIT, SamplingPlan, iter_batches, num_batches
 from data_tools.io._workers import Pipeline, build_pipeline
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Callable, Generator, Sequence
+    from collections.abc import Callable, Generator, Iterator, Sequence
     from types import TracebackType
 
 __all__ = ["PREPROCESSOR_KEYWORDS", "BatchInfo", "data_flow", "preprocessor_keywords"]
@@ -441,14 +441,7 @@ class data_flow:
                 ``data`` cannot be pickled to them.
         """
         pipeline = build_pipeline(
-            iter_batches(
-                self._plan,
-                self._start_epoch,
-                self._start_batch,
-                self._loop_forever,
-                self._lane,
-                self._lanes,
-            ),
+            self._iter_batches(),
             self._data,
             self._preprocess,
             num_io_threads=self._num_io_threads,
@@ -465,6 +458,25 @@ class data_flow:
             yield from pipeline
         finally:
             pipeline.close()
+
+    def iter_indices(self) -> Iterator[IndexArray]:
+        """Return an iterator of the global indices of each batch a flow yields, in order.
+
+        Reads nothing: the order is a pure function of the arguments, so what a flow will
+        read is known ahead (a cache of decoded chunks uses it to keep what is needed
+        next). Endless with ``loop_forever``, like the flow.
+        """
+        return (indices for _, _, indices in self._iter_batches())
+
+    def _iter_batches(self) -> Iterator[tuple[int, int, IndexArray]]:
+        return iter_batches(
+            self._plan,
+            self._start_epoch,
+            self._start_batch,
+            self._loop_forever,
+            self._lane,
+            self._lanes,
+        )
 
     def flow(self) -> Generator[tuple[npt.NDArray[Any], ...], None, None]:
         """Return a generator of batches: tuples with one stacked array per output.
