@@ -289,7 +289,8 @@ class _Progress:
             f"bytes={total.num_bytes} seconds={seconds:.3f} "
             f"batches/s={total.batches / seconds:.1f} samples/s={total.samples / seconds:.1f} "
             f"MB/s={total.num_bytes / seconds / 1e6:.1f} stall_s={stream.stall:.3f} "
-            f"stall_fraction={stream.stall_fraction:.3f}"
+            f"stall_fraction={stream.stall_fraction:.3f} decoded_bytes={stream.decoded_bytes} "
+            f"read_amplification={stream.read_amplification:.2f}"
         )
 
 

@@ -291,7 +291,7 @@ class BatchStream(StreamBase):
                 self._after_failure(error)
                 continue
             self._failures = 0
-            self._advance(batch)
+            self._advance(batch, batch.arrays, batch.decoded_bytes)
             arrays = tuple(batch.arrays)
             if self._copy:
                 arrays = tuple(a if a.flags.writeable else a.copy() for a in arrays)

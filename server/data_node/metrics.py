@@ -18,7 +18,15 @@ name of a served dataset, never a string a request made up):
 * ``data_node_stream_errors_total{dataset,code}``: streams of a served dataset refused (a
   bad field, a limit) or ended with an error status, by status code name; a client that
   cancels or goes away is not counted;
-* ``data_node_cache_{hits,misses,evictions}_total``, ``data_node_cache_bytes``,
+* ``data_node_decoded_bytes_total{dataset}``: bytes of storage chunks decoded for its
+  streams (read on a miss or decoded ahead, through the chunk cache; reads of sources not
+  cached are not counted);
+* ``data_node_delivered_bytes_total{dataset}``: bytes of the sample arrays of the batches
+  sent, before encoding;
+* ``data_node_read_amplification{dataset}``: decoded over delivered bytes since the node
+  started (1 when each chunk is decoded once; an exact shuffle over more than the cache
+  holds decodes a chunk per sample or so);
+* ``data_node_cache_{hits,misses,evictions,decoded_ahead}_total``, ``data_node_cache_bytes``,
   ``data_node_cache_max_bytes``: the decoded-chunk cache (only with a cache);
 * ``data_node_jobs{state}``: build jobs by state (QUEUED, RUNNING, SUCCEEDED, FAILED,
   CANCELLED); QUEUED is the job queue's depth.
@@ -150,6 +158,27 @@ class NodeMetrics:
             registry=registry,
             buckets=STAGE_BUCKETS,
         )
+        self.decoded_bytes = Counter(
+            "data_node_decoded_bytes",
+            "Bytes of storage chunks decoded for the streams (through the chunk cache).",
+            ["dataset"],
+            registry=registry,
+        )
+        self.delivered_bytes = Counter(
+            "data_node_delivered_bytes",
+            "Bytes of the sample arrays of the batches sent, before encoding.",
+            ["dataset"],
+            registry=registry,
+        )
+        self.read_amplification = Gauge(
+            "data_node_read_amplification",
+            "Bytes decoded over bytes delivered since the node started.",
+            ["dataset"],
+            registry=registry,
+        )
+        # dataset -> [decoded, delivered] since the node started, for the gauge.
+        self._read_totals: dict[str, list[int]] = {}
+        self._read_lock = threading.Lock()
         self.stream_errors = Counter(
             "data_node_stream_errors",
             "Streams refused or ended with an error status, by gRPC status code name.",
@@ -167,6 +196,14 @@ class NodeMetrics:
     def stream(self, dataset: str) -> StreamMetrics:
         """The metrics of one stream of ``dataset`` (a served dataset's name)."""
         return StreamMetrics(self, dataset)
+
+    def bytes_read(self, dataset: str, decoded: int, delivered: int) -> float:
+        """Add to ``dataset``'s decoded and delivered bytes; return its amplification now."""
+        with self._read_lock:
+            totals = self._read_totals.setdefault(dataset, [0, 0])
+            totals[0] += decoded
+            totals[1] += delivered
+            return totals[0] / totals[1] if totals[1] else 0.0
 
     def stream_error(self, dataset: str, code: str) -> None:
         """Count a stream of ``dataset`` that ended with status ``code`` (e.g. "INTERNAL")."""
@@ -230,6 +267,11 @@ class StreamMetrics:
         self._read, self._augment, self._encode, self._send = (
             metrics.stage_seconds.labels(dataset, stage) for stage in STAGES
         )
+        self._decoded = metrics.decoded_bytes.labels(dataset)
+        self._delivered = metrics.delivered_bytes.labels(dataset)
+        self._amplification = metrics.read_amplification.labels(dataset)
+        self._metrics = metrics
+        self._dataset = dataset
         self._ready = 0
 
     def __enter__(self) -> Self:
@@ -267,6 +309,12 @@ class StreamMetrics:
         self._queue_depth.inc(info.ready - self._ready)
         self._ready = info.ready
 
+    def bytes_read(self, decoded: int, delivered: int) -> None:
+        """Count the chunk bytes decoded for a batch sent and the bytes of its arrays."""
+        self._decoded.inc(decoded)
+        self._delivered.inc(delivered)
+        self._amplification.set(self._metrics.bytes_read(self._dataset, decoded, delivered))
+
 
 class _CacheCollector:
     """The decoded-chunk cache's counters, read from ``cache.stats()`` when scraped."""
@@ -288,6 +336,11 @@ class _CacheCollector:
             "data_node_cache_evictions",
             "Chunks dropped to stay within the budget.",
             value=stats.evictions,
+        )
+        yield CounterMetricFamily(
+            "data_node_cache_decoded_ahead",
+            "Chunks decoded ahead of need for the streams (each one decode, like a miss).",
+            value=stats.decoded_ahead,
         )
         yield GaugeMetricFamily(
             "data_node_cache_bytes", "Bytes of decoded chunks held.", value=stats.nbytes

@@ -60,6 +60,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -68,7 +70,7 @@ import numpy as np
 
 from data_node.augment_request import parse_augmentation
 from data_node.cases import parse_cases
-from data_node.config import resolve_preprocessor
+from data_node.config import MiB, resolve_preprocessor
 from data_node.cursors import MAX_EPOCHS, fingerprint, parse_start
 from data_node.errors import (
     CursorAtEndError,
@@ -80,6 +82,7 @@ from data_node.errors import (
 )
 from data_node.fields import bounded
 from data_node.wire import encode_batch
+from data_tools._chunk_cache import cache_of, chunk_reads, following_reads
 from data_tools.data_augmentation import image_random_transform
 from data_tools.io import data_flow
 from data_tools.io.data_flow import preprocessor_keywords
@@ -95,6 +98,7 @@ if TYPE_CHECKING:
     from data_node.config import LimitsConfig
     from data_node.datasets import Dataset
     from data_node.metrics import StreamMetrics
+    from data_tools._chunk_cache import StreamReads
 
 __all__ = [
     "SampleTransform",
@@ -104,6 +108,7 @@ __all__ = [
     "stream_batches",
 ]
 
+logger = logging.getLogger(__name__)
 # More lanes than any set of nodes a client would split a stream across.
 MAX_LANES = 1024
 # More ranks than any data-parallel job has.
@@ -397,8 +402,25 @@ def _stream(
     plan: StreamPlan, stop: threading.Event, metrics: StreamMetrics | None
 ) -> Iterator[bytes]:
     arrays = [array for _, array in plan.dataset.arrays]
+    # A flow that starts nothing, for the order alone: the reads it foresees let the chunk
+    # cache keep what this stream needs next.
+    order = data_flow(arrays, **plan.flow_options)
+    with following_reads(arrays, order.iter_indices()) as (reading, reads):
+        if reads is not None:
+            _warn_of_amplification(plan, arrays, order)
+        yield from _send_batches(plan, reading, reads, stop, metrics)
+
+
+def _send_batches(
+    plan: StreamPlan,
+    arrays: list[Any],
+    reads: StreamReads | None,
+    stop: threading.Event,
+    metrics: StreamMetrics | None,
+) -> Iterator[bytes]:
     flow = data_flow(arrays, preprocessor=plan.transform, **plan.flow_options)
     names = plan.dataset.array_names
+    decoded = 0  # of reads.decoded_bytes, what the batches sent so far reported
     with flow, _replacement_ends(plan.dataset):
         if plan.flow_options["lane"] >= len(flow):
             return  # more lanes than batches per epoch: this lane never has a batch
@@ -411,6 +433,8 @@ def _stream(
             if plan.epochs is not None and info.epoch >= plan.epochs:
                 return
             start = time.perf_counter()
+            now_decoded = decoded if reads is None else reads.decoded_bytes
+            delivered = sum(array.nbytes for array in info.arrays)
             message = encode_batch(
                 info.arrays,
                 indices=info.indices,
@@ -419,6 +443,7 @@ def _stream(
                 batch_index=info.batch_index,
                 codec=plan.codec,
                 names=names if len(names) == len(info.arrays) else None,
+                decoded_bytes=now_decoded - decoded,
             )
             encoded = time.perf_counter()
             info = dataclasses.replace(info, arrays=())  # the message holds the batch now
@@ -431,9 +456,46 @@ def _stream(
             if metrics is not None:
                 sent = time.perf_counter()
                 metrics.batch_sent(info, size, encoded - start, sent - encoded)
+                metrics.bytes_read(now_decoded - decoded, delivered)
+            decoded = now_decoded
     # The flow loops forever: it ended because the call ended or the node is stopping.
     raise NodeStoppingError(
         "the node is stopping; reconnect and resume from the last cursor received"
+    )
+
+
+def _warn_of_amplification(plan: StreamPlan, arrays: list[Any], order: data_flow) -> None:
+    """Log once if an exact shuffle over more decoded data than the cache holds will amplify.
+
+    The estimate: each chunk a batch reads is decoded unless cached, and a random chunk is
+    cached about as often as the cache's share of the dataset's decoded bytes.
+    """
+    if not plan.flow_options["sample_random"] or plan.flow_options.get("shuffle_window"):
+        return
+    cache = cache_of(arrays)
+    assert cache is not None  # the stream registered its reads with it
+    dataset_bytes = sum(
+        int(array.shape[0]) * math.prod(array.shape[1:]) * np.dtype(array.dtype).itemsize
+        for array in arrays
+        if cache_of([array]) is cache
+    )
+    if dataset_bytes <= cache.max_bytes:
+        return
+    rows = next(order.iter_indices())
+    chunk_bytes = sum(
+        source.chunk_nbytes for a in arrays for _, (source, _) in chunk_reads(a, rows)
+    )
+    delivered = sum(len(rows) * math.prod(a.shape[1:]) * np.dtype(a.dtype).itemsize for a in arrays)
+    amplification = chunk_bytes * (1 - cache.max_bytes / dataset_bytes) / max(delivered, 1)
+    logger.warning(
+        "stream of %r: an exact shuffle over %.0f MiB of decoded chunks, more than the chunk "
+        "cache's %.0f MiB, will decode about %.1fx the bytes it delivers (read amplification; "
+        "eviction by known future use saves part of it). A chunk-windowed shuffle "
+        "(shuffle_window) decodes each chunk about once per epoch.",
+        plan.dataset.name,
+        dataset_bytes / MiB,
+        cache.max_bytes / MiB,
+        amplification,
     )
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "ChunkKey",
     "ChunkRead",
     "StreamReads",
+    "cache_of",
     "cached",
     "chunk_reads",
     "following_reads",
@@ -764,14 +765,13 @@ def reading_for(array: Any, reads: StreamReads) -> Any:
     return array
 
 
-def _cache_under(array: Any) -> ChunkCache | None:
-    """The cache some ``CachedSource`` under ``array`` reads through, or None."""
-    if isinstance(array, CachedSource):
-        return array.cache
-    if isinstance(array, delayed_view):
-        for source in array._sources:
-            if (cache := _cache_under(source)) is not None:
-                return cache
+def cache_of(arrays: Iterable[Any]) -> ChunkCache | None:
+    """The cache some ``CachedSource`` in or under ``arrays`` (views) reads through, or None."""
+    for array in arrays:
+        if isinstance(array, CachedSource):
+            return array.cache
+        if isinstance(array, delayed_view) and (cache := cache_of(array._sources)) is not None:
+            return cache
     return None
 
 
@@ -798,7 +798,7 @@ def following_reads(
         The arrays to read (bound to the stream), and its ``StreamReads`` (its
         ``decoded_bytes``); ``(list(arrays), None)`` if no array reads through a cache.
     """
-    cache = next((c for c in map(_cache_under, arrays) if c is not None), None)
+    cache = cache_of(arrays)
     if cache is None:
         yield list(arrays), None
         return
