@@ -148,11 +148,16 @@ class CacheConfig:
     """The node's shared cache of decoded storage chunks (``[cache]``).
 
     Attributes:
-        max_bytes: Bytes of decoded chunks kept, least recently used evicted first; shared
-            by every stream of every dataset read in the node process. 0 turns it off.
+        max_bytes: Bytes of decoded chunks kept, shared by every stream of every dataset
+            read in the node process; 0 turns it off. None (default): sized when the node
+            starts, from the memory it may use (``data_node.resources.auto_cache_bytes``:
+            a quarter of its cgroup's memory limit, else of the memory available, at most
+            half of ``limits.max_memory_bytes``), and logged. Eviction: the chunk the open
+            streams need farthest in the future goes first (least recently used without
+            streams).
     """
 
-    max_bytes: int = 512 * MiB
+    max_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -374,7 +379,7 @@ def parse_config(
     if "auth" in raw:
         auth = _parse_auth(_table("auth", raw["auth"]), base_dir, environ or {})
     cache = _parse_cache(_table("cache", raw.get("cache", {})))
-    if limits.max_memory_bytes <= cache.max_bytes:
+    if cache.max_bytes is not None and limits.max_memory_bytes <= cache.max_bytes:
         raise ConfigError(
             f"limits.max_memory_bytes: Expected more than cache.max_bytes ({cache.max_bytes}): "
             f"the budget holds the cache and the streams. Got {limits.max_memory_bytes} instead."

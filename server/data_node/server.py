@@ -37,6 +37,7 @@ from data_node.datasets import DatasetRegistry
 from data_node.jobs import JobManager
 from data_node.metrics import NodeMetrics
 from data_node.reflection import enable_reflection
+from data_node.resources import auto_cache_bytes, usable_cores
 from data_node.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
 from data_tools._chunk_cache import ChunkCache
 
@@ -174,14 +175,15 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
     """
     credentials = None if config.tls is None else server_credentials(config.tls)
     admission = Admission(config.limits, None if config.auth is None else config.auth.tokens)
-    cache = ChunkCache(config.cache.max_bytes) if config.cache.max_bytes else None
+    cache_bytes = _cache_bytes(config)
+    cache = ChunkCache(cache_bytes, decode_ahead=usable_cores()) if cache_bytes else None
     store = DatasetStore(
         config.state_dir, {"data_root": config.data_root, "output_root": config.output_root}
     )
     registry = DatasetRegistry.from_config(config.datasets, cache, store)
     jobs = JobManager(config, registry)
     metrics = NodeMetrics((dataset.name for dataset in registry), cache=cache, jobs=jobs)
-    budget = MemoryBudget(config.limits.max_memory_bytes, config.cache.max_bytes)
+    budget = MemoryBudget(config.limits.max_memory_bytes, cache_bytes)
     servicer = DataNodeServicer(config, registry, jobs, metrics, budget)
     pool = futures.ThreadPoolExecutor(
         max_workers=config.limits.max_open_calls + _SPARE_THREADS,
@@ -220,6 +222,15 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         pool,
     )
     return node, port
+
+
+def _cache_bytes(config: NodeConfig) -> int:
+    """``[cache] max_bytes``, sized from the node's memory when the config leaves it out."""
+    if config.cache.max_bytes is not None:
+        return config.cache.max_bytes
+    nbytes, how = auto_cache_bytes(config.limits.max_memory_bytes)
+    logger.info("cache.max_bytes: %d bytes (%.0f MiB), automatic: %s", nbytes, nbytes / 2**20, how)
+    return nbytes
 
 
 def _bind_hint(target: str, credentials: grpc.ServerCredentials | None) -> str:

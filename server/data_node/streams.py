@@ -81,6 +81,7 @@ from data_node.errors import (
     StreamFailedError,
 )
 from data_node.fields import bounded
+from data_node.resources import default_io_workers
 from data_node.wire import encode_batch
 from data_tools._chunk_cache import cache_of, chunk_reads, following_reads
 from data_tools.data_augmentation import image_random_transform
@@ -321,7 +322,8 @@ def parse_stream_request(
     transform = _transform(seed, augment, preprocessor)
     flow_options = {
         "batch_size": batch_size,
-        "nb_io_workers": nb_io_workers or 1,
+        # Decoders release the GIL: by default a stream reads on every core it may use.
+        "nb_io_workers": nb_io_workers or min(default_io_workers(), limits.max_io_workers),
         # A request's transform never runs in the node's process (see the module docstring).
         "nb_proc_workers": nb_proc_workers if transform is None else max(1, nb_proc_workers),
         "sample_random": request.sample_random,
