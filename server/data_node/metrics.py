@@ -329,7 +329,7 @@ class _CacheCollector:
         )
         yield CounterMetricFamily(
             "data_node_cache_misses",
-            "Chunk reads that read and decoded the chunk from storage.",
+            "Chunks read and decoded from storage (on a lookup that missed, or ahead of need).",
             value=stats.misses,
         )
         yield CounterMetricFamily(
@@ -339,7 +339,7 @@ class _CacheCollector:
         )
         yield CounterMetricFamily(
             "data_node_cache_decoded_ahead",
-            "Chunks decoded ahead of need for the streams (each one decode, like a miss).",
+            "Of the misses, the chunks decoded ahead of need for the streams.",
             value=stats.decoded_ahead,
         )
         yield GaugeMetricFamily(

@@ -74,12 +74,13 @@ class CacheStats:
     Attributes:
         hits: Chunk lookups served from the cache (or by waiting for another thread that
             was reading the same chunk).
-        misses: Chunk lookups that read and decoded the chunk from storage.
+        misses: Chunks read and decoded from storage: by a lookup that missed, or ahead
+            of need (``decoded_ahead``).
         evictions: Chunks dropped to stay within ``max_bytes``.
         nbytes: Bytes of decoded chunks held now.
         max_bytes: The budget.
-        decoded_ahead: Chunks decoded ahead of need for a registered stream (each one
-            decode, like a miss). Default 0.
+        decoded_ahead: Of ``misses``, the chunks decoded ahead of need for a registered
+            stream (a lookup waiting for one counts as a hit). Default 0.
     """
 
     hits: int
@@ -376,6 +377,7 @@ class ChunkCache:
                 pending = self._mark(self._loading, key, _Load())
                 self._ahead_nbytes += nbytes
                 self._ahead += 1
+                self._misses += 1
             with contextlib.suppress(Exception):  # the stream's own read reports it
                 self._load(key, load, pending, reads, nbytes)
 
