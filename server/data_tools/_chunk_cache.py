@@ -37,7 +37,6 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
-from data_tools._indexing import plan_reads
 from data_tools._known_future import DEFAULT_HORIZON, StreamReads, optimal_decodes
 from data_tools._parse import parse_non_negative_int, parse_positive_int
 from data_tools._sources import H5Source, _file_stamp, as_picklable
@@ -124,6 +123,8 @@ _AHEAD_NICENESS = 10
 logger = logging.getLogger(__name__)
 
 
+# Rows whose chunk reads are found at once, as a stream's window moves (a few milliseconds).
+_PLAN_ROWS = 8192
 _Held = TypeVar("_Held", npt.NDArray[Any], _Load)
 
 
@@ -736,6 +737,70 @@ ChunkRead = tuple[tuple[Hashable, int], tuple[CachedSource, int]]
 """One foreseen chunk read: ``(chunk id, (source, chunk number))``."""
 
 
+def _leaves(array: Any) -> list[CachedSource]:
+    """The ``CachedSource``s under ``array``, depth first (one per occurrence)."""
+    if isinstance(array, CachedSource):
+        return [array]
+    if isinstance(array, delayed_view):
+        return [leaf for source in array._sources for leaf in _leaves(source)]
+    return []
+
+
+def _leaf_chunks(
+    array: Any, rows: npt.NDArray[np.intp]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """For each row of ``array``, which of its ``_leaves`` holds it (-1: none), in which chunk."""
+    if isinstance(array, CachedSource):
+        return np.zeros(len(rows), np.int64), rows.astype(np.int64) // array.chunk_length
+    leaf = np.full(len(rows), -1, np.int64)
+    number = np.zeros(len(rows), np.int64)
+    if isinstance(array, delayed_view):
+        pairs = array.index_pairs[rows]
+        offset = 0
+        for position, source in enumerate(array._sources):
+            mine = np.flatnonzero(pairs[:, 0] == position)
+            inner_leaf, inner_number = _leaf_chunks(source, pairs[mine, 1].astype(np.intp))
+            held = inner_leaf >= 0
+            leaf[mine[held]] = inner_leaf[held] + offset
+            number[mine[held]] = inner_number[held]
+            offset += len(_leaves(source))
+    return leaf, number
+
+
+def _batch_reads(
+    arrays: Sequence[Any], batches: Sequence[npt.NDArray[np.integer[Any]]]
+) -> list[list[ChunkRead]]:
+    """The chunk reads of each of ``batches`` of ``arrays``, found for all of them at once.
+
+    A batch reads each array in turn, each source of a view in increasing order, each
+    source's chunks once, in increasing order.
+    """
+    leaves = [_leaves(array) for array in arrays]
+    flat = [leaf for array_leaves in leaves for leaf in array_leaves]
+    if not flat:
+        return [[] for _ in batches]
+    chunks_per_leaf = max(-(-len(leaf) // leaf.chunk_length) for leaf in flat)
+    span = len(flat) * chunks_per_leaf
+    rows = np.concatenate(batches).astype(np.intp)
+    batch_of = np.repeat(np.arange(len(batches), dtype=np.int64), [len(b) for b in batches])
+    codes = []
+    base = 0
+    for array, array_leaves in zip(arrays, leaves, strict=True):
+        leaf, number = _leaf_chunks(array, rows)
+        held = leaf >= 0
+        codes.append(batch_of[held] * span + (leaf[held] + base) * chunks_per_leaf + number[held])
+        base += len(array_leaves)
+    unique = np.unique(np.concatenate(codes))
+    batch_ids, code = np.divmod(unique, span)
+    leaf_ids, numbers = np.divmod(code, chunks_per_leaf)
+    bounds = np.searchsorted(batch_ids, np.arange(len(batches) + 1))
+    reads: list[ChunkRead] = [
+        ((flat[leaf_id].key, number), (flat[leaf_id], number))
+        for leaf_id, number in zip(leaf_ids.tolist(), numbers.tolist(), strict=True)
+    ]
+    return [reads[start:stop] for start, stop in itertools.pairwise(bounds.tolist())]
+
+
 def chunk_reads(array: Any, rows: npt.NDArray[np.integer[Any]]) -> list[ChunkRead]:
     """The chunks reading ``array[rows]`` reads through a cache, in the order it reads them.
 
@@ -743,16 +808,20 @@ def chunk_reads(array: Any, rows: npt.NDArray[np.integer[Any]]) -> list[ChunkRea
     nested) whose sources are; chunks of other sources are not cached and not listed. Each
     chunk is listed once, as a read of the rows reads it once.
     """
-    unique = np.unique(np.asarray(rows, dtype=np.intp))
-    if isinstance(array, CachedSource):
-        numbers = np.unique(unique // array.chunk_length).tolist()
-        return [((array.key, number), (array, number)) for number in numbers]
-    if isinstance(array, delayed_view):
-        reads: list[ChunkRead] = []
-        for read in plan_reads(array.index_pairs[unique]):
-            reads += chunk_reads(array._sources[read.source], read.local)
-        return reads
-    return []
+    return _batch_reads([array], [np.asarray(rows)])[0]
+
+
+def _planned_reads(
+    arrays: Sequence[Any], batches: Iterable[npt.NDArray[np.integer[Any]]]
+) -> Iterator[list[ChunkRead]]:
+    """The chunk reads of each of ``batches``, found ``_PLAN_ROWS`` rows' worth at a time."""
+    pending = iter(batches)
+    while group := list(itertools.islice(pending, 1)):
+        rows = len(group[0])
+        while rows < _PLAN_ROWS and (more := next(pending, None)) is not None:
+            group.append(more)
+            rows += len(more)
+        yield from _batch_reads(arrays, group)
 
 
 def reading_for(array: Any, reads: StreamReads) -> Any:
@@ -804,8 +873,7 @@ def following_reads(
     if cache is None:
         yield list(arrays), None
         return
-    planned = ([read for array in arrays for read in chunk_reads(array, rows)] for rows in batches)
-    reads = StreamReads(planned, horizon=horizon)
+    reads = StreamReads(_planned_reads(arrays, batches), horizon=horizon)
     cache.register(reads)
     try:
         yield [reading_for(array, reads) for array in arrays], reads

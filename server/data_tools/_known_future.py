@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_HORIZON", "StreamReads", "optimal_decodes"]
 
-DEFAULT_HORIZON = 1 << 16
-"""Reads a ``StreamReads`` knows ahead of its stream by default (a few MB of bookkeeping)."""
+DEFAULT_HORIZON = 1 << 14
+"""Reads a ``StreamReads`` knows ahead of its stream by default (about a MB of bookkeeping)."""
 
 # A read left unconsumed this far behind the stream's latest read is taken as skipped (the
 # stream read otherwise than foreseen), so one missed read never freezes the window.
