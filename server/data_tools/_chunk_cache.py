@@ -123,8 +123,10 @@ _AHEAD_NICENESS = 10
 logger = logging.getLogger(__name__)
 
 
-# Rows whose chunk reads are found at once, as a stream's window moves (a few milliseconds).
-_PLAN_ROWS = 8192
+# Rows and batches whose chunk reads are found at once, as a stream's window moves (a few
+# milliseconds).
+_PLAN_ROWS = 2048
+_PLAN_BATCHES = 64
 _Held = TypeVar("_Held", npt.NDArray[Any], _Load)
 
 
@@ -814,11 +816,15 @@ def chunk_reads(array: Any, rows: npt.NDArray[np.integer[Any]]) -> list[ChunkRea
 def _planned_reads(
     arrays: Sequence[Any], batches: Iterable[npt.NDArray[np.integer[Any]]]
 ) -> Iterator[list[ChunkRead]]:
-    """The chunk reads of each of ``batches``, found ``_PLAN_ROWS`` rows' worth at a time."""
+    """The chunk reads of each of ``batches``, found a group of batches at a time."""
     pending = iter(batches)
     while group := list(itertools.islice(pending, 1)):
         rows = len(group[0])
-        while rows < _PLAN_ROWS and (more := next(pending, None)) is not None:
+        while (
+            rows < _PLAN_ROWS
+            and len(group) < _PLAN_BATCHES
+            and (more := next(pending, None)) is not None
+        ):
             group.append(more)
             rows += len(more)
         yield from _batch_reads(arrays, group)

@@ -25,6 +25,8 @@ __all__ = ["DEFAULT_HORIZON", "StreamReads", "optimal_decodes"]
 DEFAULT_HORIZON = 1 << 14
 """Reads a ``StreamReads`` knows ahead of its stream by default (about a MB of bookkeeping)."""
 
+# Batches the window takes in at most at once (at the start, or after one read).
+_FILL_BATCHES = 64
 # A read left unconsumed this far behind the stream's latest read is taken as skipped (the
 # stream read otherwise than foreseen), so one missed read never freezes the window.
 _SLACK = 4096
@@ -109,8 +111,14 @@ class StreamReads:
         self._base += 1
 
     def _fill(self) -> None:
-        """Read batches until the window holds ``horizon`` reads (or the stream ends)."""
-        while self._batches is not None and len(self._window) < self._horizon:
+        """Read batches until the window holds ``horizon`` reads (or the stream ends).
+
+        At most ``_FILL_BATCHES`` per call, so a stream's start and each of its reads cost
+        little: the window reaches the horizon over the first reads.
+        """
+        for _ in range(_FILL_BATCHES):
+            if self._batches is None or len(self._window) >= self._horizon:
+                return
             batch = next(self._batches, None)
             if batch is None:
                 self._batches = None
