@@ -228,9 +228,7 @@ def test_exact_permutation_near_the_optimum_and_well_below_lru(capacity):
     source = Source(chunks * length)
     chunk_bytes = length * ROW_BYTES
     order = permutation_flow([source])
-    sequence = [
-        chunk_id for rows in order.iter_indices() for chunk_id in np.unique(rows // length)
-    ]
+    sequence = [chunk_id for rows in order.iter_indices() for chunk_id in np.unique(rows // length)]
     optimum = optimal_decodes(sequence, capacity)
     lru = lru_decodes(sequence, capacity)
 
