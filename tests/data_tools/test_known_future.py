@@ -63,22 +63,17 @@ def brute_force_decodes(reads, capacity):
     states = {frozenset(): 0}
     for chunk in reads:
         after = {}
-
-        def offer(state, cost):
-            if after.get(state, cost + 1) > cost:
-                after[state] = cost
-
         for held, cost in states.items():
             if chunk in held:
-                offer(held, cost)
-                continue
-            offer(held, cost + 1)  # decoded, not kept
-            if capacity == 0:
-                continue
-            if len(held) < capacity:
-                offer(held | {chunk}, cost + 1)
-            for victim in held:
-                offer((held - {victim}) | {chunk}, cost + 1)
+                choices = [(held, cost)]
+            else:
+                choices = [(held, cost + 1)]  # decoded, not kept
+                if len(held) < capacity:
+                    choices.append((held | {chunk}, cost + 1))
+                if capacity:
+                    choices += [((held - {victim}) | {chunk}, cost + 1) for victim in held]
+            for state, state_cost in choices:
+                after[state] = min(after.get(state, state_cost), state_cost)
         states = after
     return min(states.values())
 
@@ -250,10 +245,13 @@ def test_exact_permutation_near_the_optimum_and_well_below_lru(capacity):
 def test_unregistered_when_the_stream_fails():
     cache = ChunkCache(1 << 20)
     view = CachedSource(Source(64), cache, "data", 8)
-    with pytest.raises(RuntimeError, match="trainer"):
+    def stream():
         with following_reads([view], permutation_flow([view]).iter_indices()):
             assert cache.registered == 1
             raise RuntimeError("the trainer went away")
+
+    with pytest.raises(RuntimeError, match="trainer"):
+        stream()
     assert cache.registered == 0
 
 
