@@ -245,6 +245,7 @@ def test_exact_permutation_near_the_optimum_and_well_below_lru(capacity):
 def test_unregistered_when_the_stream_fails():
     cache = ChunkCache(1 << 20)
     view = CachedSource(Source(64), cache, "data", 8)
+
     def stream():
         with following_reads([view], permutation_flow([view]).iter_indices()):
             assert cache.registered == 1
