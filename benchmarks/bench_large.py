@@ -48,9 +48,9 @@ import h5py
 import numpy as np
 
 from data_client import DataNodeClient
-from data_node import streams
 from data_node.config import load
 from data_node.server import build_server
+from data_node.streaming import streams
 from data_tools._chunk_cache import ChunkCache, cached, chunk_reads, optimal_decodes
 from data_tools._sources import H5Source
 from data_tools.data_augmentation import image_random_transform
@@ -213,13 +213,16 @@ def first_batches(root: Path, cache_bytes: int) -> tuple[float, float]:
         node.stop(None)
 
 
+def batch_rows(flow: data_flow) -> Any:
+    """The rows of each batch of ``flow``, in order, read from its spec (nothing is read)."""
+    return (rows for _, _, rows in flow.spec.batches())
+
+
 def offline_counts(path: Path, images: int, cache_bytes: int) -> tuple[int, int]:
     """(optimum, LRU) chunk decodes for one epoch of the exact order, in chunk units."""
     view = delayed_view(cached(H5Source(str(path), "image"), ChunkCache(0)))
     order = data_flow([view], batch_size=BATCH, sample_random=True, seed=SEED, loop_forever=False)
-    sequence = [
-        chunk_id for rows in order.iter_indices() for chunk_id, _ in chunk_reads(view, rows)
-    ]
+    sequence = [chunk_id for rows in batch_rows(order) for chunk_id, _ in chunk_reads(view, rows)]
     with h5py.File(path) as file:
         pair_bytes = sum(
             CHUNK * int(np.prod(file[k].shape[1:])) * file[k].dtype.itemsize

@@ -3,7 +3,7 @@
 Matrix:
 
 * kill -9 one of a stream's two worker processes: that stream ends INTERNAL naming the
-  worker, its pid and SIGKILL (it does not recover: streams.py); a concurrent stream goes
+  worker, its pid and SIGKILL (it does not recover: streaming/streams.py); a concurrent stream goes
   on bit-exact, a new one works, nothing of the victim is left (threads, processes, shm);
 * a source corrupted mid-stream (a zarr chunk overwritten with garbage, a gzip HDF5 file
   truncated): INTERNAL naming the failed decode, or FAILED_PRECONDITION when H5Source sees
@@ -103,7 +103,7 @@ def fragile_node(tmp_path):
     arrays = make_data(tmp_path)
     with h5py.File(tmp_path / "data" / "gzip.h5", "w") as file:
         file.create_dataset("image", data=arrays["image"], chunks=(4, 1, 16, 16), compression=4)
-    config = write_config(tmp_path, max_proc_workers=2)
+    config = write_config(tmp_path, max_nb_proc_workers=2)
     with config.open("a") as file:
         file.write(
             '[datasets.gzip.arrays]\nimage = { path = "gzip.h5", key = "image" }\n'
