@@ -19,7 +19,7 @@ shuffled epochs with 2 augmenting worker processes:
   note says it is skipped;
 - all-in-cache: a cache holding the whole dataset, warmed by one epoch first.
 
-Also, in the same run: a torch ``DataLoader(num_workers=2, shuffle=True)`` over h5py with
+Also, in the same run: a torch ``DataLoader(num_workers=2, sample_random=True)`` over h5py with
 the same augmentation (``image_random_transform`` per sample); the offline optimum decode
 count for the exact order (Belady on the sequence of chunk reads, an image chunk and its
 mask chunk counted as one unit of their summed size) and LRU's on that sequence; CPU per
@@ -147,10 +147,10 @@ def run_stream(port: int, epochs: int, **options: Any) -> tuple[int, float, floa
         stream = client.stream(
             "large",
             BATCH,
-            shuffle=True,
+            sample_random=True,
             seed=SEED,
             epochs=epochs,
-            augment={**AUGMENT, "x_array": "image", "y_array": "mask"},
+            augmentation={**AUGMENT, "x_array": "image", "y_array": "mask"},
             nb_proc_workers=2,
             **options,
         )
@@ -197,9 +197,9 @@ def first_batches(root: Path, cache_bytes: int) -> tuple[float, float]:
                 stream = client.stream(
                     "large",
                     BATCH,
-                    shuffle=True,
+                    sample_random=True,
                     seed=SEED,
-                    augment={**AUGMENT, "x_array": "image", "y_array": "mask"},
+                    augmentation={**AUGMENT, "x_array": "image", "y_array": "mask"},
                     nb_proc_workers=2,
                     loop_forever=True,
                 )
@@ -290,7 +290,7 @@ def torch_rate(path: Path, images: int, epochs: int) -> float | None:
     except ImportError:
         return None
     loader = torch.utils.data.DataLoader(
-        _H5Augmented(str(path), images), batch_size=BATCH, shuffle=True, num_workers=2
+        _H5Augmented(str(path), images), batch_size=BATCH, sample_random=True, num_workers=2
     )
     start = time.perf_counter()
     samples = sum(len(batch[0]) for _ in range(epochs) for batch in loader)

@@ -124,14 +124,14 @@ def test_exact_shuffle_amplification_is_counted_and_named(nodes, caplog):
     cache = node.servicer._registry.cache
     before = cache.stats().misses
     with caplog.at_level(logging.WARNING, logger="data_node.streams"):
-        batches, stream = read(port, "big", shuffle=True, seed=11, epochs=1)
+        batches, stream = read(port, "big", sample_random=True, seed=11, epochs=1)
     decodes = cache.stats().misses - before
     lines = amplification_lines(caplog)
     assert len(lines) == 1
     assert "'big'" in lines[0].getMessage()
     assert "x the bytes it delivers" in lines[0].getMessage()
 
-    expected, _ = read(plain_port, "big", shuffle=True, seed=11, epochs=1)
+    expected, _ = read(plain_port, "big", sample_random=True, seed=11, epochs=1)
     for got, want in zip(batches, expected, strict=True):
         for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(a, b)
@@ -157,7 +157,7 @@ def test_exact_shuffle_amplification_is_counted_and_named(nodes, caplog):
 
 def batch_index_lists(port):
     with DataNodeClient(f"127.0.0.1:{port}") as client:
-        stream = client.stream("big", BATCH, shuffle=True, seed=11, epochs=1)
+        stream = client.stream("big", BATCH, sample_random=True, seed=11, epochs=1)
         with stream:
             return [stream.indices.copy() for _ in stream]
 
@@ -175,7 +175,7 @@ def test_a_cancelled_stream_is_forgotten(nodes):
     (node, port), _ = nodes
     cache = node.servicer._registry.cache
     with DataNodeClient(f"127.0.0.1:{port}") as client:
-        stream = client.stream("big", BATCH, shuffle=True, seed=3, loop_forever=True)
+        stream = client.stream("big", BATCH, sample_random=True, seed=3, loop_forever=True)
         next(stream)
         next(stream)
         assert cache.registered == 1
