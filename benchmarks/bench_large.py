@@ -142,8 +142,13 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run_stream(port: int, epochs: int, **options: Any) -> tuple[int, float, float]:
-    """(samples, seconds, seconds to the first batch) of one shuffled, augmented stream."""
+def run_stream(
+    port: int, epochs: int, batches: int | None = None, **options: Any
+) -> tuple[int, float, float]:
+    """(samples, seconds, seconds to the first batch) of one shuffled, augmented stream.
+
+    ``batches``: stop after that many (closing the stream); default None: every batch.
+    """
     with DataNodeClient(f"127.0.0.1:{port}") as client:
         start = time.perf_counter()
         stream = client.stream(
@@ -158,10 +163,12 @@ def run_stream(port: int, epochs: int, **options: Any) -> tuple[int, float, floa
         )
         samples, first = 0, None
         with stream:
-            for arrays in stream:
+            for count, arrays in enumerate(stream, 1):
                 if first is None:
                     first = time.perf_counter() - start
                 samples += len(arrays[0])
+                if count == batches:
+                    break
         return samples, time.perf_counter() - start, first or 0.0
 
 
@@ -192,25 +199,8 @@ def first_batches(root: Path, cache_bytes: int) -> tuple[float, float]:
     node, port = build_server(load(write_config(root, cache_bytes)))
     node.start()
     try:
-
-        def first() -> float:
-            with DataNodeClient(f"127.0.0.1:{port}") as client:
-                start = time.perf_counter()
-                stream = client.stream(
-                    "large",
-                    BATCH,
-                    sample_random=True,
-                    seed=SEED,
-                    augmentation={**AUGMENT, "x_array": "image", "y_array": "mask"},
-                    nb_proc_workers=2,
-                    loop_forever=True,
-                )
-                with stream:
-                    next(stream)
-                    return time.perf_counter() - start
-
-        cold = first()
-        return cold, first()
+        first = run_stream(port, 1, batches=1)[2]
+        return first, run_stream(port, 1, batches=1)[2]
     finally:
         node.stop(None)
 
@@ -231,18 +221,11 @@ def offline_counts(path: Path, images: int, cache_bytes: int) -> tuple[int, int]
             for k in ("image", "mask")
         )
     capacity = cache_bytes // pair_bytes
-    held: list[Any] = []
-    lru = 0
+    lru = ChunkCache(capacity)  # one byte per unit; no stream registered: LRU
     for chunk in sequence:
-        if chunk in held:
-            held.remove(chunk)
-        else:
-            lru += 1
-            if len(held) == capacity:
-                held.pop(0)
-        held.append(chunk)
+        lru.get(chunk, lambda: np.zeros(1, np.uint8))
     # An image chunk and its mask chunk are read by the same batches: two decodes per unit.
-    return 2 * optimal_decodes(sequence, capacity), 2 * lru
+    return 2 * optimal_decodes(sequence, capacity), 2 * lru.stats().misses
 
 
 def unavoidable_ms(path: Path, images: int) -> tuple[float, float, float]:
