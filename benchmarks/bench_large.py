@@ -53,8 +53,8 @@ from data_client import DataNodeClient
 from data_node.config import load
 from data_node.server import build_server
 from data_node.streaming import streams
-from data_tools._chunk_cache import ChunkCache, cached, chunk_reads, optimal_decodes
 from data_tools._sources import H5Source
+from data_tools.chunk_cache import ChunkCache, cached, chunk_reads, optimal_decodes
 from data_tools.data_augmentation import image_random_transform
 from data_tools.io import data_flow
 from data_tools.wrap import delayed_view

@@ -26,7 +26,7 @@ import zarr
 from hypothesis import given
 from hypothesis import strategies as st
 
-from data_tools._chunk_cache import ChunkCache, cached
+from data_tools.chunk_cache import ChunkCache, cached
 from data_tools.io import FlowSpec, Position, data_flow, parse_sample_weights, read_blocks
 from data_tools.io.flow_spec import MAX_WEIGHT
 from data_tools.wrap import delayed_view, multi_source_array

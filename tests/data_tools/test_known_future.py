@@ -30,7 +30,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_tools._chunk_cache import (
+from data_tools.chunk_cache import (
     CachedSource,
     ChunkCache,
     StreamReads,

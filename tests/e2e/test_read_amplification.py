@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from data_client import DataNodeClient
 from data_node.config import load
 from data_node.server import build_server
-from data_tools._chunk_cache import ChunkCache
+from data_tools.chunk_cache import ChunkCache
 
 CHUNK = 8
 SAMPLES = 32 * CHUNK

@@ -89,7 +89,7 @@ from data_node.streaming.cases import parse_cases
 from data_node.streaming.cursors import MAX_EPOCHS, fingerprint, parse_start
 from data_node.streaming.fields import bounded
 from data_node.wire import encode_batch
-from data_tools._chunk_cache import cache_of, chunk_reads, following_reads
+from data_tools.chunk_cache import cache_of, chunk_reads, following_reads
 from data_tools.data_augmentation import SampleAugmentation
 from data_tools.io import (
     FlowSpec,
@@ -110,7 +110,7 @@ if TYPE_CHECKING:
     from data_node.config import LimitsConfig
     from data_node.metrics import StreamMetrics
     from data_node.streaming.augment_request import AugmentPlan
-    from data_tools._chunk_cache import StreamReads
+    from data_tools.chunk_cache import StreamReads
 
 logger = logging.getLogger(__name__)
 
