@@ -53,10 +53,10 @@ from data_client import DataNodeClient
 from data_node.config import load
 from data_node.server import build_server
 from data_node.streaming import streams
-from data_tools._sources import H5Source
 from data_tools.chunk_cache import ChunkCache, cached, chunk_reads, optimal_decodes
 from data_tools.data_augmentation import image_random_transform
 from data_tools.io import data_flow
+from data_tools.storage.hdf5 import H5Source
 from data_tools.wrap import delayed_view
 from data_wire.v1 import data_node_pb2
 
@@ -77,19 +77,15 @@ def make_data(path: Path, images: int, size: int) -> None:
     """Smooth random images (gzip has work to do) and their thresholded masks."""
     rng = np.random.default_rng(SEED)
     with h5py.File(path, "w") as file:
-        image = file.create_dataset(
-            "image",
-            (images, 1, size, size),
-            "f4",
-            chunks=(CHUNK, 1, size, size),
-            compression="gzip",
-        )
-        mask = file.create_dataset(
-            "mask",
-            (images, 1, size, size),
-            "u1",
-            chunks=(CHUNK, 1, size, size),
-            compression="gzip",
+        image, mask = (
+            file.create_dataset(
+                name,
+                (images, 1, size, size),
+                dtype,
+                chunks=(CHUNK, 1, size, size),
+                compression="gzip",
+            )
+            for name, dtype in (("image", "f4"), ("mask", "u1"))
         )
         for start in range(0, images, CHUNK):
             coarse = rng.random((CHUNK, 1, size // 8, size // 8), dtype=np.float32)
