@@ -144,9 +144,9 @@ def remote(client: DataNodeClient, workers: int, augment: bool) -> tuple[float, 
     stream = client.stream(
         "bench",
         BATCH,
-        shuffle=True,
+        sample_random=True,
         seed=SEED,
-        augment=AUGMENT if augment else None,
+        augmentation=AUGMENT if augment else None,
         nb_proc_workers=workers,
         loop_forever=True,
     )

@@ -36,7 +36,7 @@ SEED = 13
 BATCH = 3  # 10 samples per rank: batches of 3, 3, 3, 1
 EPOCHS = 2
 AUGMENT = {"x_array": "image", "y_array": "mask", "rotation_range": 25.0, "horizontal_flip": True}
-PARTITIONED = {"shuffle": True, "seed": SEED, "epochs": EPOCHS, "augment": AUGMENT}
+PARTITIONED = {"sample_random": True, "seed": SEED, "epochs": EPOCHS, "augmentation": AUGMENT}
 
 
 def collect(stream, count=None):
@@ -271,7 +271,7 @@ def test_a_cursor_at_the_end_is_out_of_range_never_an_empty_stream(node, node_di
 
 def read_independent(port, seed):
     with DataNodeClient(f"127.0.0.1:{port}") as client:
-        stream = client.stream("toy", 8, shuffle=True, seed=seed, epochs=EPOCHS)
+        stream = client.stream("toy", 8, sample_random=True, seed=seed, epochs=EPOCHS)
         batches = collect(stream)
         return batches, stream.cursor.seed
 
@@ -299,7 +299,9 @@ def test_independent_trainers_each_get_whole_epochs_in_their_own_order(node):
     assert_same_batches(again, drawn_batches)
     with DataNodeClient(f"127.0.0.1:{port}") as client:
         explicit = collect(
-            client.stream("toy", 8, shuffle=True, seed=1, epochs=EPOCHS, sharing="independent")
+            client.stream(
+                "toy", 8, sample_random=True, seed=1, epochs=EPOCHS, sharing="independent"
+            )
         )
     assert_same_batches(explicit, runs[0][0])
 

@@ -71,9 +71,9 @@ def test_one_ordered_epoch_equals_the_stored_arrays(client, node_dir):
 
 
 def test_shuffled_epochs_follow_the_seed(client):
-    _, first, _ = collect(client.stream("toy", 8, shuffle=True, seed=1, epochs=2))
-    _, again, _ = collect(client.stream("toy", 8, shuffle=True, seed=1, epochs=2))
-    _, other, _ = collect(client.stream("toy", 8, shuffle=True, seed=2, epochs=2))
+    _, first, _ = collect(client.stream("toy", 8, sample_random=True, seed=1, epochs=2))
+    _, again, _ = collect(client.stream("toy", 8, sample_random=True, seed=1, epochs=2))
+    _, other, _ = collect(client.stream("toy", 8, sample_random=True, seed=2, epochs=2))
     for run in (first, other):
         for epoch in (run[:5], run[5:]):
             assert sorted(np.concatenate(epoch)) == list(range(NUM_SAMPLES))
@@ -85,7 +85,7 @@ def test_shuffled_epochs_follow_the_seed(client):
 def test_augmented_stream_equals_data_flow_in_process(client, node_dir):
     _, arrays = node_dir
     remote, remote_indices, _ = collect(
-        client.stream("toy", 8, shuffle=True, seed=5, augment=AUGMENT, nb_proc_workers=2)
+        client.stream("toy", 8, sample_random=True, seed=5, augmentation=AUGMENT, nb_proc_workers=2)
     )
     options = {k: v for k, v in AUGMENT.items() if not k.endswith("_array")}
     transform = SampleAugmentation(parse_augmentation_spec(**options), 5, 0, 1)
@@ -157,7 +157,9 @@ def test_a_trainer_gets_what_data_flow_in_process_gets_the_readme_way(client, no
 
 def test_stream_is_bit_identical_for_any_worker_count(client):
     runs = [
-        collect(client.stream("toy", 8, shuffle=True, seed=9, augment=AUGMENT, **workers))[0]
+        collect(
+            client.stream("toy", 8, sample_random=True, seed=9, augmentation=AUGMENT, **workers)
+        )[0]
         for workers in ({}, {"nb_proc_workers": 2}, {"nb_io_workers": 3})
     ]
     for run in runs[1:]:
@@ -167,7 +169,7 @@ def test_stream_is_bit_identical_for_any_worker_count(client):
 
 
 def test_resume_from_any_cursor_continues_exactly(client):
-    options = {"shuffle": True, "seed": 11, "epochs": 2, "augment": AUGMENT}
+    options = {"sample_random": True, "seed": 11, "epochs": 2, "augmentation": AUGMENT}
     full, full_indices, cursors = collect(client.stream("toy", 16, **options))
     assert len(full) == 6
     for k in (0, 2, 3, 4):
@@ -181,7 +183,7 @@ def test_resume_from_any_cursor_continues_exactly(client):
 
 
 def test_resume_from_the_last_cursor_is_out_of_range_not_an_empty_stream(client):
-    options = {"shuffle": True, "seed": 11, "epochs": 2}
+    options = {"sample_random": True, "seed": 11, "epochs": 2}
     _, _, cursors = collect(client.stream("toy", 16, **options))
     with pytest.raises(OutOfRangeError, match=r"resume: .*end of the stream's 2 epoch"):
         next(client.stream("toy", 16, resume=cursors[-1], **options))
@@ -190,19 +192,19 @@ def test_resume_from_the_last_cursor_is_out_of_range_not_an_empty_stream(client)
 
 
 def test_resume_without_seed_takes_the_cursors_seed(client):
-    stream = client.stream("toy", 8, shuffle=True)
+    stream = client.stream("toy", 8, sample_random=True)
     next(stream)
     cursor = stream.cursor
     stream.close()
-    _, rest, _ = collect(client.stream("toy", 8, shuffle=True, resume=cursor))
-    _, whole, _ = collect(client.stream("toy", 8, shuffle=True, seed=cursor.seed))
+    _, rest, _ = collect(client.stream("toy", 8, sample_random=True, resume=cursor))
+    _, whole, _ = collect(client.stream("toy", 8, sample_random=True, seed=cursor.seed))
     assert all(np.array_equal(a, b) for a, b in zip(whole[1:], rest, strict=True))
 
 
 def test_shards_are_disjoint_and_cover_each_epoch(client):
     parts = [
         np.concatenate(
-            collect(client.stream("toy", 6, shuffle=True, seed=4, rank=r, world_size=3))[1]
+            collect(client.stream("toy", 6, sample_random=True, seed=4, rank=r, world_size=3))[1]
         )
         for r in range(3)
     ]
@@ -213,7 +215,12 @@ def test_shards_are_disjoint_and_cover_each_epoch(client):
 def test_weights_from_an_array_never_pick_weight_zero(client):
     _, indices, _ = collect(
         client.stream(
-            "toy", 10, shuffle=True, seed=3, sample_with_replacement=True, sample_weights="weights"
+            "toy",
+            10,
+            sample_random=True,
+            seed=3,
+            sample_with_replacement=True,
+            sample_weights="weights",
         )
     )
     drawn = np.concatenate(indices)
@@ -232,7 +239,7 @@ def test_registered_preprocessors(client, node_dir):
 
 
 def test_registered_preprocessors_get_epoch_and_indices_when_they_ask(client):
-    stream = client.stream("toy", 16, shuffle=True, seed=8, epochs=2, preprocessor="position")
+    stream = client.stream("toy", 16, sample_random=True, seed=8, epochs=2, preprocessor="position")
     for batch in stream:
         np.testing.assert_array_equal(batch[2][:, 0], stream.epoch)
         np.testing.assert_array_equal(batch[2][:, 1], stream.indices)
