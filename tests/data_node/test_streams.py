@@ -103,10 +103,10 @@ def test_y_array_naming_the_x_array_is_refused():
 
 def test_a_worker_process_of_the_plan_loads_no_data_node_module():
     stream = plan(augmentation=AUGMENTATION, preprocessor="noisy", nb_proc_workers=1)
-    assert stream.flow_options["nb_proc_workers"] == 1
+    assert stream.flow.nb_proc_workers == 1
     probe = PreprocessorChain((stream.transform, count_loaded_modules))
     arrays = [array for _, array in DATASET.arrays]
-    with data_flow(arrays, preprocessor=probe, **stream.flow_options) as flow:
+    with data_flow.from_spec(arrays, stream.flow, preprocessor=probe) as flow:
         batches = flow.flow()
         *_, counts = next(batches)
         batches.close()
