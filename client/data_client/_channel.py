@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 
 from data_client._args import parse_int
+from data_wire.defaults import DEFAULT_MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -25,9 +26,6 @@ __all__ = [
     "channel_options",
     "open_channel",
 ]
-
-DEFAULT_MAX_MESSAGE_BYTES: Final = 512 * 1024 * 1024
-"""Largest message either way, in bytes: the node's default limit (one Batch is one message)."""
 
 PemSource: TypeAlias = str | os.PathLike[str] | bytes
 """A PEM file's path, or its contents."""

@@ -52,6 +52,7 @@ import numpy as np
 from data_client.client import DataNodeClient
 from data_client.errors import DataNodeError
 from data_client.nodes import resolve_nodes
+from data_wire.defaults import DEFAULT_ADDRESS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-_DEFAULT_ADDRESS = "127.0.0.1:50051"
 _CODECS = ("lz4", "none", "zstd")
 _SHARING = ("independent", "partitioned")
 
@@ -168,7 +168,7 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address",
         action="append",
-        help=f"a node's host:port; repeat for several nodes (default {_DEFAULT_ADDRESS})",
+        help=f"a node's host:port; repeat for several nodes (default {DEFAULT_ADDRESS})",
     )
     parser.add_argument(
         "--resolve", action="store_true", help="read from every address of each --address name"
@@ -185,7 +185,7 @@ def _addresses(args: argparse.Namespace) -> list[str]:
         OSError: With --resolve, a name does not resolve.
         ValueError: An address is not host:port (--resolve), or one is repeated.
     """
-    addresses: list[str] = args.address or [_DEFAULT_ADDRESS]
+    addresses: list[str] = args.address or [DEFAULT_ADDRESS]
     if args.resolve:
         addresses = [address for name in addresses for address in resolve_nodes(name)]
     return addresses

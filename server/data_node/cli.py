@@ -54,13 +54,13 @@ from data_client.jobs import CaseInput, DatasetArray, FileArray, JobInfo, JobSta
 from data_node.config import EXECUTORS, load
 from data_node.errors import ConfigError, PathOutsideRootError
 from data_tools._parse import parse_non_negative_int, parse_positive_int
+from data_wire.defaults import DEFAULT_ADDRESS
 
 if TYPE_CHECKING:
     from data_client.jobs import BuildJob
 
 __all__ = ["main"]
 
-_DEFAULT_ADDRESS = "127.0.0.1:50051"
 _DEMO_FILE = "disks.h5"
 
 
@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default=_DEFAULT_ADDRESS, help="host:port")
+    parser.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port")
     parser.add_argument("--ca", type=Path, help="PEM CA bundle to verify the node with (TLS)")
     parser.add_argument("--cert", type=Path, help="client certificate (PEM), for mutual TLS")
     parser.add_argument("--key", type=Path, help="the client certificate's key (PEM)")

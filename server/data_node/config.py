@@ -64,6 +64,7 @@ from typing import Any
 
 from data_node.errors import ConfigError, PathOutsideRootError
 from data_tools._confine import Root
+from data_wire.defaults import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = [
     "ROLES",
@@ -137,7 +138,7 @@ class LimitsConfig:
     max_open_calls_per_token: int = 32
     max_io_workers: int = 8
     max_proc_workers: int = 4
-    max_message_bytes: int = 512 * MiB
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_request_bytes: int = 4 * MiB
     max_in_flight: int = 4
     max_memory_bytes: int = 8 * GiB
@@ -298,7 +299,7 @@ class NodeConfig:
     data_root: Path
     state_dir: Path
     output_root: Path
-    listen: str = "127.0.0.1:50051"
+    listen: str = DEFAULT_ADDRESS
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -388,7 +389,7 @@ def parse_config(
         data_root=data_root,
         state_dir=state_dir,
         output_root=output_root,
-        listen=_string("node.listen", node.get("listen", "127.0.0.1:50051")),
+        listen=_string("node.listen", node.get("listen", DEFAULT_ADDRESS)),
         limits=limits,
         jobs=_parse_jobs(_table("jobs", raw.get("jobs", {}))),
         cache=cache,

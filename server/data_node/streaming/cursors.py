@@ -22,7 +22,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from data_node.errors import RequestError
-from data_node.streaming.fields import bounded
+from data_node.fields import bounded
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -1,16 +1,23 @@
-"""data_wire.methods: the one method table, read from the DataNode service's descriptor.
+"""data_wire's hand-written contract: the method table read from the DataNode service's
+descriptor, and the defaults node and client share.
 
 Matrix: every RPC of data_node.proto x (path, request and response classes, streaming,
-role); the node's handlers and the client's calls are built from this table.
+role); the node's handlers and the client's calls are built from this table; the default
+address and message size as the node's config and the client use them.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import grpc
 import pytest
 
+from data_client import DataNodeClient
 from data_client._node import Node
+from data_node.config import LimitsConfig, NodeConfig, load
 from data_node.rpc.servicer import method_handlers
+from data_wire.defaults import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
 from data_wire.methods import METHODS, SERVICE_NAME
 from data_wire.v1 import data_node_pb2, jobs_pb2, tensor_pb2
 
@@ -115,3 +122,22 @@ def test_the_client_has_a_call_per_method_of_the_table():
             assert isinstance(node.calls[name], kind), name
     finally:
         channel.close()
+
+
+def test_node_and_client_share_the_default_address_and_message_size():
+    assert DEFAULT_ADDRESS == "127.0.0.1:50051"
+    assert DEFAULT_MAX_MESSAGE_BYTES == 512 * 1024 * 1024
+    assert NodeConfig.__dataclass_fields__["listen"].default == DEFAULT_ADDRESS
+    assert LimitsConfig().max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES
+    client_default = inspect.signature(DataNodeClient).parameters["max_message_bytes"].default
+    assert client_default == DEFAULT_MAX_MESSAGE_BYTES
+
+
+def test_a_config_without_listen_listens_on_the_default_address(tmp_path):
+    config = tmp_path / "node.toml"
+    (tmp_path / "data").mkdir()
+    config.write_text(
+        f'[node]\ndata_root = "{tmp_path / "data"}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'output_root = "{tmp_path / "out"}"\n'
+    )
+    assert load(config).listen == DEFAULT_ADDRESS
