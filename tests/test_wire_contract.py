@@ -15,6 +15,7 @@ import pytest
 
 from data_client import DataNodeClient
 from data_client._node import Node
+from data_client._requests import CODECS
 from data_node.config import LimitsConfig, NodeConfig, load
 from data_node.rpc.servicer import method_handlers
 from data_wire.defaults import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
@@ -141,3 +142,12 @@ def test_a_config_without_listen_listens_on_the_default_address(tmp_path):
         f'output_root = "{tmp_path / "out"}"\n'
     )
     assert load(config).listen == DEFAULT_ADDRESS
+
+
+def test_the_client_names_every_codec_of_the_proto():
+    assert CODECS == {
+        "none": tensor_pb2.CODEC_NONE,
+        "lz4": tensor_pb2.CODEC_LZ4,
+        "zstd": tensor_pb2.CODEC_ZSTD,
+    }
+    assert set(CODECS.values()) == set(tensor_pb2.Codec.values()) - {tensor_pb2.CODEC_UNSPECIFIED}

@@ -39,11 +39,12 @@ __all__ = [
 ]
 
 CODECS: Final = {
-    "none": tensor_pb2.CODEC_NONE,
-    "lz4": tensor_pb2.CODEC_LZ4,
-    "zstd": tensor_pb2.CODEC_ZSTD,
+    name.removeprefix("CODEC_").lower(): value
+    for name, value in tensor_pb2.Codec.items()
+    if value != tensor_pb2.CODEC_UNSPECIFIED
 }
-"""``stream(codec=...)`` names -> the wire's Codec values."""
+"""``stream(codec=...)`` names ("none", "lz4", "zstd") -> the wire's Codec values, read from
+the proto's Codec enum."""
 
 SEED_MAX: Final = 2**32 - 1
 """Largest stream seed: data_flow seeds numpy generators with 32-bit seeds; the node refuses

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from data_client._requests import CODECS
 from data_client.client import DataNodeClient
 from data_client.errors import DataNodeError
 from data_client.nodes import resolve_nodes
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-_CODECS = ("lz4", "none", "zstd")
+_CODECS = tuple(sorted(CODECS))
 _SHARING = ("independent", "partitioned")
 
 
