@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -38,8 +38,8 @@ __all__ = [
     "warn_on_image_slice_axis",
 ]
 
-CODECS: Final = {
-    name.removeprefix("CODEC_").lower(): value
+CODECS: Final[dict[str, tensor_pb2.Codec]] = {
+    name.removeprefix("CODEC_").lower(): cast("tensor_pb2.Codec", value)
     for name, value in tensor_pb2.Codec.items()
     if value != tensor_pb2.CODEC_UNSPECIFIED
 }
