@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 import threading
@@ -9,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
-from data_client._requests import SEED_MAX
+from data_client._requests import SEED_LIMIT
 from data_client._stream_base import StreamBase
-from data_client.errors import translate_rpc_error
+from data_client.errors import failure_cause, translate_rpc_error
 from data_client.merge import MultiNodeStream
 from data_wire.v1.data_node_pb2 import StreamRequest
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from data_wire.v1.tensor_pb2 import Cursor
 
 __all__ = ["BatchStream", "open_stream", "with_resume"]
+
+# A stream's reconnects are logged here (INFO): the data-client command shows them on stderr.
+_reconnect_log = logging.getLogger("data_client.reconnect")
 
 
 class _StreamCall(Protocol):
@@ -158,16 +162,28 @@ class BatchStream(StreamBase):
             return
         nodes = len(self._rpcs)
         unavailable = error.code() is grpc.StatusCode.UNAVAILABLE
-        if unavailable and self._failures < (self._max_reconnects + 1) * nodes - 1:
+        attempts = (self._max_reconnects + 1) * nodes - 1
+        if unavailable and self._failures < attempts:
             self._failures += 1
             with self._lock:
                 self._call = None
             self._node = (self._node + 1) % nodes
             rounds, rest = divmod(self._failures, nodes)
+            delay = 0.0
             if rest == 0:
-                delay = min(self._max_backoff, self._initial_backoff * 2 ** (rounds - 1))
                 # Jitter spreads the reconnects of many trainers after one node restart.
-                self._closed.wait(delay * self._jitter.uniform(0.5, 1.0))
+                delay = min(self._max_backoff, self._initial_backoff * 2 ** (rounds - 1))
+                delay *= self._jitter.uniform(0.5, 1.0)
+            details = error.details() or ""
+            _reconnect_log.info(
+                "node unavailable (%s); reconnect %d of %d in %.1f s",
+                failure_cause(error.code(), details) or details,
+                self._failures,
+                attempts,
+                delay,
+            )
+            if delay:
+                self._closed.wait(delay)
             return
         self.close()
         note = ""
@@ -207,7 +223,7 @@ def open_stream(
     shared.CopyFrom(request)
     if not shared.HasField("seed"):
         # Each node would draw its own seed; the lanes must cut the same epochs.
-        shared.seed = secrets.randbelow(SEED_MAX + 1)
+        shared.seed = secrets.randbelow(SEED_LIMIT)
     lanes = []
     for k in range(count):
         lane_request = StreamRequest()

@@ -53,7 +53,7 @@ class TlsConfig:
         ca: PEM bundle of the CA(s) the node's certificate must chain to. Default None:
             gRPC's bundled root certificates.
         cert: The client's PEM certificate chain, for a node that requires client
-            certificates (``tls.client_ca_file`` on the node). Default None: none.
+            certificates (``[tls] ca`` in the node's config). Default None: none.
         key: The private key of ``cert`` (PEM); never shown in the repr. Default None.
 
     Each is a path (``str`` or ``os.PathLike``, read when the client is created) or the

@@ -22,7 +22,7 @@ from data_wire.v1.tensor_pb2 import Cursor
 
 __all__ = [
     "CODECS",
-    "SEED_MAX",
+    "SEED_LIMIT",
     "ArrayInput",
     "ArraySources",
     "CaseSelection",
@@ -46,9 +46,9 @@ CODECS: Final[dict[str, tensor_pb2.Codec]] = {
 """``stream(codec=...)`` names ("none", "lz4", "zstd") -> the wire's Codec values, read from
 the proto's Codec enum."""
 
-SEED_MAX: Final = 2**32 - 1
-"""Largest stream seed: data_flow seeds numpy generators with 32-bit seeds; the node refuses
-larger ones."""
+SEED_LIMIT: Final = 2**32
+"""Seeds of streams lie in [0, SEED_LIMIT): data_tools.io.SEED_LIMIT, which the node enforces
+(StreamRequest.seed); the client may not import the library, so it states the bound again."""
 
 # The node reads these as medical images, (z, y, x) arrays (data_tools.medical.IMAGE_SUFFIXES).
 _IMAGE_SUFFIXES: Final = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
@@ -160,15 +160,15 @@ def build_sample_weights(weights: Sequence[float] | npt.ArrayLike | str) -> Samp
     return message
 
 
-def build_augmentation(augment: Mapping[str, Any]) -> Augmentation:
-    """The Augmentation message for an ``augment`` dict; its keys are the message's fields."""
+def build_augmentation(augmentation: Mapping[str, Any]) -> Augmentation:
+    """The Augmentation message for an ``augmentation`` dict; its keys are the message's fields."""
     fields = Augmentation.DESCRIPTOR.fields_by_name
     message = Augmentation()
-    for key, value in augment.items():
+    for key, value in augmentation.items():
         field = fields.get(key)
         if field is None:
             raise ValueError(
-                f"Expected augment keys among {sorted(fields)}. Got {key!r} instead."
+                f"Expected augmentation keys among {sorted(fields)}. Got {key!r} instead."
                 + did_you_mean(key, fields)
             )
         if value is None:
@@ -181,10 +181,12 @@ def build_augmentation(augment: Mapping[str, Any]) -> Augmentation:
                 setattr(message, key, value)
         except (TypeError, ValueError) as error:
             raise TypeError(
-                f"Expected augment[{key!r}] to be {_describe_field(field)}. Got {value!r} instead."
+                f"Expected augmentation[{key!r}] to be {_describe_field(field)}. Got {value!r} instead."
             ) from error
     if not message.x_array:
-        raise ValueError("Expected augment['x_array'] to name the array to transform. Got none.")
+        raise ValueError(
+            "Expected augmentation['x_array'] to name the array to transform. Got none."
+        )
     return message
 
 

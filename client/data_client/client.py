@@ -27,7 +27,7 @@ from data_client._dataset_info import ArrayInfo, DatasetInfo, dataset_info
 from data_client._node import Node
 from data_client._requests import (
     CODECS,
-    SEED_MAX,
+    SEED_LIMIT,
     ArrayInput,
     ArraySources,
     CaseSelection,
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from data_wire.v1.tensor_pb2 import Cursor
 
 __all__ = [
+    "SEED_LIMIT",
     "ArrayInfo",
     "ArrayInput",
     "ArraySources",
@@ -98,11 +99,11 @@ class DataNodeClient:
 
     Example:
         >>> with DataNodeClient("localhost:50051") as client:  # doctest: +SKIP
-        ...     for image, mask in client.stream("brains", batch_size=32, shuffle=True, seed=1):
+        ...     for image, mask in client.stream("brains", batch_size=32, sample_random=True, seed=1):
         ...         train_step(image, mask)
         >>> nodes = ["node-a:50051", "node-b:50051"]
         >>> with DataNodeClient(nodes) as client:  # doctest: +SKIP
-        ...     stream = client.stream("brains", batch_size=32, shuffle=True, seed=1)
+        ...     stream = client.stream("brains", batch_size=32, sample_random=True, seed=1)
         ...     for image, mask in stream:  # the same batches as from one node, in order
         ...         train_step(image, mask)
         ...     print(f"waited {stream.stall:.1f} s for data")
@@ -200,22 +201,22 @@ class DataNodeClient:
         response, _ = self._call("ListDatasets", ListDatasetsRequest())
         return [dataset_info(description) for description in response.datasets]
 
-    def describe(self, name: str) -> DatasetInfo:
+    def describe(self, dataset: str) -> DatasetInfo:
         """One dataset's arrays (names, dtypes, shapes), length and classes.
 
         Args:
-            name: Dataset name as configured on the node.
+            dataset: Dataset name as configured on the node.
 
         Raises:
-            NotFoundError: The node does not serve ``name`` (also a ``LookupError``).
+            NotFoundError: The node does not serve ``dataset`` (also a ``LookupError``).
             DataNodeError: Any other failure (a subclass per status code).
         """
-        description, _ = self._call("DescribeDataset", DescribeDatasetRequest(name=name))
+        description, _ = self._call("DescribeDataset", DescribeDatasetRequest(dataset=dataset))
         return dataset_info(description)
 
     def register_dataset(
         self,
-        name: str,
+        dataset: str,
         arrays: Mapping[str, ArraySources],
         *,
         class_list: Sequence[int] | None = None,
@@ -228,14 +229,14 @@ class DataNodeClient:
         Needs a token with the "build" role on a node with ``[auth]``.
 
         Args:
-            name: The dataset's name: 1 to 128 letters, digits and "._-", starting with a
+            dataset: The dataset's name: 1 to 128 letters, digits and "._-", starting with a
                 letter or digit; not one of the node's config-file datasets.
             arrays: Array name -> its sources (see ``ArraySources``), iterated in tandem in
                 this order. A source's format comes from its suffix (.h5/.hdf5, .zarr,
                 .bcolz); HDF5 sources need a key.
             class_list: One class per source; adds a "label" array. Default None.
             maxlen: At most this many samples per source, >= 1. Default None: all.
-            replace: Replace a dataset registered under ``name`` (its open streams end with
+            replace: Replace a dataset registered under ``dataset`` (its open streams end with
                 FailedPreconditionError). Default False: AlreadyExistsError.
 
         Returns:
@@ -245,7 +246,7 @@ class DataNodeClient:
             TypeError, ValueError: An argument is invalid here; the message names it.
             InvalidArgumentError: The node refused a field (named in the details), e.g. a
                 source that does not exist or arrays of different lengths.
-            AlreadyExistsError: ``name`` is served already (see ``replace``).
+            AlreadyExistsError: ``dataset`` is served already (see ``replace``).
             PermissionDeniedError: A path leads outside the data root, or the token's role
                 is "read".
         """
@@ -253,7 +254,9 @@ class DataNodeClient:
             raise TypeError(
                 f"Expected arrays to be a non-empty dict of array name -> sources. Got {arrays!r} instead."
             )
-        request = RegisterDatasetRequest(name=parse_name("name", name), replace=bool(replace))
+        request = RegisterDatasetRequest(
+            dataset=parse_name("dataset", dataset), replace=bool(replace)
+        )
         for array_name, sources in arrays.items():
             array = request.arrays.add(name=parse_name("arrays key", array_name))
             listed = [sources] if isinstance(sources, str | FileArray) else list(sources)
@@ -275,33 +278,33 @@ class DataNodeClient:
         description, _ = self._call("RegisterDataset", request)
         return dataset_info(description)
 
-    def remove_dataset(self, name: str) -> DatasetInfo | None:
+    def remove_dataset(self, dataset: str) -> DatasetInfo | None:
         """Stop serving a registered dataset and forget it across restarts; its files stay.
 
         Its open streams end with FailedPreconditionError before their next batch. Needs a
         token with the "build" role on a node with ``[auth]``.
 
         Returns:
-            What the node served under ``name``, or None when it was registered but not
+            What the node served under ``dataset``, or None when it was registered but not
             served (its files could not be opened when the node started).
 
         Raises:
             NotFoundError: No dataset of that name is registered.
-            FailedPreconditionError: ``name`` comes from the node's config file.
+            FailedPreconditionError: ``dataset`` comes from the node's config file.
         """
         response, _ = self._call(
-            "RemoveDataset", RemoveDatasetRequest(name=parse_name("name", name))
+            "RemoveDataset", RemoveDatasetRequest(dataset=parse_name("dataset", dataset))
         )
         return dataset_info(response.removed) if response.HasField("removed") else None
 
     def stream(
         self,
-        name: str,
+        dataset: str,
         batch_size: int,
-        shuffle: bool = False,
+        sample_random: bool = False,
         seed: int | None = None,
         epochs: int = 1,
-        augment: Mapping[str, Any] | None = None,
+        augmentation: Mapping[str, Any] | None = None,
         preprocessor: str | None = None,
         rank: int = 0,
         world_size: int = 1,
@@ -334,14 +337,14 @@ class DataNodeClient:
         ``seed`` (and ``resume``) the client draws one for all lanes, as they must agree.
 
         Args:
-            name: Dataset name.
+            dataset: Dataset name.
             batch_size: Samples per batch, >= 1 (and within the node's limit).
-            shuffle: Visit samples in random order (``StreamRequest.sample_random``). Default False.
+            sample_random: Visit samples in random order. Default False.
             seed: Seed of sample order and augmentation, in [0, 2**32). Default None: the node
                 draws one (it is in every cursor, and a resume reuses it).
             epochs: Number of epochs, >= 1; counted from the start of the stream, also when
                 resuming. Ignored when ``loop_forever``. Default 1.
-            augment: Per-sample augmentation on the node: the keyword arguments of
+            augmentation: Per-sample augmentation on the node: the keyword arguments of
                 ``data_tools.data_augmentation.image_random_transform`` (rotation_range,
                 width_shift_range, height_shift_range, shear_range, zoom_range (a float z for
                 [1-z, 1+z] or a (lo, hi) pair), intensity_shift_range, fill_mode, cval_x,
@@ -364,7 +367,7 @@ class DataNodeClient:
             loop_forever: Stream until closed. Default False.
             nb_io_workers: Reader threads on the node; 0 (default) means the node's default.
             nb_proc_workers: Preprocessing processes on the node, >= 0; a stream with
-                ``augment`` or a ``preprocessor`` gets at least one (they never run in the
+                ``augmentation`` or a ``preprocessor`` gets at least one (they never run in the
                 node's own process). Default 0.
             codec: Tensor encoding on the wire: "none" (default), "lz4" or "zstd".
             resume: Continue a stream from a cursor (``BatchStream.cursor`` or its
@@ -405,9 +408,9 @@ class DataNodeClient:
                 unreachable (UnavailableError).
         """
         request = StreamRequest(
-            dataset=parse_name("name", name),
+            dataset=parse_name("dataset", dataset),
             batch_size=parse_int("batch_size", batch_size, minimum=1),
-            sample_random=bool(shuffle),
+            sample_random=bool(sample_random),
             sample_with_replacement=bool(sample_with_replacement),
             drop_incomplete_batches=bool(drop_incomplete_batches),
             epochs=parse_int("epochs", epochs, minimum=1),
@@ -420,11 +423,11 @@ class DataNodeClient:
             codec=CODECS[parse_option("codec", codec, CODECS)],
         )
         if seed is not None:
-            request.seed = parse_int("seed", seed, minimum=0, maximum=SEED_MAX)
+            request.seed = parse_int("seed", seed, minimum=0, maximum=SEED_LIMIT - 1)
         if sample_weights is not None:
             request.sample_weights.CopyFrom(build_sample_weights(sample_weights))
-        if augment is not None:
-            request.augmentation.CopyFrom(build_augmentation(augment))
+        if augmentation is not None:
+            request.augmentation.CopyFrom(build_augmentation(augmentation))
         if cases is not None:
             request.cases.extend(build_cases(cases))
         request.start_epoch = parse_int("start_epoch", start_epoch, minimum=0)
@@ -442,14 +445,14 @@ class DataNodeClient:
 
     def preview(
         self,
-        name: str,
+        dataset: str,
         path: str | os.PathLike[str],
         num_samples: int = 8,
         *,
-        shuffle: bool = False,
+        sample_random: bool = False,
         seed: int | None = None,
         epoch: int = 0,
-        augment: Mapping[str, Any] | None = None,
+        augmentation: Mapping[str, Any] | None = None,
         cases: CaseSelection | None = None,
         sample_with_replacement: bool = False,
         sample_weights: Sequence[float] | npt.ArrayLike | str | None = None,
@@ -467,16 +470,16 @@ class DataNodeClient:
         is. The layout and colours are those of ``data_client.preview``.
 
         Args:
-            name: Dataset name.
+            dataset: Dataset name.
             path: The PNG file to write (replaced atomically if it exists).
             num_samples: Samples shown, >= 1 (fewer if the epoch holds fewer). Default 8.
-            shuffle, seed, augment, cases, sample_with_replacement, sample_weights: As for
+            sample_random, seed, augmentation, cases, sample_with_replacement, sample_weights: As for
                 ``stream()``; pass the trainer's to see what it gets. Default seed None:
                 one is drawn (it is in the result).
             epoch: The epoch shown, >= 0. Default 0.
-            image_array: The array shown as the image. Default None: ``augment``'s
+            image_array: The array shown as the image. Default None: ``augmentation``'s
                 ``x_array``, else "image".
-            mask_array: The array drawn over it. Default None: ``augment``'s ``y_array``,
+            mask_array: The array drawn over it. Default None: ``augmentation``'s ``y_array``,
                 else "mask" if the dataset has one, else no overlay.
             columns: Sample pairs per row, >= 1. Default 4.
             scale: Screen pixels per sample pixel, >= 1. Default None: tiles of about 128
@@ -495,13 +498,13 @@ class DataNodeClient:
 
         return preview(
             self,
-            name,
+            dataset,
             path,
             num_samples,
-            shuffle=shuffle,
+            sample_random=sample_random,
             seed=seed,
             epoch=epoch,
-            augment=augment,
+            augmentation=augmentation,
             cases=cases,
             sample_with_replacement=sample_with_replacement,
             sample_weights=sample_weights,

@@ -1,6 +1,6 @@
 """Build, run and stop a data node: gRPC server, health and reflection services, datasets, jobs.
 
-Security: with ``[tls]`` the port speaks only TLS (and, with ``tls.client_ca_file``, only
+Security: with ``[tls]`` the port speaks only TLS (and, with ``tls.ca``, only
 to clients presenting a certificate from that CA). Every call passes data_node.rpc.admission's
 interceptor first: with ``[auth]``, bearer tokens and roles (every call but health); always,
 the limits on open calls, node-wide and per token. Requests larger than
@@ -85,9 +85,9 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     Raises:
         OSError: A file cannot be read.
     """
-    client_ca = None if tls.client_ca_file is None else tls.client_ca_file.read_bytes()
+    client_ca = None if tls.ca is None else tls.ca.read_bytes()
     return grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
@@ -233,7 +233,7 @@ def _bind_hint(target: str, credentials: grpc.ServerCredentials | None) -> str:
             return f": port {port} is already in use (another node or program serves it)"
     except ValueError:
         pass
-    return "" if credentials is None else " (or tls.cert_file and tls.key_file do not match)"
+    return "" if credentials is None else " (or tls.cert and tls.key do not match)"
 
 
 def serve(config: NodeConfig, *, ready: threading.Event | None = None) -> None:
@@ -262,7 +262,7 @@ def serve(config: NodeConfig, *, ready: threading.Event | None = None) -> None:
 def _describe_tls(config: NodeConfig) -> str:
     if config.tls is None:
         return "plaintext (no [tls])"
-    if config.tls.client_ca_file is None:
+    if config.tls.ca is None:
         return "TLS"
     return "mutual TLS (client certificates required)"
 

@@ -12,7 +12,7 @@ max_patches_per_class; unknown file_format, bad / unknown writer_options; execut
 scheduler_address, dask without zarr; output empty, outside the output root ("..",
 absolute, symlink), the root itself, the staging dir, existing without overwrite;
 register_as naming a configured dataset. Generated requests (extreme integers, NUL bytes,
-long and odd strings, deep JSON) are accepted or refused with a DataNodeError naming a field.
+long and odd strings, deep JSON) are accepted or refused with a NodeError naming a field.
 Imports (import_cases): defaults and spec; patch-only fields and bad output fields refused;
 each case checked (label shape and dtype, suffix, path outside the root) with the case named;
 options checked by the library's parser.
@@ -39,8 +39,8 @@ from hypothesis import strategies as st
 from data_node.catalog.datasets import DatasetRegistry
 from data_node.config import parse_config
 from data_node.errors import (
-    DataNodeError,
     DatasetNotFoundError,
+    NodeError,
     PathOutsideRootError,
     RequestError,
 )
@@ -479,7 +479,7 @@ def test_generated_requests_are_accepted_or_refused_naming_a_field(node, message
     refusal = None
     try:
         parse_build_request(message, config, registry)
-    except DataNodeError as error:
+    except NodeError as error:
         refusal = str(error)
     assert refusal is None or refusal.startswith(FIELDS), refusal
 

@@ -116,7 +116,7 @@ def cache_of(server):
 def read_stream(port, dataset, **options):
     """One epoch of a shuffled stream: (image, label, indices) per batch."""
     with DataNodeClient(f"127.0.0.1:{port}") as client:
-        stream = client.stream(dataset, BATCH, shuffle=True, **options)
+        stream = client.stream(dataset, BATCH, sample_random=True, **options)
         return [(*(np.array(a) for a in batch), stream.indices.copy()) for batch in stream]
 
 

@@ -50,10 +50,10 @@ class ListDatasetsResponse(_message.Message):
     def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetDescription, _Mapping]]] = ...) -> None: ...
 
 class DescribeDatasetRequest(_message.Message):
-    __slots__ = ("name",)
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    __slots__ = ("dataset",)
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    def __init__(self, dataset: _Optional[str] = ...) -> None: ...
 
 class ArrayDescription(_message.Message):
     __slots__ = ("name", "dtype", "shape")
@@ -98,24 +98,24 @@ class RegisteredArray(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[RegisteredSource, _Mapping]]] = ...) -> None: ...
 
 class RegisterDatasetRequest(_message.Message):
-    __slots__ = ("name", "arrays", "class_list", "maxlen", "replace")
-    NAME_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("dataset", "arrays", "class_list", "maxlen", "replace")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     ARRAYS_FIELD_NUMBER: _ClassVar[int]
     CLASS_LIST_FIELD_NUMBER: _ClassVar[int]
     MAXLEN_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
-    name: str
+    dataset: str
     arrays: _containers.RepeatedCompositeFieldContainer[RegisteredArray]
     class_list: _containers.RepeatedScalarFieldContainer[int]
     maxlen: int
     replace: bool
-    def __init__(self, name: _Optional[str] = ..., arrays: _Optional[_Iterable[_Union[RegisteredArray, _Mapping]]] = ..., class_list: _Optional[_Iterable[int]] = ..., maxlen: _Optional[int] = ..., replace: _Optional[bool] = ...) -> None: ...
+    def __init__(self, dataset: _Optional[str] = ..., arrays: _Optional[_Iterable[_Union[RegisteredArray, _Mapping]]] = ..., class_list: _Optional[_Iterable[int]] = ..., maxlen: _Optional[int] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class RemoveDatasetRequest(_message.Message):
-    __slots__ = ("name",)
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    __slots__ = ("dataset",)
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    def __init__(self, dataset: _Optional[str] = ...) -> None: ...
 
 class RemoveDatasetResponse(_message.Message):
     __slots__ = ("removed",)

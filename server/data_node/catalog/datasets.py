@@ -356,12 +356,12 @@ class DatasetRegistry:
         with self._lock:
             if name in self._configured:
                 raise DatasetExistsError(
-                    f"name: Expected a name other than the config file's datasets "
+                    f"dataset: Expected a name other than the config file's datasets "
                     f"{sorted(self._configured)}. Got {name!r} instead."
                 )
             if name in self._registered and not replace:
                 raise DatasetExistsError(
-                    f"name: Expected a name not registered yet, or replace. {name!r} is "
+                    f"dataset: Expected a name not registered yet, or replace. {name!r} is "
                     "registered already."
                 )
             if self._store is not None:
@@ -389,12 +389,12 @@ class DatasetRegistry:
         with self._lock:
             if name in self._configured:
                 raise DatasetRemovedError(
-                    f"name: Expected a registered dataset. {name!r} comes from the node's "
+                    f"dataset: Expected a registered dataset. {name!r} comes from the node's "
                     "config file: edit it and restart the node to remove it."
                 )
             if name not in self._registered:
                 raise DatasetNotFoundError(
-                    f"name: Expected one of the registered datasets {sorted(self._registered)}. "
+                    f"dataset: Expected one of the registered datasets {sorted(self._registered)}. "
                     f"Got {name!r} instead."
                 )
             entries = {key: e for key, e in self._registered.items() if key != name}

@@ -12,9 +12,9 @@ import numpy as np
 
 from data_node.config import EXECUTORS, SOURCE_FORMATS, SourceConfig, resolve_inside
 from data_node.errors import (
-    DataNodeError,
     DatasetNotFoundError,
     LimitExceededError,
+    NodeError,
     PathOutsideRootError,
     RequestError,
 )
@@ -366,7 +366,7 @@ def _resolve(root: Path, given: str, name: str) -> tuple[Path, bool]:
 def _describe(name: str, spec: ArraySpec) -> tuple[tuple[int, ...], np.dtype[Any] | None]:
     try:
         return spec.describe()
-    except DataNodeError:
+    except NodeError:
         raise
     except ConfinementError as error:
         raise PathOutsideRootError(f"{name}: {error}") from None

@@ -70,10 +70,10 @@ from data_node.catalog.datasets import open_dataset
 from data_node.config import ArrayConfig, DatasetConfig, SourceConfig, resolve_inside
 from data_node.errors import (
     ConfigError,
-    DataNodeError,
     DatasetExistsError,
     JobNotFoundError,
     LimitExceededError,
+    NodeError,
     NodeStoppingError,
     PathOutsideRootError,
     RequestError,
@@ -905,7 +905,7 @@ class JobManager:
         for job in [j for j in self._jobs.values() if j.state == QUEUED]:
             try:
                 job.plan = parse_build_request(job.request, self._config, self._registry)
-            except DataNodeError as error:
+            except NodeError as error:
                 self._finish(job, FAILED, f"could not be resumed after a restart: {error}")
 
     def _finish_publish(self, intent: PublishIntent) -> None:

@@ -84,7 +84,7 @@ class DataNodeServicer:
     def DescribeDataset(
         self, request: data_node_pb2.DescribeDatasetRequest, context: grpc.ServicerContext
     ) -> data_node_pb2.DatasetDescription:
-        return self._answer(context, lambda: describe(self._registry.get(request.name)))
+        return self._answer(context, lambda: describe(self._registry.get(request.dataset)))
 
     def StreamBatches(
         self, request: data_node_pb2.StreamRequest, context: grpc.ServicerContext

@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from data_node.errors import RequestError
 from data_node.fields import bounded
+from data_tools.io import SEED_LIMIT
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from data_wire.v1 import data_node_pb2
 
-__all__ = ["FINGERPRINT_VERSION", "MAX_EPOCHS", "SEED_LIMIT", "fingerprint", "parse_start"]
+__all__ = ["FINGERPRINT_VERSION", "MAX_EPOCHS", "fingerprint", "parse_start"]
 
-SEED_LIMIT = 1 << 32
 #: Epochs a stream may span, and the bound of a cursor's epoch: every position
 #: (epoch * batches per epoch + batch index) then fits a cursor's int64 fields for any
 #: epoch of fewer than 2**31 batches.

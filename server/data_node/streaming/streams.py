@@ -80,9 +80,8 @@ from data_node.streaming.augment_request import parse_augmentation
 from data_node.streaming.cases import parse_cases
 from data_node.streaming.cursors import MAX_EPOCHS, fingerprint, parse_start
 from data_node.wire import encode_batch
-from data_tools.data_augmentation import image_random_transform
-from data_tools.io import data_flow
-from data_tools.io.data_flow import preprocessor_keywords
+from data_tools.data_augmentation import SampleAugmentation
+from data_tools.io import PreprocessorChain, data_flow
 from data_wire.v1 import data_node_pb2, tensor_pb2
 
 if TYPE_CHECKING:
@@ -97,9 +96,7 @@ if TYPE_CHECKING:
     from data_node.streaming.augment_request import AugmentPlan
 
 __all__ = [
-    "SampleTransform",
     "StreamPlan",
-    "augment_sample",
     "parse_stream_request",
     "stream_batches",
 ]
@@ -113,100 +110,15 @@ MAX_WEIGHT = 1e100
 
 
 @dataclass(frozen=True)
-class SampleTransform:
-    """The per-batch work of a stream: augment each sample, then run the preprocessor.
-
-    Picklable (worker processes receive it). ``data_flow`` calls it with the batch, its
-    rng, epoch and global indices.
-
-    Attributes:
-        seed: The stream's seed.
-        x_position: Position of the augmented x array in the batch, or None: no augmentation.
-        y_position: Position of the y array transformed with x, or None.
-        options: Keyword arguments of ``image_random_transform``.
-        preprocessor: The registered preprocessor, or None. It is called as data_flow calls
-            one: with the ``rng``, ``epoch`` and ``indices`` keywords it accepts.
-    """
-
-    seed: int
-    x_position: int | None = None
-    y_position: int | None = None
-    options: Mapping[str, Any] | None = None
-    preprocessor: Callable[..., Any] | None = None
-    # Which keywords the preprocessor takes, found once here rather than on every batch.
-    _keywords: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        keywords = (
-            frozenset() if self.preprocessor is None else (preprocessor_keywords(self.preprocessor))
-        )
-        object.__setattr__(self, "_keywords", keywords)
-
-    def __call__(
-        self,
-        batch: list[npt.NDArray[Any]],
-        *,
-        rng: np.random.Generator,
-        epoch: int,
-        indices: npt.NDArray[np.int64],
-    ) -> list[npt.NDArray[Any]] | tuple[npt.NDArray[Any], ...]:
-        arrays = list(batch)
-        if self.x_position is not None:
-            self._augment(arrays, epoch, indices)
-        if self.preprocessor is None:
-            return arrays
-        available = {"rng": rng, "epoch": epoch, "indices": indices}
-        extra = {name: available[name] for name in self._keywords}
-        return self.preprocessor(arrays, **extra)  # type: ignore[no-any-return]
-
-    def _augment(
-        self, arrays: list[npt.NDArray[Any]], epoch: int, indices: npt.NDArray[np.int64]
-    ) -> None:
-        assert self.x_position is not None
-        xs, ys = [], []
-        for row, index in enumerate(indices):
-            rng = np.random.default_rng([self.seed, epoch, int(index)])
-            y = None if self.y_position is None else arrays[self.y_position][row]
-            x_out, y_out = augment_sample(
-                arrays[self.x_position][row], y, rng=rng, options=self.options or {}
-            )
-            xs.append(x_out)
-            if y_out is not None:
-                ys.append(y_out)
-        arrays[self.x_position] = np.stack(xs)
-        if self.y_position is not None:
-            arrays[self.y_position] = np.stack(ys)
-
-
-def augment_sample(
-    x: npt.NDArray[Any],
-    y: npt.NDArray[Any] | None,
-    *,
-    rng: np.random.Generator,
-    options: Mapping[str, Any],
-) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
-    """``image_random_transform`` of one sample (x and optionally y, e.g. a mask).
-
-    A 2-D x or y (H, W), as a medical import's slices and masks, is transformed as one
-    channel and comes back 2-D; (C, H, W) arrays are passed as they are.
-    """
-    x_in = x[np.newaxis] if x.ndim == 2 else x
-    if y is None:
-        x_out = np.asarray(image_random_transform(x_in, rng=rng, **options))
-        return (x_out[0] if x.ndim == 2 else x_out), None
-    y_in = y[np.newaxis] if y.ndim == 2 else y
-    x_out, y_out = image_random_transform(x_in, y_in, rng=rng, **options)
-    return (x_out[0] if x.ndim == 2 else x_out), (y_out[0] if y.ndim == 2 else y_out)
-
-
-@dataclass(frozen=True)
 class StreamPlan:
     """A checked StreamBatches request: everything needed to produce its batches.
 
     Attributes:
         dataset: The dataset streamed.
         flow_options: Keyword arguments of ``data_flow`` (sampling, shard, workers, start).
-        transform: The per-batch work, or None when the batch passes through.
+        transform: data_flow's preprocessor, only library code and the registered
+            preprocessor: the augmentation (``SampleAugmentation``), the preprocessor, both
+            in a ``PreprocessorChain``, or None when the batch passes through.
         seed: The stream's seed (given, taken from the cursor, or drawn by the node).
         epochs: Epochs in the whole stream (counted from epoch 0), or None: forever.
         fingerprint: Digest of what the request means (see cursors.py).
@@ -217,7 +129,7 @@ class StreamPlan:
 
     dataset: Dataset
     flow_options: Mapping[str, Any]
-    transform: SampleTransform | None
+    transform: Callable[..., Any] | None
     seed: int
     epochs: int | None
     fingerprint: str
@@ -268,9 +180,9 @@ def parse_stream_request(
     rank, world_size = _parse_sharing(request)
     lanes = bounded("lane.count", request.lane.count or 1, 1, MAX_LANES)
     lane = bounded("lane.index", request.lane.index, 0, lanes - 1)
-    nb_io_workers = bounded("nb_io_workers", request.nb_io_workers, 0, limits.max_io_workers)
+    nb_io_workers = bounded("nb_io_workers", request.nb_io_workers, 0, limits.max_nb_io_workers)
     nb_proc_workers = bounded(
-        "nb_proc_workers", request.nb_proc_workers, 0, limits.max_proc_workers
+        "nb_proc_workers", request.nb_proc_workers, 0, limits.max_nb_proc_workers
     )
     if request.codec not in tensor_pb2.Codec.values():
         raise RequestError(
@@ -341,7 +253,7 @@ def parse_stream_request(
 
 
 def _check_flow_options(
-    dataset: Dataset, transform: SampleTransform | None, options: Mapping[str, Any]
+    dataset: Dataset, transform: Callable[..., Any] | None, options: Mapping[str, Any]
 ) -> None:
     """Let data_flow check the sampling options, and the cursor against its epoch length.
 
@@ -559,9 +471,15 @@ def _parse_preprocessor(
 
 def _transform(
     seed: int, augment: AugmentPlan | None, preprocessor: Callable[..., Any] | None
-) -> SampleTransform | None:
-    if augment is None:
-        return None if preprocessor is None else SampleTransform(seed, preprocessor=preprocessor)
-    return SampleTransform(
-        seed, augment.x_position, augment.y_position, augment.options, preprocessor
-    )
+) -> Callable[..., Any] | None:
+    """The stream's preprocessor: augment each sample, then run the registered preprocessor."""
+    stages: list[Callable[..., Any]] = []
+    if augment is not None:
+        stages.append(
+            SampleAugmentation(augment.spec, seed, augment.x_position, augment.y_position)
+        )
+    if preprocessor is not None:
+        stages.append(preprocessor)
+    if len(stages) > 1:
+        return PreprocessorChain(tuple(stages))
+    return stages[0] if stages else None

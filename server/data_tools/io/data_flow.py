@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import pickle
 import sys
@@ -22,13 +21,14 @@ from data_tools._parse import (
 from data_tools.io._batch import BatchInfo, Preprocess
 from data_tools.io._sampler import SEED_LIMIT, SamplingPlan, iter_batches, num_batches
 from data_tools.io._workers import Pipeline, build_pipeline
+from data_tools.io.preprocessing import preprocessor_keywords
 
 if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Generator, Sequence
     from types import TracebackType
 
-__all__ = ["PREPROCESSOR_KEYWORDS", "BatchInfo", "data_flow", "preprocessor_keywords"]
+__all__ = ["BatchInfo", "data_flow"]
 
 START_METHODS = ("forkserver", "spawn")
 
@@ -106,23 +106,6 @@ def _parse_weights(
             )
     normalized: npt.NDArray[np.float64] = array / array.sum()
     return normalized
-
-
-PREPROCESSOR_KEYWORDS = frozenset({"rng", "epoch", "indices"})
-
-
-def preprocessor_keywords(function: Callable[..., Any]) -> frozenset[str]:
-    """Which of PREPROCESSOR_KEYWORDS ``function`` takes by keyword (all with ``**kwargs``)."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return frozenset()
-    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
-        return PREPROCESSOR_KEYWORDS
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return frozenset(
-        p.name for p in parameters if p.kind in named and p.name in PREPROCESSOR_KEYWORDS
-    )
 
 
 def _parse_preprocessor(preprocessor: Any, to_processes: bool) -> Callable[..., Any] | None:
