@@ -49,7 +49,8 @@ class BatchInfo:
     """One batch and where it sits in the stream.
 
     In an ordered flow, one started at ``start_epoch=epoch, start_batch=batch_index + 1``
-    yields exactly what follows this batch: ``(epoch, batch_index + 1)`` is the cursor.
+    yields exactly what follows this batch; ``flow.spec.position_after(epoch, batch_index)``
+    is that position in its one form (the end of an epoch is the next epoch's batch 0).
 
     Attributes:
         epoch: The epoch the batch belongs to.
