@@ -37,7 +37,11 @@ def choice(field: str, value: str, choices: Sequence[str]) -> str:
 
 
 def not_one_of(field: str, value: str, choices: Sequence[str]) -> str:
-    """ "<field>: Expected one of [...]. Got 'x' instead. Did you mean 'y'?" (when one is close)."""
+    """The message for ``value`` not among ``choices``, naming ``field``.
+
+    "<field>: Expected one of [...]. Got 'x' instead.", then " Did you mean 'y'?" when a
+    choice is close.
+    """
     return (
         f"{field}: Expected one of {list(choices)}. Got {shown(value)} instead."
         f"{did_you_mean(value, choices)}"
