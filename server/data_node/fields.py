@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from data_node.errors import RequestError
-from data_tools._parse import MAX_SUGGESTED_CHARS, did_you_mean
+from data_tools.parsing import MAX_SUGGESTED_CHARS, did_you_mean
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
