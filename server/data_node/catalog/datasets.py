@@ -41,7 +41,6 @@ from data_node.wire import WIRE_DTYPES
 from data_tools import storage
 from data_tools.chunk_cache import CachedSource, cached
 from data_tools.errors import ConfinementError
-from data_tools.parsing import did_you_mean
 from data_tools.wrap import delayed_view, multi_source_array
 
 if TYPE_CHECKING:
