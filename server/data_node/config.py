@@ -64,6 +64,7 @@ from typing import Any
 
 from data_node.errors import ConfigError, PathOutsideRootError
 from data_tools.storage import FORMATS, Root
+from data_wire.defaults import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = [
     "RENAMED_KEYS",
@@ -149,7 +150,7 @@ class LimitsConfig:
     max_open_calls_per_token: int = 32
     max_nb_io_workers: int = 8
     max_nb_proc_workers: int = 4
-    max_message_bytes: int = 512 * MiB
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_request_bytes: int = 4 * MiB
     max_in_flight: int = 4
     max_memory_bytes: int = 8 * GiB
@@ -310,7 +311,7 @@ class NodeConfig:
     data_root: Path
     state_dir: Path
     output_root: Path
-    listen: str = "127.0.0.1:50051"
+    listen: str = DEFAULT_ADDRESS
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -400,7 +401,7 @@ def parse_config(
         data_root=data_root,
         state_dir=state_dir,
         output_root=output_root,
-        listen=_listen(_string("node.listen", node.get("listen", "127.0.0.1:50051"))),
+        listen=_listen(_string("node.listen", node.get("listen", DEFAULT_ADDRESS))),
         limits=limits,
         jobs=_parse_jobs(_table("jobs", raw.get("jobs", {}))),
         cache=cache,

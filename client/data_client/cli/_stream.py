@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from data_client._requests import CODECS
 from data_client.cli._arguments import add_command, count, json_object, say
 from data_client.cli.connection import add_connection_arguments, connect
 from data_client.cli.exits import Interrupted
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["add_stream_commands"]
 
-_CODECS = ("lz4", "none", "zstd")
+_CODECS = tuple(sorted(CODECS))
 _SHARING = ("independent", "partitioned")
 
 _STREAM_DETAILS = """\

@@ -81,10 +81,10 @@ from data_node.errors import (
     RequestError,
     StreamFailedError,
 )
+from data_node.fields import bounded
 from data_node.streaming.augment_request import parse_augmentation
 from data_node.streaming.cases import parse_cases
 from data_node.streaming.cursors import MAX_EPOCHS, fingerprint, parse_start
-from data_node.streaming.fields import bounded
 from data_node.wire import encode_batch
 from data_tools.data_augmentation import SampleAugmentation
 from data_tools.io import (
