@@ -33,6 +33,7 @@ __all__ = [
     "read_arrays",
     "release_block",
     "share_array",
+    "view_arrays",
     "write_arrays",
 ]
 
@@ -98,6 +99,11 @@ def write_arrays(
     """Copy ``arrays`` into ``buffer`` at their ``layouts``."""
     for array, layout in zip(arrays, layouts, strict=True):
         _view(buffer, layout)[...] = array
+
+
+def view_arrays(buffer: memoryview, layouts: Sequence[ArrayLayout]) -> list[npt.NDArray[Any]]:
+    """Return writable arrays over ``buffer`` at ``layouts`` (valid while it is mapped)."""
+    return [_view(buffer, layout) for layout in layouts]
 
 
 def read_arrays(buffer: memoryview, layouts: Sequence[ArrayLayout]) -> tuple[npt.NDArray[Any], ...]:
