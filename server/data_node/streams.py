@@ -95,6 +95,7 @@ if TYPE_CHECKING:
     from data_node.config import LimitsConfig
     from data_node.datasets import Dataset
     from data_node.metrics import StreamMetrics
+    from data_tools.io.pool import WorkerPool
 
 __all__ = [
     "SampleTransform",
@@ -364,9 +365,15 @@ def _check_flow_options(
 
 
 def stream_batches(
-    plan: StreamPlan, stop: threading.Event, metrics: StreamMetrics | None = None
+    plan: StreamPlan,
+    stop: threading.Event,
+    metrics: StreamMetrics | None = None,
+    workers: WorkerPool | None = None,
 ) -> Iterator[bytes]:
     """Yield each batch of ``plan`` as encoded ``Batch`` bytes until its last epoch.
+
+    With worker processes, the batches run on ``workers`` (the node's warm pool), using at
+    most ``nb_proc_workers`` of them at once; default None: on processes of the stream's own.
 
     Each batch gRPC takes (asks for the next one after) is counted in ``metrics`` (default
     None: none), with its read, augment, encode and send seconds; a batch sent as the call
@@ -386,7 +393,7 @@ def stream_batches(
     set even while the generator waits for a batch.
     """
     try:
-        yield from _stream(plan, stop, metrics)
+        yield from _stream(plan, stop, metrics, workers)
     except (ValueError, TypeError) as error:
         # The request was checked before the stream began: what fails now (a source, the
         # preprocessor, encoding) is the node's, never the client's (not INVALID_ARGUMENT).
@@ -394,7 +401,10 @@ def stream_batches(
 
 
 def _stream(
-    plan: StreamPlan, stop: threading.Event, metrics: StreamMetrics | None
+    plan: StreamPlan,
+    stop: threading.Event,
+    metrics: StreamMetrics | None,
+    workers: WorkerPool | None,
 ) -> Iterator[bytes]:
     arrays = [array for _, array in plan.dataset.arrays]
     flow = data_flow(arrays, preprocessor=plan.transform, **plan.flow_options)
@@ -402,7 +412,7 @@ def _stream(
     with flow, _replacement_ends(plan.dataset):
         if plan.flow_options["lane"] >= len(flow):
             return  # more lanes than batches per epoch: this lane never has a batch
-        for info in flow.flow_with_info(stop=stop):
+        for info in flow.flow_with_info(stop=stop, pool=workers):
             # The replacement sets the flag before it moves a file: a batch read whole
             # before the flag was set holds none of the new files' rows.
             _check_not_replaced(plan.dataset)

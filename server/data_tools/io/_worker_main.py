@@ -139,9 +139,8 @@ def _answer(order: Order, stream: _Stream) -> Reply:
         done = preprocessed(read, stream.preprocess, task, out)
         seconds = (done.read_seconds, done.preprocess_seconds)
         _learn_samples(stream, done.arrays, len(task.indices))
-        if out is not None and len(done.arrays) == len(out):
-            if all(result is target for result, target in zip(done.arrays, out, strict=True)):
-                return Reply(task.seq, layouts=out_layouts, seconds=seconds)
+        if _filled(done.arrays, out):
+            return Reply(task.seq, layouts=out_layouts, seconds=seconds)
         arrays = _detached(done.arrays, buffer)
         layouts, nbytes = fit(arrays, order.block_size)
         if layouts is None:
@@ -154,14 +153,19 @@ def _answer(order: Order, stream: _Stream) -> Reply:
     return Reply(task.seq, layouts=layouts, seconds=seconds)
 
 
+def _filled(arrays: Arrays, out: list[npt.NDArray[Any]] | None) -> bool:
+    """Whether the preprocessor returned exactly the ``out`` arrays (filled in place)."""
+    if out is None or len(arrays) != len(out):
+        return False
+    return all(result is target for result, target in zip(arrays, out, strict=True))
+
+
 def _detached(arrays: Arrays, buffer: memoryview | None) -> Arrays:
     """``arrays``, with copies of those that lie in ``buffer`` (about to be overwritten)."""
     if buffer is None:
         return arrays
     memory = np.frombuffer(buffer, np.uint8)
-    return tuple(
-        array.copy() if np.may_share_memory(array, memory) else array for array in arrays
-    )
+    return tuple(array.copy() if np.may_share_memory(array, memory) else array for array in arrays)
 
 
 def _serve(orders: Connection, results: Connection) -> None:

@@ -20,8 +20,8 @@ from data_tools._parse import (
     parse_positive_int,
 )
 from data_tools.io._batch import BatchInfo, Preprocess, accepts_out
-from data_tools.io._sampler import SEED_LIMIT, SamplingPlan, iter_batches, num_batches
 from data_tools.io._pipeline import Pipeline, build_pipeline
+from data_tools.io._sampler import SEED_LIMIT, SamplingPlan, iter_batches, num_batches
 
 if TYPE_CHECKING:
     import threading

@@ -19,7 +19,9 @@ for it (its sources are open there).
 A worker's death: the batch it was running is a pure function of (plan, epoch, indices), so
 it is sent again, to another worker, up to ``retries`` times; one more death fails its flow
 with "Worker process data_tools-proc-N (pid P) died unexpectedly (killed by SIGKILL); the
-flow stopped." The dead worker is replaced by a new process.
+flow stopped." The dead worker is replaced by a new process. A flow that owns its pool
+(``data_flow``'s own workers, ``retries=0``) ends at the death of any of its workers, as a
+sign that something is wrong with it.
 
 Shutdown: closing a flow drops its waiting batches, discards the results of those still
 running and unlinks its blocks; its workers forget it once idle. Closing the pool stops its
@@ -44,7 +46,7 @@ import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -144,7 +146,7 @@ class WorkerPool:
         if num_workers < 1:
             raise ValueError(f"Expected num_workers >= 1. Got {num_workers} instead.")
         self._num_workers = num_workers
-        self._context = mp.get_context(start_method)
+        self._context: Any = mp.get_context(start_method)
         self._retries = retries
         self._preload = tuple(preload)
         self._numbers = itertools.count()
@@ -162,7 +164,7 @@ class WorkerPool:
             os.set_blocking(fd, False)
         _LIVE_POOLS.add(self)
 
-    def __enter__(self) -> WorkerPool:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -374,6 +376,7 @@ class WorkerPool:
                 self._ready.notify_all()
                 return True
             assert worker.running is not None
+            assert not isinstance(message, str)
             stream, order = worker.running
             worker.running = None
             stream.running -= 1
@@ -404,6 +407,9 @@ class WorkerPool:
                     stream.waiting.appendleft(dataclasses.replace(order, attempt=order.attempt + 1))
                 else:
                     stream.results.put((order.task.seq, WorkerError(text)))
+            for stream in self._streams:
+                if stream.owns_pool:  # its own workers: any death ends it, as it always did
+                    stream.fail(WorkerError(text))
         worker.orders.close()
         worker.results.close()
         if worker.process.exitcode is not None:
@@ -481,7 +487,7 @@ class PoolStream:
         self.is_open = True
         self.results: queue.SimpleQueue[tuple[int, Reply | BaseException]] = queue.SimpleQueue()
         self._pool = pool
-        self._owns_pool = owns_pool
+        self.owns_pool = owns_pool
         self._sources = sources
         self._shared: list[SharedMemory] = []
         self._blocks = BlockPool(num_slots, block_nbytes)
@@ -521,7 +527,7 @@ class PoolStream:
             ) from error
 
     def fail(self, error: BaseException) -> None:
-        """End the flow with ``error`` at its next receive (the pool is closing)."""
+        """End the flow with ``error`` at its next receive, whatever batches it waits for."""
         self.results.put((-1, error))
 
     # ------------------------------------------------------------ runner
@@ -605,5 +611,5 @@ class PoolStream:
         for block in self._shared:
             release_block(block)
         self._shared.clear()
-        if self._owns_pool:
+        if self.owns_pool:
             self._pool.close()
