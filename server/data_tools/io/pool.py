@@ -390,10 +390,11 @@ class WorkerPool:
                 if not self._receive(worker):
                     break
         worker.process.join(POLL_S)
-        text = (
+        died = (
             f"Worker process {worker.process.name} (pid {worker.process.pid}) died "
-            f"unexpectedly ({exit_reason(worker.process.exitcode)}); the flow stopped."
+            f"unexpectedly ({exit_reason(worker.process.exitcode)})"
         )
+        text = f"{died}; the flow stopped."
         with self._lock:
             self._workers.remove(worker)
             running, worker.running = worker.running, None
@@ -403,7 +404,7 @@ class WorkerPool:
                 if not stream.is_open:
                     pass
                 elif order.attempt < self._retries:
-                    logger.warning("%s; running its batch again on another worker", text[:-19])
+                    logger.warning("%s; its batch runs again on another worker", died)
                     stream.waiting.appendleft(dataclasses.replace(order, attempt=order.attempt + 1))
                 else:
                     stream.results.put((order.task.seq, WorkerError(text)))
