@@ -10,7 +10,8 @@ Matrix:
 * fairness: a flow whose consumer stopped reading holds no worker, and another flow on a
   one-worker pool gets all its batches; a flow never uses more workers than its cap;
 * results written straight into the shared-memory block by a preprocessor taking ``out``;
-* nothing left (threads, processes, /dev/shm) after flows end and after the pool closes;
+* nothing left (threads, processes, /dev/shm) after flows end and after the pool closes; a
+  worker stuck on a batch of a closed flow is killed and replaced;
 * the first batch on a warm pool against one on a flow's own new processes (printed).
 """
 
@@ -29,6 +30,7 @@ from pool_support import Gate, fill_out, noisy, open_gate, running, wait_for
 
 from data_tools.errors import WorkerError
 from data_tools.io import data_flow
+from data_tools.io import pool as pool_module
 from data_tools.io.pool import WorkerPool
 
 X = np.arange(40 * 3, dtype=np.float64).reshape(40, 3)
@@ -215,3 +217,20 @@ def test_a_pool_is_started_once_and_needs_a_worker():
     with pytest.raises(RuntimeError, match="neither started nor closed"):
         pool.start()
     pool.close()
+
+
+def test_a_worker_stuck_on_a_closed_flows_batch_is_killed_and_replaced(tmp_path, monkeypatch):
+    monkeypatch.setattr(pool_module, "ABANDONED_BATCH_S", 0.2)
+    with WorkerPool(2) as pool:
+        _, flow = gated_flow(tmp_path)  # the gate never opens
+        got = []
+        reader = threading.Thread(target=consume, args=(flow, pool, got))
+        reader.start()
+        stuck = wait_for(lambda: running(pool), what="a worker running the first batch")
+        flow.close()
+        reader.join(60)
+        assert not reader.is_alive()
+        assert got == []
+        wait_for(lambda: stuck.pid not in pids(pool), what="the stuck worker's end")
+        assert pool.wait_ready(60)
+        assert pool.num_workers == 2

@@ -24,7 +24,8 @@ flow stopped." The dead worker is replaced by a new process. A flow that owns it
 sign that something is wrong with it.
 
 Shutdown: closing a flow drops its waiting batches, discards the results of those still
-running and unlinks its blocks; its workers forget it once idle. Closing the pool stops its
+running and unlinks its blocks; its workers forget it once idle. A worker still running one
+of its batches ``ABANDONED_BATCH_S`` seconds after the flow closed is killed and replaced. Closing the pool stops its
 thread, closes every pipe (a worker exits on end of file, which also happens when the
 parent dies, so no orphan is left), then terminates and kills stragglers.
 """
@@ -74,6 +75,10 @@ logger = logging.getLogger(__name__)
 _GRACE_S = 0.5
 _KILL_S = 0.3
 _THREAD_JOIN_S = 5.0
+# How long a worker may go on with a batch of a flow that ended before it is killed (and
+# replaced): a stuck batch must not hold a worker for ever, a slow one need not cost a
+# process start.
+ABANDONED_BATCH_S = 10.0
 # numpy arrays smaller than this are pickled to each worker rather than shared.
 _SHARE_MIN_NBYTES = 1 << 20
 
@@ -309,6 +314,7 @@ class WorkerPool:
     def _remove(self, stream: PoolStream) -> None:
         with self._lock:
             stream.is_open = False
+            stream.closed_at = time.monotonic()
             stream.waiting.clear()
             with contextlib.suppress(ValueError):
                 self._streams.remove(stream)
@@ -362,6 +368,7 @@ class WorkerPool:
                     continue
                 self._died(worker)
             if not self._closing:
+                self._kill_abandoned()
                 self._dispatch()
 
     def _receive(self, worker: _Worker) -> bool:
@@ -417,6 +424,25 @@ class WorkerPool:
             worker.process.close()
         if not self._closing:
             self._spawn()
+
+    def _kill_abandoned(self) -> None:
+        """Kill workers stuck on a batch of a flow closed ABANDONED_BATCH_S ago or more."""
+        now = time.monotonic()
+        with self._lock:
+            stuck = [
+                worker
+                for worker in self._workers
+                if worker.running is not None
+                and not worker.running[0].is_open
+                and now - worker.running[0].closed_at >= ABANDONED_BATCH_S
+            ]
+        for worker in stuck:
+            logger.warning(
+                "killing %s: it ran a batch of a closed flow for %.0f s or more",
+                worker.process.name,
+                ABANDONED_BATCH_S,
+            )
+            worker.process.kill()  # its sentinel reports it; it is replaced then
 
     def _dispatch(self) -> None:
         """Give idle workers batches, one per flow in turn; send pending Forgets."""
@@ -486,6 +512,7 @@ class PoolStream:
         self.waiting: deque[Order] = deque()
         self.running = 0
         self.is_open = True
+        self.closed_at = 0.0
         self.results: queue.SimpleQueue[tuple[int, Reply | BaseException]] = queue.SimpleQueue()
         self._pool = pool
         self.owns_pool = owns_pool
