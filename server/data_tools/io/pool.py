@@ -164,6 +164,7 @@ class WorkerPool:
         self._streams: deque[PoolStream] = deque()  # open flows, in turn order
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._broken = False  # its thread failed: it takes no more flows
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -300,7 +301,7 @@ class WorkerPool:
 
     def _add(self, stream: PoolStream) -> None:
         with self._lock:
-            if self._closing or self._thread is None:
+            if self._closing or self._broken or self._thread is None:
                 raise RuntimeError("Expected a started, open worker pool. It is not.")
             self._streams.append(stream)
 
@@ -349,6 +350,20 @@ class WorkerPool:
             self._workers.append(_Worker(process, order_writer, result_reader))
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as error:
+            # Nothing would answer the flows any more: end them rather than let them wait.
+            logger.exception("the worker pool's thread failed")
+            with self._lock:
+                self._broken = True
+                streams = list(self._streams)
+                self._streams.clear()
+            for stream in streams:
+                stream.fail(WorkerError(f"The worker pool failed ({error!r}); the flow stopped."))
+            raise
+
+    def _serve(self) -> None:
         while not self._closing:
             with self._lock:
                 workers = list(self._workers)
