@@ -234,3 +234,12 @@ def test_a_worker_stuck_on_a_closed_flows_batch_is_killed_and_replaced(tmp_path,
         wait_for(lambda: stuck.pid not in pids(pool), what="the stuck worker's end")
         assert pool.wait_ready(60)
         assert pool.num_workers == 2
+
+
+def test_workers_that_die_as_they_start_fail_the_flows_instead_of_restarting_for_ever():
+    with WorkerPool(1, preload=["exit_on_import"]) as pool:
+        flow = data_flow([X], 4, nb_proc_workers=1)
+        with pytest.raises(WorkerError, match=r"3 workers in a row died as they started"):
+            next(flow.flow_with_info(pool=pool))
+        with pytest.raises(RuntimeError, match="started, open"):
+            next(flow.flow_with_info(pool=pool))

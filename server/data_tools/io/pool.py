@@ -79,6 +79,8 @@ _THREAD_JOIN_S = 5.0
 # replaced): a stuck batch must not hold a worker for ever, a slow one need not cost a
 # process start.
 ABANDONED_BATCH_S = 10.0
+# Workers in a row that may die before they are ready; then the pool gives up.
+_MAX_FAILED_STARTS = 3
 # numpy arrays smaller than this are pickled to each worker rather than shared.
 _SHARE_MIN_NBYTES = 1 << 20
 
@@ -165,6 +167,7 @@ class WorkerPool:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._broken = False  # its thread failed: it takes no more flows
+        self._failed_starts = 0  # workers in a row that died before they were ready
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -352,7 +355,7 @@ class WorkerPool:
     def _run(self) -> None:
         try:
             self._serve()
-        except BaseException as error:
+        except Exception as error:
             # Nothing would answer the flows any more: end them rather than let them wait.
             logger.exception("the worker pool's thread failed")
             with self._lock:
@@ -360,8 +363,7 @@ class WorkerPool:
                 streams = list(self._streams)
                 self._streams.clear()
             for stream in streams:
-                stream.fail(WorkerError(f"The worker pool failed ({error!r}); the flow stopped."))
-            raise
+                stream.fail(WorkerError(f"The worker pool failed ({error}); the flow stopped."))
 
     def _serve(self) -> None:
         while not self._closing:
@@ -437,6 +439,11 @@ class WorkerPool:
         worker.results.close()
         if worker.process.exitcode is not None:
             worker.process.close()
+        self._failed_starts = 0 if worker.ready else self._failed_starts + 1
+        if self._failed_starts >= _MAX_FAILED_STARTS:
+            # Workers die as they start (a main module that cannot be imported, no memory):
+            # starting more would only repeat that.
+            raise WorkerError(f"{_MAX_FAILED_STARTS} workers in a row died as they started")
         if not self._closing:
             self._spawn()
 
