@@ -3,7 +3,7 @@
 A 64-slice 256x256 float32 volume with a mask whose class 1 is a 40x80 box in every slice;
 the job extracts the 204,800 class-1 patches of 16x16 (200 MiB of float32) into zarr
 (batchsize 32, the writers' default blosc lz4), in slice order and in random order, through
-the code a job process runs (data_node._build.build):
+the code a job process runs (data_node.jobs._build.build):
 
 - local: create_dataset in one process (the "local" executor);
 - dask: tasks of 16 MiB of patches on a distributed.LocalCluster of 2 single-threaded
@@ -26,7 +26,7 @@ import dask
 import numpy as np
 from distributed import LocalCluster
 
-from data_node._build import ArraySpec, BuildSpec, build
+from data_node.jobs._build import ArraySpec, BuildSpec, build
 from data_tools.io import zarr_array_writer
 
 SLICES, SIDE, PATCHSIZE = 64, 256, 16

@@ -132,9 +132,9 @@ def measure(addresses: list[str], node_pids: list[int], step: float) -> Figures:
         stream = client.stream(
             "bench",
             BATCH,
-            shuffle=True,
+            sample_random=True,
             seed=SEED,
-            augment=AUGMENT,
+            augmentation=AUGMENT,
             nb_proc_workers=WORKERS,
             loop_forever=True,
         )

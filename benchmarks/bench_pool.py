@@ -51,7 +51,12 @@ AUGMENT = {
     "zoom_range": (0.9, 1.1),
     "horizontal_flip": True,
 }
-REQUEST: dict[str, Any] = {"shuffle": True, "seed": 3, "augment": AUGMENT, "nb_proc_workers": 2}
+REQUEST: dict[str, Any] = {
+    "sample_random": True,
+    "seed": 3,
+    "augmentation": AUGMENT,
+    "nb_proc_workers": 2,
+}
 
 
 def write_node(root: Path) -> Path:
@@ -71,7 +76,7 @@ def write_node(root: Path) -> Path:
             listen = "127.0.0.1:0"
             data_root = "data"
             [limits]
-            max_proc_workers = 2
+            max_nb_proc_workers = 2
             [datasets.small.arrays]
             image = { path = "small.h5", key = "image" }
             mask = { path = "small.h5", key = "mask" }

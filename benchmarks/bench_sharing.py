@@ -111,7 +111,7 @@ def warm(seconds: float) -> int:
 def run_trainer(port: int, options: dict) -> tuple[int, float, float, float]:
     """One trainer: read one epoch; return samples, start and end (monotonic), CPU seconds."""
     with DataNodeClient(f"127.0.0.1:{port}") as client:
-        stream = client.stream("bench", BATCH, shuffle=True, **options)
+        stream = client.stream("bench", BATCH, sample_random=True, **options)
         start, cpu = time.monotonic(), time.process_time()
         samples = 0
         for (image,) in stream:

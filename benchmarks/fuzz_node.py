@@ -208,7 +208,7 @@ def fuzz(channel: grpc.Channel, requests: int, seed_value: int) -> Tally:
     @fuzz_settings("describe")
     @given(name=test_fuzz.names)
     def describes(name: str) -> None:
-        payload = data_node_pb2.DescribeDatasetRequest(name=name).SerializeToString()
+        payload = data_node_pb2.DescribeDatasetRequest(dataset=name).SerializeToString()
         call = test_fuzz.raw(channel, "DescribeDataset", False)
         record("DescribeDataset", answer(lambda: call(payload, timeout=10)), name)
         alive()
@@ -254,7 +254,9 @@ def report(tally: Tally, elapsed: float, seed_value: int) -> None:
 
 def valid_stream_works(port: int) -> bool:
     with DataNodeClient(f"127.0.0.1:{port}") as client:
-        batch = next(iter(client.stream("toy", 4, shuffle=True, augment={"x_array": "image"})))
+        batch = next(
+            iter(client.stream("toy", 4, sample_random=True, augmentation={"x_array": "image"}))
+        )
         return batch[0].shape == (4, 1, 16, 16)
 
 
@@ -266,7 +268,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fuzz_node-") as directory:
         root = Path(directory)
         make_data(root)
-        config = write_config(root, max_batch_size=32, max_open_streams=3, max_proc_workers=2)
+        config = write_config(root, max_batch_size=32, max_open_streams=3, max_nb_proc_workers=2)
         node, port = start_node(config, root / "node.log")
         try:
             assert valid_stream_works(port)

@@ -96,9 +96,9 @@ def make_dataset(root: Path) -> Path:
 def session(address: str, rng: random.Random, totals: Totals, until: float) -> None:
     """One epoch read in pieces; checks every sample came exactly once (if not abandoned)."""
     options: dict[str, Any] = {
-        "shuffle": True,
+        "sample_random": True,
         "seed": rng.randrange(2**32),
-        "augment": AUGMENT if rng.random() < 0.5 else None,
+        "augmentation": AUGMENT if rng.random() < 0.5 else None,
     }
     batch_size = rng.randint(8, 64)
     abandon_at = rng.randint(1, NUM_SAMPLES // batch_size) if rng.random() < ABANDON else None

@@ -304,7 +304,7 @@ def test_compose_trainers_share_one_partitioned_stream_once_the_node_is_healthy(
         assert args.report_every > 0
         assert args.sharing in (None, "partitioned")
         assert args.dataset in node_toml()["datasets"]
-    same = ("dataset", "batch_size", "epochs", "shuffle", "seed")
+    same = ("dataset", "batch_size", "epochs", "sample_random", "seed")
     assert {tuple(getattr(args, key) for key in same) for args in parsed} == {
         tuple(getattr(parsed[0], key) for key in same)
     }
@@ -520,10 +520,10 @@ def test_every_command_of_the_image_and_compose_runs_against_a_real_node(
         # A build job on the Dask profile's cluster: the node's default scheduler comes from
         # the compose environment, the worker writes into the shared outputs directory.
         build = [
-            "data-node", "build", "--address", f"127.0.0.1:{ports['node']}",
+            "data-client", "build", "--address", f"127.0.0.1:{ports['node']}",
             "--output", "dask-patches", "--patchsize", "3", "--volume", "volume.h5:image",
-            "--mask", "volume.h5:mask", "--class_list", "0", "1", "--batchsize", "8",
-            "--file_format", "zarr", "--executor", "dask",
+            "--mask", "volume.h5:mask", "--class-list", "0", "1", "--batchsize", "8",
+            "--file-format", "zarr", "--executor", "dask",
         ]  # fmt: skip
         code, out = run(local_argv(build), env)
         assert code == 0, out + "".join((root / f"{n}.log").read_text() for n in dask)

@@ -1,11 +1,14 @@
 """README.md runs as written.
 
-Matrix: the first code block is exactly the two commands; every ``##`` section's ```python
+Matrix: the first code block is exactly the two commands, and each command's bullet names the
+install `make -n` shows it runs (the demo's the light install, no extra; the tests' the dev
+extra) and the demo's bullet its first-batch time and steady rate; the extras the README names
+are pyproject's; every ``##`` section's ```python
 blocks, concatenated in order, exit 0 in a fresh interpreter in an empty directory; the client
 section runs against a node started the README's way (its data-writing code, its node.toml (the
 node section's first TOML block), its ``data-node serve`` line, the address replaced by the real
-port), after its ``data-node health`` line reports SERVING; then its ``data-node build`` line
-builds (exit 0) and its ``data-node jobs`` line lists that job, and the node exits 0 on SIGTERM.
+port), after its ``data-node health`` line reports SERVING; then its ``data-client build`` line
+builds (exit 0) and its ``data-client jobs`` line lists that job, and the node exits 0 on SIGTERM.
 Security: the node section's second TOML block ([tls], [auth]) with its tokens file (the
 section's text block), PEM stand-ins and the variable it names loads into the TLS paths and the
 tokens with their roles; the roles table lists each DataNode RPC under the role it needs.
@@ -29,9 +32,10 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk  # noqa: N813
+from make_support import make_dry_run
 
-from data_node.auth import ROLE_NEEDED
 from data_node.config import TlsConfig, load
+from data_node.rpc.auth import ROLE_NEEDED
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -107,17 +111,17 @@ def run_python(code: str, cwd: Path) -> None:
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
-def readme_command(verb: str) -> tuple[dict[str, str], list[str]]:
-    """The environment and argv of the node section's first ``data-node <verb>`` line."""
+def readme_command(verb: str, program: str = "data-node") -> tuple[dict[str, str], list[str]]:
+    """The environment and argv of the node section's first ``<program> <verb>`` line."""
     for line in section_code("bash")[NODE_SECTION].splitlines():
         words = shlex.split(line, comments=True)
         env = {}
         while words and "=" in words[0]:
             key, value = words.pop(0).split("=", 1)
             env[key] = value
-        if words[:2] == ["data-node", verb]:
-            return env, [str(BIN / "data-node"), *words[1:]]
-    raise AssertionError(f"README.md has no `data-node {verb}` line in {NODE_SECTION!r}")
+        if words[:2] == [program, verb]:
+            return env, [str(BIN / program), *words[1:]]
+    raise AssertionError(f"README.md has no `{program} {verb}` line in {NODE_SECTION!r}")
 
 
 def wait_for_port(node: subprocess.Popen[bytes], log: Path) -> int:
@@ -133,8 +137,8 @@ def wait_for_port(node: subprocess.Popen[bytes], log: Path) -> int:
 
 
 def run_cli(verb: str, address: str) -> subprocess.CompletedProcess[str]:
-    """Run the node section's ``data-node <verb>`` line against the node at ``address``."""
-    env, argv = readme_command(verb)
+    """Run the node section's ``data-client <verb>`` line against the node at ``address``."""
+    env, argv = readme_command(verb, "data-client")
     return subprocess.run(
         [*argv, "--address", address],
         env={**os.environ, **env},
@@ -149,6 +153,38 @@ def test_the_first_code_block_is_the_two_commands():
     title, blank, *rest = README.read_text().splitlines()
     assert (title, blank) == ("# data-tools", "")
     assert rest[:4] == ["```", "make demo", "make test", "```"]
+
+
+def command_bullet(target):
+    """The README's bullet saying what ``make <target>`` does, on one line."""
+    found = re.search(
+        rf"^- `make {target}` (.*?)(?=^- |^$)", README.read_text(), re.MULTILINE | re.DOTALL
+    )
+    assert found, target
+    return " ".join(found.group(1).split())
+
+
+@pytest.mark.parametrize(("target", "installs"), [("demo", ["."]), ("test", [".", "'.[dev]'"])])
+def test_each_command_installs_what_the_readme_says(target, installs, tmp_path):
+    dry_run = "\n".join(make_dry_run(target, tmp_path / ".venv"))
+    assert re.findall(r"pip install --quiet -e (\S+)$", dry_run, re.MULTILINE) == installs
+    bullet = command_bullet(target)
+    assert f"`pip install -e {installs[-1]}`" in bullet
+    assert ("no extra" in bullet) == (target == "demo")
+
+
+def test_the_demo_bullet_names_the_first_batch_and_the_steady_rate():
+    bullet = command_bullet("demo")
+    assert "time to the first batch" in bullet
+    assert "steady rate" in bullet
+
+
+def test_the_readme_names_the_extras_of_pyproject():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    named = set(re.findall(r"`data-tools\[(\w+)\]`", README.read_text()))
+    assert named == set(extras)
 
 
 SECTIONS = sorted(section_code("python"))
@@ -189,7 +225,8 @@ def test_client_section_runs_against_the_readme_node(tmp_path):
         run_python(python[CLIENT_SECTION].replace(README_ADDRESS, address), tmp_path)
         built = run_cli("build", address)
         assert built.returncode == 0, built.stderr
-        job_id = re.fullmatch(r"job (\w+) submitted", built.stdout.splitlines()[0]).group(1)
+        job_id = re.fullmatch(r"job (\w+) submitted", built.stderr.splitlines()[0]).group(1)
+        assert built.stdout.startswith(f"{job_id} succeeded"), built.stdout
         listed = run_cli("jobs", address)
         assert listed.returncode == 0, listed.stderr
         line = rf"^{job_id} succeeded 100.0% .* output='scan_cli' "
@@ -249,7 +286,7 @@ def test_the_security_example_loads(tmp_path):
     (tokens_file,) = node_blocks("text")
     raw = tomllib.loads(security)
     (tmp_path / "pki").mkdir()
-    for key in ("cert_file", "key_file", "client_ca_file"):
+    for key in ("cert", "key", "ca"):
         # A stand-in: loading checks only the PEM marker (test_tls.py covers real certificates).
         (tmp_path / raw["tls"][key]).write_text("-----BEGIN CERTIFICATE-----\n")
     (tmp_path / raw["auth"]["tokens_file"]).write_text(tokens_file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from data_client.client import (
+    SEED_LIMIT,
     ArrayInfo,
     ArrayInput,
     ArraySources,
@@ -44,6 +45,7 @@ from data_client.preview import Preview
 from data_wire.v1.tensor_pb2 import Cursor
 
 __all__ = [
+    "SEED_LIMIT",
     "AlreadyExistsError",
     "ArrayInfo",
     "ArrayInput",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 import numbers
 import os
@@ -23,7 +24,7 @@ import numpy.typing as npt
 
 from data_client._decode import DecodedBatch, decode_batch
 from data_client._stream_base import StreamBase
-from data_client.errors import UnavailableError, translate_rpc_error
+from data_client.errors import UnavailableError, failure_cause, translate_rpc_error
 from data_client.jobs import (
     BuildJob,
     CaseInput,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from data_client.preview import Preview
 
 __all__ = [
+    "SEED_LIMIT",
     "ArrayInfo",
     "ArrayInput",
     "ArraySources",
@@ -68,6 +70,9 @@ __all__ = [
     "TlsConfig",
     "TlsOption",
 ]
+
+# A stream's reconnects are logged here (INFO): the data-client command shows them on stderr.
+_reconnect_log = logging.getLogger("data_client.reconnect")
 
 # Largest message either way, in bytes: the node's default limit (one Batch is one message).
 _DEFAULT_MAX_MESSAGE_BYTES: Final = 512 * 1024 * 1024
@@ -84,7 +89,7 @@ class TlsConfig:
         ca: PEM bundle of the CA(s) the node's certificate must chain to. Default None:
             gRPC's bundled root certificates.
         cert: The client's PEM certificate chain, for a node that requires client
-            certificates (``tls.client_ca_file`` on the node). Default None: none.
+            certificates (``[tls] ca`` in the node's config). Default None: none.
         key: The private key of ``cert`` (PEM); never shown in the repr. Default None.
 
     Each is a path (``str`` or ``os.PathLike``, read when the client is created) or the
@@ -146,8 +151,9 @@ _CHANNEL_RECONNECT_OPTIONS: Final = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
-# data_flow seeds numpy generators with 32-bit seeds; the node refuses larger ones.
-_SEED_MAX: Final = 2**32 - 1
+SEED_LIMIT: Final = 2**32
+"""Seeds of streams lie in [0, SEED_LIMIT): data_tools.io.SEED_LIMIT, which the node enforces
+(StreamRequest.seed); the client may not import the library, so it states the bound again."""
 # The node reads these as medical images, (z, y, x) arrays (data_tools.medical.IMAGE_SUFFIXES).
 _IMAGE_SUFFIXES: Final = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
 # Keepalive bounds, in seconds. The node accepts pings 0.5 s apart (data_node.server), so
@@ -327,16 +333,28 @@ class BatchStream(StreamBase):
             return
         nodes = len(self._rpcs)
         unavailable = error.code() is grpc.StatusCode.UNAVAILABLE
-        if unavailable and self._failures < (self._max_reconnects + 1) * nodes - 1:
+        attempts = (self._max_reconnects + 1) * nodes - 1
+        if unavailable and self._failures < attempts:
             self._failures += 1
             with self._lock:
                 self._call = None
             self._node = (self._node + 1) % nodes
             rounds, rest = divmod(self._failures, nodes)
+            delay = 0.0
             if rest == 0:
-                delay = min(self._max_backoff, self._initial_backoff * 2 ** (rounds - 1))
                 # Jitter spreads the reconnects of many trainers after one node restart.
-                self._closed.wait(delay * self._jitter.uniform(0.5, 1.0))
+                delay = min(self._max_backoff, self._initial_backoff * 2 ** (rounds - 1))
+                delay *= self._jitter.uniform(0.5, 1.0)
+            details = error.details() or ""
+            _reconnect_log.info(
+                "node unavailable (%s); reconnect %d of %d in %.1f s",
+                failure_cause(error.code(), details) or details,
+                self._failures,
+                attempts,
+                delay,
+            )
+            if delay:
+                self._closed.wait(delay)
             return
         self.close()
         note = ""
@@ -411,11 +429,11 @@ class DataNodeClient:
 
     Example:
         >>> with DataNodeClient("localhost:50051") as client:  # doctest: +SKIP
-        ...     for image, mask in client.stream("brains", batch_size=32, shuffle=True, seed=1):
+        ...     for image, mask in client.stream("brains", batch_size=32, sample_random=True, seed=1):
         ...         train_step(image, mask)
         >>> nodes = ["node-a:50051", "node-b:50051"]
         >>> with DataNodeClient(nodes) as client:  # doctest: +SKIP
-        ...     stream = client.stream("brains", batch_size=32, shuffle=True, seed=1)
+        ...     stream = client.stream("brains", batch_size=32, sample_random=True, seed=1)
         ...     for image, mask in stream:  # the same batches as from one node, in order
         ...         train_step(image, mask)
         ...     print(f"waited {stream.stall:.1f} s for data")
@@ -526,22 +544,22 @@ class DataNodeClient:
         response, _ = self._call("list_datasets", ListDatasetsRequest())
         return [_dataset_info(description) for description in response.datasets]
 
-    def describe(self, name: str) -> DatasetInfo:
+    def describe(self, dataset: str) -> DatasetInfo:
         """One dataset's arrays (names, dtypes, shapes), length and classes.
 
         Args:
-            name: Dataset name as configured on the node.
+            dataset: Dataset name as configured on the node.
 
         Raises:
-            NotFoundError: The node does not serve ``name`` (also a ``LookupError``).
+            NotFoundError: The node does not serve ``dataset`` (also a ``LookupError``).
             DataNodeError: Any other failure (a subclass per status code).
         """
-        description, _ = self._call("describe_dataset", DescribeDatasetRequest(name=name))
+        description, _ = self._call("describe_dataset", DescribeDatasetRequest(dataset=dataset))
         return _dataset_info(description)
 
     def register_dataset(
         self,
-        name: str,
+        dataset: str,
         arrays: Mapping[str, ArraySources],
         *,
         class_list: Sequence[int] | None = None,
@@ -554,14 +572,14 @@ class DataNodeClient:
         Needs a token with the "build" role on a node with ``[auth]``.
 
         Args:
-            name: The dataset's name: 1 to 128 letters, digits and "._-", starting with a
+            dataset: The dataset's name: 1 to 128 letters, digits and "._-", starting with a
                 letter or digit; not one of the node's config-file datasets.
             arrays: Array name -> its sources (see ``ArraySources``), iterated in tandem in
                 this order. A source's format comes from its suffix (.h5/.hdf5, .zarr,
                 .bcolz); HDF5 sources need a key.
             class_list: One class per source; adds a "label" array. Default None.
             maxlen: At most this many samples per source, >= 1. Default None: all.
-            replace: Replace a dataset registered under ``name`` (its open streams end with
+            replace: Replace a dataset registered under ``dataset`` (its open streams end with
                 FailedPreconditionError). Default False: AlreadyExistsError.
 
         Returns:
@@ -571,7 +589,7 @@ class DataNodeClient:
             TypeError, ValueError: An argument is invalid here; the message names it.
             InvalidArgumentError: The node refused a field (named in the details), e.g. a
                 source that does not exist or arrays of different lengths.
-            AlreadyExistsError: ``name`` is served already (see ``replace``).
+            AlreadyExistsError: ``dataset`` is served already (see ``replace``).
             PermissionDeniedError: A path leads outside the data root, or the token's role
                 is "read".
         """
@@ -579,7 +597,9 @@ class DataNodeClient:
             raise TypeError(
                 f"Expected arrays to be a non-empty dict of array name -> sources. Got {arrays!r} instead."
             )
-        request = RegisterDatasetRequest(name=_parse_name("name", name), replace=bool(replace))
+        request = RegisterDatasetRequest(
+            dataset=_parse_name("dataset", dataset), replace=bool(replace)
+        )
         for array_name, sources in arrays.items():
             array = request.arrays.add(name=_parse_name("arrays key", array_name))
             listed = [sources] if isinstance(sources, str | FileArray) else list(sources)
@@ -601,33 +621,33 @@ class DataNodeClient:
         description, _ = self._call("register_dataset", request)
         return _dataset_info(description)
 
-    def remove_dataset(self, name: str) -> DatasetInfo | None:
+    def remove_dataset(self, dataset: str) -> DatasetInfo | None:
         """Stop serving a registered dataset and forget it across restarts; its files stay.
 
         Its open streams end with FailedPreconditionError before their next batch. Needs a
         token with the "build" role on a node with ``[auth]``.
 
         Returns:
-            What the node served under ``name``, or None when it was registered but not
+            What the node served under ``dataset``, or None when it was registered but not
             served (its files could not be opened when the node started).
 
         Raises:
             NotFoundError: No dataset of that name is registered.
-            FailedPreconditionError: ``name`` comes from the node's config file.
+            FailedPreconditionError: ``dataset`` comes from the node's config file.
         """
         response, _ = self._call(
-            "remove_dataset", RemoveDatasetRequest(name=_parse_name("name", name))
+            "remove_dataset", RemoveDatasetRequest(dataset=_parse_name("dataset", dataset))
         )
         return _dataset_info(response.removed) if response.HasField("removed") else None
 
     def stream(
         self,
-        name: str,
+        dataset: str,
         batch_size: int,
-        shuffle: bool = False,
+        sample_random: bool = False,
         seed: int | None = None,
         epochs: int = 1,
-        augment: Mapping[str, Any] | None = None,
+        augmentation: Mapping[str, Any] | None = None,
         preprocessor: str | None = None,
         rank: int = 0,
         world_size: int = 1,
@@ -647,6 +667,7 @@ class DataNodeClient:
         max_backoff: float = 2.0,
         cases: CaseSelection | None = None,
         start_epoch: int = 0,
+        shuffle_window: int | None = None,
     ) -> BatchStream | MultiNodeStream:
         """Stream minibatches of a dataset (the call starts at the first ``next()``).
 
@@ -660,14 +681,14 @@ class DataNodeClient:
         ``seed`` (and ``resume``) the client draws one for all lanes, as they must agree.
 
         Args:
-            name: Dataset name.
+            dataset: Dataset name.
             batch_size: Samples per batch, >= 1 (and within the node's limit).
-            shuffle: Visit samples in random order (``StreamRequest.sample_random``). Default False.
+            sample_random: Visit samples in random order. Default False.
             seed: Seed of sample order and augmentation, in [0, 2**32). Default None: the node
                 draws one (it is in every cursor, and a resume reuses it).
             epochs: Number of epochs, >= 1; counted from the start of the stream, also when
                 resuming. Ignored when ``loop_forever``. Default 1.
-            augment: Per-sample augmentation on the node: the keyword arguments of
+            augmentation: Per-sample augmentation on the node: the keyword arguments of
                 ``data_tools.data_augmentation.image_random_transform`` (rotation_range,
                 width_shift_range, height_shift_range, shear_range, zoom_range (a float z for
                 [1-z, 1+z] or a (lo, hi) pair), intensity_shift_range, fill_mode, cval_x,
@@ -690,7 +711,7 @@ class DataNodeClient:
             loop_forever: Stream until closed. Default False.
             nb_io_workers: Reader threads on the node; 0 (default) means the node's default.
             nb_proc_workers: Preprocessing processes on the node, >= 0; a stream with
-                ``augment`` or a ``preprocessor`` gets at least one (they never run in the
+                ``augmentation`` or a ``preprocessor`` gets at least one (they never run in the
                 node's own process). Default 0.
             codec: Tensor encoding on the wire: "none" (default), "lz4" or "zstd".
             resume: Continue a stream from a cursor (``BatchStream.cursor`` or its
@@ -717,6 +738,15 @@ class DataNodeClient:
             start_epoch: Start at batch 0 of this epoch, < ``epochs`` (what a cursor at
                 that point resumes; with the same seed, the batches a trainer gets in that
                 epoch). Not with ``resume``. Default 0.
+            shuffle_window: With ``shuffle``, a chunk-windowed shuffle of windows of about
+                this many samples, >= 1, instead of one exact permutation per epoch: the
+                node permutes the dataset's storage chunks, cuts them into windows and
+                shuffles within each window, so it decodes each chunk about once per epoch
+                in bounded memory, at the price of a weaker shuffle (samples of one chunk stay
+                within about a window of each other). Every sample still comes once per
+                epoch; resume and shards work as without it. Not with replacement or
+                weights; part of the stream's identity (a cursor resumes only the same
+                window). Default None: the exact permutation.
 
         Returns:
             A ``BatchStream`` (one node) or ``MultiNodeStream`` (several), yielding tuples of
@@ -731,9 +761,9 @@ class DataNodeClient:
                 unreachable (UnavailableError).
         """
         request = StreamRequest(
-            dataset=_parse_name("name", name),
+            dataset=_parse_name("dataset", dataset),
             batch_size=_parse_int("batch_size", batch_size, minimum=1),
-            sample_random=bool(shuffle),
+            sample_random=bool(sample_random),
             sample_with_replacement=bool(sample_with_replacement),
             drop_incomplete_batches=bool(drop_incomplete_batches),
             epochs=_parse_int("epochs", epochs, minimum=1),
@@ -746,14 +776,16 @@ class DataNodeClient:
             codec=_CODECS[_parse_option("codec", codec, _CODECS)],
         )
         if seed is not None:
-            request.seed = _parse_int("seed", seed, minimum=0, maximum=_SEED_MAX)
+            request.seed = _parse_int("seed", seed, minimum=0, maximum=SEED_LIMIT - 1)
         if sample_weights is not None:
             request.sample_weights.CopyFrom(_build_sample_weights(sample_weights))
-        if augment is not None:
-            request.augmentation.CopyFrom(_build_augmentation(augment))
+        if augmentation is not None:
+            request.augmentation.CopyFrom(_build_augmentation(augmentation))
         if cases is not None:
             request.cases.extend(_build_cases(cases))
         request.start_epoch = _parse_int("start_epoch", start_epoch, minimum=0)
+        if shuffle_window is not None:
+            request.shuffle_window = _parse_int("shuffle_window", shuffle_window, minimum=1)
         stream = _open_stream(
             [node.stream_batches for node in self._nodes],
             _with_resume(request, _parse_cursor(resume)),
@@ -768,14 +800,14 @@ class DataNodeClient:
 
     def preview(
         self,
-        name: str,
+        dataset: str,
         path: str | os.PathLike[str],
         num_samples: int = 8,
         *,
-        shuffle: bool = False,
+        sample_random: bool = False,
         seed: int | None = None,
         epoch: int = 0,
-        augment: Mapping[str, Any] | None = None,
+        augmentation: Mapping[str, Any] | None = None,
         cases: CaseSelection | None = None,
         sample_with_replacement: bool = False,
         sample_weights: Sequence[float] | npt.ArrayLike | str | None = None,
@@ -793,16 +825,16 @@ class DataNodeClient:
         is. The layout and colours are those of ``data_client.preview``.
 
         Args:
-            name: Dataset name.
+            dataset: Dataset name.
             path: The PNG file to write (replaced atomically if it exists).
             num_samples: Samples shown, >= 1 (fewer if the epoch holds fewer). Default 8.
-            shuffle, seed, augment, cases, sample_with_replacement, sample_weights: As for
+            sample_random, seed, augmentation, cases, sample_with_replacement, sample_weights: As for
                 ``stream()``; pass the trainer's to see what it gets. Default seed None:
                 one is drawn (it is in the result).
             epoch: The epoch shown, >= 0. Default 0.
-            image_array: The array shown as the image. Default None: ``augment``'s
+            image_array: The array shown as the image. Default None: ``augmentation``'s
                 ``x_array``, else "image".
-            mask_array: The array drawn over it. Default None: ``augment``'s ``y_array``,
+            mask_array: The array drawn over it. Default None: ``augmentation``'s ``y_array``,
                 else "mask" if the dataset has one, else no overlay.
             columns: Sample pairs per row, >= 1. Default 4.
             scale: Screen pixels per sample pixel, >= 1. Default None: tiles of about 128
@@ -821,13 +853,13 @@ class DataNodeClient:
 
         return preview(
             self,
-            name,
+            dataset,
             path,
             num_samples,
-            shuffle=shuffle,
+            sample_random=sample_random,
             seed=seed,
             epoch=epoch,
-            augment=augment,
+            augmentation=augmentation,
             cases=cases,
             sample_with_replacement=sample_with_replacement,
             sample_weights=sample_weights,
@@ -1095,7 +1127,7 @@ def _open_stream(
     shared.CopyFrom(request)
     if not shared.HasField("seed"):
         # Each node would draw its own seed; the lanes must cut the same epochs.
-        shared.seed = secrets.randbelow(_SEED_MAX + 1)
+        shared.seed = secrets.randbelow(SEED_LIMIT)
     lanes = []
     for k in range(count):
         lane_request = StreamRequest()
@@ -1359,15 +1391,15 @@ def _build_sample_weights(weights: Sequence[float] | npt.ArrayLike | str) -> Sam
     return message
 
 
-def _build_augmentation(augment: Mapping[str, Any]) -> Augmentation:
-    """The Augmentation message for an ``augment`` dict; its keys are the message's fields."""
+def _build_augmentation(augmentation: Mapping[str, Any]) -> Augmentation:
+    """The Augmentation message for an ``augmentation`` dict; its keys are the message's fields."""
     fields = Augmentation.DESCRIPTOR.fields_by_name
     message = Augmentation()
-    for key, value in augment.items():
+    for key, value in augmentation.items():
         field = fields.get(key)
         if field is None:
             raise ValueError(
-                f"Expected augment keys among {sorted(fields)}. Got {key!r} instead."
+                f"Expected augmentation keys among {sorted(fields)}. Got {key!r} instead."
                 + _did_you_mean(key, fields)
             )
         if value is None:
@@ -1380,10 +1412,12 @@ def _build_augmentation(augment: Mapping[str, Any]) -> Augmentation:
                 setattr(message, key, value)
         except (TypeError, ValueError) as error:
             raise TypeError(
-                f"Expected augment[{key!r}] to be {_describe_field(field)}. Got {value!r} instead."
+                f"Expected augmentation[{key!r}] to be {_describe_field(field)}. Got {value!r} instead."
             ) from error
     if not message.x_array:
-        raise ValueError("Expected augment['x_array'] to name the array to transform. Got none.")
+        raise ValueError(
+            "Expected augmentation['x_array'] to name the array to transform. Got none."
+        )
     return message
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import grpc
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "failure_cause",
     "translate_rpc_error",
 ]
 
@@ -119,3 +122,36 @@ def translate_rpc_error(error: grpc.RpcError, *, note: str = "") -> DataNodeErro
     if note:
         details = f"{details} ({note})" if details else note
     return _ERROR_BY_CODE.get(code, DataNodeError)(code, details)
+
+
+_CAUSES: Final = (
+    ("connection refused", "connection refused: is a node listening at that address?"),
+    (
+        "handshake failed",
+        (
+            "TLS handshake failed: the node serves plaintext, or its certificate does not "
+            "chain to the CA given"
+        ),
+    ),
+    (
+        "socket closed",
+        "the node closed the connection: it may require TLS, or a client certificate",
+    ),
+    ("resolving", "the address does not resolve"),
+)
+
+
+def failure_cause(code: grpc.StatusCode, details: str) -> str:
+    """The likely cause of a failed call in a few words, or "" when the details say it all.
+
+    UNAVAILABLE hides its cause in gRPC's details (a refused connection, a TLS handshake
+    that failed, a node closing a plaintext connection); this names it.
+    """
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return "unauthenticated: the node needs a bearer token it accepts"
+    if code is grpc.StatusCode.UNAVAILABLE:
+        lowered = details.lower()
+        for marker, cause in _CAUSES:
+            if marker in lowered:
+                return cause
+    return ""

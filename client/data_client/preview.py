@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from data_client._png import encode_png
-from data_client.client import _parse_int
+from data_client.client import SEED_LIMIT, _parse_int
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -68,14 +68,14 @@ class Preview:
 
 def preview(
     client: DataNodeClient,
-    name: str,
+    dataset: str,
     path: str | os.PathLike[str],
     num_samples: int = 8,
     *,
-    shuffle: bool = False,
+    sample_random: bool = False,
     seed: int | None = None,
     epoch: int = 0,
-    augment: Mapping[str, Any] | None = None,
+    augmentation: Mapping[str, Any] | None = None,
     cases: CaseSelection | None = None,
     sample_with_replacement: bool = False,
     sample_weights: Sequence[float] | npt.ArrayLike | str | None = None,
@@ -90,22 +90,22 @@ def preview(
     """
     num_samples = _parse_int("num_samples", num_samples, minimum=1)
     columns = _parse_int("columns", columns, minimum=1)
-    info = client.describe(name)
+    info = client.describe(dataset)
     names = [array.name for array in info.arrays]
-    image_name = image_array or (augment or {}).get("x_array") or "image"
+    image_name = image_array or (augmentation or {}).get("x_array") or "image"
     mask_name = (
-        mask_array or (augment or {}).get("y_array") or ("mask" if "mask" in names else None)
+        mask_array or (augmentation or {}).get("y_array") or ("mask" if "mask" in names else None)
     )
     for argument, array_name in (("image_array", image_name), ("mask_array", mask_name)):
         if array_name is not None and array_name not in names:
             raise ValueError(
-                f"Expected {argument} to name an array of {name!r} ({names}). "
+                f"Expected {argument} to name an array of {dataset!r} ({names}). "
                 f"Got {array_name!r} instead."
             )
     if seed is None:
-        seed = secrets.randbelow(2**32)
+        seed = secrets.randbelow(SEED_LIMIT)
     request: dict[str, Any] = {
-        "shuffle": shuffle,
+        "sample_random": sample_random,
         "seed": seed,
         "epochs": epoch + 1,
         "start_epoch": epoch,
@@ -114,8 +114,10 @@ def preview(
         "sample_weights": sample_weights,
         "copy": True,
     }
-    augmented, indices = _first_batch(client, name, num_samples, augment=augment, **request)
-    original, original_indices = _first_batch(client, name, num_samples, **request)
+    augmented, indices = _first_batch(
+        client, dataset, num_samples, augmentation=augmentation, **request
+    )
+    original, original_indices = _first_batch(client, dataset, num_samples, **request)
     if not np.array_equal(indices, original_indices):
         raise RuntimeError(
             f"Expected the stream without augmentation to hold the same samples. Got indices "
@@ -220,9 +222,9 @@ def _plane(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
 
 
 def _first_batch(
-    client: DataNodeClient, name: str, num_samples: int, **request: Any
+    client: DataNodeClient, dataset: str, num_samples: int, **request: Any
 ) -> tuple[tuple[npt.NDArray[Any], ...], npt.NDArray[np.int64]]:
-    with client.stream(name, num_samples, **request) as stream:
+    with client.stream(dataset, num_samples, **request) as stream:
         arrays = next(iter(stream))
         assert stream.indices is not None  # set with every batch
         return arrays, stream.indices.copy()

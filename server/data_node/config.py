@@ -28,9 +28,9 @@ A config file looks like this (relative paths are relative to the file's directo
     listen = "9400"                # a port alone binds loopback; "0.0.0.0:9400": every host
 
     [tls]                          # optional; see TlsConfig
-    cert_file = "server.pem"       # the node's certificate chain (PEM)
-    key_file = "server.key"        # its private key (PEM)
-    client_ca_file = "ca.pem"      # optional: mutual TLS, clients need a certificate from it
+    cert = "server.pem"            # the node's certificate chain (PEM)
+    key = "server.key"             # its private key (PEM)
+    ca = "ca.pem"                  # optional: mutual TLS, clients need a certificate from it
 
     [auth]                         # optional bearer tokens; see AuthConfig
     tokens_file = "tokens.txt"     # lines "TOKEN [ROLE]", ROLE "read" or "build" (default)
@@ -70,6 +70,7 @@ from data_node.errors import ConfigError, PathOutsideRootError
 from data_tools._confine import Root
 
 __all__ = [
+    "RENAMED_KEYS",
     "ROLES",
     "ArrayConfig",
     "AuthConfig",
@@ -97,6 +98,14 @@ EXECUTORS = ("dask", "local")
 MiB = 1 << 20
 LOOPBACK = "127.0.0.1"
 GiB = 1 << 30
+RENAMED_KEYS = {
+    "tls.cert_file": "tls.cert",
+    "tls.key_file": "tls.key",
+    "tls.client_ca_file": "tls.ca",
+    "limits.max_io_workers": "limits.max_nb_io_workers",
+    "limits.max_proc_workers": "limits.max_nb_proc_workers",
+}
+"""Old key -> its new name (one name per concept: README, Names); an old key is refused."""
 ROLES = ("build", "read")
 """Token roles: "read" lists, describes and streams datasets; "build" may also run jobs."""
 # RFC 6750's b64token: what a bearer token may hold (it travels as an HTTP header value).
@@ -122,8 +131,8 @@ class LimitsConfig:
         max_open_calls_per_token: Calls one bearer token may hold open at once (with
             ``[auth]``; calls without a token, to the health service, count as one token);
             more get RESOURCE_EXHAUSTED, so one client cannot take the others' threads.
-        max_io_workers: Largest nb_io_workers a stream may ask for.
-        max_proc_workers: Largest nb_proc_workers a stream may ask for.
+        max_nb_io_workers: Largest nb_io_workers a stream may ask for.
+        max_nb_proc_workers: Largest nb_proc_workers a stream may ask for.
         max_message_bytes: gRPC send limit: the largest message (a Batch) the node sends.
         max_request_bytes: gRPC receive limit: the largest request the node takes, checked
             on the compressed and on the decompressed message before the request is parsed.
@@ -140,8 +149,8 @@ class LimitsConfig:
     max_open_streams_per_token: int | None = None
     max_open_calls: int = 96
     max_open_calls_per_token: int = 32
-    max_io_workers: int = 8
-    max_proc_workers: int = 4
+    max_nb_io_workers: int = 8
+    max_nb_proc_workers: int = 4
     max_message_bytes: int = 512 * MiB
     max_request_bytes: int = 4 * MiB
     max_in_flight: int = 4
@@ -232,17 +241,17 @@ class TlsConfig:
     """TLS of the node's port (``[tls]``); without it the node serves plaintext.
 
     Attributes:
-        cert_file: The node's PEM certificate chain (its names must match the address
+        cert: The node's PEM certificate chain (its names must match the address
             clients dial, e.g. a SAN of "localhost" or "127.0.0.1").
-        key_file: The PEM private key of that certificate.
-        client_ca_file: PEM bundle of the CAs whose client certificates the node accepts;
+        key: The PEM private key of that certificate.
+        ca: PEM bundle of the CAs whose client certificates the node accepts;
             when set every client must present one (mutual TLS). None (default): clients
             need no certificate.
     """
 
-    cert_file: Path
-    key_file: Path
-    client_ca_file: Path | None = None
+    cert: Path
+    key: Path
+    ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -417,7 +426,7 @@ def parse_config(
         data_root=data_root,
         state_dir=state_dir,
         output_root=output_root,
-        listen=_string("node.listen", node.get("listen", "127.0.0.1:50051")),
+        listen=_listen(_string("node.listen", node.get("listen", "127.0.0.1:50051"))),
         limits=limits,
         jobs=_parse_jobs(_table("jobs", raw.get("jobs", {}))),
         workers=_parse_workers(_table("workers", raw.get("workers", {}))),
@@ -551,16 +560,14 @@ def _parse_metrics(raw: Mapping[str, Any]) -> MetricsConfig:
 
 def _parse_tls(raw: Mapping[str, Any], base_dir: Path) -> TlsConfig:
     _check_keys("tls", raw, _TLS_KEYS)
-    for key, what in (("cert_file", "certificate chain"), ("key_file", "private key")):
+    for key, what in (("cert", "certificate chain"), ("key", "private key")):
         if key not in raw:
             raise ConfigError(f"tls.{key}: Expected the node's PEM {what}. It is missing.")
-    client_ca = raw.get("client_ca_file")
+    ca = raw.get("ca")
     return TlsConfig(
-        cert_file=_pem_file("tls.cert_file", raw["cert_file"], base_dir),
-        key_file=_pem_file("tls.key_file", raw["key_file"], base_dir),
-        client_ca_file=(
-            None if client_ca is None else _pem_file("tls.client_ca_file", client_ca, base_dir)
-        ),
+        cert=_pem_file("tls.cert", raw["cert"], base_dir),
+        key=_pem_file("tls.key", raw["key"], base_dir),
+        ca=None if ca is None else _pem_file("tls.ca", ca, base_dir),
     )
 
 
@@ -837,7 +844,11 @@ def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
             known = sorted(
                 f"{ENV_PREFIX}{s.upper()}__{k.upper()}" for s in sections for k in sections[s]
             )
-            raise ConfigError(f"{variable}: Expected one of {known}. Got an unknown variable.")
+            new = RENAMED_KEYS.get(f"{section}.{key}", "").upper().replace(".", "__")
+            hint = f" Did you mean {ENV_PREFIX}{new}? (renamed)" if new else ""
+            raise ConfigError(
+                f"{variable}: Expected one of {known}. Got an unknown variable.{hint}"
+            )
         raw.setdefault(section, {})[key] = _toml_value(text)
 
 
@@ -854,10 +865,16 @@ def _toml_value(text: str) -> Any:
 def _check_keys(prefix: str, raw: Mapping[str, Any], known: set[str]) -> None:
     unknown = sorted(set(raw) - known)
     if unknown:
-        where = f"{prefix}." if prefix else ""
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(
-            f"{where}{unknown[0]}: Expected one of {sorted(known)}. Got an unknown key."
+            f"{key}: Expected one of {sorted(known)}. Got an unknown key.{_renamed_hint(key)}"
         )
+
+
+def _renamed_hint(key: str) -> str:
+    """ " Did you mean 'new'? (renamed)" for a key of ``RENAMED_KEYS``, else ""."""
+    new = RENAMED_KEYS.get(key)
+    return "" if new is None else f" Did you mean {new.rpartition('.')[2]!r}? ({key} is now {new})"
 
 
 def _table(key: str, value: Any) -> Mapping[str, Any]:
@@ -918,6 +935,17 @@ def _pem_file(key: str, value: Any, base_dir: Path) -> Path:
             f"{key}: Expected a PEM file (-----BEGIN ...). Got {str(path)!r} instead."
         )
     return path
+
+
+def _listen(address: str) -> str:
+    """``node.listen``: HOST:PORT, the port named (gRPC would read a bare host as port 443)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            "node.listen: Expected HOST:PORT with a port in [0, 65535] (0 picks a free one). "
+            f"Got {address!r} instead."
+        )
+    return address
 
 
 def _existing_dir(key: str, path: Path) -> Path:

@@ -1,7 +1,7 @@
 """Build, run and stop a data node: gRPC server, health and reflection services, datasets, jobs.
 
-Security: with ``[tls]`` the port speaks only TLS (and, with ``tls.client_ca_file``, only
-to clients presenting a certificate from that CA). Every call passes data_node.admission's
+Security: with ``[tls]`` the port speaks only TLS (and, with ``tls.ca``, only
+to clients presenting a certificate from that CA). Every call passes data_node.rpc.admission's
 interceptor first: with ``[auth]``, bearer tokens and roles (every call but health); always,
 the limits on open calls, node-wide and per token. Requests larger than
 ``limits.max_request_bytes`` (compressed or not) are refused by gRPC before they are parsed.
@@ -32,14 +32,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from data_node._dataset_store import DatasetStore
-from data_node.admission import Admission, MemoryBudget
-from data_node.datasets import DatasetRegistry
-from data_node.jobs import JobManager
+from data_node.catalog.dataset_store import DatasetStore
+from data_node.catalog.datasets import DatasetRegistry
+from data_node.jobs.manager import JobManager
 from data_node.metrics import NodeMetrics
-from data_node.reflection import enable_reflection
-from data_node.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
-from data_node.streams import SampleTransform
+from data_node.rpc.admission import Admission, MemoryBudget
+from data_node.rpc.reflection import enable_reflection
+from data_node.rpc.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
 from data_tools._chunk_cache import ChunkCache
 from data_tools.io.pool import WorkerPool
 
@@ -88,9 +87,9 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     Raises:
         OSError: A file cannot be read.
     """
-    client_ca = None if tls.client_ca_file is None else tls.client_ca_file.read_bytes()
+    client_ca = None if tls.ca is None else tls.ca.read_bytes()
     return grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
@@ -239,7 +238,7 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
 def _worker_preload(config: NodeConfig) -> list[str]:
     """What the pool's workers import as they start: what a stream's transform runs."""
     preprocessors = sorted({path.partition(":")[0] for path in config.preprocessors.values()})
-    return ["h5py", "data_tools.data_augmentation", SampleTransform.__module__, *preprocessors]
+    return ["h5py", "data_tools.data_augmentation", "data_tools.io.preprocessing", *preprocessors]
 
 
 def _bind_hint(target: str, credentials: grpc.ServerCredentials | None) -> str:
@@ -253,7 +252,7 @@ def _bind_hint(target: str, credentials: grpc.ServerCredentials | None) -> str:
             return f": port {port} is already in use (another node or program serves it)"
     except ValueError:
         pass
-    return "" if credentials is None else " (or tls.cert_file and tls.key_file do not match)"
+    return "" if credentials is None else " (or tls.cert and tls.key do not match)"
 
 
 def serve(config: NodeConfig, *, ready: threading.Event | None = None) -> None:
@@ -282,7 +281,7 @@ def serve(config: NodeConfig, *, ready: threading.Event | None = None) -> None:
 def _describe_tls(config: NodeConfig) -> str:
     if config.tls is None:
         return "plaintext (no [tls])"
-    if config.tls.client_ca_file is None:
+    if config.tls.ca is None:
         return "TLS"
     return "mutual TLS (client certificates required)"
 

@@ -2,7 +2,7 @@
 
 Every class subclasses the builtin a caller would catch for that failure, so
 ``except IndexError`` keeps working, and the data node maps each class to one gRPC
-status in a single table (``data_node/status.py``).
+status in a single table (``data_node/rpc/status.py``).
 """
 
 from __future__ import annotations

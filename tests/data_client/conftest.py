@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from data_wire.v1 import data_node_pb2, data_node_pb2_grpc, tensor_pb2
+from data_wire.v1 import data_node_pb2, data_node_pb2_grpc, jobs_pb2, tensor_pb2
 
 LENGTH = 10
 ARRAYS = {
@@ -86,9 +86,9 @@ class FakeNode(data_node_pb2_grpc.DataNodeServicer):
 
     def DescribeDataset(self, request, context):
         self._check_token(context)
-        if request.name not in ("toy", "other"):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"name: no dataset {request.name!r}")
-        return _description(request.name)
+        if request.dataset not in ("toy", "other"):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"dataset: no dataset {request.dataset!r}")
+        return _description(request.dataset)
 
     def StreamBatches(self, request, context):
         self.requests.append(request)
@@ -156,6 +156,43 @@ class FakeNode(data_node_pb2_grpc.DataNodeServicer):
     def stop(self):
         """Stop at once: in-flight calls fail with UNAVAILABLE, as when a node goes down."""
         self.server.stop(None).wait()
+
+
+class FakeJobsNode(FakeNode):
+    """A FakeNode with ended jobs too: ListJobs reports ``job_ids``, GetJob, CancelJob and
+    WatchJob answer for them (each SUCCEEDED), NOT_FOUND for any other id."""
+
+    def __init__(self):
+        super().__init__()
+        self.job_ids = []
+
+    def ListJobs(self, request, context):
+        self._check_token(context)
+        return jobs_pb2.ListJobsResponse(jobs=[self._job(job_id) for job_id in self.job_ids])
+
+    def GetJob(self, request, context):
+        self._check_token(context)
+        if request.job_id not in self.job_ids:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
+        return self._job(request.job_id)
+
+    CancelJob = GetJob
+
+    def WatchJob(self, request, context):
+        yield self.GetJob(request, context)
+
+    @staticmethod
+    def _job(job_id):
+        return jobs_pb2.Job(job_id=job_id, state=jobs_pb2.JOB_STATE_SUCCEEDED, fraction_done=1)
+
+
+@pytest.fixture
+def fake_jobs_node():
+    """A running FakeJobsNode on a loopback port."""
+    node = FakeJobsNode()
+    node.start()
+    yield node
+    node.stop()
 
 
 @pytest.fixture

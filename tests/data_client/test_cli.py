@@ -1,14 +1,18 @@
 """The data-client command line, against the fake node (10 samples in order, see conftest).
 
 Matrix: `datasets` prints each dataset's length, arrays and classes; `stream` sends the
-request its flags describe (rank, world size, seed, shuffle, epochs, sharing, codec), prints a
-line every --report-every batches (none with 0) and per epoch, then a summary (samples,
+request its flags describe (rank, world size, seed, sample_random, epochs, sharing, codec),
+prints a line every --report-every batches (none with 0; the batch counted within its epoch) and per epoch, then a summary (samples,
 distinct indices, bytes, rates, stall), and --indices-out records (epoch, index) of every
 sample: two ranks get disjoint halves covering each epoch; --resolve with an IP address;
 --token-env sends the token (unset: exit 2; wrong: exit 1 UNAUTHENTICATED). Exit 1 with the
 node's status for NOT_FOUND, INVALID_ARGUMENT and an unreachable node (stream and datasets);
 exit 2 for bad arguments (argparse's, the client's checks, a repeated address, an unwritable
---indices-out); 130 on Ctrl-C. pyproject.toml's console script names main.
+--indices-out, a port-less --address, an underscored flag: its hyphenated name shown); 130 on
+Ctrl-C. Against a node with jobs: a unique id prefix names its job (an exact id wins over a
+longer id it prefixes), an ambiguous one exits 2 naming the candidates, an unknown one 1
+(NOT_FOUND); an empty job list says so on stderr. --token-file's token; failure_cause for each
+UNAVAILABLE detail gRPC gives. pyproject.toml's console script names main.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import socket
 import tomllib
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
-from data_client import cli
-from data_client.cli import main
+from data_client.cli import _stream, main
+from data_client.cli.connection import read_token
+from data_client.errors import failure_cause
 from data_wire.v1 import data_node_pb2, tensor_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +68,7 @@ def test_datasets_lists_lengths_arrays_and_classes(fake_node, capsys):
 def test_stream_reports_throughput_and_a_summary(fake_node, tmp_path, capsys):
     indices = tmp_path / "indices.txt"
     argv = stream_args(fake_node.address, "--epochs", "2", "--rank", "1", "--world-size", "2")
-    argv += ["--seed", "5", "--shuffle", "--codec", "lz4", "--report-every", "1"]
+    argv += ["--seed", "5", "--sample-random", "--codec", "lz4", "--report-every", "1"]
     assert main([*argv, "--indices-out", str(indices)]) == 0
     request = fake_node.requests[-1]
     assert (request.dataset, request.batch_size, request.epochs, request.seed) == ("toy", 3, 2, 5)
@@ -81,8 +87,8 @@ def test_stream_reports_throughput_and_a_summary(fake_node, tmp_path, capsys):
         rf"epoch 0 batch 1: 1 batches, 3 samples in [\d.]+ s: {rate}",
         rf"epoch 0 batch 2: 1 batches, 2 samples in [\d.]+ s: {rate}",
         rf"epoch 0 done: 2 batches, 5 samples in [\d.]+ s: {rate}",
-        rf"epoch 1 batch 3: 1 batches, 3 samples in [\d.]+ s: {rate}",
-        rf"epoch 1 batch 4: 1 batches, 2 samples in [\d.]+ s: {rate}",
+        rf"epoch 1 batch 1: 1 batches, 3 samples in [\d.]+ s: {rate}",
+        rf"epoch 1 batch 2: 1 batches, 2 samples in [\d.]+ s: {rate}",
         rf"epoch 1 done: 2 batches, 5 samples in [\d.]+ s: {rate}",
     ]
     assert len(lines) == 1 + len(expected) + 1
@@ -99,7 +105,7 @@ def test_stream_reports_throughput_and_a_summary(fake_node, tmp_path, capsys):
     assert int(fields["bytes"]) == 10 * BYTES_PER_SAMPLE
     assert float(fields["seconds"]) > 0
     assert float(fields["samples/s"]) > 0
-    assert float(fields["stall_s"]) >= 0
+    assert 0 <= float(fields["stall_s"]) <= float(fields["seconds"])
     assert 0 <= float(fields["stall_fraction"]) <= 1
     received = np.loadtxt(indices, dtype=np.int64)
     expected_rows = [(epoch, index) for epoch in (0, 1) for index in (1, 3, 5, 7, 9)]
@@ -123,6 +129,12 @@ def test_two_ranks_receive_disjoint_halves_of_each_epoch(fake_node, tmp_path):
         halves = [set(r[r[:, 0] == epoch, 1].tolist()) for r in received]
         assert halves[0].isdisjoint(halves[1])
         assert halves[0] | halves[1] == set(range(10))
+
+
+def test_shuffle_window_reaches_the_request(fake_node, capsys):
+    argv = stream_args(fake_node.address, "--sample-random", "--seed", "1", "--shuffle-window", "6")
+    assert main(argv) == 0
+    assert [request.shuffle_window for request in fake_node.requests] == [6]
 
 
 def test_resolve_reads_from_every_address_of_a_name(fake_node, capsys):
@@ -206,5 +218,86 @@ def test_interrupt_exits_130(monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_stream", interrupted)
+    monkeypatch.setattr(_stream, "_stream", interrupted)
     assert main(stream_args("127.0.0.1:1")) == 130
+
+
+JOB_IDS = ["3f2a0000aa", "3f2a0000bb", "77c10000cc", "77c1"]
+
+
+@pytest.mark.parametrize("command", ["watch", "cancel"])
+def test_a_unique_id_prefix_names_the_job(fake_jobs_node, capsys, command):
+    fake_jobs_node.job_ids = JOB_IDS
+    assert main([command, "3f2a0000a", "--address", fake_jobs_node.address]) == 0
+    assert capsys.readouterr().out.startswith("3f2a0000aa succeeded")
+    # An id that is also the prefix of another id is that job.
+    assert main([command, "77c1", "--address", fake_jobs_node.address]) == 0
+    assert capsys.readouterr().out.startswith("77c1 succeeded")
+
+
+@pytest.mark.parametrize("command", ["watch", "cancel"])
+def test_an_ambiguous_id_prefix_is_refused_naming_the_candidates(fake_jobs_node, capsys, command):
+    fake_jobs_node.job_ids = JOB_IDS
+    assert main([command, "3f2a", "--address", fake_jobs_node.address]) == 2
+    err = capsys.readouterr().err
+    assert f"data-client {command}: JOB: Expected an id prefix that names one job." in err
+    assert "2 jobs start with '3f2a': 3f2a0000aa, 3f2a0000bb." in err
+    assert main([command, "9", "--address", fake_jobs_node.address]) == 1
+    assert "NOT_FOUND: job_id: no job '9'" in capsys.readouterr().err
+
+
+def test_empty_lists_say_so(fake_jobs_node, capsys):
+    assert main(["jobs", "--address", fake_jobs_node.address]) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "the node has no jobs\n")
+
+
+@pytest.mark.parametrize("address", ["localhost", "127.0.0.1", "[::1]", "node:", "node:0", "::1"])
+def test_an_address_without_a_port_is_refused(capsys, address):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["datasets", "--address", address])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Expected HOST:PORT with a port in [1, 65535] (without one gRPC would dial" in err
+
+
+def test_token_file_first_word_skipping_comments(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text("# the team's token\n\n  s3cret-token read\nother\n")
+    assert read_token(path) == "s3cret-token"
+    path.write_text("# nothing here\n\n")
+    with pytest.raises(ValueError, match="--token-file: Expected a token"):
+        read_token(path)
+
+
+def test_an_underscored_flag_is_refused_naming_the_hyphenated_one(capsys):
+    argv = ["register", "x", "--array", "image=a.h5:image", "--class_list", "0"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "(flags are spelled with '-': --class-list)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "cause"),
+    [
+        (
+            "UNAVAILABLE",
+            "ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused",
+            "connection refused",
+        ),
+        (
+            "UNAVAILABLE",
+            "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL",
+            "TLS handshake failed",
+        ),
+        ("UNAVAILABLE", "ipv4:127.0.0.1:5: Socket closed", "the node closed the connection"),
+        ("UNAVAILABLE", "errors resolving nosuchhost.invalid:5", "the address does not resolve"),
+        ("UNAUTHENTICATED", "", "unauthenticated: the node needs a bearer token"),
+        ("UNAVAILABLE", "node is restarting", ""),
+        ("NOT_FOUND", "Connection refused", ""),
+    ],
+)
+def test_failure_cause_names_what_grpc_details_hide(code, details, cause):
+    found = failure_cause(grpc.StatusCode[code], details)
+    assert found.startswith(cause) if cause else found == ""

@@ -89,8 +89,8 @@ def test_describe_unknown_dataset_raises_not_found(client):
     assert isinstance(error, LookupError)
     assert isinstance(error, DataNodeError)
     assert error.code is grpc.StatusCode.NOT_FOUND
-    assert error.details == "name: no dataset 'nope'"
-    assert str(error) == "NOT_FOUND: name: no dataset 'nope'"
+    assert error.details == "dataset: no dataset 'nope'"
+    assert str(error) == "NOT_FOUND: dataset: no dataset 'nope'"
 
 
 # ---------------------------------------------------------------- request mapping
@@ -116,7 +116,7 @@ def test_every_option_reaches_the_request(client, fake_node):
     stream = client.stream(
         "toy",
         3,
-        shuffle=True,
+        sample_random=True,
         seed=2**32 - 1,
         epochs=2,
         preprocessor="normalize",
@@ -146,8 +146,14 @@ def test_every_option_reaches_the_request(client, fake_node):
     assert request.codec == tensor_pb2.CODEC_ZSTD
 
 
+def test_shuffle_window_reaches_the_request(client, fake_node):
+    list(client.stream("toy", 4, sample_random=True, seed=1, shuffle_window=8))
+    list(client.stream("toy", 4, sample_random=True, seed=1))
+    assert [request.shuffle_window for request in fake_node.requests] == [8, 0]
+
+
 def test_sample_weights_by_array_name(client, fake_node):
-    list(client.stream("toy", 4, shuffle=True, sample_weights="weight"))
+    list(client.stream("toy", 4, sample_random=True, sample_weights="weight"))
     assert fake_node.requests[0].sample_weights.array == "weight"
 
 
@@ -166,7 +172,7 @@ def test_augment_dict_maps_to_the_message(client, fake_node):
         "crop_size": (2, 2),
         "order_x": 0,
     }
-    list(client.stream("toy", 5, augment=augment))
+    list(client.stream("toy", 5, augmentation=augment))
     message = fake_node.requests[0].augmentation
     assert (message.x_array, message.y_array) == ("image", "mask")
     assert message.rotation_range == 15.0
@@ -185,7 +191,7 @@ def test_augment_dict_maps_to_the_message(client, fake_node):
 
 
 def test_augment_zoom_pair(client, fake_node):
-    list(client.stream("toy", 5, augment={"x_array": "image", "zoom_range": (0.5, 1.5)}))
+    list(client.stream("toy", 5, augmentation={"x_array": "image", "zoom_range": (0.5, 1.5)}))
     assert list(fake_node.requests[0].augmentation.zoom_range) == [0.5, 1.5]
 
 
@@ -194,14 +200,18 @@ def test_augment_zoom_pair(client, fake_node):
     [
         ({"x_array": "image", "rotaton_range": 3}, ValueError, "'rotaton_range'.*'rotation_range'"),
         ({"x_array": "image", "cval": 1}, ValueError, "Got 'cval' instead.*'cval_[xy]'"),
-        ({"rotation_range": 3}, ValueError, r"augment\['x_array'\]"),
-        ({"x_array": "image", "rotation_range": "lots"}, TypeError, r"augment\['rotation_range'\]"),
-        ({"x_array": "image", "crop_size": (1.5, 2)}, TypeError, r"augment\['crop_size'\]"),
+        ({"rotation_range": 3}, ValueError, r"augmentation\['x_array'\]"),
+        (
+            {"x_array": "image", "rotation_range": "lots"},
+            TypeError,
+            r"augmentation\['rotation_range'\]",
+        ),
+        ({"x_array": "image", "crop_size": (1.5, 2)}, TypeError, r"augmentation\['crop_size'\]"),
     ],
 )
 def test_bad_augment_is_refused_before_any_call(client, fake_node, augment, error, match):
     with pytest.raises(error, match=match):
-        client.stream("toy", 2, augment=augment)
+        client.stream("toy", 2, augmentation=augment)
     assert fake_node.requests == []
 
 
@@ -211,7 +221,7 @@ def test_bad_augment_is_refused_before_any_call(client, fake_node, augment, erro
         ({"batch_size": 0}, ValueError, "batch_size to be an integer >= 1. Got 0"),
         ({"batch_size": 2.0}, TypeError, "batch_size to be an integer"),
         ({"batch_size": True}, TypeError, "batch_size to be an integer"),
-        ({"name": ""}, TypeError, "name to be a non-empty string"),
+        ({"dataset": ""}, TypeError, "dataset to be a non-empty string"),
         ({"epochs": 0}, ValueError, "epochs"),
         ({"seed": -1}, ValueError, "seed"),
         ({"seed": 2**32}, ValueError, "seed"),
@@ -228,10 +238,13 @@ def test_bad_augment_is_refused_before_any_call(client, fake_node, augment, erro
         ({"max_reconnects": -1}, ValueError, "max_reconnects"),
         ({"initial_backoff": 0}, ValueError, "initial_backoff"),
         ({"max_backoff": float("inf")}, ValueError, "max_backoff"),
+        ({"shuffle_window": 0}, ValueError, "shuffle_window"),
+        ({"shuffle_window": -5}, ValueError, "shuffle_window"),
+        ({"shuffle_window": 2.5}, TypeError, "shuffle_window"),
     ],
 )
 def test_bad_arguments_are_refused_naming_them(client, fake_node, kwargs, error, match):
-    arguments = {"name": "toy", "batch_size": 2, **kwargs}
+    arguments = {"dataset": "toy", "batch_size": 2, **kwargs}
     with pytest.raises(error, match=match):
         client.stream(**arguments)
     assert fake_node.requests == []

@@ -1,4 +1,4 @@
-"""data_node.admission in-process: the interceptor, the call limits and the memory budget.
+"""data_node.rpc.admission in-process: the interceptor, the call limits and the memory budget.
 
 Matrix: CallLimits x {max_open_calls node-wide, max_open_calls_per_token, max_open_streams,
 max_open_streams_per_token} refuse at the limit naming it, count per token apart, free on
@@ -19,10 +19,10 @@ from typing import NamedTuple
 import grpc
 import pytest
 
-from data_node.admission import NO_TOKEN, Admission, CallLimits, MemoryBudget
-from data_node.auth import OPEN_PREFIX
 from data_node.config import BearerToken, LimitsConfig
 from data_node.errors import LimitExceededError
+from data_node.rpc.admission import NO_TOKEN, Admission, CallLimits, MemoryBudget
+from data_node.rpc.auth import OPEN_PREFIX
 
 READ = BearerToken("r3ad-token", "read", "auth.tokens_file line 1")
 BUILD = BearerToken("bu1ld-token", "build", "auth.tokens_env entry 1")

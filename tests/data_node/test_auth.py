@@ -1,4 +1,4 @@
-"""data_node.auth in-process: token checks and roles (the interceptor: test_admission.py).
+"""data_node.rpc.auth in-process: token checks and roles (the interceptor: test_admission.py).
 
 Matrix: TokenChecker x {the right token (str and bytes metadata; scheme in any case; extra
 spaces), no entry, two entries, another scheme, no token after the scheme, an unknown
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from data_node.auth import MAX_TOKEN_CHARS, ROLE_NEEDED, TokenChecker, check_role
 from data_node.config import BearerToken
 from data_node.errors import RoleError, TokenError
+from data_node.rpc.auth import MAX_TOKEN_CHARS, ROLE_NEEDED, TokenChecker, check_role
 from data_wire.v1 import data_node_pb2
 
 READ = BearerToken("r3ad-token", "read", "auth.tokens_file line 1")

@@ -1,9 +1,9 @@
-"""The data-node command line: token files, unservable configs, health without a node.
+"""The data-node command line: unservable configs, health without a node, its commands.
 
-Matrix: --token_file with comments and blank lines / with no token; `serve` on an address
-that cannot be bound and on an invalid config (exit 2, message); `health` against nothing
-listening (exit 1) and with an unreadable --token_file it does not need; every build option
-spelled with hyphens (as data-client's) or underscores (the library's argument names).
+Matrix: `serve` on an address that cannot be bound and on an invalid config (exit 2,
+message); `health` against nothing listening (exit 1) and with an unreadable --token-file it
+does not need; the commands moved to data-client (build, import, register, remove, jobs,
+watch, cancel) are not data-node's.
 """
 
 from __future__ import annotations
@@ -13,41 +13,15 @@ import socket
 import pytest
 from node_support import make_data, write_config
 
-from data_node.cli import _parser, _read_token, main
-
-BUILD_OPTIONS = [
-    ("--token_file", "t.txt"),
-    ("--volume_dataset", "brains:image"),
-    ("--mask_dataset", "brains:mask"),
-    ("--class_list", "0", "1"),
-    ("--no-random_order",),
-    ("--max_patches_per_class", "5"),
-    ("--file_format", "zarr"),
-    ("--writer_options", "{}"),
-    ("--register_as", "patches"),
-    ("--slice_axis", "0"),
-    ("--scheduler_address", "tcp://s:8786"),
-]
+from data_node.cli import _parser, main
 
 
-def test_build_options_take_hyphens_or_underscores():
-    required = ["build", "--output", "out", "--patchsize", "9"]
-    underscored = [word for option in BUILD_OPTIONS for word in option]
-    hyphenated = [w.replace("_", "-") if w.startswith("--") else w for w in underscored]
-    assert hyphenated != underscored
-    parsed = [vars(_parser().parse_args(required + words)) for words in (underscored, hyphenated)]
-    assert parsed[0] == parsed[1]
-    assert parsed[0]["class_list"] == [0, 1]
-    assert parsed[0]["random_order"] is False
-
-
-def test_token_file_first_word_skipping_comments(tmp_path):
-    path = tmp_path / "tokens.txt"
-    path.write_text("# the team's token\n\n  s3cret-token read\nother\n")
-    assert _read_token(path) == "s3cret-token"
-    path.write_text("# nothing here\n\n")
-    with pytest.raises(ValueError, match="--token-file: Expected a token"):
-        _read_token(path)
+def test_moved_commands_are_data_clients(capsys):
+    for command in ("build", "import", "register", "remove", "jobs", "watch", "cancel"):
+        with pytest.raises(SystemExit) as exit_info:
+            _parser().parse_args([command])
+        assert exit_info.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
 
 
 def test_serve_reports_an_unbindable_address(tmp_path, monkeypatch, capsys):
@@ -76,7 +50,7 @@ def test_health_of_nothing_listening_needs_no_token(tmp_path, capsys):
             f"127.0.0.1:{port}",
             "--timeout",
             "0.5",
-            "--token_file",
+            "--token-file",
             str(missing),
         ]
     )

@@ -296,7 +296,7 @@ def pem_files(root):
     return root / "pki"
 
 
-TLS = '\n[tls]\ncert_file = "pki/server.pem"\nkey_file = "pki/server.key"\n'
+TLS = '\n[tls]\ncert = "pki/server.pem"\nkey = "pki/server.key"\n'
 
 
 def test_tls_files_resolve_against_the_config_file(root, pem_files):
@@ -304,8 +304,8 @@ def test_tls_files_resolve_against_the_config_file(root, pem_files):
     assert config.tls == TlsConfig(pem_files / "server.pem", pem_files / "server.key")
     assert load(write(root, GOOD)).tls is None
     with_ca = load(
-        write(root, GOOD + TLS + 'client_ca_file = "pki/ca.pem"\n'),
-        {"DATA_NODE_TLS__CERT_FILE": "pki/other.pem"},
+        write(root, GOOD + TLS + 'ca = "pki/ca.pem"\n'),
+        {"DATA_NODE_TLS__CERT": "pki/other.pem"},
     )
     assert with_ca.tls == TlsConfig(
         pem_files / "other.pem", pem_files / "server.key", pem_files / "ca.pem"
@@ -315,14 +315,14 @@ def test_tls_files_resolve_against_the_config_file(root, pem_files):
 @pytest.mark.parametrize(
     ("tls", "message"),
     [
-        ('key_file = "pki/server.key"', r"^tls\.cert_file: Expected the node's PEM certificate"),
-        ('cert_file = "pki/server.pem"', r"^tls\.key_file: Expected the node's PEM private key"),
-        ('client_ca_file = "pki/ca.pem"', r"^tls\.cert_file: .* missing"),
-        (TLS + 'client_ca_file = "pki/nope.pem"', r"^tls\.client_ca_file: Expected an existing"),
-        (TLS.replace("server.key", "not_pem.txt"), r"^tls\.key_file: Expected a PEM file"),
-        (TLS.replace("pki/server.pem", "pki"), r"^tls\.cert_file: Expected an existing file"),
-        (TLS + "ca_file = 1", r"^tls\.ca_file: Expected one of"),
-        (TLS.replace('"pki/server.pem"', "3"), r"^tls\.cert_file: Expected a non-empty string"),
+        ('key = "pki/server.key"', r"^tls\.cert: Expected the node's PEM certificate"),
+        ('cert = "pki/server.pem"', r"^tls\.key: Expected the node's PEM private key"),
+        ('ca = "pki/ca.pem"', r"^tls\.cert: .* missing"),
+        (TLS + 'ca = "pki/nope.pem"', r"^tls\.ca: Expected an existing"),
+        (TLS.replace("server.key", "not_pem.txt"), r"^tls\.key: Expected a PEM file"),
+        (TLS.replace("pki/server.pem", "pki"), r"^tls\.cert: Expected an existing file"),
+        (TLS + "ca_bundle = 1", r"^tls\.ca_bundle: Expected one of"),
+        (TLS.replace('"pki/server.pem"', "3"), r"^tls\.cert: Expected a non-empty string"),
     ],
 )
 def test_bad_tls_values_name_the_key(root, pem_files, tls, message):
@@ -457,6 +457,43 @@ def test_hardening_limits_have_defaults_and_are_checked(root):
 def test_a_metrics_port_alone_binds_loopback(root, listen, expected):
     config = load(write(root, GOOD), {"DATA_NODE_METRICS__LISTEN": f'"{listen}"'})
     assert config.metrics.listen == expected
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('\n[tls]\ncert_file = "pki/server.pem"\n', "tls.cert"),
+        ('\n[tls]\nkey_file = "pki/server.key"\n', "tls.key"),
+        ('\n[tls]\nclient_ca_file = "pki/ca.pem"\n', "tls.ca"),
+        ("max_io_workers = 2\n", "limits.max_nb_io_workers"),
+        ("max_proc_workers = 2\n", "limits.max_nb_proc_workers"),
+    ],
+)
+def test_a_renamed_key_is_refused_naming_its_new_name(root, pem_files, old, new):
+    body = GOOD.replace("max_batch_size = 64\n", f"max_batch_size = 64\n{old}")
+    if old.startswith("\n[tls]"):
+        body = GOOD + old
+    key = old.strip().splitlines()[-1].split(" = ")[0]
+    section = new.split(".")[0]
+    with pytest.raises(ConfigError) as caught:
+        load(write(root, body))
+    message = str(caught.value)
+    assert message.startswith(f"{section}.{key}: Expected one of ")
+    assert message.endswith(
+        f"Got an unknown key. Did you mean {new.split('.')[1]!r}? ({section}.{key} is now {new})"
+    )
+    variable = f"DATA_NODE_{section.upper()}__{key.upper()}"
+    with pytest.raises(
+        ConfigError, match=rf"Did you mean DATA_NODE_{new.upper().replace('.', '__')}\? \(renamed\)"
+    ):
+        load(write(root, GOOD), {variable: "2"})
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "localhost", "[::1]", "host:", "h:70000"])
+def test_a_listen_address_must_name_a_port(root, listen):
+    body = GOOD.replace('listen = "127.0.0.1:0"', f"listen = {listen!r}")
+    with pytest.raises(ConfigError, match=r"^node\.listen: Expected HOST:PORT with a port in"):
+        load(write(root, body))
 
 
 def test_workers_default_to_the_usable_cores_and_can_be_set(root):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from data_node.catalog.datasets import Dataset
 from data_node.config import LimitsConfig
-from data_node.datasets import Dataset
-from data_node.streams import parse_stream_request
+from data_node.streaming.streams import parse_stream_request
 from data_wire.v1 import data_node_pb2, tensor_pb2
 
 LENGTH = 12

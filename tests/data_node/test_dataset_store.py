@@ -19,9 +19,9 @@ import h5py
 import numpy as np
 import pytest
 
-from data_node._dataset_store import FILE_NAME, DatasetStore
+from data_node.catalog.dataset_store import FILE_NAME, DatasetStore
+from data_node.catalog.datasets import DatasetRegistry
 from data_node.config import ArrayConfig, DatasetConfig, SourceConfig
-from data_node.datasets import DatasetRegistry
 from data_node.errors import ConfigError, PathOutsideRootError
 
 

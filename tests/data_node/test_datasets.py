@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import zarr
 
+from data_node.catalog.datasets import DatasetRegistry, open_dataset, wire_dtype
 from data_node.config import ArrayConfig, DatasetConfig, SourceConfig
-from data_node.datasets import DatasetRegistry, open_dataset, wire_dtype
 from data_node.errors import ConfigError, DatasetNotFoundError
 from data_tools._chunk_cache import ChunkCache
 

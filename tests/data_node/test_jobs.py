@@ -12,7 +12,7 @@ max_patches_per_class; unknown file_format, bad / unknown writer_options; execut
 scheduler_address, dask without zarr; output empty, outside the output root ("..",
 absolute, symlink), the root itself, the staging dir, existing without overwrite;
 register_as naming a configured dataset. Generated requests (extreme integers, NUL bytes,
-long and odd strings, deep JSON) are accepted or refused with a DataNodeError naming a field.
+long and odd strings, deep JSON) are accepted or refused with a NodeError naming a field.
 Imports (import_cases): defaults and spec; patch-only fields and bad output fields refused;
 each case checked (label shape and dtype, suffix, path outside the root) with the case named;
 options checked by the library's parser.
@@ -36,16 +36,16 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data_node._job_store import JobRecord, JobStore, PublishIntent
+from data_node.catalog.datasets import DatasetRegistry
 from data_node.config import parse_config
-from data_node.datasets import DatasetRegistry
 from data_node.errors import (
-    DataNodeError,
     DatasetNotFoundError,
+    NodeError,
     PathOutsideRootError,
     RequestError,
 )
-from data_node.jobs import parse_build_request
+from data_node.jobs._store import JobRecord, JobStore, PublishIntent
+from data_node.jobs.manager import parse_build_request
 from data_wire.v1 import jobs_pb2
 
 VOLUME = np.random.default_rng(3).random((4, 10, 12), dtype=np.float32)
@@ -479,7 +479,7 @@ def test_generated_requests_are_accepted_or_refused_naming_a_field(node, message
     refusal = None
     try:
         parse_build_request(message, config, registry)
-    except DataNodeError as error:
+    except NodeError as error:
         refusal = str(error)
     assert refusal is None or refusal.startswith(FIELDS), refusal
 

@@ -33,16 +33,16 @@ import pytest
 import zarr
 from leak_check import assert_no_leaks, forkserver_children
 
-from data_node._job_store import JobRecord, JobStore
+from data_node.catalog.datasets import DatasetRegistry
 from data_node.config import parse_config
-from data_node.datasets import DatasetRegistry
 from data_node.errors import (
     JobNotFoundError,
     LimitExceededError,
     NodeStoppingError,
     RequestError,
 )
-from data_node.jobs import INTERRUPTED, STAGING_DIR, JobManager
+from data_node.jobs._store import JobRecord, JobStore
+from data_node.jobs.manager import INTERRUPTED, STAGING_DIR, JobManager
 from data_tools.patches import create_dataset, is_dataset_complete
 from data_wire.v1 import jobs_pb2
 

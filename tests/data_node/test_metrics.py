@@ -22,9 +22,9 @@ import pytest
 from leak_check import assert_no_leaks
 from prometheus_client.parser import text_string_to_metric_families
 
+from data_node.catalog.datasets import DatasetRegistry
 from data_node.config import parse_config
-from data_node.datasets import DatasetRegistry
-from data_node.jobs import JobManager
+from data_node.jobs.manager import JobManager
 from data_node.metrics import STAGES, NodeMetrics
 from data_tools._chunk_cache import CacheStats
 from data_tools.io.data_flow import BatchInfo

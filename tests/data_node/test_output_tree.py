@@ -16,9 +16,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from data_node._job_worker import enter_staging
-from data_node._output_tree import OutputTree
 from data_node.errors import ConfigError
+from data_node.jobs._output_tree import OutputTree
+from data_node.jobs._worker import enter_staging
 
 
 @pytest.fixture

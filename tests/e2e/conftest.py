@@ -14,7 +14,7 @@ from data_node.server import build_server
 def node_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("node")
     arrays = make_data(root)
-    write_config(root, max_batch_size=32, max_open_streams=16, max_proc_workers=2)
+    write_config(root, max_batch_size=32, max_open_streams=16, max_nb_proc_workers=2)
     return root, arrays
 
 

@@ -32,8 +32,8 @@ from data_client.errors import (
     ResourceExhaustedError,
     UnauthenticatedError,
 )
-from data_node.auth import ROLE_NEEDED
 from data_node.config import load
+from data_node.rpc.auth import ROLE_NEEDED
 from data_node.server import build_server
 
 READ = "read-token.AAAA~1234"

@@ -68,6 +68,10 @@ def test_unknown_dataset_is_not_found(client):
             r"^augmentation\.y_array",
         ),
         (
+            {"augmentation": data_node_pb2.Augmentation(x_array="image", y_array="image")},
+            r"^augmentation\.y_array: Expected an array other than x_array .* Got 'image'",
+        ),
+        (
             {"augmentation": data_node_pb2.Augmentation(x_array="image", rotation_range=-5)},
             r"^augmentation\.rotation_range: Expected a number in \[0, 360\] \(degrees\)\. Got -5",
         ),
@@ -175,21 +179,21 @@ def raw_stream_error(node, request):
 
 
 def test_cursors_from_other_streams_are_refused(client):
-    stream = client.stream("toy", 8, shuffle=True, seed=1)
+    stream = client.stream("toy", 8, sample_random=True, seed=1)
     next(stream)
     cursor = stream.cursor
     stream.close()
     with pytest.raises(InvalidArgumentError, match=r"resume\.seed"):
-        next(iter(client.stream("toy", 8, shuffle=True, seed=2, resume=cursor)))
+        next(iter(client.stream("toy", 8, sample_random=True, seed=2, resume=cursor)))
     with pytest.raises(InvalidArgumentError, match=r"resume\.fingerprint"):
-        next(iter(client.stream("toy", 4, shuffle=True, seed=1, resume=cursor)))
+        next(iter(client.stream("toy", 4, sample_random=True, seed=1, resume=cursor)))
     with pytest.raises(InvalidArgumentError, match=r"resume\.dataset"):
-        next(iter(client.stream("classes", 8, shuffle=True, seed=1, resume=cursor)))
+        next(iter(client.stream("classes", 8, sample_random=True, seed=1, resume=cursor)))
     past_end = tensor_pb2.Cursor()
     past_end.CopyFrom(cursor)
     past_end.batch_index = 99
     with pytest.raises(InvalidArgumentError, match=r"resume\.batch_index: .*\[0, 5\)"):
-        next(iter(client.stream("toy", 8, shuffle=True, seed=1, resume=past_end)))
+        next(iter(client.stream("toy", 8, sample_random=True, seed=1, resume=past_end)))
     assert_still_serving(client)
 
 
@@ -238,5 +242,5 @@ def test_a_request_above_the_request_limit_is_resource_exhausted(node_with):
     _, client = node_with(max_request_bytes=65536)
     with client:
         with pytest.raises(ResourceExhaustedError, match="larger than max"):
-            next(iter(client.stream("toy", 4, shuffle=True, sample_weights=[1.0] * 20000)))
+            next(iter(client.stream("toy", 4, sample_random=True, sample_weights=[1.0] * 20000)))
         assert_still_serving(client)

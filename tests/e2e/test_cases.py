@@ -73,7 +73,9 @@ def test_a_selection_yields_its_cases_once_per_epoch(client, cases, selection):
     want = selected(0, 1, 2, 3, 7)
     ordered = epochs_of(client.stream("cases", 4, cases=selection))
     np.testing.assert_array_equal(ordered[0], want)
-    shuffled = epochs_of(client.stream("cases", 4, shuffle=True, seed=1, epochs=2, cases=selection))
+    shuffled = epochs_of(
+        client.stream("cases", 4, sample_random=True, seed=1, epochs=2, cases=selection)
+    )
     for indices in shuffled.values():
         np.testing.assert_array_equal(np.sort(indices), want)
     assert not np.array_equal(shuffled[0], want)
@@ -81,11 +83,11 @@ def test_a_selection_yields_its_cases_once_per_epoch(client, cases, selection):
 
 def test_samples_are_augmented_as_in_the_whole_dataset(client, cases):
     whole = {}
-    with client.stream("cases", 8, seed=5, augment=AUGMENT) as stream:
+    with client.stream("cases", 8, seed=5, augmentation=AUGMENT) as stream:
         for image, mask, *_ in stream:
             for row, index in enumerate(stream.indices):
                 whole[int(index)] = (np.array(image[row]), np.array(mask[row]))
-    with client.stream("cases", 8, seed=5, augment=AUGMENT, cases="8-9") as stream:
+    with client.stream("cases", 8, seed=5, augmentation=AUGMENT, cases="8-9") as stream:
         count = 0
         for image, mask, case, _ in stream:
             assert set(case.tolist()) <= {8, 9}
@@ -99,7 +101,7 @@ def test_samples_are_augmented_as_in_the_whole_dataset(client, cases):
 def test_shards_of_a_selection_are_disjoint_and_cover_it(client, cases):
     parts = [
         epochs_of(
-            client.stream("cases", 3, shuffle=True, seed=2, rank=r, world_size=3, cases="2-6")
+            client.stream("cases", 3, sample_random=True, seed=2, rank=r, world_size=3, cases="2-6")
         )[0]
         for r in range(3)
     ]
@@ -109,7 +111,7 @@ def test_shards_of_a_selection_are_disjoint_and_cover_it(client, cases):
 
 
 def test_a_cursor_resumes_its_selection_only(client, cases):
-    kwargs = {"shuffle": True, "seed": 9, "epochs": 2, "augment": AUGMENT}
+    kwargs = {"sample_random": True, "seed": 9, "epochs": 2, "augmentation": AUGMENT}
     full, cursors = [], []
     with client.stream("cases", 4, cases="0-3,7", **kwargs) as stream:
         for image, *_ in stream:
@@ -140,7 +142,7 @@ def test_weights_apply_to_the_selected_samples(client, cases):
     stream = client.stream(
         "cases",
         5,
-        shuffle=True,
+        sample_random=True,
         seed=0,
         sample_with_replacement=True,
         sample_weights=weights,
@@ -258,8 +260,14 @@ def test_two_nodes_serve_a_selection_from_a_later_epoch_as_one_does(node_dir, no
     second, port = build_server(load(root / "node.toml", environ), "127.0.0.1:0")
     second.start()
     try:
-        request = {"shuffle": True, "seed": 6, "epochs": 3, "start_epoch": 1, "cases": "0-3,7"}
-        request["augment"] = AUGMENT
+        request = {
+            "sample_random": True,
+            "seed": 6,
+            "epochs": 3,
+            "start_epoch": 1,
+            "cases": "0-3,7",
+        }
+        request["augmentation"] = AUGMENT
         one = [
             (stream_position(s), np.array(b[0]))
             for s, b in iterate(client.stream("cases", 3, **request))

@@ -151,7 +151,7 @@ def test_a_stalled_consumer_does_not_make_the_node_read_ahead_unboundedly(
 def read_epochs(address, start, epochs):
     """Every (epoch, indices) of a finite shuffled stream started once all threads are ready."""
     with DataNodeClient(address) as client:
-        stream = client.stream("toy", 4, shuffle=True, seed=5, epochs=epochs)
+        stream = client.stream("toy", 4, sample_random=True, seed=5, epochs=epochs)
         start.wait(timeout=10)
         return [(stream.epoch, stream.indices.copy()) for _ in stream]
 

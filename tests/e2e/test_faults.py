@@ -64,7 +64,7 @@ def fragile_node(tmp_path):
     arrays = make_data(tmp_path)
     with h5py.File(tmp_path / "data" / "gzip.h5", "w") as file:
         file.create_dataset("image", data=arrays["image"], chunks=(4, 1, 16, 16), compression=4)
-    config = write_config(tmp_path, max_proc_workers=2)
+    config = write_config(tmp_path, max_nb_proc_workers=2)
     with config.open("a") as file:
         file.write(
             '[datasets.gzip.arrays]\nimage = { path = "gzip.h5", key = "image" }\n'

@@ -207,7 +207,7 @@ def test_generated_stream_requests(channel, request, compression):
 @settings(max_examples=200, deadline=None, database=None)
 @given(name=names, compression=COMPRESSIONS)
 def test_generated_describe_requests(channel, name, compression):
-    request = data_node_pb2.DescribeDatasetRequest(name=name).SerializeToString()
+    request = data_node_pb2.DescribeDatasetRequest(dataset=name).SerializeToString()
     check_answer(
         lambda: raw(channel, "DescribeDataset", False)(
             request, timeout=10, compression=compression

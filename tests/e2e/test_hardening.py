@@ -43,9 +43,9 @@ from node_support import make_data, start_node_process, wait_for_idle, write_con
 
 from data_client import DataNodeClient
 from data_client.errors import ResourceExhaustedError
-from data_node._strings import MAX_STRING_CHARS
 from data_node.config import load
 from data_node.metrics import MAX_CONNECTIONS
+from data_node.rpc._strings import MAX_STRING_CHARS
 from data_node.server import build_server
 from data_wire.v1 import data_node_pb2
 
@@ -256,7 +256,7 @@ def node_process(tmp_path_factory):
 def test_a_compressed_huge_request_is_refused_before_it_grows_the_node(node_process, token, code):
     process, port, _ = node_process
     huge = 64 << 20
-    request = data_node_pb2.DescribeDatasetRequest(name="x" * huge).SerializeToString()
+    request = data_node_pb2.DescribeDatasetRequest(dataset="x" * huge).SerializeToString()
     assert len(gzip.compress(request)) < huge // 100  # what travels is small
     peak = status_kib(process.pid, "VmHWM")
     with grpc.insecure_channel(
@@ -334,7 +334,7 @@ def call_raw(channel, method, raw):
 @pytest.mark.parametrize(
     ("method", "request_message", "field"),
     [
-        (DESCRIBE, data_node_pb2.DescribeDatasetRequest(name="t" * 100_000), "name"),
+        (DESCRIBE, data_node_pb2.DescribeDatasetRequest(dataset="t" * 100_000), "dataset"),
         (
             STREAM,
             data_node_pb2.StreamRequest(
@@ -373,7 +373,7 @@ def test_a_long_unknown_name_gets_no_suggestion_and_a_weights_array_is_shape_che
     with pytest.raises(
         InvalidArgumentError, match=r"sample_weights\.array: .* Got 'image', of shape \(40, 1, 16"
     ):
-        next(iter(client.stream("toy", 4, shuffle=True, sample_weights="image")))
+        next(iter(client.stream("toy", 4, sample_random=True, sample_weights="image")))
 
 
 # ---------------------------------------------------------------- metrics

@@ -26,7 +26,7 @@ from data_client import DataNodeClient
 from data_client.errors import ResourceExhaustedError
 from data_client.jobs import FileArray, JobState
 from data_node.config import load
-from data_node.jobs import PAGE_BYTES
+from data_node.jobs.manager import PAGE_BYTES
 from data_node.server import build_server
 from data_wire.v1 import data_node_pb2_grpc, jobs_pb2
 

@@ -34,6 +34,7 @@ from leak_check import assert_no_leaks, descendants, forkserver_children
 from node_support import start_blocked_job
 
 from data_client import DataNodeClient
+from data_client.cli import main
 from data_client.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -41,9 +42,8 @@ from data_client.errors import (
     UnavailableError,
 )
 from data_client.jobs import DatasetArray, FileArray, JobState
-from data_node.cli import main
 from data_node.config import load
-from data_node.jobs import INTERRUPTED
+from data_node.jobs.manager import INTERRUPTED
 from data_node.server import build_server
 from data_tools.patches import create_dataset
 from data_wire.v1 import data_node_pb2_grpc, jobs_pb2
@@ -395,9 +395,10 @@ def test_cli_builds_lists_watches_and_cancels(job_node, capsys):
     _, port = job_node
     address = ["--address", f"127.0.0.1:{port}"]
     build = ["build", *address, "--output", "cli", "--patchsize", "3", "--volume", "vol.h5:image"]
-    assert main([*build, "--mask", "vol.h5:mask", "--class_list", "1", "--no-random_order"]) == 0
+    assert main([*build, "--mask", "vol.h5:mask", "--class-list", "1", "--no-random-order"]) == 0
     out, err = capsys.readouterr()
-    job_id = out.split()[1]
+    job_id = out.split()[0]
+    assert f"job {job_id} submitted" in err
     assert f"{job_id} succeeded" in out
     assert f"class_1={np.count_nonzero(MASK == 1)}/" in out
     assert "patch" in err  # the progress bar
@@ -406,9 +407,9 @@ def test_cli_builds_lists_watches_and_cancels(job_node, capsys):
     assert main(["watch", job_id, *address]) == 0
     assert main(["cancel", job_id, *address]) == 0
     assert "succeeded" in capsys.readouterr().out
-    assert main(["cancel", "nope", *address]) == 2
+    assert main(["cancel", "nope", *address]) == 1
     assert "NOT_FOUND: job_id" in capsys.readouterr().err
-    assert main([*build[:-1], "missing.h5:image", "--output", "cli-missing"]) == 2
-    failing = [*build[:4], "cli-failed", *build[5:], "--mask", "vol.h5:mask", "--class_list", "9"]
+    assert main([*build[:-1], "missing.h5:image", "--output", "cli-missing"]) == 1
+    failing = [*build[:4], "cli-failed", *build[5:], "--mask", "vol.h5:mask", "--class-list", "9"]
     assert main(failing) == 1
     assert "failed" in capsys.readouterr().out

@@ -101,7 +101,7 @@ class Usage:
 def leak_node(tmp_path_factory):
     root = tmp_path_factory.mktemp("leaks")
     make_data(root)
-    config = write_config(root, max_open_streams=16, max_proc_workers=2)
+    config = write_config(root, max_open_streams=16, max_nb_proc_workers=2)
     server, port = build_server(load(config), "127.0.0.1:0")
     server.start()
     yield server, port

@@ -91,7 +91,7 @@ def test_a_stream_is_counted_batch_by_batch(metrics_node, client):
     node, _ = metrics_node
     before = scrape(node.metrics_port)
     augment = {"x_array": "image", "y_array": "mask", "rotation_range": 10.0}
-    batches = list(client.stream("toy", 8, seed=5, augment=augment))
+    batches = list(client.stream("toy", 8, seed=5, augmentation=augment))
     assert len(batches) == 5
     after = scrape(node.metrics_port)
     delta = sample(after, "data_node_batches_total", dataset="toy") - sample(

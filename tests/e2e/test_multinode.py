@@ -40,7 +40,12 @@ AUGMENT = {
     "horizontal_flip": True,
     "intensity_shift_range": 0.1,
 }
-STREAM = {"batch_size": 3, "shuffle": True, "seed": 11, "augment": AUGMENT}  # 14 batches/epoch
+STREAM = {
+    "batch_size": 3,
+    "sample_random": True,
+    "seed": 11,
+    "augmentation": AUGMENT,
+}  # 14 batches/epoch
 NO_LEAKS = {"thread_prefix": "data_client"}
 # Without BDP probing the HTTP/2 window stays at 64 KiB, so a node cannot send the whole of
 # its lane ahead of the trainer: the kill lands mid-lane.

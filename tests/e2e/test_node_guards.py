@@ -31,10 +31,10 @@ from node_support import (
 
 from data_client import DataNodeClient
 from data_client.jobs import FileArray, JobState
-from data_node import _output_tree
 from data_node.cli import main
 from data_node.config import load
 from data_node.errors import ConfigError
+from data_node.jobs import _output_tree
 from data_node.server import build_server
 
 VOLUME = np.random.default_rng(51).random((4, 12, 10), dtype=np.float32)

@@ -7,7 +7,7 @@ plain grey elsewhere, every augmented tile likewise for the augmented sample and
 trainer's stream yields (same seed, epoch, augmentation, case selection), the background
 between tiles; epoch and cases pick the trainer's samples; a dataset without a mask has no
 colour anywhere; bad arguments are named; the CLI writes the file and prints its path, and
-refuses a malformed --augment; no temporary file is left.
+refuses a malformed --augmentation; no temporary file is left.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_tiles_show_the_original_and_the_trainers_sample_with_the_mask_in_colour
     client, segmented, tmp_path
 ):
     image, mask = segmented
-    request = {"shuffle": True, "seed": 4, "augment": AUGMENT, "cases": "1-4"}
+    request = {"sample_random": True, "seed": 4, "augmentation": AUGMENT, "cases": "1-4"}
     shown = client.preview("segmented", tmp_path / "grid.png", 6, epoch=1, columns=4, **request)
     png = decode(shown.path)
     with client.stream("segmented", 6, epochs=2, **request) as stream:
@@ -127,7 +127,7 @@ def test_a_dataset_without_a_mask_has_no_colour(client, segmented, tmp_path):
         "classes",  # image and label: no mask
         tmp_path / "classes.png",
         3,
-        augment={"x_array": "image", "rotation_range": 10.0},
+        augmentation={"x_array": "image", "rotation_range": 10.0},
         seed=0,
         scale=2,
     )
@@ -164,13 +164,13 @@ def test_the_cli_writes_a_preview_and_prints_its_path(node, segmented, tmp_path,
             *argv,
             "--out",
             str(out),
-            "--samples",
+            "--num-samples",
             "5",
             "--seed",
             "2",
             "--cases",
             "0-1",
-            "--augment",
+            "--augmentation",
             augment,
             "--columns",
             "2",
@@ -183,12 +183,12 @@ def test_the_cli_writes_a_preview_and_prints_its_path(node, segmented, tmp_path,
     pair = 2 * SIDE * scale + 3 * 4
     assert png.shape == (4 + 3 * (SIDE * scale + 4), 4 + 2 * pair, 3)  # 5 pairs, 2 per row
     with pytest.raises(SystemExit, match="2"):
-        client_main([*argv, "--out", str(out), "--augment", "[1]"])
+        client_main([*argv, "--out", str(out), "--augmentation", "[1]"])
     assert "Expected a JSON object" in capsys.readouterr().err
 
 
 def test_start_epoch_is_where_a_cursor_at_that_epoch_resumes(client, segmented):
-    request = {"shuffle": True, "seed": 8, "augment": AUGMENT, "epochs": 3}
+    request = {"sample_random": True, "seed": 8, "augmentation": AUGMENT, "epochs": 3}
     with client.stream("segmented", 5, **request) as stream:
         full = [(stream.epoch, stream.indices.copy(), np.array(b[0])) for b in stream]
     with client.stream("segmented", 5, start_epoch=2, **request) as stream:

@@ -1,7 +1,7 @@
 """A node killed (SIGKILL) at each step of a publish: after a restart jobs and files agree.
 
 Matrix: a job replacing (overwrite) the output, and the dataset, of an earlier succeeded job,
-its node process killed at each of data_node.jobs.PUBLISH_STEPS ("start": the result is
+its node process killed at each of data_node.jobs.manager.PUBLISH_STEPS ("start": the result is
 complete, nothing journaled; "intent": journaled; "aside": the old output moved aside;
 "install": the result renamed into place; "commit": recorded SUCCEEDED). After a restart
 (in-process) every job's state is checked against the files: a SUCCEEDED job not replaced
@@ -22,7 +22,7 @@ from node_support import start_node_process, wait_for_empty_trash
 from data_client import DataNodeClient
 from data_client.jobs import FileArray, JobState
 from data_node.config import load
-from data_node.jobs import INTERRUPTED, KILL_AT_VARIABLE, PUBLISH_STEPS
+from data_node.jobs.manager import INTERRUPTED, KILL_AT_VARIABLE, PUBLISH_STEPS
 from data_node.server import build_server
 from data_tools.patches import is_dataset_complete
 

@@ -33,7 +33,7 @@ from data_client import (
     NotFoundError,
     PermissionDeniedError,
 )
-from data_node.cli import main as node_main
+from data_client.cli import main as client_main
 from data_node.config import load
 from data_node.server import build_server
 from data_wire.v1 import data_node_pb2
@@ -104,7 +104,7 @@ def test_registered_datasets_are_served_at_once_and_after_a_restart(root):
         with pytest.raises(NotFoundError, match="dataset"):
             client.describe("fresh")
         with pytest.raises(
-            NotFoundError, match=r"^NOT_FOUND: name: Expected one of the registered"
+            NotFoundError, match=r"^NOT_FOUND: dataset: Expected one of the registered"
         ):
             client.remove_dataset("fresh")
     server.stop(None)
@@ -118,7 +118,9 @@ def test_name_clashes_and_replace(root):
     root, arrays = root
     server, client = start(root)
     with client:
-        with pytest.raises(AlreadyExistsError, match="name: Expected a name other than the config"):
+        with pytest.raises(
+            AlreadyExistsError, match="dataset: Expected a name other than the config"
+        ):
             client.register_dataset("toy", {"image": IMAGE})
         client.register_dataset("mine", {"image": IMAGE})
         with pytest.raises(AlreadyExistsError, match="registered already"):
@@ -177,9 +179,9 @@ def test_a_registration_whose_files_are_gone_is_kept_and_removable(root, caplog)
     [
         (
             {"image": IMAGE},
-            {"name": "no/slash"},
+            {"dataset": "no/slash"},
             InvalidArgumentError,
-            r"^INVALID_ARGUMENT: name: ",
+            r"^INVALID_ARGUMENT: dataset: ",
         ),
         (
             {"image": "missing.h5"},
@@ -215,9 +217,9 @@ def test_a_registration_whose_files_are_gone_is_kept_and_removable(root, caplog)
     ],
 )
 def test_bad_registrations_name_the_field(client, arrays, options, error, message):
-    options = {"name": "bad", **options}
+    options = {"dataset": "bad", **options}
     with pytest.raises(error, match=message):
-        client.register_dataset(options.pop("name"), arrays, **options)
+        client.register_dataset(options.pop("dataset"), arrays, **options)
     assert "bad" not in names(client)
     assert client.describe("toy").length == NUM_SAMPLES
 
@@ -227,10 +229,10 @@ def test_requests_the_client_cannot_send_are_refused_by_the_node(node):
     with DataNodeClient(f"127.0.0.1:{port}") as client:
         node_call = client._nodes[0].register_dataset  # raw requests past the client's checks
         cases = [
-            (data_node_pb2.RegisterDatasetRequest(name="x"), "arrays: Expected 1 to 64"),
+            (data_node_pb2.RegisterDatasetRequest(dataset="x"), "arrays: Expected 1 to 64"),
             (
                 data_node_pb2.RegisterDatasetRequest(
-                    name="x",
+                    dataset="x",
                     arrays=[
                         data_node_pb2.RegisteredArray(name="a", sources=[{"path": "toy.h5"}]),
                         data_node_pb2.RegisteredArray(name="a", sources=[{"path": "toy.h5"}]),
@@ -240,13 +242,13 @@ def test_requests_the_client_cannot_send_are_refused_by_the_node(node):
             ),
             (
                 data_node_pb2.RegisterDatasetRequest(
-                    name="x", arrays=[data_node_pb2.RegisteredArray(name="a")]
+                    dataset="x", arrays=[data_node_pb2.RegisteredArray(name="a")]
                 ),
                 r"arrays\[0\]\.sources: Expected 1 to 4096",
             ),
             (
                 data_node_pb2.RegisterDatasetRequest(
-                    name="x",
+                    dataset="x",
                     maxlen=0,
                     arrays=[
                         data_node_pb2.RegisteredArray(
@@ -262,11 +264,11 @@ def test_requests_the_client_cannot_send_are_refused_by_the_node(node):
                 node_call(request, timeout=10)
             assert raised.value.code().name == "INVALID_ARGUMENT"
         for name, message in (
-            ("", "name: Expected the name of a registered"),
-            ("x" * 4097, "name: Expected at most 4096 characters"),
+            ("", "dataset: Expected the name of a registered"),
+            ("x" * 4097, "dataset: Expected at most 4096 characters"),
         ):
             with pytest.raises(Exception, match=message) as raised:
-                client._nodes[0].remove_dataset(data_node_pb2.RemoveDatasetRequest(name=name))
+                client._nodes[0].remove_dataset(data_node_pb2.RemoveDatasetRequest(dataset=name))
             assert raised.value.code().name == "INVALID_ARGUMENT"
 
 
@@ -331,17 +333,19 @@ def test_the_command_line_registers_and_removes(root, capsys):
         address = client.addresses[0]
         argv = ["register", "cli_set", "--address", address, "--array", "image=toy.h5:image"]
         assert (
-            node_main([*argv, "--array", "image=extra.zarr:image", "--class_list", "0", "1"]) == 0
+            client_main([*argv, "--array", "image=extra.zarr:image", "--class-list", "0", "1"]) == 0
         )
-        assert "registered 'cli_set': 50 samples; image float32 (1, 16, 16), label" in (
+        assert "registered cli_set: 50 samples; image float32 (1, 16, 16), label" in (
             capsys.readouterr().out
         )
         assert client.describe("cli_set").classes == (0, 1)
-        assert node_main([*argv]) == 2  # registered already, without --replace
-        assert "ALREADY_EXISTS: name: Expected a name not registered yet" in capsys.readouterr().err
-        assert node_main(["register", "x", "--address", address, "--array", "image"]) == 2
+        assert client_main([*argv]) == 1  # registered already, without --replace
+        assert (
+            "ALREADY_EXISTS: dataset: Expected a name not registered yet" in capsys.readouterr().err
+        )
+        assert client_main(["register", "x", "--address", address, "--array", "image"]) == 2
         assert "--array: Expected NAME=PATH[:KEY]. Got 'image' instead." in capsys.readouterr().err
-        assert node_main(["remove", "cli_set", "--address", address]) == 0
-        assert capsys.readouterr().out.startswith("removed 'cli_set': 50 samples")
+        assert client_main(["remove", "cli_set", "--address", address]) == 0
+        assert capsys.readouterr().out.startswith("removed cli_set: 50 samples")
         assert "cli_set" not in names(client)
     server.stop(None)

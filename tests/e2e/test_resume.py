@@ -27,7 +27,7 @@ from data_client import DataNodeClient
 from data_wire.v1 import data_node_pb2, tensor_pb2
 
 AUGMENT = {"x_array": "image", "y_array": "mask", "rotation_range": 30.0, "horizontal_flip": True}
-OPTIONS = {"shuffle": True, "seed": 21, "epochs": 2, "augment": AUGMENT}
+OPTIONS = {"sample_random": True, "seed": 21, "epochs": 2, "augmentation": AUGMENT}
 
 
 def free_port():
@@ -113,14 +113,14 @@ HAND_BUILT = data_node_pb2.StreamRequest(
     ),
 )
 CLIENT_OPTIONS = {
-    "shuffle": True,
+    "sample_random": True,
     "seed": 4,
     "epochs": 2,
     "rank": 0,
     "world_size": 1,
     "nb_proc_workers": 1,
     "codec": "lz4",
-    "augment": {
+    "augmentation": {
         "x_array": "image",
         "y_array": "mask",
         "zoom_range": (0.75, 1.25),

@@ -27,7 +27,7 @@ import zarr
 
 from data_client import DataNodeClient
 from data_node.config import load
-from data_node.jobs import PATCH_ARRAY, open_patch_dataset
+from data_node.jobs.manager import PATCH_ARRAY, open_patch_dataset
 from data_node.server import build_server
 from data_tools._chunk_cache import CachedSource, ChunkCache
 from data_tools.patches import CONTAINERS
@@ -116,7 +116,7 @@ def cache_of(server):
 def read_stream(port, dataset, **options):
     """One epoch of a shuffled stream: (image, label, indices) per batch."""
     with DataNodeClient(f"127.0.0.1:{port}") as client:
-        stream = client.stream(dataset, BATCH, shuffle=True, **options)
+        stream = client.stream(dataset, BATCH, sample_random=True, **options)
         return [(*(np.array(a) for a in batch), stream.indices.copy()) for batch in stream]
 
 

@@ -27,7 +27,7 @@ from node_support import NUM_SAMPLES, wait_for_idle
 from data_client import DataNodeClient
 from data_client._decode import decode_batch
 from data_client.errors import OutOfRangeError
-from data_node.streams import SampleTransform
+from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
 from data_tools.io import data_flow
 from data_wire.v1 import data_node_pb2
 
@@ -36,7 +36,7 @@ SEED = 13
 BATCH = 3  # 10 samples per rank: batches of 3, 3, 3, 1
 EPOCHS = 2
 AUGMENT = {"x_array": "image", "y_array": "mask", "rotation_range": 25.0, "horizontal_flip": True}
-PARTITIONED = {"shuffle": True, "seed": SEED, "epochs": EPOCHS, "augment": AUGMENT}
+PARTITIONED = {"sample_random": True, "seed": SEED, "epochs": EPOCHS, "augmentation": AUGMENT}
 
 
 def collect(stream, count=None):
@@ -80,7 +80,7 @@ def local_shard(arrays, rank, epochs=EPOCHS):
         seed=SEED,
         rank=rank,
         world_size=WORLD,
-        preprocessor=SampleTransform(SEED, 0, 1, options),
+        preprocessor=SampleAugmentation(parse_augmentation_spec(**options), SEED, 0, 1),
     )
     with flow:
         return list(itertools.islice(flow.flow_with_info(), epochs * len(flow)))
@@ -271,7 +271,7 @@ def test_a_cursor_at_the_end_is_out_of_range_never_an_empty_stream(node, node_di
 
 def read_independent(port, seed):
     with DataNodeClient(f"127.0.0.1:{port}") as client:
-        stream = client.stream("toy", 8, shuffle=True, seed=seed, epochs=EPOCHS)
+        stream = client.stream("toy", 8, sample_random=True, seed=seed, epochs=EPOCHS)
         batches = collect(stream)
         return batches, stream.cursor.seed
 
@@ -299,7 +299,9 @@ def test_independent_trainers_each_get_whole_epochs_in_their_own_order(node):
     assert_same_batches(again, drawn_batches)
     with DataNodeClient(f"127.0.0.1:{port}") as client:
         explicit = collect(
-            client.stream("toy", 8, shuffle=True, seed=1, epochs=EPOCHS, sharing="independent")
+            client.stream(
+                "toy", 8, sample_random=True, seed=1, epochs=EPOCHS, sharing="independent"
+            )
         )
     assert_same_batches(explicit, runs[0][0])
 

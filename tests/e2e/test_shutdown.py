@@ -26,7 +26,7 @@ WORKERS = {"nb_proc_workers": 2, "nb_io_workers": 2}
 def test_closing_a_stream_frees_its_workers(node, client):
     server, _ = node
     with assert_no_leaks():
-        stream = client.stream("toy", 4, shuffle=True, loop_forever=True, **WORKERS)
+        stream = client.stream("toy", 4, sample_random=True, loop_forever=True, **WORKERS)
         next(stream)
         assert server.servicer.open_streams == 1
         stream.close()

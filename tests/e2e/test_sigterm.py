@@ -31,7 +31,7 @@ from data_client import DataNodeClient
 from data_client.errors import DataNodeError, UnavailableError
 from data_client.jobs import FileArray, JobState
 from data_node.config import load
-from data_node.jobs import INTERRUPTED
+from data_node.jobs.manager import INTERRUPTED
 from data_node.server import build_server
 
 GRACE = 5.0  # NodeServer.stop's default, which `serve` uses
@@ -76,7 +76,7 @@ def test_sigterm_stops_the_node_in_order(tmp_path):
     make_data(tmp_path)
     with h5py.File(tmp_path / "data" / "vol.h5", "w") as file:
         file["image"] = np.zeros((4, 12, 12), dtype=np.float32)
-    config = write_config(tmp_path, max_proc_workers=2)
+    config = write_config(tmp_path, max_nb_proc_workers=2)
     node, port = start_node_process(config, tmp_path / "log")
     try:
         with (
@@ -153,7 +153,7 @@ def test_sigterm_stops_the_node_in_time_whatever_runs(tmp_path):
         file["image"] = np.random.default_rng(0).random((16, 1, 512, 512), dtype=np.float32)
     with h5py.File(tmp_path / "data" / "vol.h5", "w") as file:
         file["image"] = np.zeros((4, 12, 12), dtype=np.float32)
-    config = write_config(tmp_path, max_proc_workers=2)
+    config = write_config(tmp_path, max_nb_proc_workers=2)
     text = config.read_text().replace(
         "[preprocessors]\n", '[preprocessors]\nhang = "node_support:hang"\n'
     )
@@ -178,18 +178,18 @@ def test_sigterm_stops_the_node_in_time_whatever_runs(tmp_path):
                 loop_forever=True,
                 max_reconnects=0,
                 nb_proc_workers=2,
-                augment=WARP_AT_THE_BOUNDS,
+                augmentation=WARP_AT_THE_BOUNDS,
             )
             next(read)
             unread = client.stream(
-                "big", 8, loop_forever=True, max_reconnects=0, augment=WARP_AT_THE_BOUNDS
+                "big", 8, loop_forever=True, max_reconnects=0, augmentation=WARP_AT_THE_BOUNDS
             )
             next(unread)
             with pytest.raises(DataNodeError, match=r"augmentation\.warp_grid_size"):
                 next(
                     iter(
                         client.stream(
-                            "big", 4, augment={**WARP_AT_THE_BOUNDS, "warp_grid_size": 10**6}
+                            "big", 4, augmentation={**WARP_AT_THE_BOUNDS, "warp_grid_size": 10**6}
                         )
                     )
                 )

@@ -42,7 +42,7 @@ def storage_node(request, tmp_path):
         w.buffered_write(DATA)
     with h5py.File(data / "lost.h5", "w") as file:
         file["x"] = DATA
-    config = write_config(tmp_path, max_proc_workers=2)
+    config = write_config(tmp_path, max_nb_proc_workers=2)
     with config.open("a") as file:
         file.write(
             '[datasets.z.arrays]\nx = { path = "z.zarr", key = "x" }\n'

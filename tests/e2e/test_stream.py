@@ -10,15 +10,18 @@ health and reflection services.
 
 from __future__ import annotations
 
+import itertools
+
 import grpc
+import h5py
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
-from node_support import NUM_SAMPLES
+from node_support import NUM_SAMPLES, noisy
 
 from data_client.errors import OutOfRangeError
-from data_node.streams import SampleTransform
-from data_tools.io import data_flow
+from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
+from data_tools.io import PreprocessorChain, data_flow
 
 AUGMENT = {
     "x_array": "image",
@@ -68,9 +71,9 @@ def test_one_ordered_epoch_equals_the_stored_arrays(client, node_dir):
 
 
 def test_shuffled_epochs_follow_the_seed(client):
-    _, first, _ = collect(client.stream("toy", 8, shuffle=True, seed=1, epochs=2))
-    _, again, _ = collect(client.stream("toy", 8, shuffle=True, seed=1, epochs=2))
-    _, other, _ = collect(client.stream("toy", 8, shuffle=True, seed=2, epochs=2))
+    _, first, _ = collect(client.stream("toy", 8, sample_random=True, seed=1, epochs=2))
+    _, again, _ = collect(client.stream("toy", 8, sample_random=True, seed=1, epochs=2))
+    _, other, _ = collect(client.stream("toy", 8, sample_random=True, seed=2, epochs=2))
     for run in (first, other):
         for epoch in (run[:5], run[5:]):
             assert sorted(np.concatenate(epoch)) == list(range(NUM_SAMPLES))
@@ -82,10 +85,10 @@ def test_shuffled_epochs_follow_the_seed(client):
 def test_augmented_stream_equals_data_flow_in_process(client, node_dir):
     _, arrays = node_dir
     remote, remote_indices, _ = collect(
-        client.stream("toy", 8, shuffle=True, seed=5, augment=AUGMENT, nb_proc_workers=2)
+        client.stream("toy", 8, sample_random=True, seed=5, augmentation=AUGMENT, nb_proc_workers=2)
     )
     options = {k: v for k, v in AUGMENT.items() if not k.endswith("_array")}
-    transform = SampleTransform(5, 0, 1, options)
+    transform = SampleAugmentation(parse_augmentation_spec(**options), 5, 0, 1)
     data = [arrays["image"], arrays["mask"], arrays["weights"]]
     local = data_flow(
         data, 8, sample_random=True, seed=5, preprocessor=transform, loop_forever=False
@@ -102,9 +105,61 @@ def test_augmented_stream_equals_data_flow_in_process(client, node_dir):
     assert set(np.unique(np.concatenate([b[1] for b in remote]))) <= {0, 1}
 
 
+def test_a_trainer_gets_what_data_flow_in_process_gets_the_readme_way(client, node_dir):
+    """README "The same stream in-process": the dataset's files, the library's per-sample map
+    chained with the registered preprocessor, the request's sampling and shard."""
+    root, _ = node_dir
+    augment = {
+        "x_array": "image",
+        "y_array": "mask",
+        "rotation_range": 30.0,
+        "shear_range": 5.0,
+        "zoom_range": [0.9, 1.2],
+        "vertical_flip": True,
+        "spline_warp": True,
+        "warp_sigma": 1.0,
+        "fill_mode": "constant",
+        "cval_x": 0.5,
+        "crop_size": [12, 10],
+        "order_x": 3,
+    }
+    request = {
+        "shuffle": True,
+        "seed": 23,
+        "epochs": 2,
+        "rank": 1,
+        "world_size": 2,
+        "nb_proc_workers": 2,
+    }
+    remote, remote_indices, _ = collect(
+        client.stream(
+            "toy", 6, augment=augment, preprocessor="noisy", sharing="partitioned", **request
+        )
+    )
+    options = {k: v for k, v in augment.items() if not k.endswith("_array")}
+    spec = parse_augmentation_spec(**options)
+    chain = PreprocessorChain((SampleAugmentation(spec, 23, x_position=0, y_position=1), noisy))
+    with h5py.File(root / "data" / "toy.h5", "r") as f:
+        data = [f["image"], f["mask"], f["weights"]]
+        flow = data_flow(
+            data, 6, sample_random=True, seed=23, rank=1, world_size=2, preprocessor=chain
+        )
+        with flow:
+            infos = list(itertools.islice(flow.flow_with_info(), 2 * len(flow)))
+    assert len(infos) == len(remote) == 8
+    for info, batch, indices in zip(infos, remote, remote_indices, strict=True):
+        np.testing.assert_array_equal(info.indices, indices)
+        for expected, got in zip(info.arrays, batch, strict=True):
+            assert (expected.dtype, expected.shape) == (got.dtype, got.shape)
+            assert expected.tobytes() == got.tobytes()
+    assert remote[0][0].shape == (6, 1, 12, 10)
+
+
 def test_stream_is_bit_identical_for_any_worker_count(client):
     runs = [
-        collect(client.stream("toy", 8, shuffle=True, seed=9, augment=AUGMENT, **workers))[0]
+        collect(
+            client.stream("toy", 8, sample_random=True, seed=9, augmentation=AUGMENT, **workers)
+        )[0]
         for workers in ({}, {"nb_proc_workers": 2}, {"nb_io_workers": 3})
     ]
     for run in runs[1:]:
@@ -114,7 +169,7 @@ def test_stream_is_bit_identical_for_any_worker_count(client):
 
 
 def test_resume_from_any_cursor_continues_exactly(client):
-    options = {"shuffle": True, "seed": 11, "epochs": 2, "augment": AUGMENT}
+    options = {"sample_random": True, "seed": 11, "epochs": 2, "augmentation": AUGMENT}
     full, full_indices, cursors = collect(client.stream("toy", 16, **options))
     assert len(full) == 6
     for k in (0, 2, 3, 4):
@@ -128,7 +183,7 @@ def test_resume_from_any_cursor_continues_exactly(client):
 
 
 def test_resume_from_the_last_cursor_is_out_of_range_not_an_empty_stream(client):
-    options = {"shuffle": True, "seed": 11, "epochs": 2}
+    options = {"sample_random": True, "seed": 11, "epochs": 2}
     _, _, cursors = collect(client.stream("toy", 16, **options))
     with pytest.raises(OutOfRangeError, match=r"resume: .*end of the stream's 2 epoch"):
         next(client.stream("toy", 16, resume=cursors[-1], **options))
@@ -137,19 +192,19 @@ def test_resume_from_the_last_cursor_is_out_of_range_not_an_empty_stream(client)
 
 
 def test_resume_without_seed_takes_the_cursors_seed(client):
-    stream = client.stream("toy", 8, shuffle=True)
+    stream = client.stream("toy", 8, sample_random=True)
     next(stream)
     cursor = stream.cursor
     stream.close()
-    _, rest, _ = collect(client.stream("toy", 8, shuffle=True, resume=cursor))
-    _, whole, _ = collect(client.stream("toy", 8, shuffle=True, seed=cursor.seed))
+    _, rest, _ = collect(client.stream("toy", 8, sample_random=True, resume=cursor))
+    _, whole, _ = collect(client.stream("toy", 8, sample_random=True, seed=cursor.seed))
     assert all(np.array_equal(a, b) for a, b in zip(whole[1:], rest, strict=True))
 
 
 def test_shards_are_disjoint_and_cover_each_epoch(client):
     parts = [
         np.concatenate(
-            collect(client.stream("toy", 6, shuffle=True, seed=4, rank=r, world_size=3))[1]
+            collect(client.stream("toy", 6, sample_random=True, seed=4, rank=r, world_size=3))[1]
         )
         for r in range(3)
     ]
@@ -160,7 +215,12 @@ def test_shards_are_disjoint_and_cover_each_epoch(client):
 def test_weights_from_an_array_never_pick_weight_zero(client):
     _, indices, _ = collect(
         client.stream(
-            "toy", 10, shuffle=True, seed=3, sample_with_replacement=True, sample_weights="weights"
+            "toy",
+            10,
+            sample_random=True,
+            seed=3,
+            sample_with_replacement=True,
+            sample_weights="weights",
         )
     )
     drawn = np.concatenate(indices)
@@ -179,7 +239,7 @@ def test_registered_preprocessors(client, node_dir):
 
 
 def test_registered_preprocessors_get_epoch_and_indices_when_they_ask(client):
-    stream = client.stream("toy", 16, shuffle=True, seed=8, epochs=2, preprocessor="position")
+    stream = client.stream("toy", 16, sample_random=True, seed=8, epochs=2, preprocessor="position")
     for batch in stream:
         np.testing.assert_array_equal(batch[2][:, 0], stream.epoch)
         np.testing.assert_array_equal(batch[2][:, 1], stream.indices)

@@ -3,28 +3,24 @@
 Matrix: a TLS node ([tls] with paths relative to the config file) x clients: CA bundle as
 a path, as bytes and as TlsConfig (lists, describes, streams), plaintext (UNAVAILABLE), an
 untrusted CA (UNAVAILABLE), gRPC's bundled roots (UNAVAILABLE). A mutual-TLS node
-(client_ca_file, plus [auth] tokens) x clients: no client certificate, a certificate from
+(ca, plus [auth] tokens) x clients: no client certificate, a certificate from
 another CA (both UNAVAILABLE), the right certificate (works). The ``data-node health``
 command against the mutual-TLS node: with --ca/--cert/--key and no token (SERVING, exit
-0), without a client certificate (exit 1); ``data-node jobs`` with --token_file (exit 0)
-and without (exit 2). A certificate and key that do not match: build_server names tls.
+0), without a client certificate (exit 1); ``data-client jobs`` with --token-file (exit 0)
+and without (exit 1, UNAUTHENTICATED). A certificate and key that do not match: build_server names tls.
 TlsConfig checks its fields (types; cert and key together) and never shows the key.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import textwrap
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from node_support import make_data, write_config
+from tls_support import write_pki
 
 from data_client import DataNodeClient, TlsConfig
+from data_client.cli import main as client_main
 from data_client.errors import UnavailableError
 from data_node.cli import main
 from data_node.config import load
@@ -33,82 +29,16 @@ from data_node.server import build_server
 TOKEN = "build-token-for-the-tls-node"
 
 
-def _key():
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(key):
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _certificate(subject, key, issuer=None, issuer_key=None, *, ca=False, server=False):
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer is not None else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    else:
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    certificate = builder.sign(issuer_key or key, hashes.SHA256())
-    return certificate, certificate.public_bytes(serialization.Encoding.PEM)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """PEM files: a CA, a server and a client certificate from it, and another CA's client."""
-    directory = tmp_path_factory.mktemp("pki")
-    files = {}
-    for authority in ("ca", "other_ca"):
-        ca_key = _key()
-        ca_cert, files[f"{authority}.pem"] = _certificate(authority, ca_key, ca=True)
-        for role in ("server", "client") if authority == "ca" else ("client",):
-            key = _key()
-            _, pem = _certificate(role, key, ca_cert, ca_key, server=role == "server")
-            prefix = role if authority == "ca" else f"other_{role}"
-            files[f"{prefix}.pem"], files[f"{prefix}.key"] = pem, _pem_key(key)
-    for name, content in files.items():
-        (directory / name).write_bytes(content)
-    return directory
+    return write_pki(tmp_path_factory.mktemp("pki"))
 
 
 def start_node(root, pki, extra):
     make_data(root)
     config = write_config(root)
-    tls = f'[tls]\ncert_file = "pki/server.pem"\nkey_file = "pki/server.key"\n{extra}'
+    tls = f'[tls]\ncert = "pki/server.pem"\nkey = "pki/server.key"\n{extra}'
     config.write_text(config.read_text() + "\n" + textwrap.dedent(tls))
     (root / "pki").symlink_to(pki)
     server, port = build_server(load(config), "127.0.0.1:0")
@@ -127,7 +57,7 @@ def tls_node(tmp_path_factory, pki):
 def mtls_node(tmp_path_factory, pki):
     root = tmp_path_factory.mktemp("mtls_node")
     (root / "tokens.txt").write_text(f"{TOKEN} build\n")
-    extra = 'client_ca_file = "pki/ca.pem"\n[auth]\ntokens_file = "tokens.txt"\n'
+    extra = 'ca = "pki/ca.pem"\n[auth]\ntokens_file = "tokens.txt"\n'
     server, port = start_node(root, pki, extra)
     yield port
     server.stop(None)
@@ -200,8 +130,8 @@ def test_the_cli_reaches_a_mutual_tls_node(mtls_node, pki, tmp_path, capsys):
     token_file = tmp_path / "token"
     token_file.write_text(f"{TOKEN}\n")
     jobs = ["jobs", "--address", address, *tls_flags, *cert_flags]
-    assert main([*jobs, "--token_file", str(token_file)]) == 0
-    assert main(jobs) == 2
+    assert client_main([*jobs, "--token-file", str(token_file)]) == 0
+    assert client_main(jobs) == 1
     assert "UNAUTHENTICATED" in capsys.readouterr().err
     assert main(["health", "--address", address, "--cert", str(pki / "client.pem")]) == 2
     assert "TlsConfig.cert and TlsConfig.key together" in capsys.readouterr().err
@@ -210,9 +140,9 @@ def test_the_cli_reaches_a_mutual_tls_node(mtls_node, pki, tmp_path, capsys):
 def test_a_certificate_and_key_that_do_not_match_are_named(tmp_path, pki):
     make_data(tmp_path)
     config = write_config(tmp_path)
-    tls = f'[tls]\ncert_file = "{pki / "server.pem"}"\nkey_file = "{pki / "client.key"}"\n'
+    tls = f'[tls]\ncert = "{pki / "server.pem"}"\nkey = "{pki / "client.key"}"\n'
     config.write_text(config.read_text() + "\n" + tls)
-    with pytest.raises(RuntimeError, match=r"tls\.cert_file and tls\.key_file do not match"):
+    with pytest.raises(RuntimeError, match=r"tls\.cert and tls\.key do not match"):
         build_server(load(config), "127.0.0.1:0")
 
 

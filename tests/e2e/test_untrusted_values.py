@@ -144,7 +144,7 @@ def test_values_out_of_bounds_are_refused_naming_the_field_and_bound(node, clien
 
 def test_a_cursor_at_the_edge_of_int64_is_refused_at_parse_time(node, client):
     """A forged batch_index beyond the epoch is refused before any batch, naming the field."""
-    stream = client.stream("toy", 8, shuffle=True, seed=1)
+    stream = client.stream("toy", 8, sample_random=True, seed=1)
     next(stream)
     forged = tensor_pb2.Cursor()
     forged.CopyFrom(stream.cursor)
@@ -185,7 +185,7 @@ EDGES = {
     ids=["upper-edges", "tiny-values"],
 )
 def test_augmentations_at_the_edges_of_the_bounds_stream(client, augment):
-    with client.stream("toy", 8, seed=3, augment=augment) as stream:
+    with client.stream("toy", 8, seed=3, augmentation=augment) as stream:
         batches = list(stream)
     assert len(batches) == NUM_SAMPLES // 8
     image, mask, _ = batches[0]
@@ -198,7 +198,7 @@ def node_process(tmp_path_factory):
     """A node process serving toy, with the preprocessors runner_pid and segfault too."""
     root = tmp_path_factory.mktemp("untrusted")
     make_data(root)
-    config = write_config(root, max_proc_workers=2)
+    config = write_config(root, max_nb_proc_workers=2)
     text = config.read_text().replace(
         "[preprocessors]\n",
         '[preprocessors]\npid = "node_support:runner_pid"\ncrash = "node_support:segfault"\n'
@@ -215,7 +215,7 @@ def node_process(tmp_path_factory):
     "options",
     [
         {"preprocessor": "pid"},
-        {"preprocessor": "pid", "augment": {"x_array": "image", "rotation_range": 10.0}},
+        {"preprocessor": "pid", "augmentation": {"x_array": "image", "rotation_range": 10.0}},
     ],
     ids=["preprocessor", "augmentation"],
 )

@@ -35,7 +35,7 @@ from data_node.server import build_server
 
 
 def pool_config(root, processes=2):
-    path = write_config(root, max_proc_workers=2, max_batch_size=32)
+    path = write_config(root, max_nb_proc_workers=2, max_batch_size=32)
     text = path.read_text().replace("processes = 2", f"processes = {processes}")
     text = text.replace("[preprocessors]\n", '[preprocessors]\ngated = "pool_support:gated"\n')
     path.write_text(text + '\n[metrics]\nlisten = "127.0.0.1:0"\n')
@@ -125,7 +125,7 @@ def test_the_pool_is_warm_and_measured(pool_node, tmp_path_factory):
     workers = {worker.pid for worker in node.workers.workers()}
     assert gauge(node, "data_node_pool_workers") == 2
     assert gauge(node, "data_node_pool_busy_workers") == 0
-    request = {"augment": {"x_array": "image", "rotation_range": 10.0}, "nb_proc_workers": 1}
+    request = {"augmentation": {"x_array": "image", "rotation_range": 10.0}, "nb_proc_workers": 1}
     start = time.perf_counter()
     with client.stream("toy", 8, **request) as stream:
         next(stream)
@@ -167,15 +167,15 @@ def test_a_stalled_stream_does_not_starve_another(tmp_path):
     augment = {"x_array": "image", "rotation_range": 10.0}
     try:
         with DataNodeClient(f"127.0.0.1:{port}") as client:
-            stalled = client.stream("toy", 4, loop_forever=True, augment=augment, seed=1)
+            stalled = client.stream("toy", 4, loop_forever=True, augmentation=augment, seed=1)
             first = next(stalled)  # then it is not read while the other stream runs
-            other = client.stream("toy", 4, loop_forever=True, augment=augment, seed=2)
-            reference = client.stream("toy", 4, loop_forever=True, augment=augment, seed=2)
+            other = client.stream("toy", 4, loop_forever=True, augmentation=augment, seed=2)
+            reference = client.stream("toy", 4, loop_forever=True, augmentation=augment, seed=2)
             for _ in range(3 * len(arrays["image"]) // 4):  # three epochs
                 np.testing.assert_array_equal(next(other)[0], next(reference)[0])
             other.close()
             reference.close()
-            again = client.stream("toy", 4, loop_forever=True, augment=augment, seed=1)
+            again = client.stream("toy", 4, loop_forever=True, augmentation=augment, seed=1)
             assert next(again)[2].tolist() == first[2].tolist()
             np.testing.assert_array_equal(next(stalled)[0], next(again)[0])
             stalled.close()
@@ -193,8 +193,8 @@ def test_nothing_is_left_once_the_node_stops(tmp_path):
         assert node.workers.wait_ready(60)
         with DataNodeClient(f"127.0.0.1:{port}") as client:
             augment = {"x_array": "image", "rotation_range": 10.0}
-            assert len(list(client.stream("toy", 8, augment=augment, nb_proc_workers=2))) == 5
-            stream = client.stream("toy", 8, loop_forever=True, augment=augment)
+            assert len(list(client.stream("toy", 8, augmentation=augment, nb_proc_workers=2))) == 5
+            stream = client.stream("toy", 8, loop_forever=True, augmentation=augment)
             next(stream)
             node.stop(None)
         assert node.workers.num_workers == 0

@@ -38,51 +38,51 @@ AUGMENT = {
 }
 
 STREAMS: dict[str, dict[str, Any]] = {
-    "ordered": {"name": "toy", "batch_size": 8},
+    "ordered": {"dataset": "toy", "batch_size": 8},
     "shuffled_two_epochs": {
-        "name": "toy",
+        "dataset": "toy",
         "batch_size": 6,
-        "shuffle": True,
+        "sample_random": True,
         "seed": 11,
         "epochs": 2,
     },
     "augmented_in_workers": {
-        "name": "toy",
+        "dataset": "toy",
         "batch_size": 8,
-        "shuffle": True,
+        "sample_random": True,
         "seed": 5,
-        "augment": AUGMENT,
+        "augmentation": AUGMENT,
         "nb_proc_workers": 2,
     },
     "weighted_with_replacement": {
-        "name": "toy",
+        "dataset": "toy",
         "batch_size": 7,
-        "shuffle": True,
+        "sample_random": True,
         "seed": 3,
         "sample_with_replacement": True,
         "sample_weights": list(np.linspace(0.0, 1.0, 40)),
     },
     "rank_of_three_dropping": {
-        "name": "toy",
+        "dataset": "toy",
         "batch_size": 4,
-        "shuffle": True,
+        "sample_random": True,
         "seed": 9,
         "rank": 1,
         "world_size": 3,
         "drop_incomplete_batches": True,
     },
     "preprocessor_rng": {
-        "name": "toy",
+        "dataset": "toy",
         "batch_size": 8,
-        "shuffle": True,
+        "sample_random": True,
         "seed": 2,
         "preprocessor": "noisy",
     },
-    "two_files": {"name": "classes", "batch_size": 9, "shuffle": True, "seed": 4},
+    "two_files": {"dataset": "classes", "batch_size": 9, "sample_random": True, "seed": 4},
     "started_mid_run": {
-        "name": "toy",
+        "dataset": "toy",
         "batch_size": 8,
-        "shuffle": True,
+        "sample_random": True,
         "seed": 1,
         "epochs": 3,
         "start_epoch": 1,
@@ -142,7 +142,7 @@ def check(golden: dict[str, list[str]], name: str, digests: list[str]) -> None:
 def node(tmp_path_factory):
     root = tmp_path_factory.mktemp("golden")
     make_data(root)
-    write_config(root, max_batch_size=32, max_open_streams=16, max_proc_workers=2)
+    write_config(root, max_batch_size=32, max_open_streams=16, max_nb_proc_workers=2)
     server, port = build_server(load(root / "node.toml"), "127.0.0.1:0")
     server.start()
     yield port, root

@@ -6,7 +6,7 @@ where that work happened (a process sends them back with the batch).
 
 from __future__ import annotations
 
-import inspect
+import functools
 import time
 import traceback
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from data_tools.errors import WorkerError
 from data_tools.io._sampler import batch_rng
+from data_tools.io.preprocessing import as_arrays, call_preprocessor
 from data_tools.wrap import _read_source
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ __all__ = [
     "Preprocess",
     "Read",
     "Task",
-    "accepts_out",
     "as_consumer_error",
     "preprocessed",
     "read_batch",
@@ -50,7 +50,8 @@ class BatchInfo:
     """One batch and where it sits in the stream.
 
     In an ordered flow, one started at ``start_epoch=epoch, start_batch=batch_index + 1``
-    yields exactly what follows this batch: ``(epoch, batch_index + 1)`` is the cursor.
+    yields exactly what follows this batch; ``flow.spec.position_after(epoch, batch_index)``
+    is that position in its one form (the end of an epoch is the next epoch's batch 0).
 
     Attributes:
         epoch: The epoch the batch belongs to.
@@ -97,17 +98,6 @@ class Done:
 Outcome = Done | BaseException
 
 
-def _as_arrays(result: Any) -> Arrays:
-    if isinstance(result, np.ndarray):
-        return (result,)
-    if isinstance(result, tuple | list):
-        return tuple(np.asarray(item) for item in result)
-    raise TypeError(
-        "Expected preprocessor to return a numpy array or a tuple/list of arrays. "
-        f"Got {type(result).__name__} instead."
-    )
-
-
 @dataclass(frozen=True)
 class Preprocess:
     """The compute step of a batch: a picklable preprocessor and its random stream.
@@ -117,7 +107,7 @@ class Preprocess:
         keywords: Which of ``rng``, ``epoch`` and ``indices`` the function accepts; each is
             passed as a keyword: the batch's generator, its epoch, its global indices.
         out: Whether the function names an ``out`` keyword: a list of arrays, one per
-            result, to write its results into and return (see ``accepts_out``).
+            result, to write its results into and return (see ``preprocessing.accepts_out``).
         seed: Seed of the flow.
         rank: Rank of the flow; part of each batch's random stream.
     """
@@ -143,16 +133,15 @@ class Preprocess:
         """
         if self.function is None:
             return tuple(batch)
-        extra: dict[str, Any] = {}
+        function = self.function
         if out is not None and self.out:
-            extra["out"] = out
-        if "rng" in self.keywords:
-            extra["rng"] = batch_rng(self.seed, epoch, batch_index, self.rank)
-        if "epoch" in self.keywords:
-            extra["epoch"] = epoch
-        if "indices" in self.keywords:
-            extra["indices"] = indices
-        return _as_arrays(self.function(batch, **extra))
+            function = functools.partial(function, out=out)
+        rng = (
+            batch_rng(self.seed, epoch, batch_index, self.rank) if "rng" in self.keywords else None
+        )
+        return as_arrays(
+            call_preprocessor(function, self.keywords, batch, rng=rng, epoch=epoch, indices=indices)
+        )
 
 
 def read_rows(source: Any, indices: IndexArray) -> npt.NDArray[Any]:
@@ -175,18 +164,6 @@ def read_batch(sources: Sequence[Any], indices: IndexArray) -> Read:
     start = time.perf_counter()
     batch = [read_rows(source, indices) for source in sources]
     return batch, time.perf_counter() - start
-
-
-def accepts_out(function: Callable[..., Any]) -> bool:
-    """Whether ``function`` names an ``out`` keyword (``**kwargs`` alone does not count)."""
-    try:
-        parameter = inspect.signature(function).parameters.get("out")
-    except (TypeError, ValueError):
-        return False
-    return parameter is not None and parameter.kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        inspect.Parameter.KEYWORD_ONLY,
-    )
 
 
 def preprocessed(

@@ -15,23 +15,23 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from data_node._strings import check_string_lengths
-from data_node.datasets import wire_dtype
+from data_node.catalog.datasets import wire_dtype
+from data_node.catalog.registration import parse_register_request, parse_remove_request
 from data_node.errors import ConfigError, DatasetRemovedError, NodeStoppingError, RequestError
 from data_node.metrics import NodeMetrics
 from data_node.redact import PathRedactor
-from data_node.registration import parse_register_request, parse_remove_request
-from data_node.status import status_for
-from data_node.streams import parse_stream_request, stream_batches
+from data_node.rpc._strings import check_string_lengths
+from data_node.rpc.status import status_for
+from data_node.streaming.streams import parse_stream_request, stream_batches
 from data_wire.v1 import data_node_pb2, jobs_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from data_node.admission import MemoryBudget
+    from data_node.catalog.datasets import Dataset, DatasetRegistry
     from data_node.config import NodeConfig
-    from data_node.datasets import Dataset, DatasetRegistry
-    from data_node.jobs import JobManager
+    from data_node.jobs.manager import JobManager
+    from data_node.rpc.admission import MemoryBudget
     from data_tools.io.pool import WorkerPool
 
 __all__ = ["SERVICE_NAME", "DataNodeServicer", "method_handlers"]
@@ -46,7 +46,7 @@ class DataNodeServicer:
 
     Streams are counted in ``metrics`` (default: metrics of its own, served nowhere), and
     each reserves its memory in ``budget`` while it is open (default None: no budget). How
-    many streams may be open is data_node.admission's business, before they get here.
+    many streams may be open is data_node.rpc.admission's business, before they get here.
     Streams with worker processes run on ``workers``, the node's warm pool (default None:
     each such stream starts processes of its own).
     """
@@ -89,7 +89,7 @@ class DataNodeServicer:
     def DescribeDataset(
         self, request: data_node_pb2.DescribeDatasetRequest, context: grpc.ServicerContext
     ) -> data_node_pb2.DatasetDescription:
-        return self._answer(context, lambda: describe(self._registry.get(request.name)))
+        return self._answer(context, lambda: describe(self._registry.get(request.dataset)))
 
     def StreamBatches(
         self, request: data_node_pb2.StreamRequest, context: grpc.ServicerContext
@@ -258,7 +258,7 @@ def method_handlers(servicer: DataNodeServicer) -> grpc.GenericRpcHandler:
 
     Requests arrive as bytes and are parsed here, so a malformed request gets
     INVALID_ARGUMENT naming the message type rather than gRPC's generic INTERNAL; then
-    every string field's length is checked (data_node._strings) before the method runs.
+    every string field's length is checked (data_node.rpc._strings) before the method runs.
     StreamBatches yields bytes already encoded (data_node.wire): no response serializer.
     """
 

@@ -1,6 +1,6 @@
 """The work of one import job: medical cases in, one dataset of 2D slices out.
 
-This runs inside the job's own process (see ``_job_worker``) and calls
+This runs inside the job's own process (see ``_worker``) and calls
 ``data_tools.medical.import_cases``; files are opened here, from the picklable spec.
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from data_node._build import writer_kwargs
+from data_node.jobs._build import writer_kwargs
 from data_tools.medical import Case, CaseReport, default_case_name, import_cases
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
-    from data_node._build import ArraySpec
+    from data_node.jobs._build import ArraySpec
 
 __all__ = ["CaseSpec", "ImportSpec", "run_import"]
 

@@ -1,4 +1,4 @@
-"""Who gets in: bearer tokens and roles, checked by data_node.admission's interceptor.
+"""Who gets in: bearer tokens and roles, checked by data_node.rpc.admission's interceptor.
 
 Every RPC but the gRPC health service (``/grpc.health.v1.Health/``: load balancers and
 ``data-node health`` probe it without credentials) needs ``authorization: Bearer <token>``

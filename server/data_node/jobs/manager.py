@@ -8,7 +8,7 @@ CANCELLED. Its process reports the planned patches and bytes per class, then the
 written (a patch build), or each case once written (an import), through a pipe.
 
 Output. A job writes into ``<output_root>/.jobs/<job_id>`` and only the node publishes it,
-through ``data_node._output_tree`` (directories opened without following symlinks): once the
+through ``data_node.jobs._output_tree`` (directories opened without following symlinks): once the
 process has exited after reporting success and the dataset is marked complete
 (``data_tools.patches.is_dataset_complete``, ``data_tools.medical.is_import_complete``),
 the node journals the publish (a
@@ -66,10 +66,23 @@ from multiprocessing import connection as mp_connection
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from data_node import _job_worker
-from data_node._dir_lock import lock_directory
-from data_node._import import ImportSpec
-from data_node._job_request import (
+from data_node.catalog.datasets import open_dataset
+from data_node.config import ArrayConfig, DatasetConfig, SourceConfig, resolve_inside
+from data_node.errors import (
+    ConfigError,
+    DatasetExistsError,
+    JobNotFoundError,
+    LimitExceededError,
+    NodeError,
+    NodeStoppingError,
+    PathOutsideRootError,
+    RequestError,
+)
+from data_node.jobs import _worker
+from data_node.jobs._dir_lock import lock_directory
+from data_node.jobs._import import ImportSpec
+from data_node.jobs._output_tree import STAGING_DIR, OutputTree
+from data_node.jobs._request import (
     FILE_FORMATS,
     IMAGE_SUFFIXES,
     MAX_TEXT_BYTES,
@@ -77,20 +90,7 @@ from data_node._job_request import (
     BuildPlan,
     parse_build_request,
 )
-from data_node._job_store import JobRecord, JobStore, PublishIntent
-from data_node._output_tree import STAGING_DIR, OutputTree
-from data_node.config import ArrayConfig, DatasetConfig, SourceConfig, resolve_inside
-from data_node.datasets import open_dataset
-from data_node.errors import (
-    ConfigError,
-    DataNodeError,
-    DatasetExistsError,
-    JobNotFoundError,
-    LimitExceededError,
-    NodeStoppingError,
-    PathOutsideRootError,
-    RequestError,
-)
+from data_node.jobs._store import JobRecord, JobStore, PublishIntent
 from data_node.redact import PathRedactor
 from data_tools.io.writers import is_complete
 from data_tools.medical import CASES_CONTAINERS, Case, default_case_name, is_import_complete
@@ -104,9 +104,9 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from pathlib import Path
 
-    from data_node._build import Counts
+    from data_node.catalog.datasets import Dataset, DatasetRegistry
     from data_node.config import NodeConfig
-    from data_node.datasets import Dataset, DatasetRegistry
+    from data_node.jobs._build import Counts
     from data_tools._chunk_cache import ChunkCache
 
 __all__ = [
@@ -139,7 +139,7 @@ LOCK_FILE = "node.lock"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # A ListJobs answer stays under this many bytes (gRPC's default message limit is 4 MiB); a
-# Job is far smaller, its fields being bounded (data_node._strings, MAX_CLASSES...).
+# Job is far smaller, its fields being bounded (data_node.rpc._strings, MAX_CLASSES...).
 PAGE_BYTES = 1 << 20
 # Test-only hook: the node kills itself (SIGKILL) at the publish step this variable names,
 # so that tests can check that a restart finds every job's state and files in agreement.
@@ -392,7 +392,7 @@ class JobManager:
         """Start running queued jobs, and deleting what earlier runs and ended jobs left."""
         self._tree.start_emptying()
         # Job processes fork from a server that has imported the build code once.
-        self._context.set_forkserver_preload([_job_worker.__name__])
+        self._context.set_forkserver_preload([_worker.__name__])
         self._thread = threading.Thread(target=self._dispatch, name="data_node-jobs", daemon=True)
         self._thread.start()
 
@@ -635,7 +635,7 @@ class JobManager:
         try:
             staging, identity = self._tree.make_staging(job.job_id)
             process = self._context.Process(
-                target=_job_worker.run,
+                target=_worker.run,
                 args=(plan.spec, str(staging), identity, sender),
                 name=f"data_node-job-{job.job_id[:8]}",
                 daemon=True,
@@ -643,7 +643,7 @@ class JobManager:
             process.start()
         except Exception as error:  # noqa: BLE001 - pickling a spec can raise anything
             receiver.close()
-            self._finish(job, FAILED, f"the job could not start: {_job_worker.error_text(error)}")
+            self._finish(job, FAILED, f"the job could not start: {_worker.error_text(error)}")
             return
         finally:
             sender.close()
@@ -901,7 +901,7 @@ class JobManager:
         for job in [j for j in self._jobs.values() if j.state == QUEUED]:
             try:
                 job.plan = parse_build_request(job.request, self._config, self._registry)
-            except DataNodeError as error:
+            except NodeError as error:
                 self._finish(job, FAILED, f"could not be resumed after a restart: {error}")
 
     def _finish_publish(self, intent: PublishIntent) -> None:

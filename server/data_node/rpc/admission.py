@@ -4,7 +4,7 @@ Every call passes :class:`Admission` before any servicer code and before its req
 parsed:
 
 * with ``[auth]``, every RPC but the health service needs a valid bearer token of the right
-  role (data_node.auth); a refused call gets UNAUTHENTICATED or PERMISSION_DENIED;
+  role (data_node.rpc.auth); a refused call gets UNAUTHENTICATED or PERMISSION_DENIED;
 * every call holds a place counted against the limits below from its start until it ends:
   long-lived ones (StreamBatches, WatchJob, health Watch, server reflection) and unary
   ones, which are counted before their request is awaited (a client that never sends its
@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import grpc
 
-from data_node.auth import OPEN_PREFIX, TokenChecker, check_role
 from data_node.errors import LimitExceededError, RoleError, TokenError
-from data_node.status import status_for
+from data_node.rpc.auth import OPEN_PREFIX, TokenChecker, check_role
+from data_node.rpc.status import status_for
 from data_wire.v1 import data_node_pb2
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from data_node.datasets import CASE_ARRAY
+from data_node.catalog.datasets import CASE_ARRAY
 from data_node.errors import RequestError
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-    from data_node.datasets import Dataset
+    from data_node.catalog.datasets import Dataset
     from data_wire.v1.data_node_pb2 import CaseRange
 
 __all__ = ["MAX_CASE_RANGES", "parse_cases"]

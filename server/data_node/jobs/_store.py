@@ -2,7 +2,7 @@
 
 Besides one row per job, the database holds the journal of publishes in progress: a row
 written before a job's output is moved into place and deleted in the same transaction that
-records the job SUCCEEDED (see ``data_node.jobs``), so a node restarted after a crash knows
+records the job SUCCEEDED (see ``data_node.jobs.manager``), so a node restarted after a crash knows
 which publish to finish.
 """
 

@@ -2,7 +2,7 @@
 
 Two kinds share one registry: the config file's datasets, fixed while the node runs, and
 registered ones (``RegisterDataset``, a build job's ``register_as``), added, replaced and
-removed at run time and persisted in the state dir (``_dataset_store``), so a restart serves
+removed at run time and persisted in the state dir (``catalog.dataset_store``), so a restart serves
 them again. Names are unique across both; the config file wins: a registration may not take
 a config-file dataset's name, and a stored registration whose name the config file has
 since taken is dropped (with a warning) when the node starts. A stored registration whose
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-    from data_node._dataset_store import DatasetStore
+    from data_node.catalog.dataset_store import DatasetStore
     from data_node.config import DatasetConfig, SourceConfig
     from data_tools._chunk_cache import ChunkCache
 
@@ -359,12 +359,12 @@ class DatasetRegistry:
         with self._lock:
             if name in self._configured:
                 raise DatasetExistsError(
-                    f"name: Expected a name other than the config file's datasets "
+                    f"dataset: Expected a name other than the config file's datasets "
                     f"{sorted(self._configured)}. Got {name!r} instead."
                 )
             if name in self._registered and not replace:
                 raise DatasetExistsError(
-                    f"name: Expected a name not registered yet, or replace. {name!r} is "
+                    f"dataset: Expected a name not registered yet, or replace. {name!r} is "
                     "registered already."
                 )
             if self._store is not None:
@@ -392,12 +392,12 @@ class DatasetRegistry:
         with self._lock:
             if name in self._configured:
                 raise DatasetRemovedError(
-                    f"name: Expected a registered dataset. {name!r} comes from the node's "
+                    f"dataset: Expected a registered dataset. {name!r} comes from the node's "
                     "config file: edit it and restart the node to remove it."
                 )
             if name not in self._registered:
                 raise DatasetNotFoundError(
-                    f"name: Expected one of the registered datasets {sorted(self._registered)}. "
+                    f"dataset: Expected one of the registered datasets {sorted(self._registered)}. "
                     f"Got {name!r} instead."
                 )
             entries = {key: e for key, e in self._registered.items() if key != name}

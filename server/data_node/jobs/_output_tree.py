@@ -26,7 +26,7 @@ import threading
 import uuid
 from typing import TYPE_CHECKING
 
-from data_node._dir_lock import lock_directory
+from data_node.jobs._dir_lock import lock_directory
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

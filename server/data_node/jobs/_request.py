@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data_node._build import MAX_CLASSES, ArraySpec, BuildSpec, check_output_size
-from data_node._import import CaseSpec, ImportSpec
-from data_node._output_tree import RESERVED
 from data_node.config import EXECUTORS, SOURCE_FORMATS, SourceConfig, resolve_inside
 from data_node.errors import (
-    DataNodeError,
     DatasetNotFoundError,
     LimitExceededError,
+    NodeError,
     PathOutsideRootError,
     RequestError,
 )
+from data_node.jobs._build import MAX_CLASSES, ArraySpec, BuildSpec, check_output_size
+from data_node.jobs._import import CaseSpec, ImportSpec
+from data_node.jobs._output_tree import RESERVED
 from data_tools._confine import Root
 from data_tools._parse import did_you_mean
 from data_tools.errors import ConfinementError
@@ -29,8 +29,8 @@ from data_tools.patches import plan_classes
 from data_wire.v1 import jobs_pb2
 
 if TYPE_CHECKING:
+    from data_node.catalog.datasets import DatasetRegistry
     from data_node.config import JobsConfig, NodeConfig
-    from data_node.datasets import DatasetRegistry
 
 __all__ = [
     "DEFAULT_BATCHSIZE",
@@ -253,7 +253,7 @@ def _plan(
 
 def _check_sizes(request: jobs_pb2.SubmitBuildJobRequest) -> None:
     """Bound the repeated fields a job stores, before any other work (its strings are bounded
-    for every request: ``data_node._strings``)."""
+    for every request: ``data_node.rpc._strings``)."""
     if len(request.class_list) > MAX_CLASSES:
         raise RequestError(
             f"class_list: Expected at most {MAX_CLASSES} values. "
@@ -367,7 +367,7 @@ def _resolve(root: Path, given: str, name: str) -> tuple[Path, bool]:
 def _describe(name: str, spec: ArraySpec) -> tuple[tuple[int, ...], np.dtype[Any] | None]:
     try:
         return spec.describe()
-    except DataNodeError:
+    except NodeError:
         raise
     except ConfinementError as error:
         raise PathOutsideRootError(f"{name}: {error}") from None

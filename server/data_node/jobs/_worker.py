@@ -30,14 +30,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from data_node._build import build
-from data_node._import import ImportSpec, run_import
+from data_node.jobs._build import build
+from data_node.jobs._import import ImportSpec, run_import
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from types import FrameType
 
-    from data_node._build import BuildSpec, Counts
+    from data_node.jobs._build import BuildSpec, Counts
     from data_tools.medical import CaseReport
     from data_tools.patches import ClassPlan
 

@@ -1,6 +1,6 @@
 """The work of one build job: read its inputs, choose the patches, write them locally or on Dask.
 
-This runs inside the job's own process (see ``_job_worker``); nothing here knows of gRPC.
+This runs inside the job's own process (see ``_worker``); nothing here knows of gRPC.
 
 Local executor: ``data_tools.patches.create_dataset`` itself, so the output is exactly what
 that function writes for the same inputs (``max_patches_per_class`` and ``store_masks``
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data_node.datasets import open_source
+from data_node.catalog.datasets import open_source
 from data_tools._confine import Root
 from data_tools._medical import describe_image, image_spacing, read_image, read_sitk_image
 from data_tools._sources import H5Source

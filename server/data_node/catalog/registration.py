@@ -55,11 +55,11 @@ def parse_remove_request(request: data_node_pb2.RemoveDatasetRequest) -> str:
 
     Raises:
         RequestError: An empty name (its length is bounded for every request:
-            ``data_node._strings``).
+            ``data_node.rpc._strings``).
     """
-    if not request.name:
-        raise RequestError("name: Expected the name of a registered dataset. Got none.")
-    return request.name
+    if not request.dataset:
+        raise RequestError("dataset: Expected the name of a registered dataset. Got none.")
+    return request.dataset
 
 
 def parse_register_request(
@@ -72,7 +72,7 @@ def parse_register_request(
         RequestError: A field is invalid (named in the message).
         PathOutsideRootError: A source resolves outside ``data_root``.
     """
-    name = _parse_name("name", request.name)
+    name = _parse_name("dataset", request.dataset)
     if not 1 <= len(request.arrays) <= MAX_ARRAYS:
         raise RequestError(
             f"arrays: Expected 1 to {MAX_ARRAYS} arrays. Got {len(request.arrays)} instead."

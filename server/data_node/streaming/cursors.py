@@ -8,6 +8,9 @@ same batches fingerprint alike, whoever wrote the client, and a cursor of one re
 other. Fields that do not change which batches come out (``seed``, checked on its own;
 ``sharing``, ``lane``, ``resume``, ``codec``, the worker counts, ``epochs``,
 ``loop_forever``, ``start_epoch``) are left out, so a resumed stream may change them.
+Fields added later (``cases``, ``shuffle_window``) are digested only when set, so the
+cursors of streams without them stay valid; a cursor of one ``shuffle_window`` is refused
+by a stream of another (or of the exact permutation).
 
 Every cursor field is range-checked before use: ``seed`` in [0, 2**32), ``epoch`` in
 [0, MAX_EPOCHS), ``batch_index`` from 0 (its upper end, the batches of one epoch, is
@@ -22,16 +25,16 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from data_node.errors import RequestError
-from data_node.fields import bounded
+from data_node.streaming.fields import bounded
+from data_tools.io import SEED_LIMIT
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from data_wire.v1 import data_node_pb2
 
-__all__ = ["FINGERPRINT_VERSION", "MAX_EPOCHS", "SEED_LIMIT", "fingerprint", "parse_start"]
+__all__ = ["FINGERPRINT_VERSION", "MAX_EPOCHS", "fingerprint", "parse_start"]
 
-SEED_LIMIT = 1 << 32
 #: Epochs a stream may span, and the bound of a cursor's epoch: every position
 #: (epoch * batches per epoch + batch index) then fits a cursor's int64 fields for any
 #: epoch of fewer than 2**31 batches.
