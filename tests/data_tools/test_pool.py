@@ -9,7 +9,8 @@ Matrix:
   same batch's worker fails the flow with the exit reason, and the pool serves on;
 * fairness: a flow whose consumer stopped reading holds no worker, and another flow on a
   one-worker pool gets all its batches; a flow never uses more workers than its cap;
-* results written straight into the shared-memory block by a preprocessor taking ``out``;
+* results written straight into the shared-memory block by a preprocessor taking ``out``
+  (the library's SampleAugmentation among them: bit-identical to the flow in-process);
 * nothing left (threads, processes, /dev/shm) after flows end and after the pool closes; a
   worker stuck on a batch of a closed flow is killed and replaced;
 * the first batch on a warm pool against one on a flow's own new processes (printed).
@@ -28,10 +29,12 @@ import pytest
 from leak_check import assert_no_leaks
 from pool_support import Gate, fill_out, noisy, open_gate, running, wait_for
 
+from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
 from data_tools.errors import WorkerError
 from data_tools.io import data_flow
 from data_tools.io import pool as pool_module
 from data_tools.io.pool import WorkerPool
+from data_tools.io.preprocessing import accepts_out
 
 X = np.arange(40 * 3, dtype=np.float64).reshape(40, 3)
 
@@ -243,3 +246,18 @@ def test_workers_that_die_as_they_start_fail_the_flows_instead_of_restarting_for
             next(flow.flow_with_info(pool=pool))
         with pytest.raises(RuntimeError, match="started, open"):
             next(flow.flow_with_info(pool=pool))
+
+
+def test_the_library_augmentation_written_into_the_blocks_is_bit_identical(pool):
+    images = np.random.default_rng(0).random((24, 1, 12, 10), dtype=np.float32)
+    masks = (images > 0.5).astype(np.uint8)
+    spec = parse_augmentation_spec(rotation_range=30.0, zoom_range=(0.8, 1.2), crop_size=(8, 8))
+    augment = SampleAugmentation(spec, seed=5, x_position=0, y_position=1)
+    options = {"preprocessor": augment, "seed": 5, "sample_random": True, "loop_forever": False}
+    assert accepts_out(augment)
+    got = data_flow([images, masks], 4, nb_proc_workers=1, **options).flow_with_info(pool=pool)
+    expected = data_flow([images, masks], 4, nb_io_workers=0, **options).flow()
+    for info, want in zip(got, expected, strict=True):
+        for array, wanted in zip(info.arrays, want, strict=True):
+            assert array.shape == wanted.shape
+            np.testing.assert_array_equal(array, wanted)
