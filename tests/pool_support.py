@@ -7,6 +7,8 @@ running in a worker (through ``WorkerPool.workers()``) and kill that worker for 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,3 +79,27 @@ def running(pool, exclude=()):
 
 def open_gate(path: Path) -> None:
     path.touch()
+
+
+def kill_running(pool, exclude=()):
+    """SIGKILL the worker of ``pool`` running a batch (not one of ``exclude``'s pids), once
+    there is one; return what it was."""
+    worker = wait_for(lambda: running(pool, exclude), what="a worker running a batch")
+    os.kill(worker.pid, signal.SIGKILL)
+    return worker
+
+
+def read_in_thread(batches):
+    """Read the iterable ``batches`` on a thread of its own; return the thread and a list of
+    what it read, then the exception that ended it, if any."""
+    got = []
+
+    def read():
+        try:
+            got.extend(batches)
+        except Exception as error:  # noqa: BLE001 - the test looks at it
+            got.append(error)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread, got

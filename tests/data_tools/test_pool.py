@@ -19,15 +19,22 @@ Matrix:
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import threading
 import time
 
 import numpy as np
 import pytest
 from leak_check import assert_no_leaks
-from pool_support import Gate, fill_out, noisy, open_gate, running, wait_for
+from pool_support import (
+    Gate,
+    fill_out,
+    kill_running,
+    noisy,
+    open_gate,
+    read_in_thread,
+    running,
+    wait_for,
+)
 
 from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
 from data_tools.errors import WorkerError
@@ -48,15 +55,6 @@ def pool():
 
 def pids(pool):
     return {worker.pid for worker in pool.workers()}
-
-
-def consume(flow, pool, into):
-    """Read ``flow`` on ``pool`` into ``into`` (arrays, or the exception that ended it)."""
-    try:
-        for info in flow.flow_with_info(pool=pool):
-            into.append(info.arrays)
-    except Exception as error:  # noqa: BLE001 - the test looks at it
-        into.append(error)
 
 
 def test_flows_on_one_pool_are_bit_identical_to_in_process(pool):
@@ -85,17 +83,14 @@ def gated_flow(tmp_path):
 def test_a_killed_workers_batch_runs_again_and_the_flow_is_bit_identical(tmp_path):
     with WorkerPool(2, retries=1) as pool:
         gate, flow = gated_flow(tmp_path)
-        got = []
-        reader = threading.Thread(target=consume, args=(flow, pool, got))
-        reader.start()
-        victim = wait_for(lambda: running(pool), what="a worker running the first batch")
-        os.kill(victim.pid, signal.SIGKILL)
+        reader, got = read_in_thread(flow.flow_with_info(pool=pool))
+        victim = kill_running(pool)
         again = wait_for(lambda: running(pool, {victim.pid}), what="the batch running again")
         open_gate(gate)
         reader.join(60)
         assert not reader.is_alive()
         assert again.pid != victim.pid
-        np.testing.assert_array_equal(np.concatenate([arrays[0] for arrays in got]), X * 2)
+        np.testing.assert_array_equal(np.concatenate([info.arrays[0] for info in got]), X * 2)
         assert victim.pid not in pids(pool)
         wait_for(lambda: pool.num_workers == 2, what="the dead worker's replacement")
 
@@ -103,13 +98,9 @@ def test_a_killed_workers_batch_runs_again_and_the_flow_is_bit_identical(tmp_pat
 def test_a_second_death_fails_the_flow_with_the_exit_reason(tmp_path):
     with WorkerPool(2, retries=1) as pool:
         gate, flow = gated_flow(tmp_path)
-        got = []
-        reader = threading.Thread(target=consume, args=(flow, pool, got))
-        reader.start()
-        first = wait_for(lambda: running(pool), what="a worker running the first batch")
-        os.kill(first.pid, signal.SIGKILL)
-        second = wait_for(lambda: running(pool, {first.pid}), what="the batch running again")
-        os.kill(second.pid, signal.SIGKILL)
+        reader, got = read_in_thread(flow.flow_with_info(pool=pool))
+        first = kill_running(pool)
+        second = kill_running(pool, {first.pid})
         reader.join(60)
         assert not reader.is_alive()
         (error,) = got
@@ -226,9 +217,7 @@ def test_a_worker_stuck_on_a_closed_flows_batch_is_killed_and_replaced(tmp_path,
     monkeypatch.setattr(pool_module, "ABANDONED_BATCH_S", 0.2)
     with WorkerPool(2) as pool:
         _, flow = gated_flow(tmp_path)  # the gate never opens
-        got = []
-        reader = threading.Thread(target=consume, args=(flow, pool, got))
-        reader.start()
+        reader, got = read_in_thread(flow.flow_with_info(pool=pool))
         stuck = wait_for(lambda: running(pool), what="a worker running the first batch")
         flow.close()
         reader.join(60)

@@ -15,9 +15,6 @@ Matrix:
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 import time
 import urllib.request
 
@@ -25,7 +22,7 @@ import numpy as np
 import pytest
 from leak_check import assert_no_leaks
 from node_support import make_data, wait_for_idle, write_config
-from pool_support import GATE_ENV, open_gate, running, wait_for
+from pool_support import GATE_ENV, kill_running, open_gate, read_in_thread, running, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from data_client import DataNodeClient
@@ -71,21 +68,11 @@ def pool_node(tmp_path, monkeypatch):
         node.stop(None)
 
 
-def read_all(stream, into):
-    try:
-        into.extend(stream)
-    except Exception as error:  # noqa: BLE001 - the test looks at it
-        into.append(error)
-
-
 def test_a_killed_workers_batch_runs_again_and_the_stream_is_bit_identical(pool_node):
     node, client, gate, arrays = pool_node
-    got = []
     stream = client.stream("toy", 8, preprocessor="gated", max_reconnects=0)
-    reader = threading.Thread(target=read_all, args=(stream, got))
-    reader.start()
-    victim = wait_for(lambda: running(node.workers), what="a worker running the first batch")
-    os.kill(victim.pid, signal.SIGKILL)
+    reader, got = read_in_thread(stream)
+    victim = kill_running(node.workers)
     wait_for(lambda: running(node.workers, {victim.pid}), what="the batch running again")
     open_gate(gate)
     reader.join(60)
@@ -98,14 +85,10 @@ def test_a_killed_workers_batch_runs_again_and_the_stream_is_bit_identical(pool_
 
 def test_a_second_death_ends_the_stream_with_the_exit_reason(pool_node):
     node, client, gate, arrays = pool_node
-    got = []
     stream = client.stream("toy", 8, preprocessor="gated", max_reconnects=0)
-    reader = threading.Thread(target=read_all, args=(stream, got))
-    reader.start()
-    first = wait_for(lambda: running(node.workers), what="a worker running the first batch")
-    os.kill(first.pid, signal.SIGKILL)
-    second = wait_for(lambda: running(node.workers, {first.pid}), what="the batch again")
-    os.kill(second.pid, signal.SIGKILL)
+    reader, got = read_in_thread(stream)
+    first = kill_running(node.workers)
+    second = kill_running(node.workers, {first.pid})
     reader.join(60)
     assert not reader.is_alive()
     (error,) = got
@@ -149,10 +132,7 @@ def test_the_pool_is_warm_and_measured(pool_node, tmp_path_factory):
 
 def test_busy_workers_are_counted(pool_node):
     node, client, gate, _ = pool_node
-    stream = client.stream("toy", 8, preprocessor="gated", nb_proc_workers=2)
-    got = []
-    reader = threading.Thread(target=read_all, args=(stream, got))
-    reader.start()
+    reader, got = read_in_thread(client.stream("toy", 8, preprocessor="gated", nb_proc_workers=2))
     wait_for(lambda: node.workers.busy_workers == 2, what="both workers held at the gate")
     assert gauge(node, "data_node_pool_busy_workers") == 2
     open_gate(gate)
