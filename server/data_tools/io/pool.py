@@ -51,13 +51,13 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from data_tools._sources import as_picklable
 from data_tools.errors import WorkerError
 from data_tools.io._batch import Done, as_consumer_error, read_batch
 from data_tools.io._io_threads import POLL_S, IoThreads
 from data_tools.io._messages import READY, Forget, Order, Rows, Setup, fit
 from data_tools.io._shm import BlockPool, read_arrays, release_block, share_array, write_arrays
 from data_tools.io._worker_main import worker_main
+from data_tools.storage import as_picklable
 from data_tools.supervise import exit_reason, stop_process
 
 if TYPE_CHECKING:
