@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from data_node.config import NodeConfig
     from data_node.jobs.manager import JobManager
     from data_node.rpc.admission import MemoryBudget
+    from data_tools.io.pool import WorkerPool
 
 __all__ = ["SERVICE_NAME", "DataNodeServicer", "method_handlers"]
 
@@ -46,6 +47,8 @@ class DataNodeServicer:
     Streams are counted in ``metrics`` (default: metrics of its own, served nowhere), and
     each reserves its memory in ``budget`` while it is open (default None: no budget). How
     many streams may be open is data_node.rpc.admission's business, before they get here.
+    Streams with worker processes run on ``workers``, the node's warm pool (default None:
+    each such stream starts processes of its own).
     """
 
     def __init__(
@@ -55,8 +58,10 @@ class DataNodeServicer:
         jobs: JobManager,
         metrics: NodeMetrics | None = None,
         budget: MemoryBudget | None = None,
+        workers: WorkerPool | None = None,
     ) -> None:
         self._config = config
+        self._workers = workers
         self._registry = registry
         self._jobs = jobs
         self._metrics = NodeMetrics() if metrics is None else metrics
@@ -110,7 +115,7 @@ class DataNodeServicer:
                 self._registry.serving(dataset, stop.set),
                 self._metrics.stream(dataset.name) as metrics,
             ):
-                yield from stream_batches(plan, stop, metrics)
+                yield from stream_batches(plan, stop, metrics, self._workers)
         except NodeStoppingError as stopped:
             # The stream's stop was set: by the node stopping, the client leaving, or the
             # registry retiring the dataset (which then is no longer the one served).
