@@ -1,18 +1,24 @@
-# The README's two commands: `make demo` and `make test`. Both create .venv when missing.
+# The README's two commands: `make demo` and `make test`. Both create .venv when missing:
+# the demo needs only the light install (no extra), the tests add the dev extra to it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+BASE_STAMP := $(VENV)/.base-stamp
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck imports unit protos bench clean
 
-$(STAMP): pyproject.toml
+$(BASE_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(BASE_STAMP)
+
+$(STAMP): $(BASE_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE_STAMP)
 	$(BIN)/python -m data_node.demo
 
 test: lint typecheck imports unit

@@ -4,6 +4,11 @@ The reference approach is re-created here as the original data_tools did it: an 
 scipy.ndimage.affine_transform per channel with order 0, then, for the spline warp, a SimpleITK
 BSplineTransform turned into a displacement field and applied by WarpImageFilter per channel.
 Both sides get the same drawn parameters; ours interpolates x bilinearly, y by nearest.
+
+The per-sample map (``SampleAugmentation``, what a data node runs for a stream: options parsed
+once, each sample drawn and applied straight into the output batch) is compared with what the
+node did before it: ``image_random_transform`` per sample (options parsed each time), then
+``np.stack``; on 256x256 and on 32x32 images, where the per-sample overhead shows.
 """
 
 import os
@@ -21,8 +26,10 @@ import scipy.ndimage as ndi
 import SimpleITK as sitk  # noqa: N813
 
 from data_tools.data_augmentation import (
+    SampleAugmentation,
     image_random_transform,
     image_stack_random_transform,
+    parse_augmentation_spec,
 )
 from data_tools.data_augmentation._bspline import coefficient_matrix
 from data_tools.data_augmentation._functional import inverse_affine
@@ -155,6 +162,41 @@ def stack(name, options):
     )
 
 
+def per_sample_map(name, options, size, rounds=5):
+    rng = np.random.default_rng(2)
+    image = rng.random((BATCH, 1, size, size), dtype=np.float32)
+    batch = [image, (image > 0.5).astype(np.uint8)]
+    indices = np.arange(BATCH)
+    augment = SampleAugmentation(parse_augmentation_spec(**options), 7, 0, 1)
+
+    def ours():
+        augment(batch, epoch=0, indices=indices)
+
+    def before():
+        xs, ys = [], []
+        for row, index in enumerate(indices):
+            sample_rng = np.random.default_rng([7, 0, int(index)])
+            x, y = image_random_transform(batch[0][row], batch[1][row], rng=sample_rng, **options)
+            xs.append(x)
+            ys.append(y)
+        np.stack(xs), np.stack(ys)
+
+    def seconds(run):
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+
+    ours(), before()
+    timings = [(seconds(ours), seconds(before)) for _ in range(rounds)]
+    ours_ms = statistics.median(t[0] for t in timings) * 1e3
+    before_ms = statistics.median(t[1] for t in timings) * 1e3
+    ratio = statistics.median(t[1] / t[0] for t in timings)
+    print(
+        f"{name:<22} map {ours_ms:7.2f} ms   per-sample calls + stack {before_ms:7.2f} ms   "
+        f"ratio {ratio:5.2f}x  ({BATCH}x1x{size}x{size})"
+    )
+
+
 def main():
     cv2.setNumThreads(1)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
@@ -164,6 +206,9 @@ def main():
     print(f"image_stack_random_transform, {BATCH}x1x{SIZE}x{SIZE} float32 + uint8 mask")
     stack("stack affine", AFFINE)
     stack("stack affine + warp", WARP)
+    print(f"SampleAugmentation on a batch of {BATCH} against per-sample calls and np.stack")
+    for size in (SIZE, 32):
+        per_sample_map("map affine", AFFINE, size)
 
 
 if __name__ == "__main__":

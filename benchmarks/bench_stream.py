@@ -5,7 +5,7 @@ written to a temp dir. A data node serving it runs in a separate process (spawne
 reading, augmentation and encoding do not share a GIL with the client's decoding.
 
 (a) in-process: ``data_flow`` over the very arrays the node opens (``open_dataset`` of the same
-    config), with the node's ``SampleTransform`` as preprocessor and the node's settings
+    config), with the node's ``SampleAugmentation`` as preprocessor and the node's settings
     (shuffle, seed, batch size, one io thread, ``max_in_flight``, the same nb_proc_workers),
     iterated with ``flow_with_info``;
 (b) remote: ``DataNodeClient.stream`` with the same options.
@@ -37,7 +37,7 @@ from data_client import DataNodeClient
 from data_node.catalog.datasets import open_dataset
 from data_node.config import LimitsConfig, load
 from data_node.server import build_server
-from data_node.streaming.streams import SampleTransform
+from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
 from data_tools.io import data_flow
 
 if TYPE_CHECKING:
@@ -123,7 +123,8 @@ def measure(batches: Iterator[Any]) -> tuple[float, float]:
 def local(arrays: list[Any], workers: int, augment: bool) -> tuple[float, float]:
     """(a): data_flow in this process, as the node builds it."""
     options = {k: v for k, v in AUGMENT.items() if not k.endswith("_array")}
-    transform = SampleTransform(SEED, 0, 1, options) if augment else None
+    spec = parse_augmentation_spec(**options)
+    transform = SampleAugmentation(spec, SEED, 0, 1) if augment else None
     flow = data_flow(
         arrays,
         BATCH,

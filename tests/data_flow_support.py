@@ -81,3 +81,15 @@ def tag_position(batch, *, epoch, indices):
     """Append each row's epoch and global index as a third array (per-sample randomness uses these)."""
     x, y = batch
     return x, y, np.stack([np.full(len(indices), epoch), indices], axis=1)
+
+
+def add_noise(batch, rng):
+    """A chain stage drawing from the batch's generator: noise added to the first array."""
+    image, *rest = batch
+    return (image + rng.standard_normal(image.shape).astype(image.dtype), *rest)
+
+
+def tag_epoch(batch, *, epoch):
+    """A chain stage taking the epoch keyword: the epoch added to the first array."""
+    image, *rest = batch
+    return (image + epoch, *rest)

@@ -1,6 +1,9 @@
 """README.md runs as written.
 
-Matrix: the first code block is exactly the two commands; every ``##`` section's ```python
+Matrix: the first code block is exactly the two commands, and each command's bullet names the
+install `make -n` shows it runs (the demo's the light install, no extra; the tests' the dev
+extra) and the demo's bullet its first-batch time and steady rate; the extras the README names
+are pyproject's; every ``##`` section's ```python
 blocks, concatenated in order, exit 0 in a fresh interpreter in an empty directory; the client
 section runs against a node started the README's way (its data-writing code, its node.toml (the
 node section's first TOML block), its ``data-node serve`` line, the address replaced by the real
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk  # noqa: N813
+from make_support import make_dry_run
 
 from data_node.config import TlsConfig, load
 from data_node.rpc.auth import ROLE_NEEDED
@@ -149,6 +153,38 @@ def test_the_first_code_block_is_the_two_commands():
     title, blank, *rest = README.read_text().splitlines()
     assert (title, blank) == ("# data-tools", "")
     assert rest[:4] == ["```", "make demo", "make test", "```"]
+
+
+def command_bullet(target):
+    """The README's bullet saying what ``make <target>`` does, on one line."""
+    found = re.search(
+        rf"^- `make {target}` (.*?)(?=^- |^$)", README.read_text(), re.MULTILINE | re.DOTALL
+    )
+    assert found, target
+    return " ".join(found.group(1).split())
+
+
+@pytest.mark.parametrize(("target", "installs"), [("demo", ["."]), ("test", [".", "'.[dev]'"])])
+def test_each_command_installs_what_the_readme_says(target, installs, tmp_path):
+    dry_run = "\n".join(make_dry_run(target, tmp_path / ".venv"))
+    assert re.findall(r"pip install --quiet -e (\S+)$", dry_run, re.MULTILINE) == installs
+    bullet = command_bullet(target)
+    assert f"`pip install -e {installs[-1]}`" in bullet
+    assert ("no extra" in bullet) == (target == "demo")
+
+
+def test_the_demo_bullet_names_the_first_batch_and_the_steady_rate():
+    bullet = command_bullet("demo")
+    assert "time to the first batch" in bullet
+    assert "steady rate" in bullet
+
+
+def test_the_readme_names_the_extras_of_pyproject():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    named = set(re.findall(r"`data-tools\[(\w+)\]`", README.read_text()))
+    assert named == set(extras)
 
 
 SECTIONS = sorted(section_code("python"))

@@ -667,6 +667,7 @@ class DataNodeClient:
         max_backoff: float = 2.0,
         cases: CaseSelection | None = None,
         start_epoch: int = 0,
+        shuffle_window: int | None = None,
     ) -> BatchStream | MultiNodeStream:
         """Stream minibatches of a dataset (the call starts at the first ``next()``).
 
@@ -737,6 +738,15 @@ class DataNodeClient:
             start_epoch: Start at batch 0 of this epoch, < ``epochs`` (what a cursor at
                 that point resumes; with the same seed, the batches a trainer gets in that
                 epoch). Not with ``resume``. Default 0.
+            shuffle_window: With ``shuffle``, a chunk-windowed shuffle of windows of about
+                this many samples, >= 1, instead of one exact permutation per epoch: the
+                node permutes the dataset's storage chunks, cuts them into windows and
+                shuffles within each window, so it decodes each chunk about once per epoch
+                in bounded memory, at the price of a weaker shuffle (samples of one chunk stay
+                within about a window of each other). Every sample still comes once per
+                epoch; resume and shards work as without it. Not with replacement or
+                weights; part of the stream's identity (a cursor resumes only the same
+                window). Default None: the exact permutation.
 
         Returns:
             A ``BatchStream`` (one node) or ``MultiNodeStream`` (several), yielding tuples of
@@ -774,6 +784,8 @@ class DataNodeClient:
         if cases is not None:
             request.cases.extend(_build_cases(cases))
         request.start_epoch = _parse_int("start_epoch", start_epoch, minimum=0)
+        if shuffle_window is not None:
+            request.shuffle_window = _parse_int("shuffle_window", shuffle_window, minimum=1)
         stream = _open_stream(
             [node.stream_batches for node in self._nodes],
             _with_resume(request, _parse_cursor(resume)),

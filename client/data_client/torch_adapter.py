@@ -21,6 +21,7 @@ from data_client.client import DataNodeClient
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+    from types import FrameType
 
     import numpy.typing as npt
 
@@ -35,10 +36,23 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
     """Minibatches of a node's dataset as tuples of torch tensors, in the dataset's array order.
 
     The node already batches, so wrap it as ``DataLoader(dataset, batch_size=None,
-    num_workers=0)`` (or iterate it directly). A DataLoader with several workers would open one
-    full stream per worker and deliver every sample several times: that raises RuntimeError.
-    Each ``iter()`` opens a new client and stream with the same options; leaving the loop early
-    (or dropping the iterator) cancels the stream so the node frees its workers.
+    num_workers=0)`` (or iterate it directly). A DataLoader that batches again (any other
+    ``batch_size``, the default 1 included) would yield batches of batches, and one with
+    several workers would open one full stream per worker and deliver every sample several
+    times: iterating either raises RuntimeError. Each ``iter()`` opens a new client and
+    stream with the same options; leaving the loop early (or dropping the iterator) cancels
+    the stream so the node frees its workers.
+
+    Data-parallel training (one process per GPU, started by ``torchrun``): initialise the
+    process group first, then build the same dataset in every process with the same ``seed``.
+    Each rank's iteration takes its rank and world size from ``torch.distributed`` and
+    receives a disjoint part of every epoch (``batch_size`` is per rank)::
+
+        torch.distributed.init_process_group("nccl")
+        nodes = resolve_nodes("data-node.ml.svc.cluster.local:50051")  # a headless service
+        dataset = BatchIterableDataset(nodes, "disks", 32, shuffle=True, seed=0)
+        for image, mask in DataLoader(dataset, batch_size=None, num_workers=0):
+            ...
 
     Every tensor owns writable memory: the received (read-only) arrays are copied once, into
     page-locked memory when pinned.
@@ -108,6 +122,20 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
         return (0 if rank is None else rank, 1 if world_size is None else world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """A new stream's batches; refuses a DataLoader that would batch or split them again.
+
+        Raises:
+            RuntimeError: A DataLoader with automatic batching (any ``batch_size`` other than
+                None) is iterating this dataset, or one with ``num_workers > 1``. Nothing is
+                sent to the node.
+        """
+        if _is_rebatched_by_a_dataloader(self, inspect.currentframe()):
+            raise RuntimeError(
+                "This DataLoader would batch the node's batches again (each item would be a "
+                "batch of batches): the node already batches. Use DataLoader(dataset, "
+                "batch_size=None, num_workers=0) and give the batch size to "
+                "BatchIterableDataset(source, name, batch_size)."
+            )
         worker = get_worker_info()
         if worker is not None and worker.num_workers > 1:
             raise RuntimeError(
@@ -115,7 +143,9 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
                 "once per worker. Use DataLoader(dataset, batch_size=None, num_workers=0): the "
                 "node already batches and prefetches."
             )
-        rank, world_size = self.shard()
+        return self._batches(*self.shard())
+
+    def _batches(self, rank: int, world_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
         client = self._source() if callable(self._source) else DataNodeClient(self._source)
         with client:
             self._stream = stream = client.stream(
@@ -135,3 +165,28 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
         tensor = torch.empty(array.shape, dtype=dtype, pin_memory=self._pin_memory)
         tensor.numpy()[...] = array
         return tensor
+
+
+# A DataLoader's fetcher calls ``iter(dataset)`` in its constructor, one or two frames above
+# ``__iter__``; a few more allow for a wrapper in a later torch.
+_FETCHER_FRAMES = 4
+
+
+def _is_rebatched_by_a_dataloader(dataset: object, frame: FrameType | None) -> bool:
+    """Whether ``iter(dataset)`` comes from a DataLoader fetcher with automatic batching.
+
+    torch's fetchers (``torch.utils.data._utils.fetch``, private) hold the ``dataset`` and
+    ``auto_collation`` (True when the loader has a ``batch_size``) they were built with; that
+    is the only place a dataset can see how it will be collated, in the main process and in
+    a loader worker alike.
+    """
+    caller = None if frame is None else frame.f_back
+    for _ in range(_FETCHER_FRAMES):
+        if caller is None:
+            return False
+        fetcher = caller.f_locals.get("self")
+        auto_collation = getattr(fetcher, "auto_collation", None)
+        if auto_collation is not None and getattr(fetcher, "dataset", None) is dataset:
+            return bool(auto_collation)
+        caller = caller.f_back
+    return False

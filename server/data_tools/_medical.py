@@ -188,8 +188,9 @@ def load_sitk() -> Any:
     """The SimpleITK module, or an ImportError saying how to install it."""
     try:
         import SimpleITK
-    except ImportError as error:  # pragma: no cover - SimpleITK is in the [itk] extra
+    except ImportError as error:  # pragma: no cover - a dependency of data-tools
         raise ImportError(
-            "Reading medical images needs SimpleITK: pip install 'data-tools[itk]'."
+            "Reading medical images needs SimpleITK, a dependency of data-tools: "
+            "pip install SimpleITK."
         ) from error
     return SimpleITK

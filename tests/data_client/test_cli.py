@@ -131,6 +131,12 @@ def test_two_ranks_receive_disjoint_halves_of_each_epoch(fake_node, tmp_path):
         assert halves[0] | halves[1] == set(range(10))
 
 
+def test_shuffle_window_reaches_the_request(fake_node, capsys):
+    argv = stream_args(fake_node.address, "--sample-random", "--seed", "1", "--shuffle-window", "6")
+    assert main(argv) == 0
+    assert [request.shuffle_window for request in fake_node.requests] == [6]
+
+
 def test_resolve_reads_from_every_address_of_a_name(fake_node, capsys):
     address = f"127.0.0.1:{fake_node.port}"
     assert main(stream_args(address, "--resolve")) == 0

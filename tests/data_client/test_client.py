@@ -146,6 +146,12 @@ def test_every_option_reaches_the_request(client, fake_node):
     assert request.codec == tensor_pb2.CODEC_ZSTD
 
 
+def test_shuffle_window_reaches_the_request(client, fake_node):
+    list(client.stream("toy", 4, sample_random=True, seed=1, shuffle_window=8))
+    list(client.stream("toy", 4, sample_random=True, seed=1))
+    assert [request.shuffle_window for request in fake_node.requests] == [8, 0]
+
+
 def test_sample_weights_by_array_name(client, fake_node):
     list(client.stream("toy", 4, sample_random=True, sample_weights="weight"))
     assert fake_node.requests[0].sample_weights.array == "weight"
@@ -232,6 +238,9 @@ def test_bad_augment_is_refused_before_any_call(client, fake_node, augment, erro
         ({"max_reconnects": -1}, ValueError, "max_reconnects"),
         ({"initial_backoff": 0}, ValueError, "initial_backoff"),
         ({"max_backoff": float("inf")}, ValueError, "max_backoff"),
+        ({"shuffle_window": 0}, ValueError, "shuffle_window"),
+        ({"shuffle_window": -5}, ValueError, "shuffle_window"),
+        ({"shuffle_window": 2.5}, TypeError, "shuffle_window"),
     ],
 )
 def test_bad_arguments_are_refused_naming_them(client, fake_node, kwargs, error, match):

@@ -6,6 +6,9 @@ Matrix:
 - source: an address or a client factory (token sent); the client is closed afterwards.
 - rank/world_size: explicit, taken from torch.distributed when initialised, defaults 0/1.
 - early exit cancels the node's call; cursor for checkpoints; several DataLoader workers refused.
+- a DataLoader that batches again (batch_size 16, the default 1, drop_last, inside a loader
+  worker) is refused before any request; batch_size=None on the same dataset still streams.
+- the README's data-parallel recipe, run as two gloo ranks: disjoint halves of every epoch.
 - pin_memory without CUDA warns and is ignored; unknown stream option -> TypeError;
   a missing torch -> ImportError with the install hint.
 """
@@ -14,7 +17,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
+import os
+import re
+import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +132,81 @@ def test_missing_torch_gives_the_install_hint(monkeypatch):
 def test_factory_may_be_a_partial(fake_node):
     source = functools.partial(DataNodeClient, fake_node.address, timeout=30)
     assert len(list(BatchIterableDataset(source, "toy", 10))) == 1
+
+
+@pytest.mark.parametrize(
+    "loader_options",
+    [
+        pytest.param({"batch_size": 16}, id="batch_size=16"),
+        pytest.param({}, id="default batch_size=1"),
+        pytest.param({"batch_size": 4, "drop_last": True}, id="drop_last"),
+        pytest.param(
+            {"batch_size": 2, "num_workers": 1, "multiprocessing_context": "spawn"},
+            id="in a loader worker",
+        ),
+    ],
+)
+def test_a_dataloader_that_would_batch_again_is_refused(fake_node, loader_options):
+    loader = DataLoader(BatchIterableDataset(fake_node.address, "toy", 2), **loader_options)
+    with pytest.raises(RuntimeError, match=r"batch of batches.*batch_size=None"):
+        next(iter(loader))
+    assert fake_node.requests == []
+
+
+def test_the_same_dataset_still_streams_through_an_unbatched_loader(fake_node):
+    dataset = BatchIterableDataset(fake_node.address, "toy", 5)
+    with pytest.raises(RuntimeError, match="batch_size=None"):
+        next(iter(DataLoader(dataset, batch_size=3)))
+    batches = list(DataLoader(dataset, batch_size=None))
+    assert [label.tolist() for *_, label in batches] == [[0, 10, 20, 30, 40], [50, 60, 70, 80, 90]]
+
+
+def readme_recipe():
+    """The README's data-parallel recipe (its ```python torchrun block)."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (recipe,) = re.findall(r"^```python torchrun\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    return recipe
+
+
+def test_the_readme_data_parallel_recipe_splits_every_epoch_across_ranks(fake_node, tmp_path):
+    recipe = readme_recipe()
+    service = "data-node.ml.svc.cluster.local:50051"
+    assert service in recipe
+    assert '"disks"' in recipe
+    recipe = recipe.replace(service, fake_node.address).replace('"disks"', '"toy"')
+    recipe = recipe.replace("epochs=10", "epochs=2").replace(", 32,", ", 2,")
+    # train_step records the labels each rank trains on.
+    script = (
+        "import json, os\nseen = []\ndef train_step(batch):\n    seen.extend(batch[-1].tolist())\n"
+        + recipe
+        + "json.dump(seen, open(os.environ['SEEN'], 'w'))\n"
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+                "RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "SEEN": str(tmp_path / f"rank{rank}.json"),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    for process in ranks:
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, output
+    seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert sorted(seen[0]) == [0, 0, 20, 20, 40, 40, 60, 60, 80, 80]  # rank 0, 2 epochs
+    assert sorted(seen[1]) == [10, 10, 30, 30, 50, 50, 70, 70, 90, 90]
+    shards = sorted((r.shard.rank, r.shard.world_size) for r in fake_node.requests)
+    assert shards == [(0, 2), (1, 2)]

@@ -1,4 +1,4 @@
-"""Properties of data_flow's pure epoch order (data_tools.io._sampler).
+"""Properties of data_flow's pure epoch order (data_tools.io._sampler), batches cut by FlowSpec.
 
 Matrix: order kind {sequential, shuffled, with replacement, weighted with replacement,
 weighted without replacement} x epochs x seeds; shards over world_size 1..7 (disjoint,
@@ -8,6 +8,7 @@ union exactly once, sizes within one); batch cutting with and without drop; resu
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -18,12 +19,11 @@ from data_tools.io._sampler import (
     SamplingPlan,
     batch_rng,
     epoch_order,
-    iter_batches,
-    num_batches,
     sampler_rng,
     shard_bounds,
     shard_order,
 )
+from data_tools.io.flow_spec import FlowSpec
 
 seeds = st.integers(0, 2**32 - 1)
 epochs = st.integers(0, 1000)
@@ -127,8 +127,23 @@ def test_batches_cut_each_rank_part(n, batch_size, drop, world_size, seed):
             rank=rank,
             world_size=world_size,
         )
-        batches = list(iter_batches(plan, 4, 0, loop_forever=False))
-        assert len(batches) == num_batches(plan)
+        try:
+            spec = FlowSpec(
+                n,
+                batch_size,
+                seed,
+                sample_random=True,
+                drop_incomplete_batches=drop,
+                rank=rank,
+                world_size=world_size,
+                start_epoch=4,
+                stop_epoch=5,
+            )
+        except ValueError:  # no batch for this rank
+            assert drop or n < world_size
+            continue
+        batches = list(spec.batches())
+        assert len(batches) == spec.batches_per_epoch
         assert [b[:2] for b in batches] == [(4, i) for i in range(len(batches))]
         sizes = [len(b[2]) for b in batches]
         assert all(size == batch_size for size in sizes[:-1])
@@ -148,24 +163,28 @@ def test_batches_cut_each_rank_part(n, batch_size, drop, world_size, seed):
     seed=seeds,
 )
 def test_resume_yields_the_rest_of_the_uninterrupted_stream(n, batch_size, drop, start, seed):
-    plan = SamplingPlan(n, batch_size, shuffle=True, drop_incomplete=drop, seed=seed)
-    count = num_batches(plan)
-    if count == 0:
-        return
-    full = list(itertools.islice(iter_batches(plan, 0, 0, loop_forever=True), start + 10))
+    if drop and n < batch_size:
+        return  # no batch at all
+    spec = FlowSpec(n, batch_size, seed, sample_random=True, drop_incomplete_batches=drop)
+    count = spec.batches_per_epoch
+    full = list(itertools.islice(spec.batches(), start + 10))
     epoch, batch = divmod(start, count)
-    resumed = list(itertools.islice(iter_batches(plan, epoch, batch, loop_forever=True), 10))
+    resumed_spec = dataclasses.replace(spec, start_epoch=epoch, start_batch=batch)
+    resumed = list(itertools.islice(resumed_spec.batches(), 10))
     assert [(e, b) for e, b, _ in resumed] == [(e, b) for e, b, _ in full[start:]]
     for (_, _, got), (_, _, want) in zip(resumed, full[start:], strict=True):
         np.testing.assert_array_equal(got, want)
 
 
 def test_one_epoch_ends_and_the_end_position_is_empty():
-    plan = SamplingPlan(10, 4)
-    assert num_batches(plan) == 3
-    assert [b for _, b, _ in iter_batches(plan, 2, 1, loop_forever=False)] == [1, 2]
-    assert list(iter_batches(plan, 2, 3, loop_forever=False)) == []
-    assert [e_b[:2] for e_b in itertools.islice(iter_batches(plan, 2, 3, True), 2)] == [
+    def batches(start_batch, stop_epoch):
+        spec = FlowSpec(10, 4, 0, start_epoch=2, start_batch=start_batch, stop_epoch=stop_epoch)
+        assert spec.batches_per_epoch == 3
+        return spec.batches()
+
+    assert [b for _, b, _ in batches(1, 3)] == [1, 2]
+    assert list(batches(3, 3)) == []
+    assert [e_b[:2] for e_b in itertools.islice(batches(3, None), 2)] == [
         (3, 0),
         (3, 1),
     ]

@@ -68,6 +68,10 @@ def test_unknown_dataset_is_not_found(client):
             r"^augmentation\.y_array",
         ),
         (
+            {"augmentation": data_node_pb2.Augmentation(x_array="image", y_array="image")},
+            r"^augmentation\.y_array: Expected an array other than x_array .* Got 'image'",
+        ),
+        (
             {"augmentation": data_node_pb2.Augmentation(x_array="image", rotation_range=-5)},
             r"^augmentation\.rotation_range: Expected a number in \[0, 360\] \(degrees\)\. Got -5",
         ),

@@ -27,7 +27,7 @@ from node_support import NUM_SAMPLES, wait_for_idle
 from data_client import DataNodeClient
 from data_client._decode import decode_batch
 from data_client.errors import OutOfRangeError
-from data_node.streaming.streams import SampleTransform
+from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
 from data_tools.io import data_flow
 from data_wire.v1 import data_node_pb2
 
@@ -80,7 +80,7 @@ def local_shard(arrays, rank, epochs=EPOCHS):
         seed=SEED,
         rank=rank,
         world_size=WORLD,
-        preprocessor=SampleTransform(SEED, 0, 1, options),
+        preprocessor=SampleAugmentation(parse_augmentation_spec(**options), SEED, 0, 1),
     )
     with flow:
         return list(itertools.islice(flow.flow_with_info(), epochs * len(flow)))

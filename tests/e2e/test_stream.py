@@ -10,15 +10,18 @@ health and reflection services.
 
 from __future__ import annotations
 
+import itertools
+
 import grpc
+import h5py
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
-from node_support import NUM_SAMPLES
+from node_support import NUM_SAMPLES, noisy
 
 from data_client.errors import OutOfRangeError
-from data_node.streaming.streams import SampleTransform
-from data_tools.io import data_flow
+from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
+from data_tools.io import PreprocessorChain, data_flow
 
 AUGMENT = {
     "x_array": "image",
@@ -85,7 +88,7 @@ def test_augmented_stream_equals_data_flow_in_process(client, node_dir):
         client.stream("toy", 8, sample_random=True, seed=5, augmentation=AUGMENT, nb_proc_workers=2)
     )
     options = {k: v for k, v in AUGMENT.items() if not k.endswith("_array")}
-    transform = SampleTransform(5, 0, 1, options)
+    transform = SampleAugmentation(parse_augmentation_spec(**options), 5, 0, 1)
     data = [arrays["image"], arrays["mask"], arrays["weights"]]
     local = data_flow(
         data, 8, sample_random=True, seed=5, preprocessor=transform, loop_forever=False
@@ -100,6 +103,56 @@ def test_augmented_stream_equals_data_flow_in_process(client, node_dir):
     # The augmentation did something, and kept the mask a mask.
     assert not np.array_equal(remote[0][0], arrays["image"][remote_indices[0]])
     assert set(np.unique(np.concatenate([b[1] for b in remote]))) <= {0, 1}
+
+
+def test_a_trainer_gets_what_data_flow_in_process_gets_the_readme_way(client, node_dir):
+    """README "The same stream in-process": the dataset's files, the library's per-sample map
+    chained with the registered preprocessor, the request's sampling and shard."""
+    root, _ = node_dir
+    augment = {
+        "x_array": "image",
+        "y_array": "mask",
+        "rotation_range": 30.0,
+        "shear_range": 5.0,
+        "zoom_range": [0.9, 1.2],
+        "vertical_flip": True,
+        "spline_warp": True,
+        "warp_sigma": 1.0,
+        "fill_mode": "constant",
+        "cval_x": 0.5,
+        "crop_size": [12, 10],
+        "order_x": 3,
+    }
+    request = {
+        "sample_random": True,
+        "seed": 23,
+        "epochs": 2,
+        "rank": 1,
+        "world_size": 2,
+        "nb_proc_workers": 2,
+    }
+    remote, remote_indices, _ = collect(
+        client.stream(
+            "toy", 6, augmentation=augment, preprocessor="noisy", sharing="partitioned", **request
+        )
+    )
+    options = {k: v for k, v in augment.items() if not k.endswith("_array")}
+    spec = parse_augmentation_spec(**options)
+    chain = PreprocessorChain((SampleAugmentation(spec, 23, x_position=0, y_position=1), noisy))
+    with h5py.File(root / "data" / "toy.h5", "r") as f:
+        data = [f["image"], f["mask"], f["weights"]]
+        flow = data_flow(
+            data, 6, sample_random=True, seed=23, rank=1, world_size=2, preprocessor=chain
+        )
+        with flow:
+            infos = list(itertools.islice(flow.flow_with_info(), 2 * len(flow)))
+    assert len(infos) == len(remote) == 8
+    for info, batch, indices in zip(infos, remote, remote_indices, strict=True):
+        np.testing.assert_array_equal(info.indices, indices)
+        for expected, got in zip(info.arrays, batch, strict=True):
+            assert (expected.dtype, expected.shape) == (got.dtype, got.shape)
+            assert expected.tobytes() == got.tobytes()
+    assert remote[0][0].shape == (6, 1, 12, 10)
 
 
 def test_stream_is_bit_identical_for_any_worker_count(client):

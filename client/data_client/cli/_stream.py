@@ -70,6 +70,13 @@ def add_stream_commands(commands: Any) -> None:
         help="default: partitioned when --world-size > 1, else independent",
     )
     stream.add_argument("--start-epoch", type=int, default=0, help="first epoch (default 0)")
+    stream.add_argument(
+        "--shuffle-window",
+        type=int,
+        metavar="SAMPLES",
+        help="with --sample-random: shuffle within windows of about SAMPLES samples of whole "
+        "storage chunks, each chunk decoded about once per epoch (default: the exact permutation)",
+    )
     stream.add_argument("--preprocessor", help="a preprocessor registered in the node's config")
     stream.add_argument(
         "--nb-io-workers",
@@ -265,6 +272,7 @@ def _stream(args: argparse.Namespace) -> int:
             codec=args.codec,
             max_reconnects=args.max_reconnects,
             start_epoch=args.start_epoch,
+            shuffle_window=args.shuffle_window,
             **_sampling(args),
         )
         indices_out: TextIO | None = None

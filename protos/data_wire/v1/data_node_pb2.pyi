@@ -192,7 +192,7 @@ class DoubleList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("dataset", "batch_size", "sample_random", "seed", "sample_with_replacement", "sample_weights", "drop_incomplete_batches", "epochs", "loop_forever", "nb_io_workers", "nb_proc_workers", "shard", "augmentation", "preprocessor", "resume", "codec", "sharing", "lane", "cases", "start_epoch")
+    __slots__ = ("dataset", "batch_size", "sample_random", "seed", "sample_with_replacement", "sample_weights", "drop_incomplete_batches", "epochs", "loop_forever", "nb_io_workers", "nb_proc_workers", "shard", "augmentation", "preprocessor", "resume", "codec", "sharing", "lane", "cases", "start_epoch", "shuffle_window")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RANDOM_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,7 @@ class StreamRequest(_message.Message):
     LANE_FIELD_NUMBER: _ClassVar[int]
     CASES_FIELD_NUMBER: _ClassVar[int]
     START_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SHUFFLE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     batch_size: int
     sample_random: bool
@@ -233,4 +234,5 @@ class StreamRequest(_message.Message):
     lane: Lane
     cases: _containers.RepeatedCompositeFieldContainer[CaseRange]
     start_epoch: int
-    def __init__(self, dataset: _Optional[str] = ..., batch_size: _Optional[int] = ..., sample_random: _Optional[bool] = ..., seed: _Optional[int] = ..., sample_with_replacement: _Optional[bool] = ..., sample_weights: _Optional[_Union[SampleWeights, _Mapping]] = ..., drop_incomplete_batches: _Optional[bool] = ..., epochs: _Optional[int] = ..., loop_forever: _Optional[bool] = ..., nb_io_workers: _Optional[int] = ..., nb_proc_workers: _Optional[int] = ..., shard: _Optional[_Union[Shard, _Mapping]] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., preprocessor: _Optional[str] = ..., resume: _Optional[_Union[_tensor_pb2.Cursor, _Mapping]] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ..., sharing: _Optional[_Union[Sharing, str]] = ..., lane: _Optional[_Union[Lane, _Mapping]] = ..., cases: _Optional[_Iterable[_Union[CaseRange, _Mapping]]] = ..., start_epoch: _Optional[int] = ...) -> None: ...
+    shuffle_window: int
+    def __init__(self, dataset: _Optional[str] = ..., batch_size: _Optional[int] = ..., sample_random: _Optional[bool] = ..., seed: _Optional[int] = ..., sample_with_replacement: _Optional[bool] = ..., sample_weights: _Optional[_Union[SampleWeights, _Mapping]] = ..., drop_incomplete_batches: _Optional[bool] = ..., epochs: _Optional[int] = ..., loop_forever: _Optional[bool] = ..., nb_io_workers: _Optional[int] = ..., nb_proc_workers: _Optional[int] = ..., shard: _Optional[_Union[Shard, _Mapping]] = ..., augmentation: _Optional[_Union[Augmentation, _Mapping]] = ..., preprocessor: _Optional[str] = ..., resume: _Optional[_Union[_tensor_pb2.Cursor, _Mapping]] = ..., codec: _Optional[_Union[_tensor_pb2.Codec, str]] = ..., sharing: _Optional[_Union[Sharing, str]] = ..., lane: _Optional[_Union[Lane, _Mapping]] = ..., cases: _Optional[_Iterable[_Union[CaseRange, _Mapping]]] = ..., start_epoch: _Optional[int] = ..., shuffle_window: _Optional[int] = ...) -> None: ...

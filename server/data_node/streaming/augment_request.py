@@ -3,9 +3,11 @@
 Every value is checked here, in the node's process, before any work: numbers against the
 bounds of :data:`BOUNDS` (finite, and small enough that the resampling stays finite and
 sane: OpenCV's fixed-point coordinates, the spline warp's matrices), the arrays against the
-dataset's shapes and dtypes, the crop against the image. Nothing here runs the transform:
-it runs only in a stream's worker processes, so a crash in native code takes one worker,
-never the node.
+dataset's shapes and dtypes, the crop against the image. The checked options become the
+library's :class:`~data_tools.data_augmentation.AugmentationSpec`, parsed once per request
+(the library's own checks then pass: the bounds here are narrower). Nothing here runs the
+transform: it runs only in a stream's worker processes, so a crash in native code takes one
+worker, never the node.
 
 The result's :attr:`AugmentPlan.meaning` is the augmentation with every default applied and
 every field that cannot change the output reset (``cval_x`` without ``fill_mode``
@@ -22,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_node.errors import RequestError
-from data_tools.data_augmentation._params import FILL_MODES, ORDERS
+from data_tools.data_augmentation import (
+    FILL_MODES,
+    ORDERS,
+    AugmentationSpec,
+    parse_augmentation_spec,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -89,13 +96,13 @@ class AugmentPlan:
     Attributes:
         x_position: Position of the x array in the dataset's arrays.
         y_position: Position of the y array, or None.
-        options: Keyword arguments of ``image_random_transform``, defaults applied.
+        spec: The library's augmentation, parsed once here for every sample of the stream.
         meaning: What the augmentation does, for the cursor fingerprint (see the module).
     """
 
     x_position: int
     y_position: int | None
-    options: Mapping[str, Any]
+    spec: AugmentationSpec
     meaning: Mapping[str, Any]
 
 
@@ -112,6 +119,11 @@ def parse_augmentation(augmentation: data_node_pb2.Augmentation, dataset: Datase
     y_position = None
     if augmentation.y_array:
         y_position = _array_position("augmentation.y_array", augmentation.y_array, names)
+        if y_position == x_position:
+            raise RequestError(
+                "augmentation.y_array: Expected an array other than x_array (y is transformed "
+                f"alongside x). Got {_shown(augmentation.y_array)}, the x_array, instead."
+            )
         y_image = _image_shape("augmentation.y_array", dataset, y_position)
         if y_image[1:] != image[1:]:
             raise RequestError(
@@ -131,7 +143,7 @@ def parse_augmentation(augmentation: data_node_pb2.Augmentation, dataset: Datase
     for name in ("order_x", "order_y"):
         options[name] = _order(augmentation, name)
     meaning = _meaning(options, augmentation.x_array, augmentation.y_array or None)
-    return AugmentPlan(x_position, y_position, options, meaning)
+    return AugmentPlan(x_position, y_position, parse_augmentation_spec(**options), meaning)
 
 
 def _shown(value: str) -> str:
@@ -149,7 +161,7 @@ def _array_position(field: str, name: str, names: list[str]) -> int:
 
 def _image_shape(field: str, dataset: Dataset, position: int) -> tuple[int, ...]:
     """The (channels, H, W) of each sample of the array at ``position``; an (H, W) sample
-    is one channel (``streams.augment_sample`` transforms it so)."""
+    is one channel (``SampleAugmentation`` transforms it so)."""
     name, array = dataset.arrays[position]
     shape = tuple(int(size) for size in array.shape[1:])
     kind = np.dtype(array.dtype).kind

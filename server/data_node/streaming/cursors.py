@@ -8,6 +8,9 @@ same batches fingerprint alike, whoever wrote the client, and a cursor of one re
 other. Fields that do not change which batches come out (``seed``, checked on its own;
 ``sharing``, ``lane``, ``resume``, ``codec``, the worker counts, ``epochs``,
 ``loop_forever``, ``start_epoch``) are left out, so a resumed stream may change them.
+Fields added later (``cases``, ``shuffle_window``) are digested only when set, so the
+cursors of streams without them stay valid; a cursor of one ``shuffle_window`` is refused
+by a stream of another (or of the exact permutation).
 
 Every cursor field is range-checked before use: ``seed`` in [0, 2**32), ``epoch`` in
 [0, MAX_EPOCHS), ``batch_index`` from 0 (its upper end, the batches of one epoch, is

@@ -1,8 +1,15 @@
 """One StreamBatches call: check the request against its dataset and the limits, then stream.
 
 ``parse_stream_request`` turns a ``StreamRequest`` into a :class:`StreamPlan` (every field
-checked once, errors naming the field); :func:`stream_batches` runs the plan through
-``data_flow`` and yields each batch as encoded ``Batch`` bytes with the cursor after it.
+checked once, errors naming the field): the library's ``FlowSpec`` (sampling, shard, lane,
+start, last epoch, workers; and every position: batches per epoch, the cursor after a batch,
+an empty lane) plus the transform and the wire options. :func:`stream_batches` runs it with
+``data_flow.from_spec`` and yields each batch as encoded ``Batch`` bytes with the cursor after
+it.
+
+Windowed shuffle: ``shuffle_window`` asks for the library's chunk-windowed shuffle over the
+dataset's storage chunks (``data_tools.io.read_blocks`` of its arrays), so a dataset larger
+than the chunk cache is decoded about once per epoch; the window is part of the fingerprint.
 
 Sharing: SHARING_INDEPENDENT trainers each get whole epochs in the order of their own seed;
 SHARING_PARTITIONED ranks (one shared seed, required) get disjoint parts of every epoch whose
@@ -59,7 +66,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -80,9 +86,14 @@ from data_node.streaming.cases import parse_cases
 from data_node.streaming.cursors import MAX_EPOCHS, fingerprint, parse_start
 from data_node.streaming.fields import bounded
 from data_node.wire import encode_batch
-from data_tools.data_augmentation import image_random_transform
-from data_tools.io import data_flow
-from data_tools.io.data_flow import preprocessor_keywords
+from data_tools.data_augmentation import SampleAugmentation
+from data_tools.io import (
+    FlowSpec,
+    PreprocessorChain,
+    data_flow,
+    parse_sample_weights,
+    weights_digest,
+)
 from data_wire.v1 import data_node_pb2, tensor_pb2
 
 if TYPE_CHECKING:
@@ -97,9 +108,7 @@ if TYPE_CHECKING:
     from data_node.streaming.augment_request import AugmentPlan
 
 __all__ = [
-    "SampleTransform",
     "StreamPlan",
-    "augment_sample",
     "parse_stream_request",
     "stream_batches",
 ]
@@ -108,95 +117,6 @@ __all__ = [
 MAX_LANES = 1024
 # More ranks than any data-parallel job has.
 MAX_WORLD_SIZE = 1 << 20
-# The largest relative sampling weight: the sum of a dataset's weights stays finite.
-MAX_WEIGHT = 1e100
-
-
-@dataclass(frozen=True)
-class SampleTransform:
-    """The per-batch work of a stream: augment each sample, then run the preprocessor.
-
-    Picklable (worker processes receive it). ``data_flow`` calls it with the batch, its
-    rng, epoch and global indices.
-
-    Attributes:
-        seed: The stream's seed.
-        x_position: Position of the augmented x array in the batch, or None: no augmentation.
-        y_position: Position of the y array transformed with x, or None.
-        options: Keyword arguments of ``image_random_transform``.
-        preprocessor: The registered preprocessor, or None. It is called as data_flow calls
-            one: with the ``rng``, ``epoch`` and ``indices`` keywords it accepts.
-    """
-
-    seed: int
-    x_position: int | None = None
-    y_position: int | None = None
-    options: Mapping[str, Any] | None = None
-    preprocessor: Callable[..., Any] | None = None
-    # Which keywords the preprocessor takes, found once here rather than on every batch.
-    _keywords: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        keywords = (
-            frozenset() if self.preprocessor is None else (preprocessor_keywords(self.preprocessor))
-        )
-        object.__setattr__(self, "_keywords", keywords)
-
-    def __call__(
-        self,
-        batch: list[npt.NDArray[Any]],
-        *,
-        rng: np.random.Generator,
-        epoch: int,
-        indices: npt.NDArray[np.int64],
-    ) -> list[npt.NDArray[Any]] | tuple[npt.NDArray[Any], ...]:
-        arrays = list(batch)
-        if self.x_position is not None:
-            self._augment(arrays, epoch, indices)
-        if self.preprocessor is None:
-            return arrays
-        available = {"rng": rng, "epoch": epoch, "indices": indices}
-        extra = {name: available[name] for name in self._keywords}
-        return self.preprocessor(arrays, **extra)  # type: ignore[no-any-return]
-
-    def _augment(
-        self, arrays: list[npt.NDArray[Any]], epoch: int, indices: npt.NDArray[np.int64]
-    ) -> None:
-        assert self.x_position is not None
-        xs, ys = [], []
-        for row, index in enumerate(indices):
-            rng = np.random.default_rng([self.seed, epoch, int(index)])
-            y = None if self.y_position is None else arrays[self.y_position][row]
-            x_out, y_out = augment_sample(
-                arrays[self.x_position][row], y, rng=rng, options=self.options or {}
-            )
-            xs.append(x_out)
-            if y_out is not None:
-                ys.append(y_out)
-        arrays[self.x_position] = np.stack(xs)
-        if self.y_position is not None:
-            arrays[self.y_position] = np.stack(ys)
-
-
-def augment_sample(
-    x: npt.NDArray[Any],
-    y: npt.NDArray[Any] | None,
-    *,
-    rng: np.random.Generator,
-    options: Mapping[str, Any],
-) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
-    """``image_random_transform`` of one sample (x and optionally y, e.g. a mask).
-
-    A 2-D x or y (H, W), as a medical import's slices and masks, is transformed as one
-    channel and comes back 2-D; (C, H, W) arrays are passed as they are.
-    """
-    x_in = x[np.newaxis] if x.ndim == 2 else x
-    if y is None:
-        x_out = np.asarray(image_random_transform(x_in, rng=rng, **options))
-        return (x_out[0] if x.ndim == 2 else x_out), None
-    y_in = y[np.newaxis] if y.ndim == 2 else y
-    x_out, y_out = image_random_transform(x_in, y_in, rng=rng, **options)
-    return (x_out[0] if x.ndim == 2 else x_out), (y_out[0] if y.ndim == 2 else y_out)
 
 
 @dataclass(frozen=True)
@@ -205,10 +125,12 @@ class StreamPlan:
 
     Attributes:
         dataset: The dataset streamed.
-        flow_options: Keyword arguments of ``data_flow`` (sampling, shard, workers, start).
-        transform: The per-batch work, or None when the batch passes through.
+        flow: The flow's plan (sampling, shard, lane, start, last epoch, workers) and the
+            arithmetic of its positions.
+        transform: data_flow's preprocessor, only library code and the registered
+            preprocessor: the augmentation (``SampleAugmentation``), the preprocessor, both
+            in a ``PreprocessorChain``, or None when the batch passes through.
         seed: The stream's seed (given, taken from the cursor, or drawn by the node).
-        epochs: Epochs in the whole stream (counted from epoch 0), or None: forever.
         fingerprint: Digest of what the request means (see cursors.py).
         codec: Wire codec of every tensor.
         batch_bytes: Bytes of one batch as read (the dataset's rows; a preprocessor that
@@ -216,10 +138,9 @@ class StreamPlan:
     """
 
     dataset: Dataset
-    flow_options: Mapping[str, Any]
-    transform: SampleTransform | None
+    flow: FlowSpec
+    transform: Callable[..., Any] | None
     seed: int
-    epochs: int | None
     fingerprint: str
     codec: int
     batch_bytes: int
@@ -234,13 +155,13 @@ class StreamPlan:
         keeps of freed batches for reuse (measured up to a batch on a loaded machine); with
         worker processes, also their shared-memory blocks (one per batch in flight).
         """
-        in_flight: int = self.flow_options["max_in_flight"]
-        blocks = in_flight if self.flow_options["nb_proc_workers"] else 0
+        in_flight = self.flow.in_flight
+        blocks = in_flight if self.flow.nb_proc_workers else 0
         return self.batch_bytes * (in_flight + 3 + blocks)
 
-    def cursor(self, epoch: int, batch_index: int, batches_per_epoch: int) -> tensor_pb2.Cursor:
+    def cursor(self, epoch: int, batch_index: int) -> tensor_pb2.Cursor:
         """The cursor just after batch ``batch_index`` of ``epoch``."""
-        epoch, batch_index = divmod(epoch * batches_per_epoch + batch_index + 1, batches_per_epoch)
+        epoch, batch_index = self.flow.position_after(epoch, batch_index)
         return tensor_pb2.Cursor(
             dataset=self.dataset.name,
             seed=self.seed,
@@ -283,6 +204,7 @@ def parse_stream_request(
             "sample_random: Expected true when sample_with_replacement or sample_weights "
             "is set. Got false instead."
         )
+    shuffle_window = request.shuffle_window or None
     augment = (
         parse_augmentation(request.augmentation, dataset)
         if request.HasField("augmentation")
@@ -294,73 +216,60 @@ def parse_stream_request(
         "batch_size": batch_size,
         "sample_random": request.sample_random,
         "sample_with_replacement": request.sample_with_replacement,
-        "sample_weights": None if weights is None else _weights_digest(weights),
+        "sample_weights": None if weights is None else weights_digest(weights),
         "drop_incomplete_batches": request.drop_incomplete_batches,
         "shard": [rank, world_size],
         "augmentation": None if augment is None else augment.meaning,
         "preprocessor": request.preprocessor or None,
     }
-    if cases:  # absent rather than empty: streams of every case keep their fingerprints
+    # Absent rather than empty or null: streams without them keep their fingerprints.
+    if cases:
         meaning["cases"] = [list(case_range) for case_range in cases]
+    if shuffle_window is not None:
+        meaning["shuffle_window"] = shuffle_window
     digest = fingerprint(meaning)
     seed, start_epoch, start_batch = parse_start(request, dataset.name, digest)
-    if epochs is not None and start_epoch >= epochs and not request.HasField("resume"):
+    transform = _transform(seed, augment, preprocessor)
+    try:
+        flow = FlowSpec.for_data(
+            [array for _, array in dataset.arrays],
+            batch_size=batch_size,
+            seed=seed,
+            sample_random=request.sample_random,
+            sample_with_replacement=request.sample_with_replacement,
+            sample_weights=weights,
+            drop_incomplete_batches=request.drop_incomplete_batches,
+            shuffle_window=shuffle_window,
+            subset=subset,
+            rank=rank,
+            world_size=world_size,
+            lane=lane,
+            lanes=lanes,
+            start_epoch=start_epoch,
+            stop_epoch=epochs,
+            nb_io_workers=nb_io_workers or 1,
+            # A request's transform never runs in the node's process (see the module docstring).
+            nb_proc_workers=nb_proc_workers if transform is None else max(1, nb_proc_workers),
+            max_in_flight=limits.max_in_flight,
+        )
+    except (TypeError, ValueError) as error:
+        raise RequestError(str(error)) from error
+    if not 0 <= start_batch < flow.batches_per_epoch:
+        raise RequestError(
+            f"resume.batch_index: Expected an integer in [0, {flow.batches_per_epoch}) (the "
+            f"batches of one epoch). Got {start_batch} instead."
+        )
+    flow = flow.starting_at(start_epoch, start_batch)
+    if flow.exhausted and not request.HasField("resume"):
         raise RequestError(
             f"start_epoch: Expected an epoch below epochs ({epochs}). Got {start_epoch} instead."
         )
-    if epochs is not None and start_epoch >= epochs:
+    if flow.exhausted:
         raise CursorAtEndError(
             f"resume: the cursor (epoch {start_epoch}, batch {start_batch}) is at the end of "
             f"the stream's {epochs} epoch(s); nothing is left. Ask for more epochs to go on."
         )
-    transform = _transform(seed, augment, preprocessor)
-    flow_options = {
-        "batch_size": batch_size,
-        "nb_io_workers": nb_io_workers or 1,
-        # A request's transform never runs in the node's process (see the module docstring).
-        "nb_proc_workers": nb_proc_workers if transform is None else max(1, nb_proc_workers),
-        "sample_random": request.sample_random,
-        "sample_with_replacement": request.sample_with_replacement,
-        "sample_weights": weights,
-        "drop_incomplete_batches": request.drop_incomplete_batches,
-        "seed": seed,
-        "rank": rank,
-        "world_size": world_size,
-        "start_epoch": start_epoch,
-        "start_batch": start_batch,
-        "max_in_flight": limits.max_in_flight,
-        "lane": lane,
-        "lanes": lanes,
-        "shared_reads": dataset.cached,
-        "subset": subset,
-    }
-    _check_flow_options(dataset, transform, flow_options)
-    return StreamPlan(
-        dataset, flow_options, transform, seed, epochs, digest, request.codec, batch_bytes
-    )
-
-
-def _check_flow_options(
-    dataset: Dataset, transform: SampleTransform | None, options: Mapping[str, Any]
-) -> None:
-    """Let data_flow check the sampling options, and the cursor against its epoch length.
-
-    Building a data_flow starts nothing (workers start on the first batch), so this costs
-    no more than the checks themselves.
-    """
-    arrays = [array for _, array in dataset.arrays]
-    try:
-        flow = data_flow(
-            arrays, preprocessor=transform, **{**options, "start_epoch": 0, "start_batch": 0}
-        )
-    except (TypeError, ValueError) as error:
-        raise RequestError(str(error)) from error
-    with flow:
-        if not 0 <= options["start_batch"] < len(flow):
-            raise RequestError(
-                f"resume.batch_index: Expected an integer in [0, {len(flow)}) (the batches "
-                f"of one epoch). Got {options['start_batch']} instead."
-            )
+    return StreamPlan(dataset, flow, transform, seed, digest, request.codec, batch_bytes)
 
 
 def stream_batches(
@@ -397,24 +306,22 @@ def _stream(
     plan: StreamPlan, stop: threading.Event, metrics: StreamMetrics | None
 ) -> Iterator[bytes]:
     arrays = [array for _, array in plan.dataset.arrays]
-    flow = data_flow(arrays, preprocessor=plan.transform, **plan.flow_options)
+    flow = data_flow.from_spec(
+        arrays, plan.flow, preprocessor=plan.transform, shared_reads=plan.dataset.cached
+    )
     names = plan.dataset.array_names
     with flow, _replacement_ends(plan.dataset):
-        if plan.flow_options["lane"] >= len(flow):
-            return  # more lanes than batches per epoch: this lane never has a batch
         for info in flow.flow_with_info(stop=stop):
             # The replacement sets the flag before it moves a file: a batch read whole
             # before the flag was set holds none of the new files' rows.
             _check_not_replaced(plan.dataset)
             if stop.is_set():
                 break
-            if plan.epochs is not None and info.epoch >= plan.epochs:
-                return
             start = time.perf_counter()
             message = encode_batch(
                 info.arrays,
                 indices=info.indices,
-                cursor=plan.cursor(info.epoch, info.batch_index, len(flow)),
+                cursor=plan.cursor(info.epoch, info.batch_index),
                 epoch=info.epoch,
                 batch_index=info.batch_index,
                 codec=plan.codec,
@@ -431,7 +338,9 @@ def _stream(
             if metrics is not None:
                 sent = time.perf_counter()
                 metrics.batch_sent(info, size, encoded - start, sent - encoded)
-    # The flow loops forever: it ended because the call ended or the node is stopping.
+    if not stop.is_set():
+        return  # the last epoch was sent (or the lane has no batch)
+    # The call ended or the node is stopping.
     raise NodeStoppingError(
         "the node is stopping; reconnect and resume from the last cursor received"
     )
@@ -526,22 +435,10 @@ def _parse_weights(
                 f"Got {name!r}, of shape {tuple(array.shape)}, instead."
             )
         weights = np.asarray(array[:], dtype=np.float64)
-    if weights.shape != (dataset.length,):
-        raise RequestError(
-            f"{field}: Expected one weight per sample ({dataset.length}). "
-            f"Got shape {weights.shape} instead."
-        )
-    if not np.all((weights >= 0) & (weights <= MAX_WEIGHT)) or not weights.sum() > 0:
-        raise RequestError(
-            f"{field}: Expected finite weights in [0, {MAX_WEIGHT:g}], not all zero."
-        )
-    return weights
-
-
-def _weights_digest(weights: npt.NDArray[np.float64]) -> str:
-    """What the weights mean: the probabilities they normalize to (as data_flow does)."""
-    probabilities = np.ascontiguousarray(weights / weights.sum(), dtype="<f8")
-    return hashlib.sha256(probabilities.tobytes()).hexdigest()
+    try:
+        return parse_sample_weights(weights, dataset.length, name=field)
+    except (TypeError, ValueError) as error:
+        raise RequestError(str(error)) from None
 
 
 def _parse_preprocessor(
@@ -559,9 +456,15 @@ def _parse_preprocessor(
 
 def _transform(
     seed: int, augment: AugmentPlan | None, preprocessor: Callable[..., Any] | None
-) -> SampleTransform | None:
-    if augment is None:
-        return None if preprocessor is None else SampleTransform(seed, preprocessor=preprocessor)
-    return SampleTransform(
-        seed, augment.x_position, augment.y_position, augment.options, preprocessor
-    )
+) -> Callable[..., Any] | None:
+    """The stream's preprocessor: augment each sample, then run the registered preprocessor."""
+    stages: list[Callable[..., Any]] = []
+    if augment is not None:
+        stages.append(
+            SampleAugmentation(augment.spec, seed, augment.x_position, augment.y_position)
+        )
+    if preprocessor is not None:
+        stages.append(preprocessor)
+    if len(stages) > 1:
+        return PreprocessorChain(tuple(stages))
+    return stages[0] if stages else None

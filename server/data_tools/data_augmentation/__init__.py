@@ -1,26 +1,45 @@
-"""Random 2D image transformations for augmentation, resampled once per image with OpenCV."""
+"""Random 2D image transformations for augmentation, resampled once per image with OpenCV.
+
+``image_random_transform`` is the reference function. It is built on an
+:class:`AugmentationSpec` (its options, parsed once by ``parse_augmentation_spec``), whose
+``draw(rng, shape)`` takes every random quantity and ``apply(params, x, y)`` applies them.
+:class:`SampleAugmentation` augments every sample of a batch from its own
+``(seed, epoch, index)`` generator: a ``data_flow`` preprocessor, as the data node runs it.
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from data_tools._parse import parse_int, parse_option
-from data_tools.data_augmentation._functional import apply
 from data_tools.data_augmentation._params import (
+    FILL_MODES,
+    ORDERS,
+    AugmentationSpec,
     Rng,
     TransformParams,
-    TransformSpec,
-    draw,
-    output_shape,
     parse_rng,
     parse_spec,
 )
+from data_tools.data_augmentation._samples import SampleAugmentation
 
-__all__ = ["image_random_transform", "image_stack_random_transform"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "FILL_MODES",
+    "ORDERS",
+    "AugmentationSpec",
+    "SampleAugmentation",
+    "TransformParams",
+    "image_random_transform",
+    "image_stack_random_transform",
+    "parse_augmentation_spec",
+]
 
 Array = npt.NDArray[Any]
 
@@ -179,28 +198,58 @@ def image_random_transform(
     y_array = None if y is None else _parse_image("y", y)
     if y_array is not None:
         _check_same_shape(y_array, x_array, "spatial")
-    params = draw(generator, spec, x_array.shape[0], (x_array.shape[1], x_array.shape[2]))
-    x_out, y_out = apply(x_array, y_array, spec, params)
+    params = spec.draw(generator, x_array.shape)
+    x_out, y_out = spec.apply(params, x_array, y_array)
     return x_out if y_out is None else (x_out, y_out)
 
 
 _SIGNATURE = inspect.signature(image_random_transform)
 _OPTION_NAMES = tuple(name for name in _SIGNATURE.parameters if name not in ("x", "y"))
+_SPEC_NAMES = tuple(name for name in _OPTION_NAMES if name != "rng")
 
 
-def _parse_options(options: dict[str, Any]) -> tuple[TransformSpec, Rng]:
-    """Validate the keyword arguments a stack passes on, with image_random_transform's defaults."""
+def _check_keywords(options: Mapping[str, Any], names: tuple[str, ...]) -> None:
+    """Raise TypeError, with a suggestion, for a keyword not in ``names``."""
     for name in options:
-        if name not in _OPTION_NAMES:
+        if name not in names:
             try:
-                parse_option("keyword argument", name, _OPTION_NAMES)
+                parse_option("keyword argument", name, names)
             except ValueError as error:
                 raise TypeError(str(error)) from None
-    arguments = {
-        name: options.get(name, _SIGNATURE.parameters[name].default) for name in _OPTION_NAMES
-    }
-    generator = parse_rng(arguments.pop("rng"))
-    return parse_spec(**arguments), generator
+
+
+def _spec_with_defaults(options: Mapping[str, Any]) -> AugmentationSpec:
+    return parse_spec(
+        **{name: options.get(name, _SIGNATURE.parameters[name].default) for name in _SPEC_NAMES}
+    )
+
+
+def parse_augmentation_spec(**options: Any) -> AugmentationSpec:
+    """Check ``image_random_transform``'s options once, for any number of images.
+
+    Args:
+        **options: Any keyword argument of image_random_transform but x, y and rng
+            (rotation_range, ..., crop_size, order_x, order_y), with the same defaults,
+            meaning and checks.
+
+    Returns:
+        The spec: ``spec.draw(rng, (channels, H, W))`` then ``spec.apply(params, x, y)``
+        give exactly ``image_random_transform(x, y, rng=rng, **options)``.
+
+    Raises:
+        TypeError: If a keyword is unknown (with a suggestion) or an option has the wrong
+            type; the same messages as image_random_transform.
+        ValueError: If an option is invalid (see image_random_transform); the message names it.
+    """
+    _check_keywords(options, _SPEC_NAMES)
+    return _spec_with_defaults(options)
+
+
+def _parse_options(options: dict[str, Any]) -> tuple[AugmentationSpec, Rng]:
+    """Validate the keyword arguments a stack passes on, with image_random_transform's defaults."""
+    _check_keywords(options, _OPTION_NAMES)
+    generator = parse_rng(options.get("rng", _SIGNATURE.parameters["rng"].default))
+    return _spec_with_defaults(options), generator
 
 
 def _parse_channel_axis(channel_axis: Any, ndim: int) -> int:
@@ -273,18 +322,20 @@ def image_stack_random_transform(
     if ys is not None:
         _check_same_shape(ys, xs, "batch and spatial")
     spatial_shape = (xs.shape[-2], xs.shape[-1])
-    window = output_shape(spec, spatial_shape)
+    window = spec.output_shape(spatial_shape)
 
     x_out, x_view = _empty_stack(xs, window, axis)
     y_out, y_view = (None, None) if ys is None else _empty_stack(ys, window, axis)
     params: TransformParams | None = None
     for index in np.ndindex(xs.shape[:-3]):
         if params is None or not same_transform:
-            params = draw(generator, spec, xs.shape[-3], spatial_shape)
-        x_image, y_image = apply(xs[index], None if ys is None else ys[index], spec, params)
-        x_view[index] = x_image
-        if y_view is not None:
-            y_view[index] = y_image
+            params = spec.draw(generator, (xs.shape[-3], *spatial_shape))
+        spec.apply(
+            params,
+            xs[index],
+            None if ys is None else ys[index],
+            out=(x_view[index], None if y_view is None else y_view[index]),
+        )
     return x_out if y_out is None else (x_out, y_out)
 
 

@@ -13,7 +13,7 @@ import numpy.typing as npt
 from data_tools.data_augmentation._bspline import displacement_basis
 
 if TYPE_CHECKING:
-    from data_tools.data_augmentation._params import TransformParams, TransformSpec
+    from data_tools.data_augmentation._params import AugmentationSpec, TransformParams
 
 __all__ = ["apply", "coordinate_maps", "inverse_affine"]
 
@@ -128,16 +128,18 @@ def _bounds(dtype: np.dtype[Any], work_dtype: np.dtype[Any]) -> tuple[float, flo
     return float(low), top
 
 
-def _cast(array: Array, dtype: np.dtype[Any]) -> Array:
-    """Convert a working array back to ``dtype``: integers and bools are rounded and clipped."""
-    if array.dtype == dtype:
-        return array
-    if dtype.kind in "biu":
+def _cast(array: Array, dtype: np.dtype[Any], out: Array | None = None) -> Array:
+    """Convert a working array back to ``dtype`` (into ``out`` when given, else a new array
+    unless the dtypes agree): integers and bools are rounded and clipped."""
+    if array.dtype != dtype and dtype.kind in "biu":
         if array.dtype.kind == "f":
             np.rint(array, out=array)
         low, high = _bounds(dtype, array.dtype)
         np.clip(array, low, high, out=array)
-    return array.astype(dtype)
+    if out is not None:
+        np.copyto(out, array, casting="unsafe")
+        return out
+    return array if array.dtype == dtype else array.astype(dtype)
 
 
 def _work_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
@@ -149,13 +151,21 @@ def _work_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
 
 
 def _resample(
-    image: Array, warp_plane: PlaneWarp, window: tuple[int, int], order: int, cval: float
+    image: Array,
+    warp_plane: PlaneWarp,
+    window: tuple[int, int],
+    order: int,
+    cval: float,
+    out: Array | None,
 ) -> Array:
     work = np.ascontiguousarray(image, dtype=_work_dtype(image.dtype))
-    out = np.empty((image.shape[0], *window), dtype=work.dtype)
-    for src, dst in zip(work, out, strict=True):
+    # OpenCV writes into a destination only if it is contiguous and of the working dtype.
+    direct = out is not None and out.dtype == work.dtype and out.flags.c_contiguous
+    target = out if direct else np.empty((image.shape[0], *window), dtype=work.dtype)
+    assert target is not None
+    for src, dst in zip(work, target, strict=True):
         warp_plane(src, dst, _INTERPOLATIONS[order], cval)
-    return _cast(out, image.dtype)
+    return target if direct else _cast(target, image.dtype, out)
 
 
 def _plane_warp(params: TransformParams, spatial_shape: tuple[int, int], border: int) -> PlaneWarp:
@@ -188,39 +198,59 @@ def _plane_warp(params: TransformParams, spatial_shape: tuple[int, int], border:
     return warp_affine
 
 
-def _shift_intensity(image: Array, shifts: tuple[float, ...]) -> Array:
-    """Add one shift per channel: floats are not clipped, integers are rounded and clipped."""
+def _shift_intensity(image: Array, shifts: tuple[float, ...]) -> None:
+    """Add one shift per channel in place: floats are not clipped, integers are rounded and
+    clipped."""
     shift = np.asarray(shifts).reshape(-1, 1, 1)
     if image.dtype.kind == "f":
         image += shift.astype(image.dtype)
-        return image
-    return _cast(image + shift, image.dtype)
+    else:
+        _cast(image + shift, image.dtype, image)
 
 
-def _transformer(
-    params: TransformParams, spatial_shape: tuple[int, int], border: int
-) -> Callable[[Array, int, float], Array]:
-    """The geometric part for a (channels, rows, cols) array, given (order, cval)."""
+# Transform one (channels, rows, cols) array given (order, cval, destination or None).
+Transform = Callable[[Array, int, float, Array | None], Array]
+
+
+def _flip_and_crop(image: Array, axes: tuple[int, ...], window: Any, out: Array | None) -> Array:
+    flipped: Array = np.flip(image, axes)[window]
+    if out is None:
+        return flipped.copy()
+    np.copyto(out, flipped)
+    return out
+
+
+def _transformer(params: TransformParams, spatial_shape: tuple[int, int], border: int) -> Transform:
+    """The geometric part for a (channels, rows, cols) array."""
     top, left, height, width = params.crop
     window = (slice(None), slice(top, top + height), slice(left, left + width))
     if _is_flip_only(params):
         # Exact for every dtype, and no resampling at all for the identity.
         axes = tuple(axis for axis, flip in zip((1, 2), params.flip, strict=True) if flip)
-        return lambda image, order, cval: np.flip(image, axes)[window].copy()
+        return lambda image, order, cval, out: _flip_and_crop(image, axes, window, out)
     warp_plane = _plane_warp(params, spatial_shape, border)
-    return lambda image, order, cval: _resample(image, warp_plane, (height, width), order, cval)
+    return lambda image, order, cval, out: _resample(
+        image, warp_plane, (height, width), order, cval, out
+    )
 
 
 def apply(
-    x: Array, y: Array | None, spec: TransformSpec, params: TransformParams
+    x: Array,
+    y: Array | None,
+    spec: AugmentationSpec,
+    params: TransformParams,
+    *,
+    x_out: Array | None = None,
+    y_out: Array | None = None,
 ) -> tuple[Array, Array | None]:
     """Transform x, and y alongside it, by ``params``; both must be (channels, rows, cols).
 
-    Returns new arrays of the input dtypes and shape (channels, crop height, crop width).
+    Writes into ``x_out`` and ``y_out`` when given (each of its input's dtype and of shape
+    (channels, crop height, crop width)), else into new arrays; returns the results.
     """
     transform = _transformer(params, (x.shape[-2], x.shape[-1]), _BORDERS[spec.fill_mode])
-    x_out = transform(x, spec.order_x, spec.cval_x)
+    x_result = transform(x, spec.order_x, spec.cval_x, x_out)
     if params.intensity_shift:
-        x_out = _shift_intensity(x_out, params.intensity_shift)
-    y_out = None if y is None else transform(y, spec.order_y, spec.cval_y)
-    return x_out, y_out
+        _shift_intensity(x_result, params.intensity_shift)
+    y_result = None if y is None else transform(y, spec.order_y, spec.cval_y, y_out)
+    return x_result, y_result

@@ -6,18 +6,22 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from data_tools._parse import parse_bool, parse_int, parse_option
+from data_tools.data_augmentation import _functional
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 __all__ = [
     "FILL_MODES",
     "ORDERS",
+    "AugmentationSpec",
     "Rng",
     "TransformParams",
-    "TransformSpec",
     "draw",
     "output_shape",
     "parse_rng",
@@ -38,8 +42,13 @@ _NUM_UNIFORMS = 10
 
 
 @dataclass(frozen=True)
-class TransformSpec:
-    """The validated, non-random options of ``image_random_transform`` (see its docstring)."""
+class AugmentationSpec:
+    """The validated, non-random options of ``image_random_transform`` (see its docstring).
+
+    Parsed once (``parse_augmentation_spec``, or ``parse_spec`` with every option), then used
+    for any number of images: :meth:`draw` takes every random quantity of one transform from
+    an rng, :meth:`apply` applies it, with no rng (MONAI's randomize/apply split).
+    """
 
     rotation_range: float
     width_shift_range: float
@@ -58,6 +67,46 @@ class TransformSpec:
     crop_size: tuple[int, int] | None
     order_x: int
     order_y: int
+
+    def draw(self, rng: Rng, image_shape: tuple[int, ...]) -> TransformParams:
+        """Draw one transform for an image of ``image_shape`` (channels, H, W) from ``rng``.
+
+        The shape is part of the draw, as in MONAI's ``randomize(img_size)``: the number of
+        intensity shifts drawn is the number of channels, and shifts and crop offsets are
+        resolved in pixels. Every rng call of the augmentation happens here (see ``draw``).
+
+        Raises:
+            ValueError: If ``crop_size`` does not fit in the image.
+        """
+        return draw(rng, self, image_shape[0], (image_shape[1], image_shape[2]))
+
+    def apply(
+        self,
+        params: TransformParams,
+        x: npt.NDArray[Any],
+        y: npt.NDArray[Any] | None = None,
+        *,
+        out: tuple[npt.NDArray[Any], npt.NDArray[Any] | None] | None = None,
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
+        """Transform x (channels, H, W), and y alongside it, by ``params``; nothing random.
+
+        Args:
+            params: A draw of :meth:`draw` for x's shape.
+            x: The image.
+            y: Its target image or mask (same H, W), or None. Default None.
+            out: Optional (x_out, y_out) to write the results into, each of its input's
+                dtype and shape (channels, crop height, crop width); y_out None without y.
+                Default None: new arrays.
+
+        Returns:
+            (x, y) transformed: ``out``'s arrays when given, y None without y.
+        """
+        x_out, y_out = (None, None) if out is None else out
+        return _functional.apply(x, y, self, params, x_out=x_out, y_out=y_out)
+
+    def output_shape(self, spatial_shape: tuple[int, int]) -> tuple[int, int]:
+        """The (rows, cols) of an output for an image of ``spatial_shape`` (see ``output_shape``)."""
+        return output_shape(self, spatial_shape)
 
 
 @dataclass(frozen=True)
@@ -179,9 +228,9 @@ def parse_spec(
     crop_size: Any,
     order_x: Any,
     order_y: Any,
-) -> TransformSpec:
+) -> AugmentationSpec:
     """Validate the options of ``image_random_transform``; raise TypeError/ValueError naming one."""
-    return TransformSpec(
+    return AugmentationSpec(
         rotation_range=_parse_range("rotation_range", rotation_range),
         width_shift_range=_parse_range("width_shift_range", width_shift_range),
         height_shift_range=_parse_range("height_shift_range", height_shift_range),
@@ -221,7 +270,7 @@ def _symmetric(unit: float, half_width: float) -> float:
     return (2.0 * unit - 1.0) * half_width
 
 
-def output_shape(spec: TransformSpec, spatial_shape: tuple[int, int]) -> tuple[int, int]:
+def output_shape(spec: AugmentationSpec, spatial_shape: tuple[int, int]) -> tuple[int, int]:
     """The (rows, cols) of the output: the crop size, or the input's when not cropping.
 
     Raises:
@@ -240,7 +289,7 @@ def output_shape(spec: TransformSpec, spatial_shape: tuple[int, int]) -> tuple[i
 
 
 def _crop_window(
-    spec: TransformSpec, spatial_shape: tuple[int, int], top_unit: float, left_unit: float
+    spec: AugmentationSpec, spatial_shape: tuple[int, int], top_unit: float, left_unit: float
 ) -> tuple[int, int, int, int]:
     rows, cols = spatial_shape
     height, width = output_shape(spec, spatial_shape)
@@ -251,7 +300,7 @@ def _crop_window(
 
 
 def draw(
-    rng: Rng, spec: TransformSpec, num_channels: int, spatial_shape: tuple[int, int]
+    rng: Rng, spec: AugmentationSpec, num_channels: int, spatial_shape: tuple[int, int]
 ) -> TransformParams:
     """Draw one transform's parameters: every rng call of the augmentation happens here.
 

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from data_tools.errors import WorkerError
 from data_tools.io._sampler import batch_rng
+from data_tools.io.preprocessing import as_arrays, call_preprocessor
 from data_tools.wrap import _read_source
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ class BatchInfo:
     """One batch and where it sits in the stream.
 
     In an ordered flow, one started at ``start_epoch=epoch, start_batch=batch_index + 1``
-    yields exactly what follows this batch: ``(epoch, batch_index + 1)`` is the cursor.
+    yields exactly what follows this batch; ``flow.spec.position_after(epoch, batch_index)``
+    is that position in its one form (the end of an epoch is the next epoch's batch 0).
 
     Attributes:
         epoch: The epoch the batch belongs to.
@@ -95,17 +97,6 @@ class Done:
 Outcome = Done | BaseException
 
 
-def _as_arrays(result: Any) -> Arrays:
-    if isinstance(result, np.ndarray):
-        return (result,)
-    if isinstance(result, tuple | list):
-        return tuple(np.asarray(item) for item in result)
-    raise TypeError(
-        "Expected preprocessor to return a numpy array or a tuple/list of arrays. "
-        f"Got {type(result).__name__} instead."
-    )
-
-
 @dataclass(frozen=True)
 class Preprocess:
     """The compute step of a batch: a picklable preprocessor and its random stream.
@@ -129,14 +120,14 @@ class Preprocess:
         """Return the preprocessed arrays of one batch read as ``batch``."""
         if self.function is None:
             return tuple(batch)
-        extra: dict[str, Any] = {}
-        if "rng" in self.keywords:
-            extra["rng"] = batch_rng(self.seed, epoch, batch_index, self.rank)
-        if "epoch" in self.keywords:
-            extra["epoch"] = epoch
-        if "indices" in self.keywords:
-            extra["indices"] = indices
-        return _as_arrays(self.function(batch, **extra))
+        rng = (
+            batch_rng(self.seed, epoch, batch_index, self.rank) if "rng" in self.keywords else None
+        )
+        return as_arrays(
+            call_preprocessor(
+                self.function, self.keywords, batch, rng=rng, epoch=epoch, indices=indices
+            )
+        )
 
 
 def read_rows(source: Any, indices: IndexArray) -> npt.NDArray[Any]:

@@ -1,4 +1,4 @@
-"""Epoch order for data_flow: shuffle, replacement, weights and rank shards, as pure functions.
+"""Epoch order for a FlowSpec: shuffle, windows, replacement, weights, shards; pure functions.
 
 Everything here is a function of a frozen ``SamplingPlan`` and an epoch number, so any
 process can recompute any batch of any epoch (resume) and every rank of a data-parallel
@@ -22,28 +22,25 @@ outside the subset never come, and every yielded index is still an element id.
 Shards: the epoch order of ``num_samples`` positions is cut into ``world_size`` contiguous
 parts whose sizes differ by at most one (the first ``num_samples % world_size`` ranks get one
 more). Nothing is dropped or padded, so the parts are disjoint and their union is the epoch
-exactly once; ranks may therefore have one batch more or fewer than each other. With
-``drop_incomplete`` each rank drops the last batch of its own part when it is short.
+exactly once; ranks may therefore have one batch more or fewer than each other. Cutting a
+part into batches, and every position, is ``flow_spec.FlowSpec``'s.
+
+Windows: with ``shuffle_window`` the order is the chunk-windowed shuffle that
+``flow_spec`` describes, drawn from the same generator as the exact permutation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 __all__ = [
     "SEED_LIMIT",
     "SamplingPlan",
     "batch_rng",
     "epoch_order",
-    "iter_batches",
-    "num_batches",
     "sampler_rng",
     "shard_bounds",
     "shard_order",
@@ -73,6 +70,10 @@ class SamplingPlan:
         world_size: Number of parts each epoch is cut into.
         subset: The element ids position ``p`` of an epoch stands for (``subset[p]``), or
             None: position ``p`` is element ``p``. Weights are then one per subset element.
+        shuffle_window: Samples per window of the chunk-windowed shuffle, or None: the exact
+            permutation (only with ``shuffle``, without replacement or weights).
+        blocks: The first position of each read block (increasing, from 0), with
+            ``shuffle_window``.
     """
 
     num_samples: int
@@ -85,6 +86,8 @@ class SamplingPlan:
     rank: int = 0
     world_size: int = 1
     subset: IndexArray | None = None
+    shuffle_window: int | None = None
+    blocks: IndexArray | None = None
 
 
 def sampler_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -114,6 +117,26 @@ def _weighted_order(rng: np.random.Generator, weights: npt.NDArray[np.float64]) 
     return np.concatenate([first, rest]).astype(np.int64)
 
 
+def _windowed_order(
+    rng: np.random.Generator, blocks: IndexArray, n: int, window: int
+) -> IndexArray:
+    """Permute the blocks, cut them into windows of whole blocks, permute inside each window.
+
+    A block goes to window ``floor(s / window)``, ``s`` being where it starts once the
+    permuted blocks are concatenated; sorting by (window, random key) then permutes the
+    positions of each window uniformly.
+    """
+    sizes = np.diff(np.append(blocks, n))
+    permuted = rng.permutation(len(blocks))
+    sizes = sizes[permuted]
+    offsets = np.cumsum(sizes) - sizes  # where each permuted block starts
+    # The positions of the permuted blocks, each block in storage order.
+    concatenated = np.repeat(blocks[permuted] - offsets, sizes) + np.arange(n)
+    windows = np.repeat(offsets // window, sizes)
+    keys = rng.random(n)
+    return concatenated[np.lexsort((keys, windows))].astype(np.int64)
+
+
 def epoch_order(plan: SamplingPlan, epoch: int) -> IndexArray:
     """Return the element drawn at each position of ``epoch``, for all ranks together."""
     order = _position_order(plan, epoch)
@@ -126,6 +149,9 @@ def _position_order(plan: SamplingPlan, epoch: int) -> IndexArray:
     if not plan.shuffle:
         return np.arange(n, dtype=np.int64)
     rng = sampler_rng(plan.seed, epoch)
+    if plan.shuffle_window is not None:
+        assert plan.blocks is not None
+        return _windowed_order(rng, plan.blocks, n, plan.shuffle_window)
     if plan.replacement:
         if plan.weights is None:
             return rng.integers(0, n, size=n, dtype=np.int64)
@@ -146,41 +172,3 @@ def shard_order(plan: SamplingPlan, epoch: int) -> IndexArray:
     """Return this rank's part of the order of ``epoch``."""
     start, stop = shard_bounds(plan.num_samples, plan.rank, plan.world_size)
     return epoch_order(plan, epoch)[start:stop]
-
-
-def num_batches(plan: SamplingPlan) -> int:
-    """Return the number of batches in one epoch for this rank."""
-    start, stop = shard_bounds(plan.num_samples, plan.rank, plan.world_size)
-    full, rest = divmod(stop - start, plan.batch_size)
-    return full if plan.drop_incomplete or rest == 0 else full + 1
-
-
-def iter_batches(
-    plan: SamplingPlan,
-    start_epoch: int,
-    start_batch: int,
-    loop_forever: bool,
-    lane: int = 0,
-    lanes: int = 1,
-) -> Iterator[tuple[int, int, IndexArray]]:
-    """Yield ``(epoch, batch_index, indices)`` from ``(start_epoch, start_batch)`` on.
-
-    Without ``loop_forever`` only the rest of ``start_epoch`` is yielded. ``start_batch``
-    may equal ``num_batches(plan)``: the position just after the end of ``start_epoch``.
-    Only batches with ``batch_index % lanes == lane`` are yielded.
-    """
-    count = num_batches(plan)
-    if lane >= count:
-        return  # more lanes than batches per epoch: this lane never has one
-    epoch, first = start_epoch, start_batch
-    while True:
-        # The first batch index >= first that belongs to the lane.
-        first += (lane - first) % lanes
-        if first < count:
-            order = shard_order(plan, epoch)
-            for batch_index in range(first, count, lanes):
-                start = batch_index * plan.batch_size
-                yield epoch, batch_index, order[start : start + plan.batch_size].copy()
-        if not loop_forever:
-            return
-        epoch, first = epoch + 1, 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import pickle
 import sys
@@ -12,32 +11,28 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from data_tools._parse import (
-    parse_bool,
-    parse_int,
-    parse_non_negative_int,
-    parse_option,
-    parse_positive_int,
-)
+from data_tools._parse import parse_bool, parse_non_negative_int, parse_option
 from data_tools.io._batch import BatchInfo, Preprocess
-from data_tools.io._sampler import SEED_LIMIT, SamplingPlan, iter_batches, num_batches
+from data_tools.io._read_blocks import length
+from data_tools.io._sampler import SEED_LIMIT
 from data_tools.io._workers import Pipeline, build_pipeline
+from data_tools.io.flow_spec import FlowSpec
+from data_tools.io.preprocessing import preprocessor_keywords
 
 if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Generator, Sequence
     from types import TracebackType
 
-__all__ = ["PREPROCESSOR_KEYWORDS", "BatchInfo", "data_flow", "preprocessor_keywords"]
+__all__ = ["BatchInfo", "data_flow"]
 
 START_METHODS = ("forkserver", "spawn")
 
 
 def _length(name: str, array: Any) -> int:
-    """Return the length of the first axis of ``array`` (zarr arrays have no ``len()``)."""
-    shape = getattr(array, "shape", None)
+    """Return the length of the first axis of ``array``, or raise TypeError naming ``name``."""
     try:
-        return int(shape[0]) if shape is not None else len(array)
+        return length(array)
     except (TypeError, IndexError) as error:
         raise TypeError(
             f"Expected {name} to be an array with a first axis. Got {type(array).__name__} instead."
@@ -57,72 +52,6 @@ def _parse_data(data: Any) -> list[Any]:
     if lengths[0] == 0:
         raise ValueError("Expected the arrays in data to hold at least one element. Got 0 instead.")
     return list(data)
-
-
-def _parse_subset(subset: Any, num_samples: int) -> npt.NDArray[np.int64] | None:
-    if subset is None:
-        return None
-    array = np.asarray(subset)
-    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(
-            "Expected subset to be a non-empty 1-D sequence of element ids. "
-            f"Got {array.size} value(s) of dtype {array.dtype} and shape {array.shape} instead."
-        )
-    ids = array.astype(np.int64)
-    if ids[0] < 0 or ids[-1] >= num_samples or np.any(np.diff(ids) <= 0):
-        raise ValueError(
-            f"Expected subset to hold distinct element ids in [0, {num_samples}), in "
-            f"increasing order. Got ids from {ids.min()} to {ids.max()} instead."
-        )
-    return ids
-
-
-def _parse_weights(
-    weights: Any, num_samples: int, subset: npt.NDArray[np.int64] | None
-) -> npt.NDArray[np.float64]:
-    """The weights of the elements drawn (the subset's, when given), summing to 1."""
-    try:
-        array = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise TypeError(
-            f"Expected sample_weights to be a sequence of numbers. Got {weights!r} instead."
-        ) from error
-    if array.shape != (num_samples,):
-        raise ValueError(
-            f"Expected sample_weights to hold one weight per element ({num_samples}). "
-            f"Got shape {array.shape} instead."
-        )
-    if not np.all(np.isfinite(array)) or np.any(array < 0) or not array.sum() > 0:
-        raise ValueError(
-            "Expected sample_weights to be finite, non-negative and not all zero. "
-            f"Got {array!r} instead."
-        )
-    if subset is not None:
-        array = array[subset]
-        if not array.sum() > 0:
-            raise ValueError(
-                "Expected sample_weights to give some element of subset a weight > 0. "
-                "Got only zeros there instead."
-            )
-    normalized: npt.NDArray[np.float64] = array / array.sum()
-    return normalized
-
-
-PREPROCESSOR_KEYWORDS = frozenset({"rng", "epoch", "indices"})
-
-
-def preprocessor_keywords(function: Callable[..., Any]) -> frozenset[str]:
-    """Which of PREPROCESSOR_KEYWORDS ``function`` takes by keyword (all with ``**kwargs``)."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return frozenset()
-    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
-        return PREPROCESSOR_KEYWORDS
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return frozenset(
-        p.name for p in parameters if p.kind in named and p.name in PREPROCESSOR_KEYWORDS
-    )
 
 
 def _parse_preprocessor(preprocessor: Any, to_processes: bool) -> Callable[..., Any] | None:
@@ -153,14 +82,12 @@ def _parse_preprocessor(preprocessor: Any, to_processes: bool) -> Callable[..., 
     return preprocessor  # type: ignore[no-any-return]
 
 
-def _parse_seed(seed: Any, rng: Any) -> int:
+def _parse_seed(seed: Any, rng: Any) -> Any:
+    """The seed given (FlowSpec checks it), or one drawn from ``rng`` or at random."""
     if seed is not None and rng is not None:
         raise ValueError("Expected either seed or rng, not both. Got both instead.")
     if seed is not None:
-        value = parse_non_negative_int("seed", seed)
-        if value >= SEED_LIMIT:
-            raise ValueError(f"Expected seed to be an integer < 2**32. Got {value} instead.")
-        return value
+        return seed
     if rng is None:
         rng = np.random.default_rng()
     if isinstance(rng, np.random.Generator):
@@ -279,6 +206,18 @@ class data_flow:
             (still one weight per element of ``data``; those of the subset are used) apply
             to them, and ``BatchInfo.indices`` (so the per-sample randomness keyed by
             index) stay element ids of ``data``. Default None: every element.
+        shuffle_window: With ``sample_random``, shuffle by chunk windows instead of one
+            exact permutation, so that each storage chunk is decoded about once per epoch
+            in bounded memory: each epoch permutes the data's read blocks (runs of
+            consecutive elements in one storage chunk of one source: ``read_blocks(data)``),
+            cuts the blocks so ordered into windows of about ``shuffle_window`` elements
+            (whole blocks) and permutes the elements inside each window. Every element still
+            comes once per epoch, in an order fixed by (seed, epoch); shards, lanes and
+            resume work as with the exact permutation. The shuffle is weaker: elements of
+            one chunk stay within about ``shuffle_window`` positions of each other, so use
+            the largest window whose chunks fit the chunk cache. An integer from 1 to the
+            elements drawn per epoch; not with ``sample_with_replacement`` or
+            ``sample_weights``. See ``FlowSpec``. Default None: the exact permutation.
 
     Raises:
         TypeError: If an argument has the wrong type (``data`` not a list of arrays, a
@@ -288,8 +227,9 @@ class data_flow:
             length, invalid ``sample_weights`` or ``subset``, replacement or weights without
             ``sample_random``, both ``seed`` and ``rng``, ``rank`` outside
             ``[0, world_size)``, ``lane`` outside ``[0, lanes)``, ``start_batch`` outside
-            ``[0, len(self)]``, an unknown
-            ``start_method``, or an epoch with no batch for this rank.
+            ``[0, len(self)]``, an unknown ``start_method``, an epoch with no batch for this
+            rank, or a ``shuffle_window`` out of range, without ``sample_random`` or with
+            replacement or weights.
     """
 
     def __init__(
@@ -318,100 +258,101 @@ class data_flow:
         lanes: int = 1,
         shared_reads: bool = False,
         subset: Any = None,
+        shuffle_window: int | None = None,
     ) -> None:
         self._pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
-        self._data = _parse_data(data)
-        num_samples = _length("data[0]", self._data[0])
-        ids = _parse_subset(subset, num_samples)
-        batch_size = parse_positive_int("batch_size", batch_size)
-        self._num_io_threads = parse_non_negative_int("nb_io_workers", nb_io_workers)
-        self._num_processes = parse_non_negative_int("nb_proc_workers", nb_proc_workers)
-        self._loop_forever = parse_bool("loop_forever", loop_forever)
-        shuffle = parse_bool("sample_random", sample_random)
-        replacement = parse_bool("sample_with_replacement", sample_with_replacement)
-        if replacement and not shuffle:
-            raise ValueError(
-                "Expected sample_with_replacement=False when sample_random=False "
-                "(replacement only applies to random sampling). Got True instead."
-            )
-        weights = None
-        if sample_weights is not None:
-            if not shuffle:
-                raise ValueError(
-                    "Expected sample_weights=None when sample_random=False (weights only "
-                    "apply to random sampling). Got weights instead."
-                )
-            weights = _parse_weights(sample_weights, num_samples, ids)
-        if ids is not None:
-            num_samples = len(ids)
-        function = _parse_preprocessor(preprocessor, self._num_processes > 0)
-        self._seed = _parse_seed(seed, rng)
-        self._ordered = parse_bool("ordered", ordered)
-        world_size = parse_positive_int("world_size", world_size)
-        rank = parse_non_negative_int("rank", rank)
-        if rank >= world_size:
-            raise ValueError(
-                f"Expected rank to be an integer in [0, world_size={world_size}). "
-                f"Got {rank} instead."
-            )
-        self._lanes = parse_positive_int("lanes", lanes)
-        self._lane = parse_non_negative_int("lane", lane)
-        if self._lane >= self._lanes:
-            raise ValueError(
-                f"Expected lane to be an integer in [0, lanes={self._lanes}). "
-                f"Got {self._lane} instead."
-            )
-        self._plan = SamplingPlan(
-            num_samples=num_samples,
+        data = _parse_data(data)
+        loop_forever = parse_bool("loop_forever", loop_forever)
+        start_epoch = parse_non_negative_int("start_epoch", start_epoch)
+        spec = FlowSpec.for_data(
+            data,
             batch_size=batch_size,
-            shuffle=shuffle,
-            replacement=replacement,
-            weights=weights,
-            drop_incomplete=parse_bool("drop_incomplete_batches", drop_incomplete_batches),
-            seed=self._seed,
+            seed=_parse_seed(seed, rng),
+            sample_random=sample_random,
+            sample_with_replacement=sample_with_replacement,
+            sample_weights=sample_weights,
+            drop_incomplete_batches=drop_incomplete_batches,
+            shuffle_window=shuffle_window,
+            subset=subset,
             rank=rank,
             world_size=world_size,
-            subset=ids,
+            lane=lane,
+            lanes=lanes,
+            start_epoch=start_epoch,
+            start_batch=start_batch,
+            stop_epoch=None if loop_forever else start_epoch + 1,
+            nb_io_workers=nb_io_workers,
+            nb_proc_workers=nb_proc_workers,
+            max_in_flight=max_in_flight,
         )
-        self._num_batches = num_batches(self._plan)
-        if self._num_batches == 0:
+        self._setup(data, spec, preprocessor, ordered, start_method, shared_reads)
+
+    @classmethod
+    def from_spec(
+        cls,
+        data: Sequence[Any],
+        spec: FlowSpec,
+        *,
+        preprocessor: Callable[..., Any] | None = None,
+        ordered: bool = True,
+        start_method: str = "spawn",
+        shared_reads: bool = False,
+    ) -> data_flow:
+        """A flow of ``data`` yielding the batches ``spec`` plans (a node's streams use it).
+
+        ``preprocessor``, ``ordered``, ``start_method`` and ``shared_reads`` are as in the
+        constructor; ``spec.stop_epoch`` replaces ``loop_forever``.
+
+        Raises:
+            TypeError, ValueError: As the constructor, for ``data`` (also if its length is
+                not ``spec.num_elements``) and the other arguments.
+        """
+        flow = cls.__new__(cls)
+        flow._pipelines = weakref.WeakSet()
+        data = _parse_data(data)
+        if _length("data[0]", data[0]) != spec.num_elements:
             raise ValueError(
-                f"Expected batch_size to give rank {rank} at least one batch per epoch. Got "
-                f"batch_size={batch_size} for {num_samples} elements over {world_size} "
-                "rank(s) with drop_incomplete_batches=True instead."
-                if self._plan.drop_incomplete
-                else f"Expected rank {rank} to get at least one element per epoch. Got "
-                f"{num_samples} elements over world_size={world_size} ranks instead."
+                f"Expected data of the spec's {spec.num_elements} elements. "
+                f"Got {_length('data[0]', data[0])} instead."
             )
-        self._start_epoch = parse_non_negative_int("start_epoch", start_epoch)
-        self._start_batch = parse_int("start_batch", start_batch)
-        if not 0 <= self._start_batch <= self._num_batches:
-            raise ValueError(
-                f"Expected start_batch to be an integer in [0, {self._num_batches}] (the "
-                f"batches of one epoch). Got {self._start_batch} instead."
-            )
-        if max_in_flight is None:
-            workers = self._num_processes or self._num_io_threads
-            self._max_in_flight = 2 * workers if workers else 1
-        else:
-            self._max_in_flight = parse_positive_int("max_in_flight", max_in_flight)
+        flow._setup(data, spec, preprocessor, ordered, start_method, shared_reads)
+        return flow
+
+    def _setup(
+        self,
+        data: list[Any],
+        spec: FlowSpec,
+        preprocessor: Any,
+        ordered: Any,
+        start_method: Any,
+        shared_reads: Any,
+    ) -> None:
+        self._data = data
+        self._spec = spec
+        function = _parse_preprocessor(preprocessor, spec.nb_proc_workers > 0)
+        self._ordered = parse_bool("ordered", ordered)
         self._start_method = parse_option("start_method", start_method, START_METHODS)
         self._shared_reads = parse_bool("shared_reads", shared_reads)
         self._preprocess = Preprocess(
             function,
             frozenset() if function is None else preprocessor_keywords(function),
-            self._seed,
-            rank,
+            spec.seed,
+            spec.rank,
         )
+
+    @property
+    def spec(self) -> FlowSpec:
+        """The flow's plan: sampling, shard, lane, start and stop, workers; and its positions."""
+        return self._spec
 
     @property
     def seed(self) -> int:
         """The seed of every random stream: given, drawn from ``rng``, or drawn at random."""
-        return self._seed
+        return self._spec.seed
 
     def __len__(self) -> int:
         """Return the number of batches in one epoch (for this rank)."""
-        return self._num_batches
+        return self._spec.batches_per_epoch
 
     def flow_with_info(
         self, *, stop: threading.Event | None = None
@@ -440,23 +381,17 @@ class data_flow:
             TypeError: With processes and without ``shared_reads``, if an array of
                 ``data`` cannot be pickled to them.
         """
+        spec = self._spec
         pipeline = build_pipeline(
-            iter_batches(
-                self._plan,
-                self._start_epoch,
-                self._start_batch,
-                self._loop_forever,
-                self._lane,
-                self._lanes,
-            ),
+            spec.batches(),
             self._data,
             self._preprocess,
-            num_io_threads=self._num_io_threads,
-            num_processes=self._num_processes,
-            max_in_flight=self._max_in_flight,
+            num_io_threads=spec.nb_io_workers,
+            num_processes=spec.nb_proc_workers,
+            max_in_flight=spec.in_flight,
             ordered=self._ordered,
             start_method=self._start_method,
-            block_nbytes=_batch_nbytes(self._data, self._plan.batch_size),
+            block_nbytes=_batch_nbytes(self._data, spec.batch_size),
             shared_reads=self._shared_reads,
             stop=stop,
         )

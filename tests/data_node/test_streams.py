@@ -1,0 +1,96 @@
+"""The stream's transform is library code: what worker processes receive from the node.
+
+Matrix: augmentation alone, a registered preprocessor alone, both, neither: the transform is
+the library's SampleAugmentation (its spec the library's parse of the request's options, the
+seed the stream's), the registered function itself, a PreprocessorChain of the two in that
+order, or None; unpickling it (as a worker does) imports no data_node module; y_array naming
+the x_array is refused naming the field.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+from node_support import noisy
+
+from data_node.catalog.datasets import Dataset
+from data_node.config import LimitsConfig
+from data_node.errors import RequestError
+from data_node.streaming.streams import parse_stream_request
+from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
+from data_tools.io import PreprocessorChain
+from data_wire.v1 import data_node_pb2
+
+LENGTH = 12
+DATASET = Dataset(
+    "toy",
+    (
+        ("image", np.zeros((LENGTH, 1, 8, 8), np.float32)),
+        ("weights", np.linspace(1.0, 2.0, LENGTH)),
+        ("mask", np.zeros((LENGTH, 8, 8), np.uint8)),
+    ),
+)
+PREPROCESSORS = {"noisy": "node_support:noisy"}
+AUGMENTATION = data_node_pb2.Augmentation(
+    x_array="image", y_array="mask", rotation_range=20.0, zoom_range=[0.9, 1.2], crop_size=[6, 5]
+)
+
+
+def transform(**fields):
+    request = data_node_pb2.StreamRequest(dataset="toy", batch_size=4, seed=17, epochs=1, **fields)
+    return parse_stream_request(request, DATASET, LimitsConfig(), PREPROCESSORS).transform
+
+
+class RecordingUnpickler(pickle.Unpickler):
+    """Unpickles as a worker does, recording every module it imports a name from."""
+
+    def __init__(self, data):
+        super().__init__(io.BytesIO(data))
+        self.modules = set()
+
+    def find_class(self, module, name):
+        self.modules.add(module)
+        return super().find_class(module, name)
+
+
+def modules_a_worker_imports(preprocessor):
+    unpickler = RecordingUnpickler(pickle.dumps(preprocessor))
+    assert unpickler.load() == preprocessor
+    return unpickler.modules
+
+
+def test_the_augmentation_is_the_librarys_per_sample_map():
+    augment = transform(augmentation=AUGMENTATION)
+    assert isinstance(augment, SampleAugmentation)
+    assert (augment.seed, augment.x_position, augment.y_position) == (17, 0, 2)
+    assert augment.spec == parse_augmentation_spec(
+        rotation_range=20.0, zoom_range=(0.9, 1.2), crop_size=(6, 5)
+    )
+    modules = modules_a_worker_imports(augment)
+    assert "data_tools.data_augmentation._samples" in modules
+    assert not [m for m in modules if m.split(".")[0] == "data_node"]
+
+
+def test_a_preprocessor_alone_is_the_registered_function():
+    assert transform(preprocessor="noisy") is noisy
+    assert transform() is None
+
+
+def test_augmentation_then_preprocessor_is_a_library_chain():
+    chain = transform(augmentation=AUGMENTATION, preprocessor="noisy")
+    assert isinstance(chain, PreprocessorChain)
+    augment, preprocessor = chain.stages
+    assert isinstance(augment, SampleAugmentation)
+    assert preprocessor is noisy
+    modules = modules_a_worker_imports(chain)
+    assert {"data_tools.io.preprocessing", "node_support"} <= modules
+    assert not [m for m in modules if m.split(".")[0] == "data_node"]
+
+
+def test_y_array_naming_the_x_array_is_refused():
+    same = data_node_pb2.Augmentation(x_array="image", y_array="image")
+    with pytest.raises(RequestError, match=r"^augmentation\.y_array: Expected an array other"):
+        transform(augmentation=same)
