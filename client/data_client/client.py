@@ -738,7 +738,7 @@ class DataNodeClient:
             start_epoch: Start at batch 0 of this epoch, < ``epochs`` (what a cursor at
                 that point resumes; with the same seed, the batches a trainer gets in that
                 epoch). Not with ``resume``. Default 0.
-            shuffle_window: With ``shuffle``, a chunk-windowed shuffle of windows of about
+            shuffle_window: With ``sample_random``, a chunk-windowed shuffle of windows of about
                 this many samples, >= 1, instead of one exact permutation per epoch: the
                 node permutes the dataset's storage chunks, cuts them into windows and
                 shuffles within each window, so it decodes each chunk about once per epoch
