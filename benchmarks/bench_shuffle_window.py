@@ -33,9 +33,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data_tools._chunk_cache import ChunkCache, cached
-from data_tools._sources import H5Source
+from data_tools.chunk_cache import ChunkCache, cached
 from data_tools.io import FlowSpec, data_flow, read_blocks
+from data_tools.storage.hdf5 import H5Source
 from data_tools.wrap import delayed_view
 
 SEED = 5

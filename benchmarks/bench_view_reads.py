@@ -10,7 +10,7 @@ data, and prints both times and the ratio (baseline / view; the goal is >= 5 for
 shuffled case). Each measurement is the best of three interleaved rounds. One more,
 informational row repeats the shuffled HDF5 case with a chunk cache (rdcc_nbytes) large
 enough to hold the whole dataset, and one more reads it through the node's ChunkCache
-(data_tools._chunk_cache), warmed, with a budget that holds the whole dataset.
+(data_tools.chunk_cache), warmed, with a budget that holds the whole dataset.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from data_tools._chunk_cache import ChunkCache, cached
-from data_tools._sources import H5Source
+from data_tools.chunk_cache import ChunkCache, cached
+from data_tools.storage.hdf5 import H5Source
 from data_tools.wrap import delayed_view
 
 NUM_ELEMENTS = 20_000

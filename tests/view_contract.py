@@ -296,13 +296,13 @@ class ViewContract:
     def test_one_sorted_read_per_source(self, case, monkeypatch):
         view, expected = case
         calls = []
-        real = wrap._read_source
+        real = wrap.read_rows
 
         def recording(source, local, trailing):
             calls.append((id(source), local.copy()))
             return real(source, local, trailing)
 
-        monkeypatch.setattr(wrap, "_read_source", recording)
+        monkeypatch.setattr(wrap, "read_rows", recording)
         key = np.random.default_rng(3).integers(0, len(view), size=20)
         assert_same_as_numpy(view[key], expected[key])
         sources = [source for source, _ in calls]

@@ -140,10 +140,11 @@ comma-separated), a case number, a ``range`` (``range(80)`` is 0-79), a ``(first
 (inclusive), or a sequence of these."""
 
 _METHOD_PREFIX: Final = f"/{data_node_pb2.DESCRIPTOR.services_by_name['DataNode'].full_name}/"
+# Codec names as a request spells them -> the wire enum's names (CODEC_LZ4 is "lz4").
 _CODECS: Final = {
-    "none": tensor_pb2.CODEC_NONE,
-    "lz4": tensor_pb2.CODEC_LZ4,
-    "zstd": tensor_pb2.CODEC_ZSTD,
+    name.removeprefix("CODEC_").lower(): name
+    for name in tensor_pb2.Codec.keys()  # noqa: SIM118 - an enum wrapper, not a dict
+    if name != "CODEC_UNSPECIFIED"
 }
 # gRPC's own reconnect backoff (1 s growing to 120 s) would keep a channel failing fast long
 # after a restarted node is back, wasting every stream reconnect attempt; keep it short.

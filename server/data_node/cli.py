@@ -24,7 +24,7 @@ from data_client.cli.exits import FAILED, INTERRUPTED, OK, USAGE
 from data_client.errors import failure_cause
 from data_node.config import load
 from data_node.errors import ConfigError, PathOutsideRootError
-from data_tools._parse import parse_non_negative_int, parse_positive_int
+from data_tools.parsing import parse_non_negative_int, parse_positive_int
 
 __all__ = ["main"]
 

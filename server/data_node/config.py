@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from data_node.errors import ConfigError, PathOutsideRootError
-from data_tools._confine import Root
+from data_tools.storage import FORMATS, Root
 
 __all__ = [
     "RENAMED_KEYS",
@@ -87,7 +87,10 @@ __all__ = [
 ]
 
 ENV_PREFIX = "DATA_NODE_"
-SOURCE_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr", ".bcolz": "bcolz"}
+# Suffix -> the stored format it names, for the formats data_tools writes (and so serves).
+SOURCE_FORMATS = {
+    suffix: entry.name for entry in FORMATS.values() if entry.writable for suffix in entry.suffixes
+}
 LABEL_ARRAY = "label"
 EXECUTORS = ("dask", "local")
 MiB = 1 << 20
@@ -743,8 +746,9 @@ def _parse_source(prefix: str, raw: Any, data_root: Path) -> SourceConfig:
             f"(known: {sorted(SOURCE_FORMATS)}); set format to 'hdf5', 'zarr' or 'bcolz'."
         )
     key = spec.get("key")
-    if source_format == "hdf5" and key is None:
-        raise ConfigError(f"{prefix}.key: Expected the HDF5 dataset path. It is missing.")
+    if FORMATS[source_format].key == "required" and key is None:
+        noun = FORMATS[source_format].noun
+        raise ConfigError(f"{prefix}.key: Expected the {noun} path. It is missing.")
     return SourceConfig(
         path=path,
         format=source_format,

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-    from data_tools._chunk_cache import ChunkCache
+    from data_tools.chunk_cache import ChunkCache
     from data_tools.io.data_flow import BatchInfo
 
 __all__ = [

@@ -38,7 +38,7 @@ from data_node.metrics import NodeMetrics
 from data_node.rpc.admission import Admission, MemoryBudget
 from data_node.rpc.reflection import enable_reflection
 from data_node.rpc.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
-from data_tools._chunk_cache import ChunkCache
+from data_tools.chunk_cache import ChunkCache
 
 if TYPE_CHECKING:
     from data_node.config import LimitsConfig, NodeConfig, TlsConfig

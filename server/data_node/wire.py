@@ -38,7 +38,7 @@ import numpy as np
 from data_wire.v1 import tensor_pb2
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import numpy.typing as npt
 
@@ -65,16 +65,17 @@ WIRE_DTYPES = (
 )
 
 _VARINT, _LEN = 0, 2
-_CODECS: dict[int, int] = {
-    tensor_pb2.CODEC_UNSPECIFIED: tensor_pb2.CODEC_NONE,
-    tensor_pb2.CODEC_NONE: tensor_pb2.CODEC_NONE,
-    tensor_pb2.CODEC_LZ4: tensor_pb2.CODEC_LZ4,
-    tensor_pb2.CODEC_ZSTD: tensor_pb2.CODEC_ZSTD,
-}
 _LZ4 = numcodecs.LZ4()
 _ZSTD = numcodecs.Zstd()
 # numcodecs prefixes an LZ4 block with its raw size (uint32); the wire carries the bare block.
 _LZ4_SIZE_PREFIX = 4
+# The one codec table: each codec the wire defines -> how a payload is packed (None: raw).
+# CODEC_UNSPECIFIED is CODEC_NONE (the proto says so); _parse_codec maps it.
+_PACKERS: dict[int, Callable[[npt.NDArray[np.uint8]], memoryview] | None] = {
+    tensor_pb2.CODEC_NONE: None,
+    tensor_pb2.CODEC_LZ4: lambda raw: memoryview(_LZ4.encode(raw))[_LZ4_SIZE_PREFIX:],
+    tensor_pb2.CODEC_ZSTD: lambda raw: memoryview(_ZSTD.encode(raw)),
+}
 
 
 def _varint(value: int) -> bytes:
@@ -107,10 +108,13 @@ class _Encoded(NamedTuple):
 
 
 def _parse_codec(codec: int) -> int:
-    if codec not in _CODECS:
-        names = ", ".join(tensor_pb2.Codec.Name(c) for c in _CODECS)
+    if codec == tensor_pb2.CODEC_UNSPECIFIED:
+        return tensor_pb2.CODEC_NONE
+    if codec not in _PACKERS:
+        accepted = (tensor_pb2.CODEC_UNSPECIFIED, *_PACKERS)
+        names = ", ".join(tensor_pb2.Codec.Name(c) for c in accepted)
         raise ValueError(f"Expected codec to be one of {names}. Got {codec!r} instead.")
-    return _CODECS[codec]
+    return codec
 
 
 def _wire_array(array: npt.NDArray[Any], name: str) -> npt.NDArray[Any]:
@@ -127,13 +131,10 @@ def _wire_array(array: npt.NDArray[Any], name: str) -> npt.NDArray[Any]:
 
 def _compress(array: npt.NDArray[Any], codec: int) -> tuple[Any, int]:
     """The payload and codec of ``array``: raw when ``codec`` is NONE or compression does not help."""
-    if codec == tensor_pb2.CODEC_NONE or array.nbytes == 0:
+    pack = _PACKERS[codec]
+    if pack is None or array.nbytes == 0:
         return array, tensor_pb2.CODEC_NONE
-    raw = array.reshape(-1).view(np.uint8)
-    if codec == tensor_pb2.CODEC_LZ4:
-        packed = memoryview(_LZ4.encode(raw))[_LZ4_SIZE_PREFIX:]
-    else:
-        packed = memoryview(_ZSTD.encode(raw))
+    packed = pack(array.reshape(-1).view(np.uint8))
     if packed.nbytes >= array.nbytes:
         return array, tensor_pb2.CODEC_NONE
     return packed, codec

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data_tools._medical import IMAGE_SUFFIXES, load_sitk
+from data_tools.storage.sitk import IMAGE_SUFFIXES, load_sitk
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -29,7 +29,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 
 from data_tools._medical_case import (
@@ -52,7 +51,8 @@ from data_tools._parse import (
     parse_path,
     parse_positive_int,
 )
-from data_tools.io.writers import h5py_array_writer, is_complete, zarr_array_writer
+from data_tools.io.writers import format_writer, is_complete, set_container_attrs
+from data_tools.storage import backend, format_of_path
 
 if TYPE_CHECKING:
     from data_tools.io.writers import buffered_array_writer
@@ -236,8 +236,7 @@ def import_cases(
             reports.append(report)
             if progress is not None:
                 progress(report)
-        _set_root_attrs(
-            file_format,
+        set_container_attrs(
             writers["case"],
             {"cases": json.dumps(metadata), "import": json.dumps(dataclasses.asdict(options))},
         )
@@ -259,13 +258,10 @@ def load_cases(store: str | os.PathLike[str]) -> list[dict[str, Any]]:
     ``direction``, in SimpleITK's x, y, z order), and ``rows`` ([first, end) in the arrays).
     """
     location = parse_path("store", store)
-    if os.path.isfile(location):
-        with h5py.File(location, "r") as file:
-            text = file.attrs["cases"]
-    else:
-        import zarr
-
-        text = zarr.open_group(location, mode="r").attrs["cases"]
+    found = format_of_path(location)
+    if found is None:
+        raise FileNotFoundError(f"No imported store at {location!r}.")
+    text = backend(found).read_root_attrs(location)["cases"]
     entries: list[dict[str, Any]] = json.loads(text)
     return entries
 
@@ -383,15 +379,15 @@ def _open_writers(
     if mask_dtype is not None:
         arrays.append(("mask", slices.image.shape[-2:], mask_dtype))
     arrays += [("case", (), np.dtype(np.int64)), ("slice", (), np.dtype(np.int64))]
-    writer = h5py_array_writer if file_format == "hdf5" else zarr_array_writer
     return {
         name: stack.enter_context(
-            writer(
+            format_writer(
+                file_format,
+                container,
+                name,
                 shape,
                 dtype,
                 batch_size,
-                container,
-                name,
                 None,
                 i > 0,
                 # Chunks of one slice of the image, of batchsize scalars.
@@ -400,13 +396,3 @@ def _open_writers(
         )
         for i, (name, shape, dtype) in enumerate(arrays)
     }
-
-
-def _set_root_attrs(file_format: str, writer: buffered_array_writer, attrs: dict[str, str]) -> None:
-    if file_format == "hdf5":
-        writer.storage_array.file.attrs.update(attrs)
-        return
-    import zarr
-
-    store = writer.storage_array.store
-    zarr.open_group(store, mode="a").attrs.update(attrs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -29,17 +28,12 @@ from data_tools._patch_plan import (
     plan_classes,
     warn_if_large,
 )
-from data_tools.io.writers import (
-    bcolz_array_writer,
-    h5py_array_writer,
-    is_complete,
-    zarr_array_writer,
-)
+from data_tools.io.writers import format_writer
+from data_tools.storage import backend
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from data_tools.io.writers import buffered_array_writer
 
 __all__ = [
     "CONTAINERS",
@@ -375,25 +369,6 @@ def _mask_patch_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return dtype if np.issubdtype(dtype, np.integer) else np.dtype(np.int32)
 
 
-def _open_writer(
-    file_format: str,
-    container: str,
-    name: str,
-    dtype: np.dtype[Any],
-    first: bool,
-    length: int,
-    element_shape: tuple[int, ...],
-    batch_size: int,
-    kwargs: Mapping[str, Any],
-) -> buffered_array_writer:
-    """Open the writer of array ``name``; the first one replaces an HDF5/zarr file."""
-    if file_format == "bcolz":
-        path = os.path.join(container, name)
-        return bcolz_array_writer(element_shape, dtype, batch_size, path, length, False, kwargs)
-    writer = h5py_array_writer if file_format == "hdf5" else zarr_array_writer
-    return writer(element_shape, dtype, batch_size, container, name, length, not first, kwargs)
-
-
 def create_dataset(
     save_path: str | os.PathLike[str],
     patchsize: int,
@@ -562,9 +537,7 @@ def create_dataset(
 
     container = os.path.join(directory, CONTAINERS[file_format])
     os.makedirs(directory, exist_ok=True)
-    if file_format == "bcolz":
-        shutil.rmtree(container, ignore_errors=True)
-        os.makedirs(container)
+    backend(file_format).new_container(container)
     element_shape = (1, generator.patchsize, generator.patchsize)
     arrays = [(f"class_{value}", np.dtype(np.float32), value) for value in counts]
     if mask_dtype is not None:
@@ -573,15 +546,16 @@ def create_dataset(
         # Every array exists, marked incomplete, before the first is marked complete.
         writers = [
             stack.enter_context(
-                _open_writer(
+                # The first one replaces an HDF5 file or zarr store.
+                format_writer(
                     file_format,
                     container,
                     name,
-                    dtype,
-                    i == 0,
-                    counts[value],
                     element_shape,
+                    dtype,
                     batch_size,
+                    counts[value],
+                    i > 0,
                     options,
                 )
             )
@@ -636,9 +610,4 @@ def is_dataset_complete(save_path: str | os.PathLike[str], file_format: str = "h
     directory = parse_path("save_path", save_path)
     file_format = parse_option("file_format", file_format, CONTAINERS)
     container = os.path.join(directory, CONTAINERS[file_format])
-    if file_format != "bcolz":
-        return is_complete(container)
-    if not os.path.isdir(container):
-        return False
-    names = os.listdir(container)
-    return bool(names) and all(is_complete(container, name) for name in names)
+    return backend(file_format).is_container_complete(container)

@@ -15,19 +15,12 @@ import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import h5py
 import numpy as np
 import numpy.typing as npt
-import zarr
 
-from data_tools._indexing import (
-    as_slice,
-    contiguous_runs,
-    normalize_key,
-    plan_reads,
-)
+from data_tools._indexing import normalize_key, plan_reads
 from data_tools._parse import parse_bool, parse_int, parse_non_negative_int
-from data_tools._sources import H5Source, as_picklable
+from data_tools.storage import as_picklable, read_rows
 
 __all__ = ["delayed_view", "multi_source_array"]
 
@@ -61,18 +54,6 @@ def _parse_random_seed(random_seed: Any) -> np.random.Generator:
             "Expected random_seed to be None, an integer >= 0 or anything "
             f"numpy.random.default_rng accepts. Got {random_seed!r} instead."
         ) from error
-
-
-def _read_source(source: Any, local: npt.NDArray[np.intp], trailing: tuple[slice, ...]) -> Any:
-    """Read sorted unique ``local`` rows of ``source``, each restricted to ``trailing``."""
-    evenly_spaced = as_slice(local)
-    if evenly_spaced is not None:
-        return source[(evenly_spaced, *trailing)]
-    if isinstance(source, h5py.Dataset | H5Source):
-        return np.concatenate([source[(run, *trailing)] for run in contiguous_runs(local)])
-    if isinstance(source, zarr.Array):
-        return source.oindex[(local, *trailing)]
-    return source[(local, *trailing)]
 
 
 def _is_identity(index: npt.NDArray[np.intp], length: int) -> bool:
@@ -261,7 +242,7 @@ class delayed_view:
     ) -> None:
         """Fill ``block`` with view ``rows`` restricted to ``trailing``, one read per source."""
         for read in plan_reads(self._pairs[rows]):
-            data = np.asarray(_read_source(self._sources[read.source], read.local, trailing))
+            data = np.asarray(read_rows(self._sources[read.source], read.local, trailing))
             if _is_identity(read.dest, len(block)) and _is_identity(read.gather, len(data)):
                 block[...] = data
             else:

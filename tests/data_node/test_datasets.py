@@ -20,7 +20,7 @@ import zarr
 from data_node.catalog.datasets import DatasetRegistry, open_dataset, wire_dtype
 from data_node.config import ArrayConfig, DatasetConfig, SourceConfig
 from data_node.errors import ConfigError, DatasetNotFoundError
-from data_tools._chunk_cache import ChunkCache
+from data_tools.chunk_cache import ChunkCache
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from data_node.catalog.datasets import DatasetRegistry
 from data_node.config import parse_config
 from data_node.jobs.manager import JobManager
 from data_node.metrics import STAGES, NodeMetrics
-from data_tools._chunk_cache import CacheStats
+from data_tools.chunk_cache import CacheStats
 from data_tools.io.data_flow import BatchInfo
 from data_wire.v1 import jobs_pb2
 

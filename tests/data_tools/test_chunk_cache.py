@@ -1,4 +1,4 @@
-"""Tests for data_tools._chunk_cache: ChunkCache and the sources that read through it.
+"""Tests for data_tools.chunk_cache: ChunkCache and the sources that read through it.
 
 Matrix:
 - ChunkCache: LRU order and the byte bound (evictions, nbytes), a chunk larger than the
@@ -49,11 +49,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from view_contract import ViewContract
 
-from data_tools._chunk_cache import CachedSource, CacheStats, ChunkCache, cached
-from data_tools._sources import H5Source
+from data_tools.chunk_cache import CachedSource, CacheStats, ChunkCache, cached
 from data_tools.errors import SourceChangedError
 from data_tools.io import data_flow
-from data_tools.io._batch import read_rows
+from data_tools.storage import take_rows
+from data_tools.storage.hdf5 import H5Source
 from data_tools.wrap import delayed_view
 
 CHUNK = 3
@@ -328,7 +328,7 @@ def test_drawn_index_sets_equal_the_source(rows, chunk_length, budget):
     view = CachedSource(CountingSource(data), ChunkCache(budget), "drawn", chunk_length)
     indices = np.array(rows, dtype=np.int64)
     np.testing.assert_array_equal(view[indices], data[indices])
-    read = read_rows(view, indices)
+    read = take_rows(view, indices)
     np.testing.assert_array_equal(read, data[indices])
     assert read.flags.writeable
 

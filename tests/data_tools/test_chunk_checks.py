@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import zarr
 
-from data_tools._chunk_checks import BcolzSource, open_zarr
 from data_tools.errors import DataLossError
 from data_tools.io.writers import bcolz_array_writer, zarr_array_writer
+from data_tools.storage.bcolz import BcolzSource
+from data_tools.storage.zarr import open_zarr
 
 DATA = np.zeros((20, 3), dtype=np.float32)
 DATA[8:] = np.arange(36, dtype=np.float32).reshape(12, 3) + 1  # chunks 0 and 1 all zero

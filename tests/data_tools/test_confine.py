@@ -1,4 +1,4 @@
-"""Tests for confinement by content: data_tools._confine and each format's confined opener.
+"""Tests for confinement by content: data_tools.storage.confine and each format's confined opener.
 
 Matrix: open_confined x (a file inside; a symlink staying inside; a symlink leading out; a
 FIFO, refused without blocking; a directory; a file swapped for a symlink after the open
@@ -35,10 +35,11 @@ from confine_support import (
     write_mhd,
 )
 
-from data_tools._confine import PinnedFiles, Root, open_confined
-from data_tools._medical import MAX_DATA_FILES, describe_image, read_image
-from data_tools._sources import H5Source, open_source
 from data_tools.errors import ConfinementError
+from data_tools.storage import open_source
+from data_tools.storage.confine import PinnedFiles, Root, open_confined
+from data_tools.storage.hdf5 import H5Source
+from data_tools.storage.sitk import MAX_DATA_FILES, describe_image, read_image
 
 
 @pytest.fixture
@@ -330,7 +331,7 @@ def test_a_data_file_swapped_after_pinning_is_not_what_is_read(images, monkeypat
     """The swap lands between the check (pinning) and SimpleITK's own open."""
     data, outside, root = images
     write_mhd(data / "racy.mhd", "raw/in.raw")
-    import data_tools._medical as medical
+    import data_tools.storage.sitk as medical
 
     real_sitk = medical.load_sitk()
     swapped = []

@@ -9,9 +9,11 @@ Windows: a permutation of the epoch (with a subset, of the subset), deterministi
 epoch), different across epochs and from the exact order, made of whole blocks (each window
 holds whole read blocks and fewer than shuffle_window + largest block samples), shards and
 lanes partition it; read_blocks over numpy, chunked HDF5 and zarr, views of several files
-and cached sources. Refusals name the field: shuffle_window {0, negative, above the epoch,
-not an int, without sample_random, with replacement, with weights}; sample weights {shape,
-negative, NaN, inf, above MAX_WEIGHT, all zero, zero on the subset, not numbers}.
+and cached sources; through a cache of three chunks a window decodes each chunk at most
+once per epoch (the exact order: most samples). Refusals name the field: shuffle_window {0,
+negative, above the epoch, not an int, without sample_random, with replacement, with
+weights}; sample weights {shape, negative, NaN, inf, above MAX_WEIGHT, all zero, zero on the
+subset, not numbers}.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import zarr
 from hypothesis import given
 from hypothesis import strategies as st
 
-from data_tools._chunk_cache import ChunkCache, cached
+from data_tools.chunk_cache import ChunkCache, cached
 from data_tools.io import FlowSpec, Position, data_flow, parse_sample_weights, read_blocks
 from data_tools.io.flow_spec import MAX_WEIGHT
 from data_tools.wrap import delayed_view, multi_source_array
@@ -357,3 +359,26 @@ def test_sample_weights_must_weigh_the_subset():
     weights = parse_sample_weights([1, 2, 0, 3, 4], 5)
     assert not weights.flags.writeable
     np.testing.assert_array_equal(weights, [1, 2, 0, 3, 4])
+
+
+def test_a_window_decodes_each_chunk_once_per_epoch_with_a_small_cache(tmp_path):
+    """Windows of 2 chunks through a cache of 3 chunks: <= 8 decodes per epoch, not ~50."""
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("x", data=np.arange(64 * 4.0).reshape(64, 4), chunks=(8, 4))
+
+    def decodes(**window):
+        cache = ChunkCache(3 * 8 * 4 * 8)  # three chunks of 8 rows of 4 float64
+        with h5py.File(tmp_path / "a.h5", "r") as f:
+            view = delayed_view(cached(f["x"], cache))
+            flow = data_flow(
+                [view], 4, nb_io_workers=0, sample_random=True, seed=1, start_epoch=0, **window
+            )
+            with flow:
+                batches = list(itertools.islice(flow.flow(), 32))  # two epochs
+        rows = np.concatenate([b[0][:, 0] // 4 for b in batches]).astype(int)
+        assert sorted(rows[:64]) == sorted(rows[64:]) == list(range(64))
+        return cache.stats().misses
+
+    # At most once per chunk and epoch (a chunk still cached may serve the next epoch too).
+    assert decodes(shuffle_window=16) <= 16
+    assert decodes() > 40

@@ -1,4 +1,4 @@
-"""Tests for data_tools._sources: H5Source and as_picklable.
+"""Tests for data_tools.storage.hdf5 (H5Source) and data_tools.storage.as_picklable.
 
 Matrix: H5Source attributes (shape, dtype, ndim, len, repr) x reads (int, slice, fancy,
 ``__array__``) equal to h5py's; pickle round trip before and after first use; reopen in a
@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import zarr
 
-from data_tools._sources import H5Source, as_picklable
 from data_tools.errors import SourceChangedError
+from data_tools.storage import as_picklable
+from data_tools.storage.hdf5 import H5Source
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 import zarr
 from view_contract import ViewContract, assert_same_as_numpy
 
-from data_tools._sources import H5Source
+from data_tools.storage.hdf5 import H5Source
 from data_tools.wrap import delayed_view, multi_source_array
 
 CHUNK = 3

@@ -29,7 +29,7 @@ from data_client import DataNodeClient
 from data_node.config import load
 from data_node.jobs.manager import PATCH_ARRAY, open_patch_dataset
 from data_node.server import build_server
-from data_tools._chunk_cache import CachedSource, ChunkCache
+from data_tools.chunk_cache import CachedSource, ChunkCache
 from data_tools.patches import CONTAINERS
 
 NUM_SAMPLES = 600

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import data_tools._sources
 from data_node.config import LABEL_ARRAY
 from data_node.errors import (
     ConfigError,
@@ -38,10 +37,10 @@ from data_node.errors import (
     PathOutsideRootError,
 )
 from data_node.wire import WIRE_DTYPES
-from data_tools._chunk_cache import CachedSource, cached
-from data_tools._confine import Root
-from data_tools._parse import did_you_mean
+from data_tools import storage
+from data_tools.chunk_cache import CachedSource, cached
 from data_tools.errors import ConfinementError
+from data_tools.parsing import did_you_mean
 from data_tools.wrap import delayed_view, multi_source_array
 
 if TYPE_CHECKING:
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
 
     from data_node.catalog.dataset_store import DatasetStore
     from data_node.config import DatasetConfig, SourceConfig
-    from data_tools._chunk_cache import ChunkCache
+    from data_tools.chunk_cache import ChunkCache
 
 __all__ = [
     "CASE_ARRAY",
@@ -166,8 +165,8 @@ def open_source(source: SourceConfig) -> Any:
         ConfinementError: The source's name or content reads from outside its root.
         FileNotFoundError, OSError, KeyError, TypeError: It cannot be opened.
     """
-    root = source.root or Root(source.path.parent, "source's directory")
-    return data_tools._sources.open_source(source.format, source.path, source.key, root)
+    root = source.root or storage.Root(source.path.parent, "source's directory")
+    return storage.open_source(source.format, source.path, source.key, root)
 
 
 def open_dataset(

@@ -29,9 +29,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_node.catalog.datasets import open_source
-from data_tools._confine import Root
-from data_tools._medical import describe_image, image_spacing, read_image, read_sitk_image
-from data_tools._sources import H5Source
 from data_tools.io.writers import zarr_array_writer
 from data_tools.patches import (
     ClassPlan,
@@ -45,6 +42,8 @@ from data_tools.patches import (
     patch_generator,
     plan_classes,
 )
+from data_tools.storage import COMPLETE_ATTRIBUTE, Root, backend, close_source
+from data_tools.storage.sitk import describe_image, image_spacing, read_sitk_image
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -91,8 +90,8 @@ class ArraySpec:
         try:
             return tuple(int(n) for n in array.shape), np.dtype(array.dtype)
         finally:
-            if isinstance(array, H5Source) and self.source is not None:
-                array.close()  # the node keeps no handle on a job's input
+            if self.source is not None:
+                close_source(array)  # the node keeps no handle on a job's input
 
     def spacing(self) -> tuple[float, ...] | None:
         """A medical image's voxel spacing (x, y, z, as SimpleITK reports it); else None."""
@@ -108,8 +107,9 @@ class ArraySpec:
     def read(self) -> npt.NDArray[Any]:
         """The whole array, in memory; raises as ``describe``."""
         if self.image is not None:
-            return read_image(self.image, self._image_root())
-        array = self.array if self.source is None else open_source(self.source)
+            array = backend("sitk").open(self.image, None, self._image_root())
+        else:
+            array = self.array if self.source is None else open_source(self.source)
         return np.asarray(array[...])
 
     def _image_root(self) -> Root:
@@ -259,16 +259,9 @@ def writer_kwargs(file_format: str, options: Mapping[str, Any]) -> dict[str, Any
     """The writers' ``kwargs`` for JSON-decoded ``writer_options``.
 
     JSON has no tuples: ``chunks`` becomes one. A bcolz ``cparams`` object becomes
-    ``bcolz.cparams(**cparams)``.
+    ``bcolz.cparams(**cparams)`` (``StorageBackend.options_from_json``).
     """
-    kwargs = dict(options)
-    if isinstance(kwargs.get("chunks"), list):
-        kwargs["chunks"] = tuple(kwargs["chunks"])
-    if file_format == "bcolz" and isinstance(kwargs.get("cparams"), dict):
-        import bcolz
-
-        kwargs["cparams"] = bcolz.cparams(**kwargs["cparams"])
-    return kwargs
+    return backend(file_format).options_from_json(options)
 
 
 def write_block(
@@ -327,23 +320,21 @@ def _build_on_dask(
 ) -> Counts:
     import distributed
     import zarr
-    from zarr.codecs import BloscCodec
 
     order = {v: rng.permutation(p) if spec.random_order else p for v, p in pixels.items()}
     container = save_path / "patches.zarr"
     group = zarr.open_group(container, mode="w")
     element = (1, spec.patchsize, spec.patchsize)
     # The layout and defaults of zarr_array_writer, at the final length.
-    options: dict[str, Any] = {
-        "chunks": (spec.batchsize, *element),
-        "compressors": BloscCodec(cname="lz4", clevel=5),
-    } | writer_kwargs("zarr", spec.writer_options)
+    storage = backend("zarr")
+    options = storage.default_options(spec.batchsize, element, None)
+    options |= writer_kwargs("zarr", spec.writer_options)
     chunk = spec.batchsize
     for value, chosen in order.items():
         array = group.create_array(
             f"class_{value}", shape=(len(chosen), *element), dtype=np.float32, **options
         )
-        array.attrs["data_tools_complete"] = False
+        array.attrs[COMPLETE_ATTRIBUTE] = False
         chunk = array.chunks[0]
     per_task = chunk * max(1, spec.dask_task_bytes // (4 * math.prod(element) * chunk))
     written = dict.fromkeys(order, 0)

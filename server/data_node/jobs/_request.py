@@ -21,11 +21,11 @@ from data_node.errors import (
 from data_node.jobs._build import MAX_CLASSES, ArraySpec, BuildSpec, check_output_size
 from data_node.jobs._import import CaseSpec, ImportSpec
 from data_node.jobs._output_tree import RESERVED
-from data_tools._confine import Root
-from data_tools._parse import did_you_mean
 from data_tools.errors import ConfinementError
 from data_tools.medical import CASES_CONTAINERS, IMAGE_SUFFIXES, parse_import_options
+from data_tools.parsing import did_you_mean
 from data_tools.patches import plan_classes
+from data_tools.storage import FORMATS, WRITABLE_FORMATS, Root, backend
 from data_wire.v1 import jobs_pb2
 
 if TYPE_CHECKING:
@@ -34,11 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCHSIZE",
-    "FILE_FORMATS",
     "IMAGE_SUFFIXES",
     "MAX_IMPORT_CASES",
     "MAX_TEXT_BYTES",
-    "WRITER_OPTIONS",
     "BuildPlan",
     "parse_build_request",
 ]
@@ -46,16 +44,6 @@ __all__ = [
 # Bounds of what a job stores (its request is kept and listed for good): every text field,
 # and writer_options, which may hold a few filter specifications.
 MAX_TEXT_BYTES = 4096
-FILE_FORMATS = ("bcolz", "hdf5", "zarr")
-# The writer options a request may set, per file_format: storage layout and compression
-# only (h5py's ``external``, for one, would write outside the output root).
-WRITER_OPTIONS = {
-    "bcolz": frozenset({"chunklen", "cparams", "expectedlen"}),
-    "hdf5": frozenset(
-        {"chunks", "compression", "compression_opts", "fletcher32", "scaleoffset", "shuffle"}
-    ),
-    "zarr": frozenset({"chunks", "compressors", "filters"}),
-}
 DEFAULT_BATCHSIZE = 32
 # The most cases one import takes: the request, the job's record and its progress grow
 # with them.
@@ -136,7 +124,7 @@ def parse_build_request(
     class_list = _parse_class_list(list(request.class_list), has_mask=mask is not None)
     batchsize = _non_negative("batchsize", request.batchsize) or DEFAULT_BATCHSIZE
     cap = _non_negative("max_patches_per_class", request.max_patches_per_class) or None
-    file_format = _parse_choice("file_format", request.file_format or "hdf5", FILE_FORMATS)
+    file_format = _parse_choice("file_format", request.file_format or "hdf5", WRITABLE_FORMATS)
     writer_options = _parse_writer_options(request.writer_options, file_format)
     executor, scheduler_address = _parse_executor(request, file_format, config.jobs)
     if request.store_masks and mask is None:
@@ -346,10 +334,11 @@ def _parse_file(name: str, message: jobs_pb2.FileArray, data_root: Path) -> Arra
             f"{name}.path: Expected a name ending in one of "
             f"{sorted([*SOURCE_FORMATS, *IMAGE_SUFFIXES])}. Got {message.path!r} instead."
         )
-    if file_format == "hdf5" and not message.key:
-        raise RequestError(f"{name}.key: Expected the HDF5 dataset path. Got none.")
-    if file_format == "bcolz" and message.key:
-        raise RequestError(f"{name}.key: Expected none for a bcolz carray. Got {message.key!r}.")
+    stored = FORMATS[file_format]
+    if stored.key == "required" and not message.key:
+        raise RequestError(f"{name}.key: Expected the {stored.noun} path. Got none.")
+    if stored.key == "none" and message.key:
+        raise RequestError(f"{name}.key: Expected none for a {stored.noun}. Got {message.key!r}.")
     return ArraySpec(source=SourceConfig(path, file_format, message.key or None, Root(data_root)))
 
 
@@ -445,7 +434,9 @@ def _parse_writer_options(text: str, file_format: str) -> dict[str, Any]:
         ) from None
     if not isinstance(options, dict):
         raise RequestError(f"writer_options: Expected a JSON object. Got {text!r} instead.")
-    known = WRITER_OPTIONS[file_format]
+    # Storage layout and compression only (h5py's ``external``, for one, would write
+    # outside the output root): the backend's request_options.
+    known = backend(file_format).request_options
     for key in options:
         if key not in known:
             raise RequestError(

@@ -63,7 +63,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from multiprocessing import connection as mp_connection
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from data_node.catalog.datasets import open_dataset
@@ -83,10 +83,8 @@ from data_node.jobs._dir_lock import lock_directory
 from data_node.jobs._import import ImportSpec
 from data_node.jobs._output_tree import STAGING_DIR, OutputTree
 from data_node.jobs._request import (
-    FILE_FORMATS,
     IMAGE_SUFFIXES,
     MAX_TEXT_BYTES,
-    WRITER_OPTIONS,
     BuildPlan,
     parse_build_request,
 )
@@ -95,22 +93,21 @@ from data_node.redact import PathRedactor
 from data_tools.io.writers import is_complete
 from data_tools.medical import CASES_CONTAINERS, Case, default_case_name, is_import_complete
 from data_tools.patches import CONTAINERS, is_dataset_complete
+from data_tools.storage import backend
 from data_wire.v1 import jobs_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
-    from pathlib import Path
 
     from data_node.catalog.datasets import Dataset, DatasetRegistry
     from data_node.config import NodeConfig
     from data_node.jobs._build import Counts
-    from data_tools._chunk_cache import ChunkCache
+    from data_tools.chunk_cache import ChunkCache
 
 __all__ = [
     "CANCEL_GRACE",
-    "FILE_FORMATS",
     "IMAGE_SUFFIXES",
     "INTERRUPTED",
     "KILL_AT_VARIABLE",
@@ -118,7 +115,6 @@ __all__ = [
     "PATCH_ARRAY",
     "PUBLISH_STEPS",
     "STAGING_DIR",
-    "WRITER_OPTIONS",
     "BuildPlan",
     "JobManager",
     "JobPage",
@@ -173,16 +169,15 @@ def patch_dataset_config(
         classes: The class values, in the order of the patches.
         masks: Keyword-only. Serve the mask patches (``store_masks``) as ``mask``.
     """
-    container = directory / CONTAINERS[file_format]
+    container = str(directory / CONTAINERS[file_format])
+    locate = backend(file_format).array_location
     prefixes = {PATCH_ARRAY: "class"} | ({MASK_ARRAY: "mask"} if masks else {})
     arrays = tuple(
         ArrayConfig(
             array,
             tuple(
-                SourceConfig(container / f"{prefix}_{value}", "bcolz")
-                if file_format == "bcolz"
-                else SourceConfig(container, file_format, f"{prefix}_{value}")
-                for value in classes
+                SourceConfig(Path(path), file_format, key)
+                for path, key in (locate(container, f"{prefix}_{value}") for value in classes)
             ),
         )
         for array, prefix in prefixes.items()

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from data_tools.errors import WorkerError
 from data_tools.io._sampler import batch_rng
 from data_tools.io.preprocessing import as_arrays, call_preprocessor
-from data_tools.wrap import _read_source
+from data_tools.storage import take_rows
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -34,7 +34,6 @@ __all__ = [
     "as_consumer_error",
     "preprocessed",
     "read_batch",
-    "read_rows",
     "run_caught",
 ]
 
@@ -130,25 +129,9 @@ class Preprocess:
         )
 
 
-def read_rows(source: Any, indices: IndexArray) -> npt.NDArray[Any]:
-    """Return ``source[indices]`` as a new array the caller may modify in place.
-
-    Sources other than numpy arrays are read as views read them: once per distinct index,
-    in increasing order (as h5py requires), as slices where possible.
-    """
-    if isinstance(source, np.ndarray):
-        return np.asarray(np.take(source, indices, axis=0))
-    unique, inverse = np.unique(indices, return_inverse=True)
-    rows = np.asarray(_read_source(source, unique.astype(np.intp), ()))
-    if unique.size != indices.size or not np.array_equal(unique, indices):
-        return rows[inverse]
-    # A source may hand back a view of memory it keeps; the preprocessor may write.
-    return rows if rows.flags.owndata else rows.copy()
-
-
 def read_batch(sources: Sequence[Any], indices: IndexArray) -> Read:
     start = time.perf_counter()
-    batch = [read_rows(source, indices) for source in sources]
+    batch = [take_rows(source, indices) for source in sources]
     return batch, time.perf_counter() - start
 
 

@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data_tools._sources import as_picklable
 from data_tools.errors import WorkerError
 from data_tools.io._batch import Done, as_consumer_error, read_batch
 from data_tools.io._io_threads import POLL_S, IoThreads
 from data_tools.io._messages import Order, Rows, fit
 from data_tools.io._shm import BlockPool, read_arrays, release_block, share_array, write_arrays
 from data_tools.io._worker_process import process_main
+from data_tools.storage import as_picklable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

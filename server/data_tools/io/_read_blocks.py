@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from data_tools.storage import chunk_rows
 from data_tools.wrap import delayed_view
 
 if TYPE_CHECKING:
@@ -18,24 +19,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-__all__ = ["chunk_length", "length", "read_blocks"]
-
-
-def chunk_length(source: Any) -> int | None:
-    """Rows per storage chunk along the first axis of ``source``, or None if unchunked.
-
-    A source read through a chunk cache has ``chunk_length``, a bcolz carray ``chunklen``,
-    HDF5 datasets and zarr arrays ``chunks`` (a zarr array's inner chunk when sharded).
-    Numpy arrays and contiguous HDF5 datasets have none.
-    """
-    for name in ("chunk_length", "chunklen"):
-        value = getattr(source, name, None)
-        if isinstance(value, int | np.integer):
-            return int(value)
-    chunks = getattr(source, "chunks", None)
-    if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int | np.integer):
-        return int(chunks[0])
-    return None
+__all__ = ["length", "read_blocks"]
 
 
 def _chunk_ids(array: Any) -> npt.NDArray[np.int64]:
@@ -57,7 +41,7 @@ def _chunk_ids(array: Any) -> npt.NDArray[np.int64]:
 def _source_chunk_ids(source: Any, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     if isinstance(source, delayed_view):
         return _chunk_ids(source)[rows]
-    rows_per_chunk = chunk_length(source)
+    rows_per_chunk = chunk_rows(source)
     return rows // rows_per_chunk if rows_per_chunk else np.zeros_like(rows)
 
 

@@ -39,10 +39,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
-import h5py
 import numpy as np
 
-from data_tools._chunk_checks import COMPLETE_ATTRIBUTE
 from data_tools._parse import (
     parse_bool,
     parse_dtype,
@@ -52,17 +50,23 @@ from data_tools._parse import (
     parse_shape,
 )
 from data_tools.errors import WriterClosedError, WriterError, WriterOverflowError
+from data_tools.storage import backend, format_of_path
+from data_tools.storage.base import ArrayTarget
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     import numpy.typing as npt
 
+    from data_tools.storage import StorageBackend, WriteTarget
+
 __all__ = [
     "bcolz_array_writer",
     "buffered_array_writer",
+    "format_writer",
     "h5py_array_writer",
     "is_complete",
+    "set_container_attrs",
     "zarr_array_writer",
 ]
 
@@ -98,48 +102,6 @@ def _parse_kwargs(value: Any, reserved: frozenset[str]) -> dict[str, Any]:
             f"Got {clash} instead."
         )
     return dict(value)
-
-
-def _check_existing(kind: str, array: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
-    """Refuse to append to an array whose element shape or dtype differs."""
-    if tuple(array.shape[1:]) != shape:
-        raise ValueError(
-            f"Expected data_element_shape to match the existing {kind}'s element shape "
-            f"{tuple(array.shape[1:])}. Got {shape} instead."
-        )
-    if np.dtype(array.dtype) != dtype:
-        raise TypeError(
-            f"Expected dtype to match the existing {kind}'s dtype {np.dtype(array.dtype)}. "
-            f"Got {dtype} instead."
-        )
-
-
-def _storage_capacity(storage: Any) -> int | None:
-    """Most elements ``storage`` can hold: its length, its maxshape, or None (unbounded)."""
-    if isinstance(storage, np.ndarray) or not callable(getattr(storage, "resize", None)):
-        return int(storage.shape[0])
-    maxshape = getattr(storage, "maxshape", None)
-    return None if maxshape is None or maxshape[0] is None else int(maxshape[0])
-
-
-def _h5py_dataset(
-    file: h5py.File,
-    name: str,
-    appending: bool,
-    shape: tuple[int, ...],
-    dtype: np.dtype[Any],
-    options: dict[str, Any],
-) -> h5py.Dataset:
-    """Return the dataset to continue (appending, when it exists) or a new, empty one."""
-    dataset = file.get(name) if appending else None
-    if dataset is None:
-        return file.create_dataset(
-            name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, **options
-        )
-    if not isinstance(dataset, h5py.Dataset):
-        raise TypeError(f"Expected array_name to name a dataset in {file.filename}. Got a group.")
-    _check_existing("HDF5 dataset", dataset, shape, dtype)
-    return dataset
 
 
 class buffered_array_writer:
@@ -182,7 +144,8 @@ class buffered_array_writer:
         shape, dtype_, batch, limit = _parse_element_args(
             data_element_shape, dtype, batch_size, length
         )
-        capacity = _storage_capacity(storage_array)
+        self._target: WriteTarget = ArrayTarget(storage_array)
+        capacity = self._target.capacity()
         if limit is not None and capacity is not None and limit > capacity:
             raise ValueError(
                 f"Expected length to be at most {capacity}, the number of elements "
@@ -375,22 +338,43 @@ class buffered_array_writer:
             )
         self._position = position
 
-    # Backend hooks: the generic writer assigns slices and has no file to finish.
+    def _open(
+        self,
+        storage: StorageBackend,
+        path: str,
+        name: str | None,
+        element: tuple[tuple[int, ...], np.dtype[Any], int, int | None],
+        append: bool,
+        kwargs: Any,
+    ) -> None:
+        """Set up a file format's writer: its array created (or continued) and marked incomplete."""
+        shape, dtype, batch, limit = element
+        options = storage.default_options(batch, shape, limit)
+        options |= _parse_kwargs(kwargs, storage.reserved_options)
+        target = storage.create(path, name, shape, dtype, append, options)
+        try:
+            buffered_array_writer.__init__(self, target.array, shape, dtype, batch, limit)
+            self._target = target
+            self._continue_from(target.array.shape[0])
+            target.mark(False)
+        except BaseException:
+            self._closed = True
+            target.release()
+            raise
+
+    # The storage's part, by its backend's write target.
 
     def _store(self, start: int, block: np.ndarray[Any, Any]) -> None:
-        end = start + len(block)
-        if end > self.storage_array.shape[0]:
-            self.storage_array.resize((end, *self.data_element_shape))
-        self.storage_array[start:end] = block
+        self._target.store(start, block)
 
     def _sync(self) -> None:
-        """Persist what was stored (no-op for the generic writer)."""
+        self._target.sync()
 
     def _mark_complete(self) -> None:
-        """Record that the array is complete (no-op for the generic writer)."""
+        self._target.mark(True)
 
     def _release(self) -> None:
-        """Release file handles (no-op for the generic writer)."""
+        self._target.release()
 
 
 class h5py_array_writer(buffered_array_writer):
@@ -432,38 +416,11 @@ class h5py_array_writer(buffered_array_writer):
         append: bool = False,
         kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        shape, dtype_, batch, limit = _parse_element_args(
-            data_element_shape, dtype, batch_size, length
-        )
+        element = _parse_element_args(data_element_shape, dtype, batch_size, length)
         path = parse_path("filename", filename)
         name = _parse_array_name(array_name)
         appending = parse_bool("append", append)
-        options: dict[str, Any] = {"chunks": (batch, *shape), "compression": "lzf"}
-        options |= _parse_kwargs(kwargs, frozenset({"name", "shape", "maxshape", "dtype", "data"}))
-        file = h5py.File(path, "a" if appending else "w")
-        try:
-            dataset = _h5py_dataset(file, name, appending, shape, dtype_, options)
-            super().__init__(dataset, shape, dtype_, batch, limit)
-            self._continue_from(dataset.shape[0])
-            self._file = file
-            self._set_flag(False)
-        except BaseException:
-            self._closed = True
-            file.close()
-            raise
-
-    def _set_flag(self, complete: bool) -> None:
-        self.storage_array.attrs[COMPLETE_ATTRIBUTE] = complete
-        self._file.flush()
-
-    def _sync(self) -> None:
-        self._file.flush()
-
-    def _mark_complete(self) -> None:
-        self._set_flag(True)
-
-    def _release(self) -> None:
-        self._file.close()
+        self._open(backend("hdf5"), path, name, element, appending, kwargs)
 
 
 class zarr_array_writer(buffered_array_writer):
@@ -507,38 +464,11 @@ class zarr_array_writer(buffered_array_writer):
         append: bool = False,
         kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        import zarr  # optional backend: imported only when used
-        from zarr.codecs import BloscCodec
-
-        shape, dtype_, batch, limit = _parse_element_args(
-            data_element_shape, dtype, batch_size, length
-        )
+        element = _parse_element_args(data_element_shape, dtype, batch_size, length)
         path = parse_path("filename", filename)
         name = _parse_array_name(array_name)
         appending = parse_bool("append", append)
-        options: dict[str, Any] = {
-            "chunks": (batch, *shape),
-            "compressors": BloscCodec(cname="lz4", clevel=5),
-            # Every chunk stored, even one of fill values only: a reader can then tell a
-            # lost chunk of a complete array from fill (data_tools._chunk_checks).
-            "config": {"write_empty_chunks": True},
-        } | _parse_kwargs(kwargs, frozenset({"name", "shape", "dtype", "data"}))
-        group = zarr.open_group(path, mode="a" if appending else "w")
-        array = group.get(name) if appending else None
-        if array is None:
-            array = group.create_array(name, shape=(0, *shape), dtype=dtype_, **options)
-        elif not isinstance(array, zarr.Array):
-            raise TypeError(f"Expected array_name to name an array in {path}. Got a group instead.")
-        _check_existing("zarr array", array, shape, dtype_)
-        super().__init__(array, shape, dtype_, batch, limit)
-        self._continue_from(array.shape[0])
-        self._mark(False)
-
-    def _mark(self, complete: bool) -> None:
-        self.storage_array.attrs[COMPLETE_ATTRIBUTE] = complete
-
-    def _mark_complete(self) -> None:
-        self._mark(True)
+        self._open(backend("zarr"), path, name, element, appending, kwargs)
 
 
 class bcolz_array_writer(buffered_array_writer):
@@ -580,42 +510,54 @@ class bcolz_array_writer(buffered_array_writer):
         append: bool = False,
         kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        import bcolz  # optional backend: imported only when used
-
-        shape, dtype_, batch, limit = _parse_element_args(
-            data_element_shape, dtype, batch_size, length
-        )
+        element = _parse_element_args(data_element_shape, dtype, batch_size, length)
         path = parse_path("save_path", save_path)
         appending = parse_bool("append", append)
-        options: dict[str, Any] = {
-            "cparams": bcolz.cparams(clevel=5, shuffle=bcolz.SHUFFLE, cname="lz4"),
-            "expectedlen": batch if limit is None else limit,
-        } | _parse_kwargs(kwargs, frozenset({"array", "rootdir", "mode", "dtype"}))
-        if appending and os.path.exists(path):
-            carray = bcolz.open(path, mode="a")
-            if not isinstance(carray, bcolz.carray):
-                raise TypeError(
-                    f"Expected save_path to hold a bcolz carray. Got {type(carray).__name__}."
-                )
-        else:
-            empty = np.empty((0, *shape), dtype=dtype_)
-            carray = bcolz.carray(empty, rootdir=path, mode="w", **options)
-        _check_existing("bcolz carray", carray, shape, dtype_)
-        super().__init__(carray, shape, dtype_, batch, limit)
-        self._continue_from(len(carray))
-        self._mark(False)
+        self._open(backend("bcolz"), path, None, element, appending, kwargs)
 
-    def _mark(self, complete: bool) -> None:
-        self.storage_array.attrs[COMPLETE_ATTRIBUTE] = complete
 
-    def _store(self, start: int, block: np.ndarray[Any, Any]) -> None:
-        self.storage_array.append(block)
+def format_writer(
+    file_format: str,
+    container: str,
+    name: str,
+    data_element_shape: Any,
+    dtype: npt.DTypeLike,
+    batch_size: int,
+    length: int | None = None,
+    append: bool = False,
+    kwargs: Mapping[str, Any] | None = None,
+) -> buffered_array_writer:
+    """A writer of array ``name`` of ``container``, in any format ``data_tools`` writes.
 
-    def _sync(self) -> None:
-        self.storage_array.flush()
+    As ``h5py_array_writer``, ``zarr_array_writer`` or ``bcolz_array_writer``, with the array
+    where the format keeps it (``StorageBackend.array_location``: a key in an HDF5 file or
+    zarr store, a carray directory ``container/name`` for bcolz).
 
-    def _mark_complete(self) -> None:
-        self._mark(True)
+    Args:
+        file_format: "hdf5", "zarr" or "bcolz" (``data_tools.storage.WRITABLE_FORMATS``).
+        container: The file, store or directory holding the arrays.
+        name: The array's name in it.
+        data_element_shape, dtype, batch_size, length, append, kwargs: As the writers'.
+
+    Raises:
+        As the format's writer.
+    """
+    storage = backend(file_format)
+    path, key = storage.array_location(container, name)
+    writer = buffered_array_writer.__new__(buffered_array_writer)
+    element = _parse_element_args(data_element_shape, dtype, batch_size, length)
+    writer._open(storage, path, key, element, append, kwargs)
+    return writer
+
+
+def set_container_attrs(writer: buffered_array_writer, attrs: Mapping[str, str]) -> None:
+    """Set ``attrs`` on the file or store holding the array ``writer`` writes (HDF5 file
+    attributes, the zarr store's root group attributes).
+
+    Raises:
+        TypeError: ``writer`` writes a caller's array, not a file format.
+    """
+    writer._target.set_root_attrs(attrs)
 
 
 def is_complete(path: str | os.PathLike[str], array_name: str | None = None) -> bool:
@@ -637,62 +579,5 @@ def is_complete(path: str | os.PathLike[str], array_name: str | None = None) -> 
         by a killed writer may not open), or is not marked complete; else True.
     """
     location = os.fspath(path)
-    if os.path.isfile(location):
-        return _is_hdf5_complete(location, array_name)
-    if os.path.isfile(os.path.join(location, "zarr.json")):
-        return _is_zarr_complete(location, array_name)
-    if os.path.isdir(location):
-        carray_dir = location if array_name is None else os.path.join(location, array_name)
-        return _is_bcolz_complete(carray_dir)
-    return False
-
-
-def _flag_set(attributes: Mapping[str, Any]) -> bool:
-    return bool(attributes.get(COMPLETE_ATTRIBUTE, False))
-
-
-# Whatever makes an array unreadable (a truncated file, a lock held by a live writer,
-# corrupt metadata) means "not complete"; these are the errors h5py, zarr and bcolz raise then.
-_UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, TypeError)
-
-
-def _is_hdf5_complete(path: str, array_name: str | None) -> bool:
-    try:
-        with h5py.File(path, "r") as file:
-            if array_name is None:
-                datasets: list[h5py.Dataset] = []
-                file.visititems(
-                    lambda _, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None
-                )
-            else:
-                found = file.get(array_name)
-                datasets = [found] if isinstance(found, h5py.Dataset) else []
-            return bool(datasets) and all(_flag_set(d.attrs) for d in datasets)
-    except _UNREADABLE:
-        return False
-
-
-def _is_zarr_complete(path: str, array_name: str | None) -> bool:
-    import zarr
-
-    try:
-        group = zarr.open_group(path, mode="r")
-        if array_name is None:
-            arrays = [m for _, m in group.members(max_depth=None) if isinstance(m, zarr.Array)]
-        else:
-            found = group.get(array_name)
-            arrays = [found] if isinstance(found, zarr.Array) else []
-        return bool(arrays) and all(_flag_set(a.attrs) for a in arrays)
-    except _UNREADABLE:
-        return False
-
-
-def _is_bcolz_complete(path: str) -> bool:
-    import bcolz
-
-    if not os.path.isdir(os.path.join(path, "meta")):
-        return False
-    try:
-        return _flag_set(bcolz.open(path, mode="r").attrs.getall())
-    except _UNREADABLE:
-        return False
+    found = format_of_path(location)
+    return found is not None and backend(found).is_complete(location, array_name)

@@ -15,7 +15,6 @@ reads in this process, through the cache, and the workers only preprocess.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,11 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import zarr
 
 from data_tools._parse import parse_non_negative_int, parse_positive_int
-from data_tools._sources import H5Source, _file_stamp, as_picklable
-from data_tools.errors import SourceChangedError
+from data_tools.storage import as_picklable, backend_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Hashable
@@ -239,7 +236,7 @@ class CachedSource:
         self.cache = cache
         self.key = key
         self.chunk_length = parse_positive_int("chunk_length", chunk_length)
-        self._path = source.filename if isinstance(source, H5Source) else None
+        self._backend = backend_of(source)
 
     def __repr__(self) -> str:
         return f"CachedSource({self.source!r}, chunk_length={self.chunk_length})"
@@ -262,6 +259,10 @@ class CachedSource:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def chunk_rows(self) -> int:
+        """Rows per chunk: ``chunk_length`` (what ``data_tools.storage.chunk_rows`` answers)."""
+        return self.chunk_length
 
     def __reduce__(self) -> tuple[Callable[[Any], Any], tuple[Any]]:
         return _bare, (self.source,)
@@ -344,9 +345,7 @@ class CachedSource:
         # The dtype as stored: numpy would make a big-endian one native.
         return np.concatenate(pieces, dtype=pieces[0].dtype)
 
-    def _chunks(
-        self, numbers: list[int], version: tuple[int, ...] | None
-    ) -> list[npt.NDArray[Any]]:
+    def _chunks(self, numbers: list[int], version: Hashable | None) -> list[npt.NDArray[Any]]:
         """Chunks ``numbers``: the cached ones looked up at once, then the others read."""
         found = self.cache._lookup([(self.key, version, number) for number in numbers])
         return [
@@ -354,42 +353,32 @@ class CachedSource:
             for number, chunk in zip(numbers, found, strict=True)
         ]
 
-    def _chunk(self, number: int, version: tuple[int, ...] | None) -> npt.NDArray[Any]:
+    def _chunk(self, number: int, version: Hashable | None) -> npt.NDArray[Any]:
         return self.cache.get(
             (self.key, version, number), lambda: self._load_chunk(number, version)
         )
 
-    def _load_chunk(self, number: int, version: tuple[int, ...] | None) -> npt.NDArray[Any]:
-        source = self.source
-        chunks = source.chunks if isinstance(source, H5Source) else None
+    def _load_chunk(self, number: int, version: Hashable | None) -> npt.NDArray[Any]:
+        source, found = self.source, self._backend
         data: npt.NDArray[Any]
-        if chunks is not None and chunks[0] == self.chunk_length:
-            data = source.read_chunk(number)  # gzip decoded outside the GIL
+        if found is not None and found.chunk_rows(source) == self.chunk_length:
+            data = found.read_chunk(source, number)  # HDF5: gzip decoded outside the GIL
         else:
             start = number * self.chunk_length
             data = np.asarray(source[start : start + self.chunk_length])
         if version is not None and self._version() != version:
-            raise SourceChangedError(
-                f"HDF5 file {self._path!r} changed while a chunk was read from it; the data "
-                "read cannot be trusted. Read again once the file is complete."
-            )
+            assert found is not None
+            raise found.changed(source)
         return data
 
-    def _version(self) -> tuple[int, ...] | None:
-        """The HDF5 file's stamp now, or None for other sources.
+    def _version(self) -> Hashable | None:
+        """The stored content's version now (an HDF5 file's stamp), or None if not checked.
 
         Raises:
             SourceChangedError: The file was deleted after the source opened it.
             FileNotFoundError: The file does not exist (and the source never opened it).
         """
-        if self._path is None:
-            return None
-        try:
-            return _file_stamp(self._path)
-        except FileNotFoundError:
-            # The source raises SourceChangedError if it had the file open, as uncached.
-            self.source[:0]
-            raise
+        return None if self._backend is None else self._backend.version(self.source)
 
 
 def _bare(source: Any) -> Any:
@@ -429,13 +418,15 @@ def _in_bounds(rows: npt.NDArray[np.intp], length: int) -> npt.NDArray[np.intp]:
 def cached(source: Any, cache: ChunkCache) -> Any:
     """Return ``source`` reading through ``cache``, or ``source`` itself if nothing is decoded.
 
-    Chunked HDF5 datasets (``h5py.Dataset`` or ``H5Source``; a ``h5py.Dataset`` is
-    reopened as an ``H5Source``), zarr arrays and bcolz carrays become a ``CachedSource``
-    whose chunk length is the storage chunk's first-axis length (``dataset.chunks[0]``,
-    ``array.chunks[0]`` (the inner chunk of a sharded array), ``carray.chunklen``).
+    A source whose storage backend reports a chunk layout (``data_tools.storage``:
+    ``chunk_rows``, ``read_chunk``) becomes a ``CachedSource`` whose chunk length is the
+    storage chunk's first-axis length: chunked HDF5 datasets (``h5py.Dataset`` or
+    ``H5Source``; a ``h5py.Dataset`` is reopened as an ``H5Source``), zarr arrays (the inner
+    chunk of a sharded array), bcolz carrays, medical images (one chunk: the image).
     Contiguous HDF5 datasets, numpy arrays and anything else are returned unchanged. Each
-    call wraps afresh: its chunks are keyed by the store's location (file and dataset
-    key, store and array path, rootdir) and a number unique to the call, so two wrappings
+    call wraps afresh: its chunks are keyed by the store's location (the backend's
+    ``location``: file and dataset key, store and array path, rootdir) and a number unique
+    to the call, so two wrappings
     of one array never share chunks, and a store rewritten in place is not served from
     the chunks of its earlier opening.
 
@@ -451,17 +442,9 @@ def cached(source: Any, cache: ChunkCache) -> Any:
             that does not name an HDF5 dataset.
     """
     source = as_picklable(source)
-    if isinstance(source, H5Source):
-        chunks = source.chunks
-        if chunks is None:
-            return source
-        location: tuple[Any, ...] = ("hdf5", os.path.abspath(source.filename), source.key)
-        return CachedSource(source, cache, (*location, next(_OPENS)), chunks[0])
-    if isinstance(source, zarr.Array):
-        location = ("zarr", str(source.store), source.path)
-        return CachedSource(source, cache, (*location, next(_OPENS)), source.chunks[0])
-    chunk_length = getattr(source, "chunklen", None)
-    if chunk_length is not None and hasattr(source, "rootdir"):  # a bcolz carray
-        location = ("bcolz", source.rootdir)
-        return CachedSource(source, cache, (*location, next(_OPENS)), chunk_length)
-    return source
+    found = backend_of(source)
+    rows = None if found is None else found.chunk_rows(source)
+    if found is None or rows is None:
+        return source
+    location = (found.name, *found.location(source))
+    return CachedSource(source, cache, (*location, next(_OPENS)), rows)

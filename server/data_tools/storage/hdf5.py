@@ -1,10 +1,8 @@
-"""Opening stored arrays read-only: one confined opener per format, and picklable HDF5 sources.
+"""The HDF5 storage backend (h5py): picklable, confined sources, chunk decoding, writing.
 
-``open_source`` dispatches to the format's ``SourceOpener`` (``SOURCE_OPENERS``), which opens
-the array confined to a root directory by name and by content (see ``data_tools._confine``):
-HDF5 through ``H5Source``, zarr through ``ConfinedStore``, bcolz after a check of its
-directory. ``H5Source`` stands in for an ``h5py.Dataset``, which holds an open file handle
-and cannot be pickled.
+``H5Source`` stands in for an ``h5py.Dataset``, which holds an open file handle and cannot
+be pickled; it opens the file confined to a root directory by name and by content (see
+``data_tools.storage.confine``). ``BACKEND`` is the format's ``StorageBackend``.
 """
 
 from __future__ import annotations
@@ -15,71 +13,29 @@ import posixpath
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 import numpy.typing as npt
 
-from data_tools._confine import fd_path, open_confined
 from data_tools.errors import SourceChangedError
+from data_tools.storage.base import (
+    COMPLETE_ATTRIBUTE,
+    UNREADABLE,
+    ArrayTarget,
+    StorageBackend,
+    check_existing,
+)
+from data_tools.storage.confine import fd_path, open_confined
 
 if TYPE_CHECKING:
+    from collections.abc import Hashable, Mapping
     from pathlib import Path
 
-    from data_tools._confine import Root
+    from data_tools.storage.confine import Root
 
-__all__ = ["SOURCE_OPENERS", "H5Source", "SourceOpener", "as_picklable", "open_source"]
-
-
-class SourceOpener(Protocol):
-    """Opens one storage format's array read-only, confined to a root by name and content.
-
-    One per format (``SOURCE_OPENERS``); each refuses, with ``ConfinementError``, content
-    of its format that would read from outside the root, at the opening and at every
-    reopening (worker processes reopen the picklable result).
-    """
-
-    def __call__(self, path: Path, key: str | None, root: Root) -> Any: ...
-
-
-def open_source(file_format: str, path: Path, key: str | None, root: Root) -> Any:
-    """Open the array ``key`` of the ``file_format`` storage at ``path``, confined to ``root``.
-
-    Args:
-        file_format: "hdf5", "zarr" or "bcolz" (a key of ``SOURCE_OPENERS``).
-        path: The file or store directory, inside ``root``.
-        key: The array inside it (required for HDF5; "" or None: a zarr store's root
-            array; ignored for bcolz).
-        root: The directory every read must stay inside.
-
-    Returns:
-        A picklable array-like (an ``H5Source``, a zarr array on a ``ConfinedStore``, a
-        bcolz carray); HDF5 opens lazily, on first use.
-
-    Raises:
-        ConfinementError: The storage reads from outside ``root``.
-        FileNotFoundError, OSError, KeyError: From the format's library.
-    """
-    return SOURCE_OPENERS[file_format](path, key, root)
-
-
-def _open_hdf5(path: Path, key: str | None, root: Root) -> H5Source:
-    if key is None:
-        raise TypeError("Expected the HDF5 dataset's key. Got None instead.")
-    return H5Source(path, key, root)
-
-
-def _open_zarr(path: Path, key: str | None, root: Root) -> Any:
-    from data_tools._chunk_checks import open_zarr
-
-    return open_zarr(path, key or "", confine_to=root)
-
-
-def _open_bcolz(path: Path, key: str | None, root: Root) -> Any:
-    from data_tools._chunk_checks import BcolzSource
-
-    return BcolzSource(path, confine_to=root)
+__all__ = ["BACKEND", "H5Source", "HDF5Backend"]
 
 
 class H5Source:
@@ -95,7 +51,7 @@ class H5Source:
     ``read_chunk`` reads one storage chunk, decoding gzip chunks outside the GIL.
 
     With a ``root``, every opening (the first, and each process's own) is confined to it
-    (see ``data_tools._confine``): the file is opened first and the open descriptor checked
+    (see ``data_tools.storage.confine``): the file is opened first and the open descriptor checked
     to lie inside the root, h5py then opens that very descriptor, and the dataset is
     refused if reaching or reading it would leave the file: an external link on the way to
     ``key``, a virtual dataset, or external raw storage.
@@ -414,26 +370,153 @@ def _walk_links(handle: Any, key: str, root: Root, filename: str, *, hops: int) 
     return node
 
 
-SOURCE_OPENERS: dict[str, SourceOpener] = {
-    "bcolz": _open_bcolz,
-    "hdf5": _open_hdf5,
-    "zarr": _open_zarr,
-}
+class _H5Target(ArrayTarget):
+    """An HDF5 dataset open for writing in its file (``HDF5Backend.create``)."""
+
+    def __init__(self, file: Any, array: Any) -> None:
+        super().__init__(array)
+        self.file = file
+
+    def sync(self) -> None:
+        self.file.flush()
+
+    def mark(self, complete: bool) -> None:
+        self.array.attrs[COMPLETE_ATTRIBUTE] = complete
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()
+
+    def set_root_attrs(self, attrs: Mapping[str, str]) -> None:
+        self.file.attrs.update(attrs)
 
 
-def as_picklable(arr: Any) -> Any:
-    """Return a picklable equivalent of a source array.
+def _dataset_to_write(
+    file: Any,
+    name: str,
+    element_shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    append: bool,
+    options: dict[str, Any],
+) -> Any:
+    """The dataset to continue (appending, when it exists) or a new, empty one."""
+    dataset = file.get(name) if append else None
+    if dataset is None:
+        return file.create_dataset(
+            name, shape=(0, *element_shape), maxshape=(None, *element_shape), dtype=dtype, **options
+        )
+    if not isinstance(dataset, h5py.Dataset):
+        raise TypeError(f"Expected array_name to name a dataset in {file.filename}. Got a group.")
+    check_existing("HDF5 dataset", dataset, element_shape, dtype)
+    return dataset
 
-    An ``h5py.Dataset`` becomes ``H5Source(arr.file.filename, arr.name)``; anything else
-    (numpy arrays, zarr arrays, which pickle in zarr v3, ``H5Source``, views) is returned
-    unchanged.
 
-    Args:
-        arr: The source array.
+class HDF5Backend(StorageBackend):
+    """HDF5 files read and written with h5py; arrays are datasets named by their key."""
 
-    Returns:
-        ``arr`` itself, or an ``H5Source`` describing it.
-    """
-    if isinstance(arr, h5py.Dataset):
-        return H5Source(arr.file.filename, arr.name)
-    return arr
+    name = "hdf5"
+    reserved_options = frozenset({"name", "shape", "maxshape", "dtype", "data"})
+    request_options = frozenset(
+        {"chunks", "compression", "compression_opts", "shuffle", "fletcher32", "scaleoffset"}
+    )
+
+    def open(self, path: Path, key: str | None, root: Root | None) -> H5Source:
+        if key is None:
+            raise TypeError("Expected the HDF5 dataset's key. Got None instead.")
+        return H5Source(path, key, root)
+
+    def as_picklable(self, source: Any) -> Any:
+        """An ``h5py.Dataset`` becomes ``H5Source(file name, dataset name)``."""
+        if isinstance(source, h5py.Dataset):
+            return H5Source(source.file.filename, source.name)
+        return source
+
+    def chunk_rows(self, source: Any) -> int | None:
+        chunks = source.chunks
+        return None if chunks is None else int(chunks[0])
+
+    def read_chunk(self, source: Any, number: int) -> npt.NDArray[Any]:
+        if isinstance(source, H5Source):
+            return source.read_chunk(number)  # gzip decoded outside the GIL
+        return super().read_chunk(source, number)
+
+    def read_rows(
+        self, source: Any, rows: npt.NDArray[np.intp], trailing: tuple[Any, ...] = ()
+    ) -> npt.NDArray[Any]:
+        # Separate reads per contiguous run: multi-run selections of chunked datasets are slower.
+        from data_tools._indexing import contiguous_runs
+
+        return np.concatenate([source[(run, *trailing)] for run in contiguous_runs(rows)])
+
+    def location(self, source: Any) -> tuple[Hashable, ...]:
+        return (os.path.abspath(source.filename), source.key)
+
+    def version(self, source: Any) -> Hashable | None:
+        try:
+            return _file_stamp(source.filename)
+        except FileNotFoundError:
+            # The source raises SourceChangedError if it had the file open, as uncached.
+            source[:0]
+            raise
+
+    def changed(self, source: Any) -> SourceChangedError:
+        return SourceChangedError(
+            f"HDF5 file {source.filename!r} changed while a chunk was read from it; the data "
+            "read cannot be trusted. Read again once the file is complete."
+        )
+
+    def close(self, source: Any) -> None:
+        if isinstance(source, H5Source):
+            source.close()
+
+    def default_options(
+        self, batch_size: int, element_shape: tuple[int, ...], length: int | None
+    ) -> dict[str, Any]:
+        return {"chunks": (batch_size, *element_shape), "compression": "lzf"}
+
+    def create(
+        self,
+        path: str,
+        name: str | None,
+        element_shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        append: bool,
+        options: dict[str, Any],
+    ) -> _H5Target:
+        assert name is not None
+        file = h5py.File(path, "a" if append else "w")
+        try:
+            dataset = _dataset_to_write(file, name, element_shape, dtype, append, options)
+        except BaseException:
+            file.close()
+            raise
+        return _H5Target(file, dataset)
+
+    def holds(self, path: str) -> bool:
+        return os.path.isfile(path)
+
+    def is_complete(self, path: str, array_name: str | None) -> bool:
+        try:
+            with h5py.File(path, "r") as file:
+                if array_name is None:
+                    datasets: list[h5py.Dataset] = []
+                    file.visititems(
+                        lambda _, obj: (
+                            datasets.append(obj) if isinstance(obj, h5py.Dataset) else None
+                        )
+                    )
+                else:
+                    found = file.get(array_name)
+                    datasets = [found] if isinstance(found, h5py.Dataset) else []
+                return bool(datasets) and all(
+                    bool(d.attrs.get(COMPLETE_ATTRIBUTE, False)) for d in datasets
+                )
+        except UNREADABLE:
+            return False
+
+    def read_root_attrs(self, path: str) -> Mapping[str, Any]:
+        with h5py.File(path, "r") as file:
+            return dict(file.attrs)
+
+
+BACKEND = HDF5Backend()

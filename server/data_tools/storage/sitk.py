@@ -1,10 +1,10 @@
-"""Medical images (NIfTI, MetaImage, NRRD) read with SimpleITK, confined to a root directory.
+"""The SimpleITK storage backend: medical images (NIfTI, MetaImage, NRRD), read confined.
 
 SimpleITK opens files by name, and a MetaImage (``ElementDataFile``) or NRRD (``data
 file``) header may name its data in other files, anywhere. So the header is opened
-confined first (``data_tools._confine``), the data files it names are read from that very
+confined first (``data_tools.storage.confine``), the data files it names are read from that very
 descriptor, each is opened confined too, and SimpleITK is handed only pinned names
-(:class:`~data_tools._confine.PinnedFiles`) that resolve to those verified descriptors:
+(:class:`~data_tools.storage.confine.PinnedFiles`) that resolve to those verified descriptors:
 a data file outside the root (by an absolute name, ``..`` or a symlink) is refused, and a
 file swapped for a symlink after the check is never what SimpleITK reads.
 """
@@ -12,25 +12,28 @@ file swapped for a symlink after the check is never what SimpleITK reads.
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data_tools._confine import PinnedFiles
 from data_tools.errors import ConfinementError
+from data_tools.storage.base import FORMATS, StorageBackend
+from data_tools.storage.confine import PinnedFiles, Root
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
+    from collections.abc import Hashable, Iterator
 
     import numpy.typing as npt
 
-    from data_tools._confine import Root
-
 __all__ = [
+    "BACKEND",
     "IMAGE_SUFFIXES",
+    "SitkBackend",
+    "SitkImage",
     "describe_image",
     "image_spacing",
     "load_sitk",
@@ -38,7 +41,7 @@ __all__ = [
     "read_sitk_image",
 ]
 
-IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
+IMAGE_SUFFIXES = FORMATS["sitk"].suffixes
 # A header names its data files within this many bytes, and at most this many of them.
 MAX_HEADER_BYTES = 1 << 20
 MAX_DATA_FILES = 256
@@ -194,3 +197,84 @@ def load_sitk() -> Any:
             "pip install SimpleITK."
         ) from error
     return SimpleITK
+
+
+class SitkImage:
+    """A medical image named by its path, read whole with SimpleITK in each process; picklable.
+
+    ``shape`` comes from the header; the first read (``dtype``, indexing) reads the image
+    and keeps its array in this process. Pickling keeps only the path and root.
+
+    Args:
+        path: The image file (its header, for a MetaImage or NRRD with separate data).
+        root: The directory the image and the data files its header names must lie in.
+            Default None: the image's own directory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], root: Root | None = None) -> None:
+        self.path = Path(path)
+        self.root = root or Root(self.path.parent, "image's directory")
+        self._array: npt.NDArray[Any] | None = None
+        self._pid: int | None = None
+
+    def __repr__(self) -> str:
+        return f"SitkImage({str(self.path)!r})"
+
+    def _read(self) -> npt.NDArray[Any]:
+        if self._array is None or self._pid != os.getpid():
+            self._array, self._pid = read_image(self.path, self.root), os.getpid()
+        return self._array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The image's shape as read: (z, y, x[, components])."""
+        if self._array is not None:
+            return tuple(self._array.shape)
+        return describe_image(self.path, self.root)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The image's dtype (reads the image)."""
+        return self._read().dtype
+
+    @property
+    def ndim(self) -> int:
+        """The image's number of dimensions."""
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._read()[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "root": self.root}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["root"])  # type: ignore[misc]
+
+
+class SitkBackend(StorageBackend):
+    """Medical images read with SimpleITK: one image per file, decoded whole (one chunk)."""
+
+    name = "sitk"
+
+    def open(self, path: Path, key: str | None, root: Root | None) -> SitkImage:
+        """The image at ``path`` (``key`` is ignored); its header is checked here."""
+        image = SitkImage(path, root)
+        image.shape  # noqa: B018 - the header is read (and confined) at the opening
+        return image
+
+    def chunk_rows(self, source: Any) -> int | None:
+        return len(source)
+
+    def location(self, source: Any) -> tuple[Hashable, ...]:
+        return (os.path.abspath(source.path),)
+
+    def check_content(self, path: Path, key: str | None, root: Root) -> None:
+        with _pinned(path, root):
+            pass
+
+
+BACKEND = SitkBackend()
