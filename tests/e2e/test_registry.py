@@ -10,7 +10,7 @@ registration whose files are gone at start is kept, not served, and removable; b
 unequal lengths, class_list of the wrong length, maxlen 0} name the field and the node keeps
 serving; removing a config-file dataset -> FAILED_PRECONDITION; removing (or replacing) a
 dataset with an open stream ends it with FAILED_PRECONDITION after only true batches; roles:
-a read token may not register or remove, a build token may; ``data-node register`` and
+a read token may not register or remove, a build token may; ``data-client register`` and
 ``remove``.
 """
 

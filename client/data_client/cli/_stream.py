@@ -80,11 +80,16 @@ def add_stream_commands(commands: Any) -> None:
     )
     stream.add_argument("--preprocessor", help="a preprocessor registered in the node's config")
     stream.add_argument(
-        "--nb-io-workers", type=count, default=0, help="reader threads on the node (default 0)"
+        "--nb-io-workers",
+        type=count,
+        default=0,
+        metavar="N",
+        help="reader threads on the node (default 0)",
     )
     stream.add_argument(
         "--nb-proc-workers",
         type=count,
+        metavar="N",
         default=0,
         help="preprocessing processes on the node (default 0; 1 at least with --augmentation "
         "or --preprocessor)",
@@ -93,17 +98,22 @@ def add_stream_commands(commands: Any) -> None:
     stream.add_argument(
         "--max-reconnects",
         type=count,
+        metavar="N",
         default=20,
         help="reconnects to an unavailable node before giving up (default 20: about 25 s)",
     )
     stream.add_argument(
         "--report-every",
         type=count,
+        metavar="N",
         default=0,
         help="print the throughput every N batches (default 0: once per epoch)",
     )
     stream.add_argument(
-        "--indices-out", type=Path, help="write 'EPOCH INDEX' per sample received to this file"
+        "--indices-out",
+        type=Path,
+        metavar="FILE",
+        help="write 'EPOCH INDEX' per sample received to this file",
     )
     stream.set_defaults(run=_stream)
 
