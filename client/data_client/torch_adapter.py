@@ -50,7 +50,7 @@ class BatchIterableDataset(IterableDataset[tuple[torch.Tensor, ...]]):
 
         torch.distributed.init_process_group("nccl")
         nodes = resolve_nodes("data-node.ml.svc.cluster.local:50051")  # a headless service
-        dataset = BatchIterableDataset(nodes, "disks", 32, shuffle=True, seed=0)
+        dataset = BatchIterableDataset(nodes, "disks", 32, sample_random=True, seed=0)
         for image, mask in DataLoader(dataset, batch_size=None, num_workers=0):
             ...
 

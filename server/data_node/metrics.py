@@ -29,7 +29,9 @@ name of a served dataset, never a string a request made up):
 * ``data_node_cache_{hits,misses,evictions,decoded_ahead}_total``, ``data_node_cache_bytes``,
   ``data_node_cache_max_bytes``: the decoded-chunk cache (only with a cache);
 * ``data_node_jobs{state}``: build jobs by state (QUEUED, RUNNING, SUCCEEDED, FAILED,
-  CANCELLED); QUEUED is the job queue's depth.
+  CANCELLED); QUEUED is the job queue's depth;
+* ``data_node_pool_workers``, ``data_node_pool_busy_workers``: the worker pool's processes
+  alive, and those running a batch now (only with a pool).
 
 The endpoint cannot be used to exhaust the node: it serves at most
 :data:`MAX_CONNECTIONS` connections at once, each on its own thread (named
@@ -40,7 +42,7 @@ few seconds.
 
 Cost: a batch updates a few counters and one histogram per stage, each behind its own
 short lock and through label children looked up once per stream; the cache and job figures
-are read only when scraped.
+and pool figures are read only when scraped.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ __all__ = [
     "STAGE_BUCKETS",
     "JobCounts",
     "NodeMetrics",
+    "PoolCounts",
     "StreamMetrics",
 ]
 
@@ -109,6 +112,16 @@ class JobCounts(Protocol):
         ...
 
 
+class PoolCounts(Protocol):
+    """What the metrics read of a worker pool (data_tools.io.pool.WorkerPool)."""
+
+    @property
+    def num_workers(self) -> int: ...
+
+    @property
+    def busy_workers(self) -> int: ...
+
+
 class NodeMetrics:
     """The metrics of one node, in a registry of their own, optionally served over HTTP.
 
@@ -119,6 +132,7 @@ class NodeMetrics:
         cache: The node's decoded-chunk cache, read when scraped. Default None: no cache
             metrics.
         jobs: The job manager, read when scraped. Default None: no job metrics.
+        pool: The worker pool, read when scraped. Default None: no pool metrics.
 
     Attributes:
         registry: The registry holding every metric of the node (what ``/metrics`` serves).
@@ -132,6 +146,7 @@ class NodeMetrics:
         *,
         cache: ChunkCache | None = None,
         jobs: JobCounts | None = None,
+        pool: PoolCounts | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
@@ -189,6 +204,8 @@ class NodeMetrics:
             registry.register(_CacheCollector(cache))
         if jobs is not None:
             registry.register(_JobCollector(jobs))
+        if pool is not None:
+            registry.register(_PoolCollector(pool))
         for name in datasets:
             self.stream(name)
         self._http: tuple[_BoundedServer, threading.Thread] | None = None
@@ -363,6 +380,25 @@ class _JobCollector:
         for state, count in self._jobs.count_by_state().items():
             family.add_metric([state], count)
         yield family
+
+
+class _PoolCollector:
+    """The worker pool's processes, all and busy, read when scraped."""
+
+    def __init__(self, pool: PoolCounts) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "data_node_pool_workers",
+            "Worker processes of the pool alive (starting ones included).",
+            value=self._pool.num_workers,
+        )
+        yield GaugeMetricFamily(
+            "data_node_pool_busy_workers",
+            "Worker processes of the pool running a batch now.",
+            value=self._pool.busy_workers,
+        )
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -11,8 +11,9 @@ over plain HTTP at ``/metrics``, from ``start()`` until ``stop()``.
 
 Stop order (``NodeServer.stop``): health says NOT_SERVING, so load balancers and
 ``data-node health`` see the node going; new calls are refused and running ones get
-``grace`` seconds; open streams are told to end, and job watches too (UNAVAILABLE); their
-workers stop as each stream's generator closes; once every call has ended, the job manager
+``grace`` seconds; open streams are told to end, and job watches too (UNAVAILABLE); each
+leaves the worker pool as its generator closes; once every call has ended, the worker pool
+stops (its processes, started with the node, see data_tools.io.pool), then the job manager
 stops: running jobs' processes are terminated and recorded as interrupted (FAILED), queued
 jobs stay queued for the next start.
 """
@@ -40,6 +41,7 @@ from data_node.rpc.admission import Admission, MemoryBudget
 from data_node.rpc.reflection import enable_reflection
 from data_node.rpc.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
 from data_tools.chunk_cache import ChunkCache
+from data_tools.io.pool import WorkerPool
 
 if TYPE_CHECKING:
     from data_node.config import LimitsConfig, NodeConfig, TlsConfig
@@ -111,6 +113,7 @@ class NodeServer:
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     metrics_listen: str | None = None
     pool: futures.ThreadPoolExecutor | None = None
+    workers: WorkerPool | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -132,6 +135,9 @@ class NodeServer:
                 raise
             host = self.metrics_listen.rpartition(":")[0]
             logger.info("metrics: http://%s:%d/metrics", host, port)
+        if self.workers is not None:
+            self.workers.start()
+            logger.info("worker pool: %d processes", self.workers.num_workers)
         self.server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -149,6 +155,8 @@ class NodeServer:
         # Cancelled streams close their pipelines on their own threads; wait for them so
         # the workers are stopped by the streams, not killed when the process exits.
         self.servicer.wait_for_streams(_STREAM_CLOSE_TIMEOUT)
+        if self.workers is not None:
+            self.workers.close()
         self.jobs.close()
         self.metrics.close()
         if self.pool is not None:
@@ -182,9 +190,12 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
     )
     registry = DatasetRegistry.from_config(config.datasets, cache, store)
     jobs = JobManager(config, registry)
-    metrics = NodeMetrics((dataset.name for dataset in registry), cache=cache, jobs=jobs)
+    workers = WorkerPool(config.workers.processes, preload=_worker_preload(config))
+    metrics = NodeMetrics(
+        (dataset.name for dataset in registry), cache=cache, jobs=jobs, pool=workers
+    )
     budget = MemoryBudget(config.limits.max_memory_bytes, cache_bytes)
-    servicer = DataNodeServicer(config, registry, jobs, metrics, budget)
+    servicer = DataNodeServicer(config, registry, jobs, metrics, budget, workers)
     pool = futures.ThreadPoolExecutor(
         max_workers=config.limits.max_open_calls + _SPARE_THREADS,
         thread_name_prefix="data_node-rpc",
@@ -208,6 +219,7 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         port = 0
     if port == 0:
         jobs.close()
+        workers.close()
         pool.shutdown(wait=False)
         raise RuntimeError(f"node.listen: cannot bind {target!r}{_bind_hint(target, credentials)}.")
     node = NodeServer(
@@ -220,8 +232,15 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         metrics,
         config.metrics.listen,
         pool,
+        workers,
     )
     return node, port
+
+
+def _worker_preload(config: NodeConfig) -> list[str]:
+    """What the pool's workers import as they start: what a stream's transform runs."""
+    preprocessors = sorted({path.partition(":")[0] for path in config.preprocessors.values()})
+    return ["h5py", "data_tools.data_augmentation", "data_tools.io.preprocessing", *preprocessors]
 
 
 def _cache_bytes(config: NodeConfig) -> int:

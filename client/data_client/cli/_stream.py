@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from data_client._requests import CODECS
 from data_client.cli._arguments import add_command, count, json_object, say
 from data_client.cli.connection import add_connection_arguments, connect
 from data_client.cli.exits import Interrupted
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["add_stream_commands"]
 
-_CODECS = ("lz4", "none", "zstd")
+_CODECS = tuple(sorted(CODECS))
 _SHARING = ("independent", "partitioned")
 
 _STREAM_DETAILS = """\
@@ -81,11 +82,16 @@ def add_stream_commands(commands: Any) -> None:
     )
     stream.add_argument("--preprocessor", help="a preprocessor registered in the node's config")
     stream.add_argument(
-        "--nb-io-workers", type=count, default=0, help="reader threads on the node (default 0)"
+        "--nb-io-workers",
+        type=count,
+        default=0,
+        metavar="N",
+        help="reader threads on the node (default 0)",
     )
     stream.add_argument(
         "--nb-proc-workers",
         type=count,
+        metavar="N",
         default=0,
         help="preprocessing processes on the node (default 0; 1 at least with --augmentation "
         "or --preprocessor)",
@@ -94,17 +100,22 @@ def add_stream_commands(commands: Any) -> None:
     stream.add_argument(
         "--max-reconnects",
         type=count,
+        metavar="N",
         default=20,
         help="reconnects to an unavailable node before giving up (default 20: about 25 s)",
     )
     stream.add_argument(
         "--report-every",
         type=count,
+        metavar="N",
         default=0,
         help="print the throughput every N batches (default 0: once per epoch)",
     )
     stream.add_argument(
-        "--indices-out", type=Path, help="write 'EPOCH INDEX' per sample received to this file"
+        "--indices-out",
+        type=Path,
+        metavar="FILE",
+        help="write 'EPOCH INDEX' per sample received to this file",
     )
     stream.set_defaults(run=_stream)
 
