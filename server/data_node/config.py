@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -67,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from data_node.errors import ConfigError, PathOutsideRootError
+from data_node.resources import usable_cores
 from data_tools.storage import FORMATS, Root
 from data_wire.defaults import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
 
@@ -182,11 +182,6 @@ class CacheConfig:
 MAX_WORKER_PROCESSES = 1024
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers narrow)."""
-    return len(os.sched_getaffinity(0))
-
-
 @dataclass(frozen=True)
 class WorkersConfig:
     """The node's warm pool of worker processes (``[workers]``).
@@ -194,8 +189,9 @@ class WorkersConfig:
     Attributes:
         processes: Worker processes started with the node, which run every stream's
             augmentation and preprocessor; a stream's ``nb_proc_workers`` is the most of
-            them it uses at once. Default: the cores this process may use
-            (``os.sched_getaffinity``). From 1 to ``MAX_WORKER_PROCESSES``.
+            them it uses at once. Default: the cores this process may use (its CPU
+            affinity, capped by its cgroup's CPU quota: ``data_node.resources.usable_cores``).
+            From 1 to ``MAX_WORKER_PROCESSES``.
     """
 
     processes: int = field(default_factory=usable_cores)
