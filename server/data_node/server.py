@@ -36,7 +36,7 @@ from data_node.catalog.dataset_store import DatasetStore
 from data_node.catalog.datasets import DatasetRegistry
 from data_node.jobs.manager import JobManager
 from data_node.metrics import NodeMetrics
-from data_node.resources import auto_cache_bytes, usable_cores
+from data_node.resources import auto_cache_bytes
 from data_node.rpc.admission import Admission, MemoryBudget
 from data_node.rpc.reflection import enable_reflection
 from data_node.rpc.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
@@ -184,7 +184,9 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
     credentials = None if config.tls is None else server_credentials(config.tls)
     admission = Admission(config.limits, None if config.auth is None else config.auth.tokens)
     cache_bytes = _cache_bytes(config)
-    cache = ChunkCache(cache_bytes, decode_ahead=usable_cores()) if cache_bytes else None
+    # No decode-ahead threads yet: one that is first to read a replaced HDF5 file would take
+    # the SourceChangedError the source raises once, which the stream must get.
+    cache = ChunkCache(cache_bytes) if cache_bytes else None
     store = DatasetStore(
         config.state_dir, {"data_root": config.data_root, "output_root": config.output_root}
     )
