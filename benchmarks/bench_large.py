@@ -25,7 +25,7 @@ count for the exact order (Belady on the sequence of chunk reads, an image chunk
 mask chunk counted as one unit of their summed size: the classic rule needs equal units; the
 node's cache, budgeted in bytes, may keep more of the small mask chunks and so come in under
 it) and LRU's on that sequence; CPU per
-delivered sample (this process, node and client, plus its finished worker processes)
+delivered sample (this process, node and client, plus its worker processes)
 against the sum of its unavoidable parts, each measured alone: decoding every chunk once,
 augmenting once, one copy of the sample; time to the first batch of a stream on a cold
 node (just built) and on a warm one (a stream already ran).
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import resource
 import shutil
 import tempfile
@@ -132,10 +133,24 @@ def lru_only():
         yield
 
 
+def _live_children_seconds(pid: int) -> float:
+    """CPU seconds of the live descendants of ``pid`` (the node's warm worker pool), Linux."""
+    total = 0.0
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                total += _live_children_seconds(int(child))
+    return total
+
+
 def cpu_seconds() -> float:
+    """CPU seconds of this process, its finished children and its live ones."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    finished = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return finished + _live_children_seconds(os.getpid())
 
 
 def run_stream(
