@@ -97,6 +97,9 @@ def write_config(root: Path, **limits: int) -> Path:
             [limits]
             {limits}
 
+            [workers]
+            processes = 2
+
             [preprocessors]
             scale = "node_support:scale_image"
             noisy = "node_support:noisy"

@@ -75,6 +75,9 @@ def write_sharing_config(root: Path, **limits: int) -> Path:
             [limits]
             {limits}
 
+            [workers]
+            processes = 2
+
             [preprocessors]
             count_stalled = "sharing_support:count_stalled"
             count_fast = "sharing_support:count_fast"

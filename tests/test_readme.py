@@ -45,7 +45,7 @@ CLIENT_SECTION = "The client: data_client"
 WALKTHROUGH_SECTION = "Walkthrough: NIfTI cases to a segmentation training loop"
 NODE_SECTIONS = (CLIENT_SECTION, WALKTHROUGH_SECTION)  # their python blocks need a node
 README_ADDRESS = "127.0.0.1:50051"
-TIMEOUT = 60
+TIMEOUT = 120  # a hang guard: sections run for tens of seconds on a loaded machine
 
 
 def code_blocks() -> list[tuple[str, str, str]]:

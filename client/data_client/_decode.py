@@ -48,6 +48,8 @@ class DecodedBatch(NamedTuple):
         cursor: The cursor just after this batch: pass it back to resume.
         epoch: The epoch of this batch, from 0.
         batch_index: The index of this batch within its epoch, from 0.
+        decoded_bytes: Bytes of storage chunks the node decoded for the stream since its
+            previous batch (0 where it does not count them). Default 0.
     """
 
     arrays: tuple[npt.NDArray[Any], ...]
@@ -55,6 +57,7 @@ class DecodedBatch(NamedTuple):
     cursor: tensor_pb2.Cursor
     epoch: int
     batch_index: int
+    decoded_bytes: int = 0
 
 
 def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
@@ -268,4 +271,5 @@ def decode_batch(buf: bytes | bytearray | memoryview) -> DecodedBatch:
         cursor=header.cursor,
         epoch=header.epoch,
         batch_index=header.batch_index,
+        decoded_bytes=header.decoded_bytes,
     )

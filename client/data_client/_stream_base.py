@@ -55,6 +55,8 @@ class StreamBase:
         self._indices: npt.NDArray[np.int64] | None = None
         self._epoch: int | None = None
         self._batch_index: int | None = None
+        self._decoded_bytes = 0
+        self._delivered_bytes = 0
 
     @property
     def cursor(self) -> Cursor | None:
@@ -99,6 +101,27 @@ class StreamBase:
         """
         return self._clock.fraction
 
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of storage chunks the node(s) decoded for this stream so far.
+
+        Counted by the node for sources read through its chunk cache (chunked HDF5, zarr,
+        bcolz), 0 for others; over reconnects and lanes.
+        """
+        return self._decoded_bytes
+
+    @property
+    def delivered_bytes(self) -> int:
+        """Bytes of the arrays of the batches yielded so far (as decoded, uncompressed)."""
+        return self._delivered_bytes
+
+    @property
+    def read_amplification(self) -> float:
+        """``decoded_bytes / delivered_bytes``: how many bytes the node decoded per byte
+        delivered (1 when each chunk is decoded once per epoch; an exact shuffle over more
+        than the node's cache holds is far above). 0.0 before the first batch."""
+        return self._decoded_bytes / self._delivered_bytes if self._delivered_bytes else 0.0
+
     def cursor_bytes(self) -> bytes | None:
         """``cursor`` serialized for a checkpoint (``stream(resume=...)`` accepts it); or None."""
         return None if self._cursor is None else self._cursor.SerializeToString()
@@ -136,12 +159,16 @@ class StreamBase:
         if hasattr(self, "_closed"):
             self.close()
 
-    def _advance(self, batch: Positioned) -> None:
-        """Make ``batch`` the last batch yielded."""
+    def _advance(
+        self, batch: Positioned, arrays: tuple[npt.NDArray[Any], ...], decoded_bytes: int
+    ) -> None:
+        """Make ``batch`` (``arrays``, decoded in ``decoded_bytes`` of chunks) the last yielded."""
         self._cursor = batch.cursor
         self._indices = batch.indices
         self._epoch = batch.epoch
         self._batch_index = batch.batch_index
+        self._decoded_bytes += decoded_bytes
+        self._delivered_bytes += sum(array.nbytes for array in arrays)
 
     def _received_all(self, epochs: int | None) -> bool:
         """Whether the batches yielded so far end a stream of ``epochs`` (None: forever).

@@ -1,62 +1,68 @@
-"""DataNodeClient: list and describe a data node's datasets, stream minibatches, build datasets."""
+"""DataNodeClient: list and describe a data node's datasets, stream minibatches, build datasets.
+
+The client is a façade over modules by concern: _channel (channels, TLS, keepalive), _node
+(the calls of each node, from data_wire.methods), _requests (arguments -> request messages),
+_batch_stream (streams that resume and fail over), _dataset_info (what a node describes).
+"""
 
 from __future__ import annotations
 
-import difflib
-import json
-import logging
-import math
-import numbers
-import os
-import random
-import secrets
-import threading
-import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
-import numpy as np
-import numpy.typing as npt
 
-from data_client._decode import DecodedBatch, decode_batch
-from data_client._stream_base import StreamBase
-from data_client.errors import UnavailableError, failure_cause, translate_rpc_error
-from data_client.jobs import (
-    BuildJob,
-    CaseInput,
-    DatasetArray,
-    FileArray,
-    JobCalls,
-    JobInfo,
-    job_info,
+from data_client._args import parse_int, parse_name, parse_option, parse_positive_float
+from data_client._batch_stream import BatchStream, open_stream, with_resume
+from data_client._channel import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    TlsConfig,
+    TlsOption,
+    channel_credentials,
+    channel_options,
+    open_channel,
 )
-from data_client.merge import MultiNodeStream
+from data_client._dataset_info import ArrayInfo, DatasetInfo, dataset_info
+from data_client._node import Node
+from data_client._requests import (
+    CODECS,
+    SEED_LIMIT,
+    ArrayInput,
+    ArraySources,
+    CaseSelection,
+    build_array_input,
+    build_augmentation,
+    build_case_input,
+    build_cases,
+    build_sample_weights,
+    build_shard,
+    parse_cursor,
+    parse_sharing,
+    set_output_fields,
+    warn_on_image_slice_axis,
+)
+from data_client.errors import UnavailableError, translate_rpc_error
+from data_client.jobs import BuildJob, CaseInput, FileArray, JobInfo, job_info
 from data_client.nodes import parse_addresses
-from data_wire.v1 import data_node_pb2, jobs_pb2, tensor_pb2
+from data_wire.v1 import jobs_pb2
 from data_wire.v1.data_node_pb2 import (
-    Augmentation,
-    CaseRange,
-    DatasetDescription,
     DescribeDatasetRequest,
     ListDatasetsRequest,
-    ListDatasetsResponse,
     RegisterDatasetRequest,
     RemoveDatasetRequest,
-    RemoveDatasetResponse,
-    SampleWeights,
-    Shard,
     StreamRequest,
 )
-from data_wire.v1.tensor_pb2 import Cursor
 
 if TYPE_CHECKING:
+    import os
     from types import TracebackType
 
+    import numpy.typing as npt
+
+    from data_client.merge import MultiNodeStream
     from data_client.preview import Preview
+    from data_wire.v1.tensor_pb2 import Cursor
 
 __all__ = [
     "SEED_LIMIT",
@@ -70,343 +76,6 @@ __all__ = [
     "TlsConfig",
     "TlsOption",
 ]
-
-# A stream's reconnects are logged here (INFO): the data-client command shows them on stderr.
-_reconnect_log = logging.getLogger("data_client.reconnect")
-
-# Largest message either way, in bytes: the node's default limit (one Batch is one message).
-_DEFAULT_MAX_MESSAGE_BYTES: Final = 512 * 1024 * 1024
-
-PemSource: TypeAlias = str | os.PathLike[str] | bytes
-"""A PEM file's path, or its contents."""
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """A client's TLS settings: whom to trust, and its own certificate for mutual TLS.
-
-    Attributes:
-        ca: PEM bundle of the CA(s) the node's certificate must chain to. Default None:
-            gRPC's bundled root certificates.
-        cert: The client's PEM certificate chain, for a node that requires client
-            certificates (``[tls] ca`` in the node's config). Default None: none.
-        key: The private key of ``cert`` (PEM); never shown in the repr. Default None.
-
-    Each is a path (``str`` or ``os.PathLike``, read when the client is created) or the
-    PEM contents as ``bytes``. The node's certificate must name the host dialled; to dial
-    another name pass ``options=[("grpc.ssl_target_name_override", NAME)]`` to the client.
-
-    Raises:
-        TypeError: A field has none of these forms.
-        ValueError: ``cert`` is given without ``key``, or ``key`` without ``cert``.
-    """
-
-    ca: PemSource | None = None
-    cert: PemSource | None = None
-    key: PemSource | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        for name in ("ca", "cert", "key"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str | os.PathLike | bytes):
-                shown = "a value" if name == "key" else repr(value)
-                raise TypeError(
-                    f"Expected TlsConfig.{name} to be a PEM path, PEM bytes or None. "
-                    f"Got {shown} of type {type(value).__name__} instead."
-                )
-        if (self.cert is None) != (self.key is None):
-            given, missing = ("cert", "key") if self.key is None else ("key", "cert")
-            raise ValueError(
-                f"Expected TlsConfig.cert and TlsConfig.key together. Got {given} without "
-                f"{missing} instead."
-            )
-
-
-TlsOption: TypeAlias = bool | PemSource | TlsConfig | grpc.ChannelCredentials | None
-"""Accepted forms of ``DataNodeClient(tls=...)``."""
-
-ArrayInput: TypeAlias = DatasetArray | FileArray | str
-"""Accepted forms of a build job's volume or mask; a ``str`` is ``FileArray(path)``."""
-
-ArraySources: TypeAlias = FileArray | str | Sequence[FileArray | str]
-"""Accepted forms of a registered dataset's array: one source or a list of them, each a
-``FileArray`` (path under the node's data root and array key) or a path (``FileArray(path)``)."""
-
-CaseSelection: TypeAlias = (
-    str | int | range | tuple[int, int] | Sequence[int | range | tuple[int, int]]
-)
-"""Accepted forms of ``stream(cases=...)``: ``"0-79,90"`` (inclusive ranges and single cases,
-comma-separated), a case number, a ``range`` (``range(80)`` is 0-79), a ``(first, last)`` pair
-(inclusive), or a sequence of these."""
-
-_METHOD_PREFIX: Final = f"/{data_node_pb2.DESCRIPTOR.services_by_name['DataNode'].full_name}/"
-# Codec names as a request spells them -> the wire enum's names (CODEC_LZ4 is "lz4").
-_CODECS: Final = {
-    name.removeprefix("CODEC_").lower(): name
-    for name in tensor_pb2.Codec.keys()  # noqa: SIM118 - an enum wrapper, not a dict
-    if name != "CODEC_UNSPECIFIED"
-}
-# gRPC's own reconnect backoff (1 s growing to 120 s) would keep a channel failing fast long
-# after a restarted node is back, wasting every stream reconnect attempt; keep it short.
-_CHANNEL_RECONNECT_OPTIONS: Final = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
-SEED_LIMIT: Final = 2**32
-"""Seeds of streams lie in [0, SEED_LIMIT): data_tools.io.SEED_LIMIT, which the node enforces
-(StreamRequest.seed); the client may not import the library, so it states the bound again."""
-# The node reads these as medical images, (z, y, x) arrays (data_tools.medical.IMAGE_SUFFIXES).
-_IMAGE_SUFFIXES: Final = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd")
-# Keepalive bounds, in seconds. The node accepts pings 0.5 s apart (data_node.server), so
-# 1 s leaves room for jitter; gRPC takes the interval as a 32-bit count of milliseconds.
-_KEEPALIVE_MIN: Final = 1.0
-_KEEPALIVE_MAX: Final = (2**31 - 1) // 1000
-# Longest wait for a ping's acknowledgement: a hung node is dropped at most this long after
-# the ping, while a busy link still gets a few seconds to answer.
-_KEEPALIVE_TIMEOUT_MAX: Final = 5.0
-
-
-@dataclass(frozen=True)
-class ArrayInfo:
-    """One named array of a dataset.
-
-    Attributes:
-        name: Array name, e.g. "image", "mask" or "label".
-        dtype: Element type (little-endian, as on the wire).
-        shape: Shape of the whole array; ``shape[0]`` is the dataset length.
-    """
-
-    name: str
-    dtype: np.dtype[Any]
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a node says about one dataset.
-
-    Attributes:
-        name: Dataset name as configured on the node.
-        length: Number of samples.
-        arrays: The arrays iterated in tandem, in the order every batch carries them.
-        classes: Class numbers of the "label" array when the dataset has a class list; else ().
-        registered: Registered at run time (``register_dataset`` or a build job's
-            ``register_as``; removable with ``remove_dataset``), else from the node's config
-            file. Default False.
-    """
-
-    name: str
-    length: int
-    arrays: tuple[ArrayInfo, ...]
-    classes: tuple[int, ...]
-    registered: bool = False
-
-
-class _StreamCall(Protocol):
-    """What BatchStream uses of a running StreamBatches call (grpc's call iterator)."""
-
-    def __next__(self) -> DecodedBatch: ...
-
-    def cancel(self) -> bool: ...
-
-
-class _StreamRpc(Protocol):
-    """The StreamBatches callable (a grpc unary-stream multicallable decoding with decode_batch)."""
-
-    def __call__(
-        self, request: StreamRequest, *, metadata: tuple[tuple[str, str], ...]
-    ) -> _StreamCall: ...
-
-
-class BatchStream(StreamBase):
-    """An iterator of minibatches from one StreamBatches call; returned by ``DataNodeClient.stream``.
-
-    Each item is a tuple of numpy arrays in the dataset's array order, the first axis being
-    the batch axis. Unless the stream was opened with ``copy=True``, the arrays are read-only
-    zero-copy views of the received message (they keep it alive; copy one to write to it).
-
-    After each item, ``cursor``, ``indices``, ``epoch`` and ``batch_index`` describe it, so a
-    trainer can checkpoint ``cursor_bytes()`` and later pass it as ``stream(..., resume=...)``.
-
-    When the node becomes UNAVAILABLE (restart, dropped connection, keepalive pings left
-    unanswered by a hung node), the stream re-issues its request resuming from the last
-    cursor received, so no sample is lost or duplicated; before any batch it re-issues the
-    original request. With several nodes (one lane of a ``MultiNodeStream``) it first tries
-    the next node at once (failover); once every node has failed in a row, and with one node
-    after each failure, it waits with exponential backoff. Any other failure, or running out
-    of reconnect attempts, raises a ``DataNodeError`` subclass.
-
-    ``stall`` is the time the trainer spent waiting inside ``next()`` (receiving, decoding and
-    reconnecting), ``stall_fraction`` its share of the wall time.
-
-    ``close()`` cancels the call so the node frees the stream's workers at once; it is also
-    called at exhaustion, on error, by ``with`` exit and when the stream is garbage collected.
-    """
-
-    def __init__(
-        self,
-        rpcs: Sequence[_StreamRpc],
-        request: StreamRequest,
-        *,
-        metadata: tuple[tuple[str, str], ...],
-        max_reconnects: int,
-        initial_backoff: float,
-        max_backoff: float,
-        copy: bool,
-    ) -> None:
-        """Prepare the stream; the call starts at the first ``next()``.
-
-        Args:
-            rpcs: The StreamBatches callable (``decode_batch`` as its deserializer) of each
-                node that can serve the request: the first is called first, the next one after
-                each UNAVAILABLE.
-            request: The request to issue (its ``resume`` is the initial cursor, if any).
-            metadata: Call metadata sent with every (re)issued call.
-            max_reconnects: Rounds of failures (every node UNAVAILABLE in a row) tolerated
-                without a batch between, each followed by a backoff; at most
-                ``(max_reconnects + 1) * len(rpcs) - 1`` reconnect attempts.
-            initial_backoff: Seconds before the first reconnect; doubles per attempt.
-            max_backoff: Upper bound of one backoff, in seconds.
-            copy: Yield writable arrays that own their memory instead of read-only views.
-        """
-        self._rpcs = tuple(rpcs)
-        self._node = 0  # position in _rpcs of the node called next
-        self._request = request
-        self._metadata = metadata
-        self._max_reconnects = max_reconnects
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
-        self._copy = copy
-        self._jitter = random.Random()
-        # Guards _call against close() from another thread while __next__ (re)opens it.
-        self._lock = threading.Lock()
-        self._call: _StreamCall | None = None
-        self._failures = 0
-        super().__init__(request.resume if request.HasField("resume") else None)
-
-    def _next_batch(self) -> tuple[npt.NDArray[Any], ...]:
-        while True:
-            call = self._open_call()
-            if call is None:
-                raise StopIteration
-            try:
-                batch = next(call)
-            except StopIteration:
-                self.close()
-                raise
-            except grpc.RpcError as error:
-                self._after_failure(error)
-                continue
-            self._failures = 0
-            self._advance(batch)
-            arrays = tuple(batch.arrays)
-            if self._copy:
-                arrays = tuple(a if a.flags.writeable else a.copy() for a in arrays)
-            return arrays
-
-    def close(self) -> None:
-        """Cancel the call (the node frees the stream's workers); idempotent and thread-safe."""
-        with self._lock:
-            self._closed.set()
-            call, self._call = self._call, None
-        self._clock.close()
-        if call is not None:
-            call.cancel()
-
-    def _open_call(self) -> _StreamCall | None:
-        """The current call, issuing one (resuming from ``cursor``) if needed; None once closed."""
-        with self._lock:
-            if self._closed.is_set():
-                return None
-            if self._call is None:
-                if self._received_all(None if self._request.loop_forever else self._request.epochs):
-                    # The node went away after the last batch: the stream is complete, and
-                    # a resume from its end would be refused (OUT_OF_RANGE).
-                    self._closed.set()
-                    return None
-                request = _with_resume(self._request, self._cursor)
-                self._call = self._rpcs[self._node](request, metadata=self._metadata)
-            return self._call
-
-    def _after_failure(self, error: grpc.RpcError) -> None:
-        """After UNAVAILABLE try the next node (backing off once all failed); else raise."""
-        if self._closed.is_set():  # cancelled by close(): the caller asked for the stop
-            return
-        nodes = len(self._rpcs)
-        unavailable = error.code() is grpc.StatusCode.UNAVAILABLE
-        attempts = (self._max_reconnects + 1) * nodes - 1
-        if unavailable and self._failures < attempts:
-            self._failures += 1
-            with self._lock:
-                self._call = None
-            self._node = (self._node + 1) % nodes
-            rounds, rest = divmod(self._failures, nodes)
-            delay = 0.0
-            if rest == 0:
-                # Jitter spreads the reconnects of many trainers after one node restart.
-                delay = min(self._max_backoff, self._initial_backoff * 2 ** (rounds - 1))
-                delay *= self._jitter.uniform(0.5, 1.0)
-            details = error.details() or ""
-            _reconnect_log.info(
-                "node unavailable (%s); reconnect %d of %d in %.1f s",
-                failure_cause(error.code(), details) or details,
-                self._failures,
-                attempts,
-                delay,
-            )
-            if delay:
-                self._closed.wait(delay)
-            return
-        self.close()
-        note = ""
-        if unavailable and self._failures:
-            where = f" over {nodes} nodes" if nodes > 1 else ""
-            note = f"gave up after {self._failures} reconnect attempts{where}"
-        raise translate_rpc_error(error, note=note) from error
-
-
-class _Node:
-    """One node of a client: its address, its channel and the DataNode calls on it."""
-
-    def __init__(
-        self,
-        address: str,
-        channel: grpc.Channel,
-        metadata: tuple[tuple[str, str], ...],
-        timeout: float | None,
-    ) -> None:
-        self.address = address
-        self.channel = channel
-        self.list_datasets = self._unary("ListDatasets", ListDatasetsResponse)
-        self.describe_dataset = self._unary("DescribeDataset", DatasetDescription)
-        self.register_dataset = self._unary("RegisterDataset", DatasetDescription)
-        self.remove_dataset = self._unary("RemoveDataset", RemoveDatasetResponse)
-        self.stream_batches = channel.unary_stream(
-            _METHOD_PREFIX + "StreamBatches",
-            request_serializer=StreamRequest.SerializeToString,
-            response_deserializer=decode_batch,
-        )
-        self.submit_build_job = self._unary("SubmitBuildJob", jobs_pb2.Job)
-        self.list_jobs = self._unary("ListJobs", jobs_pb2.ListJobsResponse)
-        self.job_calls = JobCalls(
-            get_job=self._unary("GetJob", jobs_pb2.Job),
-            cancel_job=self._unary("CancelJob", jobs_pb2.Job),
-            watch_job=channel.unary_stream(
-                _METHOD_PREFIX + "WatchJob",
-                request_serializer=jobs_pb2.WatchJobRequest.SerializeToString,
-                response_deserializer=jobs_pb2.Job.FromString,
-            ),
-            metadata=metadata,
-            timeout=timeout,
-        )
-
-    def _unary(self, method: str, response_type: Any) -> Any:
-        """A unary-unary callable of the DataNode service returning ``response_type``."""
-        return self.channel.unary_unary(
-            _METHOD_PREFIX + method,
-            request_serializer=lambda message: message.SerializeToString(),
-            response_deserializer=response_type.FromString,
-        )
 
 
 class DataNodeClient:
@@ -446,7 +115,7 @@ class DataNodeClient:
         token: str | None = None,
         tls: TlsOption = None,
         *,
-        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         timeout: float | None = 30.0,
         keepalive: float | None = 10.0,
         options: Sequence[tuple[str, Any]] = (),
@@ -491,29 +160,16 @@ class DataNodeClient:
             OSError: ``tls`` names a PEM file that cannot be read.
         """
         addresses = parse_addresses(address)
-        max_message_bytes = _parse_int("max_message_bytes", max_message_bytes, minimum=1)
-        channel_options = list(
-            dict(
-                (
-                    ("grpc.max_send_message_length", max_message_bytes),
-                    ("grpc.max_receive_message_length", max_message_bytes),
-                    *_CHANNEL_RECONNECT_OPTIONS,
-                    *_keepalive_options(keepalive),
-                    *options,
-                )
-            ).items()
-        )
-        credentials = _channel_credentials(tls)
+        options = channel_options(max_message_bytes, keepalive, options)
+        credentials = channel_credentials(tls)
         self._metadata: tuple[tuple[str, str], ...] = (
             () if token is None else (("authorization", f"Bearer {token}"),)
         )
         self._timeout = timeout
         self._nodes = tuple(
-            _Node(
+            Node(
                 node_address,
-                grpc.insecure_channel(node_address, channel_options)
-                if credentials is None
-                else grpc.secure_channel(node_address, credentials, channel_options),
+                open_channel(node_address, credentials, options),
                 self._metadata,
                 timeout,
             )
@@ -542,8 +198,8 @@ class DataNodeClient:
             DataNodeError: The call failed (a subclass per status code, e.g. UnavailableError
                 when no node answers).
         """
-        response, _ = self._call("list_datasets", ListDatasetsRequest())
-        return [_dataset_info(description) for description in response.datasets]
+        response, _ = self._call("ListDatasets", ListDatasetsRequest())
+        return [dataset_info(description) for description in response.datasets]
 
     def describe(self, dataset: str) -> DatasetInfo:
         """One dataset's arrays (names, dtypes, shapes), length and classes.
@@ -555,8 +211,8 @@ class DataNodeClient:
             NotFoundError: The node does not serve ``dataset`` (also a ``LookupError``).
             DataNodeError: Any other failure (a subclass per status code).
         """
-        description, _ = self._call("describe_dataset", DescribeDatasetRequest(dataset=dataset))
-        return _dataset_info(description)
+        description, _ = self._call("DescribeDataset", DescribeDatasetRequest(dataset=dataset))
+        return dataset_info(description)
 
     def register_dataset(
         self,
@@ -599,10 +255,10 @@ class DataNodeClient:
                 f"Expected arrays to be a non-empty dict of array name -> sources. Got {arrays!r} instead."
             )
         request = RegisterDatasetRequest(
-            dataset=_parse_name("dataset", dataset), replace=bool(replace)
+            dataset=parse_name("dataset", dataset), replace=bool(replace)
         )
         for array_name, sources in arrays.items():
-            array = request.arrays.add(name=_parse_name("arrays key", array_name))
+            array = request.arrays.add(name=parse_name("arrays key", array_name))
             listed = [sources] if isinstance(sources, str | FileArray) else list(sources)
             for i, source in enumerate(listed):
                 if isinstance(source, str):
@@ -614,13 +270,13 @@ class DataNodeClient:
                     )
                 array.sources.add(path=source.path, key=source.key)
         request.class_list.extend(
-            _parse_int(f"class_list[{i}]", v, minimum=-(2**63))
+            parse_int(f"class_list[{i}]", v, minimum=-(2**63))
             for i, v in enumerate(class_list or ())
         )
         if maxlen is not None:
-            request.maxlen = _parse_int("maxlen", maxlen, minimum=1)
-        description, _ = self._call("register_dataset", request)
-        return _dataset_info(description)
+            request.maxlen = parse_int("maxlen", maxlen, minimum=1)
+        description, _ = self._call("RegisterDataset", request)
+        return dataset_info(description)
 
     def remove_dataset(self, dataset: str) -> DatasetInfo | None:
         """Stop serving a registered dataset and forget it across restarts; its files stay.
@@ -637,9 +293,9 @@ class DataNodeClient:
             FailedPreconditionError: ``dataset`` comes from the node's config file.
         """
         response, _ = self._call(
-            "remove_dataset", RemoveDatasetRequest(dataset=_parse_name("dataset", dataset))
+            "RemoveDataset", RemoveDatasetRequest(dataset=parse_name("dataset", dataset))
         )
-        return _dataset_info(response.removed) if response.HasField("removed") else None
+        return dataset_info(response.removed) if response.HasField("removed") else None
 
     def stream(
         self,
@@ -762,38 +418,38 @@ class DataNodeClient:
                 unreachable (UnavailableError).
         """
         request = StreamRequest(
-            dataset=_parse_name("dataset", dataset),
-            batch_size=_parse_int("batch_size", batch_size, minimum=1),
+            dataset=parse_name("dataset", dataset),
+            batch_size=parse_int("batch_size", batch_size, minimum=1),
             sample_random=bool(sample_random),
             sample_with_replacement=bool(sample_with_replacement),
             drop_incomplete_batches=bool(drop_incomplete_batches),
-            epochs=_parse_int("epochs", epochs, minimum=1),
+            epochs=parse_int("epochs", epochs, minimum=1),
             loop_forever=bool(loop_forever),
-            nb_io_workers=_parse_int("nb_io_workers", nb_io_workers, minimum=0),
-            nb_proc_workers=_parse_int("nb_proc_workers", nb_proc_workers, minimum=0),
-            shard=_build_shard(rank, world_size),
-            sharing=_parse_sharing(sharing, world_size),
-            preprocessor="" if preprocessor is None else _parse_name("preprocessor", preprocessor),
-            codec=_CODECS[_parse_option("codec", codec, _CODECS)],
+            nb_io_workers=parse_int("nb_io_workers", nb_io_workers, minimum=0),
+            nb_proc_workers=parse_int("nb_proc_workers", nb_proc_workers, minimum=0),
+            shard=build_shard(rank, world_size),
+            sharing=parse_sharing(sharing, world_size),
+            preprocessor="" if preprocessor is None else parse_name("preprocessor", preprocessor),
+            codec=CODECS[parse_option("codec", codec, CODECS)],
         )
         if seed is not None:
-            request.seed = _parse_int("seed", seed, minimum=0, maximum=SEED_LIMIT - 1)
+            request.seed = parse_int("seed", seed, minimum=0, maximum=SEED_LIMIT - 1)
         if sample_weights is not None:
-            request.sample_weights.CopyFrom(_build_sample_weights(sample_weights))
+            request.sample_weights.CopyFrom(build_sample_weights(sample_weights))
         if augmentation is not None:
-            request.augmentation.CopyFrom(_build_augmentation(augmentation))
+            request.augmentation.CopyFrom(build_augmentation(augmentation))
         if cases is not None:
-            request.cases.extend(_build_cases(cases))
-        request.start_epoch = _parse_int("start_epoch", start_epoch, minimum=0)
+            request.cases.extend(build_cases(cases))
+        request.start_epoch = parse_int("start_epoch", start_epoch, minimum=0)
         if shuffle_window is not None:
-            request.shuffle_window = _parse_int("shuffle_window", shuffle_window, minimum=1)
-        stream = _open_stream(
-            [node.stream_batches for node in self._nodes],
-            _with_resume(request, _parse_cursor(resume)),
+            request.shuffle_window = parse_int("shuffle_window", shuffle_window, minimum=1)
+        stream = open_stream(
+            [node.calls["StreamBatches"] for node in self._nodes],
+            with_resume(request, parse_cursor(resume)),
             metadata=self._metadata,
-            max_reconnects=_parse_int("max_reconnects", max_reconnects, minimum=0),
-            initial_backoff=_parse_positive_float("initial_backoff", initial_backoff),
-            max_backoff=_parse_positive_float("max_backoff", max_backoff),
+            max_reconnects=parse_int("max_reconnects", max_reconnects, minimum=0),
+            initial_backoff=parse_positive_float("initial_backoff", initial_backoff),
+            max_backoff=parse_positive_float("max_backoff", max_backoff),
             copy=copy,
         )
         self._streams.add(stream)
@@ -933,33 +589,33 @@ class DataNodeClient:
             ResourceExhaustedError: The node refused the request; the details name the field.
         """
         request = jobs_pb2.SubmitBuildJobRequest(
-            volume=_build_array_input("volume", volume),
-            patchsize=_parse_int("patchsize", patchsize, minimum=1),
+            volume=build_array_input("volume", volume),
+            patchsize=parse_int("patchsize", patchsize, minimum=1),
             class_list=[
-                _parse_int(f"class_list[{i}]", v, minimum=-(2**63))
+                parse_int(f"class_list[{i}]", v, minimum=-(2**63))
                 for i, v in enumerate(class_list or ())
             ],
             random_order=bool(random_order),
-            slice_axis=_parse_int("slice_axis", slice_axis, minimum=-(2**31)),
-            executor="" if executor is None else _parse_name("executor", executor),
+            slice_axis=parse_int("slice_axis", slice_axis, minimum=-(2**31)),
+            executor="" if executor is None else parse_name("executor", executor),
             scheduler_address=(
                 ""
                 if scheduler_address is None
-                else _parse_name("scheduler_address", scheduler_address)
+                else parse_name("scheduler_address", scheduler_address)
             ),
             store_masks=bool(store_masks),
         )
-        _set_output_fields(
+        set_output_fields(
             request, output, batchsize, file_format, writer_options, register_as, overwrite, seed
         )
-        _warn_on_image_slice_axis(request)
+        warn_on_image_slice_axis(request)
         if mask is not None:
-            request.mask.CopyFrom(_build_array_input("mask", mask))
+            request.mask.CopyFrom(build_array_input("mask", mask))
         if max_patches_per_class is not None:
-            request.max_patches_per_class = _parse_int(
+            request.max_patches_per_class = parse_int(
                 "max_patches_per_class", max_patches_per_class, minimum=1
             )
-        job, node = self._call("submit_build_job", request)
+        job, node = self._call("SubmitBuildJob", request)
         return BuildJob(job.job_id, node.job_calls)
 
     def submit_import(
@@ -1018,7 +674,7 @@ class DataNodeClient:
         if not isinstance(cases, Sequence):
             raise TypeError(f"Expected cases to be a sequence of CaseInput. Got {cases!r}.")
         options = jobs_pb2.ImportCases(
-            cases=[_build_case_input(i, case) for i, case in enumerate(cases)],
+            cases=[build_case_input(i, case) for i, case in enumerate(cases)],
             orientation=orientation or "",
             spacing=list(spacing or ()),
             size=list(size or ()),
@@ -1027,14 +683,14 @@ class DataNodeClient:
             label_values=list(label_values or ()),
         )
         if slice_axis is not None:
-            options.slice_axis = _parse_int("slice_axis", slice_axis, minimum=-(2**31))
+            options.slice_axis = parse_int("slice_axis", slice_axis, minimum=-(2**31))
         if keep_unlabelled is not None:
             options.keep_unlabelled = keep_unlabelled
         request = jobs_pb2.SubmitBuildJobRequest(import_cases=options)
-        _set_output_fields(
+        set_output_fields(
             request, output, batchsize, file_format, writer_options, register_as, overwrite, seed
         )
-        job, node = self._call("submit_build_job", request)
+        job, node = self._call("SubmitBuildJob", request)
         return BuildJob(job.job_id, node.job_calls)
 
     def job(self, job_id: str) -> BuildJob:
@@ -1043,7 +699,7 @@ class DataNodeClient:
         A job lives on the node that accepted it; with several nodes this handle asks the
         first one (``addresses[0]``). ``submit_build`` returns a handle on the right node.
         """
-        return BuildJob(_parse_name("job_id", job_id), self._nodes[0].job_calls)
+        return BuildJob(parse_name("job_id", job_id), self._nodes[0].job_calls)
 
     def jobs(self) -> list[JobInfo]:
         """Every job the (first answering) node has recorded, in submission order.
@@ -1051,11 +707,11 @@ class DataNodeClient:
         The node answers a page of jobs at a time (ListJobs ``page_token``); this asks for
         every page, from the node that answered the first.
         """
-        response, node = self._call("list_jobs", jobs_pb2.ListJobsRequest())
+        response, node = self._call("ListJobs", jobs_pb2.ListJobsRequest())
         messages = list(response.jobs)
         while response.next_page_token:
             request = jobs_pb2.ListJobsRequest(page_token=response.next_page_token)
-            response = self._call_on(node, "list_jobs", request)
+            response = self._call_on(node, "ListJobs", request)
             messages += response.jobs
         return [job_info(message) for message in messages]
 
@@ -1077,7 +733,7 @@ class DataNodeClient:
     ) -> None:
         self.close()
 
-    def _call(self, rpc: str, request: Any) -> tuple[Any, _Node]:
+    def _call(self, rpc: str, request: Any) -> tuple[Any, Node]:
         """The response of unary ``rpc`` from the first node that answers, and that node.
 
         Raises:
@@ -1091,390 +747,8 @@ class DataNodeClient:
                 continue
         return self._call_on(self._nodes[-1], rpc, request), self._nodes[-1]
 
-    def _call_on(self, node: _Node, rpc: str, request: Any) -> Any:
+    def _call_on(self, node: Node, rpc: str, request: Any) -> Any:
         try:
-            return getattr(node, rpc)(request, timeout=self._timeout, metadata=self._metadata)
+            return node.calls[rpc](request, timeout=self._timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise translate_rpc_error(error) from error
-
-
-def _open_stream(
-    rpcs: Sequence[_StreamRpc],
-    request: StreamRequest,
-    *,
-    metadata: tuple[tuple[str, str], ...],
-    max_reconnects: int,
-    initial_backoff: float,
-    max_backoff: float,
-    copy: bool,
-) -> BatchStream | MultiNodeStream:
-    """A stream of ``request`` over the nodes whose StreamBatches callables are ``rpcs``.
-
-    One node: a ``BatchStream``. K nodes: a ``MultiNodeStream`` of K lanes, lane k a
-    ``BatchStream`` of the request with ``lane {k, K}`` that calls node k first and fails over
-    to nodes k+1, k+2, ... (modulo K). The keyword arguments are ``BatchStream``'s.
-    """
-    options: dict[str, Any] = {
-        "metadata": metadata,
-        "max_reconnects": max_reconnects,
-        "initial_backoff": initial_backoff,
-        "max_backoff": max_backoff,
-        "copy": copy,
-    }
-    count = len(rpcs)
-    if count == 1:
-        return BatchStream(rpcs, request, **options)
-    shared = StreamRequest()
-    shared.CopyFrom(request)
-    if not shared.HasField("seed"):
-        # Each node would draw its own seed; the lanes must cut the same epochs.
-        shared.seed = secrets.randbelow(SEED_LIMIT)
-    lanes = []
-    for k in range(count):
-        lane_request = StreamRequest()
-        lane_request.CopyFrom(shared)
-        lane_request.lane.index, lane_request.lane.count = k, count
-        lanes.append(BatchStream([*rpcs[k:], *rpcs[:k]], lane_request, **options))
-    return MultiNodeStream(
-        lanes,
-        start=shared.resume if shared.HasField("resume") else None,
-        epochs=None if shared.loop_forever else shared.epochs,
-        start_epoch=shared.start_epoch,
-    )
-
-
-def _keepalive_options(keepalive: Any) -> tuple[tuple[str, int], ...]:
-    """Channel options pinging the node every ``keepalive`` seconds while a call is open."""
-    if keepalive is None:
-        return ()
-    if isinstance(keepalive, bool | np.bool_) or not isinstance(keepalive, numbers.Real):
-        raise TypeError(
-            f"Expected keepalive to be a number of seconds or None. Got {keepalive!r} instead."
-        )
-    seconds = float(keepalive)
-    if not _KEEPALIVE_MIN <= seconds <= _KEEPALIVE_MAX:
-        raise ValueError(
-            f"Expected keepalive to be a number of seconds in [{_KEEPALIVE_MIN:g}, "
-            f"{_KEEPALIVE_MAX}], or None to turn the pings off. Got {keepalive!r} instead."
-        )
-    timeout_ms = round(min(seconds, _KEEPALIVE_TIMEOUT_MAX) * 1000)
-    return (
-        ("grpc.keepalive_time_ms", round(seconds * 1000)),
-        ("grpc.keepalive_timeout_ms", timeout_ms),
-        # grpcio 1.85 drops the connection only when its general ping timeout (default 60 s)
-        # expires, whatever keepalive_timeout_ms says: keep the two equal.
-        ("grpc.http2.ping_timeout_ms", timeout_ms),
-        # Idle channels stay quiet; unary calls have their own deadline.
-        ("grpc.keepalive_permit_without_calls", 0),
-        # gRPC stops pinging after 2 pings without data sent (default), and a stream's
-        # client sends none after its request: lift the limit or the pings would stop.
-        ("grpc.http2.max_pings_without_data", 0),
-    )
-
-
-def _build_array_input(argument: str, value: Any) -> jobs_pb2.ArrayInput:
-    if isinstance(value, str | FileArray):
-        return jobs_pb2.ArrayInput(file=_file_array(argument, value))
-    if isinstance(value, DatasetArray):
-        return jobs_pb2.ArrayInput(
-            dataset_array=jobs_pb2.DatasetArray(dataset=value.dataset, array=value.array)
-        )
-    raise TypeError(
-        f"Expected {argument} to be a DatasetArray, a FileArray or a path. Got {value!r} instead."
-    )
-
-
-def _set_output_fields(
-    request: jobs_pb2.SubmitBuildJobRequest,
-    output: Any,
-    batchsize: Any,
-    file_format: Any,
-    writer_options: Any,
-    register_as: Any,
-    overwrite: Any,
-    seed: Any,
-) -> None:
-    """Check and set the fields every build job has: where and how its result is written."""
-    request.batchsize = _parse_int("batchsize", batchsize, minimum=1)
-    request.file_format = _parse_name("file_format", file_format)
-    request.writer_options = _dump_writer_options(writer_options)
-    request.output = _parse_name("output", output)
-    request.register_as = "" if register_as is None else _parse_name("register_as", register_as)
-    request.overwrite = bool(overwrite)
-    if seed is not None:
-        request.seed = _parse_int("seed", seed, minimum=0, maximum=2**64 - 1)
-
-
-def _warn_on_image_slice_axis(request: jobs_pb2.SubmitBuildJobRequest) -> None:
-    path = request.volume.file.path
-    if path.lower().endswith(_IMAGE_SUFFIXES) and request.slice_axis in (-1, 2):
-        warnings.warn(
-            f"volume {path!r} is a medical image, a (z, y, x) array: slice_axis="
-            f"{request.slice_axis} cuts it along x. Pass slice_axis=0 to cut its axial slices.",
-            stacklevel=3,
-        )
-
-
-def _build_case_input(index: int, case: Any) -> jobs_pb2.CaseInput:
-    if not isinstance(case, CaseInput):
-        raise TypeError(f"Expected cases[{index}] to be a CaseInput. Got {case!r} instead.")
-    message = jobs_pb2.CaseInput(image=_file_array(f"cases[{index}].image", case.image))
-    message.name = case.name
-    if case.label is not None:
-        message.label.CopyFrom(_file_array(f"cases[{index}].label", case.label))
-    return message
-
-
-def _file_array(argument: str, value: Any) -> jobs_pb2.FileArray:
-    if isinstance(value, str):
-        value = FileArray(value)
-    if not isinstance(value, FileArray):
-        raise TypeError(f"Expected {argument} to be a FileArray or a path. Got {value!r} instead.")
-    return jobs_pb2.FileArray(path=value.path, key=value.key)
-
-
-def _dump_writer_options(options: Mapping[str, Any] | None) -> str:
-    if options is None:
-        return ""
-    if not isinstance(options, Mapping):
-        raise TypeError(f"Expected writer_options to be a dict or None. Got {options!r} instead.")
-    try:
-        return json.dumps(dict(options))
-    except TypeError as error:
-        raise TypeError(f"Expected writer_options to be JSON-serializable: {error}") from error
-
-
-def _channel_credentials(tls: TlsOption) -> grpc.ChannelCredentials | None:
-    if tls is None or tls is False:
-        return None
-    if tls is True:
-        return grpc.ssl_channel_credentials()
-    if isinstance(tls, grpc.ChannelCredentials):
-        return tls
-    if isinstance(tls, str | os.PathLike | bytes):
-        tls = TlsConfig(ca=tls)
-    if isinstance(tls, TlsConfig):
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read_pem(tls.ca),
-            private_key=_read_pem(tls.key),
-            certificate_chain=_read_pem(tls.cert),
-        )
-    raise TypeError(
-        "Expected tls to be None, a bool, a CA bundle path, PEM bytes, a TlsConfig or "
-        f"grpc.ChannelCredentials. Got {tls!r} instead."
-    )
-
-
-def _read_pem(source: PemSource | None) -> bytes | None:
-    if source is None or isinstance(source, bytes):
-        return source
-    return Path(source).read_bytes()
-
-
-def _dataset_info(description: DatasetDescription) -> DatasetInfo:
-    return DatasetInfo(
-        name=description.name,
-        length=description.length,
-        arrays=tuple(
-            ArrayInfo(name=array.name, dtype=np.dtype(array.dtype), shape=tuple(array.shape))
-            for array in description.arrays
-        ),
-        classes=tuple(description.classes),
-        registered=description.origin == data_node_pb2.DATASET_ORIGIN_REGISTERED,
-    )
-
-
-def _with_resume(request: StreamRequest, cursor: Cursor | None) -> StreamRequest:
-    """``request`` continuing from ``cursor`` (itself when None), with the cursor's seed if unset."""
-    if cursor is None:
-        return request
-    resumed = StreamRequest()
-    resumed.CopyFrom(request)
-    resumed.resume.CopyFrom(cursor)
-    if not resumed.HasField("seed"):
-        resumed.seed = cursor.seed
-    return resumed
-
-
-def _build_shard(rank: Any, world_size: Any) -> Shard:
-    world_size = _parse_int("world_size", world_size, minimum=1)
-    return Shard(
-        rank=_parse_int("rank", rank, minimum=0, maximum=world_size - 1), world_size=world_size
-    )
-
-
-_SHARING: Final = {
-    "independent": data_node_pb2.SHARING_INDEPENDENT,
-    "partitioned": data_node_pb2.SHARING_PARTITIONED,
-}
-
-
-def _parse_sharing(sharing: str | None, world_size: int) -> Any:
-    if sharing is None:
-        sharing = "partitioned" if world_size > 1 else "independent"
-    return _SHARING[_parse_option("sharing", sharing, _SHARING)]
-
-
-_CASES_FORM: Final = (
-    "case numbers >= 0 and inclusive ranges first-last, comma-separated (e.g. '0-79,90'), "
-    "a range, a (first, last) pair, or a sequence of these"
-)
-
-
-def _build_cases(cases: CaseSelection) -> list[CaseRange]:
-    """The ``StreamRequest.cases`` ranges of a ``CaseSelection``.
-
-    Raises:
-        TypeError, ValueError: ``cases`` has none of the accepted forms, holds a range with
-            first > last or a negative case, or selects nothing; the message names cases.
-    """
-    if isinstance(cases, str):
-        parts: list[Any] = [part.strip() for part in cases.split(",")]
-    elif (isinstance(cases, Sequence) and not isinstance(cases, range | tuple)) or (
-        isinstance(cases, tuple) and not (len(cases) == 2 and all(_is_int(v) for v in cases))
-    ):
-        parts = list(cases)
-    else:
-        parts = [cases]
-    if not parts:
-        raise ValueError(f"Expected cases to hold {_CASES_FORM}. Got {cases!r} instead.")
-    ranges = [_case_range(part, cases) for part in parts]
-    return [CaseRange(first=first, last=last) for first, last in ranges]
-
-
-def _case_range(part: Any, cases: Any) -> tuple[int, int]:
-    first: Any
-    last: Any
-    if isinstance(part, str):
-        first, sep, last = part.partition("-")
-        if not sep:
-            last = first
-        try:
-            first, last = int(first), int(last)
-        except ValueError:
-            raise ValueError(
-                f"Expected cases to hold {_CASES_FORM}. Got {cases!r} ({part!r}) instead."
-            ) from None
-    elif isinstance(part, range):
-        if part.step != 1 or not part:
-            raise ValueError(
-                f"Expected cases' ranges to have step 1 and hold a case. Got {part!r} instead."
-            )
-        first, last = part.start, part.stop - 1
-    elif isinstance(part, tuple) and len(part) == 2:
-        first, last = part
-    else:
-        first = last = part
-    if not (_is_int(first) and _is_int(last)):
-        raise TypeError(f"Expected cases to hold {_CASES_FORM}. Got {cases!r} instead.")
-    if not 0 <= int(first) <= int(last):
-        raise ValueError(
-            f"Expected each of cases to be 0 <= first <= last. Got {first}-{last} instead."
-        )
-    return int(first), int(last)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
-
-
-def _build_sample_weights(weights: Sequence[float] | npt.ArrayLike | str) -> SampleWeights:
-    if isinstance(weights, str):
-        return SampleWeights(array=_parse_name("sample_weights", weights))
-    values = np.asarray(weights, dtype=np.float64)
-    if values.ndim != 1:
-        raise ValueError(
-            "Expected sample_weights to be an array name or a 1-D sequence of floats. "
-            f"Got an array of shape {values.shape} instead."
-        )
-    message = SampleWeights()
-    message.values.values.extend(values.tolist())
-    return message
-
-
-def _build_augmentation(augmentation: Mapping[str, Any]) -> Augmentation:
-    """The Augmentation message for an ``augmentation`` dict; its keys are the message's fields."""
-    fields = Augmentation.DESCRIPTOR.fields_by_name
-    message = Augmentation()
-    for key, value in augmentation.items():
-        field = fields.get(key)
-        if field is None:
-            raise ValueError(
-                f"Expected augmentation keys among {sorted(fields)}. Got {key!r} instead."
-                + _did_you_mean(key, fields)
-            )
-        if value is None:
-            continue
-        try:
-            if field.is_repeated:
-                values = np.atleast_1d(np.asarray(value)).tolist()
-                getattr(message, key).extend(values)
-            else:
-                setattr(message, key, value)
-        except (TypeError, ValueError) as error:
-            raise TypeError(
-                f"Expected augmentation[{key!r}] to be {_describe_field(field)}. Got {value!r} instead."
-            ) from error
-    if not message.x_array:
-        raise ValueError(
-            "Expected augmentation['x_array'] to name the array to transform. Got none."
-        )
-    return message
-
-
-def _describe_field(field: Any) -> str:
-    kind = {
-        field.TYPE_STRING: "a string",
-        field.TYPE_BOOL: "a bool",
-        field.TYPE_DOUBLE: "a float",
-    }.get(field.type, "an integer")
-    return f"{kind} or a sequence of them" if field.is_repeated else kind
-
-
-def _parse_cursor(resume: Cursor | bytes | None) -> Cursor | None:
-    if resume is None or isinstance(resume, Cursor):
-        return resume
-    if isinstance(resume, bytes):
-        return Cursor.FromString(resume)
-    raise TypeError(
-        f"Expected resume to be a Cursor, its serialized bytes or None. Got {resume!r} instead."
-    )
-
-
-def _parse_name(argument: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"Expected {argument} to be a non-empty string. Got {value!r} instead.")
-    return value
-
-
-def _parse_int(argument: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"Expected {argument} to be an integer. Got {value!r} instead.")
-    result = int(value)
-    if result < minimum or (maximum is not None and result > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"Expected {argument} to be an integer {bounds}. Got {result} instead.")
-    return result
-
-
-def _parse_positive_float(argument: str, value: Any) -> float:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Expected {argument} to be a number. Got {value!r} instead.")
-    result = float(value)
-    if not (math.isfinite(result) and result > 0):
-        raise ValueError(f"Expected {argument} to be a finite number > 0. Got {value!r} instead.")
-    return result
-
-
-def _parse_option(argument: str, value: Any, options: Mapping[str, Any]) -> str:
-    if isinstance(value, str) and value in options:
-        return value
-    hint = _did_you_mean(value, options) if isinstance(value, str) else ""
-    raise ValueError(
-        f"Expected {argument} to be one of {sorted(options)}. Got {value!r} instead.{hint}"
-    )
-
-
-def _did_you_mean(value: str, choices: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(value, list(choices), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""

@@ -44,6 +44,9 @@ class LaneStream(Positioned, Protocol):
     @property
     def stall(self) -> float: ...
 
+    @property
+    def decoded_bytes(self) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -53,6 +56,7 @@ class _LaneBatch(NamedTuple):
     cursor: Cursor | None
     epoch: int | None
     batch_index: int | None
+    decoded_bytes: int
 
 
 class _LaneEnd(NamedTuple):
@@ -110,6 +114,7 @@ class _LaneReader:
 
     def _run(self) -> None:
         lane = self.lane
+        counted = 0  # of lane.decoded_bytes, what the batches queued so far carried
         try:
             while True:
                 try:
@@ -117,7 +122,10 @@ class _LaneReader:
                 except StopIteration:
                     self._put(_LaneEnd())
                     return
-                batch = _LaneBatch(arrays, lane.indices, lane.cursor, lane.epoch, lane.batch_index)
+                decoded, counted = lane.decoded_bytes - counted, lane.decoded_bytes
+                batch = _LaneBatch(
+                    arrays, lane.indices, lane.cursor, lane.epoch, lane.batch_index, decoded
+                )
                 if not self._put(batch):
                     return
         except Exception as error:  # noqa: BLE001 - the trainer's thread re-raises it in turn
@@ -220,7 +228,7 @@ class MultiNodeStream(StreamBase):
                 f"epoch {item.epoch} where batch {batch_index} of epoch {epoch} was due; do "
                 "the nodes serve the same dataset?",
             )
-        self._advance(item)
+        self._advance(item, item.arrays, item.decoded_bytes)
         return item.arrays
 
     def _start_readers(self) -> bool:

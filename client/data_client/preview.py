@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from data_client._args import parse_int
 from data_client._png import encode_png
-from data_client.client import SEED_LIMIT, _parse_int
+from data_client._requests import SEED_LIMIT
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -88,8 +89,8 @@ def preview(
 
     See ``DataNodeClient.preview``, which calls this with its client.
     """
-    num_samples = _parse_int("num_samples", num_samples, minimum=1)
-    columns = _parse_int("columns", columns, minimum=1)
+    num_samples = parse_int("num_samples", num_samples, minimum=1)
+    columns = parse_int("columns", columns, minimum=1)
     info = client.describe(dataset)
     names = [array.name for array in info.arrays]
     image_name = image_array or (augmentation or {}).get("x_array") or "image"
@@ -135,7 +136,7 @@ def preview(
     if scale is None:
         side = max(max(tile[0].shape[-2:]) for pair in pairs for tile in pair)
         scale = max(1, _TILE_PIXELS // side)
-    grid, boxes = render_grid(pairs, columns=columns, scale=_parse_int("scale", scale, minimum=1))
+    grid, boxes = render_grid(pairs, columns=columns, scale=parse_int("scale", scale, minimum=1))
     target = Path(path)
     _write_atomically(target, encode_png(grid))
     return Preview(target, tuple(int(i) for i in indices), epoch, seed, boxes, scale)

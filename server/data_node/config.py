@@ -18,6 +18,9 @@ A config file looks like this (relative paths are relative to the file's directo
     max_concurrent_jobs = 2
     executor = "local"             # or "dask", with scheduler_address
 
+    [workers]                      # the warm worker pool of every stream; see WorkersConfig
+    processes = 8                  # default: the cores this process may use
+
     [cache]                        # decoded storage chunks shared by streams; see CacheConfig
     max_bytes = 536870912          # 0 turns it off
 
@@ -46,7 +49,7 @@ A config file looks like this (relative paths are relative to the file's directo
 A source's ``format`` ("hdf5", "zarr" or "bcolz") is taken from its suffix (.h5/.hdf5,
 .zarr, .bcolz) unless given. The ``tls`` and ``auth`` files are relative to the config
 file's directory. Environment variables ``DATA_NODE_<SECTION>__<KEY>`` override scalar keys
-of the ``node``, ``limits``, ``jobs``, ``cache``, ``metrics``, ``tls`` and ``auth`` sections (for example
+of the ``node``, ``limits``, ``jobs``, ``workers``, ``cache``, ``metrics``, ``tls`` and ``auth`` sections (for example
 ``DATA_NODE_LIMITS__MAX_OPEN_STREAMS=8``); their values are read as TOML values, falling
 back to a plain string. An unknown ``DATA_NODE_*`` variable is an error, not a warning.
 """
@@ -63,7 +66,9 @@ from pathlib import Path
 from typing import Any
 
 from data_node.errors import ConfigError, PathOutsideRootError
+from data_node.resources import usable_cores
 from data_tools.storage import FORMATS, Root
+from data_wire.defaults import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = [
     "RENAMED_KEYS",
@@ -79,6 +84,7 @@ __all__ = [
     "NodeConfig",
     "SourceConfig",
     "TlsConfig",
+    "WorkersConfig",
     "load",
     "parse_config",
     "parse_dataset",
@@ -149,7 +155,7 @@ class LimitsConfig:
     max_open_calls_per_token: int = 32
     max_nb_io_workers: int = 8
     max_nb_proc_workers: int = 4
-    max_message_bytes: int = 512 * MiB
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_request_bytes: int = 4 * MiB
     max_in_flight: int = 4
     max_memory_bytes: int = 8 * GiB
@@ -160,11 +166,35 @@ class CacheConfig:
     """The node's shared cache of decoded storage chunks (``[cache]``).
 
     Attributes:
-        max_bytes: Bytes of decoded chunks kept, least recently used evicted first; shared
-            by every stream of every dataset read in the node process. 0 turns it off.
+        max_bytes: Bytes of decoded chunks kept, shared by every stream of every dataset
+            read in the node process; 0 turns it off. None (default): sized when the node
+            starts, from the memory it may use (``data_node.resources.auto_cache_bytes``:
+            a quarter of its cgroup's memory limit, else of the memory available, at most
+            half of ``limits.max_memory_bytes``), and logged. Eviction: the chunk the open
+            streams need farthest in the future goes first (least recently used without
+            streams).
     """
 
-    max_bytes: int = 512 * MiB
+    max_bytes: int | None = None
+
+
+#: The most worker processes a node starts: far more than the cores of any one machine.
+MAX_WORKER_PROCESSES = 1024
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    """The node's warm pool of worker processes (``[workers]``).
+
+    Attributes:
+        processes: Worker processes started with the node, which run every stream's
+            augmentation and preprocessor; a stream's ``nb_proc_workers`` is the most of
+            them it uses at once. Default: the cores this process may use (its CPU
+            affinity, capped by its cgroup's CPU quota: ``data_node.resources.usable_cores``).
+            From 1 to ``MAX_WORKER_PROCESSES``.
+    """
+
+    processes: int = field(default_factory=usable_cores)
 
 
 @dataclass(frozen=True)
@@ -310,9 +340,10 @@ class NodeConfig:
     data_root: Path
     state_dir: Path
     output_root: Path
-    listen: str = "127.0.0.1:50051"
+    listen: str = DEFAULT_ADDRESS
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TlsConfig | None = None
@@ -386,7 +417,7 @@ def parse_config(
     if "auth" in raw:
         auth = _parse_auth(_table("auth", raw["auth"]), base_dir, environ or {})
     cache = _parse_cache(_table("cache", raw.get("cache", {})))
-    if limits.max_memory_bytes <= cache.max_bytes:
+    if cache.max_bytes is not None and limits.max_memory_bytes <= cache.max_bytes:
         raise ConfigError(
             f"limits.max_memory_bytes: Expected more than cache.max_bytes ({cache.max_bytes}): "
             f"the budget holds the cache and the streams. Got {limits.max_memory_bytes} instead."
@@ -400,9 +431,10 @@ def parse_config(
         data_root=data_root,
         state_dir=state_dir,
         output_root=output_root,
-        listen=_listen(_string("node.listen", node.get("listen", "127.0.0.1:50051"))),
+        listen=_listen(_string("node.listen", node.get("listen", DEFAULT_ADDRESS))),
         limits=limits,
         jobs=_parse_jobs(_table("jobs", raw.get("jobs", {}))),
+        workers=_parse_workers(_table("workers", raw.get("workers", {}))),
         cache=cache,
         metrics=_parse_metrics(_table("metrics", raw.get("metrics", {}))),
         tls=_parse_tls(_table("tls", raw["tls"]), base_dir) if "tls" in raw else None,
@@ -483,6 +515,24 @@ def _parse_jobs(raw: Mapping[str, Any]) -> JobsConfig:
         else:
             values[name] = _positive_int(key, value)
     return JobsConfig(**values)
+
+
+def _parse_workers(raw: Mapping[str, Any]) -> WorkersConfig:
+    _check_keys("workers", raw, _WORKERS_KEYS)
+    if "processes" not in raw:
+        return WorkersConfig()
+    value = raw["processes"]
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not 1 <= value <= MAX_WORKER_PROCESSES
+    ):
+        raise ConfigError(
+            f"workers.processes: Expected an integer in [1, {MAX_WORKER_PROCESSES}] (worker "
+            f"processes started with the node; default: the {usable_cores()} cores this "
+            f"process may use). Got {value!r} instead."
+        )
+    return WorkersConfig(processes=value)
 
 
 def _parse_cache(raw: Mapping[str, Any]) -> CacheConfig:
@@ -765,11 +815,13 @@ _JOBS_KEYS = {f.name for f in dataclasses.fields(JobsConfig)}
 _TLS_KEYS = {f.name for f in dataclasses.fields(TlsConfig)}
 _AUTH_KEYS = {"tokens_file", "tokens_env"}
 _CACHE_KEYS = {f.name for f in dataclasses.fields(CacheConfig)}
+_WORKERS_KEYS = {f.name for f in dataclasses.fields(WorkersConfig)}
 _METRICS_KEYS = {f.name for f in dataclasses.fields(MetricsConfig)}
 _SECTIONS = {
     "node",
     "limits",
     "jobs",
+    "workers",
     "cache",
     "metrics",
     "tls",
@@ -783,6 +835,7 @@ def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     sections = {
         "node": _NODE_KEYS,
         "jobs": _JOBS_KEYS,
+        "workers": _WORKERS_KEYS,
         "cache": _CACHE_KEYS,
         "metrics": _METRICS_KEYS,
         "tls": _TLS_KEYS,

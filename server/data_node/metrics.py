@@ -18,10 +18,20 @@ name of a served dataset, never a string a request made up):
 * ``data_node_stream_errors_total{dataset,code}``: streams of a served dataset refused (a
   bad field, a limit) or ended with an error status, by status code name; a client that
   cancels or goes away is not counted;
-* ``data_node_cache_{hits,misses,evictions}_total``, ``data_node_cache_bytes``,
+* ``data_node_decoded_bytes_total{dataset}``: bytes of storage chunks decoded for its
+  streams (read on a miss or decoded ahead, through the chunk cache; reads of sources not
+  cached are not counted);
+* ``data_node_delivered_bytes_total{dataset}``: bytes of the sample arrays of the batches
+  sent, before encoding;
+* ``data_node_read_amplification{dataset}``: decoded over delivered bytes since the node
+  started (1 when each chunk is decoded once; an exact shuffle over more than the cache
+  holds decodes a chunk per sample or so);
+* ``data_node_cache_{hits,misses,evictions,decoded_ahead}_total``, ``data_node_cache_bytes``,
   ``data_node_cache_max_bytes``: the decoded-chunk cache (only with a cache);
 * ``data_node_jobs{state}``: build jobs by state (QUEUED, RUNNING, SUCCEEDED, FAILED,
-  CANCELLED); QUEUED is the job queue's depth.
+  CANCELLED); QUEUED is the job queue's depth;
+* ``data_node_pool_workers``, ``data_node_pool_busy_workers``: the worker pool's processes
+  alive, and those running a batch now (only with a pool).
 
 The endpoint cannot be used to exhaust the node: it serves at most
 :data:`MAX_CONNECTIONS` connections at once, each on its own thread (named
@@ -32,7 +42,7 @@ few seconds.
 
 Cost: a batch updates a few counters and one histogram per stage, each behind its own
 short lock and through label children looked up once per stream; the cache and job figures
-are read only when scraped.
+and pool figures are read only when scraped.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ __all__ = [
     "STAGE_BUCKETS",
     "JobCounts",
     "NodeMetrics",
+    "PoolCounts",
     "StreamMetrics",
 ]
 
@@ -101,6 +112,16 @@ class JobCounts(Protocol):
         ...
 
 
+class PoolCounts(Protocol):
+    """What the metrics read of a worker pool (data_tools.io.pool.WorkerPool)."""
+
+    @property
+    def num_workers(self) -> int: ...
+
+    @property
+    def busy_workers(self) -> int: ...
+
+
 class NodeMetrics:
     """The metrics of one node, in a registry of their own, optionally served over HTTP.
 
@@ -111,6 +132,7 @@ class NodeMetrics:
         cache: The node's decoded-chunk cache, read when scraped. Default None: no cache
             metrics.
         jobs: The job manager, read when scraped. Default None: no job metrics.
+        pool: The worker pool, read when scraped. Default None: no pool metrics.
 
     Attributes:
         registry: The registry holding every metric of the node (what ``/metrics`` serves).
@@ -124,6 +146,7 @@ class NodeMetrics:
         *,
         cache: ChunkCache | None = None,
         jobs: JobCounts | None = None,
+        pool: PoolCounts | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
@@ -150,6 +173,27 @@ class NodeMetrics:
             registry=registry,
             buckets=STAGE_BUCKETS,
         )
+        self.decoded_bytes = Counter(
+            "data_node_decoded_bytes",
+            "Bytes of storage chunks decoded for the streams (through the chunk cache).",
+            ["dataset"],
+            registry=registry,
+        )
+        self.delivered_bytes = Counter(
+            "data_node_delivered_bytes",
+            "Bytes of the sample arrays of the batches sent, before encoding.",
+            ["dataset"],
+            registry=registry,
+        )
+        self.read_amplification = Gauge(
+            "data_node_read_amplification",
+            "Bytes decoded over bytes delivered since the node started.",
+            ["dataset"],
+            registry=registry,
+        )
+        # dataset -> [decoded, delivered] since the node started, for the gauge.
+        self._read_totals: dict[str, list[int]] = {}
+        self._read_lock = threading.Lock()
         self.stream_errors = Counter(
             "data_node_stream_errors",
             "Streams refused or ended with an error status, by gRPC status code name.",
@@ -160,6 +204,8 @@ class NodeMetrics:
             registry.register(_CacheCollector(cache))
         if jobs is not None:
             registry.register(_JobCollector(jobs))
+        if pool is not None:
+            registry.register(_PoolCollector(pool))
         for name in datasets:
             self.stream(name)
         self._http: tuple[_BoundedServer, threading.Thread] | None = None
@@ -167,6 +213,14 @@ class NodeMetrics:
     def stream(self, dataset: str) -> StreamMetrics:
         """The metrics of one stream of ``dataset`` (a served dataset's name)."""
         return StreamMetrics(self, dataset)
+
+    def bytes_read(self, dataset: str, decoded: int, delivered: int) -> float:
+        """Add to ``dataset``'s decoded and delivered bytes; return its amplification now."""
+        with self._read_lock:
+            totals = self._read_totals.setdefault(dataset, [0, 0])
+            totals[0] += decoded
+            totals[1] += delivered
+            return totals[0] / totals[1] if totals[1] else 0.0
 
     def stream_error(self, dataset: str, code: str) -> None:
         """Count a stream of ``dataset`` that ended with status ``code`` (e.g. "INTERNAL")."""
@@ -230,6 +284,11 @@ class StreamMetrics:
         self._read, self._augment, self._encode, self._send = (
             metrics.stage_seconds.labels(dataset, stage) for stage in STAGES
         )
+        self._decoded = metrics.decoded_bytes.labels(dataset)
+        self._delivered = metrics.delivered_bytes.labels(dataset)
+        self._amplification = metrics.read_amplification.labels(dataset)
+        self._metrics = metrics
+        self._dataset = dataset
         self._ready = 0
 
     def __enter__(self) -> Self:
@@ -267,6 +326,12 @@ class StreamMetrics:
         self._queue_depth.inc(info.ready - self._ready)
         self._ready = info.ready
 
+    def bytes_read(self, decoded: int, delivered: int) -> None:
+        """Count the chunk bytes decoded for a batch sent and the bytes of its arrays."""
+        self._decoded.inc(decoded)
+        self._delivered.inc(delivered)
+        self._amplification.set(self._metrics.bytes_read(self._dataset, decoded, delivered))
+
 
 class _CacheCollector:
     """The decoded-chunk cache's counters, read from ``cache.stats()`` when scraped."""
@@ -281,13 +346,18 @@ class _CacheCollector:
         )
         yield CounterMetricFamily(
             "data_node_cache_misses",
-            "Chunk reads that read and decoded the chunk from storage.",
+            "Chunks read and decoded from storage (on a lookup that missed, or ahead of need).",
             value=stats.misses,
         )
         yield CounterMetricFamily(
             "data_node_cache_evictions",
             "Chunks dropped to stay within the budget.",
             value=stats.evictions,
+        )
+        yield CounterMetricFamily(
+            "data_node_cache_decoded_ahead",
+            "Of the misses, the chunks decoded ahead of need for the streams.",
+            value=stats.decoded_ahead,
         )
         yield GaugeMetricFamily(
             "data_node_cache_bytes", "Bytes of decoded chunks held.", value=stats.nbytes
@@ -310,6 +380,25 @@ class _JobCollector:
         for state, count in self._jobs.count_by_state().items():
             family.add_metric([state], count)
         yield family
+
+
+class _PoolCollector:
+    """The worker pool's processes, all and busy, read when scraped."""
+
+    def __init__(self, pool: PoolCounts) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "data_node_pool_workers",
+            "Worker processes of the pool alive (starting ones included).",
+            value=self._pool.num_workers,
+        )
+        yield GaugeMetricFamily(
+            "data_node_pool_busy_workers",
+            "Worker processes of the pool running a batch now.",
+            value=self._pool.busy_workers,
+        )
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -11,8 +11,9 @@ over plain HTTP at ``/metrics``, from ``start()`` until ``stop()``.
 
 Stop order (``NodeServer.stop``): health says NOT_SERVING, so load balancers and
 ``data-node health`` see the node going; new calls are refused and running ones get
-``grace`` seconds; open streams are told to end, and job watches too (UNAVAILABLE); their
-workers stop as each stream's generator closes; once every call has ended, the job manager
+``grace`` seconds; open streams are told to end, and job watches too (UNAVAILABLE); each
+leaves the worker pool as its generator closes; once every call has ended, the worker pool
+stops (its processes, started with the node, see data_tools.io.pool), then the job manager
 stops: running jobs' processes are terminated and recorded as interrupted (FAILED), queued
 jobs stay queued for the next start.
 """
@@ -35,10 +36,12 @@ from data_node.catalog.dataset_store import DatasetStore
 from data_node.catalog.datasets import DatasetRegistry
 from data_node.jobs.manager import JobManager
 from data_node.metrics import NodeMetrics
+from data_node.resources import auto_cache_bytes
 from data_node.rpc.admission import Admission, MemoryBudget
 from data_node.rpc.reflection import enable_reflection
 from data_node.rpc.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
 from data_tools.chunk_cache import ChunkCache
+from data_tools.io.pool import WorkerPool
 
 if TYPE_CHECKING:
     from data_node.config import LimitsConfig, NodeConfig, TlsConfig
@@ -110,6 +113,7 @@ class NodeServer:
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     metrics_listen: str | None = None
     pool: futures.ThreadPoolExecutor | None = None
+    workers: WorkerPool | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -131,6 +135,9 @@ class NodeServer:
                 raise
             host = self.metrics_listen.rpartition(":")[0]
             logger.info("metrics: http://%s:%d/metrics", host, port)
+        if self.workers is not None:
+            self.workers.start()
+            logger.info("worker pool: %d processes", self.workers.num_workers)
         self.server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -148,6 +155,8 @@ class NodeServer:
         # Cancelled streams close their pipelines on their own threads; wait for them so
         # the workers are stopped by the streams, not killed when the process exits.
         self.servicer.wait_for_streams(_STREAM_CLOSE_TIMEOUT)
+        if self.workers is not None:
+            self.workers.close()
         self.jobs.close()
         self.metrics.close()
         if self.pool is not None:
@@ -174,15 +183,21 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
     """
     credentials = None if config.tls is None else server_credentials(config.tls)
     admission = Admission(config.limits, None if config.auth is None else config.auth.tokens)
-    cache = ChunkCache(config.cache.max_bytes) if config.cache.max_bytes else None
+    cache_bytes = _cache_bytes(config)
+    # No decode-ahead threads yet: one that is first to read a replaced HDF5 file would take
+    # the SourceChangedError the source raises once, which the stream must get.
+    cache = ChunkCache(cache_bytes) if cache_bytes else None
     store = DatasetStore(
         config.state_dir, {"data_root": config.data_root, "output_root": config.output_root}
     )
     registry = DatasetRegistry.from_config(config.datasets, cache, store)
     jobs = JobManager(config, registry)
-    metrics = NodeMetrics((dataset.name for dataset in registry), cache=cache, jobs=jobs)
-    budget = MemoryBudget(config.limits.max_memory_bytes, config.cache.max_bytes)
-    servicer = DataNodeServicer(config, registry, jobs, metrics, budget)
+    workers = WorkerPool(config.workers.processes, preload=_worker_preload(config))
+    metrics = NodeMetrics(
+        (dataset.name for dataset in registry), cache=cache, jobs=jobs, pool=workers
+    )
+    budget = MemoryBudget(config.limits.max_memory_bytes, cache_bytes)
+    servicer = DataNodeServicer(config, registry, jobs, metrics, budget, workers)
     pool = futures.ThreadPoolExecutor(
         max_workers=config.limits.max_open_calls + _SPARE_THREADS,
         thread_name_prefix="data_node-rpc",
@@ -206,6 +221,7 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         port = 0
     if port == 0:
         jobs.close()
+        workers.close()
         pool.shutdown(wait=False)
         raise RuntimeError(f"node.listen: cannot bind {target!r}{_bind_hint(target, credentials)}.")
     node = NodeServer(
@@ -218,8 +234,24 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         metrics,
         config.metrics.listen,
         pool,
+        workers,
     )
     return node, port
+
+
+def _worker_preload(config: NodeConfig) -> list[str]:
+    """What the pool's workers import as they start: what a stream's transform runs."""
+    preprocessors = sorted({path.partition(":")[0] for path in config.preprocessors.values()})
+    return ["h5py", "data_tools.data_augmentation", "data_tools.io.preprocessing", *preprocessors]
+
+
+def _cache_bytes(config: NodeConfig) -> int:
+    """``[cache] max_bytes``, sized from the node's memory when the config leaves it out."""
+    if config.cache.max_bytes is not None:
+        return config.cache.max_bytes
+    nbytes, how = auto_cache_bytes(config.limits.max_memory_bytes)
+    logger.info("cache.max_bytes: %d bytes (%.0f MiB), automatic: %s", nbytes, nbytes / 2**20, how)
+    return nbytes
 
 
 def _bind_hint(target: str, credentials: grpc.ServerCredentials | None) -> str:

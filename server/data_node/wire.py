@@ -220,6 +220,7 @@ def encode_batch(
     batch_index: int,
     codec: int = tensor_pb2.CODEC_NONE,
     names: Sequence[str] | None = None,
+    decoded_bytes: int = 0,
 ) -> bytes:
     """Serialize one minibatch as a ``data_wire.v1.Batch`` message.
 
@@ -235,6 +236,8 @@ def encode_batch(
         batch_index: The index of this batch within its epoch, from 0.
         codec: The codec of every tensor, as for :func:`encode_tensor`; default ``CODEC_NONE``.
         names: The arrays' names for error messages; default ``None`` (``"arrays[i]"``).
+        decoded_bytes: Bytes of storage chunks decoded for the stream since its previous
+            batch (``Batch.decoded_bytes``); default 0.
 
     Returns:
         The serialized Batch: the small fields first, then one Tensor per array.
@@ -255,7 +258,11 @@ def encode_batch(
     if rows.ndim != 1:
         raise ValueError(f"Expected indices to be 1-D. Got shape {rows.shape} instead.")
     header = tensor_pb2.Batch(
-        cursor=cursor, indices=rows.tolist(), epoch=epoch, batch_index=batch_index
+        cursor=cursor,
+        indices=rows.tolist(),
+        epoch=epoch,
+        batch_index=batch_index,
+        decoded_bytes=decoded_bytes,
     ).SerializeToString()
     pieces: list[Any] = [header]
     offset = len(header)

@@ -6,6 +6,16 @@ message of the form "Expected X. Got Y instead.", naming the argument.
 
 from __future__ import annotations
 
-from data_tools._parse import did_you_mean, parse_non_negative_int, parse_positive_int
+from data_tools._parse import (
+    MAX_SUGGESTED_CHARS,
+    did_you_mean,
+    parse_non_negative_int,
+    parse_positive_int,
+)
 
-__all__ = ["did_you_mean", "parse_non_negative_int", "parse_positive_int"]
+__all__ = [
+    "MAX_SUGGESTED_CHARS",
+    "did_you_mean",
+    "parse_non_negative_int",
+    "parse_positive_int",
+]

@@ -41,8 +41,8 @@ from data_client import (
     UnimplementedError,
     resolve_nodes,
 )
+from data_client._batch_stream import open_stream as _open_stream
 from data_client._decode import DecodedBatch
-from data_client.client import _open_stream
 from data_wire.v1 import data_node_pb2, tensor_pb2
 
 LENGTH = 13

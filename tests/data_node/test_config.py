@@ -12,11 +12,13 @@ an environment variable (commas, newlines), both; repr and every error free of t
 missing / empty / unreadable sources, a DATA_NODE_ variable, bad role, bad characters,
 duplicates, an empty section; max_open_streams_per_token with and without [auth]. Hardening:
 the new limits' defaults, max_memory_bytes above cache.max_bytes; a metrics port alone binds
-loopback.
+loopback. Workers: [workers] processes defaults to the usable cores, set in the file or the
+environment; out of [1, 1024], not an integer, an unknown key, not a table.
 """
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -27,6 +29,7 @@ from data_node.config import (
     JobsConfig,
     LimitsConfig,
     TlsConfig,
+    WorkersConfig,
     load,
     resolve_inside,
     resolve_preprocessor,
@@ -491,3 +494,34 @@ def test_a_listen_address_must_name_a_port(root, listen):
     body = GOOD.replace('listen = "127.0.0.1:0"', f"listen = {listen!r}")
     with pytest.raises(ConfigError, match=r"^node\.listen: Expected HOST:PORT with a port in"):
         load(write(root, body))
+
+
+def test_workers_default_to_the_usable_cores_and_can_be_set(root):
+    assert load(write(root, GOOD)).workers == WorkersConfig(len(os.sched_getaffinity(0)))
+    assert load(write(root, GOOD + "\n[workers]\nprocesses = 3\n")).workers.processes == 3
+    overridden = load(write(root, GOOD), {"DATA_NODE_WORKERS__PROCESSES": "5"})
+    assert overridden.workers == WorkersConfig(processes=5)
+
+
+@pytest.mark.parametrize(
+    ("workers", "message"),
+    [
+        ("processes = 0", r"^workers\.processes: Expected an integer in \[1, 1024\] .*Got 0 "),
+        ("processes = -2", r"^workers\.processes: Expected an integer in \[1, 1024\]"),
+        ("processes = 1025", r"^workers\.processes: .*Got 1025 instead\.$"),
+        ("processes = true", r"^workers\.processes: .*Got True instead\.$"),
+        ('processes = "4"', r"^workers\.processes: .*Got '4' instead\.$"),
+        ("processes = 2.0", r"^workers\.processes: .*Got 2\.0 instead\.$"),
+        ("procs = 2", r"^workers\.procs: Expected one of \['processes'\]\. Got an unknown key"),
+    ],
+)
+def test_bad_workers_values_name_the_key(root, workers, message):
+    with pytest.raises(ConfigError, match=message):
+        load(write(root, GOOD + f"\n[workers]\n{workers}\n"))
+
+
+def test_a_workers_section_must_be_a_table(root):
+    with pytest.raises(ConfigError, match=r"^workers: Expected a table"):
+        load(write(root, "\n    workers = 3" + GOOD))
+    with pytest.raises(ConfigError, match=r"^DATA_NODE_WORKERS__PROCS: Expected one of"):
+        load(write(root, GOOD), {"DATA_NODE_WORKERS__PROCS": "2"})

@@ -225,7 +225,7 @@ def test_killed_process_fails_the_job(make_manager):
     os.kill(pid, signal.SIGKILL)
     job = wait_for(manager, job.job_id)
     assert job.state == jobs_pb2.JOB_STATE_FAILED
-    assert job.error == "the job's process died from signal SIGKILL"
+    assert job.error == "the job's process ended without a result (killed by SIGKILL)"
     assert os.listdir(config.output_root / STAGING_DIR) == []
 
 

@@ -14,6 +14,7 @@ import pickle
 
 import numpy as np
 import pytest
+from data_flow_support import count_loaded_modules
 from node_support import noisy
 
 from data_node.catalog.datasets import Dataset
@@ -21,7 +22,7 @@ from data_node.config import LimitsConfig
 from data_node.errors import RequestError
 from data_node.streaming.streams import parse_stream_request
 from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
-from data_tools.io import PreprocessorChain
+from data_tools.io import PreprocessorChain, data_flow
 from data_wire.v1 import data_node_pb2
 
 LENGTH = 12
@@ -39,9 +40,13 @@ AUGMENTATION = data_node_pb2.Augmentation(
 )
 
 
-def transform(**fields):
+def plan(**fields):
     request = data_node_pb2.StreamRequest(dataset="toy", batch_size=4, seed=17, epochs=1, **fields)
-    return parse_stream_request(request, DATASET, LimitsConfig(), PREPROCESSORS).transform
+    return parse_stream_request(request, DATASET, LimitsConfig(), PREPROCESSORS)
+
+
+def transform(**fields):
+    return plan(**fields).transform
 
 
 class RecordingUnpickler(pickle.Unpickler):
@@ -94,3 +99,17 @@ def test_y_array_naming_the_x_array_is_refused():
     same = data_node_pb2.Augmentation(x_array="image", y_array="image")
     with pytest.raises(RequestError, match=r"^augmentation\.y_array: Expected an array other"):
         transform(augmentation=same)
+
+
+def test_a_worker_process_of_the_plan_loads_no_data_node_module():
+    stream = plan(augmentation=AUGMENTATION, preprocessor="noisy", nb_proc_workers=1)
+    assert stream.flow.nb_proc_workers == 1
+    probe = PreprocessorChain((stream.transform, count_loaded_modules))
+    arrays = [array for _, array in DATASET.arrays]
+    with data_flow.from_spec(arrays, stream.flow, preprocessor=probe) as flow:
+        batches = flow.flow()
+        *_, counts = next(batches)
+        batches.close()
+    node_modules, library_modules = counts[0]
+    assert node_modules == 0
+    assert library_modules > 0  # the probe does see what the worker imported

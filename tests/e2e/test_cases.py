@@ -181,7 +181,7 @@ def test_bad_selections_name_the_field(client, cases, dataset, selection, messag
 
 
 def test_requests_the_client_cannot_send_are_refused_by_the_node(client, cases):
-    raw = client._nodes[0].stream_batches  # past the client's checks
+    raw = client._nodes[0].calls["StreamBatches"]  # past the client's checks
     requests = [
         ([data_node_pb2.CaseRange(first=3, last=1)], r"cases\[0\]: Expected a range"),
         ([data_node_pb2.CaseRange(first=-1, last=1)], r"cases\[0\]: Expected a range"),

@@ -71,9 +71,9 @@ def test_a_slow_and_a_fast_consumer_both_progress(node):
     slow_target = 20
     with ThreadPoolExecutor(2) as pool:
         slow = pool.submit(
-            consume, address, stop, SLOW_SLEEP, slow_progress, name="toy", batch_size=4
+            consume, address, stop, SLOW_SLEEP, slow_progress, dataset="toy", batch_size=4
         )
-        fast = pool.submit(consume, address, stop, 0.0, fast_progress, name="toy", batch_size=4)
+        fast = pool.submit(consume, address, stop, 0.0, fast_progress, dataset="toy", batch_size=4)
         # Events, not a time window: the slow one reaches its target while the fast one
         # streams, however loaded the machine (a wide bound only catches a hang).
         deadline = time.monotonic() + 120
@@ -119,7 +119,7 @@ def test_a_stalled_consumer_does_not_make_the_node_read_ahead_unboundedly(
     node, options, ahead_bytes
 ):
     _, address = node
-    request = {"name": "big", "batch_size": BIG_BATCH, "loop_forever": True}
+    request = {"dataset": "big", "batch_size": BIG_BATCH, "loop_forever": True}
     with DataNodeClient(address, options=options) as client:
         stalled = client.stream(preprocessor="count_stalled", **request)
         next(stalled)
@@ -168,7 +168,7 @@ def test_one_slow_consumer_does_not_hold_back_three_others(node):
     epochs = 3
     with ThreadPoolExecutor(4) as pool:
         slow = pool.submit(
-            consume_after, start, address, stop, SLOW_SLEEP, name="toy", batch_size=4
+            consume_after, start, address, stop, SLOW_SLEEP, dataset="toy", batch_size=4
         )
         others = [pool.submit(read_epochs, address, start, epochs) for _ in range(3)]
         try:

@@ -2,9 +2,9 @@
 
 Matrix:
 
-* kill -9 one of a stream's two worker processes: that stream ends INTERNAL naming the
-  worker, its pid and SIGKILL (it does not recover: streaming/streams.py); a concurrent stream goes
-  on bit-exact, a new one works, nothing of the victim is left (threads, processes, shm);
+* kill -9 of the worker process running a stream's batch, then of the one running it
+  again: tests/e2e/test_worker_pool.py (the batch runs again once, bit-exact; the second
+  death ends the stream INTERNAL naming the worker, its pid and SIGKILL);
 * a source corrupted mid-stream (a zarr chunk overwritten with garbage, a gzip HDF5 file
   truncated): INTERNAL naming the failed decode, or FAILED_PRECONDITION when H5Source sees
   the file changed first; never a hang or a silent end; an HDF5 file deleted: a stream
@@ -26,9 +26,7 @@ Matrix:
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
 import sys
 import threading
 import time
@@ -50,48 +48,11 @@ from data_wire.v1 import data_node_pb2
 WORKERS = {"nb_proc_workers": 2, "nb_io_workers": 1}
 
 
-def stream_workers():
-    """The stream worker processes of this process (the node runs in it), by name."""
-    return {
-        p.pid: p.name for p in multiprocessing.active_children() if p.name.startswith("data_tools")
-    }
-
-
 def read_until_error(stream, limit=200):
     """Read ``stream`` until it raises; fail if it yields ``limit`` batches or ends."""
     for _ in range(limit):
         next(stream)
     raise AssertionError(f"the stream yielded {limit} batches after the fault")
-
-
-# ---------------------------------------------------------------- worker processes
-
-
-def test_a_killed_worker_ends_its_stream_and_spares_the_others(node, client, node_dir):
-    server, _ = node
-    _, arrays = node_dir
-    with assert_no_leaks():
-        bystander = client.stream("toy", 4, loop_forever=True, nb_io_workers=2)
-        assert next(bystander)[0].shape == (4, 1, 16, 16)
-        victim = client.stream("toy", 4, loop_forever=True, max_reconnects=0, **WORKERS)
-        next(victim)
-        workers = stream_workers()
-        assert sorted(workers.values()) == ["data_tools-proc-0", "data_tools-proc-1"]
-        pid = min(workers)
-        os.kill(pid, signal.SIGKILL)
-        with pytest.raises(InternalError) as caught:
-            read_until_error(victim)
-        assert f"{workers[pid]} (pid {pid}) died unexpectedly (killed by SIGKILL)" in str(
-            caught.value.details
-        )
-        for number in range(1, 15):  # the bystander goes on where it was, bit-exact
-            start = number * 4 % len(arrays["image"])
-            np.testing.assert_array_equal(next(bystander)[0], arrays["image"][start : start + 4])
-        bystander.close()
-        image, _, _ = next(iter(client.stream("toy", 4, **WORKERS)))
-        np.testing.assert_array_equal(image, arrays["image"][:4])
-        wait_for_idle(server)
-    assert stream_workers() == {}
 
 
 # ---------------------------------------------------------------- sources
@@ -313,9 +274,10 @@ def wait_for_release(batch):
 def test_a_deadline_frees_a_stream_whose_batch_is_stuck(tmp_path):
     """The deadline passes while the stream's batch is stuck: the stream need not wait.
 
-    The preprocessor runs in the stream's worker process (a request's transform never runs
-    in the node's process), where nothing releases it; the stream is freed at the deadline
-    and its worker terminated (no process left).
+    The preprocessor runs in a worker process of the node's pool (a request's transform
+    never runs in the node's process), where nothing releases it; the stream is freed at
+    the deadline, leaving nothing behind (the pool's worker is killed and replaced only if
+    the batch is still stuck data_tools.io.pool.ABANDONED_BATCH_S after).
     """
     make_data(tmp_path)
     config = write_config(tmp_path)

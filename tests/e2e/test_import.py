@@ -194,7 +194,7 @@ def test_patch_fields_are_refused_with_an_import(import_node):
     with DataNodeClient(f"127.0.0.1:{port}") as client:
         stub_call = client._call  # the raw request: the client API has no such mix
         with pytest.raises(InvalidArgumentError, match="patchsize: Expected none with import"):
-            stub_call("submit_build_job", request)
+            stub_call("SubmitBuildJob", request)
 
 
 def test_a_case_the_job_cannot_use_fails_the_job_naming_it(import_node, client):

@@ -7,7 +7,8 @@ after a random number of batches (0: opened and never read), its connection drop
 deadline passed while the client idles, or read to its end.
 
 Then, within SETTLE seconds, the node (it runs in this process) serves no stream, its child
-processes and /dev/shm entries of its own equal the baseline exactly, its thread count
+processes (the warm pool's workers, and nothing else) and /dev/shm entries of its own equal
+the baseline exactly, its thread count
 (/proc/self/task) and open file descriptors (/proc/self/fd) are at most the baseline's, and
 its RSS (/proc/self/statm) is at most RSS_SLACK above it. The baseline is taken after a warm-up of the same mix (imports,
 caches, the RPC thread pool grown to the concurrency the run uses).
@@ -185,7 +186,8 @@ def settle(server, baseline: Usage | None = None) -> Usage:
     deadline = time.monotonic() + SETTLE
     while True:
         usage = Usage.now()
-        idle = server.servicer.open_streams == 0 and not usage.children and not usage.shm
+        pool = frozenset(worker.pid for worker in server.workers.workers())
+        idle = server.servicer.open_streams == 0 and usage.children == pool and not usage.shm
         if idle and (baseline is None or usage.back_to(baseline)):
             return usage
         if time.monotonic() > deadline:

@@ -134,9 +134,9 @@ def assert_every_sample_once_per_epoch(got, epochs, samples):
     ids=["independent", "partitioned"],
 )
 def test_two_nodes_give_the_one_node_stream_bit_for_bit(nodes, sharing):
-    expected, _ = read(nodes[0], name="toy", **sharing)
+    expected, _ = read(nodes[0], dataset="toy", **sharing)
     with assert_no_leaks(**NO_LEAKS):
-        got, stream = read(list(nodes), name="toy", **sharing)
+        got, stream = read(list(nodes), dataset="toy", **sharing)
     assert isinstance(stream, MultiNodeStream)
     assert_same(got, expected)
     assert len({batch[2] for batch in got}) == 2
@@ -147,18 +147,18 @@ def test_two_nodes_give_the_one_node_stream_bit_for_bit(nodes, sharing):
 
 @pytest.mark.parametrize("resume_on", ["one-node", "two-nodes"])
 def test_a_merged_cursor_resumes_on_one_node_or_two(nodes, resume_on):
-    expected, _ = read(nodes[0], name="toy", epochs=2)
-    head, stream = read(list(nodes), limit=5, name="toy", epochs=2)
+    expected, _ = read(nodes[0], dataset="toy", epochs=2)
+    head, stream = read(list(nodes), limit=5, dataset="toy", epochs=2)
     assert stream.cursor.batch_index == 5  # lane 1 of 2 comes next
     addresses = nodes[0] if resume_on == "one-node" else list(nodes)
     with assert_no_leaks(**NO_LEAKS):
-        rest, _ = read(addresses, name="toy", epochs=2, resume=head[-1][4])
+        rest, _ = read(addresses, dataset="toy", epochs=2, resume=head[-1][4])
     assert_same(head + rest, expected)
 
 
 def test_a_node_killed_mid_epoch_loses_and_repeats_nothing(nodes, tmp_path):
     epochs = 8
-    expected, _ = read(nodes[0], name="toy", epochs=epochs)
+    expected, _ = read(nodes[0], dataset="toy", epochs=epochs)
     with node_process(tmp_path) as (victim, address), assert_no_leaks(**NO_LEAKS):
         client = DataNodeClient([nodes[0], address], options=SMALL_WINDOW)
         with client, client.stream("toy", epochs=epochs, **STREAM) as stream:
@@ -175,7 +175,7 @@ def test_a_node_killed_mid_epoch_loses_and_repeats_nothing(nodes, tmp_path):
 
 def test_a_hung_node_is_dropped_by_keepalive_and_its_lane_moves(nodes, tmp_path):
     epochs = 8
-    expected, _ = read(nodes[0], name="toy", epochs=epochs)
+    expected, _ = read(nodes[0], dataset="toy", epochs=epochs)
     with node_process(tmp_path) as (victim, address), assert_no_leaks(**NO_LEAKS):
         try:
             client = DataNodeClient([nodes[0], address], keepalive=KEEPALIVE, options=SMALL_WINDOW)
@@ -228,7 +228,7 @@ def test_every_node_down_raises_unavailable(tmp_path):
 def test_the_torch_adapter_reads_from_several_nodes(nodes):
     from data_client.torch_adapter import BatchIterableDataset
 
-    expected, _ = read(nodes[0], name="toy", epochs=1)
+    expected, _ = read(nodes[0], dataset="toy", epochs=1)
     dataset = BatchIterableDataset(list(nodes), "toy", epochs=1, **STREAM)
     with assert_no_leaks(**NO_LEAKS):
         got = list(dataset)

@@ -10,7 +10,7 @@ registration whose files are gone at start is kept, not served, and removable; b
 unequal lengths, class_list of the wrong length, maxlen 0} name the field and the node keeps
 serving; removing a config-file dataset -> FAILED_PRECONDITION; removing (or replacing) a
 dataset with an open stream ends it with FAILED_PRECONDITION after only true batches; roles:
-a read token may not register or remove, a build token may; ``data-node register`` and
+a read token may not register or remove, a build token may; ``data-client register`` and
 ``remove``.
 """
 
@@ -227,7 +227,9 @@ def test_bad_registrations_name_the_field(client, arrays, options, error, messag
 def test_requests_the_client_cannot_send_are_refused_by_the_node(node):
     _, port = node
     with DataNodeClient(f"127.0.0.1:{port}") as client:
-        node_call = client._nodes[0].register_dataset  # raw requests past the client's checks
+        node_call = client._nodes[0].calls[
+            "RegisterDataset"
+        ]  # raw requests past the client's checks
         cases = [
             (data_node_pb2.RegisterDatasetRequest(dataset="x"), "arrays: Expected 1 to 64"),
             (
@@ -268,7 +270,9 @@ def test_requests_the_client_cannot_send_are_refused_by_the_node(node):
             ("x" * 4097, "dataset: Expected at most 4096 characters"),
         ):
             with pytest.raises(Exception, match=message) as raised:
-                client._nodes[0].remove_dataset(data_node_pb2.RemoveDatasetRequest(dataset=name))
+                client._nodes[0].calls["RemoveDataset"](
+                    data_node_pb2.RemoveDatasetRequest(dataset=name)
+                )
             assert raised.value.code().name == "INVALID_ARGUMENT"
 
 

@@ -124,7 +124,7 @@ def test_a_trainer_gets_what_data_flow_in_process_gets_the_readme_way(client, no
         "order_x": 3,
     }
     request = {
-        "shuffle": True,
+        "sample_random": True,
         "seed": 23,
         "epochs": 2,
         "rank": 1,
@@ -133,7 +133,7 @@ def test_a_trainer_gets_what_data_flow_in_process_gets_the_readme_way(client, no
     }
     remote, remote_indices, _ = collect(
         client.stream(
-            "toy", 6, augment=augment, preprocessor="noisy", sharing="partitioned", **request
+            "toy", 6, augmentation=augment, preprocessor="noisy", sharing="partitioned", **request
         )
     )
     options = {k: v for k, v in augment.items() if not k.endswith("_array")}

@@ -226,41 +226,32 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _submit_and_follow(submit: Callable[[], BuildJob], *, detach: bool) -> int:
-    """Submit with ``submit()``; print the job's id (alone with ``detach``), else wait for it.
-
-    A Ctrl-C at any point says whether a job was queued, and that it keeps running.
-    """
-    job: BuildJob | None = None
+    """Submit with ``submit()``; print the job's id (alone with ``detach``), else wait for it."""
     try:
         job = submit()
-        if detach:
-            say(job.job_id)
-            return OK
-        print(f"job {job.job_id} submitted", file=sys.stderr, flush=True)
-        info = job.wait(progress=True)
     except KeyboardInterrupt:
-        if job is None:
-            raise Interrupted(
-                "interrupted before the node answered; the job may have been queued "
-                "(data-client jobs lists it)"
-            ) from None
-        raise _keeps_running(job) from None
-    say(_describe(info))
-    return OK if info.state is JobState.SUCCEEDED else FAILED
+        raise Interrupted(
+            "interrupted before the node answered; the job may have been queued "
+            "(data-client jobs lists it)"
+        ) from None
+    if detach:
+        say(job.job_id)
+        return OK
+    return _wait(job, announce=True)
 
 
-def _keeps_running(job: BuildJob) -> Interrupted:
-    return Interrupted(
-        f"interrupted; job {job.job_id} keeps running on the node "
-        f"(data-client cancel {job.job_id[:8]})"
-    )
-
-
-def _wait(job: BuildJob) -> int:
+def _wait(job: BuildJob, *, announce: bool = False) -> int:
+    """Wait for ``job`` with a progress bar (``announce``: say its id on stderr first); a
+    Ctrl-C says that it keeps running and how to cancel it."""
     try:
+        if announce:
+            print(f"job {job.job_id} submitted", file=sys.stderr, flush=True)
         info = job.wait(progress=True)
     except KeyboardInterrupt:
-        raise _keeps_running(job) from None
+        raise Interrupted(
+            f"interrupted; job {job.job_id} keeps running on the node "
+            f"(data-client cancel {job.job_id[:8]})"
+        ) from None
     say(_describe(info))
     return OK if info.state is JobState.SUCCEEDED else FAILED
 

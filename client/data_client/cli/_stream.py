@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from data_client._requests import CODECS
 from data_client.cli._arguments import add_command, count, json_object, say
 from data_client.cli.connection import add_connection_arguments, connect
 from data_client.cli.exits import Interrupted
@@ -19,9 +20,11 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
+    from data_client._stream_base import StreamBase
+
 __all__ = ["add_stream_commands"]
 
-_CODECS = ("lz4", "none", "zstd")
+_CODECS = tuple(sorted(CODECS))
 _SHARING = ("independent", "partitioned")
 
 _STREAM_DETAILS = """\
@@ -79,11 +82,16 @@ def add_stream_commands(commands: Any) -> None:
     )
     stream.add_argument("--preprocessor", help="a preprocessor registered in the node's config")
     stream.add_argument(
-        "--nb-io-workers", type=count, default=0, help="reader threads on the node (default 0)"
+        "--nb-io-workers",
+        type=count,
+        default=0,
+        metavar="N",
+        help="reader threads on the node (default 0)",
     )
     stream.add_argument(
         "--nb-proc-workers",
         type=count,
+        metavar="N",
         default=0,
         help="preprocessing processes on the node (default 0; 1 at least with --augmentation "
         "or --preprocessor)",
@@ -92,17 +100,22 @@ def add_stream_commands(commands: Any) -> None:
     stream.add_argument(
         "--max-reconnects",
         type=count,
+        metavar="N",
         default=20,
         help="reconnects to an unavailable node before giving up (default 20: about 25 s)",
     )
     stream.add_argument(
         "--report-every",
         type=count,
+        metavar="N",
         default=0,
         help="print the throughput every N batches (default 0: once per epoch)",
     )
     stream.add_argument(
-        "--indices-out", type=Path, help="write 'EPOCH INDEX' per sample received to this file"
+        "--indices-out",
+        type=Path,
+        metavar="FILE",
+        help="write 'EPOCH INDEX' per sample received to this file",
     )
     stream.set_defaults(run=_stream)
 
@@ -219,7 +232,7 @@ class _Progress:
         if self.epoch is not None:
             say(f"epoch {self.epoch} done: {self.in_epoch.describe(self.last)}")
 
-    def summary(self, rank: int, world_size: int, stall: float) -> str:
+    def summary(self, rank: int, world_size: int, stream: StreamBase) -> str:
         total = self.total
         seconds = max(self.end - self.start, 1e-9)
         return (
@@ -228,8 +241,10 @@ class _Progress:
             f"distinct={np.count_nonzero(self.seen)} bytes={total.num_bytes} "
             f"seconds={seconds:.3f} batches/s={total.batches / seconds:.1f} "
             f"samples/s={total.samples / seconds:.1f} "
-            f"MB/s={total.num_bytes / seconds / 1e6:.1f} stall_s={stall:.3f} "
-            f"stall_fraction={stall / seconds:.3f}"
+            f"MB/s={total.num_bytes / seconds / 1e6:.1f} stall_s={stream.stall:.3f} "
+            f"stall_fraction={stream.stall / seconds:.3f} "
+            f"decoded_bytes={stream.decoded_bytes} "
+            f"read_amplification={stream.read_amplification:.2f}"
         )
 
 
@@ -297,7 +312,7 @@ def _stream(args: argparse.Namespace) -> int:
                 ) from None
             progress.end = time.perf_counter()
         progress.end_epoch()
-        say(progress.summary(args.rank, args.world_size, stream.stall))
+        say(progress.summary(args.rank, args.world_size, stream))
     return 0
 
 

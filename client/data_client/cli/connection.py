@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Final
 
 from data_client.client import DataNodeClient, TlsConfig
 from data_client.nodes import resolve_nodes
+from data_wire.defaults import DEFAULT_ADDRESS
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -24,8 +24,6 @@ __all__ = [
     "node_addresses",
     "read_token",
 ]
-
-DEFAULT_ADDRESS: Final = "127.0.0.1:50051"
 
 
 def node_address(text: str) -> str:

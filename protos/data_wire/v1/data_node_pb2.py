@@ -24,53 +24,76 @@ _sym_db = _symbol_database.Default()
 
 from data_wire.v1 import jobs_pb2 as data__wire_dot_v1_dot_jobs__pb2
 from data_wire.v1 import tensor_pb2 as data__wire_dot_v1_dot_tensor__pb2
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64\x61ta_wire/v1/data_node.proto\x12\x0c\x64\x61ta_wire.v1\x1a\x17\x64\x61ta_wire/v1/jobs.proto\x1a\x19\x64\x61ta_wire/v1/tensor.proto\"\x15\n\x13ListDatasetsRequest\"J\n\x14ListDatasetsResponse\x12\x32\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32 .data_wire.v1.DatasetDescription\")\n\x16\x44\x65scribeDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\">\n\x10\x41rrayDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xa0\x01\n\x12\x44\x61tasetDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12.\n\x06\x61rrays\x18\x03 \x03(\x0b\x32\x1e.data_wire.v1.ArrayDescription\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\x03\x12+\n\x06origin\x18- \x01(\x0e\x32\x1b.data_wire.v1.DatasetOrigin\"=\n\x10RegisteredSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\"P\n\x0fRegisteredArray\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x07sources\x18\x02 \x03(\x0b\x32\x1e.data_wire.v1.RegisteredSource\"\x9d\x01\n\x16RegisterDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12-\n\x06\x61rrays\x18\x02 \x03(\x0b\x32\x1d.data_wire.v1.RegisteredArray\x12\x12\n\nclass_list\x18\x03 \x03(\x03\x12\x13\n\x06maxlen\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07replace\x18\x05 \x01(\x08\x42\t\n\x07_maxlen\"\'\n\x14RemoveDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"J\n\x15RemoveDatasetResponse\x12\x31\n\x07removed\x18\x01 \x01(\x0b\x32 .data_wire.v1.DatasetDescription\"(\n\tCaseRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0c\n\x04last\x18\x02 \x01(\x03\"$\n\x04Lane\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\")\n\x05Shard\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nworld_size\x18\x02 \x01(\x05\"\xee\x03\n\x0c\x41ugmentation\x12\x0f\n\x07x_array\x18\x01 \x01(\t\x12\x0f\n\x07y_array\x18\x02 \x01(\t\x12\x16\n\x0erotation_range\x18\x03 \x01(\x01\x12\x19\n\x11width_shift_range\x18\x04 \x01(\x01\x12\x1a\n\x12height_shift_range\x18\x05 \x01(\x01\x12\x13\n\x0bshear_range\x18\x06 \x01(\x01\x12\x12\n\nzoom_range\x18\x07 \x03(\x01\x12\x1d\n\x15intensity_shift_range\x18\x08 \x01(\x01\x12\x11\n\tfill_mode\x18\t \x01(\t\x12\x0e\n\x06\x63val_x\x18\n \x01(\x01\x12\x0e\n\x06\x63val_y\x18\x0b \x01(\x01\x12\x17\n\x0fhorizontal_flip\x18\x0c \x01(\x08\x12\x15\n\rvertical_flip\x18\r \x01(\x08\x12\x13\n\x0bspline_warp\x18\x0e \x01(\x08\x12\x17\n\nwarp_sigma\x18\x0f \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0ewarp_grid_size\x18\x10 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\tcrop_size\x18\x11 \x03(\x03\x12\x14\n\x07order_x\x18\x12 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07order_y\x18\x13 \x01(\x05H\x03\x88\x01\x01\x42\r\n\x0b_warp_sigmaB\x11\n\x0f_warp_grid_sizeB\n\n\x08_order_xB\n\n\x08_order_y\"V\n\rSampleWeights\x12\x0f\n\x05\x61rray\x18\x01 \x01(\tH\x00\x12*\n\x06values\x18\x02 \x01(\x0b\x32\x18.data_wire.v1.DoubleListH\x00\x42\x08\n\x06source\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x89\x05\n\rStreamRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x03\x12\x15\n\rsample_random\x18\x03 \x01(\x08\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x1f\n\x17sample_with_replacement\x18\x05 \x01(\x08\x12\x33\n\x0esample_weights\x18\x06 \x01(\x0b\x32\x1b.data_wire.v1.SampleWeights\x12\x1f\n\x17\x64rop_incomplete_batches\x18\x07 \x01(\x08\x12\x0e\n\x06\x65pochs\x18\x08 \x01(\x03\x12\x14\n\x0cloop_forever\x18\t \x01(\x08\x12\x15\n\rnb_io_workers\x18\n \x01(\x05\x12\x17\n\x0fnb_proc_workers\x18\x0b \x01(\x05\x12\"\n\x05shard\x18\x0c \x01(\x0b\x32\x13.data_wire.v1.Shard\x12\x30\n\x0c\x61ugmentation\x18\r \x01(\x0b\x32\x1a.data_wire.v1.Augmentation\x12\x14\n\x0cpreprocessor\x18\x0e \x01(\t\x12$\n\x06resume\x18\x0f \x01(\x0b\x32\x14.data_wire.v1.Cursor\x12\"\n\x05\x63odec\x18\x10 \x01(\x0e\x32\x13.data_wire.v1.Codec\x12&\n\x07sharing\x18\x11 \x01(\x0e\x32\x15.data_wire.v1.Sharing\x12 \n\x04lane\x18\x12 \x01(\x0b\x32\x12.data_wire.v1.Lane\x12&\n\x05\x63\x61ses\x18- \x03(\x0b\x32\x17.data_wire.v1.CaseRange\x12\x13\n\x0bstart_epoch\x18. \x01(\x03\x12\x16\n\x0eshuffle_window\x18\x32 \x01(\x03\x42\x07\n\x05_seed*i\n\rDatasetOrigin\x12\x1e\n\x1a\x44\x41TASET_ORIGIN_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x41TASET_ORIGIN_CONFIG\x10\x01\x12\x1d\n\x19\x44\x41TASET_ORIGIN_REGISTERED\x10\x02*T\n\x07Sharing\x12\x17\n\x13SHARING_UNSPECIFIED\x10\x00\x12\x17\n\x13SHARING_INDEPENDENT\x10\x01\x12\x17\n\x13SHARING_PARTITIONED\x10\x02\x32\x85\x06\n\x08\x44\x61taNode\x12U\n\x0cListDatasets\x12!.data_wire.v1.ListDatasetsRequest\x1a\".data_wire.v1.ListDatasetsResponse\x12Y\n\x0f\x44\x65scribeDataset\x12$.data_wire.v1.DescribeDatasetRequest\x1a .data_wire.v1.DatasetDescription\x12\x43\n\rStreamBatches\x12\x1b.data_wire.v1.StreamRequest\x1a\x13.data_wire.v1.Batch0\x01\x12H\n\x0eSubmitBuildJob\x12#.data_wire.v1.SubmitBuildJobRequest\x1a\x11.data_wire.v1.Job\x12\x38\n\x06GetJob\x12\x1b.data_wire.v1.GetJobRequest\x1a\x11.data_wire.v1.Job\x12I\n\x08ListJobs\x12\x1d.data_wire.v1.ListJobsRequest\x1a\x1e.data_wire.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.data_wire.v1.CancelJobRequest\x1a\x11.data_wire.v1.Job\x12>\n\x08WatchJob\x12\x1d.data_wire.v1.WatchJobRequest\x1a\x11.data_wire.v1.Job0\x01\x12Y\n\x0fRegisterDataset\x12$.data_wire.v1.RegisterDatasetRequest\x1a .data_wire.v1.DatasetDescription\x12X\n\rRemoveDataset\x12\".data_wire.v1.RemoveDatasetRequest\x1a#.data_wire.v1.RemoveDatasetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64\x61ta_wire/v1/data_node.proto\x12\x0c\x64\x61ta_wire.v1\x1a\x17\x64\x61ta_wire/v1/jobs.proto\x1a\x19\x64\x61ta_wire/v1/tensor.proto\x1a google/protobuf/descriptor.proto\"\x15\n\x13ListDatasetsRequest\"J\n\x14ListDatasetsResponse\x12\x32\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32 .data_wire.v1.DatasetDescription\")\n\x16\x44\x65scribeDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\">\n\x10\x41rrayDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xa0\x01\n\x12\x44\x61tasetDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12.\n\x06\x61rrays\x18\x03 \x03(\x0b\x32\x1e.data_wire.v1.ArrayDescription\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\x03\x12+\n\x06origin\x18- \x01(\x0e\x32\x1b.data_wire.v1.DatasetOrigin\"=\n\x10RegisteredSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\"P\n\x0fRegisteredArray\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x07sources\x18\x02 \x03(\x0b\x32\x1e.data_wire.v1.RegisteredSource\"\x9d\x01\n\x16RegisterDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12-\n\x06\x61rrays\x18\x02 \x03(\x0b\x32\x1d.data_wire.v1.RegisteredArray\x12\x12\n\nclass_list\x18\x03 \x03(\x03\x12\x13\n\x06maxlen\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07replace\x18\x05 \x01(\x08\x42\t\n\x07_maxlen\"\'\n\x14RemoveDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"J\n\x15RemoveDatasetResponse\x12\x31\n\x07removed\x18\x01 \x01(\x0b\x32 .data_wire.v1.DatasetDescription\"(\n\tCaseRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0c\n\x04last\x18\x02 \x01(\x03\"$\n\x04Lane\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\")\n\x05Shard\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nworld_size\x18\x02 \x01(\x05\"\xee\x03\n\x0c\x41ugmentation\x12\x0f\n\x07x_array\x18\x01 \x01(\t\x12\x0f\n\x07y_array\x18\x02 \x01(\t\x12\x16\n\x0erotation_range\x18\x03 \x01(\x01\x12\x19\n\x11width_shift_range\x18\x04 \x01(\x01\x12\x1a\n\x12height_shift_range\x18\x05 \x01(\x01\x12\x13\n\x0bshear_range\x18\x06 \x01(\x01\x12\x12\n\nzoom_range\x18\x07 \x03(\x01\x12\x1d\n\x15intensity_shift_range\x18\x08 \x01(\x01\x12\x11\n\tfill_mode\x18\t \x01(\t\x12\x0e\n\x06\x63val_x\x18\n \x01(\x01\x12\x0e\n\x06\x63val_y\x18\x0b \x01(\x01\x12\x17\n\x0fhorizontal_flip\x18\x0c \x01(\x08\x12\x15\n\rvertical_flip\x18\r \x01(\x08\x12\x13\n\x0bspline_warp\x18\x0e \x01(\x08\x12\x17\n\nwarp_sigma\x18\x0f \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0ewarp_grid_size\x18\x10 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\tcrop_size\x18\x11 \x03(\x03\x12\x14\n\x07order_x\x18\x12 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07order_y\x18\x13 \x01(\x05H\x03\x88\x01\x01\x42\r\n\x0b_warp_sigmaB\x11\n\x0f_warp_grid_sizeB\n\n\x08_order_xB\n\n\x08_order_y\"V\n\rSampleWeights\x12\x0f\n\x05\x61rray\x18\x01 \x01(\tH\x00\x12*\n\x06values\x18\x02 \x01(\x0b\x32\x18.data_wire.v1.DoubleListH\x00\x42\x08\n\x06source\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x89\x05\n\rStreamRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x03\x12\x15\n\rsample_random\x18\x03 \x01(\x08\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x1f\n\x17sample_with_replacement\x18\x05 \x01(\x08\x12\x33\n\x0esample_weights\x18\x06 \x01(\x0b\x32\x1b.data_wire.v1.SampleWeights\x12\x1f\n\x17\x64rop_incomplete_batches\x18\x07 \x01(\x08\x12\x0e\n\x06\x65pochs\x18\x08 \x01(\x03\x12\x14\n\x0cloop_forever\x18\t \x01(\x08\x12\x15\n\rnb_io_workers\x18\n \x01(\x05\x12\x17\n\x0fnb_proc_workers\x18\x0b \x01(\x05\x12\"\n\x05shard\x18\x0c \x01(\x0b\x32\x13.data_wire.v1.Shard\x12\x30\n\x0c\x61ugmentation\x18\r \x01(\x0b\x32\x1a.data_wire.v1.Augmentation\x12\x14\n\x0cpreprocessor\x18\x0e \x01(\t\x12$\n\x06resume\x18\x0f \x01(\x0b\x32\x14.data_wire.v1.Cursor\x12\"\n\x05\x63odec\x18\x10 \x01(\x0e\x32\x13.data_wire.v1.Codec\x12&\n\x07sharing\x18\x11 \x01(\x0e\x32\x15.data_wire.v1.Sharing\x12 \n\x04lane\x18\x12 \x01(\x0b\x32\x12.data_wire.v1.Lane\x12&\n\x05\x63\x61ses\x18- \x03(\x0b\x32\x17.data_wire.v1.CaseRange\x12\x13\n\x0bstart_epoch\x18. \x01(\x03\x12\x16\n\x0eshuffle_window\x18\x32 \x01(\x03\x42\x07\n\x05_seed*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_READ\x10\x01\x12\x0e\n\nROLE_BUILD\x10\x02*i\n\rDatasetOrigin\x12\x1e\n\x1a\x44\x41TASET_ORIGIN_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x41TASET_ORIGIN_CONFIG\x10\x01\x12\x1d\n\x19\x44\x41TASET_ORIGIN_REGISTERED\x10\x02*T\n\x07Sharing\x12\x17\n\x13SHARING_UNSPECIFIED\x10\x00\x12\x17\n\x13SHARING_INDEPENDENT\x10\x01\x12\x17\n\x13SHARING_PARTITIONED\x10\x02\x32\xc1\x06\n\x08\x44\x61taNode\x12[\n\x0cListDatasets\x12!.data_wire.v1.ListDatasetsRequest\x1a\".data_wire.v1.ListDatasetsResponse\"\x04\x80\xba\x18\x01\x12_\n\x0f\x44\x65scribeDataset\x12$.data_wire.v1.DescribeDatasetRequest\x1a .data_wire.v1.DatasetDescription\"\x04\x80\xba\x18\x01\x12I\n\rStreamBatches\x12\x1b.data_wire.v1.StreamRequest\x1a\x13.data_wire.v1.Batch\"\x04\x80\xba\x18\x01\x30\x01\x12N\n\x0eSubmitBuildJob\x12#.data_wire.v1.SubmitBuildJobRequest\x1a\x11.data_wire.v1.Job\"\x04\x80\xba\x18\x02\x12>\n\x06GetJob\x12\x1b.data_wire.v1.GetJobRequest\x1a\x11.data_wire.v1.Job\"\x04\x80\xba\x18\x02\x12O\n\x08ListJobs\x12\x1d.data_wire.v1.ListJobsRequest\x1a\x1e.data_wire.v1.ListJobsResponse\"\x04\x80\xba\x18\x02\x12\x44\n\tCancelJob\x12\x1e.data_wire.v1.CancelJobRequest\x1a\x11.data_wire.v1.Job\"\x04\x80\xba\x18\x02\x12\x44\n\x08WatchJob\x12\x1d.data_wire.v1.WatchJobRequest\x1a\x11.data_wire.v1.Job\"\x04\x80\xba\x18\x02\x30\x01\x12_\n\x0fRegisterDataset\x12$.data_wire.v1.RegisterDatasetRequest\x1a .data_wire.v1.DatasetDescription\"\x04\x80\xba\x18\x02\x12^\n\rRemoveDataset\x12\".data_wire.v1.RemoveDatasetRequest\x1a#.data_wire.v1.RemoveDatasetResponse\"\x04\x80\xba\x18\x02:B\n\x04role\x12\x1e.google.protobuf.MethodOptions\x18\xa0\x87\x03 \x01(\x0e\x32\x12.data_wire.v1.Roleb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'data_wire.v1.data_node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATASETORIGIN']._serialized_start=2279
-  _globals['_DATASETORIGIN']._serialized_end=2384
-  _globals['_SHARING']._serialized_start=2386
-  _globals['_SHARING']._serialized_end=2470
-  _globals['_LISTDATASETSREQUEST']._serialized_start=98
-  _globals['_LISTDATASETSREQUEST']._serialized_end=119
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=121
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=195
-  _globals['_DESCRIBEDATASETREQUEST']._serialized_start=197
-  _globals['_DESCRIBEDATASETREQUEST']._serialized_end=238
-  _globals['_ARRAYDESCRIPTION']._serialized_start=240
-  _globals['_ARRAYDESCRIPTION']._serialized_end=302
-  _globals['_DATASETDESCRIPTION']._serialized_start=305
-  _globals['_DATASETDESCRIPTION']._serialized_end=465
-  _globals['_REGISTEREDSOURCE']._serialized_start=467
-  _globals['_REGISTEREDSOURCE']._serialized_end=528
-  _globals['_REGISTEREDARRAY']._serialized_start=530
-  _globals['_REGISTEREDARRAY']._serialized_end=610
-  _globals['_REGISTERDATASETREQUEST']._serialized_start=613
-  _globals['_REGISTERDATASETREQUEST']._serialized_end=770
-  _globals['_REMOVEDATASETREQUEST']._serialized_start=772
-  _globals['_REMOVEDATASETREQUEST']._serialized_end=811
-  _globals['_REMOVEDATASETRESPONSE']._serialized_start=813
-  _globals['_REMOVEDATASETRESPONSE']._serialized_end=887
-  _globals['_CASERANGE']._serialized_start=889
-  _globals['_CASERANGE']._serialized_end=929
-  _globals['_LANE']._serialized_start=931
-  _globals['_LANE']._serialized_end=967
-  _globals['_SHARD']._serialized_start=969
-  _globals['_SHARD']._serialized_end=1010
-  _globals['_AUGMENTATION']._serialized_start=1013
-  _globals['_AUGMENTATION']._serialized_end=1507
-  _globals['_SAMPLEWEIGHTS']._serialized_start=1509
-  _globals['_SAMPLEWEIGHTS']._serialized_end=1595
-  _globals['_DOUBLELIST']._serialized_start=1597
-  _globals['_DOUBLELIST']._serialized_end=1625
-  _globals['_STREAMREQUEST']._serialized_start=1628
-  _globals['_STREAMREQUEST']._serialized_end=2277
-  _globals['_DATANODE']._serialized_start=2473
-  _globals['_DATANODE']._serialized_end=3246
+  _globals['_DATANODE'].methods_by_name['ListDatasets']._loaded_options = None
+  _globals['_DATANODE'].methods_by_name['ListDatasets']._serialized_options = b'\200\272\030\001'
+  _globals['_DATANODE'].methods_by_name['DescribeDataset']._loaded_options = None
+  _globals['_DATANODE'].methods_by_name['DescribeDataset']._serialized_options = b'\200\272\030\001'
+  _globals['_DATANODE'].methods_by_name['StreamBatches']._loaded_options = None
+  _globals['_DATANODE'].methods_by_name['StreamBatches']._serialized_options = b'\200\272\030\001'
+  _globals['_DATANODE'].methods_by_name['SubmitBuildJob']._loaded_options = None
+  _globals['_DATANODE'].methods_by_name['SubmitBuildJob']._serialized_options = b'\200\272\030\002'
+  _globals['_DATANODE'].methods_by_name['GetJob']._loaded_options = None
+  _globals['_DATANODE'].methods_by_name['GetJob']._serialized_options = b'\200\272\030\002'
+  _globals['_DATANODE'].methods_by_name['ListJobs']._loaded_options = None
+  _globals['_DATANODE'].methods_by_name['ListJobs']._serialized_options = b'\200\272\030\002'
+  _globals['_DATANODE'].methods_by_name['CancelJob']._loaded_options = None
+  _globals['_DATANODE'].methods_by_name['CancelJob']._serialized_options = b'\200\272\030\002'
+  _globals['_DATANODE'].methods_by_name['WatchJob']._loaded_options = None
+  _globals['_DATANODE'].methods_by_name['WatchJob']._serialized_options = b'\200\272\030\002'
+  _globals['_DATANODE'].methods_by_name['RegisterDataset']._loaded_options = None
+  _globals['_DATANODE'].methods_by_name['RegisterDataset']._serialized_options = b'\200\272\030\002'
+  _globals['_DATANODE'].methods_by_name['RemoveDataset']._loaded_options = None
+  _globals['_DATANODE'].methods_by_name['RemoveDataset']._serialized_options = b'\200\272\030\002'
+  _globals['_ROLE']._serialized_start=2313
+  _globals['_ROLE']._serialized_end=2372
+  _globals['_DATASETORIGIN']._serialized_start=2374
+  _globals['_DATASETORIGIN']._serialized_end=2479
+  _globals['_SHARING']._serialized_start=2481
+  _globals['_SHARING']._serialized_end=2565
+  _globals['_LISTDATASETSREQUEST']._serialized_start=132
+  _globals['_LISTDATASETSREQUEST']._serialized_end=153
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=155
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=229
+  _globals['_DESCRIBEDATASETREQUEST']._serialized_start=231
+  _globals['_DESCRIBEDATASETREQUEST']._serialized_end=272
+  _globals['_ARRAYDESCRIPTION']._serialized_start=274
+  _globals['_ARRAYDESCRIPTION']._serialized_end=336
+  _globals['_DATASETDESCRIPTION']._serialized_start=339
+  _globals['_DATASETDESCRIPTION']._serialized_end=499
+  _globals['_REGISTEREDSOURCE']._serialized_start=501
+  _globals['_REGISTEREDSOURCE']._serialized_end=562
+  _globals['_REGISTEREDARRAY']._serialized_start=564
+  _globals['_REGISTEREDARRAY']._serialized_end=644
+  _globals['_REGISTERDATASETREQUEST']._serialized_start=647
+  _globals['_REGISTERDATASETREQUEST']._serialized_end=804
+  _globals['_REMOVEDATASETREQUEST']._serialized_start=806
+  _globals['_REMOVEDATASETREQUEST']._serialized_end=845
+  _globals['_REMOVEDATASETRESPONSE']._serialized_start=847
+  _globals['_REMOVEDATASETRESPONSE']._serialized_end=921
+  _globals['_CASERANGE']._serialized_start=923
+  _globals['_CASERANGE']._serialized_end=963
+  _globals['_LANE']._serialized_start=965
+  _globals['_LANE']._serialized_end=1001
+  _globals['_SHARD']._serialized_start=1003
+  _globals['_SHARD']._serialized_end=1044
+  _globals['_AUGMENTATION']._serialized_start=1047
+  _globals['_AUGMENTATION']._serialized_end=1541
+  _globals['_SAMPLEWEIGHTS']._serialized_start=1543
+  _globals['_SAMPLEWEIGHTS']._serialized_end=1629
+  _globals['_DOUBLELIST']._serialized_start=1631
+  _globals['_DOUBLELIST']._serialized_end=1659
+  _globals['_STREAMREQUEST']._serialized_start=1662
+  _globals['_STREAMREQUEST']._serialized_end=2311
+  _globals['_DATANODE']._serialized_start=2568
+  _globals['_DATANODE']._serialized_end=3401
 # @@protoc_insertion_point(module_scope)

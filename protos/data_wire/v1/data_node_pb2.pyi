@@ -1,5 +1,6 @@
 from data_wire.v1 import jobs_pb2 as _jobs_pb2
 from data_wire.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -8,6 +9,12 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_READ: _ClassVar[Role]
+    ROLE_BUILD: _ClassVar[Role]
 
 class DatasetOrigin(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -20,12 +27,17 @@ class Sharing(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SHARING_UNSPECIFIED: _ClassVar[Sharing]
     SHARING_INDEPENDENT: _ClassVar[Sharing]
     SHARING_PARTITIONED: _ClassVar[Sharing]
+ROLE_UNSPECIFIED: Role
+ROLE_READ: Role
+ROLE_BUILD: Role
 DATASET_ORIGIN_UNSPECIFIED: DatasetOrigin
 DATASET_ORIGIN_CONFIG: DatasetOrigin
 DATASET_ORIGIN_REGISTERED: DatasetOrigin
 SHARING_UNSPECIFIED: Sharing
 SHARING_INDEPENDENT: Sharing
 SHARING_PARTITIONED: Sharing
+ROLE_FIELD_NUMBER: _ClassVar[int]
+role: _descriptor.FieldDescriptor
 
 class ListDatasetsRequest(_message.Message):
     __slots__ = ()

@@ -47,15 +47,17 @@ class Cursor(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., seed: _Optional[int] = ..., epoch: _Optional[int] = ..., batch_index: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("arrays", "cursor", "indices", "epoch", "batch_index")
+    __slots__ = ("arrays", "cursor", "indices", "epoch", "batch_index", "decoded_bytes")
     ARRAYS_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     BATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
+    DECODED_BYTES_FIELD_NUMBER: _ClassVar[int]
     arrays: _containers.RepeatedCompositeFieldContainer[Tensor]
     cursor: Cursor
     indices: _containers.RepeatedScalarFieldContainer[int]
     epoch: int
     batch_index: int
-    def __init__(self, arrays: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cursor: _Optional[_Union[Cursor, _Mapping]] = ..., indices: _Optional[_Iterable[int]] = ..., epoch: _Optional[int] = ..., batch_index: _Optional[int] = ...) -> None: ...
+    decoded_bytes: int
+    def __init__(self, arrays: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cursor: _Optional[_Union[Cursor, _Mapping]] = ..., indices: _Optional[_Iterable[int]] = ..., epoch: _Optional[int] = ..., batch_index: _Optional[int] = ..., decoded_bytes: _Optional[int] = ...) -> None: ...

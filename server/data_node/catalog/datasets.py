@@ -36,11 +36,11 @@ from data_node.errors import (
     DatasetRemovedError,
     PathOutsideRootError,
 )
+from data_node.fields import not_one_of
 from data_node.wire import WIRE_DTYPES
 from data_tools import storage
 from data_tools.chunk_cache import CachedSource, cached
 from data_tools.errors import ConfinementError
-from data_tools.parsing import did_you_mean
 from data_tools.wrap import delayed_view, multi_source_array
 
 if TYPE_CHECKING:
@@ -328,10 +328,7 @@ class DatasetRegistry:
             dataset = self._datasets.get(name)
             names = sorted(self._datasets)
         if dataset is None:
-            raise DatasetNotFoundError(
-                f"dataset: Expected one of {names}. Got {name!r} instead."
-                f"{did_you_mean(name, names)}"
-            )
+            raise DatasetNotFoundError(not_one_of("dataset", name, names))
         return dataset
 
     def register(

@@ -18,6 +18,7 @@ from data_node.errors import (
     PathOutsideRootError,
     RequestError,
 )
+from data_node.fields import choice
 from data_node.jobs._build import MAX_CLASSES, ArraySpec, BuildSpec, check_output_size
 from data_node.jobs._import import CaseSpec, ImportSpec
 from data_node.jobs._output_tree import RESERVED
@@ -124,7 +125,7 @@ def parse_build_request(
     class_list = _parse_class_list(list(request.class_list), has_mask=mask is not None)
     batchsize = _non_negative("batchsize", request.batchsize) or DEFAULT_BATCHSIZE
     cap = _non_negative("max_patches_per_class", request.max_patches_per_class) or None
-    file_format = _parse_choice("file_format", request.file_format or "hdf5", WRITABLE_FORMATS)
+    file_format = choice("file_format", request.file_format or "hdf5", WRITABLE_FORMATS)
     writer_options = _parse_writer_options(request.writer_options, file_format)
     executor, scheduler_address = _parse_executor(request, file_format, config.jobs)
     if request.store_masks and mask is None:
@@ -190,9 +191,7 @@ def _parse_import_request(request: jobs_pb2.SubmitBuildJobRequest, config: NodeC
             f"Got {len(message.cases)} instead."
         )
     cases = tuple(_parse_case(i, case, config.data_root) for i, case in enumerate(message.cases))
-    file_format = _parse_choice(
-        "file_format", request.file_format or "hdf5", tuple(CASES_CONTAINERS)
-    )
+    file_format = choice("file_format", request.file_format or "hdf5", tuple(CASES_CONTAINERS))
     writer_options = _parse_writer_options(request.writer_options, file_format)
     batchsize = _non_negative("batchsize", request.batchsize) or DEFAULT_BATCHSIZE
     seed = _parse_seed(request)
@@ -416,13 +415,6 @@ def _non_negative(name: str, value: int) -> int:
     return value
 
 
-def _parse_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    if value in choices:
-        return value
-    close = did_you_mean(value, choices)
-    raise RequestError(f"{name}: Expected one of {list(choices)}. Got {value!r} instead.{close}")
-
-
 def _parse_writer_options(text: str, file_format: str) -> dict[str, Any]:
     if not text:
         return {}
@@ -449,7 +441,7 @@ def _parse_writer_options(text: str, file_format: str) -> dict[str, Any]:
 def _parse_executor(
     request: jobs_pb2.SubmitBuildJobRequest, file_format: str, jobs: JobsConfig
 ) -> tuple[str, str | None]:
-    executor = _parse_choice("executor", request.executor or jobs.executor, EXECUTORS)
+    executor = choice("executor", request.executor or jobs.executor, EXECUTORS)
     if executor == "local":
         return executor, None
     address = request.scheduler_address or jobs.scheduler_address

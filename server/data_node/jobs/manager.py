@@ -94,6 +94,7 @@ from data_tools.io.writers import is_complete
 from data_tools.medical import CASES_CONTAINERS, Case, default_case_name, is_import_complete
 from data_tools.patches import CONTAINERS, is_dataset_complete
 from data_tools.storage import backend
+from data_tools.supervise import exit_reason, stop_process
 from data_wire.v1 import jobs_pb2
 
 if TYPE_CHECKING:
@@ -563,13 +564,8 @@ class JobManager:
         if self._thread is not None:
             self._thread.join()
         for job in [j for j in self._jobs.values() if j.process is not None]:
-            process = job.process
-            assert process is not None
-            process.terminate()
-            process.join(CANCEL_GRACE)
-            if process.exitcode is None:
-                process.kill()
-                process.join()
+            assert job.process is not None
+            stop_process(job.process, grace_s=0.0, kill_s=CANCEL_GRACE)
             with self._changed:
                 self._release(job)
                 if job.cancel_requested:
@@ -962,9 +958,7 @@ def _overlap(a: PurePosixPath, b: PurePosixPath) -> bool:
 
 
 def _died(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        return f"the job's process died from signal {signal.Signals(-exitcode).name}"
-    return f"the job's process exited with code {exitcode} without a result"
+    return f"the job's process ended without a result ({exit_reason(exitcode)})"
 
 
 def _kill_point(step: str) -> None:

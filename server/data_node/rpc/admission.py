@@ -39,7 +39,7 @@ import grpc
 from data_node.errors import LimitExceededError, RoleError, TokenError
 from data_node.rpc.auth import OPEN_PREFIX, TokenChecker, check_role
 from data_node.rpc.status import status_for
-from data_wire.v1 import data_node_pb2
+from data_wire.methods import METHODS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -53,8 +53,7 @@ logger = logging.getLogger(__name__)
 NO_TOKEN: Final = "no token"
 """Whom calls without a token (health) are counted as, with ``[auth]``."""
 
-_SERVICE = data_node_pb2.DESCRIPTOR.services_by_name["DataNode"].full_name
-_STREAM_METHOD: Final = f"/{_SERVICE}/StreamBatches"
+_STREAM_METHOD: Final = METHODS["StreamBatches"].path
 
 
 class CallLimits:

@@ -22,7 +22,7 @@ import hmac
 from typing import TYPE_CHECKING, Final
 
 from data_node.errors import RoleError, TokenError
-from data_wire.v1 import data_node_pb2
+from data_wire.methods import METHODS, SERVICE_NAME
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,24 +34,9 @@ __all__ = ["MAX_TOKEN_CHARS", "OPEN_PREFIX", "ROLE_NEEDED", "TokenChecker", "che
 OPEN_PREFIX: Final = "/grpc.health.v1.Health/"
 """Methods under this prefix (the health service) need no token."""
 
-_SERVICE = data_node_pb2.DESCRIPTOR.services_by_name["DataNode"].full_name
-ROLE_NEEDED: Final = {
-    f"/{_SERVICE}/{method}": role
-    for method, role in (
-        ("ListDatasets", "read"),
-        ("DescribeDataset", "read"),
-        ("StreamBatches", "read"),
-        ("RegisterDataset", "build"),
-        ("RemoveDataset", "build"),
-        ("SubmitBuildJob", "build"),
-        ("GetJob", "build"),
-        ("ListJobs", "build"),
-        ("CancelJob", "build"),
-        ("WatchJob", "build"),
-    )
-}
-"""The role each DataNode RPC needs (one missing here needs "build"); any other service's
-method (reflection) takes any valid token."""
+ROLE_NEEDED: Final = {method.path: method.role for method in METHODS.values()}
+"""The role each DataNode RPC needs (the proto's ``role`` option, read by data_wire.methods);
+any other service's method (reflection) takes any valid token."""
 
 MAX_TOKEN_CHARS: Final = 1024
 """Longest bearer token looked at; a longer one is refused before it is hashed."""
@@ -110,7 +95,7 @@ def check_role(token: BearerToken, method: str) -> None:
     Raises:
         RoleError: The method needs the "build" role and the token has "read".
     """
-    needed = ROLE_NEEDED.get(method, "build" if method.startswith(f"/{_SERVICE}/") else "read")
+    needed = ROLE_NEEDED.get(method, "build" if method.startswith(f"/{SERVICE_NAME}/") else "read")
     if needed == "build" and token.role != "build":
         name = method.rsplit("/", 1)[-1]
         raise RoleError(

@@ -1,8 +1,8 @@
 """DataNodeServicer: translates data_wire messages to library calls and errors to statuses.
 
-It holds no pipeline logic (that is streams.py, and jobs.py for build jobs) and lets no
-traceback reach the wire: every exception is looked up in status.py and the call aborted
-with that code and the message.
+It holds no pipeline logic (that is data_node.streaming, and data_node.jobs for build jobs)
+and lets no traceback reach the wire: every exception is looked up in data_node.rpc.status
+and the call aborted with that code and the message.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from data_node.redact import PathRedactor
 from data_node.rpc._strings import check_string_lengths
 from data_node.rpc.status import status_for
 from data_node.streaming.streams import parse_stream_request, stream_batches
-from data_wire.v1 import data_node_pb2, jobs_pb2
+from data_wire.methods import METHODS, SERVICE_NAME, Method
+from data_wire.v1 import data_node_pb2, jobs_pb2, tensor_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -32,10 +33,10 @@ if TYPE_CHECKING:
     from data_node.config import NodeConfig
     from data_node.jobs.manager import JobManager
     from data_node.rpc.admission import MemoryBudget
+    from data_tools.io.pool import WorkerPool
 
 __all__ = ["SERVICE_NAME", "DataNodeServicer", "method_handlers"]
 
-SERVICE_NAME = data_node_pb2.DESCRIPTOR.services_by_name["DataNode"].full_name
 logger = logging.getLogger(__name__)
 Response = TypeVar("Response")
 
@@ -46,6 +47,8 @@ class DataNodeServicer:
     Streams are counted in ``metrics`` (default: metrics of its own, served nowhere), and
     each reserves its memory in ``budget`` while it is open (default None: no budget). How
     many streams may be open is data_node.rpc.admission's business, before they get here.
+    Streams with worker processes run on ``workers``, the node's warm pool (default None:
+    each such stream starts processes of its own).
     """
 
     def __init__(
@@ -55,8 +58,10 @@ class DataNodeServicer:
         jobs: JobManager,
         metrics: NodeMetrics | None = None,
         budget: MemoryBudget | None = None,
+        workers: WorkerPool | None = None,
     ) -> None:
         self._config = config
+        self._workers = workers
         self._registry = registry
         self._jobs = jobs
         self._metrics = NodeMetrics() if metrics is None else metrics
@@ -110,7 +115,7 @@ class DataNodeServicer:
                 self._registry.serving(dataset, stop.set),
                 self._metrics.stream(dataset.name) as metrics,
             ):
-                yield from stream_batches(plan, stop, metrics)
+                yield from stream_batches(plan, stop, metrics, self._workers)
         except NodeStoppingError as stopped:
             # The stream's stop was set: by the node stopping, the client leaving, or the
             # registry retiring the dataset (which then is no longer the one served).
@@ -249,49 +254,26 @@ def describe(dataset: Dataset) -> data_node_pb2.DatasetDescription:
 
 
 def method_handlers(servicer: DataNodeServicer) -> grpc.GenericRpcHandler:
-    """The service's handlers.
+    """The service's handlers: one per method of the proto's table (data_wire.methods).
 
     Requests arrive as bytes and are parsed here, so a malformed request gets
     INVALID_ARGUMENT naming the message type rather than gRPC's generic INTERNAL; then
     every string field's length is checked (data_node.rpc._strings) before the method runs.
-    StreamBatches yields bytes already encoded (data_node.wire): no response serializer.
+    StreamBatches yields Batches already encoded (data_node.wire): no response serializer.
     """
 
     def serialize(message: Any) -> bytes:
         return message.SerializeToString()  # type: ignore[no-any-return]
 
-    def unary(method: Callable[..., Any], request_type: Any) -> grpc.RpcMethodHandler[Any, Any]:
-        return grpc.unary_unary_rpc_method_handler(
-            _parsing(method, request_type), response_serializer=serialize
-        )
-
-    def streaming(
-        method: Callable[..., Any], request_type: Any, encoded: bool = False
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        return grpc.unary_stream_rpc_method_handler(
-            _parsing(method, request_type), response_serializer=None if encoded else serialize
-        )
+    def handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
+        behavior = _parsing(getattr(servicer, method.name), method.request_type)
+        serializer = None if method.response_type is tensor_pb2.Batch else serialize
+        if method.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(behavior, response_serializer=serializer)
+        return grpc.unary_unary_rpc_method_handler(behavior, response_serializer=serializer)
 
     return grpc.method_handlers_generic_handler(
-        SERVICE_NAME,
-        {
-            "ListDatasets": unary(servicer.ListDatasets, data_node_pb2.ListDatasetsRequest),
-            "DescribeDataset": unary(
-                servicer.DescribeDataset, data_node_pb2.DescribeDatasetRequest
-            ),
-            "StreamBatches": streaming(
-                servicer.StreamBatches, data_node_pb2.StreamRequest, encoded=True
-            ),
-            "RegisterDataset": unary(
-                servicer.RegisterDataset, data_node_pb2.RegisterDatasetRequest
-            ),
-            "RemoveDataset": unary(servicer.RemoveDataset, data_node_pb2.RemoveDatasetRequest),
-            "SubmitBuildJob": unary(servicer.SubmitBuildJob, jobs_pb2.SubmitBuildJobRequest),
-            "GetJob": unary(servicer.GetJob, jobs_pb2.GetJobRequest),
-            "ListJobs": unary(servicer.ListJobs, jobs_pb2.ListJobsRequest),
-            "CancelJob": unary(servicer.CancelJob, jobs_pb2.CancelJobRequest),
-            "WatchJob": streaming(servicer.WatchJob, jobs_pb2.WatchJobRequest),
-        },
+        SERVICE_NAME, {name: handler(method) for name, method in METHODS.items()}
     )
 
 

@@ -17,13 +17,14 @@ every field that cannot change the output reset (``cval_x`` without ``fill_mode`
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from data_node.errors import RequestError
+from data_node.fields import choice
+from data_node.fields import shown as _shown
 from data_tools.data_augmentation import (
     FILL_MODES,
     ORDERS,
@@ -86,7 +87,6 @@ _SCALARS = (
     "cval_y",
 )
 _FLAGS = ("horizontal_flip", "vertical_flip", "spline_warp")
-_SUGGEST_MAX_CHARS = 64  # did-you-mean only for short values: difflib is quadratic
 
 
 @dataclass(frozen=True)
@@ -144,13 +144,6 @@ def parse_augmentation(augmentation: data_node_pb2.Augmentation, dataset: Datase
         options[name] = _order(augmentation, name)
     meaning = _meaning(options, augmentation.x_array, augmentation.y_array or None)
     return AugmentPlan(x_position, y_position, parse_augmentation_spec(**options), meaning)
-
-
-def _shown(value: str) -> str:
-    """``value`` quoted for a message, cut short: a message never echoes a huge string."""
-    if len(value) <= _SUGGEST_MAX_CHARS:
-        return repr(value)
-    return f"{value[:_SUGGEST_MAX_CHARS]!r}... ({len(value)} characters)"
 
 
 def _array_position(field: str, name: str, names: list[str]) -> int:
@@ -213,18 +206,7 @@ def _zoom(values: list[float]) -> tuple[float, float]:
 
 
 def _fill_mode(value: str) -> str:
-    if value in FILL_MODES:
-        return value
-    close = (
-        difflib.get_close_matches(value, FILL_MODES, n=1)
-        if len(value) <= _SUGGEST_MAX_CHARS
-        else []
-    )
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise RequestError(
-        f"augmentation.fill_mode: Expected one of {list(FILL_MODES)}. "
-        f"Got {_shown(value)} instead.{hint}"
-    )
+    return choice("augmentation.fill_mode", value, FILL_MODES)
 
 
 def _crop(values: list[int], image: tuple[int, ...]) -> tuple[int, int] | None:

@@ -25,7 +25,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from data_node.errors import RequestError
-from data_node.streaming.fields import bounded
+from data_node.fields import bounded
 from data_tools.io import SEED_LIMIT
 
 if TYPE_CHECKING:

@@ -22,9 +22,10 @@ epochs gets OUT_OF_RANGE rather than an empty stream.
 Untrusted values never reach native code in the node's process: every field is checked
 against documented bounds at parse time (augmentation: ``augment_request.py``; cursors:
 ``cursors.py``), and a stream with an augmentation or a preprocessor always runs them in at
-least one worker process (``nb_proc_workers`` 0 is read as 1 for it), never in the node's
+least one worker process of the node's warm pool (``nb_proc_workers`` 0 is read as 1 for
+it; it is the most of the pool's workers the stream uses at once), never in the node's
 threads. A crash in native code (OpenCV, a preprocessor's C extension) then kills one
-worker: the stream ends INTERNAL naming it, and the node serves on.
+worker, never the node (see the faults below).
 
 Shared reads: the streams of a dataset whose sources read through the node's chunk cache
 (``Dataset.cached``) run data_flow with ``shared_reads``: with worker processes
@@ -38,13 +39,16 @@ world_size), and a sample's augmentation is drawn from
 ``np.random.default_rng([seed, epoch, sample_index])``, so a stream, and a stream resumed
 from any of its cursors, is bit-identical whatever the worker counts.
 
-Faults end the stream they hit, never the node, and a stream never recovers by itself
-(the batch that failed would likely fail again); the client resumes from its last cursor
-without losing or repeating a sample once the cause is gone:
+Faults end the stream they hit, never the node, and a stream recovers by itself only from
+one worker's death (other failures would likely happen again); the client resumes from its
+last cursor without losing or repeating a sample once the cause is gone:
 
-* a worker process that dies (killed, out of memory, a crash in native code): INTERNAL,
-  "Worker process data_tools-proc-N (pid P) died unexpectedly (killed by SIGKILL); the
-  flow stopped."; the stream's other workers stop and its shared memory is freed;
+* a worker process of the node's pool that dies (killed, out of memory, a crash in native
+  code) while it runs a batch: the pool replaces it and runs the batch once more on another
+  worker (a batch is a pure function of the plan, epoch and indices: the stream stays
+  bit-identical); if that worker dies too, INTERNAL, "Worker process data_tools-proc-N (pid
+  P) died unexpectedly (killed by SIGKILL); the flow stopped.", and the stream's shared
+  memory is freed;
 * a source that cannot be read (a corrupt chunk, a truncated compressed file): INTERNAL
   with the reader's message; a file missing when a worker process opens it:
   FAILED_PRECONDITION naming it; a chunk lost from a zarr array or bcolz carray written
@@ -54,8 +58,8 @@ without losing or repeating a sample once the cause is gone:
   was checked before;
 * the call's deadline passing, or the client cancelling or going away: ``stop`` is set
   (by the servicer) and the stream ends within a tenth of a second, even while it waits
-  for a batch: its worker processes are stopped (terminated if busy), an io thread busy
-  with a batch ends once that batch is done;
+  for a batch: it leaves the worker pool (a worker still busy with one of its batches 10 s
+  later is killed and replaced), an io thread busy with a batch ends once that batch is done;
 * the node stopping: UNAVAILABLE ("the node is stopping"), which the client retries;
 * the dataset's files being replaced (a build job overwrote the output it serves):
   FAILED_PRECONDITION; a batch is sent only if it was read completely before the
@@ -66,13 +70,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from data_node.config import resolve_preprocessor
+from data_node.config import MiB, resolve_preprocessor
 from data_node.errors import (
     CursorAtEndError,
     DatasetRemovedError,
@@ -81,11 +87,13 @@ from data_node.errors import (
     RequestError,
     StreamFailedError,
 )
+from data_node.fields import bounded
+from data_node.resources import default_io_workers
 from data_node.streaming.augment_request import parse_augmentation
 from data_node.streaming.cases import parse_cases
 from data_node.streaming.cursors import MAX_EPOCHS, fingerprint, parse_start
-from data_node.streaming.fields import bounded
 from data_node.wire import encode_batch
+from data_tools.chunk_cache import cache_of, chunk_reads, following_reads
 from data_tools.data_augmentation import SampleAugmentation
 from data_tools.io import (
     FlowSpec,
@@ -106,6 +114,10 @@ if TYPE_CHECKING:
     from data_node.config import LimitsConfig
     from data_node.metrics import StreamMetrics
     from data_node.streaming.augment_request import AugmentPlan
+    from data_tools.chunk_cache import StreamReads
+    from data_tools.io.pool import WorkerPool
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "StreamPlan",
@@ -247,7 +259,8 @@ def parse_stream_request(
             lanes=lanes,
             start_epoch=start_epoch,
             stop_epoch=epochs,
-            nb_io_workers=nb_io_workers or 1,
+            # Decoders release the GIL: by default a stream reads on every core it may use.
+            nb_io_workers=nb_io_workers or min(default_io_workers(), limits.max_nb_io_workers),
             # A request's transform never runs in the node's process (see the module docstring).
             nb_proc_workers=nb_proc_workers if transform is None else max(1, nb_proc_workers),
             max_in_flight=limits.max_in_flight,
@@ -273,9 +286,15 @@ def parse_stream_request(
 
 
 def stream_batches(
-    plan: StreamPlan, stop: threading.Event, metrics: StreamMetrics | None = None
+    plan: StreamPlan,
+    stop: threading.Event,
+    metrics: StreamMetrics | None = None,
+    workers: WorkerPool | None = None,
 ) -> Iterator[bytes]:
     """Yield each batch of ``plan`` as encoded ``Batch`` bytes until its last epoch.
+
+    With worker processes, the batches run on ``workers`` (the node's warm pool), using at
+    most ``nb_proc_workers`` of them at once; default None: on processes of the stream's own.
 
     Each batch gRPC takes (asks for the next one after) is counted in ``metrics`` (default
     None: none), with its read, augment, encode and send seconds; a batch sent as the call
@@ -295,7 +314,7 @@ def stream_batches(
     set even while the generator waits for a batch.
     """
     try:
-        yield from _stream(plan, stop, metrics)
+        yield from _stream(plan, stop, metrics, workers)
     except (ValueError, TypeError) as error:
         # The request was checked before the stream began: what fails now (a source, the
         # preprocessor, encoding) is the node's, never the client's (not INVALID_ARGUMENT).
@@ -303,21 +322,50 @@ def stream_batches(
 
 
 def _stream(
-    plan: StreamPlan, stop: threading.Event, metrics: StreamMetrics | None
+    plan: StreamPlan,
+    stop: threading.Event,
+    metrics: StreamMetrics | None,
+    workers: WorkerPool | None,
 ) -> Iterator[bytes]:
     arrays = [array for _, array in plan.dataset.arrays]
+    # The order is the plan's pure function: the reads it foresees let the chunk cache keep
+    # what this stream needs next.
+    batches = (indices for _, _, indices in plan.flow.batches())
+    with following_reads(arrays, batches) as (reading, reads):
+        if reads is not None:
+            _warn_of_amplification(plan, arrays)
+        yield from _send_batches(plan, reading, reads, stop, metrics, workers)
+    if not stop.is_set():
+        return  # the last epoch was sent (or the lane has no batch)
+    # The call ended or the node is stopping.
+    raise NodeStoppingError(
+        "the node is stopping; reconnect and resume from the last cursor received"
+    )
+
+
+def _send_batches(
+    plan: StreamPlan,
+    arrays: list[Any],
+    reads: StreamReads | None,
+    stop: threading.Event,
+    metrics: StreamMetrics | None,
+    workers: WorkerPool | None,
+) -> Iterator[bytes]:
     flow = data_flow.from_spec(
         arrays, plan.flow, preprocessor=plan.transform, shared_reads=plan.dataset.cached
     )
     names = plan.dataset.array_names
+    decoded = 0  # of reads.decoded_bytes, what the batches sent so far reported
     with flow, _replacement_ends(plan.dataset):
-        for info in flow.flow_with_info(stop=stop):
+        for info in flow.flow_with_info(stop=stop, pool=workers):
             # The replacement sets the flag before it moves a file: a batch read whole
             # before the flag was set holds none of the new files' rows.
             _check_not_replaced(plan.dataset)
             if stop.is_set():
                 break
             start = time.perf_counter()
+            now_decoded = decoded if reads is None else reads.decoded_bytes
+            delivered = sum(array.nbytes for array in info.arrays)
             message = encode_batch(
                 info.arrays,
                 indices=info.indices,
@@ -326,6 +374,7 @@ def _stream(
                 batch_index=info.batch_index,
                 codec=plan.codec,
                 names=names if len(names) == len(info.arrays) else None,
+                decoded_bytes=now_decoded - decoded,
             )
             encoded = time.perf_counter()
             info = dataclasses.replace(info, arrays=())  # the message holds the batch now
@@ -338,11 +387,42 @@ def _stream(
             if metrics is not None:
                 sent = time.perf_counter()
                 metrics.batch_sent(info, size, encoded - start, sent - encoded)
-    if not stop.is_set():
-        return  # the last epoch was sent (or the lane has no batch)
-    # The call ended or the node is stopping.
-    raise NodeStoppingError(
-        "the node is stopping; reconnect and resume from the last cursor received"
+                metrics.bytes_read(now_decoded - decoded, delivered)
+            decoded = now_decoded
+
+
+def _warn_of_amplification(plan: StreamPlan, arrays: list[Any]) -> None:
+    """Log once if an exact shuffle over more decoded data than the cache holds will amplify.
+
+    The estimate: each chunk a batch reads is decoded unless cached, and a random chunk is
+    cached about as often as the cache's share of the dataset's decoded bytes.
+    """
+    if not plan.flow.sample_random or plan.flow.shuffle_window is not None:
+        return
+    cache = cache_of(arrays)
+    assert cache is not None  # the stream registered its reads with it
+    dataset_bytes = sum(
+        int(array.shape[0]) * math.prod(array.shape[1:]) * np.dtype(array.dtype).itemsize
+        for array in arrays
+        if cache_of([array]) is cache
+    )
+    if dataset_bytes <= cache.max_bytes:
+        return
+    rows = next(plan.flow.batches())[2]
+    chunk_bytes = sum(
+        source.chunk_nbytes for a in arrays for _, (source, _) in chunk_reads(a, rows)
+    )
+    delivered = sum(len(rows) * math.prod(a.shape[1:]) * np.dtype(a.dtype).itemsize for a in arrays)
+    amplification = chunk_bytes * (1 - cache.max_bytes / dataset_bytes) / max(delivered, 1)
+    logger.warning(
+        "stream of %r: an exact shuffle over %.0f MiB of decoded chunks, more than the chunk "
+        "cache's %.0f MiB, will decode about %.1fx the bytes it delivers (read amplification; "
+        "eviction by known future use saves part of it). A chunk-windowed shuffle "
+        "(shuffle_window) decodes each chunk about once per epoch.",
+        plan.dataset.name,
+        dataset_bytes / MiB,
+        cache.max_bytes / MiB,
+        amplification,
     )
 
 

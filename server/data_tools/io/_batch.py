@@ -6,6 +6,7 @@ where that work happened (a process sends them back with the batch).
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 from dataclasses import dataclass
@@ -104,6 +105,8 @@ class Preprocess:
         function: The user's preprocessor, or None to pass batches through.
         keywords: Which of ``rng``, ``epoch`` and ``indices`` the function accepts; each is
             passed as a keyword: the batch's generator, its epoch, its global indices.
+        out: Whether the function names an ``out`` keyword: a list of arrays, one per
+            result, to write its results into and return (see ``preprocessing.accepts_out``).
         seed: Seed of the flow.
         rank: Rank of the flow; part of each batch's random stream.
     """
@@ -112,20 +115,31 @@ class Preprocess:
     keywords: frozenset[str]
     seed: int
     rank: int
+    out: bool = False
 
     def __call__(
-        self, batch: list[npt.NDArray[Any]], epoch: int, batch_index: int, indices: IndexArray
+        self,
+        batch: list[npt.NDArray[Any]],
+        epoch: int,
+        batch_index: int,
+        indices: IndexArray,
+        out: list[npt.NDArray[Any]] | None = None,
     ) -> Arrays:
-        """Return the preprocessed arrays of one batch read as ``batch``."""
+        """Return the preprocessed arrays of one batch read as ``batch``.
+
+        ``out`` (passed on only if the function takes it): arrays shaped as the results,
+        which the function may fill and return instead of allocating its own.
+        """
         if self.function is None:
             return tuple(batch)
+        function = self.function
+        if out is not None and self.out:
+            function = functools.partial(function, out=out)
         rng = (
             batch_rng(self.seed, epoch, batch_index, self.rank) if "rng" in self.keywords else None
         )
         return as_arrays(
-            call_preprocessor(
-                self.function, self.keywords, batch, rng=rng, epoch=epoch, indices=indices
-            )
+            call_preprocessor(function, self.keywords, batch, rng=rng, epoch=epoch, indices=indices)
         )
 
 
@@ -135,10 +149,13 @@ def read_batch(sources: Sequence[Any], indices: IndexArray) -> Read:
     return batch, time.perf_counter() - start
 
 
-def preprocessed(read: Read, preprocess: Preprocess, task: Task) -> Done:
+def preprocessed(
+    read: Read, preprocess: Preprocess, task: Task, out: list[npt.NDArray[Any]] | None = None
+) -> Done:
+    """Run ``preprocess`` on the rows ``read`` for ``task`` (into ``out`` if it takes it)."""
     batch, read_seconds = read
     start = time.perf_counter()
-    arrays = preprocess(batch, task.epoch, task.batch_index, task.indices)
+    arrays = preprocess(batch, task.epoch, task.batch_index, task.indices, out)
     return Done(arrays, read_seconds, time.perf_counter() - start)
 
 

@@ -1,5 +1,8 @@
-"""Messages between the parent and its worker processes, and fitting arrays into a block.
+"""Messages between a worker pool and its processes, and fitting arrays into a block.
 
+Parent to worker: ``Setup`` (a stream's sources and preprocessor, pickled once by the
+parent), ``Order`` (one batch of a stream), ``Forget`` (streams that ended). Worker to
+parent: ``READY`` once it has imported what it preloads, then one ``Reply`` per order.
 A batch's rows (shared reads) and its result travel in the order's shared-memory block when
 they fit, pickled with the message when they do not. A failure travels as RemoteFailure.
 """
@@ -23,7 +26,9 @@ if TYPE_CHECKING:
     from data_tools.io._batch import Arrays, Task
     from data_tools.io._shm import ArrayLayout
 
-__all__ = ["Order", "RemoteFailure", "Reply", "Rows", "fit"]
+__all__ = ["READY", "Forget", "Order", "RemoteFailure", "Reply", "Rows", "Setup", "fit"]
+
+READY = "ready"
 
 
 class _RemoteTracebackError(Exception):
@@ -87,17 +92,40 @@ class Rows:
 
 
 @dataclass(frozen=True, slots=True)
-class Order:
-    """Parent to worker process: run ``task`` and write its result into ``block_name``.
+class Setup:
+    """Parent to worker process: what stream ``stream`` needs, sent before its first order.
 
-    ``rows`` with shared reads: the batch as the parent read it; None: the process reads it.
+    ``payload`` is the pickled pair (source descriptions, Preprocess): pickled once in the
+    parent whatever the number of workers, and only unpickled (importing what it names) in
+    the workers that serve the stream.
     """
 
+    stream: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Parent to worker process: these streams ended; drop their sources and blocks."""
+
+    streams: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """Parent to worker process: run ``task`` of ``stream``, write its result into ``block_name``.
+
+    ``rows`` with shared reads: the batch as the parent read it; None: the process reads it.
+    ``attempt`` counts the workers that died running it before (see WorkerPool).
+    """
+
+    stream: int
     task: Task
     slot: int
     block_name: str
     block_size: int
     rows: Rows | None = None
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
 """Shared-memory blocks that carry batches out of worker processes and numpy data into them.
 
-The parent process creates, owns and unlinks every block; workers only attach. All worker
-processes share the parent's resource tracker (spawn and forkserver pass it on), whose
-registry is a set, so a worker attaching a block registers nothing new and the parent's
-``unlink`` leaves the tracker clean.
+The parent process creates, owns and unlinks every block; workers only attach, without
+telling the resource tracker (which the parent shares with them: spawn and forkserver pass
+it on). A warm worker may attach a block just as the parent unlinks it (its flow ended);
+its registration would then reach the tracker after the parent's unregistration and be
+reported as a leak at exit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import os
 import secrets
 from dataclasses import dataclass
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,12 +28,14 @@ __all__ = [
     "BlockCache",
     "BlockPool",
     "SharedArray",
+    "attach_block",
     "buffer_of",
     "create_block",
     "layout_arrays",
     "read_arrays",
     "release_block",
     "share_array",
+    "view_arrays",
     "write_arrays",
 ]
 
@@ -44,6 +47,19 @@ def create_block(nbytes: int) -> shared_memory.SharedMemory:
     """Create a block of at least ``nbytes`` bytes (at least 1) under a data_tools name."""
     name = f"{BLOCK_PREFIX}{os.getpid()}_{secrets.token_hex(8)}"
     return shared_memory.SharedMemory(name=name, create=True, size=max(nbytes, 1))
+
+
+def attach_block(name: str) -> shared_memory.SharedMemory:
+    """Map the existing block ``name`` without registering it with the resource tracker.
+
+    Call only where no other thread creates blocks (a worker process's main thread).
+    """
+    register = resource_tracker.register
+    resource_tracker.register = lambda name, rtype: None
+    try:
+        return shared_memory.SharedMemory(name=name)
+    finally:
+        resource_tracker.register = register
 
 
 def release_block(block: shared_memory.SharedMemory) -> None:
@@ -98,6 +114,11 @@ def write_arrays(
     """Copy ``arrays`` into ``buffer`` at their ``layouts``."""
     for array, layout in zip(arrays, layouts, strict=True):
         _view(buffer, layout)[...] = array
+
+
+def view_arrays(buffer: memoryview, layouts: Sequence[ArrayLayout]) -> list[npt.NDArray[Any]]:
+    """Return writable arrays over ``buffer`` at ``layouts`` (valid while it is mapped)."""
+    return [_view(buffer, layout) for layout in layouts]
 
 
 def read_arrays(buffer: memoryview, layouts: Sequence[ArrayLayout]) -> tuple[npt.NDArray[Any], ...]:
@@ -166,7 +187,7 @@ class BlockCache:
         if block is None or block.name != name:
             if block is not None:
                 block.close()
-            block = self._blocks[slot] = shared_memory.SharedMemory(name=name)
+            block = self._blocks[slot] = attach_block(name)
         return block
 
     def close(self) -> None:
@@ -189,7 +210,7 @@ class SharedArray:
 
         Keep the block referenced for as long as the array is used.
         """
-        block = shared_memory.SharedMemory(name=self.name)
+        block = attach_block(self.name)
         array = _view(buffer_of(block), ArrayLayout(self.dtype, self.shape, 0))
         array.flags.writeable = False
         return block, array

@@ -13,16 +13,18 @@ import numpy.typing as npt
 
 from data_tools._parse import parse_bool, parse_non_negative_int, parse_option
 from data_tools.io._batch import BatchInfo, Preprocess
+from data_tools.io._pipeline import Pipeline, build_pipeline
 from data_tools.io._read_blocks import length
 from data_tools.io._sampler import SEED_LIMIT
-from data_tools.io._workers import Pipeline, build_pipeline
 from data_tools.io.flow_spec import FlowSpec
-from data_tools.io.preprocessing import preprocessor_keywords
+from data_tools.io.preprocessing import accepts_out, preprocessor_keywords
 
 if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Generator, Sequence
     from types import TracebackType
+
+    from data_tools.io.pool import WorkerPool
 
 __all__ = ["BatchInfo", "data_flow"]
 
@@ -122,8 +124,9 @@ class data_flow:
     Where the work happens: with ``nb_proc_workers=0`` the ``nb_io_workers`` threads read
     batches from ``data`` and preprocess them (with no threads either, the consumer does it
     inside ``next()``). With ``nb_proc_workers > 0``, each worker process reads its batches
-    itself and preprocesses them, with ``nb_io_workers`` threads that read ahead; results come
-    back through a pool of shared-memory blocks. Worker processes start with ``start_method``
+    itself and preprocesses them, one batch at a time; results come back through a pool of
+    shared-memory blocks (a preprocessor that names an ``out`` keyword gets the block's arrays
+    to fill, from the second batch a process runs on). Worker processes start with ``start_method``
     (never fork) and receive the arrays pickled: h5py datasets become a path and key reopened
     read-only in each process, numpy arrays (1 MiB and more) are copied once into shared memory
     mapped by every process, zarr arrays and data_tools views pickle themselves. Any other
@@ -137,9 +140,9 @@ class data_flow:
         batch_size: The most elements per batch; the last batch of an epoch holds the rest
             unless dropped.
         nb_io_workers: Threads that read (and, without processes, preprocess) batches; 0
-            does that in the consumer's thread (with processes, in each process's main
-            thread). With processes and ``shared_reads``, the threads of this process that
-            read for them (at least 1). Default 1.
+            does that in the consumer's thread. With processes, each process reads its own
+            batches and this count does not matter, but with ``shared_reads``: the threads
+            of this process that read for them (at least 1). Default 1.
         nb_proc_workers: Worker processes that read and preprocess batches. Default 0.
         loop_forever: If True (default), epochs follow each other endlessly; if False the
             flow ends after one epoch (the rest of ``start_epoch``).
@@ -338,6 +341,7 @@ class data_flow:
             frozenset() if function is None else preprocessor_keywords(function),
             spec.seed,
             spec.rank,
+            out=function is not None and accepts_out(function),
         )
 
     @property
@@ -355,7 +359,7 @@ class data_flow:
         return self._spec.batches_per_epoch
 
     def flow_with_info(
-        self, *, stop: threading.Event | None = None
+        self, *, stop: threading.Event | None = None, pool: WorkerPool | None = None
     ) -> Generator[BatchInfo, None, None]:
         """Return a generator of ``BatchInfo`` (epoch, batch index, global indices, arrays).
 
@@ -372,6 +376,11 @@ class data_flow:
                 without workers, is finished first): the generator returns and the workers
                 stop. Lets another thread end a flow whose consumer is blocked in ``next()``,
                 as a server does when a client goes away. Default None.
+            pool: A started ``data_tools.io.pool.WorkerPool`` to run the batches on when
+                ``nb_proc_workers > 0``, instead of starting worker processes for this flow:
+                the flow then uses at most ``nb_proc_workers`` of the pool's workers at once,
+                the first batch waits for no process to start, and the pool outlives the
+                flow. Batches are bit-identical either way. Default None.
 
         Raises:
             Exception: Whatever the preprocessor or a source raised, with its original type
@@ -394,6 +403,7 @@ class data_flow:
             block_nbytes=_batch_nbytes(self._data, spec.batch_size),
             shared_reads=self._shared_reads,
             stop=stop,
+            pool=pool,
         )
         self._pipelines.add(pipeline)
         try:

@@ -2,7 +2,8 @@
 
 A preprocessor is called as ``function(batch, **keywords)`` with only those of
 :data:`PREPROCESSOR_KEYWORDS` it accepts (all of them with ``**kwargs``), found once from
-its signature. :func:`call_preprocessor` is the one place that call is made.
+its signature; one that names an ``out`` keyword (:func:`accepts_out`) may also be given
+arrays to write its results into. :func:`call_preprocessor` is the one place that call is made.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PREPROCESSOR_KEYWORDS",
     "PreprocessorChain",
+    "accepts_out",
     "as_arrays",
     "call_preprocessor",
     "preprocessor_keywords",
@@ -42,6 +44,18 @@ def preprocessor_keywords(function: Callable[..., Any]) -> frozenset[str]:
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return frozenset(
         p.name for p in parameters if p.kind in named and p.name in PREPROCESSOR_KEYWORDS
+    )
+
+
+def accepts_out(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` names an ``out`` keyword (``**kwargs`` alone does not count)."""
+    try:
+        parameter = inspect.signature(function).parameters.get("out")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
     )
 
 

@@ -461,8 +461,8 @@ class HDF5Backend(StorageBackend):
 
     def changed(self, source: Any) -> SourceChangedError:
         return SourceChangedError(
-            f"HDF5 file {source.filename!r} changed while a chunk was read from it; the data "
-            "read cannot be trusted. Read again once the file is complete."
+            f"HDF5 file {source.filename!r} changed while open (while a chunk was read from "
+            "it); the data read cannot be trusted. Read again once the file is complete."
         )
 
     def close(self, source: Any) -> None:

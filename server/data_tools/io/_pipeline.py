@@ -1,19 +1,20 @@
-"""Execution for data_flow: the runner of each kind, ordered reassembly and shutdown.
+"""The ordered Pipeline of a flow and its three runners: inline, threads, a worker pool.
 
-Where a batch is read and preprocessed:
+Where a batch is read and preprocessed (one runner each):
 
-* no threads, no processes: in the consumer's thread, one batch per ``next()``;
-* io threads only: each of the threads reads a whole batch from the caller's arrays and
+* inline (no threads, no processes): in the consumer's thread, one batch per ``next()``;
+* io threads: each of the threads reads a whole batch from the caller's arrays and
   preprocesses it;
-* worker processes: each process reads its batches itself and preprocesses them
-  (``_worker_process``); with shared reads, io threads of the parent read them and the
-  processes preprocess them (``_process_runner``).
+* a worker pool (``pool.WorkerPool``): its processes preprocess the batch and either read it
+  themselves or, with shared reads, get the rows io threads of this process read. The pool
+  is the flow's own (started with it) or one shared by many flows (a data node's).
 
 The consumer keeps at most ``max_in_flight`` batches submitted but not yet yielded, and a
 reorder buffer (bounded by the same count) hands them out in sampling order.
 
 Shutdown: closing a Pipeline closes its runner, which stops its io threads
-(``_io_threads``) and worker processes (``_process_runner``) and frees their shared memory.
+(``_io_threads``), leaves its pool (stopping the pool if the flow owns it) and frees its
+shared memory.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from data_tools.io._batch import BatchInfo, Task, run_caught
 from data_tools.io._io_threads import POLL_S, IoThreads
-from data_tools.io._process_runner import ProcessRunner
+from data_tools.io.pool import WorkerPool
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -245,23 +246,35 @@ def build_pipeline(
     block_nbytes: int,
     shared_reads: bool = False,
     stop: threading.Event | None = None,
+    pool: WorkerPool | None = None,
 ) -> Pipeline:
     """Start the workers of one flow and return the iterator over its batches.
 
+    ``num_processes`` > 0: the flow's batches run on ``pool`` (using at most that many of
+    its workers at once), or on a pool of that many processes of its own (default).
     ``shared_reads`` (with processes only): read in this process, preprocess in the workers.
     """
     runner: _Runner
     if num_processes:
-        runner = ProcessRunner(
-            sources,
-            preprocess,
-            num_processes=num_processes,
-            num_io_threads=num_io_threads,
-            num_slots=max_in_flight,
-            block_nbytes=block_nbytes,
-            start_method=start_method,
-            shared_reads=shared_reads,
-        )
+        owns_pool = pool is None
+        if pool is None:
+            pool = WorkerPool(num_processes, start_method=start_method, retries=0)
+            pool.start()
+        try:
+            runner = pool.open_stream(
+                sources,
+                preprocess,
+                cap=num_processes,
+                num_slots=max_in_flight,
+                block_nbytes=block_nbytes,
+                shared_reads=shared_reads,
+                num_io_threads=num_io_threads,
+                owns_pool=owns_pool,
+            )
+        except BaseException:
+            if owns_pool:
+                pool.close()
+            raise
     elif num_io_threads:
         runner = _ThreadRunner(sources, preprocess, num_io_threads)
     else:

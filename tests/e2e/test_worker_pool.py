@@ -1,0 +1,180 @@
+"""The node's warm worker pool ([workers] processes), over a real node and the real client.
+
+Matrix:
+
+* the pool starts with the node, a stream's first batch starts no process (first batch on
+  the warm node measured and printed, beside a stream of the same request on a node whose
+  workers are still starting), and the metrics show the pool (workers, busy workers);
+* kill -9 of the worker running a stream's batch: the batch runs again on another worker,
+  the stream is bit-identical to the dataset's, the worker is replaced; a second death of
+  that batch's worker ends the stream INTERNAL with the exit reason, and the node serves on;
+* fairness on a one-worker pool: a stream whose client stops reading does not starve
+  another stream, and goes on where it was once read again;
+* nothing is left (threads, processes, /dev/shm) once the node stops.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from leak_check import assert_no_leaks
+from node_support import make_data, wait_for_idle, write_config
+from pool_support import GATE_ENV, kill_running, open_gate, read_in_thread, running, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from data_client import DataNodeClient
+from data_client.errors import InternalError
+from data_node.config import load
+from data_node.server import build_server
+
+
+def pool_config(root, processes=2):
+    path = write_config(root, max_nb_proc_workers=2, max_batch_size=32)
+    text = path.read_text().replace("processes = 2", f"processes = {processes}")
+    text = text.replace("[preprocessors]\n", '[preprocessors]\ngated = "pool_support:gated"\n')
+    path.write_text(text + '\n[metrics]\nlisten = "127.0.0.1:0"\n')
+    return load(path)
+
+
+def gauge(node, name):
+    """The value of the gauge ``name`` on the node's metrics endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics") as response:
+        text = response.read().decode()
+    (value,) = (
+        metric.samples[0].value
+        for metric in text_string_to_metric_families(text)
+        if metric.name == name
+    )
+    return value
+
+
+@pytest.fixture
+def pool_node(tmp_path, monkeypatch):
+    """A node of its own with a pool of 2 workers, its ``gated`` preprocessor closed."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv(GATE_ENV, str(gate))  # before the workers start: they inherit it
+    arrays = make_data(tmp_path)
+    node, port = build_server(pool_config(tmp_path), "127.0.0.1:0")
+    node.start()
+    try:
+        assert node.workers.wait_ready(60)
+        with DataNodeClient(f"127.0.0.1:{port}") as client:
+            yield node, client, gate, arrays
+    finally:
+        open_gate(gate)
+        node.stop(None)
+
+
+def test_a_killed_workers_batch_runs_again_and_the_stream_is_bit_identical(pool_node):
+    node, client, gate, arrays = pool_node
+    stream = client.stream("toy", 8, preprocessor="gated", max_reconnects=0)
+    reader, got = read_in_thread(stream)
+    victim = kill_running(node.workers)
+    wait_for(lambda: running(node.workers, {victim.pid}), what="the batch running again")
+    open_gate(gate)
+    reader.join(60)
+    assert not reader.is_alive()
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), arrays["image"] * 2)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), arrays["mask"])
+    assert victim.pid not in {worker.pid for worker in node.workers.workers()}
+    wait_for(lambda: node.workers.num_workers == 2, what="the replacement")
+
+
+def test_a_second_death_ends_the_stream_with_the_exit_reason(pool_node):
+    node, client, gate, arrays = pool_node
+    stream = client.stream("toy", 8, preprocessor="gated", max_reconnects=0)
+    reader, got = read_in_thread(stream)
+    first = kill_running(node.workers)
+    second = kill_running(node.workers, {first.pid})
+    reader.join(60)
+    assert not reader.is_alive()
+    (error,) = got
+    assert isinstance(error, InternalError)
+    assert f"{second.name} (pid {second.pid}) died unexpectedly (killed by SIGKILL)" in str(
+        error.details
+    )
+    open_gate(gate)
+    image, _, _ = next(iter(client.stream("toy", 4, preprocessor="gated")))
+    np.testing.assert_array_equal(image, arrays["image"][:4] * 2)
+    wait_for_idle(node)
+
+
+def test_the_pool_is_warm_and_measured(pool_node, tmp_path_factory):
+    node, client, gate, _ = pool_node
+    open_gate(gate)
+    workers = {worker.pid for worker in node.workers.workers()}
+    assert gauge(node, "data_node_pool_workers") == 2
+    assert gauge(node, "data_node_pool_busy_workers") == 0
+    request = {"augmentation": {"x_array": "image", "rotation_range": 10.0}, "nb_proc_workers": 1}
+    start = time.perf_counter()
+    with client.stream("toy", 8, **request) as stream:
+        next(stream)
+        warm = time.perf_counter() - start
+    assert {worker.pid for worker in node.workers.workers()} == workers
+
+    root = tmp_path_factory.mktemp("cold")
+    make_data(root)
+    cold_node, port = build_server(pool_config(root), "127.0.0.1:0")
+    cold_node.start()  # its workers are starting while the stream asks for its first batch
+    try:
+        with DataNodeClient(f"127.0.0.1:{port}") as cold_client:
+            start = time.perf_counter()
+            with cold_client.stream("toy", 8, **request) as stream:
+                next(stream)
+                cold = time.perf_counter() - start
+    finally:
+        cold_node.stop(None)
+    print(f"first batch: warm node {warm:.3f} s, node started just before {cold:.3f} s")
+
+
+def test_busy_workers_are_counted(pool_node):
+    node, client, gate, _ = pool_node
+    reader, got = read_in_thread(client.stream("toy", 8, preprocessor="gated", nb_proc_workers=2))
+    wait_for(lambda: node.workers.busy_workers == 2, what="both workers held at the gate")
+    assert gauge(node, "data_node_pool_busy_workers") == 2
+    open_gate(gate)
+    reader.join(60)
+    assert len(got) == 5
+
+
+def test_a_stalled_stream_does_not_starve_another(tmp_path):
+    arrays = make_data(tmp_path)
+    node, port = build_server(pool_config(tmp_path, processes=1), "127.0.0.1:0")
+    node.start()
+    augment = {"x_array": "image", "rotation_range": 10.0}
+    try:
+        with DataNodeClient(f"127.0.0.1:{port}") as client:
+            stalled = client.stream("toy", 4, loop_forever=True, augmentation=augment, seed=1)
+            first = next(stalled)  # then it is not read while the other stream runs
+            other = client.stream("toy", 4, loop_forever=True, augmentation=augment, seed=2)
+            reference = client.stream("toy", 4, loop_forever=True, augmentation=augment, seed=2)
+            for _ in range(3 * len(arrays["image"]) // 4):  # three epochs
+                np.testing.assert_array_equal(next(other)[0], next(reference)[0])
+            other.close()
+            reference.close()
+            again = client.stream("toy", 4, loop_forever=True, augmentation=augment, seed=1)
+            assert next(again)[2].tolist() == first[2].tolist()
+            np.testing.assert_array_equal(next(stalled)[0], next(again)[0])
+            stalled.close()
+            again.close()
+            wait_for_idle(node)
+    finally:
+        node.stop(None)
+
+
+def test_nothing_is_left_once_the_node_stops(tmp_path):
+    make_data(tmp_path)
+    with assert_no_leaks():
+        node, port = build_server(pool_config(tmp_path), "127.0.0.1:0")
+        node.start()
+        assert node.workers.wait_ready(60)
+        with DataNodeClient(f"127.0.0.1:{port}") as client:
+            augment = {"x_array": "image", "rotation_range": 10.0}
+            assert len(list(client.stream("toy", 8, augmentation=augment, nb_proc_workers=2))) == 5
+            stream = client.stream("toy", 8, loop_forever=True, augmentation=augment)
+            next(stream)
+            node.stop(None)
+        assert node.workers.num_workers == 0
