@@ -426,7 +426,7 @@ class ChunkCache:
                 return None
         try:
             version = source._version()
-        except Exception as error:  # maybe raised only once: kept for the chunk's read
+        except OSError as error:  # maybe raised only once: kept for the chunk's read
             self._mark(self._failed, (source.key, number), error)
             return None
         key = ChunkKey(source.key, version, number)

@@ -46,8 +46,8 @@ from data_tools.chunk_cache import (
     optimal_decodes,
 )
 from data_tools.errors import SourceChangedError
-from data_tools.storage.hdf5 import H5Source
 from data_tools.io import data_flow
+from data_tools.storage.hdf5 import H5Source
 from data_tools.wrap import multi_source_array
 
 ROW_BYTES = 8  # one float64 per row
