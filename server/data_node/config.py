@@ -23,6 +23,7 @@ A config file looks like this (relative paths are relative to the file's directo
 
     [cache]                        # decoded storage chunks shared by streams; see CacheConfig
     max_bytes = 536870912          # 0 turns it off
+    decode_ahead = 8               # threads decoding chunks ahead; default: the cores, 0: none
 
     [metrics]                      # optional Prometheus endpoint; see MetricsConfig
     listen = "9400"                # a port alone binds loopback; "0.0.0.0:9400": every host
@@ -173,9 +174,18 @@ class CacheConfig:
             half of ``limits.max_memory_bytes``), and logged. Eviction: the chunk the open
             streams need farthest in the future goes first (least recently used without
             streams).
+        decode_ahead: Threads (niced: they use idle cores) that decode the chunks the open
+            streams read next before they read them; they run while a stream is open. 0
+            turns decoding ahead off. Default: the cores this process may use
+            (``data_node.resources.usable_cores``). From 0 to ``MAX_DECODE_AHEAD``.
     """
 
     max_bytes: int | None = None
+    decode_ahead: int = field(default_factory=usable_cores)
+
+
+#: The most decode-ahead threads a node starts: far more than the cores of any one machine.
+MAX_DECODE_AHEAD = 1024
 
 
 #: The most worker processes a node starts: far more than the cores of any one machine.
@@ -521,31 +531,38 @@ def _parse_workers(raw: Mapping[str, Any]) -> WorkersConfig:
     _check_keys("workers", raw, _WORKERS_KEYS)
     if "processes" not in raw:
         return WorkersConfig()
-    value = raw["processes"]
-    if (
-        not isinstance(value, int)
-        or isinstance(value, bool)
-        or not 1 <= value <= MAX_WORKER_PROCESSES
-    ):
-        raise ConfigError(
-            f"workers.processes: Expected an integer in [1, {MAX_WORKER_PROCESSES}] (worker "
-            f"processes started with the node; default: the {usable_cores()} cores this "
-            f"process may use). Got {value!r} instead."
-        )
+    value = _int_in(
+        "workers.processes",
+        raw["processes"],
+        1,
+        MAX_WORKER_PROCESSES,
+        f"worker processes started with the node; default: the {usable_cores()} cores this "
+        "process may use",
+    )
     return WorkersConfig(processes=value)
 
 
 def _parse_cache(raw: Mapping[str, Any]) -> CacheConfig:
     _check_keys("cache", raw, _CACHE_KEYS)
-    if "max_bytes" not in raw:
-        return CacheConfig()
-    value = raw["max_bytes"]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(
-            f"cache.max_bytes: Expected an integer >= 0 (0 turns the cache off). "
-            f"Got {value!r} instead."
+    values: dict[str, int] = {}
+    if "max_bytes" in raw:
+        value = raw["max_bytes"]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(
+                f"cache.max_bytes: Expected an integer >= 0 (0 turns the cache off). "
+                f"Got {value!r} instead."
+            )
+        values["max_bytes"] = value
+    if "decode_ahead" in raw:
+        values["decode_ahead"] = _int_in(
+            "cache.decode_ahead",
+            raw["decode_ahead"],
+            0,
+            MAX_DECODE_AHEAD,
+            f"threads decoding chunks ahead of the streams; 0 turns it off; default: the "
+            f"{usable_cores()} cores this process may use",
         )
-    return CacheConfig(max_bytes=value)
+    return CacheConfig(**values)
 
 
 def _parse_metrics(raw: Mapping[str, Any]) -> MetricsConfig:
@@ -898,6 +915,14 @@ def _string(key: str, value: Any) -> str:
 def _positive_int(key: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{key}: Expected an integer >= 1. Got {value!r} instead.")
+    return value
+
+
+def _int_in(key: str, value: Any, low: int, high: int, meaning: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(
+            f"{key}: Expected an integer in [{low}, {high}] ({meaning}). Got {value!r} instead."
+        )
     return value
 
 

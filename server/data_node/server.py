@@ -184,9 +184,7 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
     credentials = None if config.tls is None else server_credentials(config.tls)
     admission = Admission(config.limits, None if config.auth is None else config.auth.tokens)
     cache_bytes = _cache_bytes(config)
-    # No decode-ahead threads yet: one that is first to read a replaced HDF5 file would take
-    # the SourceChangedError the source raises once, which the stream must get.
-    cache = ChunkCache(cache_bytes) if cache_bytes else None
+    cache = ChunkCache(cache_bytes, decode_ahead=config.cache.decode_ahead) if cache_bytes else None
     store = DatasetStore(
         config.state_dir, {"data_root": config.data_root, "output_root": config.output_root}
     )

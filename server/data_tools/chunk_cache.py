@@ -118,6 +118,9 @@ _AHEAD_JOIN_S = 2.0
 _AHEAD_POLL_S = 0.1
 # Decode-ahead threads run at this niceness (Linux): they take the cores the readers leave.
 _AHEAD_NICENESS = 10
+# Errors of decodes ahead kept for the reads of their chunks; while this many wait, nothing
+# more is decoded ahead (readers then decode, and meet any error, themselves).
+_MAX_FAILED = 64
 logger = logging.getLogger(__name__)
 
 
@@ -125,7 +128,7 @@ logger = logging.getLogger(__name__)
 # milliseconds).
 _PLAN_ROWS = 2048
 _PLAN_BATCHES = 64
-_Held = TypeVar("_Held", npt.NDArray[Any], _Load)
+_Held = TypeVar("_Held", npt.NDArray[Any], _Load, Exception)
 
 
 def _chunk_id(key: Hashable) -> Hashable:
@@ -148,6 +151,9 @@ class ChunkCache:
     read is not kept when every cached chunk is needed sooner. Meanwhile ``decode_ahead``
     threads (niced, so they use idle cores) decode the chunks the streams will read next,
     soonest first, and only when that evicts nothing needed sooner than what they decode.
+    A decode ahead that fails keeps its error for the next ``get`` of that chunk (any
+    version, any reader), which raises it rather than decoding: an error a source raises
+    only once (an HDF5 file replaced while open) reaches a reader, never the thread alone.
 
     Args:
         max_bytes: Bytes of decoded chunks kept, >= 0. With 0 nothing is kept (reads of the
@@ -170,6 +176,8 @@ class ChunkCache:
         self._wake = threading.Condition(self._lock)
         self._chunks: OrderedDict[Hashable, npt.NDArray[Any]] = OrderedDict()
         self._loading: dict[Hashable, _Load] = {}
+        # Errors of decodes ahead, by chunk id, until a read of the chunk raises them.
+        self._failed: dict[Hashable, Exception] = {}
         self._hits = self._misses = self._evictions = self._nbytes = self._ahead = 0
         self._streams: list[StreamReads] = []
         self._ahead_threads: list[threading.Thread] = []
@@ -201,12 +209,15 @@ class ChunkCache:
 
         Raises:
             Exception: Whatever ``load()`` raises, in the thread that called it; threads
-                that were waiting for that read try again.
+                that were waiting for that read try again. Or what decoding this chunk
+                ahead raised (once: the read after this one decodes it).
         """
         with self._lock:
             self._consume(reads, key)
         while True:
             with self._lock:
+                if _chunk_id(key) in self._failed:
+                    raise self._unmark(self._failed, _chunk_id(key))
                 chunk = self._chunks.get(key)
                 if chunk is not None:
                     self._chunks.move_to_end(key)
@@ -230,23 +241,26 @@ class ChunkCache:
         load: Callable[[], npt.ArrayLike],
         pending: _Load,
         reads: StreamReads | None,
-        reserved: int = 0,
+        reserved: int | None = None,
     ) -> npt.NDArray[Any]:
         """Read the chunk ``pending`` stands for, keep it and wake its waiters.
 
-        ``reserved``: bytes of the budget set aside for it (decoding ahead), freed here.
+        ``reserved``: decoding ahead, the bytes of the budget set aside for it, freed here;
+        an error is then also kept for the chunk's next read, before its waiters wake.
         """
         try:
             chunk = np.asarray(load())
             chunk.flags.writeable = False
-        except BaseException:
+        except BaseException as error:
             with self._lock:
-                self._ahead_nbytes -= reserved
+                self._ahead_nbytes -= reserved or 0
                 self._unmark(self._loading, key)
+                if reserved is not None and isinstance(error, Exception):
+                    self._mark(self._failed, _chunk_id(key), error)
             pending.done.set()
             raise
         with self._lock:
-            self._ahead_nbytes -= reserved
+            self._ahead_nbytes -= reserved or 0
             self._unmark(self._loading, key)
             self._keep(key, chunk)
             if reads is not None:
@@ -379,7 +393,7 @@ class ChunkCache:
                 self._ahead_nbytes += nbytes
                 self._ahead += 1
                 self._misses += 1
-            with contextlib.suppress(Exception):  # the stream's own read reports it
+            with contextlib.suppress(Exception):  # kept for the chunk's next read
                 self._load(key, load, pending, reads, nbytes)
 
     def _ahead_job(
@@ -388,9 +402,11 @@ class ChunkCache:
         """The chunk to decode ahead now, or None: none worth it (lock held).
 
         The soonest foreseen read, over the registered streams, of a chunk neither cached
-        nor being read, if the budget holds it beside what is cached, or what it would
-        evict is all needed later than it.
+        nor being read (nor failed), if the budget holds it beside what is cached, or what
+        it would evict is all needed later than it.
         """
+        if len(self._failed) >= _MAX_FAILED:
+            return None
         best: tuple[int, StreamReads, CachedSource, int] | None = None
         for reads in self._streams:
             for distance, chunk_id, (source, number) in reads.upcoming(_AHEAD_SCAN):
@@ -410,22 +426,28 @@ class ChunkCache:
                 return None
         try:
             version = source._version()
-        except OSError:
-            return None  # the stream's own read reports it
+        except OSError as error:  # maybe raised only once: kept for the chunk's read
+            self._mark(self._failed, (source.key, number), error)
+            return None
         key = ChunkKey(source.key, version, number)
         return reads, key, lambda: source._load_chunk(number, version), nbytes
 
     def discard(self, sources: Collection[Hashable]) -> int:
         """Drop every cached chunk of the sources whose ``CachedSource.key`` is in ``sources``.
 
+        The errors kept from decoding their chunks ahead go too.
+
         Returns:
             The number of chunks dropped.
         """
         with self._lock:
-            # Keys of CachedSource chunks are ChunkKeys (source key, version, chunk number).
+            # Keys of CachedSource chunks are ChunkKeys (source key, version, chunk number),
+            # those of failed ones chunk ids (source key, chunk number).
             doomed = [k for k in self._chunks if isinstance(k, tuple) and k[0] in sources]
             for key in doomed:
                 self._nbytes -= self._unmark(self._chunks, key).nbytes
+            for chunk_id in [k for k in self._failed if isinstance(k, tuple) and k[0] in sources]:
+                self._unmark(self._failed, chunk_id)
         return len(doomed)
 
     def stats(self) -> CacheStats:

@@ -13,7 +13,9 @@ missing / empty / unreadable sources, a DATA_NODE_ variable, bad role, bad chara
 duplicates, an empty section; max_open_streams_per_token with and without [auth]. Hardening:
 the new limits' defaults, max_memory_bytes above cache.max_bytes; a metrics port alone binds
 loopback. Workers: [workers] processes defaults to the usable cores, set in the file or the
-environment; out of [1, 1024], not an integer, an unknown key, not a table.
+environment; out of [1, 1024], not an integer, an unknown key, not a table. Cache:
+[cache] decode_ahead defaults to the usable cores, 0 turns it off, set in the file or the
+environment, beside max_bytes or alone; out of [0, 1024], not an integer.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 from data_node.config import (
     AuthConfig,
     BearerToken,
+    CacheConfig,
     JobsConfig,
     LimitsConfig,
     TlsConfig,
@@ -525,3 +528,29 @@ def test_a_workers_section_must_be_a_table(root):
         load(write(root, "\n    workers = 3" + GOOD))
     with pytest.raises(ConfigError, match=r"^DATA_NODE_WORKERS__PROCS: Expected one of"):
         load(write(root, GOOD), {"DATA_NODE_WORKERS__PROCS": "2"})
+
+
+def test_decode_ahead_defaults_to_the_usable_cores_and_can_be_set(root):
+    cores = len(os.sched_getaffinity(0))
+    assert load(write(root, GOOD)).cache == CacheConfig(max_bytes=None, decode_ahead=cores)
+    alone = load(write(root, GOOD + "\n[cache]\ndecode_ahead = 0\n")).cache
+    assert alone == CacheConfig(max_bytes=None, decode_ahead=0)
+    both = load(write(root, GOOD + "\n[cache]\nmax_bytes = 4096\ndecode_ahead = 3\n")).cache
+    assert both == CacheConfig(max_bytes=4096, decode_ahead=3)
+    overridden = load(write(root, GOOD), {"DATA_NODE_CACHE__DECODE_AHEAD": "5"})
+    assert overridden.cache.decode_ahead == 5
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", r"^cache\.decode_ahead: Expected an integer in \[0, 1024\] \(threads .*0 turns "),
+        ("1025", r"^cache\.decode_ahead: .*Got 1025 instead\.$"),
+        ("true", r"^cache\.decode_ahead: .*Got True instead\.$"),
+        ('"2"', r"^cache\.decode_ahead: .*Got '2' instead\.$"),
+        ("1.5", r"^cache\.decode_ahead: .*Got 1\.5 instead\.$"),
+    ],
+)
+def test_bad_decode_ahead_values_name_the_key(root, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load(write(root, GOOD + f"\n[cache]\ndecode_ahead = {value}\n"))

@@ -17,7 +17,11 @@ Matrix:
   unregistered when the flow ends early or raises; over a view with several sources.
 - Decode-ahead: a registered stream's chunks are decoded before it reads them (hits, in
   decoded_ahead), the threads stop when the last stream leaves; nothing is decoded ahead
-  that would evict a chunk needed sooner.
+  that would evict a chunk needed sooner. A decode ahead that fails: its error is raised by
+  the next read of the chunk (a reader waiting for that decode included), once; an HDF5
+  file replaced while open (its one-time SourceChangedError met by the thread) fails the
+  stream's read, then the new file is served; a discarded source's kept errors go with it;
+  while _MAX_FAILED errors wait, nothing more is decoded ahead.
 """
 
 from __future__ import annotations
@@ -25,20 +29,25 @@ from __future__ import annotations
 import threading
 import time
 
+import h5py
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from data_tools import chunk_cache
 from data_tools.chunk_cache import (
     CachedSource,
     ChunkCache,
     StreamReads,
+    cached,
     chunk_reads,
     following_reads,
     optimal_decodes,
 )
+from data_tools.errors import SourceChangedError
 from data_tools.io import data_flow
+from data_tools.storage.hdf5 import H5Source
 from data_tools.wrap import multi_source_array
 
 ROW_BYTES = 8  # one float64 per row
@@ -332,3 +341,113 @@ def test_decode_ahead_never_evicts_a_chunk_needed_sooner():
             job = cache._ahead_job()  # chunk 0 is not needed again: c may evict it
         assert job is not None
         assert job[1].number == 2
+
+
+class Failing(Source):
+    """A ``Source`` whose reads of the rows in ``bad`` raise, each ``times`` times in all."""
+
+    def __init__(self, n, bad, times=1, gate=None):
+        super().__init__(n)
+        self.bad = dict.fromkeys(bad, times)
+        self.gate = gate
+
+    def __getitem__(self, key):
+        if self.gate is not None:
+            self.gate.wait()
+        start = key.start if isinstance(key, slice) else key
+        if self.bad.get(start):
+            self.bad[start] -= 1
+            raise OSError(f"bad chunk at row {start}")
+        return super().__getitem__(key)
+
+
+def test_an_error_decoding_ahead_is_raised_by_the_chunks_next_read_once():
+    cache = ChunkCache(1 << 20, decode_ahead=1)
+    source = Failing(32, bad=[8])  # chunk 1 fails once, as a one-time error would
+    view = CachedSource(source, cache, "data", 8)
+    batches = [np.array([i * 8]) for i in range(4)]
+    with following_reads([view], batches) as (arrays, _):
+        wait_for(lambda: cache.stats().decoded_ahead == 4)
+        assert source.bad[8] == 0  # the thread met the error, not the reader
+        np.testing.assert_array_equal(arrays[0][0:8], np.arange(8))
+        with pytest.raises(OSError, match="bad chunk at row 8"):
+            arrays[0][8:16]
+        np.testing.assert_array_equal(arrays[0][8:16], np.arange(8, 16))  # decoded again
+        np.testing.assert_array_equal(arrays[0][16:32], np.arange(16, 32))
+    assert not cache._failed
+    wait_for(lambda: not ahead_threads())
+
+
+def test_a_reader_waiting_for_a_failed_decode_ahead_gets_its_error():
+    gate = threading.Event()
+    cache = ChunkCache(1 << 20, decode_ahead=1)
+    source = Failing(8, bad=[0], gate=gate)
+    view = CachedSource(source, cache, "data", 8)
+    with following_reads([view], [np.array([0])]) as (arrays, reads):
+        wait_for(lambda: cache.stats().decoded_ahead == 1)  # the thread is at the gate
+        errors = []
+
+        def read():
+            try:
+                arrays[0][0:8]
+            except OSError as error:
+                errors.append(error)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        wait_for(lambda: reads.position == 1)  # the reader waits for the thread's decode
+        gate.set()
+        reader.join(60)
+        assert [str(e) for e in errors] == ["bad chunk at row 0"]
+        assert source.reads == 0  # the reader decoded nothing itself
+
+
+def test_a_replaced_hdf5_file_met_first_by_decode_ahead_fails_the_streams_read(tmp_path):
+    path = tmp_path / "data.h5"
+    for value, target in ((1.0, path), (2.0, tmp_path / "new.h5")):
+        with h5py.File(target, "w") as file:
+            file.create_dataset("x", data=np.full(32, value), chunks=(8,), compression="gzip")
+    cache = ChunkCache(1 << 20, decode_ahead=1)
+    view = cached(H5Source(str(path), "x"), cache)
+    np.testing.assert_array_equal(view[0:8], np.full(8, 1.0))  # the source has it open
+    cache.discard([view.key])
+    (tmp_path / "new.h5").replace(path)
+    batches = [np.array([i * 8]) for i in range(4)]
+    with following_reads([view], batches) as (arrays, _):
+        wait_for(lambda: cache.stats().decoded_ahead == 4)
+        with pytest.raises(SourceChangedError, match="changed while open"):
+            arrays[0][0:8]
+        np.testing.assert_array_equal(arrays[0][0:32], np.full(32, 2.0))  # the new file
+
+
+def test_discarding_a_source_drops_its_kept_errors():
+    cache = ChunkCache(1 << 20, decode_ahead=1)
+    view = CachedSource(Failing(16, bad=[0, 8]), cache, "data", 8)
+    with following_reads([view], [np.array([0]), np.array([8])]) as (arrays, _):
+        wait_for(lambda: cache.stats().decoded_ahead == 2)
+        assert len(cache._failed) == 2
+        cache.discard(["other"])
+        assert len(cache._failed) == 2
+        cache.discard(["data"])
+        assert not cache._failed
+        assert not cache._present
+        np.testing.assert_array_equal(arrays[0][0:16], np.arange(16))  # failed once each
+
+
+def test_decode_ahead_pauses_while_too_many_errors_wait(monkeypatch):
+    monkeypatch.setattr(chunk_cache, "_MAX_FAILED", 2)
+    cache = ChunkCache(1 << 20, decode_ahead=1)
+    view = CachedSource(Failing(32, bad=[0, 8, 16]), cache, "data", 8)
+    batches = [np.array([i * 8]) for i in range(4)]
+    with following_reads([view], batches) as (arrays, _):
+        for start, decoded in ((0, 3), (8, 4)):
+            wait_for(lambda: len(cache._failed) == 2)
+            with cache._lock:
+                assert cache._ahead_job() is None
+            assert cache.stats().decoded_ahead == decoded - 1
+            with pytest.raises(OSError, match=f"row {start}"):
+                arrays[0][start : start + 8]
+            wait_for(lambda d=decoded: cache.stats().decoded_ahead == d)  # room again
+        with pytest.raises(OSError, match="row 16"):
+            arrays[0][16:24]
+        np.testing.assert_array_equal(arrays[0][0:32], np.arange(32))

@@ -12,6 +12,9 @@ cache holds about a quarter of it, and a small dataset the cache holds whole.
   no log line.
 - A stream cancelled after two batches: the cache forgets it (no stream registered, no
   decode-ahead thread left).
+- Decode-ahead, on by default: the exact shuffle's chunks are partly decoded ahead
+  (data_node_cache_decoded_ahead_total > 0), bit-identical all the same; a node stopped
+  with a stream open leaves no decode-ahead thread; decode_ahead = 0 decodes nothing ahead.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ CACHE_BYTES = SAMPLES * SAMPLE_BYTES // 4
 BATCH = 8
 
 
-def write_node(root, cache_bytes):
+def write_node(root, cache_bytes, extra=""):
     data = root / "data"
     data.mkdir()
     rng = np.random.default_rng(5)
@@ -59,6 +62,7 @@ def write_node(root, cache_bytes):
 
             [cache]
             max_bytes = {cache_bytes}
+            {extra}
 
             [metrics]
             listen = "127.0.0.1:0"
@@ -137,6 +141,8 @@ def test_exact_shuffle_amplification_is_counted_and_named(nodes, caplog):
             np.testing.assert_array_equal(a, b)
 
     samples = scrape(node)
+    assert node.servicer._registry.cache.decode_ahead > 0  # the default: the usable cores
+    assert samples[("data_node_cache_decoded_ahead_total", ())] > 0
     labels = (("dataset", "big"),)
     assert stream.delivered_bytes == SAMPLES * SAMPLE_BYTES
     assert samples[("data_node_delivered_bytes_total", labels)] == stream.delivered_bytes
@@ -186,3 +192,33 @@ def test_a_cancelled_stream_is_forgotten(nodes):
         time.sleep(0.02)
     ahead = [t for t in threading.enumerate() if t.name.startswith("data_tools-decode-ahead")]
     assert not ahead
+
+
+def ahead_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("data_tools-decode-ahead")]
+
+
+@pytest.mark.parametrize("decode_ahead", [2, 0])
+def test_a_stopped_node_leaves_no_decode_ahead_thread(tmp_path, decode_ahead):
+    config = write_node(tmp_path, CACHE_BYTES, f"decode_ahead = {decode_ahead}")
+    node, port = build_server(config, "127.0.0.1:0")
+    node.start()
+    cache = node.servicer._registry.cache
+    try:
+        with DataNodeClient(f"127.0.0.1:{port}") as client:
+            stream = client.stream("big", BATCH, sample_random=True, seed=3, loop_forever=True)
+            for _ in range(4):
+                next(stream)
+            assert len(ahead_threads()) == decode_ahead
+            if decode_ahead:
+                deadline = time.monotonic() + 60
+                while not cache.stats().decoded_ahead:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+            else:
+                assert cache.stats().decoded_ahead == 0
+            node.stop(None)
+            assert not ahead_threads()
+            assert not cache.registered
+    finally:
+        node.stop(None)
