@@ -21,7 +21,7 @@ import importlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeGuard
 
 import numpy as np
 
@@ -90,13 +90,13 @@ class WriteTarget(Protocol):
         """Set attributes on the file or store that holds the array."""
 
 
-@runtime_checkable
 class RowSource(Protocol):
     """An array-like that reads its own rows (views, sources read through a chunk cache).
 
     Readers above storage (``io``'s batches, a view reading its sources) ask
     ``row_taker``/``row_reader`` how to read a source once and then call the source itself,
-    so storage never calls back into the layers that wrap it.
+    so storage never calls back into the layers that wrap it. Told by the method on the
+    source's type (an ``isinstance`` check on a protocol would cost more than a small read).
     """
 
     def take_rows(
@@ -411,7 +411,7 @@ def take_rows(source: Any, indices: npt.NDArray[np.intp]) -> npt.NDArray[Any]:
     """``source[indices]`` (any order, repeats allowed) as a new array the caller may modify,
     read as ``source``'s backend reads it (``StorageBackend.take``), or as a ``RowSource``
     reads itself."""
-    if isinstance(source, RowSource):
+    if _reads_itself(source):
         return source.take_rows(indices)
     found = backend_of(source)
     return _take_distinct(source, indices) if found is None else found.take(source, indices)
@@ -420,7 +420,7 @@ def take_rows(source: Any, indices: npt.NDArray[np.intp]) -> npt.NDArray[Any]:
 def row_taker(source: Any) -> Callable[[npt.NDArray[np.intp]], npt.NDArray[Any]]:
     """How to read ``source``'s rows for ``take_rows``: its own method (a ``RowSource``), else
     ``take_rows`` on it. Called once per read; the read itself then calls the source."""
-    if isinstance(source, RowSource):
+    if _reads_itself(source):
         return source.take_rows
     return functools.partial(take_rows, source)
 
@@ -430,9 +430,14 @@ def row_reader(
 ) -> Callable[[npt.NDArray[np.intp], tuple[Any, ...]], npt.NDArray[Any]]:
     """How to read sorted, unique rows of ``source`` restricted to trailing keys: its own
     ``take_rows`` (a ``RowSource``), else ``read_rows`` on it."""
-    if isinstance(source, RowSource):
+    if _reads_itself(source):
         return source.take_rows
     return functools.partial(read_rows, source)
+
+
+def _reads_itself(source: Any) -> TypeGuard[RowSource]:
+    """Whether ``source`` is a ``RowSource``."""
+    return hasattr(type(source), "take_rows")
 
 
 def _take_distinct(source: Any, indices: npt.NDArray[np.intp]) -> npt.NDArray[Any]:
