@@ -5,7 +5,7 @@ client, and records the call stacks (our modules only, consecutive frames of one
 collapsed) at five points of a batch's path:
 
 - read: an io thread reading the HDF5 file (h5py's Dataset.__getitem__);
-- consume: the stream taking the batch from data_flow's pipeline;
+- consume: the stream taking the batch from data_flow (its ``flow_with_info`` iterator);
 - encode: the stream encoding the batch (data_node.wire);
 - decode: the client decoding the message (data_client._decode, on gRPC's thread);
 - deliver: the trainer's next() asking gRPC for the message.
@@ -65,7 +65,7 @@ def point_of(frame: FrameType) -> str | None:
     caller = module_of(frame.f_back)
     if name == "__getitem__" and frame.f_code.co_filename.endswith("h5py/_hl/dataset.py"):
         return "read"
-    if module.startswith("data_tools.io") and caller.startswith("data_node"):
+    if name == "flow_with_info" and caller.startswith("data_node"):
         return "consume"
     if module == "data_node.wire" and name != "<module>":
         return "encode"
@@ -104,7 +104,7 @@ def main() -> None:
         threading.setprofile(None)
     total = 0
     for point in POINTS:
-        longest = max(stacks[point], key=len, default=())
+        longest = max(sorted(stacks[point]), key=len, default=())
         hops = max(0, sum(module.startswith(OURS) for module in longest) - 1)
         total += hops
         print(f"{point:8s} {hops} hops: {' -> '.join(longest)}")

@@ -296,13 +296,18 @@ class ViewContract:
     def test_one_sorted_read_per_source(self, case, monkeypatch):
         view, expected = case
         calls = []
-        real = wrap.read_rows
+        real = wrap.row_reader
 
-        def recording(source, local, trailing):
-            calls.append((id(source), local.copy()))
-            return real(source, local, trailing)
+        def recording(source):
+            reader = real(source)
 
-        monkeypatch.setattr(wrap, "read_rows", recording)
+            def read(local, trailing):
+                calls.append((id(source), local.copy()))
+                return reader(local, trailing)
+
+            return read
+
+        monkeypatch.setattr(wrap, "row_reader", recording)
         key = np.random.default_rng(3).integers(0, len(view), size=20)
         assert_same_as_numpy(view[key], expected[key])
         sources = [source for source, _ in calls]

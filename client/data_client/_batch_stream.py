@@ -112,6 +112,10 @@ class BatchStream(StreamBase):
         self._failures = 0
         super().__init__(request.resume if request.HasField("resume") else None)
 
+    def __next__(self) -> tuple[npt.NDArray[Any], ...]:
+        with self._clock.waiting():  # the trainer's stall
+            return self._next_batch()
+
     def _next_batch(self) -> tuple[npt.NDArray[Any], ...]:
         while True:
             call = self._open_call()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["StallClock"]
 
@@ -10,8 +15,9 @@ __all__ = ["StallClock"]
 class StallClock:
     """Sums the time spent in ``next()`` calls, and the wall time since the first one began.
 
-    A stream calls ``start()`` on entering ``next()`` and ``stop(started)`` on leaving it
-    (in a ``finally``), and ``close()`` when it closes. Reading is safe from any thread.
+    A stream runs its ``next()`` inside ``with clock.waiting():`` (or calls ``start()`` on
+    entering it and ``stop(started)`` on leaving it, in a ``finally``), and ``close()`` when
+    it closes. Reading is safe from any thread.
     """
 
     def __init__(self) -> None:
@@ -31,6 +37,15 @@ class StallClock:
         """Note that the ``next()`` begun at ``started`` returned or raised."""
         self._last = time.perf_counter()
         self._stall += self._last - started
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Count the ``with`` block as time spent in one ``next()``."""
+        started = self.start()
+        try:
+            yield
+        finally:
+            self.stop(started)
 
     def close(self) -> None:
         """Freeze the wall time at the end of the last ``next()``."""

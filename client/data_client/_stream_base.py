@@ -41,7 +41,7 @@ class Positioned(Protocol):
 
 
 class StreamBase:
-    """Position, stall and protocols of a stream; subclasses supply ``_next_batch`` and ``close``.
+    """Position, stall and protocols of a stream; subclasses supply ``__next__`` and ``close``.
 
     ``close()`` must set ``_closed`` and call ``_clock.close()``; it is called on ``with``
     exit and when the stream is garbage collected.
@@ -130,13 +130,7 @@ class StreamBase:
         return self
 
     def __next__(self) -> tuple[npt.NDArray[Any], ...]:
-        started = self._clock.start()
-        try:
-            return self._next_batch()
-        finally:
-            self._clock.stop(started)
-
-    def _next_batch(self) -> tuple[npt.NDArray[Any], ...]:
+        """The next batch's arrays; a subclass runs its own inside ``self._clock.waiting()``."""
         raise NotImplementedError
 
     def close(self) -> None:

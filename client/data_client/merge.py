@@ -208,6 +208,10 @@ class MultiNodeStream(StreamBase):
         for reader in self._readers:
             reader.join()
 
+    def __next__(self) -> tuple[npt.NDArray[Any], ...]:
+        with self._clock.waiting():  # the trainer's stall
+            return self._next_batch()
+
     def _next_batch(self) -> tuple[npt.NDArray[Any], ...]:
         if self._closed.is_set() or self._received_all(self._epochs) or not self._start_readers():
             self.close()

@@ -578,6 +578,16 @@ class CachedSource:
                 return self._read_rows(_in_bounds(rows, length), trailing)
         return self._read_range(0, len(self), ())[key]
 
+    def take_rows(
+        self, indices: npt.NDArray[np.intp], trailing: tuple[Any, ...] = ()
+    ) -> npt.NDArray[Any]:
+        """Rows ``indices`` (any order, repeats allowed), each restricted to ``trailing`` (basic
+        keys), as a new array (``data_tools.storage.RowSource``)."""
+        rows = _in_bounds(np.asarray(indices, dtype=np.intp), len(self))
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+            return self._read_range(int(rows[0]), int(rows[-1]) + 1, trailing)
+        return self._read_rows(rows, trailing)
+
     def _read_range(self, start: int, stop: int, trailing: tuple[Any, ...]) -> npt.NDArray[Any]:
         """Rows ``[start, stop)`` (``start <= stop``), each restricted to ``trailing``."""
         version = self._version()

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from data_tools._indexing import normalize_key, plan_reads
 from data_tools._parse import parse_bool, parse_int, parse_non_negative_int
-from data_tools.storage import as_picklable, read_rows
+from data_tools.storage import as_picklable, row_reader
 
 __all__ = ["delayed_view", "multi_source_array"]
 
@@ -234,6 +234,14 @@ class delayed_view:
             self._fill(block, view_key.rows, view_key.source_trailing)
         return block if view_key.takes_whole_block else block[view_key.local_key]
 
+    def take_rows(
+        self, indices: npt.NDArray[np.intp], trailing: tuple[Any, ...] = ()
+    ) -> npt.NDArray[Any]:
+        """Rows ``indices`` (any order, repeats allowed), each restricted to ``trailing``, as a
+        new array, read straight from the sources (``data_tools.storage.RowSource``)."""
+        block: npt.NDArray[Any] = self[(np.asarray(indices, dtype=np.intp), *trailing)]
+        return block
+
     def _fill(
         self,
         block: npt.NDArray[Any],
@@ -242,7 +250,7 @@ class delayed_view:
     ) -> None:
         """Fill ``block`` with view ``rows`` restricted to ``trailing``, one read per source."""
         for read in plan_reads(self._pairs[rows]):
-            data = np.asarray(read_rows(self._sources[read.source], read.local, trailing))
+            data = np.asarray(row_reader(self._sources[read.source])(read.local, trailing))
             if _is_identity(read.dest, len(block)) and _is_identity(read.gather, len(data)):
                 block[...] = data
             else:

@@ -72,6 +72,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import operator
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -330,7 +331,8 @@ def _stream(
     arrays = [array for _, array in plan.dataset.arrays]
     # The order is the plan's pure function: the reads it foresees let the chunk cache keep
     # what this stream needs next.
-    batches = (indices for _, _, indices in plan.flow.batches())
+    # (itemgetter: the cache pulls the plan's batches without calling back into the node.)
+    batches = map(operator.itemgetter(2), plan.flow.batches())
     with following_reads(arrays, batches) as (reading, reads):
         if reads is not None:
             _warn_of_amplification(plan, arrays)

@@ -18,9 +18,10 @@ import numpy.typing as npt
 from data_tools.errors import WorkerError
 from data_tools.io._sampler import batch_rng
 from data_tools.io.preprocessing import as_arrays, call_preprocessor
-from data_tools.storage import take_rows
+from data_tools.storage import row_taker
 
 if TYPE_CHECKING:
+    import queue
     from collections.abc import Callable, Sequence
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "preprocessed",
     "read_batch",
     "run_caught",
+    "run_into",
 ]
 
 Arrays = tuple[npt.NDArray[Any], ...]
@@ -145,7 +147,7 @@ class Preprocess:
 
 def read_batch(sources: Sequence[Any], indices: IndexArray) -> Read:
     start = time.perf_counter()
-    batch = [take_rows(source, indices) for source in sources]
+    batch = [row_taker(source)(indices) for source in sources]
     return batch, time.perf_counter() - start
 
 
@@ -176,3 +178,13 @@ def run_caught(sources: Sequence[Any], preprocess: Preprocess, task: Task) -> Ou
         return _run_task(sources, preprocess, task)
     except BaseException as error:  # noqa: BLE001 - every failure goes to the consumer
         return as_consumer_error(error)
+
+
+def run_into(
+    results: queue.Queue[tuple[int, Outcome]],
+    sources: Sequence[Any],
+    preprocess: Preprocess,
+    task: Task,
+) -> None:
+    """Run ``task`` (as ``run_caught``) and put ``(task.seq, outcome)`` on ``results``."""
+    results.put((task.seq, run_caught(sources, preprocess, task)))

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import queue
 import threading
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from data_tools.io._batch import BatchInfo, Task, run_caught
+from data_tools.io._batch import BatchInfo, Task, run_caught, run_into
 from data_tools.io._io_threads import POLL_S, IoThreads
 from data_tools.io.pool import WorkerPool
 
@@ -79,13 +80,11 @@ class _ThreadRunner:
     """Runs batches on io threads of this process, each reading and preprocessing a batch."""
 
     def __init__(self, sources: Sequence[Any], preprocess: Preprocess, num_threads: int) -> None:
-        self._sources = sources
-        self._preprocess = preprocess
         self._results: queue.Queue[tuple[int, Outcome]] = queue.Queue()
-        self._threads = IoThreads(num_threads, self._run)
-
-    def _run(self, task: Task) -> None:
-        self._results.put((task.seq, run_caught(self._sources, self._preprocess, task)))
+        # The io threads call the batch's work itself, which puts its outcome on the queue.
+        self._threads = IoThreads(
+            num_threads, functools.partial(run_into, self._results, sources, preprocess)
+        )
 
     def submit(self, task: Task) -> None:
         self._threads.submit(task)

@@ -20,12 +20,15 @@ from data_tools.storage.base import (
     FORMATS,
     WRITABLE_FORMATS,
     Format,
+    RowSource,
     StorageBackend,
     WriteTarget,
     backend,
     backend_of,
     format_of_path,
     read_rows,
+    row_reader,
+    row_taker,
     take_rows,
 )
 from data_tools.storage.confine import Root
@@ -39,6 +42,7 @@ __all__ = [
     "WRITABLE_FORMATS",
     "Format",
     "Root",
+    "RowSource",
     "StorageBackend",
     "WriteTarget",
     "as_picklable",
@@ -49,6 +53,8 @@ __all__ = [
     "format_of_path",
     "open_source",
     "read_rows",
+    "row_reader",
+    "row_taker",
     "take_rows",
 ]
 

@@ -16,18 +16,19 @@ never imports zarr or bcolz.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeGuard
 
 import numpy as np
 
 from data_tools._indexing import as_slice
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Mapping
+    from collections.abc import Callable, Hashable, Mapping
     from pathlib import Path
 
     import numpy.typing as npt
@@ -42,6 +43,7 @@ __all__ = [
     "WRITABLE_FORMATS",
     "ArrayTarget",
     "Format",
+    "RowSource",
     "StorageBackend",
     "WriteTarget",
     "backend",
@@ -49,6 +51,8 @@ __all__ = [
     "check_existing",
     "format_of_path",
     "read_rows",
+    "row_reader",
+    "row_taker",
     "take_rows",
 ]
 
@@ -84,6 +88,23 @@ class WriteTarget(Protocol):
 
     def set_root_attrs(self, attrs: Mapping[str, str]) -> None:
         """Set attributes on the file or store that holds the array."""
+
+
+class RowSource(Protocol):
+    """An array-like that reads its own rows (views, sources read through a chunk cache).
+
+    Readers above storage (``io``'s batches, a view reading its sources) ask
+    ``row_taker``/``row_reader`` how to read a source once and then call the source itself,
+    so storage never calls back into the layers that wrap it. Told by the method on the
+    source's type (an ``isinstance`` check on a protocol would cost more than a small read).
+    """
+
+    def take_rows(
+        self, indices: npt.NDArray[np.intp], trailing: tuple[Any, ...] = ()
+    ) -> npt.NDArray[Any]:
+        """Rows ``indices`` (in range, any order, repeats allowed), each restricted to
+        ``trailing``, as a new array the caller may modify."""
+        ...
 
 
 class ArrayTarget:
@@ -388,9 +409,35 @@ def read_rows(source: Any, rows: npt.NDArray[np.intp], trailing: tuple[Any, ...]
 
 def take_rows(source: Any, indices: npt.NDArray[np.intp]) -> npt.NDArray[Any]:
     """``source[indices]`` (any order, repeats allowed) as a new array the caller may modify,
-    read as ``source``'s backend reads it (``StorageBackend.take``)."""
+    read as ``source``'s backend reads it (``StorageBackend.take``), or as a ``RowSource``
+    reads itself."""
+    if _reads_itself(source):
+        return source.take_rows(indices)
     found = backend_of(source)
     return _take_distinct(source, indices) if found is None else found.take(source, indices)
+
+
+def row_taker(source: Any) -> Callable[[npt.NDArray[np.intp]], npt.NDArray[Any]]:
+    """How to read ``source``'s rows for ``take_rows``: its own method (a ``RowSource``), else
+    ``take_rows`` on it. Called once per read; the read itself then calls the source."""
+    if _reads_itself(source):
+        return source.take_rows
+    return functools.partial(take_rows, source)
+
+
+def row_reader(
+    source: Any,
+) -> Callable[[npt.NDArray[np.intp], tuple[Any, ...]], npt.NDArray[Any]]:
+    """How to read sorted, unique rows of ``source`` restricted to trailing keys: its own
+    ``take_rows`` (a ``RowSource``), else ``read_rows`` on it."""
+    if _reads_itself(source):
+        return source.take_rows
+    return functools.partial(read_rows, source)
+
+
+def _reads_itself(source: Any) -> TypeGuard[RowSource]:
+    """Whether ``source`` is a ``RowSource``."""
+    return hasattr(type(source), "take_rows")
 
 
 def _take_distinct(source: Any, indices: npt.NDArray[np.intp]) -> npt.NDArray[Any]:
