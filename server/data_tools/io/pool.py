@@ -441,7 +441,8 @@ class WorkerPool:
                     logger.warning("%s; its batch runs again on another worker", died)
                     stream.waiting.appendleft(dataclasses.replace(order, attempt=order.attempt + 1))
                 else:
-                    stream.results.put((order.task.seq, WorkerError(text)))
+                    # At once, not in its turn: batches before it may wait for ever.
+                    stream.fail(WorkerError(text))
             for stream in self._streams:
                 if stream.owns_pool:  # its own workers: any death ends it, as it always did
                     stream.fail(WorkerError(text))
