@@ -6,8 +6,10 @@ key and are reopened here, numpy arrays of 1 MiB and more as shared memory it ma
 preprocessor; an ``Order`` is one batch of a stream, which it reads itself (or, with shared
 reads, copies out of the order's block, where the parent put the rows), preprocesses, and
 writes into the order's block (pickled with the reply when it does not fit); a ``Forget``
-drops streams that ended. The parent sends an order only to an idle worker, so a worker
-never has to read while it sends a large result.
+drops streams that ended. A thread of the worker (``data_tools-orders``) takes every message
+off the order pipe as it comes, so the parent can always send (the next order while this
+worker runs one, or sends a large result) and never waits for the worker, nor it for the
+parent.
 
 Results are written straight into the block: once a stream's first batch in this worker
 told its per-sample shapes and dtypes, a preprocessor that takes an ``out`` keyword gets
@@ -23,8 +25,10 @@ import contextlib
 import importlib
 import os
 import pickle
+import queue
 import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -168,11 +172,31 @@ def _detached(arrays: Arrays, buffer: memoryview | None) -> Arrays:
     return tuple(array.copy() if np.may_share_memory(array, memory) else array for array in arrays)
 
 
-def _serve(orders: Connection, results: Connection) -> None:
-    streams: dict[int, _Stream] = {}
+_END = None  # the order pipe's end (the parent closed it or died)
+
+
+def _receive_all(
+    orders: Connection, inbox: queue.SimpleQueue[Setup | Order | Forget | None]
+) -> None:
+    """Thread: move every message of the order pipe to ``inbox``, then ``_END``."""
     try:
         while True:
-            message: Setup | Order | Forget = orders.recv()
+            inbox.put(orders.recv())
+    except (EOFError, OSError):
+        pass
+    finally:
+        inbox.put(_END)
+
+
+def _serve(orders: Connection, results: Connection) -> None:
+    streams: dict[int, _Stream] = {}
+    inbox: queue.SimpleQueue[Setup | Order | Forget | None] = queue.SimpleQueue()
+    receiver = threading.Thread(
+        target=_receive_all, args=(orders, inbox), name="data_tools-orders", daemon=True
+    )
+    receiver.start()
+    try:
+        while (message := inbox.get()) is not _END:
             if isinstance(message, Setup):
                 streams[message.stream] = _Stream.load(message.payload)
             elif isinstance(message, Forget):

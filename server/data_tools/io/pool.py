@@ -8,23 +8,27 @@ pickled once for all workers. A data node keeps one pool for all its streams; an
 is given one.
 
 Scheduling: one thread of the parent (``data_tools-pool``) sends every order, receives every
-reply and watches every process. A worker runs one batch at a time. Whenever a worker is
-idle, the flows that have a batch waiting take turns (round robin), each flow using at most
-``cap`` workers at once, so no flow starves another. A flow submits at most its
+reply and watches every process. A worker runs one batch at a time and holds at most
+``ORDERS_PER_WORKER`` orders: the one it runs and the next, queued in the worker, which it
+starts as soon as it sends a result (no round trip to this thread between two batches).
+Whenever a worker is idle, the flows that have a batch waiting take turns (round robin), each
+flow using at most ``cap`` workers at once, so no flow starves another; a busy worker gets
+a next order of the flow it runs only while no other flow waits for a worker. A flow submits at most its
 ``max_in_flight`` batches ahead of its consumer (the Pipeline's bound), so a flow whose
 consumer stopped reading holds at most that many batches, and its results wait in its own
 shared-memory blocks, never in a worker. A worker that already served a flow is preferred
 for it (its sources are open there).
 
 A worker's death: the batch it was running is a pure function of (plan, epoch, indices), so
-it is sent again, to another worker, up to ``retries`` times; one more death fails its flow
+it is sent again, to another worker, up to ``retries`` times (its queued next order goes
+back to its flow's waiting batches as it is); one more death fails its flow
 with "Worker process data_tools-proc-N (pid P) died unexpectedly (killed by SIGKILL); the
 flow stopped." The dead worker is replaced by a new process. A flow that owns its pool
 (``data_flow``'s own workers, ``retries=0``) ends at the death of any of its workers, as a
 sign that something is wrong with it.
 
 Shutdown: closing a flow drops its waiting batches, discards the results of those still
-running and unlinks its blocks; its workers forget it once idle. A worker still running one
+running and unlinks its blocks; its workers forget it after the orders they hold. A worker still running one
 of its batches ``ABANDONED_BATCH_S`` seconds after the flow closed is killed and replaced. Closing the pool stops its
 thread, closes every pipe (a worker exits on end of file, which also happens when the
 parent dies, so no orphan is left), then terminates and kills stragglers.
@@ -83,6 +87,9 @@ ABANDONED_BATCH_S = 10.0
 _MAX_FAILED_STARTS = 3
 # numpy arrays smaller than this are pickled to each worker rather than shared.
 _SHARE_MIN_NBYTES = 1 << 20
+# Orders a worker holds at once: the batch it runs and the next one, so that it never idles
+# waiting for this process between two batches.
+ORDERS_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -108,12 +115,13 @@ class _Worker:
     orders: Connection
     results: Connection
     ready: bool = False
-    running: tuple[PoolStream, Order] | None = None
+    # Orders sent and not answered, in the worker's order: the first is the one it runs.
+    orders_held: deque[tuple[PoolStream, Order]] = field(default_factory=deque)
     streams: set[int] = field(default_factory=set)  # flows whose Setup it received
     forget: list[int] = field(default_factory=list)  # ended flows it still holds
 
     def info(self) -> WorkerInfo:
-        stream = None if self.running is None else self.running[0].stream_id
+        stream = self.orders_held[0][0].stream_id if self.orders_held else None
         return WorkerInfo(self.process.name, self.process.pid, self.ready, stream)
 
 
@@ -210,7 +218,7 @@ class WorkerPool:
     def busy_workers(self) -> int:
         """Worker processes running a batch now."""
         with self._lock:
-            return sum(worker.running is not None for worker in self._workers)
+            return sum(bool(worker.orders_held) for worker in self._workers)
 
     def workers(self) -> list[WorkerInfo]:
         """Every worker process now: name, pid, ready, the flow it runs a batch of."""
@@ -399,11 +407,10 @@ class WorkerPool:
                 worker.ready = True
                 self._ready.notify_all()
                 return True
-            assert worker.running is not None
             assert not isinstance(message, str)
-            stream, order = worker.running
-            worker.running = None
-            stream.running -= 1
+            stream, order = worker.orders_held.popleft()
+            if not any(held is stream for held, _ in worker.orders_held):
+                stream.running -= 1
             if stream.is_open:
                 stream.results.put((order.task.seq, message))
         return True
@@ -421,17 +428,21 @@ class WorkerPool:
         text = f"{died}; the flow stopped."
         with self._lock:
             self._workers.remove(worker)
-            running, worker.running = worker.running, None
-            if running is not None:
-                stream, order = running
+            held, worker.orders_held = list(worker.orders_held), deque()
+            for stream in {id(stream): stream for stream, _ in held}.values():
                 stream.running -= 1
+            # Back to the front of their flows' queues, the one it ran first.
+            for index, (stream, order) in reversed(list(enumerate(held))):
                 if not stream.is_open:
                     pass
+                elif index > 0:  # queued, not started: it did not cause the death
+                    stream.waiting.appendleft(order)
                 elif order.attempt < self._retries:
                     logger.warning("%s; its batch runs again on another worker", died)
                     stream.waiting.appendleft(dataclasses.replace(order, attempt=order.attempt + 1))
                 else:
-                    stream.results.put((order.task.seq, WorkerError(text)))
+                    # At once, not in its turn: batches before it may wait for ever.
+                    stream.fail(WorkerError(text))
             for stream in self._streams:
                 if stream.owns_pool:  # its own workers: any death ends it, as it always did
                     stream.fail(WorkerError(text))
@@ -454,9 +465,9 @@ class WorkerPool:
             stuck = [
                 worker
                 for worker in self._workers
-                if worker.running is not None
-                and not worker.running[0].is_open
-                and now - worker.running[0].closed_at >= ABANDONED_BATCH_S
+                if worker.orders_held
+                and not worker.orders_held[0][0].is_open
+                and now - worker.orders_held[0][0].closed_at >= ABANDONED_BATCH_S
             ]
         for worker in stuck:
             logger.warning(
@@ -467,7 +478,7 @@ class WorkerPool:
             worker.process.kill()  # its sentinel reports it; it is replaced then
 
     def _dispatch(self) -> None:
-        """Give idle workers batches, one per flow in turn; send pending Forgets."""
+        """Give workers batches (idle ones first, one per flow in turn); send Forgets."""
         while (sends := self._next_sends()) is not None:
             worker, messages = sends
             try:
@@ -478,30 +489,50 @@ class WorkerPool:
 
     def _next_sends(self) -> tuple[_Worker, list[Any]] | None:
         with self._lock:
-            idle = [w for w in self._workers if w.ready and w.running is None]
-            for worker in idle:
+            ready = [w for w in self._workers if w.ready]
+            for worker in ready:
                 if worker.forget:
                     forget, worker.forget = worker.forget, []
                     return worker, [Forget(tuple(forget))]
-            if not idle:
-                return None
-            for _ in range(len(self._streams)):
-                stream = self._streams[0]
-                self._streams.rotate(-1)
-                if stream.waiting and stream.running < stream.cap:
-                    break
-            else:
-                return None
-            order = stream.waiting.popleft()
-            stream.running += 1
-            worker = next((w for w in idle if stream.stream_id in w.streams), idle[0])
-            worker.running = (stream, order)
-            messages: list[Any] = []
-            if stream.stream_id not in worker.streams:
-                worker.streams.add(stream.stream_id)
-                messages.append(Setup(stream.stream_id, stream.payload))
-            messages.append(order)
-            return worker, messages
+            idle = [w for w in ready if not w.orders_held]
+            if idle and (stream := self._next_turn()) is not None:
+                stream.running += 1
+                worker = next((w for w in idle if stream.stream_id in w.streams), idle[0])
+                return worker, self._order(worker, stream)
+            # Every flow that wants a worker has one: queue next orders behind running ones.
+            for worker in ready:
+                if 0 < len(worker.orders_held) < ORDERS_PER_WORKER:
+                    stream = worker.orders_held[0][0]
+                    if stream.waiting and not self._others_wait(stream):
+                        return worker, self._order(worker, stream)
+            return None
+
+    def _next_turn(self) -> PoolStream | None:
+        """The next flow, in turn, with a batch waiting and a worker to spare under its cap."""
+        for _ in range(len(self._streams)):
+            stream = self._streams[0]
+            self._streams.rotate(-1)
+            if stream.waiting and stream.running < stream.cap:
+                return stream
+        return None
+
+    def _others_wait(self, stream: PoolStream) -> bool:
+        return any(
+            other is not stream and other.waiting and other.running < other.cap
+            for other in self._streams
+        )
+
+    @staticmethod
+    def _order(worker: _Worker, stream: PoolStream) -> list[Any]:
+        """Hand ``worker`` the next waiting batch of ``stream``: the messages to send."""
+        order = stream.waiting.popleft()
+        worker.orders_held.append((stream, order))
+        messages: list[Any] = []
+        if stream.stream_id not in worker.streams:
+            worker.streams.add(stream.stream_id)
+            messages.append(Setup(stream.stream_id, stream.payload))
+        messages.append(order)
+        return messages
 
 
 class PoolStream:
