@@ -32,8 +32,11 @@ from tls_support import write_pki
 from data_client import DataNodeClient, TlsConfig
 
 TOKEN = "cli-build-token"
-CLIENT = "import sys; from data_client.cli import main; sys.exit(main())"
-NODE = "import sys; from data_node.cli import main; sys.exit(main())"
+# A terminal gives a command Ctrl-C's default action; a shell's background job (how a
+# runner may start this suite) ignores SIGINT, and its children would inherit that.
+_TERMINAL = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+CLIENT = _TERMINAL + "from data_client.cli import main; sys.exit(main())"
+NODE = _TERMINAL + "from data_node.cli import main; sys.exit(main())"
 TIMEOUT = 120
 # A build that stays RUNNING: its Dask scheduler never answers, its process waits idle.
 BLOCKED_BUILD = [
@@ -79,7 +82,12 @@ def read_until(stream, pattern):
 def interrupt(process):
     """SIGINT (Ctrl-C) to ``process``; its exit status, stdout and stderr once it exits."""
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=TIMEOUT)
+    try:
+        out, err = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()  # it ignored Ctrl-C: fail without leaving it to the next tests
+        process.communicate()
+        raise
     return process.returncode, out, err
 
 
