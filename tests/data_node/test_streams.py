@@ -157,6 +157,7 @@ def test_a_resume_at_the_end_of_an_epoch_starts_the_next_one():
     past.CopyFrom(at_end)
     past.batch_index += 1
     with pytest.raises(
-        RequestError, match=r"^resume\.batch_index: Expected an integer in \[0, 3\]"
+        RequestError,
+        match=r"^resume\.batch_index: Expected an integer in \[0, 3\) .* so in \[0, 3\]\. Got 4",
     ):
         plan(sample_random=True, epochs=2, resume=past)

@@ -471,9 +471,9 @@ def _parse_start(epoch: Any, batch_index: Any, batches_per_epoch: int) -> tuple[
     start_batch = parse_int("start_batch", batch_index)
     if not 0 <= start_batch <= batches_per_epoch:
         raise ValueError(
-            f"Expected start_batch to be an integer in [0, {batches_per_epoch}] (a batch of "
-            f"the epoch, in [0, {batches_per_epoch}), or its end, read as the next epoch's "
-            f"start). Got {start_batch} instead."
+            f"Expected start_batch to be an integer in [0, {batches_per_epoch}) (a batch of "
+            f"the epoch) or {batches_per_epoch} (its end, read as the next epoch's start), so "
+            f"in [0, {batches_per_epoch}]. Got {start_batch} instead."
         )
     return start_epoch, start_batch
 
