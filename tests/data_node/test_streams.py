@@ -17,9 +17,9 @@ import pytest
 from data_flow_support import count_loaded_modules
 from node_support import noisy
 
+from data_node import wire
 from data_node.catalog.datasets import Dataset
 from data_node.config import LimitsConfig
-from data_node import wire
 from data_node.errors import RequestError
 from data_node.streaming.streams import parse_stream_request
 from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
