@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
     from zarr.abc.store import ByteRequest
+    from zarr.core.array_spec import ArrayConfigParams
     from zarr.core.buffer import Buffer, BufferPrototype
 
     from data_tools.storage.confine import Root
@@ -185,7 +186,7 @@ def open_zarr(
 
 # Every chunk stored, even one of fill values only: a reader can then tell a lost chunk of
 # a complete array from fill (``open_zarr``). Not stored with the array: set on each opening.
-_WRITE_CONFIG = {"write_empty_chunks": True}
+_WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 class _ZarrTarget(ArrayTarget):
