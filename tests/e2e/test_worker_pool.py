@@ -72,19 +72,26 @@ def pool_node(tmp_path, monkeypatch):
         node.stop(None)
 
 
-def test_a_killed_workers_batch_runs_again_and_the_stream_is_bit_identical(pool_node):
-    node, client, gate, arrays = pool_node
-    stream = client.stream("toy", 8, preprocessor="gated", max_reconnects=0)
-    reader, got = read_in_thread(stream)
-    victim = kill_running(node.workers)
+def assert_rerun_and_whole(node, gate, victim, reader, got, arrays):
+    """The gated stream's batch runs again on a worker other than ``victim``; once the gate
+    opens, the stream read by ``reader`` is the whole dataset, bit for bit, and the killed
+    worker is replaced."""
     wait_for(lambda: running(node.workers, {victim.pid}), what="the batch running again")
     open_gate(gate)
     reader.join(60)
     assert not reader.is_alive()
     np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), arrays["image"] * 2)
     np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), arrays["mask"])
-    assert victim.pid not in {worker.pid for worker in node.workers.workers()}
     wait_for(lambda: node.workers.num_workers == 2, what="the replacement")
+
+
+def test_a_killed_workers_batch_runs_again_and_the_stream_is_bit_identical(pool_node):
+    node, client, gate, arrays = pool_node
+    stream = client.stream("toy", 8, preprocessor="gated", max_reconnects=0)
+    reader, got = read_in_thread(stream)
+    victim = kill_running(node.workers)
+    assert_rerun_and_whole(node, gate, victim, reader, got, arrays)
+    assert victim.pid not in {worker.pid for worker in node.workers.workers()}
 
 
 def test_a_worker_killed_mid_stream_spares_a_concurrent_stream(pool_node):
@@ -103,14 +110,7 @@ def test_a_worker_killed_mid_stream_spares_a_concurrent_stream(pool_node):
     for seen, expected in zip(before + after, undisturbed, strict=True):
         for array, want in zip(seen, expected, strict=True):
             np.testing.assert_array_equal(array, want)
-    # The killed stream's batch runs again on another worker, then the stream is whole.
-    wait_for(lambda: running(node.workers, {victim.pid}), what="the batch running again")
-    open_gate(gate)
-    reader.join(60)
-    assert not reader.is_alive()
-    np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), arrays["image"] * 2)
-    np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), arrays["mask"])
-    wait_for(lambda: node.workers.num_workers == 2, what="the replacement")
+    assert_rerun_and_whole(node, gate, victim, reader, got, arrays)
 
 
 def test_a_second_death_ends_the_stream_with_the_exit_reason(pool_node):
