@@ -69,6 +69,7 @@ from typing import Any
 from data_node.errors import ConfigError, PathOutsideRootError
 from data_node.resources import usable_cores
 from data_tools.storage import FORMATS, Root
+from data_wire.addresses import split_address
 from data_wire.defaults import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = [
@@ -970,12 +971,10 @@ def _pem_file(key: str, value: Any, base_dir: Path) -> Path:
 
 def _listen(address: str) -> str:
     """``node.listen``: HOST:PORT, the port named (gRPC would read a bare host as port 443)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(
-            "node.listen: Expected HOST:PORT with a port in [0, 65535] (0 picks a free one). "
-            f"Got {address!r} instead."
-        )
+    try:
+        split_address(address, "node.listen", min_port=0)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return address
 
 

@@ -252,13 +252,22 @@ def test_empty_lists_say_so(fake_jobs_node, capsys):
     assert (out, err) == ("", "the node has no jobs\n")
 
 
-@pytest.mark.parametrize("address", ["localhost", "127.0.0.1", "[::1]", "node:", "node:0", "::1"])
+@pytest.mark.parametrize("address", ["localhost", "127.0.0.1", "[::1]", "node:", "node:0"])
 def test_an_address_without_a_port_is_refused(capsys, address):
     with pytest.raises(SystemExit) as exit_info:
         main(["datasets", "--address", address])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "Expected HOST:PORT with a port in [1, 65535] (without one gRPC would dial" in err
+    assert "--address: Expected HOST:PORT with a port in [1, 65535] (without one gRPC" in err
+
+
+def test_an_unbracketed_ipv6_address_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["datasets", "--address", "::1"])
+    assert exit_info.value.code == 2
+    assert "--address: Expected an IPv6 host in brackets: write '[::1]:PORT'" in (
+        capsys.readouterr().err
+    )
 
 
 def test_token_file_first_word_skipping_comments(tmp_path):
