@@ -261,9 +261,9 @@ def test_a_pinned_field_that_is_gone_is_reserved_number_and_name():
     gone = set(pinned()) - wire_fields()
     for owner, name, number, _ in sorted(gone):
         numbers, names = reserved(owner)
-        assert number in numbers and name in names, (
-            f"{owner}.{name} = {number} left the proto: reserve {number} and {name!r} in it"
-        )
+        hint = f"{owner}.{name} = {number} left the proto: reserve {number} and {name!r} in it"
+        assert number in numbers, hint
+        assert name in names, hint
 
 
 def test_reserved_reads_the_numbers_and_names_a_proto_reserves():
