@@ -472,7 +472,7 @@ def test_resolve_nodes_refuses_a_target_without_a_valid_port(target):
 
 
 def test_resolve_nodes_errors():
-    with pytest.raises(TypeError, match="^target: Expected"):
+    with pytest.raises(TypeError, match=r"^target: Expected"):
         resolve_nodes(50051)
     with pytest.raises(socket.gaierror):
         resolve_nodes("nowhere:1", getaddrinfo=fake_getaddrinfo([])[0])
