@@ -81,4 +81,3 @@ def parse_addresses(address: str | Sequence[str]) -> tuple[str, ...]:
     for one in addresses:
         split_address(one, "address")
     return addresses
-

@@ -467,7 +467,9 @@ def test_resolve_nodes_of_localhost_with_the_real_resolver():
 
 @pytest.mark.parametrize("target", ["node", "node:", ":50051", "node:0", "node:65536", "node:x"])
 def test_resolve_nodes_refuses_a_target_without_a_valid_port(target):
-    with pytest.raises(ValueError, match=r"^target: Expected HOST:PORT with a port in \[1, 65535\]"):
+    with pytest.raises(
+        ValueError, match=r"^target: Expected HOST:PORT with a port in \[1, 65535\]"
+    ):
         resolve_nodes(target, getaddrinfo=fake_getaddrinfo([])[0])
 
 
