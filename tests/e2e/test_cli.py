@@ -11,7 +11,7 @@ batch counted within its epoch, stall_s <= seconds. A mutual-TLS node with no da
 `datasets` and `jobs` say the lists are empty (exit 0), `data-node health` with
 --ca/--cert/--key. Retries on stderr, each with its cause: a refused connection, a plaintext
 client at a TLS node, a TLS client at a plaintext node (exit 1 once they run out). Help:
-examples one per line.
+examples one per line. Ctrl-C stops `data-node serve` with exit 0, as its help says.
 """
 
 from __future__ import annotations
@@ -293,6 +293,19 @@ def test_help_shows_one_example_per_line(program):
     assert all(line.startswith(f"  {name} ") for line in examples), examples
     build_help = run(CLIENT, "build", "--help").stdout
     assert "\n  J=$(data-client build " in build_help
+
+
+def test_ctrl_c_stops_serve_cleanly_with_status_0_as_its_help_says(tmp_path):
+    help_text = " ".join(run(NODE, "--help").stdout.split())
+    assert "serve: stopped by SIGTERM or Ctrl-C" in help_text
+    assert "130 health or demo-data interrupted" in help_text
+    make_data(tmp_path)
+    config = write_config(tmp_path)
+    command = [sys.executable, "-c", NODE, "serve", "--config", str(config)]
+    node, _ = start_node_process(command, tmp_path / "node.log")
+    status, _, _ = interrupt(node)
+    assert status == 0
+    assert "received SIGINT; stopping" in (tmp_path / "node.log").read_text()
 
 
 def test_a_port_less_address_is_refused(tmp_path):
