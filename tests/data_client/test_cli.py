@@ -214,6 +214,28 @@ def test_argparse_errors_exit_2(capsys, argv):
     assert "usage: data-client" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["stream", "--dataset", "toy", "--batch-size", "1"], "--augmentation"),
+        (["build", "--output", "o", "--patchsize", "3", "--volume", "v.h5"], "--writer-options"),
+        (["import", "--output", "o", "--case", "a.nii.gz"], "--writer-options"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [("{'level': 1}", "Expecting property name"), ("[1, 2]", "instead"), ("3", "instead")],
+)
+def test_json_flags_take_a_json_object_naming_the_flag(capsys, argv, flag, value, detail):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, flag, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"data-client {argv[0]}: error: argument {flag}: Expected a JSON ")
+    assert f"Got {value!r}" in error
+    assert detail in error
+
+
 def test_interrupt_exits_130(monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt

@@ -7,11 +7,10 @@ the progress bar shows are enough in practice).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from data_client.cli._arguments import add_command, say, say_each
+from data_client.cli._arguments import add_command, json_object, say, say_each
 from data_client.cli.connection import add_connection_arguments, connect
 from data_client.cli.exits import FAILED, OK, Interrupted
 from data_client.jobs import CaseInput, DatasetArray, FileArray, JobState
@@ -98,7 +97,7 @@ def _add_build(commands: Any) -> None:
     build.add_argument("--batchsize", type=int, default=32, help="patches per write (32)")
     build.add_argument("--max-patches-per-class", type=int, help="at most this many per class")
     build.add_argument("--file-format", default="hdf5", help="hdf5 (default), zarr or bcolz")
-    build.add_argument("--writer-options", type=json.loads, help="a JSON object")
+    build.add_argument("--writer-options", type=json_object, help="a JSON object")
     build.add_argument("--register-as", help="serve the result as a dataset of this name")
     build.add_argument("--overwrite", action="store_true", help="replace an existing output")
     build.add_argument("--slice-axis", type=int, default=-1, help="axis of the slices (-1)")
@@ -147,7 +146,7 @@ def _add_import(commands: Any) -> None:
     command.add_argument("--label-values", type=int, nargs="+", help="the labels cases may hold")
     command.add_argument("--file-format", default="hdf5", help="hdf5 (default) or zarr")
     command.add_argument("--batchsize", type=int, default=32, help="slices per write (32)")
-    command.add_argument("--writer-options", type=json.loads, help="a JSON object")
+    command.add_argument("--writer-options", type=json_object, help="a JSON object")
     command.add_argument("--register-as", help="serve the result as a dataset of this name")
     command.add_argument("--overwrite", action="store_true", help="replace an existing output")
     command.add_argument("--seed", type=int, help="seed of the keep_unlabelled draw")
