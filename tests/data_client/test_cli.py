@@ -107,9 +107,20 @@ def test_stream_reports_throughput_and_a_summary(fake_node, tmp_path, capsys):
     assert float(fields["samples/s"]) > 0
     assert 0 <= float(fields["stall_s"]) <= float(fields["seconds"])
     assert 0 <= float(fields["stall_fraction"]) <= 1
+    assert (int(fields["decoded_bytes"]), float(fields["read_amplification"])) == (0, 0.0)
     received = np.loadtxt(indices, dtype=np.int64)
     expected_rows = [(epoch, index) for epoch in (0, 1) for index in (1, 3, 5, 7, 9)]
     assert received.tolist() == [list(row) for row in expected_rows]
+
+
+def test_stream_help_lists_the_summary_fields_in_order(fake_node, capsys):
+    assert main(stream_args(fake_node.address)) == 0
+    printed = list(summary(capsys.readouterr().out))
+    assert printed == list(_stream.SUMMARY_FIELDS)
+    with pytest.raises(SystemExit):
+        main(["stream", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"key=value fields: {' '.join(printed)}. seconds runs" in help_text
 
 
 def test_report_every_zero_prints_only_epochs(fake_node, capsys):
