@@ -279,6 +279,59 @@ def test_an_ambiguous_id_prefix_is_refused_naming_the_candidates(fake_jobs_node,
     assert "NOT_FOUND: job_id: no job '9'" in capsys.readouterr().err
 
 
+def test_watching_an_unknown_job_draws_no_progress_bar(fake_jobs_node, capsys):
+    assert main(["watch", "zzzz", "--address", fake_jobs_node.address]) == 1
+    err = capsys.readouterr().err
+    assert err == "data-client watch: NOT_FOUND: job_id: no job 'zzzz'\n", err
+
+
+def test_jobs_lists_every_nodes_jobs_naming_the_node(fake_jobs_node, other_jobs_node, capsys):
+    fake_jobs_node.job_ids = ["3f2a0000aa"]
+    other_jobs_node.job_ids = ["77c10000cc", "9b000000dd"]
+    nodes = ["--address", fake_jobs_node.address, "--address", other_jobs_node.address]
+    assert main(["jobs", *nodes]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [(line.split()[0], line.split()[-1]) for line in lines] == [
+        ("3f2a0000aa", f"node={fake_jobs_node.address}"),
+        ("77c10000cc", f"node={other_jobs_node.address}"),
+        ("9b000000dd", f"node={other_jobs_node.address}"),
+    ]
+    fake_jobs_node.job_ids = other_jobs_node.job_ids = []
+    assert main(["jobs", *nodes]) == 0
+    assert capsys.readouterr() == ("", "the nodes have no jobs\n")
+
+
+@pytest.mark.parametrize("command", ["watch", "cancel"])
+def test_watch_and_cancel_act_on_the_node_that_has_the_job(
+    fake_jobs_node, other_jobs_node, capsys, command
+):
+    fake_jobs_node.job_ids = ["3f2a0000aa"]
+    other_jobs_node.job_ids = ["77c10000cc"]
+    nodes = ["--address", fake_jobs_node.address, "--address", other_jobs_node.address]
+    assert main([command, "77c1", *nodes]) == 0
+    assert capsys.readouterr().out.startswith("77c10000cc succeeded")
+    # The same id prefix on both nodes is ambiguous: the message names both nodes.
+    other_jobs_node.job_ids = ["3f2a0000bb"]
+    assert main([command, "3f2a", *nodes]) == 2
+    assert (
+        f"2 jobs start with '3f2a': 3f2a0000aa (node {fake_jobs_node.address}), "
+        f"3f2a0000bb (node {other_jobs_node.address})."
+    ) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["watch", "cancel", "jobs"])
+def test_a_node_that_is_down_leaves_the_others_jobs(other_jobs_node, capsys, command):
+    other_jobs_node.job_ids = ["77c10000cc"]
+    nodes = ["--address", unused_address(), "--address", other_jobs_node.address]
+    argv = [command, *nodes] if command == "jobs" else [command, "77c1", *nodes]
+    assert main(argv) == (1 if command == "jobs" else 0)  # jobs: the node that failed
+    out, err = capsys.readouterr()
+    assert out.startswith("77c10000cc succeeded")
+    assert ("UNAVAILABLE" in err) is (command == "jobs")
+    assert main([command, "0000", *nodes] if command != "jobs" else argv) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err  # the job may be on the node that is down
+
+
 def test_empty_lists_say_so(fake_jobs_node, capsys):
     assert main(["jobs", "--address", fake_jobs_node.address]) == 0
     out, err = capsys.readouterr()

@@ -1,18 +1,22 @@
 """``data-client build|import|jobs|watch|cancel``: build jobs on the node.
 
 A job is named by its id or by any prefix of it that no other job shares (the 8 characters
-the progress bar shows are enough in practice).
+the progress bar shows are enough in practice). A job lives on the node that accepted it:
+given several nodes, ``jobs`` lists every node's (each line ending with node=ADDRESS), and
+``watch``/``cancel`` look for the job on every node and act on the one that has it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import TYPE_CHECKING, Any
 
 from data_client.cli._arguments import add_command, json_object, say, say_each
-from data_client.cli.connection import add_connection_arguments, connect
+from data_client.cli.connection import add_connection_arguments, connect, node_addresses
 from data_client.cli.exits import FAILED, OK, Interrupted
+from data_client.errors import DataNodeError, UnavailableError
 from data_client.jobs import CaseInput, DatasetArray, FileArray, JobState
 
 if TYPE_CHECKING:
@@ -44,8 +48,11 @@ def add_job_commands(commands: Any) -> None:
     jobs = add_command(
         commands,
         "jobs",
-        "list the node's jobs, one line each: id, state, progress, seconds, output, counts",
-        "  data-client jobs --address node:50051 --token-file build.token",
+        "list the node(s)' jobs, one line each: id, state, progress, seconds, output, counts",
+        "  data-client jobs --address node:50051 --token-file build.token\n"
+        "  data-client jobs --address node-a:50051 --address node-b:50051",
+        "With several --address, every node's jobs, each line ending with node=ADDRESS; a\n"
+        "node that fails is reported after the others' jobs (exit 1).",
     )
     add_connection_arguments(jobs)
     jobs.set_defaults(run=_jobs)
@@ -59,7 +66,8 @@ def add_job_commands(commands: Any) -> None:
             summary,
             f"  data-client {name} 3f2a9c1e --address node:50051\n"
             f"  data-client {name} 3f2a9c1e5b7d4e0f8a6c2b1d9e7f5a3c",
-            "JOB is the job's id or a prefix of it that names one job.",
+            "JOB is the job's id or a prefix of it that names one job. With several --address,\n"
+            "the job is looked for on every node and the command acts on the node that has it.",
         )
         command.add_argument("job", metavar="JOB", help="the job's id, or a unique prefix of it")
         add_connection_arguments(command)
@@ -268,40 +276,86 @@ def _describe(info: JobInfo) -> str:
     return f"{line} error={info.error!r}" if info.error else line
 
 
+def _node_clients(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[DataNodeClient]:
+    """A client per node the flags name: a job lives on the node that accepted it."""
+    return [
+        stack.enter_context(connect(args, addresses=[address])) for address in node_addresses(args)
+    ]
+
+
 def _jobs(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        found = client.jobs()
-    say_each([_describe(info) for info in found], "the node has no jobs")
+    """Every node's jobs (each line ends with node=ADDRESS when there are several nodes).
+
+    A node that fails is reported after the others' jobs are listed (exit 1).
+    """
+    failure: DataNodeError | None = None
+    lines = []
+    with contextlib.ExitStack() as stack:
+        clients = _node_clients(args, stack)
+        for client in clients:
+            try:
+                found = client.jobs()
+            except DataNodeError as error:
+                failure = failure or error
+                continue
+            node = f" node={client.addresses[0]}" if len(clients) > 1 else ""
+            lines += [_describe(info) + node for info in found]
+    if failure is not None:
+        for line in lines:
+            say(line)
+        raise failure
+    say_each(lines, "the node has no jobs" if len(clients) == 1 else "the nodes have no jobs")
     return OK
 
 
-def _find_job(client: DataNodeClient, text: str) -> BuildJob:
-    """The job whose id is ``text`` or the only one starting with it.
+def _find_job(clients: list[DataNodeClient], text: str) -> BuildJob:
+    """The job whose id is ``text`` or the only one starting with it, on the node that has it.
 
     Raises:
-        ValueError: Several jobs' ids start with ``text`` (the message names them).
-        NotFoundError: No job's id does (the node's answer to the id as given).
+        ValueError: Several jobs' ids start with ``text`` (the message names them and, with
+            several nodes, their nodes).
+        NotFoundError: No job's id does (the first node's answer to the id as given).
+        UnavailableError: No job's id does on the nodes that answered, and a node did not.
     """
-    ids = [info.job_id for info in client.jobs()]
-    matches = [job_id for job_id in ids if job_id.startswith(text)]
-    if text in ids or not text or not matches:
-        return client.job(text)  # an unknown id gets the node's NOT_FOUND
+    matches: list[tuple[str, DataNodeClient]] = []
+    unavailable: UnavailableError | None = None
+    for client in clients if text else ():
+        try:
+            ids = [info.job_id for info in client.jobs()]
+        except UnavailableError as error:
+            if len(clients) == 1:
+                raise
+            unavailable = error
+            continue
+        matches += [(job_id, client) for job_id in ids if job_id.startswith(text)]
+    matches = [match for match in matches if match[0] == text] or matches
     if len(matches) > 1:
+        named = [
+            job_id if len(clients) == 1 else f"{job_id} (node {client.addresses[0]})"
+            for job_id, client in matches
+        ]
         raise ValueError(
             f"JOB: Expected an id prefix that names one job. {len(matches)} jobs start with "
-            f"{text!r}: {', '.join(matches)}."
+            f"{text!r}: {', '.join(named)}."
         )
-    return client.job(matches[0])
+    if matches:
+        job_id, client = matches[0]
+        return client.job(job_id)
+    if unavailable is not None:
+        raise unavailable
+    job = clients[0].job(text)
+    job.status()  # the node's NOT_FOUND, before a progress bar is drawn
+    return job
 
 
 def _watch(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        return _wait(_find_job(client, args.job))
+    with contextlib.ExitStack() as stack:
+        return _wait(_find_job(_node_clients(args, stack), args.job))
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        job = _find_job(client, args.job)
+    with contextlib.ExitStack() as stack:
+        job = _find_job(_node_clients(args, stack), args.job)
         try:
             info = job.cancel()
         except KeyboardInterrupt:
