@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from data_client.cli._arguments import Parser
 from data_client.cli.connection import add_connection_arguments, connect, node_addresses
 from data_client.cli.exits import FAILED, INTERRUPTED, OK, USAGE
 from data_client.errors import failure_cause
@@ -58,7 +59,7 @@ def _command(commands: Any, name: str, summary: str, examples: str) -> argparse.
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="data-node",
         description=_DESCRIPTION,
         epilog=_EXAMPLES,

@@ -17,6 +17,7 @@ UNAVAILABLE detail gRPC gives. pyproject.toml's console script names main.
 
 from __future__ import annotations
 
+import inspect
 import re
 import socket
 import tomllib
@@ -26,6 +27,7 @@ import grpc
 import numpy as np
 import pytest
 
+from data_client import DataNodeClient
 from data_client.cli import _stream, main
 from data_client.cli.connection import read_token
 from data_client.errors import failure_cause
@@ -370,7 +372,47 @@ def test_an_underscored_flag_is_refused_naming_the_hyphenated_one(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert "(flags are spelled with '-': --class-list)" in capsys.readouterr().err
+    assert "unrecognized arguments: --class_list 0 (did you mean --class-list?)" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build", "--output", "o", "--patchsize", "3", "--volume", "v.h5"],
+        ["import", "--output", "o", "--case", "a.nii.gz"],
+        ["stream", "--dataset", "toy", "--batch-size", "1"],
+    ],
+)
+@pytest.mark.parametrize("flag", [["--batchsize", "8"], ["--batchsize=8"]])
+def test_batchsize_is_refused_naming_batch_size(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, *flag])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.endswith(f"unrecognized arguments: {' '.join(flag)} (did you mean --batch-size?)")
+
+
+@pytest.mark.parametrize(
+    ("command", "method"),
+    [
+        (["build", "--output", "o", "--patchsize", "3", "--volume", "v.h5"], "submit_build"),
+        (["import", "--output", "o", "--case", "a.nii.gz"], "submit_import"),
+    ],
+)
+def test_build_and_import_take_batch_size(fake_jobs_node, monkeypatch, command, method):
+    submitted = {}
+    signature = inspect.signature(getattr(DataNodeClient, method))
+
+    def submit(*args, **kwargs):
+        submitted.update(signature.bind(*args, **kwargs).arguments)
+        raise KeyboardInterrupt  # stop before any call
+
+    monkeypatch.setattr(DataNodeClient, method, submit)
+    node = ["--address", fake_jobs_node.address, "--batch-size", "8"]
+    assert main([*command, *node]) == 130
+    assert submitted["batchsize"] == 8
 
 
 @pytest.mark.parametrize(

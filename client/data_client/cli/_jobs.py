@@ -30,11 +30,12 @@ __all__ = ["add_job_commands"]
 _EXECUTORS = ("dask", "local")
 
 _BUILD_DETAILS = """\
-Takes SubmitBuildJobRequest's fields as flags of the same names. An input is --volume
-PATH[:KEY] (a file under the node's data root; KEY is the HDF5 or zarr array path) or
---volume-dataset DATASET:ARRAY (an array of a served dataset); likewise --mask and
---mask-dataset. Without --detach it prints the job id on stderr, shows a progress bar until
-the job ends and prints the job's line; with --detach it prints only the job id."""
+Takes SubmitBuildJobRequest's fields as flags of the same names (batchsize: --batch-size,
+as in stream). An input is --volume PATH[:KEY] (a file under the node's data root; KEY is
+the HDF5 or zarr array path) or --volume-dataset DATASET:ARRAY (an array of a served
+dataset); likewise --mask and --mask-dataset. Without --detach it prints the job id on
+stderr, shows a progress bar until the job ends and prints the job's line; with --detach it
+prints only the job id."""
 
 _IMPORT_DETAILS = """\
 Takes ImportCases' fields as flags; each --case IMAGE[,LABEL] is one case, IMAGE and LABEL
@@ -102,7 +103,7 @@ def _add_build(commands: Any) -> None:
         default=True,
         help="randomize each class's patch order (default: yes)",
     )
-    build.add_argument("--batchsize", type=int, default=32, help="patches per write (32)")
+    build.add_argument("--batch-size", type=int, default=32, help="patches per write (32)")
     build.add_argument("--max-patches-per-class", type=int, help="at most this many per class")
     build.add_argument("--file-format", default="hdf5", help="hdf5 (default), zarr or bcolz")
     build.add_argument("--writer-options", type=json_object, help="a JSON object")
@@ -153,7 +154,7 @@ def _add_import(commands: Any) -> None:
     )
     command.add_argument("--label-values", type=int, nargs="+", help="the labels cases may hold")
     command.add_argument("--file-format", default="hdf5", help="hdf5 (default) or zarr")
-    command.add_argument("--batchsize", type=int, default=32, help="slices per write (32)")
+    command.add_argument("--batch-size", type=int, default=32, help="slices per write (32)")
     command.add_argument("--writer-options", type=json_object, help="a JSON object")
     command.add_argument("--register-as", help="serve the result as a dataset of this name")
     command.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -187,7 +188,7 @@ def _build(args: argparse.Namespace) -> int:
                 _array_input(args.mask, args.mask_dataset),
                 args.class_list,
                 args.random_order,
-                args.batchsize,
+                args.batch_size,
                 args.file_format,
                 args.writer_options,
                 max_patches_per_class=args.max_patches_per_class,
@@ -222,7 +223,7 @@ def _import(args: argparse.Namespace) -> int:
                 keep_unlabelled=args.keep_unlabelled,
                 label_values=args.label_values,
                 file_format=args.file_format,
-                batchsize=args.batchsize,
+                batchsize=args.batch_size,
                 writer_options=args.writer_options,
                 register_as=args.register_as,
                 overwrite=args.overwrite,
