@@ -4,7 +4,7 @@ A config file looks like this (relative paths are relative to the file's directo
 ``data_root``, ``state_dir`` and ``output_root``, and relative to ``data_root`` for sources)::
 
     [node]
-    listen = "127.0.0.1:50051"     # host:port; port 0 picks a free one
+    listen = "127.0.0.1:50051"     # host:port ([::1]:port for IPv6); port 0 picks a free one
     data_root = "data"             # every source must resolve inside it
     state_dir = "state"            # the node's own files (the job database); apart from
                                    # data_root and output_root (checked)
