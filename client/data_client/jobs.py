@@ -288,23 +288,18 @@ class BuildJob:
 
 
 class _ProgressBar:
-    """A tqdm bar of patches (an import: cases) written, fed with JobInfo; nothing when disabled.
-
-    The bar is drawn from the first JobInfo on: a job the node does not know draws none.
-    """
+    """A tqdm bar of patches (an import: cases) written, fed with JobInfo; nothing when disabled."""
 
     def __init__(self, job_id: str, *, enabled: bool) -> None:
-        self._job_id = job_id
-        self._enabled = enabled
         self._bar: Any = None
-
-    def show(self, info: JobInfo) -> None:
-        if not self._enabled:
-            return
-        if self._bar is None:
+        if enabled:
             from tqdm import tqdm  # only a bar needs it
 
-            self._bar = tqdm(total=0, unit="patch", desc=f"job {self._job_id[:8]}")
+            self._bar = tqdm(total=0, unit="patch", desc=f"job {job_id[:8]}")
+
+    def show(self, info: JobInfo) -> None:
+        if self._bar is None:
+            return
         if info.cases:
             self._bar.unit = "case"
             self._bar.total = len(info.cases)
