@@ -522,7 +522,7 @@ def test_every_command_of_the_image_and_compose_runs_against_a_real_node(
         build = [
             "data-client", "build", "--address", f"127.0.0.1:{ports['node']}",
             "--output", "dask-patches", "--patchsize", "3", "--volume", "volume.h5:image",
-            "--mask", "volume.h5:mask", "--class-list", "0", "1", "--batchsize", "8",
+            "--mask", "volume.h5:mask", "--class-list", "0", "1", "--batch-size", "8",
             "--file-format", "zarr", "--executor", "dask",
         ]  # fmt: skip
         code, out = run(local_argv(build), env)

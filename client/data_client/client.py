@@ -123,7 +123,7 @@ class DataNodeClient:
         """Open a channel to each node (connecting lazily, at the first call).
 
         Args:
-            address: The node's ``host:port`` (any gRPC target string), or a sequence of
+            address: The node's ``host:port`` (``[ipv6]:port``), or a sequence of
                 distinct addresses of nodes serving the same datasets under the same names
                 (e.g. ``resolve_nodes("data-node.ns.svc.cluster.local:50051")``). The order
                 matters only for the calls other than ``stream()``: they go to the first node
@@ -154,7 +154,8 @@ class DataNodeClient:
         Raises:
             TypeError: ``address`` is neither a string nor a sequence of strings, or ``tls``
                 has none of the accepted forms.
-            ValueError: ``address`` is an empty sequence or repeats an address,
+            ValueError: ``address`` names no port (gRPC would dial 443), is an empty sequence
+                or repeats an address,
                 ``max_message_bytes`` is not a positive int, or ``keepalive`` is not None
                 or a number of seconds in [1, 2147483] (TypeError if not a number).
             OSError: ``tls`` names a PEM file that cannot be read.

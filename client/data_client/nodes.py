@@ -6,6 +6,8 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
+from data_wire.addresses import split_address
+
 __all__ = ["GetAddrInfo", "parse_addresses", "resolve_nodes"]
 
 GetAddrInfo: TypeAlias = Callable[..., Sequence[tuple[Any, ...]]]
@@ -34,10 +36,10 @@ def resolve_nodes(target: str, *, getaddrinfo: GetAddrInfo = socket.getaddrinfo)
 
     Raises:
         TypeError: ``target`` is not a string.
-        ValueError: ``target`` is not ``host:port`` with a valid port.
+        ValueError: ``target`` is not ``host:port`` with a valid port (IPv6 in brackets).
         OSError: The name does not resolve (``socket.gaierror``).
     """
-    host, port = _split_target(target)
+    host, port = split_address(target, "target")
     found: list[str] = []
     for family, _, _, _, sockaddr in getaddrinfo(host, port, type=socket.SOCK_STREAM):
         ip = str(sockaddr[0])
@@ -50,11 +52,12 @@ def resolve_nodes(target: str, *, getaddrinfo: GetAddrInfo = socket.getaddrinfo)
 
 
 def parse_addresses(address: str | Sequence[str]) -> tuple[str, ...]:
-    """One node's address, or several distinct ones, as a non-empty tuple.
+    """One node's ``host:port`` address, or several distinct ones, as a non-empty tuple.
 
     Raises:
         TypeError: ``address`` is neither a string nor a sequence of strings.
-        ValueError: The sequence is empty, holds an empty string, or repeats an address.
+        ValueError: The sequence is empty, holds an empty string, or repeats an address, or
+            an address is not ``host:port`` with a port in [1, 65535] (IPv6 in brackets).
     """
     if isinstance(address, str):
         addresses: tuple[Any, ...] = (address,)
@@ -75,17 +78,6 @@ def parse_addresses(address: str | Sequence[str]) -> tuple[str, ...]:
             "Expected distinct node addresses (each node gets its own part of every epoch). "
             f"Got {', '.join(repeated)} more than once instead."
         )
+    for one in addresses:
+        split_address(one, "address")
     return addresses
-
-
-def _split_target(target: Any) -> tuple[str, int]:
-    """(host, port) of ``host:port`` or ``[ipv6]:port``."""
-    if not isinstance(target, str):
-        raise TypeError(f"Expected target to be a 'host:port' string. Got {target!r} instead.")
-    host, _, port = target.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(
-            f"Expected target to be 'host:port' with a port in [1, 65535]. Got {target!r} instead."
-        )
-    return host, int(port)

@@ -3,8 +3,9 @@ write the ``demo-data``.
 
 What a remote user does (datasets, streams, build jobs) is the ``data-client`` command's.
 Both share the connection flags (``data_client.cli.connection``) and the exit statuses
-(``data_client.cli.exits``): 0 done, 1 the node refused or is not serving, 2 invalid
-arguments or config, 130 interrupted.
+(``data_client.cli.exits``): 0 done (``serve``: stopped by SIGTERM or Ctrl-C), 1 the node
+refused or is not serving, 2 invalid arguments or config, 130 ``health`` or ``demo-data``
+interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from data_client.cli._arguments import Parser
 from data_client.cli.connection import add_connection_arguments, connect, node_addresses
 from data_client.cli.exits import FAILED, INTERRUPTED, OK, USAGE
 from data_client.errors import failure_cause
@@ -34,8 +36,9 @@ _DESCRIPTION = """\
 The data node's own life: serve a config, check a node's health, write the demo dataset.
 What a remote user does (datasets, streams, build jobs) is data-client's.
 
-exit status: 0 done (health: every node SERVING); 1 a node is not serving or cannot be
-reached; 2 invalid arguments, or a config that cannot be served; 130 interrupted."""
+exit status: 0 done (health: every node SERVING; serve: stopped by SIGTERM or Ctrl-C, which
+end its calls cleanly); 1 a node is not serving or cannot be reached; 2 invalid arguments,
+or a config that cannot be served; 130 health or demo-data interrupted (Ctrl-C)."""
 
 _EXAMPLES = """\
 examples:
@@ -56,7 +59,7 @@ def _command(commands: Any, name: str, summary: str, examples: str) -> argparse.
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="data-node",
         description=_DESCRIPTION,
         epilog=_EXAMPLES,
@@ -66,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = _command(
         commands,
         "serve",
-        "serve the datasets of a config file until SIGTERM or Ctrl-C",
+        "serve the datasets of a config file until SIGTERM or Ctrl-C (then exit 0)",
         "  data-node serve --config node.toml\n"
         "  DATA_NODE_NODE__LISTEN=0.0.0.0:50051 data-node serve --config node.toml",
     )

@@ -4,7 +4,7 @@ A config file looks like this (relative paths are relative to the file's directo
 ``data_root``, ``state_dir`` and ``output_root``, and relative to ``data_root`` for sources)::
 
     [node]
-    listen = "127.0.0.1:50051"     # host:port; port 0 picks a free one
+    listen = "127.0.0.1:50051"     # host:port ([::1]:port for IPv6); port 0 picks a free one
     data_root = "data"             # every source must resolve inside it
     state_dir = "state"            # the node's own files (the job database); apart from
                                    # data_root and output_root (checked)
@@ -70,6 +70,7 @@ from data_node.errors import ConfigError, PathOutsideRootError
 from data_node.fields import not_one_of
 from data_node.resources import usable_cores
 from data_tools.storage import FORMATS, WRITABLE_FORMATS, Root
+from data_wire.addresses import split_address
 from data_wire.defaults import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = [
@@ -964,12 +965,10 @@ def _pem_file(key: str, value: Any, base_dir: Path) -> Path:
 
 def _listen(address: str) -> str:
     """``node.listen``: HOST:PORT, the port named (gRPC would read a bare host as port 443)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(
-            "node.listen: Expected HOST:PORT with a port in [0, 65535] (0 picks a free one). "
-            f"Got {address!r} instead."
-        )
+    try:
+        split_address(address, "node.listen", min_port=0)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return address
 
 

@@ -186,13 +186,23 @@ class FakeJobsNode(FakeNode):
         return jobs_pb2.Job(job_id=job_id, state=jobs_pb2.JOB_STATE_SUCCEEDED, fraction_done=1)
 
 
-@pytest.fixture
-def fake_jobs_node():
-    """A running FakeJobsNode on a loopback port."""
+def _running_jobs_node():
     node = FakeJobsNode()
     node.start()
     yield node
     node.stop()
+
+
+@pytest.fixture
+def fake_jobs_node():
+    """A running FakeJobsNode on a loopback port."""
+    yield from _running_jobs_node()
+
+
+@pytest.fixture
+def other_jobs_node():
+    """A second running FakeJobsNode, for commands given two nodes."""
+    yield from _running_jobs_node()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ UNAVAILABLE detail gRPC gives. pyproject.toml's console script names main.
 
 from __future__ import annotations
 
+import inspect
 import re
 import socket
 import tomllib
@@ -26,6 +27,7 @@ import grpc
 import numpy as np
 import pytest
 
+from data_client import DataNodeClient
 from data_client.cli import _stream, main
 from data_client.cli.connection import read_token
 from data_client.errors import failure_cause
@@ -107,9 +109,20 @@ def test_stream_reports_throughput_and_a_summary(fake_node, tmp_path, capsys):
     assert float(fields["samples/s"]) > 0
     assert 0 <= float(fields["stall_s"]) <= float(fields["seconds"])
     assert 0 <= float(fields["stall_fraction"]) <= 1
+    assert (int(fields["decoded_bytes"]), float(fields["read_amplification"])) == (0, 0.0)
     received = np.loadtxt(indices, dtype=np.int64)
     expected_rows = [(epoch, index) for epoch in (0, 1) for index in (1, 3, 5, 7, 9)]
     assert received.tolist() == [list(row) for row in expected_rows]
+
+
+def test_stream_help_lists_the_summary_fields_in_order(fake_node, capsys):
+    assert main(stream_args(fake_node.address)) == 0
+    printed = list(summary(capsys.readouterr().out))
+    assert printed == list(_stream.SUMMARY_FIELDS)
+    with pytest.raises(SystemExit):
+        main(["stream", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"key=value fields: {' '.join(printed)}. seconds runs" in help_text
 
 
 def test_report_every_zero_prints_only_epochs(fake_node, capsys):
@@ -214,6 +227,28 @@ def test_argparse_errors_exit_2(capsys, argv):
     assert "usage: data-client" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["stream", "--dataset", "toy", "--batch-size", "1"], "--augmentation"),
+        (["build", "--output", "o", "--patchsize", "3", "--volume", "v.h5"], "--writer-options"),
+        (["import", "--output", "o", "--case", "a.nii.gz"], "--writer-options"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [("{'level': 1}", "Expecting property name"), ("[1, 2]", "instead"), ("3", "instead")],
+)
+def test_json_flags_take_a_json_object_naming_the_flag(capsys, argv, flag, value, detail):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, flag, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"data-client {argv[0]}: error: argument {flag}: Expected a JSON ")
+    assert f"Got {value!r}" in error
+    assert detail in error
+
+
 def test_interrupt_exits_130(monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
@@ -246,19 +281,81 @@ def test_an_ambiguous_id_prefix_is_refused_naming_the_candidates(fake_jobs_node,
     assert "NOT_FOUND: job_id: no job '9'" in capsys.readouterr().err
 
 
+def test_watching_an_unknown_job_draws_no_progress_bar(fake_jobs_node, capsys):
+    assert main(["watch", "zzzz", "--address", fake_jobs_node.address]) == 1
+    err = capsys.readouterr().err
+    assert err == "data-client watch: NOT_FOUND: job_id: no job 'zzzz'\n", err
+
+
+def test_jobs_lists_every_nodes_jobs_naming_the_node(fake_jobs_node, other_jobs_node, capsys):
+    fake_jobs_node.job_ids = ["3f2a0000aa"]
+    other_jobs_node.job_ids = ["77c10000cc", "9b000000dd"]
+    nodes = ["--address", fake_jobs_node.address, "--address", other_jobs_node.address]
+    assert main(["jobs", *nodes]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [(line.split()[0], line.split()[-1]) for line in lines] == [
+        ("3f2a0000aa", f"node={fake_jobs_node.address}"),
+        ("77c10000cc", f"node={other_jobs_node.address}"),
+        ("9b000000dd", f"node={other_jobs_node.address}"),
+    ]
+    fake_jobs_node.job_ids = other_jobs_node.job_ids = []
+    assert main(["jobs", *nodes]) == 0
+    assert capsys.readouterr() == ("", "the nodes have no jobs\n")
+
+
+@pytest.mark.parametrize("command", ["watch", "cancel"])
+def test_watch_and_cancel_act_on_the_node_that_has_the_job(
+    fake_jobs_node, other_jobs_node, capsys, command
+):
+    fake_jobs_node.job_ids = ["3f2a0000aa"]
+    other_jobs_node.job_ids = ["77c10000cc"]
+    nodes = ["--address", fake_jobs_node.address, "--address", other_jobs_node.address]
+    assert main([command, "77c1", *nodes]) == 0
+    assert capsys.readouterr().out.startswith("77c10000cc succeeded")
+    # The same id prefix on both nodes is ambiguous: the message names both nodes.
+    other_jobs_node.job_ids = ["3f2a0000bb"]
+    assert main([command, "3f2a", *nodes]) == 2
+    assert (
+        f"2 jobs start with '3f2a': 3f2a0000aa (node {fake_jobs_node.address}), "
+        f"3f2a0000bb (node {other_jobs_node.address})."
+    ) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["watch", "cancel", "jobs"])
+def test_a_node_that_is_down_leaves_the_others_jobs(other_jobs_node, capsys, command):
+    other_jobs_node.job_ids = ["77c10000cc"]
+    nodes = ["--address", unused_address(), "--address", other_jobs_node.address]
+    argv = [command, *nodes] if command == "jobs" else [command, "77c1", *nodes]
+    assert main(argv) == (1 if command == "jobs" else 0)  # jobs: the node that failed
+    out, err = capsys.readouterr()
+    assert out.startswith("77c10000cc succeeded")
+    assert ("UNAVAILABLE" in err) is (command == "jobs")
+    assert main([command, "0000", *nodes] if command != "jobs" else argv) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err  # the job may be on the node that is down
+
+
 def test_empty_lists_say_so(fake_jobs_node, capsys):
     assert main(["jobs", "--address", fake_jobs_node.address]) == 0
     out, err = capsys.readouterr()
     assert (out, err) == ("", "the node has no jobs\n")
 
 
-@pytest.mark.parametrize("address", ["localhost", "127.0.0.1", "[::1]", "node:", "node:0", "::1"])
+@pytest.mark.parametrize("address", ["localhost", "127.0.0.1", "[::1]", "node:", "node:0"])
 def test_an_address_without_a_port_is_refused(capsys, address):
     with pytest.raises(SystemExit) as exit_info:
         main(["datasets", "--address", address])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "Expected HOST:PORT with a port in [1, 65535] (without one gRPC would dial" in err
+    assert "--address: Expected HOST:PORT with a port in [1, 65535] (without one gRPC" in err
+
+
+def test_an_unbracketed_ipv6_address_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["datasets", "--address", "::1"])
+    assert exit_info.value.code == 2
+    assert "--address: Expected an IPv6 host in brackets: write '[::1]:PORT'" in (
+        capsys.readouterr().err
+    )
 
 
 def test_token_file_first_word_skipping_comments(tmp_path):
@@ -275,7 +372,47 @@ def test_an_underscored_flag_is_refused_naming_the_hyphenated_one(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert "(flags are spelled with '-': --class-list)" in capsys.readouterr().err
+    assert "unrecognized arguments: --class_list 0 (did you mean --class-list?)" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build", "--output", "o", "--patchsize", "3", "--volume", "v.h5"],
+        ["import", "--output", "o", "--case", "a.nii.gz"],
+        ["stream", "--dataset", "toy", "--batch-size", "1"],
+    ],
+)
+@pytest.mark.parametrize("flag", [["--batchsize", "8"], ["--batchsize=8"]])
+def test_batchsize_is_refused_naming_batch_size(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, *flag])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.endswith(f"unrecognized arguments: {' '.join(flag)} (did you mean --batch-size?)")
+
+
+@pytest.mark.parametrize(
+    ("command", "method"),
+    [
+        (["build", "--output", "o", "--patchsize", "3", "--volume", "v.h5"], "submit_build"),
+        (["import", "--output", "o", "--case", "a.nii.gz"], "submit_import"),
+    ],
+)
+def test_build_and_import_take_batch_size(fake_jobs_node, monkeypatch, command, method):
+    submitted = {}
+    signature = inspect.signature(getattr(DataNodeClient, method))
+
+    def submit(*args, **kwargs):
+        submitted.update(signature.bind(*args, **kwargs).arguments)
+        raise KeyboardInterrupt  # stop before any call
+
+    monkeypatch.setattr(DataNodeClient, method, submit)
+    node = ["--address", fake_jobs_node.address, "--batch-size", "8"]
+    assert main([*command, *node]) == 130
+    assert submitted["batchsize"] == 8
 
 
 @pytest.mark.parametrize(

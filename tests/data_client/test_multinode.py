@@ -467,12 +467,14 @@ def test_resolve_nodes_of_localhost_with_the_real_resolver():
 
 @pytest.mark.parametrize("target", ["node", "node:", ":50051", "node:0", "node:65536", "node:x"])
 def test_resolve_nodes_refuses_a_target_without_a_valid_port(target):
-    with pytest.raises(ValueError, match="Expected target to be 'host:port'"):
+    with pytest.raises(
+        ValueError, match=r"^target: Expected HOST:PORT with a port in \[1, 65535\]"
+    ):
         resolve_nodes(target, getaddrinfo=fake_getaddrinfo([])[0])
 
 
 def test_resolve_nodes_errors():
-    with pytest.raises(TypeError, match="Expected target"):
+    with pytest.raises(TypeError, match=r"^target: Expected"):
         resolve_nodes(50051)
     with pytest.raises(socket.gaierror):
         resolve_nodes("nowhere:1", getaddrinfo=fake_getaddrinfo([])[0])
@@ -491,6 +493,26 @@ def test_resolve_nodes_errors():
 def test_client_refuses_bad_address_lists(address, error, match):
     with pytest.raises(error, match=match):
         DataNodeClient(address)
+
+
+@pytest.mark.parametrize(
+    ("address", "match"),
+    [
+        ("localhost", r"^address: Expected HOST:PORT with a port in \[1, 65535\] .*'localhost'"),
+        (["a:1", "b"], r"^address: Expected HOST:PORT .* Got 'b' instead\.$"),
+        ("node:0", r"^address: Expected HOST:PORT .* Got 'node:0' instead\.$"),
+        ("::1", r"^address: Expected an IPv6 host in brackets: write '\[::1\]:PORT'\."),
+    ],
+)
+def test_client_refuses_an_address_without_a_port(address, match):
+    """gRPC would dial port 443 of a bare host, silently."""
+    with pytest.raises(ValueError, match=match):
+        DataNodeClient(address)
+
+
+def test_client_takes_a_bracketed_ipv6_address():
+    with DataNodeClient(["[::1]:50051", "localhost:50051"]) as client:
+        assert client.addresses == ("[::1]:50051", "localhost:50051")
 
 
 def dead_address():

@@ -3,7 +3,7 @@
 Matrix: `serve` on an address that cannot be bound and on an invalid config (exit 2,
 message); `health` against nothing listening (exit 1) and with an unreadable --token-file it
 does not need; the commands moved to data-client (build, import, register, remove, jobs,
-watch, cancel) are not data-node's.
+watch, cancel) are not data-node's; an underscored flag is refused naming the hyphenated one.
 """
 
 from __future__ import annotations
@@ -56,3 +56,10 @@ def test_health_of_nothing_listening_needs_no_token(tmp_path, capsys):
     )
     assert status == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_an_underscored_flag_is_refused_naming_the_hyphenated_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--config", "node.toml", "--log_level", "DEBUG"])
+    assert exit_info.value.code == 2
+    assert "(did you mean --log-level?)" in capsys.readouterr().err

@@ -499,6 +499,14 @@ def test_a_listen_address_must_name_a_port(root, listen):
         load(write(root, body))
 
 
+def test_an_ipv6_listen_address_needs_brackets(root):
+    body = GOOD.replace('listen = "127.0.0.1:0"', 'listen = "::1"')
+    with pytest.raises(ConfigError, match=r"^node\.listen: .* write '\[::1\]:PORT'\."):
+        load(write(root, body))
+    bracketed = GOOD.replace('listen = "127.0.0.1:0"', 'listen = "[::1]:50051"')
+    assert load(write(root, bracketed)).listen == "[::1]:50051"
+
+
 def test_workers_default_to_the_usable_cores_and_can_be_set(root):
     assert load(write(root, GOOD)).workers == WorkersConfig(len(os.sched_getaffinity(0)))
     assert load(write(root, GOOD + "\n[workers]\nprocesses = 3\n")).workers.processes == 3

@@ -11,7 +11,10 @@ batch counted within its epoch, stall_s <= seconds. A mutual-TLS node with no da
 `datasets` and `jobs` say the lists are empty (exit 0), `data-node health` with
 --ca/--cert/--key. Retries on stderr, each with its cause: a refused connection, a plaintext
 client at a TLS node, a TLS client at a plaintext node (exit 1 once they run out). Help:
-examples one per line.
+examples one per line. Ctrl-C stops `data-node serve` with exit 0, as its help says. Two
+nodes alike (two --address): a seeded stream from both is the stream from one (the same
+indices in order); a job on the second is listed with node=ADDRESS, and watch and cancel by
+its prefix act on that node.
 """
 
 from __future__ import annotations
@@ -26,10 +29,17 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
-from node_support import make_data, node_environment, start_node_process, write_config
+from node_support import (
+    NUM_SAMPLES,
+    make_data,
+    node_environment,
+    start_node_process,
+    write_config,
+)
 from tls_support import write_pki
 
 from data_client import DataNodeClient, TlsConfig
+from data_client.jobs import FileArray
 
 TOKEN = "cli-build-token"
 # A terminal gives a command Ctrl-C's default action; a shell's background job (how a
@@ -91,9 +101,9 @@ def interrupt(process):
     return process.returncode, out, err
 
 
-@pytest.fixture(scope="module")
-def auth_node(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli_node")
+def start_auth_node(root):
+    """A node process with [auth] (TOKEN builds) serving make_data's datasets and vol.h5;
+    its process and address."""
     make_data(root)
     config = write_config(root)
     with h5py.File(root / "data" / "vol.h5", "w") as file:
@@ -102,7 +112,23 @@ def auth_node(tmp_path_factory):
     (root / "token").write_text(f"# the build token\n{TOKEN}\n")
     config.write_text(config.read_text() + '\n[auth]\ntokens_file = "tokens.txt"\n')
     process, port = start_node_process(config, root / "node.log")
-    yield f"127.0.0.1:{port}", root / "token"
+    return process, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def auth_node(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_node")
+    process, address = start_auth_node(root)
+    yield address, root / "token"
+    process.terminate()
+    assert process.wait(timeout=TIMEOUT) == 0
+
+
+@pytest.fixture(scope="module")
+def second_node(tmp_path_factory):
+    """Another node like auth_node, for the commands given two --address."""
+    process, address = start_auth_node(tmp_path_factory.mktemp("cli_node_2"))
+    yield address
     process.terminate()
     assert process.wait(timeout=TIMEOUT) == 0
 
@@ -222,6 +248,41 @@ def test_a_stream_reports_batches_within_epochs_and_stall_within_seconds(connect
     assert float(fields["stall_fraction"]) <= 1
 
 
+def test_a_stream_from_two_nodes_is_the_stream_from_one(connection, second_node, tmp_path):
+    argv = ["stream", "--dataset", "toy", "--batch-size", "8", "--sample-random", "--seed", "5"]
+    one = run(CLIENT, *argv, "--indices-out", str(tmp_path / "one.txt"), *connection)
+    assert one.returncode == 0, one.stderr
+    both = [*connection, "--address", second_node]
+    two = run(CLIENT, *argv, "--indices-out", str(tmp_path / "two.txt"), *both)
+    assert two.returncode == 0, two.stderr
+    first_address = connection[connection.index("--address") + 1]
+    assert f"from {first_address}, {second_node}: " in two.stdout.splitlines()[0]
+    fields = dict(item.split("=") for item in two.stdout.splitlines()[-1].split()[1:])
+    assert fields["samples"] == fields["distinct"] == str(NUM_SAMPLES)
+    # The same seed gives the same samples in the same order from two nodes as from one.
+    assert (tmp_path / "two.txt").read_text() == (tmp_path / "one.txt").read_text()
+
+
+def test_job_commands_over_two_nodes_act_where_the_job_is(connection, second_node):
+    with DataNodeClient(second_node, TOKEN) as other:
+        job = other.submit_build("on_second", 3, FileArray("vol.h5", "image"))
+        assert job.wait(progress=False, timeout=TIMEOUT).state.value == "succeeded"
+    first_address = connection[connection.index("--address") + 1]
+    both = [*connection, "--address", second_node]
+    listed = run(CLIENT, "jobs", *both)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert f"{job.job_id} succeeded" in "\n".join(lines)
+    nodes = {line.split()[0]: line.split()[-1] for line in lines}
+    assert nodes[job.job_id] == f"node={second_node}"
+    assert set(nodes.values()) <= {f"node={first_address}", f"node={second_node}"}
+    # The prefix is looked up on both nodes and the job followed on the one that has it.
+    for command in ("watch", "cancel"):
+        done = run(CLIENT, command, job.job_id[:8], *both)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"{job.job_id} succeeded"), done.stdout
+
+
 def test_ctrl_c_ends_a_stream_in_one_line(connection):
     argv = ["stream", "--dataset", "toy", "--batch-size", "4", "--loop-forever"]
     stream = start(CLIENT, *argv, "--report-every", "1", *connection)
@@ -293,6 +354,19 @@ def test_help_shows_one_example_per_line(program):
     assert all(line.startswith(f"  {name} ") for line in examples), examples
     build_help = run(CLIENT, "build", "--help").stdout
     assert "\n  J=$(data-client build " in build_help
+
+
+def test_ctrl_c_stops_serve_cleanly_with_status_0_as_its_help_says(tmp_path):
+    help_text = " ".join(run(NODE, "--help").stdout.split())
+    assert "serve: stopped by SIGTERM or Ctrl-C" in help_text
+    assert "130 health or demo-data interrupted" in help_text
+    make_data(tmp_path)
+    config = write_config(tmp_path)
+    command = [sys.executable, "-c", NODE, "serve", "--config", str(config)]
+    node, _ = start_node_process(command, tmp_path / "node.log")
+    status, _, _ = interrupt(node)
+    assert status == 0
+    assert "received SIGINT; stopping" in (tmp_path / "node.log").read_text()
 
 
 def test_a_port_less_address_is_refused(tmp_path):

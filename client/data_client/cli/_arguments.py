@@ -10,14 +10,29 @@ from typing import Any, NoReturn
 __all__ = ["Parser", "add_command", "count", "json_object", "say", "say_each"]
 
 
+# Flags once spelled otherwise: refused, naming the flag that replaced them.
+_RENAMED_FLAGS = {"--batchsize": "--batch-size"}
+
+
+def _spelled(flag: str) -> str | None:
+    """The spelling of ``flag`` (``--name`` or ``--name=value``) this CLI takes, if it was
+    misspelled: underscores for hyphens, or a renamed flag; else None."""
+    name = flag.partition("=")[0]
+    if name in _RENAMED_FLAGS:
+        return _RENAMED_FLAGS[name]
+    return name.replace("_", "-") if "_" in name else None
+
+
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose refusal of an underscored flag names its hyphenated spelling."""
+    """An ArgumentParser whose refusal of a misspelled flag (an underscored or a renamed one)
+    names the flag this CLI takes."""
 
     def error(self, message: str) -> NoReturn:
-        flags = [word for word in message.split() if word.startswith("--") and "_" in word]
-        if message.startswith("unrecognized arguments:") and flags:
-            spelled = ", ".join(flag.replace("_", "-") for flag in flags)
-            message += f" (flags are spelled with '-': {spelled})"
+        if message.startswith("unrecognized arguments:"):
+            flags = [_spelled(word) for word in message.split() if word.startswith("--")]
+            named = ", ".join(flag for flag in flags if flag is not None)
+            if named:
+                message += f" (did you mean {named}?)"
         super().error(message)
 
 

@@ -1,19 +1,22 @@
 """``data-client build|import|jobs|watch|cancel``: build jobs on the node.
 
 A job is named by its id or by any prefix of it that no other job shares (the 8 characters
-the progress bar shows are enough in practice).
+the progress bar shows are enough in practice). A job lives on the node that accepted it:
+given several nodes, ``jobs`` lists every node's (each line ending with node=ADDRESS), and
+``watch``/``cancel`` look for the job on every node and act on the one that has it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 from typing import TYPE_CHECKING, Any
 
-from data_client.cli._arguments import add_command, say, say_each
-from data_client.cli.connection import add_connection_arguments, connect
+from data_client.cli._arguments import add_command, json_object, say, say_each
+from data_client.cli.connection import add_connection_arguments, connect, node_addresses
 from data_client.cli.exits import FAILED, OK, Interrupted
+from data_client.errors import DataNodeError, UnavailableError
 from data_client.jobs import CaseInput, DatasetArray, FileArray, JobState
 
 if TYPE_CHECKING:
@@ -27,11 +30,12 @@ __all__ = ["add_job_commands"]
 _EXECUTORS = ("dask", "local")
 
 _BUILD_DETAILS = """\
-Takes SubmitBuildJobRequest's fields as flags of the same names. An input is --volume
-PATH[:KEY] (a file under the node's data root; KEY is the HDF5 or zarr array path) or
---volume-dataset DATASET:ARRAY (an array of a served dataset); likewise --mask and
---mask-dataset. Without --detach it prints the job id on stderr, shows a progress bar until
-the job ends and prints the job's line; with --detach it prints only the job id."""
+Takes SubmitBuildJobRequest's fields as flags of the same names (batchsize: --batch-size,
+as in stream). An input is --volume PATH[:KEY] (a file under the node's data root; KEY is
+the HDF5 or zarr array path) or --volume-dataset DATASET:ARRAY (an array of a served
+dataset); likewise --mask and --mask-dataset. Without --detach it prints the job id on
+stderr, shows a progress bar until the job ends and prints the job's line; with --detach it
+prints only the job id."""
 
 _IMPORT_DETAILS = """\
 Takes ImportCases' fields as flags; each --case IMAGE[,LABEL] is one case, IMAGE and LABEL
@@ -45,8 +49,11 @@ def add_job_commands(commands: Any) -> None:
     jobs = add_command(
         commands,
         "jobs",
-        "list the node's jobs, one line each: id, state, progress, seconds, output, counts",
-        "  data-client jobs --address node:50051 --token-file build.token",
+        "list the node(s)' jobs, one line each: id, state, progress, seconds, output, counts",
+        "  data-client jobs --address node:50051 --token-file build.token\n"
+        "  data-client jobs --address node-a:50051 --address node-b:50051",
+        "With several --address, every node's jobs, each line ending with node=ADDRESS; a\n"
+        "node that fails is reported after the others' jobs (exit 1).",
     )
     add_connection_arguments(jobs)
     jobs.set_defaults(run=_jobs)
@@ -60,7 +67,8 @@ def add_job_commands(commands: Any) -> None:
             summary,
             f"  data-client {name} 3f2a9c1e --address node:50051\n"
             f"  data-client {name} 3f2a9c1e5b7d4e0f8a6c2b1d9e7f5a3c",
-            "JOB is the job's id or a prefix of it that names one job.",
+            "JOB is the job's id or a prefix of it that names one job. With several --address,\n"
+            "the job is looked for on every node and the command acts on the node that has it.",
         )
         command.add_argument("job", metavar="JOB", help="the job's id, or a unique prefix of it")
         add_connection_arguments(command)
@@ -95,10 +103,10 @@ def _add_build(commands: Any) -> None:
         default=True,
         help="randomize each class's patch order (default: yes)",
     )
-    build.add_argument("--batchsize", type=int, default=32, help="patches per write (32)")
+    build.add_argument("--batch-size", type=int, default=32, help="patches per write (32)")
     build.add_argument("--max-patches-per-class", type=int, help="at most this many per class")
     build.add_argument("--file-format", default="hdf5", help="hdf5 (default), zarr or bcolz")
-    build.add_argument("--writer-options", type=json.loads, help="a JSON object")
+    build.add_argument("--writer-options", type=json_object, help="a JSON object")
     build.add_argument("--register-as", help="serve the result as a dataset of this name")
     build.add_argument("--overwrite", action="store_true", help="replace an existing output")
     build.add_argument("--slice-axis", type=int, default=-1, help="axis of the slices (-1)")
@@ -146,8 +154,8 @@ def _add_import(commands: Any) -> None:
     )
     command.add_argument("--label-values", type=int, nargs="+", help="the labels cases may hold")
     command.add_argument("--file-format", default="hdf5", help="hdf5 (default) or zarr")
-    command.add_argument("--batchsize", type=int, default=32, help="slices per write (32)")
-    command.add_argument("--writer-options", type=json.loads, help="a JSON object")
+    command.add_argument("--batch-size", type=int, default=32, help="slices per write (32)")
+    command.add_argument("--writer-options", type=json_object, help="a JSON object")
     command.add_argument("--register-as", help="serve the result as a dataset of this name")
     command.add_argument("--overwrite", action="store_true", help="replace an existing output")
     command.add_argument("--seed", type=int, help="seed of the keep_unlabelled draw")
@@ -180,7 +188,7 @@ def _build(args: argparse.Namespace) -> int:
                 _array_input(args.mask, args.mask_dataset),
                 args.class_list,
                 args.random_order,
-                args.batchsize,
+                args.batch_size,
                 args.file_format,
                 args.writer_options,
                 max_patches_per_class=args.max_patches_per_class,
@@ -215,7 +223,7 @@ def _import(args: argparse.Namespace) -> int:
                 keep_unlabelled=args.keep_unlabelled,
                 label_values=args.label_values,
                 file_format=args.file_format,
-                batchsize=args.batchsize,
+                batchsize=args.batch_size,
                 writer_options=args.writer_options,
                 register_as=args.register_as,
                 overwrite=args.overwrite,
@@ -269,40 +277,86 @@ def _describe(info: JobInfo) -> str:
     return f"{line} error={info.error!r}" if info.error else line
 
 
+def _node_clients(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[DataNodeClient]:
+    """A client per node the flags name: a job lives on the node that accepted it."""
+    return [
+        stack.enter_context(connect(args, addresses=[address])) for address in node_addresses(args)
+    ]
+
+
 def _jobs(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        found = client.jobs()
-    say_each([_describe(info) for info in found], "the node has no jobs")
+    """Every node's jobs (each line ends with node=ADDRESS when there are several nodes).
+
+    A node that fails is reported after the others' jobs are listed (exit 1).
+    """
+    failure: DataNodeError | None = None
+    lines = []
+    with contextlib.ExitStack() as stack:
+        clients = _node_clients(args, stack)
+        for client in clients:
+            try:
+                found = client.jobs()
+            except DataNodeError as error:
+                failure = failure or error
+                continue
+            node = f" node={client.addresses[0]}" if len(clients) > 1 else ""
+            lines += [_describe(info) + node for info in found]
+    if failure is not None:
+        for line in lines:
+            say(line)
+        raise failure
+    say_each(lines, "the node has no jobs" if len(clients) == 1 else "the nodes have no jobs")
     return OK
 
 
-def _find_job(client: DataNodeClient, text: str) -> BuildJob:
-    """The job whose id is ``text`` or the only one starting with it.
+def _find_job(clients: list[DataNodeClient], text: str) -> BuildJob:
+    """The job whose id is ``text`` or the only one starting with it, on the node that has it.
 
     Raises:
-        ValueError: Several jobs' ids start with ``text`` (the message names them).
-        NotFoundError: No job's id does (the node's answer to the id as given).
+        ValueError: Several jobs' ids start with ``text`` (the message names them and, with
+            several nodes, their nodes).
+        NotFoundError: No job's id does (the first node's answer to the id as given).
+        UnavailableError: No job's id does on the nodes that answered, and a node did not.
     """
-    ids = [info.job_id for info in client.jobs()]
-    matches = [job_id for job_id in ids if job_id.startswith(text)]
-    if text in ids or not text or not matches:
-        return client.job(text)  # an unknown id gets the node's NOT_FOUND
+    matches: list[tuple[str, DataNodeClient]] = []
+    unavailable: UnavailableError | None = None
+    for client in clients if text else ():
+        try:
+            ids = [info.job_id for info in client.jobs()]
+        except UnavailableError as error:
+            if len(clients) == 1:
+                raise
+            unavailable = error
+            continue
+        matches += [(job_id, client) for job_id in ids if job_id.startswith(text)]
+    matches = [match for match in matches if match[0] == text] or matches
     if len(matches) > 1:
+        named = [
+            job_id if len(clients) == 1 else f"{job_id} (node {client.addresses[0]})"
+            for job_id, client in matches
+        ]
         raise ValueError(
             f"JOB: Expected an id prefix that names one job. {len(matches)} jobs start with "
-            f"{text!r}: {', '.join(matches)}."
+            f"{text!r}: {', '.join(named)}."
         )
-    return client.job(matches[0])
+    if matches:
+        job_id, client = matches[0]
+        return client.job(job_id)
+    if unavailable is not None:
+        raise unavailable
+    job = clients[0].job(text)
+    job.status()  # the node's NOT_FOUND, before a progress bar is drawn
+    return job
 
 
 def _watch(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        return _wait(_find_job(client, args.job))
+    with contextlib.ExitStack() as stack:
+        return _wait(_find_job(_node_clients(args, stack), args.job))
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        job = _find_job(client, args.job)
+    with contextlib.ExitStack() as stack:
+        job = _find_job(_node_clients(args, stack), args.job)
         try:
             info = job.cancel()
         except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,22 +23,34 @@ if TYPE_CHECKING:
 
     from data_client._stream_base import StreamBase
 
-__all__ = ["add_stream_commands"]
+__all__ = ["SUMMARY_FIELDS", "add_stream_commands"]
 
 _CODECS = tuple(sorted(CODECS))
 _SHARING = ("independent", "partitioned")
 
-_STREAM_DETAILS = """\
-Prints a line every --report-every batches and one at the end of each epoch (batches/s,
-samples/s and MB/s over that stretch), then one summary line of key=value fields: rank
-world_size epochs batches samples distinct bytes seconds batches/s samples/s MB/s stall_s
-stall_fraction. seconds runs from the request to the end of the stream; stall_s is the part
-of it spent waiting for data (never more than seconds), stall_fraction its share; distinct
-counts the different global sample indices received. --indices-out FILE writes one line
-'EPOCH INDEX' per sample received, in order: with --world-size W and one --seed, the W
-ranks' files hold disjoint parts of every epoch whose union is the epoch.
+# The summary line's key=value fields, in order; the help lists them from here.
+SUMMARY_FIELDS = (
+    "rank", "world_size", "epochs", "batches", "samples", "distinct", "bytes", "seconds",
+    "batches/s", "samples/s", "MB/s", "stall_s", "stall_fraction", "decoded_bytes",
+    "read_amplification",
+)  # fmt: skip
 
-Reconnects to an unavailable node are reported on stderr with their cause."""
+_STREAM_DETAILS = (
+    textwrap.fill(
+        "Prints a line every --report-every batches and one at the end of each epoch (batches/s, "
+        "samples/s and MB/s over that stretch), then one summary line of key=value fields: "
+        f"{' '.join(SUMMARY_FIELDS)}. seconds runs from the request to the end of the stream; "
+        "stall_s is the part of it spent waiting for data (never more than seconds), "
+        "stall_fraction its share; distinct counts the different global sample indices "
+        "received; decoded_bytes counts the bytes of storage chunks the node decoded for the "
+        "stream, read_amplification those per byte delivered. --indices-out FILE writes one "
+        "line 'EPOCH INDEX' per sample received, in order: with --world-size W and one --seed, "
+        "the W ranks' files hold disjoint parts of every epoch whose union is the epoch.",
+        width=92,
+        break_on_hyphens=False,
+    )
+    + "\n\nReconnects to an unavailable node are reported on stderr with their cause."
+)
 
 
 def add_stream_commands(commands: Any) -> None:
@@ -233,19 +246,27 @@ class _Progress:
             say(f"epoch {self.epoch} done: {self.in_epoch.describe(self.last)}")
 
     def summary(self, rank: int, world_size: int, stream: StreamBase) -> str:
+        """The summary line: each of ``SUMMARY_FIELDS`` as key=value."""
         total = self.total
         seconds = max(self.end - self.start, 1e-9)
-        return (
-            f"summary: rank={rank} world_size={world_size} epochs={self.epochs} "
-            f"batches={total.batches} samples={total.samples} "
-            f"distinct={np.count_nonzero(self.seen)} bytes={total.num_bytes} "
-            f"seconds={seconds:.3f} batches/s={total.batches / seconds:.1f} "
-            f"samples/s={total.samples / seconds:.1f} "
-            f"MB/s={total.num_bytes / seconds / 1e6:.1f} stall_s={stream.stall:.3f} "
-            f"stall_fraction={stream.stall / seconds:.3f} "
-            f"decoded_bytes={stream.decoded_bytes} "
-            f"read_amplification={stream.read_amplification:.2f}"
-        )
+        values = {
+            "rank": rank,
+            "world_size": world_size,
+            "epochs": self.epochs,
+            "batches": total.batches,
+            "samples": total.samples,
+            "distinct": np.count_nonzero(self.seen),
+            "bytes": total.num_bytes,
+            "seconds": f"{seconds:.3f}",
+            "batches/s": f"{total.batches / seconds:.1f}",
+            "samples/s": f"{total.samples / seconds:.1f}",
+            "MB/s": f"{total.num_bytes / seconds / 1e6:.1f}",
+            "stall_s": f"{stream.stall:.3f}",
+            "stall_fraction": f"{stream.stall / seconds:.3f}",
+            "decoded_bytes": stream.decoded_bytes,
+            "read_amplification": f"{stream.read_amplification:.2f}",
+        }
+        return "summary: " + " ".join(f"{name}={values[name]}" for name in SUMMARY_FIELDS)
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from data_client.client import DataNodeClient, TlsConfig
 from data_client.nodes import resolve_nodes
+from data_wire.addresses import split_address
 from data_wire.defaults import DEFAULT_ADDRESS
 
 __all__ = [
@@ -31,19 +32,10 @@ def node_address(text: str) -> str:
 
     A bare host is refused: gRPC would silently dial port 443.
     """
-    host, sep, port = text.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    if (
-        not sep
-        or not host
-        or (":" in host and not bracketed)
-        or not port.isdigit()
-        or not 1 <= int(port) <= 65535
-    ):
-        raise argparse.ArgumentTypeError(
-            f"Expected HOST:PORT with a port in [1, 65535] (without one gRPC would dial port "
-            f"443). Got {text!r} instead."
-        )
+    try:
+        split_address(text, "--address")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
 

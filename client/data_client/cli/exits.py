@@ -2,10 +2,10 @@
 
 | status | meaning |
 |---|---|
-| 0 | done; a job that was waited for succeeded |
+| 0 | done; a job that was waited for succeeded; ``data-node serve`` stopped by SIGTERM or Ctrl-C |
 | 1 | the node refused or failed the request (any gRPC status: the message names it and its likely cause), no node could be reached, or a job waited for failed or was cancelled |
 | 2 | usage: invalid flags or values, an unreadable local file, a job id prefix that names several jobs |
-| 130 | interrupted (Ctrl-C); the one line printed says what keeps running on the node |
+| 130 | interrupted (Ctrl-C; not ``data-node serve``); the one line printed says what keeps running on the node |
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ def build_pipeline(
     sources: Sequence[Any],
     preprocess: Preprocess,
     *,
-    num_io_threads: int,
+    nb_io_workers: int,
     num_processes: int,
     max_in_flight: int,
     ordered: bool,
@@ -267,15 +267,15 @@ def build_pipeline(
                 num_slots=max_in_flight,
                 block_nbytes=block_nbytes,
                 shared_reads=shared_reads,
-                num_io_threads=num_io_threads,
+                nb_io_workers=nb_io_workers,
                 owns_pool=owns_pool,
             )
         except BaseException:
             if owns_pool:
                 pool.close()
             raise
-    elif num_io_threads:
-        runner = _ThreadRunner(sources, preprocess, num_io_threads)
+    elif nb_io_workers:
+        runner = _ThreadRunner(sources, preprocess, nb_io_workers)
     else:
         runner = _InlineRunner(sources, preprocess)
     return Pipeline(batches, runner, max_in_flight=max_in_flight, ordered=ordered, stop=stop)

@@ -395,7 +395,7 @@ class data_flow:
             spec.batches(),
             self._data,
             self._preprocess,
-            num_io_threads=spec.nb_io_workers,
+            nb_io_workers=spec.nb_io_workers,
             num_processes=spec.nb_proc_workers,
             max_in_flight=spec.in_flight,
             ordered=self._ordered,

@@ -242,7 +242,7 @@ class WorkerPool:
         num_slots: int,
         block_nbytes: int,
         shared_reads: bool = False,
-        num_io_threads: int = 1,
+        nb_io_workers: int = 1,
         owns_pool: bool = False,
     ) -> PoolStream:
         """Open a flow on this pool: the runner its Pipeline submits batches to.
@@ -253,9 +253,9 @@ class WorkerPool:
             cap: The most workers it uses at once (>= 1).
             num_slots: Its most batches in flight (one shared-memory block each).
             block_nbytes: The initial size of each block.
-            shared_reads: Read each batch here, on ``num_io_threads`` threads, and hand the
+            shared_reads: Read each batch here, on ``nb_io_workers`` threads, and hand the
                 rows to the workers (they then receive no sources).
-            num_io_threads: See ``shared_reads``.
+            nb_io_workers: See ``shared_reads``.
             owns_pool: Close the pool when the flow closes.
 
         Raises:
@@ -272,7 +272,7 @@ class WorkerPool:
             num_slots=num_slots,
             block_nbytes=block_nbytes,
             shared_reads=shared_reads,
-            num_io_threads=num_io_threads,
+            nb_io_workers=nb_io_workers,
             owns_pool=owns_pool,
         )
 
@@ -556,7 +556,7 @@ class PoolStream:
         num_slots: int,
         block_nbytes: int,
         shared_reads: bool,
-        num_io_threads: int,
+        nb_io_workers: int,
         owns_pool: bool,
     ) -> None:
         self.stream_id = stream_id
@@ -581,7 +581,7 @@ class PoolStream:
             self.payload = self._pickle(descriptions, preprocess)
             pool._add(self)
             if shared_reads:
-                self._reads = IoThreads(max(1, num_io_threads), self._read_and_queue)
+                self._reads = IoThreads(max(1, nb_io_workers), self._read_and_queue)
         except BaseException:
             self.close()
             raise
