@@ -7,6 +7,7 @@ _batch_stream (streams that resume and fail over), _dataset_info (what a node de
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
@@ -732,7 +733,15 @@ class DataNodeClient:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.close()
+        """Close the client; after a Ctrl-C, in the background.
+
+        A KeyboardInterrupt may land while gRPC sets up a call, and closing the channel would
+        then wait for that call for ever: the interrupted caller gets control back at once.
+        """
+        if isinstance(exc, KeyboardInterrupt):
+            threading.Thread(target=self.close, name="data_client-close", daemon=True).start()
+        else:
+            self.close()
 
     def _call(self, rpc: str, request: Any) -> tuple[Any, Node]:
         """The response of unary ``rpc`` from the first node that answers, and that node.

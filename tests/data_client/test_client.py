@@ -600,3 +600,26 @@ def test_a_stream_with_a_short_keepalive_reads_as_usual(fake_node):
     with DataNodeClient(fake_node.address, keepalive=1) as client:
         batches = list(client.stream("toy", 4, epochs=2))
     assert [len(arrays[0]) for arrays in batches] == [4, 4, 2] * 2
+
+
+def test_a_ctrl_c_inside_the_client_block_does_not_wait_for_the_channel(fake_node):
+    # gRPC interrupted while setting up a call can leave its channel's close waiting for ever.
+    closing, release = threading.Event(), threading.Event()
+    client = DataNodeClient(fake_node.address)
+    channel = client._nodes[0].channel
+    real_close = channel.close
+
+    def stuck_close():
+        closing.set()
+        release.wait()
+        real_close()
+
+    channel.close = stuck_close
+    with pytest.raises(KeyboardInterrupt), client:
+        raise KeyboardInterrupt
+    # Back here although the close is stuck: it runs in the background.
+    assert closing.wait(timeout=60)
+    release.set()
+    closer = next(t for t in threading.enumerate() if t.name == "data_client-close")
+    closer.join(timeout=60)
+    assert not closer.is_alive()

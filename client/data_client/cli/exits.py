@@ -20,5 +20,5 @@ USAGE: Final = 2  # also argparse's status for bad arguments
 INTERRUPTED: Final = 130
 
 
-class Interrupted(Exception):  # noqa: N818 (a KeyboardInterrupt, described; not an error)
+class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with the line that says what keeps running on the node."""
