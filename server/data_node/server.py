@@ -244,11 +244,14 @@ def _worker_preload(config: NodeConfig) -> list[str]:
 
 
 def _cache_bytes(config: NodeConfig) -> int:
-    """``[cache] max_bytes``, sized from the node's memory when the config leaves it out."""
+    """``[cache] max_bytes``, sized from the node's memory when the config leaves it out;
+    logged either way, saying which."""
     if config.cache.max_bytes is not None:
-        return config.cache.max_bytes
-    nbytes, how = auto_cache_bytes(config.limits.max_memory_bytes)
-    logger.info("cache.max_bytes: %d bytes (%.0f MiB), automatic: %s", nbytes, nbytes / 2**20, how)
+        nbytes, how = config.cache.max_bytes, "explicit: [cache] max_bytes of the config"
+    else:
+        nbytes, how = auto_cache_bytes(config.limits.max_memory_bytes)
+        how = f"automatic: {how}"
+    logger.info("cache.max_bytes: %d bytes (%.0f MiB), %s", nbytes, nbytes / 2**20, how)
     return nbytes
 
 

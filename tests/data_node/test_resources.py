@@ -140,6 +140,9 @@ def test_an_explicit_cache_size_wins(tmp_path, caplog):
         node, _ = build_server(node_config(tmp_path, CacheConfig(12345)), "127.0.0.1:0")
     try:
         assert node.servicer._registry.cache.max_bytes == 12345
-        assert not [r for r in caplog.records if "automatic" in r.getMessage()]
+        lines = [r.getMessage() for r in caplog.records if "cache.max_bytes" in r.getMessage()]
+        assert lines == [
+            "cache.max_bytes: 12345 bytes (0 MiB), explicit: [cache] max_bytes of the config"
+        ]
     finally:
         node.stop(None)

@@ -5,6 +5,7 @@ Matrix:
 * the pool starts with the node, a stream's first batch starts no process (first batch on
   the warm node measured and printed, beside a stream of the same request on a node whose
   workers are still starting), and the metrics show the pool (workers, busy workers);
+* a stream with a transform that leaves nb_proc_workers 0 keeps every worker of the pool busy;
 * kill -9 of the worker running a stream's batch: the batch runs again on another worker,
   the stream is bit-identical to the dataset's, the worker is replaced; a second death of
   that batch's worker ends the stream INTERNAL with the exit reason, and the node serves on;
@@ -32,7 +33,7 @@ from data_node.server import build_server
 
 
 def pool_config(root, processes=2):
-    path = write_config(root, max_nb_proc_workers=2, max_batch_size=32)
+    path = write_config(root, max_batch_size=32)  # max_nb_proc_workers: its default
     text = path.read_text().replace("processes = 2", f"processes = {processes}")
     text = text.replace("[preprocessors]\n", '[preprocessors]\ngated = "pool_support:gated"\n')
     path.write_text(text + '\n[metrics]\nlisten = "127.0.0.1:0"\n')
@@ -85,7 +86,8 @@ def test_a_killed_workers_batch_runs_again_and_the_stream_is_bit_identical(pool_
 
 def test_a_second_death_ends_the_stream_with_the_exit_reason(pool_node):
     node, client, gate, arrays = pool_node
-    stream = client.stream("toy", 8, preprocessor="gated", max_reconnects=0)
+    # One worker at a time: the second worker killed runs the first one's batch again.
+    stream = client.stream("toy", 8, preprocessor="gated", nb_proc_workers=1, max_reconnects=0)
     reader, got = read_in_thread(stream)
     first = kill_running(node.workers)
     second = kill_running(node.workers, {first.pid})
@@ -130,9 +132,9 @@ def test_the_pool_is_warm_and_measured(pool_node, tmp_path_factory):
     print(f"first batch: warm node {warm:.3f} s, node started just before {cold:.3f} s")
 
 
-def test_busy_workers_are_counted(pool_node):
+def test_a_stream_leaving_its_worker_count_uses_the_whole_pool_counted_busy(pool_node):
     node, client, gate, _ = pool_node
-    reader, got = read_in_thread(client.stream("toy", 8, preprocessor="gated", nb_proc_workers=2))
+    reader, got = read_in_thread(client.stream("toy", 8, preprocessor="gated"))
     wait_for(lambda: node.workers.busy_workers == 2, what="both workers held at the gate")
     assert gauge(node, "data_node_pool_busy_workers") == 2
     open_gate(gate)

@@ -22,9 +22,9 @@ epochs gets OUT_OF_RANGE rather than an empty stream.
 Untrusted values never reach native code in the node's process: every field is checked
 against documented bounds at parse time (augmentation: ``augment_request.py``; cursors:
 ``cursors.py``), and a stream with an augmentation or a preprocessor always runs them in at
-least one worker process of the node's warm pool (``nb_proc_workers`` 0 is read as 1 for
-it; it is the most of the pool's workers the stream uses at once), never in the node's
-threads. A crash in native code (OpenCV, a preprocessor's C extension) then kills one
+least one worker process of the node's warm pool (``nb_proc_workers``, the most of the
+pool's workers the stream uses at once, is read as ``limits.max_nb_proc_workers`` when left
+0: the whole pool, shared fairly with the other streams), never in the node's threads. A crash in native code (OpenCV, a preprocessor's C extension) then kills one
 worker, never the node (see the faults below).
 
 Shared reads: the streams of a dataset whose sources read through the node's chunk cache
@@ -262,8 +262,13 @@ def parse_stream_request(
             stop_epoch=epochs,
             # Decoders release the GIL: by default a stream reads on every core it may use.
             nb_io_workers=nb_io_workers or min(default_io_workers(), limits.max_nb_io_workers),
-            # A request's transform never runs in the node's process (see the module docstring).
-            nb_proc_workers=nb_proc_workers if transform is None else max(1, nb_proc_workers),
+            # A request's transform never runs in the node's process (see the module
+            # docstring); left 0, the stream may use the whole pool, shared fairly.
+            nb_proc_workers=(
+                nb_proc_workers
+                if transform is None
+                else nb_proc_workers or limits.max_nb_proc_workers
+            ),
             max_in_flight=limits.max_in_flight,
         )
     except (TypeError, ValueError) as error:
@@ -295,7 +300,9 @@ def stream_batches(
     """Yield each batch of ``plan`` as encoded ``Batch`` bytes until its last epoch.
 
     With worker processes, the batches run on ``workers`` (the node's warm pool), using at
-    most ``nb_proc_workers`` of them at once; default None: on processes of the stream's own.
+    most ``nb_proc_workers`` of them at once; default None: on ``nb_proc_workers`` processes
+    of the stream's own (the node always passes its pool: a request leaving the count 0 gets
+    ``limits.max_nb_proc_workers``).
 
     Each batch gRPC takes (asks for the next one after) is counted in ``metrics`` (default
     None: none), with its read, augment, encode and send seconds; a batch sent as the call
