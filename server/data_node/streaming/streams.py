@@ -100,6 +100,7 @@ from data_tools.io import (
     FlowSpec,
     PreprocessorChain,
     data_flow,
+    decoded_nbytes,
     parse_sample_weights,
     weights_digest,
 )
@@ -164,8 +165,10 @@ class StreamPlan:
 
         Its batches prepared ahead (``max_in_flight``), the one being sent twice over (the
         encoded message and gRPC's copy of it, held until the transport takes it: a client
-        that does not read stops the stream there), and one more for what the C allocator
-        keeps of freed batches for reuse (measured up to a batch on a loaded machine); with
+        that does not read stops the stream there), and one more for batches freed but not
+        yet unmapped (the node returns large frees to the system at once,
+        ``data_node.resources.return_large_frees``; without it glibc keeps freed batches in
+        each reader thread's arena, beyond this); with
         worker processes, also their shared-memory blocks (one per batch in flight).
         """
         in_flight = self.flow.in_flight
@@ -364,8 +367,10 @@ def _send_batches(
         arrays, plan.flow, preprocessor=plan.transform, shared_reads=plan.dataset.cached
     )
     names = plan.dataset.array_names
-    decoded = 0  # of reads.decoded_bytes, what the batches sent so far reported
-    with flow, _replacement_ends(plan.dataset):
+    # Bytes decoded for the stream (through the cache: counted by it, reads.decoded_bytes;
+    # without: the chunks each batch reads) and delivered, by the batches sent so far.
+    tally = _Tally()
+    with flow, _replacement_ends(plan.dataset), _logged_at_end(plan, tally):
         for info in flow.flow_with_info(stop=stop, pool=workers):
             # The replacement sets the flag before it moves a file: a batch read whole
             # before the flag was set holds none of the new files' rows.
@@ -373,7 +378,11 @@ def _send_batches(
             if stop.is_set():
                 break
             start = time.perf_counter()
-            now_decoded = decoded if reads is None else reads.decoded_bytes
+            decoded = (
+                sum(decoded_nbytes(array, info.indices) for array in arrays)
+                if reads is None
+                else reads.decoded_bytes - tally.decoded
+            )
             delivered = sum(array.nbytes for array in info.arrays)
             message = encode_batch(
                 info.arrays,
@@ -383,7 +392,7 @@ def _send_batches(
                 batch_index=info.batch_index,
                 codec=plan.codec,
                 names=names if len(names) == len(info.arrays) else None,
-                decoded_bytes=now_decoded - decoded,
+                decoded_bytes=decoded,
             )
             encoded = time.perf_counter()
             info = dataclasses.replace(info, arrays=())  # the message holds the batch now
@@ -396,24 +405,61 @@ def _send_batches(
             if metrics is not None:
                 sent = time.perf_counter()
                 metrics.batch_sent(info, size, encoded - start, sent - encoded)
-                metrics.bytes_read(now_decoded - decoded, delivered)
-            decoded = now_decoded
+                metrics.bytes_read(decoded, delivered)
+            tally.decoded += decoded
+            tally.delivered += delivered
+
+
+@dataclass
+class _Tally:
+    """Bytes decoded for a stream and delivered, by the batches it sent."""
+
+    decoded: int = 0
+    delivered: int = 0
+
+
+@contextlib.contextmanager
+def _logged_at_end(plan: StreamPlan, tally: _Tally) -> Iterator[None]:
+    """Log the stream's read amplification when it ends, however it ends (INFO, one line).
+
+    The per-stream figure on the node: a log line rather than a metric labelled by stream,
+    as streams are unbounded in number (the metrics have it per dataset).
+    """
+    try:
+        yield
+    finally:
+        logger.info(
+            "stream of %r (seed %d) ended: %d bytes decoded for %d bytes delivered "
+            "(read amplification %.2f)",
+            plan.dataset.name,
+            plan.seed,
+            tally.decoded,
+            tally.delivered,
+            tally.decoded / tally.delivered if tally.delivered else 0.0,
+        )
 
 
 def _warn_of_amplification(plan: StreamPlan, arrays: list[Any]) -> None:
     """Log once if an exact shuffle over more decoded data than the cache holds will amplify.
 
-    The estimate: each chunk a batch reads is decoded unless cached, and a random chunk is
-    cached about as often as the cache's share of the dataset's decoded bytes.
+    The data is the stream's own: the chunks of the dataset's cached arrays that its rows
+    (its ``cases``, or every row) lie in. The estimate: each chunk a batch reads is decoded
+    unless cached, and a random chunk is cached about as often as the cache's share of
+    those chunks' decoded bytes.
     """
     if not plan.flow.sample_random or plan.flow.shuffle_window is not None:
         return
     cache = cache_of(arrays)
     assert cache is not None  # the stream registered its reads with it
-    dataset_bytes = sum(
-        int(array.shape[0]) * math.prod(array.shape[1:]) * np.dtype(array.dtype).itemsize
-        for array in arrays
-        if cache_of([array]) is cache
+    subset = plan.flow.subset
+    dataset_bytes = (
+        sum(
+            int(array.shape[0]) * math.prod(array.shape[1:]) * np.dtype(array.dtype).itemsize
+            for array in arrays
+            if cache_of([array]) is cache
+        )
+        if subset is None
+        else sum(source.chunk_nbytes for a in arrays for _, (source, _) in chunk_reads(a, subset))
     )
     if dataset_bytes <= cache.max_bytes:
         return
