@@ -10,14 +10,18 @@ Matrix:
   the stream is bit-identical to the dataset's, the worker is replaced; a second death of
   that batch's worker ends the stream INTERNAL with the exit reason, and the node serves on;
 * fairness on a one-worker pool: a stream whose client stops reading does not starve
-  another stream, and goes on where it was once read again;
+  another stream, and goes on where it was once read again; such a stream, once the node
+  has filled the client's window, holds no worker and at most max_in_flight shared-memory
+  blocks (one per batch in flight);
 * nothing is left (threads, processes, /dev/shm) once the node stops.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from data_client import DataNodeClient
 from data_client.errors import InternalError
-from data_node.config import load
+from data_node.config import LimitsConfig, load
 from data_node.server import build_server
 
 
@@ -165,6 +169,44 @@ def test_a_stalled_stream_does_not_starve_another(tmp_path):
             wait_for_idle(node)
     finally:
         node.stop(None)
+
+
+def shm_blocks():
+    """The shared-memory blocks of this process's flows (the node runs in it)."""
+    return set(Path("/dev/shm").glob(f"data_tools_{os.getpid()}_*"))
+
+
+def batches_sent(node):
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics") as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for metric in text_string_to_metric_families(text)
+        if metric.name == "data_node_batches"
+        for sample in metric.samples
+        if sample.name == "data_node_batches_total"
+    )
+
+
+def test_a_stalled_stream_holds_at_most_its_in_flight_batches_in_the_pool(pool_node):
+    node, client, gate, _ = pool_node
+    open_gate(gate)
+    before = shm_blocks()
+    augment = {"x_array": "image", "rotation_range": 10.0}
+    seen = []
+
+    def settled():
+        """The node stopped sending (the client's window is full) for 20 polls on end."""
+        seen.append((len(shm_blocks() - before), node.workers.busy_workers, batches_sent(node)))
+        return len(seen) > 20 and len(set(seen[-20:])) == 1
+
+    with client.stream("toy", 32, loop_forever=True, augmentation=augment) as stalled:
+        next(stalled)  # then the client stops reading
+        wait_for(settled, what="the stalled stream to stop")
+        _, busy, _ = seen[-1]
+        assert busy == 0  # its batches wait in its blocks, not in a worker
+        assert 0 < max(blocks for blocks, _, _ in seen) <= LimitsConfig().max_in_flight
+    wait_for_idle(node)
 
 
 def test_nothing_is_left_once_the_node_stops(tmp_path):
