@@ -43,7 +43,10 @@ AUGMENTATION = data_node_pb2.Augmentation(
 )
 
 
-def plan(limits=LimitsConfig(), **fields):
+LIMITS = LimitsConfig()
+
+
+def plan(limits=LIMITS, **fields):
     request = data_node_pb2.StreamRequest(dataset="toy", batch_size=4, seed=17, epochs=1, **fields)
     return parse_stream_request(request, DATASET, limits, PREPROCESSORS)
 

@@ -145,11 +145,12 @@ def test_exact_shuffle_amplification_is_counted_and_named(nodes, caplog):
     assert "'big'" in lines[0].getMessage()
     assert "x the bytes it delivers" in lines[0].getMessage()
     # The stream's own figure on the node: one line as it ends.
-    assert [r.getMessage() for r in caplog.records if "ended:" in r.getMessage()] == [
+    ended = (
         f"stream of 'big' (seed 11) ended: {stream.decoded_bytes} bytes decoded for "
         f"{stream.delivered_bytes} bytes delivered (read amplification "
         f"{stream.read_amplification:.2f})"
-    ]
+    )
+    assert [r.getMessage() for r in caplog.records if "ended:" in r.getMessage()] == [ended]
 
     expected, plain = read(plain_port, "big", sample_random=True, seed=11, epochs=1)
     for got, want in zip(batches, expected, strict=True):
