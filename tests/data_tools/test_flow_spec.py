@@ -36,7 +36,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from data_tools.chunk_cache import ChunkCache, cached
-from data_tools.io import FlowSpec, Position, data_flow, parse_sample_weights, read_blocks
+from data_tools.io import (
+    FlowSpec,
+    Position,
+    data_flow,
+    decoded_nbytes,
+    parse_sample_weights,
+    read_blocks,
+)
 from data_tools.io.flow_spec import MAX_WEIGHT
 from data_tools.wrap import delayed_view, multi_source_array
 
@@ -317,6 +324,22 @@ def test_read_blocks_follow_the_storage_chunks(tmp_path):
         # Through a chunk cache.
         source = cached(f["x"], ChunkCache(1 << 20))
         np.testing.assert_array_equal(read_blocks([delayed_view(source)]), [0, 8, 16, 24])
+
+
+def test_decoded_bytes_are_the_whole_chunks_the_rows_lie_in(tmp_path):
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("x", data=np.arange(30), chunks=(8,))  # int64: 8 bytes a row
+        f.create_dataset("y", data=np.arange(30))
+        f.create_dataset("z", data=np.arange(12), chunks=(5,))
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        assert decoded_nbytes(f["x"], [1, 3, 2]) == 8 * 8  # one chunk, once
+        assert decoded_nbytes(f["x"], [0, 9, 29]) == (8 + 8 + 6) * 8  # the last: 6 rows
+        assert decoded_nbytes(f["y"], [0, 9, 29]) == 3 * 8  # contiguous: the rows alone
+        assert decoded_nbytes(np.arange(30), [4, 5]) == 2 * 8
+        assert decoded_nbytes(f["x"], []) == 0
+        # A view of two sources: each one's chunks (z's last chunk has 2 rows).
+        both = multi_source_array([f["z"], f["x"]])
+        assert decoded_nbytes(both, [11, 12, 13]) == 2 * 8 + 8 * 8
 
 
 def test_data_flow_windows_read_whole_chunks(tmp_path):
