@@ -27,6 +27,12 @@ pool's workers the stream uses at once, is read as ``limits.max_nb_proc_workers`
 0: the whole pool, shared fairly with the other streams), never in the node's threads. A crash in native code (OpenCV, a preprocessor's C extension) then kills one
 worker, never the node (see the faults below).
 
+Read amplification: every batch carries the bytes of storage chunks decoded for it
+(``Batch.decoded_bytes``: through the chunk cache, what the cache decoded for the stream;
+without one, each chunk the batch reads, whole), counted per dataset in the metrics, and
+logged for the stream as it ends (one INFO line; no per-stream metric label, as streams are
+unbounded in number). An exact shuffle whose own chunks exceed the cache gets one warning.
+
 Shared reads: the streams of a dataset whose sources read through the node's chunk cache
 (``Dataset.cached``) run data_flow with ``shared_reads``: with worker processes
 (nb_proc_workers > 0), the stream's io threads read every batch in the node's process,
