@@ -22,3 +22,8 @@ def format_libraries_loaded(batch):
     (x,) = batch
     loaded = [name in sys.modules for name in ("zarr", "bcolz")]
     return x, np.tile(np.array(loaded, dtype=np.uint8), (len(x), 1))
+
+
+def store_rows(file_format, container, start, rows):
+    """Write ``rows`` at ``start`` of array "x" of ``container``, as one parallel writer."""
+    storage.backend(file_format).open_rows(container, "x").store(start, rows)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
+    "MAX_SUGGESTED_CHARS",
     "did_you_mean",
     "is_int",
     "parse_int",
@@ -24,6 +25,10 @@ __all__ = [
     "parse_option",
     "parse_positive_float",
 ]
+
+
+# The longest value a suggestion is sought for (the library's and node's cap too).
+MAX_SUGGESTED_CHARS = 64
 
 
 def is_int(value: Any) -> bool:
@@ -69,6 +74,12 @@ def parse_option(argument: str, value: Any, options: Iterable[str]) -> str:
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    """ " Did you mean 'x'?" naming the choice closest to ``value``, or "" if none is close."""
-    close = difflib.get_close_matches(value, list(choices), n=1)
+    """ " Did you mean 'x'?" naming the choice closest to ``value``, or "" if none is close.
+
+    Only a value of at most ``MAX_SUGGESTED_CHARS`` characters gets a suggestion: matching
+    costs time quadratic in the lengths, and no choice is close to a longer one anyway.
+    """
+    if len(value) > MAX_SUGGESTED_CHARS:
+        return ""
+    close = difflib.get_close_matches(value, sorted(choices), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""

@@ -67,8 +67,9 @@ from pathlib import Path
 from typing import Any
 
 from data_node.errors import ConfigError, PathOutsideRootError
+from data_node.fields import not_one_of
 from data_node.resources import usable_cores
-from data_tools.storage import FORMATS, Root
+from data_tools.storage import FORMATS, WRITABLE_FORMATS, Root
 from data_wire.defaults import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = [
@@ -95,9 +96,7 @@ __all__ = [
 
 ENV_PREFIX = "DATA_NODE_"
 # Suffix -> the stored format it names, for the formats data_tools writes (and so serves).
-SOURCE_FORMATS = {
-    suffix: entry.name for entry in FORMATS.values() if entry.writable for suffix in entry.suffixes
-}
+SOURCE_FORMATS = {suffix: name for name in WRITABLE_FORMATS for suffix in FORMATS[name].suffixes}
 LABEL_ARRAY = "label"
 EXECUTORS = ("dask", "local")
 MiB = 1 << 20
@@ -519,9 +518,7 @@ def _parse_jobs(raw: Mapping[str, Any]) -> JobsConfig:
         if name == "executor":
             values[name] = _string(key, value)
             if value not in EXECUTORS:
-                raise ConfigError(
-                    f"{key}: Expected one of {list(EXECUTORS)}. Got {value!r} instead."
-                )
+                raise ConfigError(not_one_of(key, value, EXECUTORS))
         elif name == "scheduler_address":
             values[name] = _string(key, value)
         else:
@@ -802,17 +799,14 @@ def _parse_source(prefix: str, raw: Any, data_root: Path) -> SourceConfig:
         )
     if "format" in spec:
         source_format = _string(f"{prefix}.format", spec["format"])
-        if source_format not in set(SOURCE_FORMATS.values()):
-            raise ConfigError(
-                f"{prefix}.format: Expected one of {sorted(set(SOURCE_FORMATS.values()))}. "
-                f"Got {source_format!r} instead."
-            )
+        if source_format not in WRITABLE_FORMATS:
+            raise ConfigError(not_one_of(f"{prefix}.format", source_format, WRITABLE_FORMATS))
     elif path.suffix in SOURCE_FORMATS:
         source_format = SOURCE_FORMATS[path.suffix]
     else:
         raise ConfigError(
             f"{prefix}.format: Cannot tell the format of {given!r} from its suffix "
-            f"(known: {sorted(SOURCE_FORMATS)}); set format to 'hdf5', 'zarr' or 'bcolz'."
+            f"(known: {sorted(SOURCE_FORMATS)}); set format to one of {list(WRITABLE_FORMATS)}."
         )
     key = spec.get("key")
     if FORMATS[source_format].key == "required" and key is None:

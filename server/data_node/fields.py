@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from data_node.errors import RequestError
 from data_tools.parsing import MAX_SUGGESTED_CHARS, did_you_mean
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
-__all__ = ["bounded", "choice", "not_one_of", "shown"]
+__all__ = ["bounded", "choice", "field_first", "not_one_of", "shown"]
 
 
 def bounded(field: str, value: int, low: int, high: int | None) -> int:
@@ -34,6 +35,18 @@ def choice(field: str, value: str, choices: Sequence[str]) -> str:
     if value in choices:
         return value
     raise RequestError(not_one_of(field, value, choices))
+
+
+def field_first(message: str, fields: Mapping[str, str]) -> str:
+    """A library message "Expected <keyword> to be <what>" as "<field>: Expected <what>".
+
+    The library names its keyword arguments, a request its own fields: ``fields`` maps the
+    keywords to reword to the request's names. Any other message is returned unchanged.
+    """
+    found = re.fullmatch(r"Expected (\w+) to be (.*)", message, re.DOTALL)
+    if found is None or found.group(1) not in fields:
+        return message
+    return f"{fields[found.group(1)]}: Expected {found.group(2)}"
 
 
 def not_one_of(field: str, value: str, choices: Sequence[str]) -> str:

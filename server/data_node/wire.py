@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-__all__ = ["ALIGNMENT", "WIRE_DTYPES", "encode_batch", "encode_tensor"]
+__all__ = ["ALIGNMENT", "WIRE_DTYPES", "encode_batch", "encode_tensor", "parse_codec"]
 
 #: Every payload starts at a multiple of this many bytes from the start of the encoded message.
 ALIGNMENT = 8
@@ -70,7 +70,8 @@ _ZSTD = numcodecs.Zstd()
 # numcodecs prefixes an LZ4 block with its raw size (uint32); the wire carries the bare block.
 _LZ4_SIZE_PREFIX = 4
 # The one codec table: each codec the wire defines -> how a payload is packed (None: raw).
-# CODEC_UNSPECIFIED is CODEC_NONE (the proto says so); _parse_codec maps it.
+# CODEC_UNSPECIFIED is CODEC_NONE (the proto says so); parse_codec maps it. A codec of the
+# proto missing here is refused by parse_codec, so a request asking for it fails at once.
 _PACKERS: dict[int, Callable[[npt.NDArray[np.uint8]], memoryview] | None] = {
     tensor_pb2.CODEC_NONE: None,
     tensor_pb2.CODEC_LZ4: lambda raw: memoryview(_LZ4.encode(raw))[_LZ4_SIZE_PREFIX:],
@@ -107,7 +108,12 @@ class _Encoded(NamedTuple):
     nbytes: int
 
 
-def _parse_codec(codec: int) -> int:
+def parse_codec(codec: int) -> int:
+    """The codec ``codec`` is written with, if this module encodes it (the one codec check).
+
+    Raises:
+        ValueError: "Expected codec to be one of <the codecs encoded>. Got <codec> instead."
+    """
     if codec == tensor_pb2.CODEC_UNSPECIFIED:
         return tensor_pb2.CODEC_NONE
     if codec not in _PACKERS:
@@ -207,7 +213,7 @@ def encode_tensor(
         ValueError: If the dtype is not a wire dtype (object, string, complex, ...) or the
             codec is unknown.
     """
-    tensor = _encode(array, _parse_codec(codec), name)
+    tensor = _encode(array, parse_codec(codec), name)
     return b"".join([_prefix(tensor, 0, nested=False), tensor.payload])
 
 
@@ -247,7 +253,7 @@ def encode_batch(
             the codec is unknown, ``indices`` is not 1-D, or ``names`` and ``arrays`` differ
             in length.
     """
-    used = _parse_codec(codec)
+    used = parse_codec(codec)
     if names is None:
         names = [f"arrays[{i}]" for i in range(len(arrays))]
     if len(names) != len(arrays):

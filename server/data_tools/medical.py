@@ -52,7 +52,7 @@ from data_tools._parse import (
     parse_positive_int,
 )
 from data_tools.io.writers import format_writer, is_complete, set_container_attrs
-from data_tools.storage import backend, format_of_path
+from data_tools.storage import backend, container_names, format_of_path
 
 if TYPE_CHECKING:
     from data_tools.io.writers import buffered_array_writer
@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 # file_format -> the store import_cases writes inside save_path.
-CASES_CONTAINERS = {"hdf5": "cases.h5", "zarr": "cases.zarr"}
+CASES_CONTAINERS = container_names("cases", keyed=True)
 NORMALIZATIONS = ("none", "zscore", "minmax", "window")
 _AXIS_LETTERS = ("RL", "AP", "SI")
 

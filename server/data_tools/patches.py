@@ -29,7 +29,7 @@ from data_tools._patch_plan import (
     warn_if_large,
 )
 from data_tools.io.writers import format_writer
-from data_tools.storage import backend
+from data_tools.storage import backend, container_names
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -306,7 +306,7 @@ class patch_generator:
 
 
 # file_format -> the container create_dataset writes inside save_path.
-CONTAINERS = {"bcolz": "patches.bcolz", "hdf5": "patches.h5", "zarr": "patches.zarr"}
+CONTAINERS = container_names("patches")
 
 
 def parse_class_mask(mask: Any, shape: tuple[int, ...]) -> npt.NDArray[Any]:

@@ -19,6 +19,7 @@ import pytest
 from data_flow_support import count_loaded_modules
 from node_support import noisy
 
+from data_node import wire
 from data_node.catalog.datasets import Dataset
 from data_node.config import LimitsConfig
 from data_node.errors import RequestError
@@ -26,7 +27,7 @@ from data_node.resources import usable_cores
 from data_node.streaming.streams import parse_stream_request
 from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
 from data_tools.io import PreprocessorChain, data_flow
-from data_wire.v1 import data_node_pb2
+from data_wire.v1 import data_node_pb2, tensor_pb2
 
 LENGTH = 12
 DATASET = Dataset(
@@ -47,7 +48,9 @@ LIMITS = LimitsConfig()
 
 
 def plan(limits=LIMITS, **fields):
-    request = data_node_pb2.StreamRequest(dataset="toy", batch_size=4, seed=17, epochs=1, **fields)
+    request = data_node_pb2.StreamRequest(
+        **{"dataset": "toy", "batch_size": 4, "seed": 17, "epochs": 1} | fields
+    )
     return parse_stream_request(request, DATASET, limits, PREPROCESSORS)
 
 
@@ -144,3 +147,48 @@ def test_reads_left_without_a_thread_count_use_the_usable_cores(max_nb_io_worker
     limits = LimitsConfig(max_nb_io_workers=max_nb_io_workers)
     assert plan(limits).flow.nb_io_workers == min(usable_cores(), max_nb_io_workers)
     assert plan(limits, nb_io_workers=1).flow.nb_io_workers == 1
+
+
+def test_a_codec_of_the_proto_without_an_encoder_is_refused_at_request_time(monkeypatch):
+    assert plan(codec=tensor_pb2.CODEC_ZSTD).codec == tensor_pb2.CODEC_ZSTD
+    assert plan(codec=tensor_pb2.CODEC_UNSPECIFIED).codec == tensor_pb2.CODEC_NONE
+    encoders = {c: p for c, p in wire._PACKERS.items() if c != tensor_pb2.CODEC_ZSTD}
+    monkeypatch.setattr(wire, "_PACKERS", encoders)
+    with pytest.raises(
+        RequestError,
+        match=r"^codec: Expected one of CODEC_UNSPECIFIED, CODEC_NONE, CODEC_LZ4\. Got 3 instead",
+    ):
+        plan(codec=tensor_pb2.CODEC_ZSTD)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"sample_with_replacement": True}, r"^sample_random: Expected true when sample_with_"),
+        (
+            {"sample_weights": data_node_pb2.SampleWeights(array="weights")},
+            r"^sample_random: Expected true when sample_weights",
+        ),
+    ],
+)
+def test_the_flow_plans_refusals_name_the_request_field(fields, message):
+    with pytest.raises(RequestError, match=message):
+        plan(**fields)
+
+
+def test_a_resume_at_the_end_of_an_epoch_starts_the_next_one():
+    first = plan(sample_random=True, epochs=2)
+    cursor = first.cursor(0, first.flow.batches_per_epoch - 1)
+    at_end = tensor_pb2.Cursor()
+    at_end.CopyFrom(cursor)
+    at_end.epoch, at_end.batch_index = 0, first.flow.batches_per_epoch
+    resumed = plan(sample_random=True, epochs=2, resume=at_end)
+    assert tuple(resumed.flow.start) == (1, 0)
+    past = tensor_pb2.Cursor()
+    past.CopyFrom(at_end)
+    past.batch_index += 1
+    with pytest.raises(
+        RequestError,
+        match=r"^resume\.batch_index: Expected an integer in \[0, 3\) .* so in \[0, 3\]\. Got 4",
+    ):
+        plan(sample_random=True, epochs=2, resume=past)

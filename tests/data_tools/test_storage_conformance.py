@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from storage_support import ROWS, read_everything
+from storage_support import ROWS, read_everything, store_rows
 
 from data_tools import storage
 from data_tools.errors import ConfinementError
@@ -269,3 +269,53 @@ def test_nothing_is_complete_where_nothing_was_written(writable, tmp_path):
     assert storage.format_of_path(missing) is None
     assert not is_complete(missing)
     assert not backend.is_container_complete(missing)
+
+
+def test_container_names_are_the_stem_and_each_writable_formats_suffix():
+    assert storage.container_names("patches") == {
+        "bcolz": "patches.bcolz",
+        "hdf5": "patches.h5",
+        "zarr": "patches.zarr",
+    }
+    # bcolz holds one carray per directory: no keyed arrays, no container attributes.
+    assert storage.container_names("cases", keyed=True) == {
+        "hdf5": "cases.h5",
+        "zarr": "cases.zarr",
+    }
+
+
+def test_only_parallel_formats_create_arrays_for_parallel_writers(writable, tmp_path):
+    backend = storage.backend(writable.name)
+    container = str(tmp_path / f"out.{writable.name}")
+    if writable.name not in storage.PARALLEL_FORMATS:
+        with pytest.raises(TypeError, match="written by parallel processes"):
+            backend.create_sized(container, "x", (LENGTH, 3, 2), DATA.dtype, False, {})
+        with pytest.raises(TypeError, match="written by parallel processes"):
+            backend.open_rows(container, "x")
+        return
+    options = backend.default_options(CHUNK, (3, 2), None)
+    backend.create_sized(container, "x", (LENGTH, 3, 2), DATA.dtype, False, options)
+    backend.create_sized(container, "y", (CHUNK, 3, 2), DATA.dtype, True, options)
+    path, key = backend.array_location(container, "x")
+    assert not is_complete(path, key)
+    # Each chunk from a process of its own; a chunk of fill values only is stored too.
+    zeros = np.zeros_like(DATA)
+    expected = np.where(np.arange(LENGTH)[:, None, None] < CHUNK, zeros, DATA)
+    with concurrent.futures.ProcessPoolExecutor(
+        2, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        done = [
+            pool.submit(
+                store_rows, writable.name, container, start, expected[start : start + CHUNK]
+            )
+            for start in range(0, LENGTH, CHUNK)
+        ]
+        for future in done:
+            future.result()
+    assert not is_complete(path, key)
+    backend.open_rows(container, "x").mark(True)
+    assert is_complete(path, key)
+    source = backend.open(tmp_path / path, key, Root(tmp_path))
+    np.testing.assert_array_equal(source[...], expected)  # no chunk lost (DataLossError)
+    with pytest.raises((FileNotFoundError, KeyError)):
+        backend.open_rows(str(tmp_path / "removed"), "x")

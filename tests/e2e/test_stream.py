@@ -296,3 +296,26 @@ def test_reads_left_without_a_thread_count_run_on_the_usable_cores(client):
             if thread.name.startswith("data_tools-io-")
         ]
     assert len(readers) == min(usable_cores(), LimitsConfig().max_nb_io_workers)
+
+
+def test_a_stream_builds_one_flow_plan_and_no_throwaway_flow(node, client, monkeypatch):
+    """The node checks a request by building its FlowSpec, never a data_flow it discards."""
+    from data_tools.io import FlowSpec
+
+    built = {"data_flow": 0, "from_spec": 0, "FlowSpec": 0}
+
+    def counted(name, method):
+        def call(*args, **kwargs):
+            built[name] += 1
+            return method(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(data_flow, "__init__", counted("data_flow", data_flow.__init__))
+    monkeypatch.setattr(
+        data_flow, "from_spec", classmethod(counted("from_spec", data_flow.from_spec.__func__))
+    )
+    monkeypatch.setattr(FlowSpec, "__post_init__", counted("FlowSpec", FlowSpec.__post_init__))
+    batches = list(client.stream("toy", 8, sample_random=True, seed=3, epochs=2))
+    assert len(batches) == 2 * NUM_SAMPLES // 8
+    assert built == {"data_flow": 0, "from_spec": 1, "FlowSpec": 1}

@@ -7,8 +7,10 @@ Matrix:
   workers are still starting), and the metrics show the pool (workers, busy workers);
 * a stream with a transform that leaves nb_proc_workers 0 keeps every worker of the pool busy;
 * kill -9 of the worker running a stream's batch: the batch runs again on another worker,
-  the stream is bit-identical to the dataset's, the worker is replaced; a second death of
-  that batch's worker ends the stream INTERNAL with the exit reason, and the node serves on;
+  the stream is bit-identical to the dataset's, the worker is replaced; a concurrent stream
+  on the other worker goes on, every batch bit-identical to an undisturbed run of it; a
+  second death of that batch's worker ends the stream INTERNAL with the exit reason, and the
+  node serves on;
 * fairness on a one-worker pool: a stream whose client stops reading does not starve
   another stream, and goes on where it was once read again; such a stream, once the node
   has filled the client's window, holds no worker and at most max_in_flight shared-memory
@@ -19,6 +21,7 @@ Matrix:
 from __future__ import annotations
 
 import os
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -73,19 +76,46 @@ def pool_node(tmp_path, monkeypatch):
         node.stop(None)
 
 
-def test_a_killed_workers_batch_runs_again_and_the_stream_is_bit_identical(pool_node):
-    node, client, gate, arrays = pool_node
-    stream = client.stream("toy", 8, preprocessor="gated", max_reconnects=0)
-    reader, got = read_in_thread(stream)
-    victim = kill_running(node.workers)
+def assert_rerun_and_whole(node, gate, victim, reader, got, arrays):
+    """The gated stream's batch runs again on a worker other than ``victim``; once the gate
+    opens, the stream read by ``reader`` is the whole dataset, bit for bit, and the killed
+    worker is replaced."""
     wait_for(lambda: running(node.workers, {victim.pid}), what="the batch running again")
     open_gate(gate)
     reader.join(60)
     assert not reader.is_alive()
     np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), arrays["image"] * 2)
     np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), arrays["mask"])
-    assert victim.pid not in {worker.pid for worker in node.workers.workers()}
     wait_for(lambda: node.workers.num_workers == 2, what="the replacement")
+
+
+def test_a_killed_workers_batch_runs_again_and_the_stream_is_bit_identical(pool_node):
+    node, client, gate, arrays = pool_node
+    stream = client.stream("toy", 8, preprocessor="gated", max_reconnects=0)
+    reader, got = read_in_thread(stream)
+    victim = kill_running(node.workers)
+    assert_rerun_and_whole(node, gate, victim, reader, got, arrays)
+    assert victim.pid not in {worker.pid for worker in node.workers.workers()}
+
+
+def test_a_worker_killed_mid_stream_spares_a_concurrent_stream(pool_node):
+    node, client, gate, arrays = pool_node
+    augment = {"x_array": "image", "y_array": "mask", "rotation_range": 30.0}
+    other = {"augmentation": augment, "seed": 5, "nb_proc_workers": 1, "epochs": 3}
+    undisturbed = list(client.stream("toy", 4, **other))
+    # One worker: the other is left to the bystander.
+    stream = client.stream("toy", 8, preprocessor="gated", nb_proc_workers=1, max_reconnects=0)
+    reader, got = read_in_thread(stream)
+    victim = wait_for(lambda: running(node.workers), what="the gated batch held in a worker")
+    bystander = client.stream("toy", 4, **other)  # on the other worker: the victim is held
+    before = [next(bystander) for _ in range(len(undisturbed) // 2)]
+    os.kill(victim.pid, signal.SIGKILL)
+    after = list(bystander)
+    assert len(before) + len(after) == len(undisturbed)
+    for seen, expected in zip(before + after, undisturbed, strict=True):
+        for array, want in zip(seen, expected, strict=True):
+            np.testing.assert_array_equal(array, want)
+    assert_rerun_and_whole(node, gate, victim, reader, got, arrays)
 
 
 def test_a_second_death_ends_the_stream_with_the_exit_reason(pool_node):

@@ -7,7 +7,7 @@ that function writes for the same inputs (``max_patches_per_class`` and ``store_
 included). A medical image's voxel spacing (SimpleITK's x, y, z order) is kept as the
 attribute ``spacing`` of every array written.
 
-Dask executor (zarr only): the job's process creates every ``class_<v>`` array at its final
+Dask executor (formats written by parallel processes, ``PARALLEL_FORMATS``: zarr): the job's process creates every ``class_<v>`` array at its final
 size, marked incomplete, scatters the volume to the cluster, and submits one task per block
 of whole chunks of one class's output (at most ``dask_task_bytes`` of patches). With
 ``random_order`` false a block is a run of consecutive pixels of that class, so a task reads
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_node.catalog.datasets import open_source
-from data_tools.io.writers import zarr_array_writer
 from data_tools.patches import (
+    CONTAINERS,
     ClassPlan,
     as_stack,
     choose_pixels,
@@ -42,7 +42,7 @@ from data_tools.patches import (
     patch_generator,
     plan_classes,
 )
-from data_tools.storage import COMPLETE_ATTRIBUTE, Root, backend, close_source
+from data_tools.storage import Root, backend, chunk_rows, close_source
 from data_tools.storage.sitk import describe_image, image_spacing, read_sitk_image
 
 if TYPE_CHECKING:
@@ -130,7 +130,8 @@ class BuildSpec:
         random_order: Randomize the order of each class's patches.
         batchsize: Patches per write; the chunk length.
         max_patches_per_class: At most this many patches per class; None: all.
-        file_format: "hdf5", "zarr" or "bcolz".
+        file_format: A key of ``data_tools.storage.WRITABLE_FORMATS`` (of ``PARALLEL_FORMATS``
+            with executor "dask").
         writer_options: Options for the writers (create_dataset's ``kwargs``), from JSON.
         slice_axis: Axis of a 3D volume indexing its slices.
         seed: Seed of every random draw of the build.
@@ -267,6 +268,7 @@ def writer_kwargs(file_format: str, options: Mapping[str, Any]) -> dict[str, Any
 def write_block(
     stack: npt.NDArray[Any],
     patchsize: int,
+    file_format: str,
     container: str,
     array_name: str,
     start: int,
@@ -277,7 +279,8 @@ def write_block(
     Args:
         stack: The volume as (slice, row, column).
         patchsize: Patch edge, in pixels.
-        container: The zarr store (a group) of the dataset.
+        file_format: The container's format, one of ``PARALLEL_FORMATS``.
+        container: The container (a zarr store) of the dataset.
         array_name: The array to write, ``class_<v>``.
         start: Output position of the first patch; a multiple of the array's chunk length.
         pixels: Flat indices into ``stack`` of the patch centres, in output order.
@@ -285,8 +288,6 @@ def write_block(
     Returns:
         The number of patches written.
     """
-    import zarr
-
     plane = stack.shape[1] * stack.shape[2]
     order = np.argsort(pixels, kind="stable")
     ordered = pixels[order]
@@ -300,10 +301,9 @@ def write_block(
     for patches, _ in patch_generator(patchsize, slab, selection, slice_axis=0).iter_blocks():
         block[order[done : done + len(patches)], 0] = patches
         done += len(patches)
-    # mode "r+": a task still running after its job was cancelled (and its directory
-    # removed) fails here instead of recreating files.
-    array = zarr.open_array(container, path=array_name, mode="r+")
-    array[start : start + len(pixels)] = block
+    # A task still running after its job was cancelled (and its directory removed) fails
+    # here instead of recreating files.
+    backend(file_format).open_rows(container, array_name).store(start, block)
     return len(pixels)
 
 
@@ -319,23 +319,25 @@ def _build_on_dask(
     progress: Callable[[Counts], None],
 ) -> Counts:
     import distributed
-    import zarr
 
     order = {v: rng.permutation(p) if spec.random_order else p for v, p in pixels.items()}
-    container = save_path / "patches.zarr"
-    group = zarr.open_group(container, mode="w")
+    container = str(save_path / CONTAINERS[spec.file_format])
     element = (1, spec.patchsize, spec.patchsize)
-    # The layout and defaults of zarr_array_writer, at the final length.
-    storage = backend("zarr")
+    # The layout and defaults of the format's writer, at the final length.
+    storage = backend(spec.file_format)
     options = storage.default_options(spec.batchsize, element, None)
-    options |= writer_kwargs("zarr", spec.writer_options)
+    options |= writer_kwargs(spec.file_format, spec.writer_options)
     chunk = spec.batchsize
-    for value, chosen in order.items():
-        array = group.create_array(
-            f"class_{value}", shape=(len(chosen), *element), dtype=np.float32, **options
+    for number, (value, chosen) in enumerate(order.items()):
+        target = storage.create_sized(
+            container,
+            f"class_{value}",
+            (len(chosen), *element),
+            np.dtype(np.float32),
+            number > 0,
+            options,
         )
-        array.attrs[COMPLETE_ATTRIBUTE] = False
-        chunk = array.chunks[0]
+        chunk = chunk_rows(target.array) or chunk
     per_task = chunk * max(1, spec.dask_task_bytes // (4 * math.prod(element) * chunk))
     written = dict.fromkeys(order, 0)
     client: Any = distributed.Client(  # type: ignore[no-untyped-call]
@@ -348,7 +350,8 @@ def _build_on_dask(
                 write_block,
                 volume,
                 spec.patchsize,
-                str(container),
+                spec.file_format,
+                container,
                 f"class_{value}",
                 start,
                 chosen[start : start + per_task],
@@ -361,7 +364,5 @@ def _build_on_dask(
             written[tasks[task]] += task.result()
             progress(dict(written))
     for value in order:
-        # Appending nothing and closing marks the array complete, as every writer does.
-        with zarr_array_writer(element, np.float32, chunk, container, f"class_{value}", None, True):
-            pass
+        storage.open_rows(container, f"class_{value}").mark(True)
     return written

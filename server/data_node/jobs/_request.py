@@ -26,7 +26,7 @@ from data_tools.errors import ConfinementError
 from data_tools.medical import CASES_CONTAINERS, IMAGE_SUFFIXES, parse_import_options
 from data_tools.parsing import did_you_mean
 from data_tools.patches import plan_classes
-from data_tools.storage import FORMATS, WRITABLE_FORMATS, Root, backend
+from data_tools.storage import FORMATS, PARALLEL_FORMATS, WRITABLE_FORMATS, Root, backend
 from data_wire.v1 import jobs_pb2
 
 if TYPE_CHECKING:
@@ -292,12 +292,8 @@ def _parse_input(
         except DatasetNotFoundError as error:
             # The registry's message names the field "dataset"; here it is nested.
             raise DatasetNotFoundError(f"{name}.dataset_array.{error}") from None
-        if reference.array not in dataset.array_names:
-            raise RequestError(
-                f"{name}.dataset_array.array: Expected one of {list(dataset.array_names)}. "
-                f"Got {reference.array!r} instead."
-            )
-        return ArraySpec(array=dataset.array(reference.array))
+        array = choice(f"{name}.dataset_array.array", reference.array, dataset.array_names)
+        return ArraySpec(array=dataset.array(array))
     if source == "file":
         return _parse_file(f"{name}.file", message.file, config.data_root)
     raise RequestError(f"{name}: Expected a dataset_array or a file. Got neither.")
@@ -450,10 +446,10 @@ def _parse_executor(
             "scheduler_address: Expected the Dask scheduler's address for executor 'dask' "
             "(the node has none configured). Got none."
         )
-    if file_format != "zarr":
+    if file_format not in PARALLEL_FORMATS:
         raise RequestError(
-            "file_format: Expected 'zarr' with executor 'dask' (its tasks write zarr chunks "
-            f"in parallel). Got {file_format!r} instead."
+            f"file_format: Expected {' or '.join(map(repr, PARALLEL_FORMATS))} with executor "
+            f"'dask' (its tasks write chunks in parallel). Got {file_format!r} instead."
         )
     return executor, address
 

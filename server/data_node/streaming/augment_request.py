@@ -29,6 +29,7 @@ from data_tools.data_augmentation import (
     FILL_MODES,
     ORDERS,
     AugmentationSpec,
+    image_samples,
     parse_augmentation_spec,
 )
 
@@ -68,15 +69,8 @@ BOUNDS: Mapping[str, tuple[float, float, str]] = {
     # The warp's matrices grow with the square (and their setup with the cube) of the grid.
     "warp_grid_size": (3, 64, "control points per side"),
 }
-_DEFAULTS: Mapping[str, Any] = {
-    "fill_mode": "nearest",
-    "warp_sigma": 0.1,
-    "warp_grid_size": 3,
-    "order_x": 1,
-    "order_y": 0,
-    "cval_x": 0.0,
-    "cval_y": 0.0,
-}
+# Every option at the library's default (image_random_transform's signature).
+_DEFAULTS = parse_augmentation_spec()
 _SCALARS = (
     "rotation_range",
     "width_shift_range",
@@ -132,12 +126,14 @@ def parse_augmentation(augmentation: data_node_pb2.Augmentation, dataset: Datase
             )
     options: dict[str, Any] = {name: _bounded(augmentation, name) for name in _SCALARS}
     options["zoom_range"] = _zoom(list(augmentation.zoom_range))
-    options["fill_mode"] = _fill_mode(augmentation.fill_mode or _DEFAULTS["fill_mode"])
+    options["fill_mode"] = _fill_mode(augmentation.fill_mode or _DEFAULTS.fill_mode)
     for name in _FLAGS:
         options[name] = bool(getattr(augmentation, name))
     for name in ("warp_sigma", "warp_grid_size"):
         options[name] = (
-            _bounded(augmentation, name) if augmentation.HasField(name) else _DEFAULTS[name]
+            _bounded(augmentation, name)
+            if augmentation.HasField(name)
+            else getattr(_DEFAULTS, name)
         )
     options["crop_size"] = _crop(list(augmentation.crop_size), image)
     for name in ("order_x", "order_y"):
@@ -147,24 +143,21 @@ def parse_augmentation(augmentation: data_node_pb2.Augmentation, dataset: Datase
 
 
 def _array_position(field: str, name: str, names: list[str]) -> int:
-    if name not in names:
-        raise RequestError(f"{field}: Expected one of {names}. Got {_shown(name)} instead.")
-    return names.index(name)
+    return names.index(choice(field, name, names))
 
 
 def _image_shape(field: str, dataset: Dataset, position: int) -> tuple[int, ...]:
     """The (channels, H, W) of each sample of the array at ``position``; an (H, W) sample
     is one channel (``SampleAugmentation`` transforms it so)."""
     name, array = dataset.arrays[position]
-    shape = tuple(int(size) for size in array.shape[1:])
-    kind = np.dtype(array.dtype).kind
-    if len(shape) not in (2, 3) or 0 in shape or kind not in "biuf":
+    try:
+        return image_samples(name, array.shape, array.dtype)
+    except (TypeError, ValueError):
         raise RequestError(
             f"{field}: Expected an array of numeric images (channels, H, W) or (H, W) per "
-            f"sample. Got {name!r}, of {np.dtype(array.dtype)} samples of shape {shape}, "
-            "instead."
-        )
-    return shape if len(shape) == 3 else (1, *shape)
+            f"sample. Got {name!r}, of {np.dtype(array.dtype)} samples of shape "
+            f"{tuple(array.shape[1:])}, instead."
+        ) from None
 
 
 def _bounded(augmentation: data_node_pb2.Augmentation, name: str) -> Any:
@@ -224,7 +217,7 @@ def _crop(values: list[int], image: tuple[int, ...]) -> tuple[int, int] | None:
 
 def _order(augmentation: data_node_pb2.Augmentation, name: str) -> int:
     if not augmentation.HasField(name):
-        return int(_DEFAULTS[name])
+        return int(getattr(_DEFAULTS, name))
     value = getattr(augmentation, name)
     if value not in ORDERS:
         raise RequestError(
@@ -238,13 +231,13 @@ def _meaning(options: Mapping[str, Any], x_array: str, y_array: str | None) -> d
     """``options`` with every field that cannot change the output reset to its default."""
     meaning = {**options, "x_array": x_array, "y_array": y_array}
     if options["fill_mode"] != "constant":
-        meaning["cval_x"] = meaning["cval_y"] = 0.0
+        meaning["cval_x"], meaning["cval_y"] = _DEFAULTS.cval_x, _DEFAULTS.cval_y
     if y_array is None:
-        meaning["cval_y"], meaning["order_y"] = 0.0, _DEFAULTS["order_y"]
+        meaning["cval_y"], meaning["order_y"] = _DEFAULTS.cval_y, _DEFAULTS.order_y
     if not (options["spline_warp"] and options["warp_sigma"] > 0):
         meaning["spline_warp"] = False
-        meaning["warp_sigma"] = _DEFAULTS["warp_sigma"]
-        meaning["warp_grid_size"] = _DEFAULTS["warp_grid_size"]
+        meaning["warp_sigma"] = _DEFAULTS.warp_sigma
+        meaning["warp_grid_size"] = _DEFAULTS.warp_grid_size
     meaning["zoom_range"] = list(options["zoom_range"])
     crop = options["crop_size"]
     meaning["crop_size"] = None if crop is None else list(crop)

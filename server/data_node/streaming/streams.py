@@ -94,12 +94,12 @@ from data_node.errors import (
     RequestError,
     StreamFailedError,
 )
-from data_node.fields import bounded
+from data_node.fields import bounded, choice, field_first
 from data_node.resources import default_io_workers
 from data_node.streaming.augment_request import parse_augmentation
 from data_node.streaming.cases import parse_cases
 from data_node.streaming.cursors import MAX_EPOCHS, fingerprint, parse_start
-from data_node.wire import encode_batch
+from data_node.wire import encode_batch, parse_codec
 from data_tools.chunk_cache import cache_of, chunk_reads, following_reads
 from data_tools.data_augmentation import SampleAugmentation
 from data_tools.io import (
@@ -137,6 +137,8 @@ __all__ = [
 MAX_LANES = 1024
 # More ranks than any data-parallel job has.
 MAX_WORLD_SIZE = 1 << 20
+# FlowSpec keywords whose refusals the node words field-first, by the request field named.
+_FLOW_FIELDS = {"sample_random": "sample_random", "start_batch": "resume.batch_index"}
 
 
 @dataclass(frozen=True)
@@ -215,17 +217,12 @@ def parse_stream_request(
     nb_proc_workers = bounded(
         "nb_proc_workers", request.nb_proc_workers, 0, limits.max_nb_proc_workers
     )
-    if request.codec not in tensor_pb2.Codec.values():
-        raise RequestError(
-            f"codec: Expected one of {sorted(tensor_pb2.Codec.keys())}. Got {request.codec}."
-        )
+    try:
+        codec = parse_codec(request.codec)
+    except ValueError as error:
+        raise RequestError(field_first(str(error), {"codec": "codec"})) from None
     subset, cases = parse_cases(request.cases, dataset)
     weights = _parse_weights(request, dataset)
-    if (weights is not None or request.sample_with_replacement) and not request.sample_random:
-        raise RequestError(
-            "sample_random: Expected true when sample_with_replacement or sample_weights "
-            "is set. Got false instead."
-        )
     shuffle_window = request.shuffle_window or None
     augment = (
         parse_augmentation(request.augmentation, dataset)
@@ -280,14 +277,9 @@ def parse_stream_request(
             ),
             max_in_flight=limits.max_in_flight,
         )
+        flow = flow.starting_at(start_epoch, start_batch)
     except (TypeError, ValueError) as error:
-        raise RequestError(str(error)) from error
-    if not 0 <= start_batch < flow.batches_per_epoch:
-        raise RequestError(
-            f"resume.batch_index: Expected an integer in [0, {flow.batches_per_epoch}) (the "
-            f"batches of one epoch). Got {start_batch} instead."
-        )
-    flow = flow.starting_at(start_epoch, start_batch)
+        raise RequestError(field_first(str(error), _FLOW_FIELDS)) from error
     if flow.exhausted and not request.HasField("resume"):
         raise RequestError(
             f"start_epoch: Expected an epoch below epochs ({epochs}). Got {start_epoch} instead."
@@ -297,7 +289,7 @@ def parse_stream_request(
             f"resume: the cursor (epoch {start_epoch}, batch {start_batch}) is at the end of "
             f"the stream's {epochs} epoch(s); nothing is left. Ask for more epochs to go on."
         )
-    return StreamPlan(dataset, flow, transform, seed, digest, request.codec, batch_bytes)
+    return StreamPlan(dataset, flow, transform, seed, digest, codec, batch_bytes)
 
 
 def stream_batches(
@@ -564,12 +556,7 @@ def _parse_weights(
     else:
         name = request.sample_weights.array
         field = "sample_weights.array"
-        try:
-            array = dataset.array(name)
-        except KeyError:
-            raise RequestError(
-                f"{field}: Expected one of {list(dataset.array_names)}. Got {name!r} instead."
-            ) from None
+        array = dataset.array(choice(field, name, dataset.array_names))
         if tuple(array.shape) != (dataset.length,):  # checked before reading a byte of it
             raise RequestError(
                 f"{field}: Expected an array of one weight per sample ({dataset.length}). "
@@ -587,12 +574,8 @@ def _parse_preprocessor(
 ) -> Callable[..., Any] | None:
     if not request.preprocessor:
         return None
-    if request.preprocessor not in preprocessors:
-        raise RequestError(
-            f"preprocessor: Expected one of {sorted(preprocessors)}. "
-            f"Got {request.preprocessor!r} instead."
-        )
-    return resolve_preprocessor(preprocessors[request.preprocessor])
+    name = choice("preprocessor", request.preprocessor, sorted(preprocessors))
+    return resolve_preprocessor(preprocessors[name])
 
 
 def _transform(

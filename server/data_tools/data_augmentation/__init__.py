@@ -25,7 +25,7 @@ from data_tools.data_augmentation._params import (
     parse_rng,
     parse_spec,
 )
-from data_tools.data_augmentation._samples import SampleAugmentation
+from data_tools.data_augmentation._samples import SampleAugmentation, image_samples
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -37,6 +37,7 @@ __all__ = [
     "SampleAugmentation",
     "TransformParams",
     "image_random_transform",
+    "image_samples",
     "image_stack_random_transform",
     "parse_augmentation_spec",
 ]

@@ -15,10 +15,39 @@ if TYPE_CHECKING:
 
     from data_tools.data_augmentation._params import AugmentationSpec
 
-__all__ = ["SampleAugmentation"]
+__all__ = ["SampleAugmentation", "image_samples"]
 
 Array = npt.NDArray[Any]
 IMAGE_NDIMS = (3, 4)  # a batch of (H, W) or of (channels, H, W) samples
+
+
+def image_samples(
+    name: str, shape: Sequence[int], dtype: npt.DTypeLike | None = None
+) -> tuple[int, ...]:
+    """The (channels, H, W) of each sample of an array ``SampleAugmentation`` transforms.
+
+    Args:
+        name: What messages call the array.
+        shape: The array's shape, samples first: (n, channels, H, W), or (n, H, W) (each
+            sample one channel).
+        dtype: The array's dtype, when known; default None: not checked.
+
+    Raises:
+        ValueError: ``shape`` is neither, or a sample has an empty axis.
+        TypeError: ``dtype`` is not bool, integer or real.
+    """
+    shape = tuple(int(size) for size in shape)
+    if len(shape) not in IMAGE_NDIMS or 0 in shape[1:]:
+        raise ValueError(
+            f"Expected {name} to be a batch of images (n, channels, H, W) or (n, H, W), with "
+            f"no empty axis in a sample. Got shape {shape} instead."
+        )
+    if dtype is not None and np.dtype(dtype).kind not in "biuf":
+        raise TypeError(
+            f"Expected {name} to hold bools, integers or reals. Got dtype {np.dtype(dtype)} "
+            "instead."
+        )
+    return shape[1:] if len(shape) == 4 else (1, *shape[1:])
 
 
 def _as_image(sample: Array) -> Array:
@@ -158,11 +187,7 @@ class SampleAugmentation:
                 f"Got {len(shapes)} instead."
             )
         shape = tuple(shapes[position])
-        if len(shape) not in IMAGE_NDIMS or 0 in shape[-2:]:
-            raise ValueError(
-                f"Expected batch[{position}] to be a batch of images (n, channels, H, W) or "
-                f"(n, H, W), H and W > 0. Got shape {shape} instead."
-            )
+        image_samples(f"batch[{position}]", shape)
         return shape
 
     def _outputs(
@@ -170,11 +195,7 @@ class SampleAugmentation:
     ) -> list[Array]:
         """The output arrays: ``out`` (checked, the pass-through arrays copied in) or new."""
         for position in self._positions:
-            if arrays[position].dtype.kind not in "biuf":
-                raise TypeError(
-                    f"Expected batch[{position}] to hold bools, integers or reals. Got dtype "
-                    f"{arrays[position].dtype} instead."
-                )
+            image_samples(f"batch[{position}]", arrays[position].shape, arrays[position].dtype)
         if out is None:
             results = list(arrays)
             for position in self._positions:

@@ -251,15 +251,15 @@ class FlowSpec:
         replacement = parse_bool("sample_with_replacement", self.sample_with_replacement)
         if replacement and not shuffle:
             raise ValueError(
-                "Expected sample_with_replacement=False when sample_random=False "
-                "(replacement only applies to random sampling). Got True instead."
+                "Expected sample_random to be true when sample_with_replacement is set "
+                "(replacement only applies to random sampling). Got False instead."
             )
         weights = probabilities = None
         if self.sample_weights is not None:
             if not shuffle:
                 raise ValueError(
-                    "Expected sample_weights=None when sample_random=False (weights only "
-                    "apply to random sampling). Got weights instead."
+                    "Expected sample_random to be true when sample_weights is set (weights "
+                    "only apply to random sampling). Got False instead."
                 )
             weights = parse_sample_weights(self.sample_weights, num_elements)
             drawn = weights if subset is None else weights[subset]
@@ -471,8 +471,9 @@ def _parse_start(epoch: Any, batch_index: Any, batches_per_epoch: int) -> tuple[
     start_batch = parse_int("start_batch", batch_index)
     if not 0 <= start_batch <= batches_per_epoch:
         raise ValueError(
-            f"Expected start_batch to be an integer in [0, {batches_per_epoch}] (the "
-            f"batches of one epoch). Got {start_batch} instead."
+            f"Expected start_batch to be an integer in [0, {batches_per_epoch}) (a batch of "
+            f"the epoch) or {batches_per_epoch} (its end, read as the next epoch's start), so "
+            f"in [0, {batches_per_epoch}]. Got {start_batch} instead."
         )
     return start_epoch, start_batch
 

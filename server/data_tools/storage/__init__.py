@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from data_tools.storage.base import (
     COMPLETE_ATTRIBUTE,
     FORMATS,
+    PARALLEL_FORMATS,
     WRITABLE_FORMATS,
     Format,
     RowSource,
@@ -25,6 +26,7 @@ from data_tools.storage.base import (
     WriteTarget,
     backend,
     backend_of,
+    container_names,
     format_of_path,
     read_rows,
     row_reader,
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMPLETE_ATTRIBUTE",
     "FORMATS",
+    "PARALLEL_FORMATS",
     "WRITABLE_FORMATS",
     "Format",
     "Root",
@@ -50,6 +53,7 @@ __all__ = [
     "backend_of",
     "chunk_rows",
     "close_source",
+    "container_names",
     "format_of_path",
     "open_source",
     "read_rows",

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMPLETE_ATTRIBUTE",
     "FORMATS",
+    "PARALLEL_FORMATS",
     "UNREADABLE",
     "WRITABLE_FORMATS",
     "ArrayTarget",
@@ -49,6 +50,7 @@ __all__ = [
     "backend",
     "backend_of",
     "check_existing",
+    "container_names",
     "format_of_path",
     "read_rows",
     "row_reader",
@@ -279,6 +281,45 @@ class StorageBackend(ABC):
         """
         raise TypeError(f"Expected a storage format that data_tools writes. Got {self.name!r}.")
 
+    def create_sized(
+        self,
+        path: str,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        append: bool,
+        options: dict[str, Any],
+    ) -> WriteTarget:
+        """Create array ``name`` at ``path`` at its final ``shape``, marked incomplete, for
+        processes to fill by chunks at once (``Format.parallel_writes`` formats only).
+
+        Args:
+            path: The file or store.
+            name: The array inside it; one that exists is replaced.
+            shape: The array's final shape.
+            dtype: The array's dtype.
+            append: Keep the other arrays at ``path``; False: replace what ``path`` held.
+            options: ``default_options`` updated by the caller's own.
+
+        Raises:
+            TypeError: The format is not written by parallel processes.
+        """
+        raise TypeError(
+            f"Expected a storage format written by parallel processes. Got {self.name!r}."
+        )
+
+    def open_rows(self, path: str, name: str) -> WriteTarget:
+        """The existing array ``name`` at ``path``, to write rows in place (``store``) or
+        ``mark`` it; never creates it, so a writer of a removed store fails.
+
+        Raises:
+            TypeError: The format is not written by parallel processes.
+            FileNotFoundError, KeyError: There is no such array.
+        """
+        raise TypeError(
+            f"Expected a storage format written by parallel processes. Got {self.name!r}."
+        )
+
     def array_location(self, container: str, name: str) -> tuple[str, str | None]:
         """Where array ``name`` of a container of several arrays lives: (path, key)."""
         return container, name
@@ -329,8 +370,12 @@ class Format:
         suffixes: File or directory suffixes that name the format.
         writable: Whether ``data_tools`` writers write it.
         key: Whether its arrays are named by a key inside the file: "required",
-            "optional" or "none".
+            "optional" or "none" (then one array per directory, and no attributes of a
+            container of several arrays).
         noun: What messages call one of its arrays, e.g. "HDF5 dataset".
+        parallel_writes: Whether separate processes may write disjoint whole chunks of one
+            array at once (``StorageBackend.create_sized`` and ``open_rows``): what a
+            build's Dask tasks need.
     """
 
     name: str
@@ -340,6 +385,7 @@ class Format:
     writable: bool = False
     key: str = "none"
     noun: str = "array"
+    parallel_writes: bool = False
 
 
 FORMATS: dict[str, Format] = {
@@ -378,11 +424,14 @@ FORMATS: dict[str, Format] = {
             writable=True,
             key="optional",
             noun="zarr array",
+            parallel_writes=True,
         ),
     )
 }
 #: The formats data_tools writers write, sorted.
 WRITABLE_FORMATS = tuple(name for name, entry in FORMATS.items() if entry.writable)
+#: The formats whose arrays separate processes may write at once (``Format.parallel_writes``).
+PARALLEL_FORMATS = tuple(name for name, entry in FORMATS.items() if entry.parallel_writes)
 # The order storage is told apart in (``format_of_path``): a zarr store before a directory.
 _DETECTION_ORDER = ("hdf5", "zarr", "bcolz")
 _BY_TYPE_MODULE = {
@@ -390,6 +439,23 @@ _BY_TYPE_MODULE = {
 }
 # Type -> its format, found once per type (a dict's reads and writes are atomic).
 _TYPE_FORMATS: dict[type[Any], str | None] = {}
+
+
+def container_names(stem: str, *, keyed: bool = False) -> dict[str, str]:
+    """File format -> the name of a container ``stem`` of several arrays, for each writable format.
+
+    The name is ``stem`` and the format's first suffix (``patches.h5``, ``patches.zarr``...).
+
+    Args:
+        stem: The container's name without suffix.
+        keyed: Only the formats that name arrays by key inside one file or store, which
+            can also hold the container's attributes (not bcolz: one carray per directory).
+    """
+    return {
+        name: stem + FORMATS[name].suffixes[0]
+        for name in WRITABLE_FORMATS
+        if not keyed or FORMATS[name].key != "none"
+    }
 
 
 def read_rows(source: Any, rows: npt.NDArray[np.intp], trailing: tuple[Any, ...] = ()) -> Any:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
     from zarr.abc.store import ByteRequest
+    from zarr.core.array_spec import ArrayConfigParams
     from zarr.core.buffer import Buffer, BufferPrototype
 
     from data_tools.storage.confine import Root
@@ -183,6 +184,11 @@ def open_zarr(
     return zarr.open_array(store=_CompleteStore(base), path=key, mode="r")
 
 
+# Every chunk stored, even one of fill values only: a reader can then tell a lost chunk of
+# a complete array from fill (``open_zarr``). Not stored with the array: set on each opening.
+_WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
+
+
 class _ZarrTarget(ArrayTarget):
     """A zarr array open for writing (``ZarrBackend.create``): chunks are stored as written."""
 
@@ -226,9 +232,7 @@ class ZarrBackend(StorageBackend):
         return {
             "chunks": (batch_size, *element_shape),
             "compressors": BloscCodec(cname="lz4", clevel=5),
-            # Every chunk stored, even one of fill values only: a reader can then tell a
-            # lost chunk of a complete array from fill (``open_zarr``).
-            "config": {"write_empty_chunks": True},
+            "config": _WRITE_CONFIG,
         }
 
     def create(
@@ -249,6 +253,27 @@ class ZarrBackend(StorageBackend):
             raise TypeError(f"Expected array_name to name an array in {path}. Got a group instead.")
         check_existing("zarr array", array, element_shape, dtype)
         return _ZarrTarget(array)
+
+    def create_sized(
+        self,
+        path: str,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        append: bool,
+        options: dict[str, Any],
+    ) -> _ZarrTarget:
+        group = zarr.open_group(path, mode="a" if append else "w")
+        target = _ZarrTarget(
+            group.create_array(name, shape=shape, dtype=dtype, overwrite=True, **options)
+        )
+        target.mark(False)
+        return target
+
+    def open_rows(self, path: str, name: str) -> _ZarrTarget:
+        # mode "r+": never creates the store or the array.
+        array = zarr.open_array(path, path=name, mode="r+")
+        return _ZarrTarget(array.with_config(_WRITE_CONFIG))
 
     def holds(self, path: str) -> bool:
         return os.path.isfile(os.path.join(path, "zarr.json"))
