@@ -86,7 +86,7 @@ def decoded_nbytes(array: Any, rows: npt.NDArray[np.integer[Any]]) -> int:
         )
     if not rows.size:
         return 0
-    row_bytes = int(math.prod(array.shape[1:])) * np.dtype(array.dtype).itemsize
+    row_bytes: int = math.prod(array.shape[1:]) * np.dtype(array.dtype).itemsize
     rows_per_chunk = chunk_rows(array)
     if not rows_per_chunk:
         return int(rows.size) * row_bytes
