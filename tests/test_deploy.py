@@ -8,7 +8,8 @@ the image's uid with a read-only root, no privilege escalation and no capability
 liveness and startup probes are gRPC probes on the container's gRPC port, which is node.toml's
 listen port; the datasets volume is mounted read-only at node.toml's data_root, the per-node
 state and outputs claims at its state_dir and output_root, the ConfigMap at /config where the
-args read it; CPU and memory have requests and limits, the memory limit above the cache budget.
+args read it; CPU and memory have requests and limits; the cache size is not pinned, so the
+node sizes it from the memory limit, to less than half of it.
 The ConfigMap's node.toml, its container paths made temp dirs, starts a real node that answers
 the probes' request (grpc.health.v1 Check, service "") with SERVING and serves /metrics.
 Grafana: the dashboard is valid JSON with unique panel ids on a 24-column grid, has a panel for
@@ -33,8 +34,9 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from data_node.config import load
+from data_node.config import LimitsConfig, load
 from data_node.demo import make_disks
+from data_node.resources import auto_cache_bytes
 from data_node.server import build_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,13 +155,21 @@ def quantity(value):
     return int(number) * ((1024 if unit.endswith("i") else 1000) ** powers[unit[0]] if unit else 1)
 
 
-def test_cpu_and_memory_have_requests_and_limits_above_the_cache():
+def test_cpu_and_memory_have_requests_and_limits_above_the_cache(tmp_path):
     resources = container()["resources"]
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(resources[kind]), kind
     limit = quantity(resources["limits"]["memory"])
     assert quantity(resources["requests"]["memory"]) <= limit
-    assert node_toml()["cache"]["max_bytes"] < limit / 2
+    # No pinned size: the node sizes its cache from the pod's memory limit, its cgroup's.
+    assert "max_bytes" not in node_toml().get("cache", {})
+    cgroup = tmp_path / "sys/fs/cgroup/memory.max"
+    cgroup.parent.mkdir(parents=True)
+    cgroup.write_text(f"{limit}\n")
+    budget = node_toml()["limits"].get("max_memory_bytes", LimitsConfig.max_memory_bytes)
+    cache_bytes, how = auto_cache_bytes(budget, root=tmp_path)
+    assert "cgroup v2" in how
+    assert cache_bytes < limit / 2
 
 
 @pytest.fixture(scope="module")

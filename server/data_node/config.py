@@ -118,6 +118,10 @@ _TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 _ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+#: The most worker processes a node starts: far more than the cores of any one machine.
+MAX_WORKER_PROCESSES = 1024
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
     """Per-node limits; a request beyond one gets RESOURCE_EXHAUSTED or INVALID_ARGUMENT.
@@ -137,7 +141,9 @@ class LimitsConfig:
             ``[auth]``; calls without a token, to the health service, count as one token);
             more get RESOURCE_EXHAUSTED, so one client cannot take the others' threads.
         max_nb_io_workers: Largest nb_io_workers a stream may ask for.
-        max_nb_proc_workers: Largest nb_proc_workers a stream may ask for.
+        max_nb_proc_workers: Largest nb_proc_workers a stream may ask for: the most of the
+            pool's workers it uses at once, also for a stream with a transform that leaves
+            nb_proc_workers 0. Default ``MAX_WORKER_PROCESSES``: no cap below the pool's size.
         max_message_bytes: gRPC send limit: the largest message (a Batch) the node sends.
         max_request_bytes: gRPC receive limit: the largest request the node takes, checked
             on the compressed and on the decompressed message before the request is parsed.
@@ -155,7 +161,7 @@ class LimitsConfig:
     max_open_calls: int = 96
     max_open_calls_per_token: int = 32
     max_nb_io_workers: int = 8
-    max_nb_proc_workers: int = 4
+    max_nb_proc_workers: int = MAX_WORKER_PROCESSES
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_request_bytes: int = 4 * MiB
     max_in_flight: int = 4
@@ -186,10 +192,6 @@ class CacheConfig:
 
 #: The most decode-ahead threads a node starts: far more than the cores of any one machine.
 MAX_DECODE_AHEAD = 1024
-
-
-#: The most worker processes a node starts: far more than the cores of any one machine.
-MAX_WORKER_PROCESSES = 1024
 
 
 @dataclass(frozen=True)

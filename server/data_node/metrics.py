@@ -19,8 +19,8 @@ name of a served dataset, never a string a request made up):
   bad field, a limit) or ended with an error status, by status code name; a client that
   cancels or goes away is not counted;
 * ``data_node_decoded_bytes_total{dataset}``: bytes of storage chunks decoded for its
-  streams (read on a miss or decoded ahead, through the chunk cache; reads of sources not
-  cached are not counted);
+  streams (through the chunk cache: read on a miss or decoded ahead; without it, each chunk
+  every batch reads, whole: ``data_tools.io.decoded_nbytes``);
 * ``data_node_delivered_bytes_total{dataset}``: bytes of the sample arrays of the batches
   sent, before encoding;
 * ``data_node_read_amplification{dataset}``: decoded over delivered bytes since the node

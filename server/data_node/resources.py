@@ -6,10 +6,15 @@ A container's limits are its cgroup's, not the machine's: the memory limit is re
 ``cpu.cfs_period_us`` (v1); without a limit, ``MemAvailable`` (else ``MemTotal``) of
 ``/proc/meminfo`` and the CPUs the process may run on. Every path is read under ``root``
 (default ``/``), so tests can hand a fake one.
+
+Memory the node frees goes back to the system: :func:`return_large_frees` pins glibc's
+threshold for mapping an allocation apart, so a freed batch is unmapped at once rather than
+kept in its thread's arena for reuse.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
@@ -18,15 +23,23 @@ from typing import NamedTuple
 
 __all__ = [
     "CACHE_MEMORY_FRACTION",
+    "LARGE_ALLOCATION_BYTES",
     "NodeMemory",
     "auto_cache_bytes",
     "default_io_workers",
     "node_memory",
+    "return_large_frees",
     "usable_cores",
 ]
 
 CACHE_MEMORY_FRACTION = 0.25
 """Share of the memory the node may use that the chunk cache gets by default."""
+
+LARGE_ALLOCATION_BYTES = 1 << 20
+"""Allocations of at least this many bytes (batches, chunks) are mapped apart and unmapped
+as soon as they are freed (see :func:`return_large_frees`)."""
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
 # cgroup v1 writes "no limit" as a huge number (PAGE_COUNTER_MAX pages, about 2**63).
 _V1_UNLIMITED = 1 << 60
@@ -135,3 +148,21 @@ def default_io_workers() -> int:
     """A stream's read threads when its request leaves ``nb_io_workers`` 0: the usable
     cores (found once per process)."""
     return usable_cores()
+
+
+def return_large_frees() -> bool:
+    """Make this process's allocations of ``LARGE_ALLOCATION_BYTES`` or more go back to the
+    system as soon as they are freed; True if the C library took it (glibc).
+
+    By default glibc raises its threshold for mapping an allocation apart up to the largest
+    block freed (at most 32 MiB), so freed batches then stay in the arena of the thread that
+    allocated them, one arena per thread: a node with a reader thread per core would hold
+    batches beyond what its streams reserve (``StreamPlan.memory_bytes``). Pinning the
+    threshold also stops it from moving.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (or no C library to ask)
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES))

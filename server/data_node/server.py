@@ -36,7 +36,7 @@ from data_node.catalog.dataset_store import DatasetStore
 from data_node.catalog.datasets import DatasetRegistry
 from data_node.jobs.manager import JobManager
 from data_node.metrics import NodeMetrics
-from data_node.resources import auto_cache_bytes
+from data_node.resources import auto_cache_bytes, return_large_frees
 from data_node.rpc.admission import Admission, MemoryBudget
 from data_node.rpc.reflection import enable_reflection
 from data_node.rpc.servicer import SERVICE_NAME, DataNodeServicer, method_handlers
@@ -181,6 +181,8 @@ def build_server(config: NodeConfig, address: str | None = None) -> tuple[NodeSe
         RuntimeError: The address cannot be bound (or the TLS certificate and key do not
             match).
     """
+    # Freed batches go back to the system: the node holds what its streams reserve.
+    return_large_frees()
     credentials = None if config.tls is None else server_credentials(config.tls)
     admission = Admission(config.limits, None if config.auth is None else config.auth.tokens)
     cache_bytes = _cache_bytes(config)
@@ -244,11 +246,14 @@ def _worker_preload(config: NodeConfig) -> list[str]:
 
 
 def _cache_bytes(config: NodeConfig) -> int:
-    """``[cache] max_bytes``, sized from the node's memory when the config leaves it out."""
+    """``[cache] max_bytes``, sized from the node's memory when the config leaves it out;
+    logged either way, saying which."""
     if config.cache.max_bytes is not None:
-        return config.cache.max_bytes
-    nbytes, how = auto_cache_bytes(config.limits.max_memory_bytes)
-    logger.info("cache.max_bytes: %d bytes (%.0f MiB), automatic: %s", nbytes, nbytes / 2**20, how)
+        nbytes, how = config.cache.max_bytes, "explicit: [cache] max_bytes of the config"
+    else:
+        nbytes, how = auto_cache_bytes(config.limits.max_memory_bytes)
+        how = f"automatic: {how}"
+    logger.info("cache.max_bytes: %d bytes (%.0f MiB), %s", nbytes, nbytes / 2**20, how)
     return nbytes
 
 

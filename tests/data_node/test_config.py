@@ -20,7 +20,6 @@ environment, beside max_bytes or alone; out of [0, 1024], not an integer.
 
 from __future__ import annotations
 
-import os
 import textwrap
 
 import pytest
@@ -38,6 +37,7 @@ from data_node.config import (
     resolve_preprocessor,
 )
 from data_node.errors import ConfigError, PathOutsideRootError
+from data_node.resources import usable_cores
 
 
 @pytest.fixture
@@ -508,7 +508,8 @@ def test_an_ipv6_listen_address_needs_brackets(root):
 
 
 def test_workers_default_to_the_usable_cores_and_can_be_set(root):
-    assert load(write(root, GOOD)).workers == WorkersConfig(len(os.sched_getaffinity(0)))
+    # The CPUs this process may run on, capped by its cgroup's CPU quota (docker --cpus).
+    assert load(write(root, GOOD)).workers == WorkersConfig(usable_cores())
     assert load(write(root, GOOD + "\n[workers]\nprocesses = 3\n")).workers.processes == 3
     overridden = load(write(root, GOOD), {"DATA_NODE_WORKERS__PROCESSES": "5"})
     assert overridden.workers == WorkersConfig(processes=5)
@@ -539,7 +540,7 @@ def test_a_workers_section_must_be_a_table(root):
 
 
 def test_decode_ahead_defaults_to_the_usable_cores_and_can_be_set(root):
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()  # as for the workers: the CPU quota included
     assert load(write(root, GOOD)).cache == CacheConfig(max_bytes=None, decode_ahead=cores)
     alone = load(write(root, GOOD + "\n[cache]\ndecode_ahead = 0\n")).cache
     assert alone == CacheConfig(max_bytes=None, decode_ahead=0)

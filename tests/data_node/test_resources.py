@@ -6,13 +6,17 @@ memory.limit_in_bytes (a limit; the "unlimited" huge number falls through), /pro
 automatic cache size (a quarter, capped at half the memory budget, half the budget when
 nothing is readable); cores capped by cgroup v2 cpu.max and v1 cfs quota ("max" and -1:
 no quota); a node built without [cache] max_bytes sizes its cache so and logs it; an
-explicit max_bytes wins.
+explicit max_bytes wins and is logged as such; with large frees returned, batches freed by
+several threads leave no memory behind (by default glibc keeps one per thread's arena).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -140,6 +144,52 @@ def test_an_explicit_cache_size_wins(tmp_path, caplog):
         node, _ = build_server(node_config(tmp_path, CacheConfig(12345)), "127.0.0.1:0")
     try:
         assert node.servicer._registry.cache.max_bytes == 12345
-        assert not [r for r in caplog.records if "automatic" in r.getMessage()]
+        lines = [r.getMessage() for r in caplog.records if "cache.max_bytes" in r.getMessage()]
+        assert lines == [
+            "cache.max_bytes: 12345 bytes (0 MiB), explicit: [cache] max_bytes of the config"
+        ]
     finally:
         node.stop(None)
+
+
+CHURN = textwrap.dedent(
+    """
+    import sys, threading
+    import numpy as np
+    from data_node.resources import return_large_frees
+
+    def rss():
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+    if sys.argv[1] == "returned":
+        assert return_large_frees()
+    def churn():  # batches of two sizes, allocated and freed by a thread
+        for _ in range(3):
+            batch = np.ones(16 << 20, np.uint8)
+            del batch
+            batch = np.ones((16 << 20) + 4096, np.uint8)
+            del batch
+    before = rss()
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print((rss() - before) / (16 << 20))
+    """
+)
+
+
+def batches_kept(mode):
+    """Batches' worth of memory 4 threads keep after freeing their batches, in a new process."""
+    run = subprocess.run(
+        [sys.executable, "-c", CHURN, mode], capture_output=True, text=True, check=True
+    )
+    return float(run.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_returned_large_frees_leave_no_batch_behind():
+    assert batches_kept("returned") < 0.5
+    assert batches_kept("default") >= 2  # what the node would hold beyond its reservations

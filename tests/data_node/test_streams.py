@@ -4,7 +4,9 @@ Matrix: augmentation alone, a registered preprocessor alone, both, neither: the 
 the library's SampleAugmentation (its spec the library's parse of the request's options, the
 seed the stream's), the registered function itself, a PreprocessorChain of the two in that
 order, or None; unpickling it (as a worker does) imports no data_node module; y_array naming
-the x_array is refused naming the field.
+the x_array is refused naming the field. Worker counts left 0: a transform may use up to
+max_nb_proc_workers of the pool (a count given is the cap; no transform, no process), and
+reads run on min(usable cores, max_nb_io_workers) threads.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from data_node import wire
 from data_node.catalog.datasets import Dataset
 from data_node.config import LimitsConfig
 from data_node.errors import RequestError
+from data_node.resources import usable_cores
 from data_node.streaming.streams import parse_stream_request
 from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
 from data_tools.io import PreprocessorChain, data_flow
@@ -41,11 +44,14 @@ AUGMENTATION = data_node_pb2.Augmentation(
 )
 
 
-def plan(**fields):
+LIMITS = LimitsConfig()
+
+
+def plan(limits=LIMITS, **fields):
     request = data_node_pb2.StreamRequest(
         **{"dataset": "toy", "batch_size": 4, "seed": 17, "epochs": 1} | fields
     )
-    return parse_stream_request(request, DATASET, LimitsConfig(), PREPROCESSORS)
+    return parse_stream_request(request, DATASET, limits, PREPROCESSORS)
 
 
 def transform(**fields):
@@ -116,6 +122,31 @@ def test_a_worker_process_of_the_plan_loads_no_data_node_module():
     node_modules, library_modules = counts[0]
     assert node_modules == 0
     assert library_modules > 0  # the probe does see what the worker imported
+
+
+@pytest.mark.parametrize("transform", [{"augmentation": AUGMENTATION}, {"preprocessor": "noisy"}])
+def test_a_transform_left_without_a_worker_count_may_use_the_whole_pool(transform):
+    assert plan(**transform).flow.nb_proc_workers == LimitsConfig().max_nb_proc_workers
+    assert LimitsConfig().max_nb_proc_workers >= usable_cores()  # the pool's default size
+    limits = LimitsConfig(max_nb_proc_workers=3)
+    assert plan(limits, **transform).flow.nb_proc_workers == 3
+    assert plan(limits, nb_proc_workers=2, **transform).flow.nb_proc_workers == 2
+    assert plan().flow.nb_proc_workers == 0  # nothing to run in a worker
+
+
+def test_workers_left_out_do_not_grow_the_reserved_memory():
+    """Whatever a stream's cap, its shared-memory blocks are its batches in flight."""
+    limits = LimitsConfig(max_in_flight=3)
+    plans = [plan(limits, augmentation=AUGMENTATION, nb_proc_workers=n) for n in (0, 1, 4)]
+    assert {p.flow.in_flight for p in plans} == {3}
+    assert {p.memory_bytes for p in plans} == {plans[0].batch_bytes * (3 + 3 + 3)}
+
+
+@pytest.mark.parametrize("max_nb_io_workers", [1, 8])
+def test_reads_left_without_a_thread_count_use_the_usable_cores(max_nb_io_workers):
+    limits = LimitsConfig(max_nb_io_workers=max_nb_io_workers)
+    assert plan(limits).flow.nb_io_workers == min(usable_cores(), max_nb_io_workers)
+    assert plan(limits, nb_io_workers=1).flow.nb_io_workers == 1
 
 
 def test_a_codec_of_the_proto_without_an_encoder_is_refused_at_request_time(monkeypatch):

@@ -4,11 +4,14 @@ Matrix: positions (``position_after`` walks every batch once, the end of an epoc
 ``(epoch + 1, 0)``, ``start`` normalizes ``start_batch == batches_per_epoch``); shards
 (world_size 1..5) and lanes (1..6) partition every epoch's batches and elements; lane
 emptiness; ``stop_epoch`` and ``exhausted``; resume from any position equals the
-uninterrupted tail (lanes and shards too); ``starting_at`` checks like the fields.
+uninterrupted tail (lanes and shards too); ``starting_at`` checks like the fields. The
+partition and resume properties are drawn over exact and windowed specs alike (windows of
+every element or of a subset).
 Windows: a permutation of the epoch (with a subset, of the subset), deterministic in (seed,
-epoch), different across epochs and from the exact order, made of whole blocks (each window
-holds whole read blocks and fewer than shuffle_window + largest block samples), shards and
-lanes partition it; read_blocks over numpy, chunked HDF5 and zarr, views of several files
+epoch) whatever the start, rank and lane, and in another process (other hash seeds),
+different across epochs and from the exact order, made of whole blocks (each window holds
+whole read blocks and fewer than shuffle_window + largest block samples), shards and lanes
+partition it; read_blocks over numpy, chunked HDF5 and zarr, views of several files
 and cached sources; through a cache of three chunks a window decodes each chunk at most
 once per epoch (the exact order: most samples). Refusals name the field: shuffle_window {0,
 negative, above the epoch, not an int, without sample_random, with replacement, with
@@ -20,6 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -29,7 +36,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from data_tools.chunk_cache import ChunkCache, cached
-from data_tools.io import FlowSpec, Position, data_flow, parse_sample_weights, read_blocks
+from data_tools.io import (
+    FlowSpec,
+    Position,
+    data_flow,
+    decoded_nbytes,
+    parse_sample_weights,
+    read_blocks,
+)
 from data_tools.io.flow_spec import MAX_WEIGHT
 from data_tools.wrap import delayed_view, multi_source_array
 
@@ -38,11 +52,16 @@ seeds = st.integers(0, 2**32 - 1)
 
 @st.composite
 def specs(draw, *, window=False):
-    """A valid FlowSpec: every rank has a batch."""
+    """A valid FlowSpec: every rank has a batch. With ``window``: a windowed shuffle over
+    read blocks, of every element or of a subset."""
     world_size = draw(st.integers(1, 5))
     n = draw(st.integers(world_size, 60))
+    subset = None
+    if window and draw(st.booleans()):
+        subset = sorted(draw(st.sets(st.integers(0, n - 1), min_size=world_size)))
+    samples = n if subset is None else len(subset)
     batch_size = draw(st.integers(1, 9))
-    drop = draw(st.booleans()) and n // world_size >= batch_size
+    drop = draw(st.booleans()) and samples // world_size >= batch_size
     fields = {
         "num_elements": n,
         "batch_size": batch_size,
@@ -55,10 +74,19 @@ def specs(draw, *, window=False):
     }
     fields["lane"] = draw(st.integers(0, fields["lanes"] - 1))
     if window:
-        fields["shuffle_window"] = draw(st.integers(1, n))
+        fields["subset"] = subset
+        fields["shuffle_window"] = draw(st.integers(1, samples))
         starts = draw(st.sets(st.integers(1, n - 1), max_size=n)) if n > 1 else set()
         fields["read_blocks"] = sorted({0, *starts})
     return FlowSpec(**fields)
+
+
+any_specs = st.one_of(specs(), specs(window=True))
+
+
+def elements(spec):
+    """The element ids every epoch of ``spec`` draws once each, in increasing order."""
+    return np.arange(spec.num_elements) if spec.subset is None else spec.subset
 
 
 def positions(spec, count):
@@ -92,7 +120,7 @@ def test_start_at_the_end_of_an_epoch_is_the_next_epochs_start(spec, epoch):
     assert list(dataclasses.replace(at_end, stop_epoch=epoch + 1).batches()) == []
 
 
-@given(spec=specs(), epoch=st.integers(0, 20))
+@given(spec=any_specs, epoch=st.integers(0, 20))
 def test_shards_and_lanes_partition_every_epoch(spec, epoch):
     # Every rank's batches over every lane, in rank order, are the epoch exactly once.
     parts = []
@@ -121,10 +149,10 @@ def test_shards_and_lanes_partition_every_epoch(spec, epoch):
             np.testing.assert_array_equal(rows, shard)
         parts.append(shard)
     np.testing.assert_array_equal(np.concatenate(parts), spec.epoch_order(epoch))
-    np.testing.assert_array_equal(np.sort(spec.epoch_order(epoch)), np.arange(spec.num_samples))
+    np.testing.assert_array_equal(np.sort(spec.epoch_order(epoch)), elements(spec))
 
 
-@given(spec=specs(), start=st.integers(0, 60), stop=st.integers(1, 12))
+@given(spec=any_specs, start=st.integers(0, 60), stop=st.integers(1, 12))
 def test_resume_from_any_position_is_the_uninterrupted_tail(spec, start, stop):
     whole = dataclasses.replace(spec, stop_epoch=stop)
     epoch, batch = divmod(start, spec.batches_per_epoch)
@@ -166,8 +194,38 @@ def test_batches_per_epoch_drop_and_lanes():
 def test_a_window_order_is_a_permutation_of_the_epoch_and_pure(spec, epoch):
     order = spec.epoch_order(epoch)
     assert order.dtype == np.int64
-    np.testing.assert_array_equal(np.sort(order), np.arange(spec.num_elements))
+    np.testing.assert_array_equal(np.sort(order), elements(spec))
     np.testing.assert_array_equal(order, dataclasses.replace(spec).epoch_order(epoch))
+    # Pure in (seed, epoch): where the flow starts, and its rank and lane, change nothing.
+    later = dataclasses.replace(spec, start_epoch=epoch, rank=0, lane=0)
+    np.testing.assert_array_equal(order, later.epoch_order(epoch))
+
+
+def test_a_window_order_is_the_same_in_another_process():
+    """No per-process state (hash seeds, global rngs) enters the order."""
+    code = (
+        "import numpy as np; from data_tools.io import FlowSpec; "
+        "spec = FlowSpec(200, 8, 12345, sample_random=True, shuffle_window=24, "
+        "read_blocks=np.arange(0, 200, 7), subset=np.arange(3, 190, 2), world_size=3, rank=1); "
+        "print(spec.shard_order(6).tolist())"
+    )
+    spec = FlowSpec(
+        200,
+        8,
+        12345,
+        sample_random=True,
+        shuffle_window=24,
+        read_blocks=np.arange(0, 200, 7),
+        subset=np.arange(3, 190, 2),
+        world_size=3,
+        rank=1,
+    )
+    for hash_seed in ("0", "1"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        run = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        )
+        assert json.loads(run.stdout) == spec.shard_order(6).tolist()
 
 
 @given(
@@ -266,6 +324,22 @@ def test_read_blocks_follow_the_storage_chunks(tmp_path):
         # Through a chunk cache.
         source = cached(f["x"], ChunkCache(1 << 20))
         np.testing.assert_array_equal(read_blocks([delayed_view(source)]), [0, 8, 16, 24])
+
+
+def test_decoded_bytes_are_the_whole_chunks_the_rows_lie_in(tmp_path):
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("x", data=np.arange(30), chunks=(8,))  # int64: 8 bytes a row
+        f.create_dataset("y", data=np.arange(30))
+        f.create_dataset("z", data=np.arange(12), chunks=(5,))
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        assert decoded_nbytes(f["x"], [1, 3, 2]) == 8 * 8  # one chunk, once
+        assert decoded_nbytes(f["x"], [0, 9, 29]) == (8 + 8 + 6) * 8  # the last: 6 rows
+        assert decoded_nbytes(f["y"], [0, 9, 29]) == 3 * 8  # contiguous: the rows alone
+        assert decoded_nbytes(np.arange(30), [4, 5]) == 2 * 8
+        assert decoded_nbytes(f["x"], []) == 0
+        # A view of two sources: each one's chunks (z's last chunk has 2 rows).
+        both = multi_source_array([f["z"], f["x"]])
+        assert decoded_nbytes(both, [11, 12, 13]) == 2 * 8 + 8 * 8
 
 
 def test_data_flow_windows_read_whole_chunks(tmp_path):

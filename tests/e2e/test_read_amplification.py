@@ -8,8 +8,11 @@ cache holds about a quarter of it, and a small dataset the cache holds whole.
   data_node_read_amplification their ratio; the stream decodes fewer chunks than an LRU
   simulation of its reads and is bit-identical to the same stream on a node without a
   cache; the node logs ONE line naming the expected amplification and shuffle_window.
+  The node logs one INFO line as the stream ends with its decoded and delivered bytes. The
+  same stream on a node without a cache counts each chunk every batch reads, whole.
 - An in-order stream of the small dataset: each chunk decoded once (amplification 1.0),
-  no log line.
+  no log line. An exact shuffle over cases whose chunks the cache holds: no log line; over
+  every case: one.
 - A stream cancelled after two batches: the cache forgets it (no stream registered, no
   decode-ahead thread left).
 - Decode-ahead, on by default: the exact shuffle's chunks are partly decoded ahead
@@ -41,6 +44,7 @@ SHAPE = (16, 16)
 SAMPLE_BYTES = 16 * 16 * 4 + 16 * 16  # image float32 + mask uint8
 CACHE_BYTES = SAMPLES * SAMPLE_BYTES // 4
 BATCH = 8
+LOGGER = "data_node.streaming.streams"
 
 
 def write_node(root, cache_bytes, extra=""):
@@ -52,6 +56,7 @@ def write_node(root, cache_bytes, extra=""):
         file.create_dataset("image", data=image, chunks=(CHUNK, *SHAPE), compression="gzip")
         mask = (image > 0.5).astype(np.uint8)
         file.create_dataset("mask", data=mask, chunks=(CHUNK, *SHAPE), compression="gzip")
+        file.create_dataset("case", data=np.arange(SAMPLES) // CHUNK)  # a case per chunk
     path = root / "node.toml"
     path.write_text(
         textwrap.dedent(
@@ -70,6 +75,11 @@ def write_node(root, cache_bytes, extra=""):
             [datasets.big.arrays]
             image = {{ path = "big.h5", key = "image" }}
             mask = {{ path = "big.h5", key = "mask" }}
+
+            [datasets.cased.arrays]
+            image = {{ path = "big.h5", key = "image" }}
+            mask = {{ path = "big.h5", key = "mask" }}
+            case = {{ path = "big.h5", key = "case" }}
 
             [datasets.small]
             maxlen = {4 * CHUNK}
@@ -127,15 +137,22 @@ def test_exact_shuffle_amplification_is_counted_and_named(nodes, caplog):
     (node, port), (_, plain_port) = nodes
     cache = node.servicer._registry.cache
     before = cache.stats().misses
-    with caplog.at_level(logging.WARNING, logger="data_node.streams"):
+    with caplog.at_level(logging.INFO, logger=LOGGER):
         batches, stream = read(port, "big", sample_random=True, seed=11, epochs=1)
     decodes = cache.stats().misses - before
     lines = amplification_lines(caplog)
     assert len(lines) == 1
     assert "'big'" in lines[0].getMessage()
     assert "x the bytes it delivers" in lines[0].getMessage()
+    # The stream's own figure on the node: one line as it ends.
+    ended = (
+        f"stream of 'big' (seed 11) ended: {stream.decoded_bytes} bytes decoded for "
+        f"{stream.delivered_bytes} bytes delivered (read amplification "
+        f"{stream.read_amplification:.2f})"
+    )
+    assert [r.getMessage() for r in caplog.records if "ended:" in r.getMessage()] == [ended]
 
-    expected, _ = read(plain_port, "big", sample_random=True, seed=11, epochs=1)
+    expected, plain = read(plain_port, "big", sample_random=True, seed=11, epochs=1)
     for got, want in zip(batches, expected, strict=True):
         for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(a, b)
@@ -159,6 +176,10 @@ def test_exact_shuffle_amplification_is_counted_and_named(nodes, caplog):
         for name in chunk_bytes:
             sequence += [(name, c) for c in np.unique(batch_indices // CHUNK)]
     assert decodes < lru_decodes(sequence, chunk_bytes)
+    # Without a cache, every batch decodes each chunk it reads, whole.
+    assert plain.decoded_bytes == sum(chunk_bytes[name] for name, _ in sequence)
+    assert plain.delivered_bytes == stream.delivered_bytes
+    assert plain.read_amplification > stream.read_amplification
 
 
 def batch_index_lists(port):
@@ -170,7 +191,7 @@ def batch_index_lists(port):
 
 def test_each_chunk_once_when_the_cache_holds_the_dataset(nodes, caplog):
     (_, port), _ = nodes
-    with caplog.at_level(logging.WARNING, logger="data_node.streams"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         _, stream = read(port, "small", epochs=1)
     assert not amplification_lines(caplog)
     assert stream.decoded_bytes == stream.delivered_bytes == 4 * CHUNK * 16 * 16 * 4
@@ -222,3 +243,14 @@ def test_a_stopped_node_leaves_no_decode_ahead_thread(tmp_path, decode_ahead):
             assert not cache.registered
     finally:
         node.stop(None)
+
+
+def test_a_subset_the_cache_holds_is_not_warned_of(nodes, caplog):
+    (_, port), _ = nodes
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        # Cases 0-3: 4 chunks of each array, less than the cache's quarter of the dataset.
+        _, stream = read(port, "cased", sample_random=True, seed=4, cases="0-3")
+        assert stream.delivered_bytes == 4 * CHUNK * (SAMPLE_BYTES + 8)
+        assert not amplification_lines(caplog)
+        read(port, "cased", sample_random=True, seed=4)  # every case: more than the cache
+    assert len(amplification_lines(caplog)) == 1

@@ -5,12 +5,14 @@ shuffled epochs (seed fixes order, seeds differ); the node's stream equals the s
 data_flow + augmentation in-process, and is bit-identical for nb_proc_workers 0 and 2;
 resume from every cursor of a two-epoch augmented stream; shards are disjoint and cover the
 epoch; weights from an array; preprocessors with and without rng; codecs; class labels;
-health and reflection services.
+health and reflection services; a request leaving nb_io_workers 0 gets min(usable cores,
+max_nb_io_workers) reader threads.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 
 import grpc
 import h5py
@@ -20,6 +22,8 @@ from grpc_health.v1 import health_pb2
 from node_support import NUM_SAMPLES, noisy
 
 from data_client.errors import OutOfRangeError
+from data_node.config import LimitsConfig
+from data_node.resources import usable_cores
 from data_tools.data_augmentation import SampleAugmentation, parse_augmentation_spec
 from data_tools.io import PreprocessorChain, data_flow
 
@@ -280,6 +284,18 @@ def test_health_and_reflection(node):
         services = {s.name for s in answer.list_services_response.service}
         assert "data_wire.v1.DataNode" in services
         assert "grpc.health.v1.Health" in services
+
+
+def test_reads_left_without_a_thread_count_run_on_the_usable_cores(client):
+    before = set(threading.enumerate())
+    with client.stream("toy", 4, loop_forever=True) as stream:
+        next(stream)  # the stream's reader threads have started; it is then not read
+        readers = [
+            thread
+            for thread in set(threading.enumerate()) - before
+            if thread.name.startswith("data_tools-io-")
+        ]
+    assert len(readers) == min(usable_cores(), LimitsConfig().max_nb_io_workers)
 
 
 def test_a_stream_builds_one_flow_plan_and_no_throwaway_flow(node, client, monkeypatch):

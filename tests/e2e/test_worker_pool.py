@@ -5,13 +5,16 @@ Matrix:
 * the pool starts with the node, a stream's first batch starts no process (first batch on
   the warm node measured and printed, beside a stream of the same request on a node whose
   workers are still starting), and the metrics show the pool (workers, busy workers);
+* a stream with a transform that leaves nb_proc_workers 0 keeps every worker of the pool busy;
 * kill -9 of the worker running a stream's batch: the batch runs again on another worker,
   the stream is bit-identical to the dataset's, the worker is replaced; a concurrent stream
   on the other worker goes on, every batch bit-identical to an undisturbed run of it; a
   second death of that batch's worker ends the stream INTERNAL with the exit reason, and the
   node serves on;
 * fairness on a one-worker pool: a stream whose client stops reading does not starve
-  another stream, and goes on where it was once read again;
+  another stream, and goes on where it was once read again; such a stream, once the node
+  has filled the client's window, holds no worker and at most max_in_flight shared-memory
+  blocks (one per batch in flight);
 * nothing is left (threads, processes, /dev/shm) once the node stops.
 """
 
@@ -21,6 +24,7 @@ import os
 import signal
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,12 +35,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from data_client import DataNodeClient
 from data_client.errors import InternalError
-from data_node.config import load
+from data_node.config import LimitsConfig, load
 from data_node.server import build_server
 
 
 def pool_config(root, processes=2):
-    path = write_config(root, max_nb_proc_workers=2, max_batch_size=32)
+    path = write_config(root, max_batch_size=32)  # max_nb_proc_workers: its default
     text = path.read_text().replace("processes = 2", f"processes = {processes}")
     text = text.replace("[preprocessors]\n", '[preprocessors]\ngated = "pool_support:gated"\n')
     path.write_text(text + '\n[metrics]\nlisten = "127.0.0.1:0"\n')
@@ -99,7 +103,8 @@ def test_a_worker_killed_mid_stream_spares_a_concurrent_stream(pool_node):
     augment = {"x_array": "image", "y_array": "mask", "rotation_range": 30.0}
     other = {"augmentation": augment, "seed": 5, "nb_proc_workers": 1, "epochs": 3}
     undisturbed = list(client.stream("toy", 4, **other))
-    stream = client.stream("toy", 8, preprocessor="gated", max_reconnects=0)
+    # One worker: the other is left to the bystander.
+    stream = client.stream("toy", 8, preprocessor="gated", nb_proc_workers=1, max_reconnects=0)
     reader, got = read_in_thread(stream)
     victim = wait_for(lambda: running(node.workers), what="the gated batch held in a worker")
     bystander = client.stream("toy", 4, **other)  # on the other worker: the victim is held
@@ -115,7 +120,8 @@ def test_a_worker_killed_mid_stream_spares_a_concurrent_stream(pool_node):
 
 def test_a_second_death_ends_the_stream_with_the_exit_reason(pool_node):
     node, client, gate, arrays = pool_node
-    stream = client.stream("toy", 8, preprocessor="gated", max_reconnects=0)
+    # One worker at a time: the second worker killed runs the first one's batch again.
+    stream = client.stream("toy", 8, preprocessor="gated", nb_proc_workers=1, max_reconnects=0)
     reader, got = read_in_thread(stream)
     first = kill_running(node.workers)
     second = kill_running(node.workers, {first.pid})
@@ -160,9 +166,9 @@ def test_the_pool_is_warm_and_measured(pool_node, tmp_path_factory):
     print(f"first batch: warm node {warm:.3f} s, node started just before {cold:.3f} s")
 
 
-def test_busy_workers_are_counted(pool_node):
+def test_a_stream_leaving_its_worker_count_uses_the_whole_pool_counted_busy(pool_node):
     node, client, gate, _ = pool_node
-    reader, got = read_in_thread(client.stream("toy", 8, preprocessor="gated", nb_proc_workers=2))
+    reader, got = read_in_thread(client.stream("toy", 8, preprocessor="gated"))
     wait_for(lambda: node.workers.busy_workers == 2, what="both workers held at the gate")
     assert gauge(node, "data_node_pool_busy_workers") == 2
     open_gate(gate)
@@ -193,6 +199,44 @@ def test_a_stalled_stream_does_not_starve_another(tmp_path):
             wait_for_idle(node)
     finally:
         node.stop(None)
+
+
+def shm_blocks():
+    """The shared-memory blocks of this process's flows (the node runs in it)."""
+    return set(Path("/dev/shm").glob(f"data_tools_{os.getpid()}_*"))
+
+
+def batches_sent(node):
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics") as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for metric in text_string_to_metric_families(text)
+        if metric.name == "data_node_batches"
+        for sample in metric.samples
+        if sample.name == "data_node_batches_total"
+    )
+
+
+def test_a_stalled_stream_holds_at_most_its_in_flight_batches_in_the_pool(pool_node):
+    node, client, gate, _ = pool_node
+    open_gate(gate)
+    before = shm_blocks()
+    augment = {"x_array": "image", "rotation_range": 10.0}
+    seen = []
+
+    def settled():
+        """The node stopped sending (the client's window is full) for 20 polls on end."""
+        seen.append((len(shm_blocks() - before), node.workers.busy_workers, batches_sent(node)))
+        return len(seen) > 20 and len(set(seen[-20:])) == 1
+
+    with client.stream("toy", 32, loop_forever=True, augmentation=augment) as stalled:
+        next(stalled)  # then the client stops reading
+        wait_for(settled, what="the stalled stream to stop")
+        _, busy, _ = seen[-1]
+        assert busy == 0  # its batches wait in its blocks, not in a worker
+        assert 0 < max(blocks for blocks, _, _ in seen) <= LimitsConfig().max_in_flight
+    wait_for_idle(node)
 
 
 def test_nothing_is_left_once_the_node_stops(tmp_path):

@@ -22,10 +22,16 @@ epochs gets OUT_OF_RANGE rather than an empty stream.
 Untrusted values never reach native code in the node's process: every field is checked
 against documented bounds at parse time (augmentation: ``augment_request.py``; cursors:
 ``cursors.py``), and a stream with an augmentation or a preprocessor always runs them in at
-least one worker process of the node's warm pool (``nb_proc_workers`` 0 is read as 1 for
-it; it is the most of the pool's workers the stream uses at once), never in the node's
-threads. A crash in native code (OpenCV, a preprocessor's C extension) then kills one
+least one worker process of the node's warm pool (``nb_proc_workers``, the most of the
+pool's workers the stream uses at once, is read as ``limits.max_nb_proc_workers`` when left
+0: the whole pool, shared fairly with the other streams), never in the node's threads. A crash in native code (OpenCV, a preprocessor's C extension) then kills one
 worker, never the node (see the faults below).
+
+Read amplification: every batch carries the bytes of storage chunks decoded for it
+(``Batch.decoded_bytes``: through the chunk cache, what the cache decoded for the stream;
+without one, each chunk the batch reads, whole), counted per dataset in the metrics, and
+logged for the stream as it ends (one INFO line; no per-stream metric label, as streams are
+unbounded in number). An exact shuffle whose own chunks exceed the cache gets one warning.
 
 Shared reads: the streams of a dataset whose sources read through the node's chunk cache
 (``Dataset.cached``) run data_flow with ``shared_reads``: with worker processes
@@ -100,6 +106,7 @@ from data_tools.io import (
     FlowSpec,
     PreprocessorChain,
     data_flow,
+    decoded_nbytes,
     parse_sample_weights,
     weights_digest,
 )
@@ -166,8 +173,10 @@ class StreamPlan:
 
         Its batches prepared ahead (``max_in_flight``), the one being sent twice over (the
         encoded message and gRPC's copy of it, held until the transport takes it: a client
-        that does not read stops the stream there), and one more for what the C allocator
-        keeps of freed batches for reuse (measured up to a batch on a loaded machine); with
+        that does not read stops the stream there), and one more for batches freed but not
+        yet unmapped (the node returns large frees to the system at once,
+        ``data_node.resources.return_large_frees``; without it glibc keeps freed batches in
+        each reader thread's arena, beyond this); with
         worker processes, also their shared-memory blocks (one per batch in flight).
         """
         in_flight = self.flow.in_flight
@@ -259,8 +268,13 @@ def parse_stream_request(
             stop_epoch=epochs,
             # Decoders release the GIL: by default a stream reads on every core it may use.
             nb_io_workers=nb_io_workers or min(default_io_workers(), limits.max_nb_io_workers),
-            # A request's transform never runs in the node's process (see the module docstring).
-            nb_proc_workers=nb_proc_workers if transform is None else max(1, nb_proc_workers),
+            # A request's transform never runs in the node's process (see the module
+            # docstring); left 0, the stream may use the whole pool, shared fairly.
+            nb_proc_workers=(
+                nb_proc_workers
+                if transform is None
+                else nb_proc_workers or limits.max_nb_proc_workers
+            ),
             max_in_flight=limits.max_in_flight,
         )
         flow = flow.starting_at(start_epoch, start_batch)
@@ -287,7 +301,9 @@ def stream_batches(
     """Yield each batch of ``plan`` as encoded ``Batch`` bytes until its last epoch.
 
     With worker processes, the batches run on ``workers`` (the node's warm pool), using at
-    most ``nb_proc_workers`` of them at once; default None: on processes of the stream's own.
+    most ``nb_proc_workers`` of them at once; default None: on ``nb_proc_workers`` processes
+    of the stream's own (the node always passes its pool: a request leaving the count 0 gets
+    ``limits.max_nb_proc_workers``).
 
     Each batch gRPC takes (asks for the next one after) is counted in ``metrics`` (default
     None: none), with its read, augment, encode and send seconds; a batch sent as the call
@@ -349,8 +365,10 @@ def _send_batches(
         arrays, plan.flow, preprocessor=plan.transform, shared_reads=plan.dataset.cached
     )
     names = plan.dataset.array_names
-    decoded = 0  # of reads.decoded_bytes, what the batches sent so far reported
-    with flow, _replacement_ends(plan.dataset):
+    # Bytes decoded for the stream (through the cache: counted by it, reads.decoded_bytes;
+    # without: the chunks each batch reads) and delivered, by the batches sent so far.
+    tally = _Tally()
+    with flow, _replacement_ends(plan.dataset), _logged_at_end(plan, tally):
         for info in flow.flow_with_info(stop=stop, pool=workers):
             # The replacement sets the flag before it moves a file: a batch read whole
             # before the flag was set holds none of the new files' rows.
@@ -358,7 +376,11 @@ def _send_batches(
             if stop.is_set():
                 break
             start = time.perf_counter()
-            now_decoded = decoded if reads is None else reads.decoded_bytes
+            decoded = (
+                sum(decoded_nbytes(array, info.indices) for array in arrays)
+                if reads is None
+                else reads.decoded_bytes - tally.decoded
+            )
             delivered = sum(array.nbytes for array in info.arrays)
             message = encode_batch(
                 info.arrays,
@@ -368,7 +390,7 @@ def _send_batches(
                 batch_index=info.batch_index,
                 codec=plan.codec,
                 names=names if len(names) == len(info.arrays) else None,
-                decoded_bytes=now_decoded - decoded,
+                decoded_bytes=decoded,
             )
             encoded = time.perf_counter()
             info = dataclasses.replace(info, arrays=())  # the message holds the batch now
@@ -381,24 +403,61 @@ def _send_batches(
             if metrics is not None:
                 sent = time.perf_counter()
                 metrics.batch_sent(info, size, encoded - start, sent - encoded)
-                metrics.bytes_read(now_decoded - decoded, delivered)
-            decoded = now_decoded
+                metrics.bytes_read(decoded, delivered)
+            tally.decoded += decoded
+            tally.delivered += delivered
+
+
+@dataclass
+class _Tally:
+    """Bytes decoded for a stream and delivered, by the batches it sent."""
+
+    decoded: int = 0
+    delivered: int = 0
+
+
+@contextlib.contextmanager
+def _logged_at_end(plan: StreamPlan, tally: _Tally) -> Iterator[None]:
+    """Log the stream's read amplification when it ends, however it ends (INFO, one line).
+
+    The per-stream figure on the node: a log line rather than a metric labelled by stream,
+    as streams are unbounded in number (the metrics have it per dataset).
+    """
+    try:
+        yield
+    finally:
+        logger.info(
+            "stream of %r (seed %d) ended: %d bytes decoded for %d bytes delivered "
+            "(read amplification %.2f)",
+            plan.dataset.name,
+            plan.seed,
+            tally.decoded,
+            tally.delivered,
+            tally.decoded / tally.delivered if tally.delivered else 0.0,
+        )
 
 
 def _warn_of_amplification(plan: StreamPlan, arrays: list[Any]) -> None:
     """Log once if an exact shuffle over more decoded data than the cache holds will amplify.
 
-    The estimate: each chunk a batch reads is decoded unless cached, and a random chunk is
-    cached about as often as the cache's share of the dataset's decoded bytes.
+    The data is the stream's own: the chunks of the dataset's cached arrays that its rows
+    (its ``cases``, or every row) lie in. The estimate: each chunk a batch reads is decoded
+    unless cached, and a random chunk is cached about as often as the cache's share of
+    those chunks' decoded bytes.
     """
     if not plan.flow.sample_random or plan.flow.shuffle_window is not None:
         return
     cache = cache_of(arrays)
     assert cache is not None  # the stream registered its reads with it
-    dataset_bytes = sum(
-        int(array.shape[0]) * math.prod(array.shape[1:]) * np.dtype(array.dtype).itemsize
-        for array in arrays
-        if cache_of([array]) is cache
+    subset = plan.flow.subset
+    dataset_bytes = (
+        sum(
+            int(array.shape[0]) * math.prod(array.shape[1:]) * np.dtype(array.dtype).itemsize
+            for array in arrays
+            if cache_of([array]) is cache
+        )
+        if subset is None
+        else sum(source.chunk_nbytes for a in arrays for _, (source, _) in chunk_reads(a, subset))
     )
     if dataset_bytes <= cache.max_bytes:
         return

@@ -2,11 +2,13 @@
 
 The chunk-windowed shuffle (``FlowSpec.shuffle_window``) keeps the elements of a block
 together, so each storage chunk is decoded about once per epoch. This is the one place
-that looks at how the data is stored; the FlowSpec takes the blocks it finds as data.
+that looks at how the data is stored; the FlowSpec takes the blocks it finds as data, and
+a reader without a chunk cache counts what its reads decode (``decoded_nbytes``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-__all__ = ["length", "read_blocks"]
+__all__ = ["decoded_nbytes", "length", "read_blocks"]
 
 
 def _chunk_ids(array: Any) -> npt.NDArray[np.int64]:
@@ -69,3 +71,25 @@ def read_blocks(arrays: Sequence[Any]) -> npt.NDArray[np.int64]:
         ids = _chunk_ids(array)
         starts.append(np.flatnonzero(np.diff(ids)).astype(np.int64) + 1)
     return np.unique(np.concatenate(starts))
+
+
+def decoded_nbytes(array: Any, rows: npt.NDArray[np.integer[Any]]) -> int:
+    """Bytes that reading ``array[rows]`` decodes with no chunk cache: each storage chunk of a
+    chunked source that some of the rows lie in, whole, once; the rows themselves of an
+    unchunked source (views are followed to their sources)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if isinstance(array, delayed_view):
+        pairs = array.index_pairs[rows]
+        return sum(
+            decoded_nbytes(source, pairs[pairs[:, 0] == number, 1])
+            for number, source in enumerate(array._sources)
+        )
+    if not rows.size:
+        return 0
+    row_bytes: int = math.prod(array.shape[1:]) * np.dtype(array.dtype).itemsize
+    rows_per_chunk = chunk_rows(array)
+    if not rows_per_chunk:
+        return int(rows.size) * row_bytes
+    starts = np.unique(rows // rows_per_chunk) * rows_per_chunk
+    chunk_lengths = np.minimum(rows_per_chunk, length(array) - starts)  # the last one: fewer
+    return int(chunk_lengths.sum()) * row_bytes
