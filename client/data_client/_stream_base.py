@@ -105,8 +105,9 @@ class StreamBase:
     def decoded_bytes(self) -> int:
         """Bytes of storage chunks the node(s) decoded for this stream so far.
 
-        Counted by the node for sources read through its chunk cache (chunked HDF5, zarr,
-        bcolz), 0 for others; over reconnects and lanes.
+        Counted by the node: through its chunk cache, the chunks it decoded for the stream;
+        without one, each chunk a batch reads, whole (the rows alone of an unchunked
+        source). Summed over reconnects and lanes.
         """
         return self._decoded_bytes
 

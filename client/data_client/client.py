@@ -369,9 +369,10 @@ class DataNodeClient:
             drop_incomplete_batches: Drop each epoch's last batch if smaller. Default False.
             loop_forever: Stream until closed. Default False.
             nb_io_workers: Reader threads on the node; 0 (default) means the node's default.
-            nb_proc_workers: Preprocessing processes on the node, >= 0; a stream with
-                ``augmentation`` or a ``preprocessor`` gets at least one (they never run in the
-                node's own process). Default 0.
+            nb_proc_workers: At most this many of the node's warm worker processes run the
+                stream's ``augmentation`` or ``preprocessor`` (which never run in the node's
+                own process), >= 0. Default 0: no cap but the node's limits, the pool shared
+                fairly with other streams.
             codec: Tensor encoding on the wire: "none" (default), "lz4" or "zstd".
             resume: Continue a stream from a cursor (``BatchStream.cursor`` or its
                 ``cursor_bytes()``); the other arguments must match the original stream's.
