@@ -5,15 +5,20 @@ masks, gzip HDF5, chunks of 32 images; batches of 32, shuffled, per-sample augme
 (rotation 15, shift 0.1, zoom 0.1, horizontal flip: image_random_transform, the mask
 transformed with the image); the node's cache holds a quarter of the decoded data.
 ``--quick`` runs a reduced size (512 images of 1x64x64) to check the benchmark works;
-``--images``, ``--size``, ``--epochs`` and ``--cache-fraction`` set the rest.
+``--images``, ``--size``, ``--epochs`` and ``--cache-fraction`` set the rest;
+``--checkout-python`` adds today's node (below).
 
 Modes, one node each, built in this process (loopback), one trainer reading ``--epochs``
 shuffled epochs, augmented on the node's warm pool (one worker per core; the request leaves
 ``nb_proc_workers`` to its default, every worker of the pool):
 
-- exact/LRU: today's behaviour, emulated: one reader thread, the stream's reads not
-  registered with the cache (``following_reads`` patched to register nothing), so the
-  cache evicts the least recently used chunk and decodes nothing ahead;
+- today (checkout), with ``--checkout-python PATH`` (an older checkout's Python, e.g.
+  ``../before/.venv/bin/python``): today's node for real, ``python -m data_node serve`` in a
+  process of its own with the same config and request; the base of "x today" when given;
+- exact/LRU (emulated): today's eviction on this code: one reader thread, the stream's
+  reads not registered with the cache (``following_reads`` patched to register nothing), so
+  the cache evicts the least recently used chunk and decodes nothing ahead; the base of
+  "x today" without ``--checkout-python``;
 - exact/known-future: the node as it is: readers on every core, eviction by known future
   use (Belady), decode-ahead;
 - windowed: ``shuffle_window`` (a chunk-windowed shuffle) of half the samples the cache
@@ -47,6 +52,8 @@ import contextlib
 import os
 import resource
 import shutil
+import socket
+import subprocess
 import tempfile
 import textwrap
 import time
@@ -57,7 +64,7 @@ from unittest import mock
 import h5py
 import numpy as np
 
-from data_client import DataNodeClient
+from data_client import DataNodeClient, UnavailableError
 from data_node.config import load
 from data_node.server import build_server
 from data_node.streaming import streams
@@ -101,16 +108,18 @@ def make_data(path: Path, images: int, size: int) -> None:
             mask[start : start + CHUNK] = (block > 0.5).astype(np.uint8)
 
 
-def write_config(root: Path, cache_bytes: int) -> Path:
-    path = root / f"node-{cache_bytes}.toml"
+def write_config(root: Path, cache_bytes: int, listen: str = "127.0.0.1:0", tag: str = "") -> Path:
+    """A node config serving ``large`` with a cache of ``cache_bytes`` (``tag``: its own dirs)."""
+    name = f"{tag}{cache_bytes}"
+    path = root / f"node-{name}.toml"
     path.write_text(
         textwrap.dedent(
             f"""
             [node]
-            listen = "127.0.0.1:0"
+            listen = "{listen}"
             data_root = "{root}/data"
-            state_dir = "{root}/state-{cache_bytes}"
-            output_root = "{root}/out-{cache_bytes}"
+            state_dir = "{root}/state-{name}"
+            output_root = "{root}/out-{name}"
 
             [limits]
             max_memory_bytes = {max(8 << 30, 4 * cache_bytes)}
@@ -219,6 +228,55 @@ def measure(
         node.stop(None)
 
 
+def _tree_seconds(pid: int) -> float:
+    """CPU seconds of process ``pid``, its reaped children and its live descendants."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = sum(int(field) for field in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK") + _live_children_seconds(pid)
+
+
+def measure_checkout(python: str, root: Path, cache_bytes: int, epochs: int) -> dict[str, float]:
+    """Today's node for real: another checkout's ``python -m data_node serve``, as a process.
+
+    The same config (cache size included) and the same request as the other modes: what the
+    node does with a request that leaves the worker counts to their defaults is its own.
+    Its cache counts are not read (its metrics may differ): decodes are not reported.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write_config(root, cache_bytes, f"127.0.0.1:{port}", tag="checkout-")
+    with (root / "checkout-node.log").open("w") as log:
+        node = subprocess.Popen(
+            [python, "-m", "data_node", "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            with DataNodeClient(f"127.0.0.1:{port}") as client:
+                while True:
+                    try:
+                        client.datasets()
+                        break
+                    except UnavailableError:
+                        if time.monotonic() > deadline or node.poll() is not None:
+                            raise
+                        time.sleep(0.2)
+            cpu = _tree_seconds(node.pid)
+            samples, seconds, first, client_cpu = run_stream(port, epochs)
+            return {
+                "samples/s": samples / seconds,
+                "decodes/chunk/epoch": float("nan"),
+                "node cpu/sample ms": (_tree_seconds(node.pid) - cpu) / samples * 1e3,
+                "client cpu/sample ms": client_cpu / samples * 1e3,
+                "first batch s": first,
+            }
+        finally:
+            node.terminate()
+            node.wait(timeout=60)
+
+
 def first_batches(root: Path, cache_bytes: int) -> tuple[float, float]:
     """Seconds to the first batch on a cold node (just built) and on a warm one.
 
@@ -318,6 +376,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--cache-fraction", type=float, default=0.25)
+    parser.add_argument(
+        "--checkout-python",
+        help="the Python of an older checkout (its .venv/bin/python): today's node measured "
+        "for real, in a process of its own, and the base of 'x today'",
+    )
     args = parser.parse_args()
     images, size = (512, 64) if args.quick else (args.images, args.size)
     images -= images % CHUNK
@@ -337,8 +400,12 @@ def main() -> None:
             "augmented on every pool worker. Shared machine: figures are noisy."
         )
         results: dict[str, dict[str, float]] = {}
+        if args.checkout_python:
+            results["today (checkout)"] = measure_checkout(
+                args.checkout_python, root, cache_bytes, args.epochs
+            )
         with lru_only():
-            results["exact/LRU (today)"] = measure(
+            results["exact/LRU (emulated)"] = measure(
                 root, cache_bytes, args.epochs, chunks, nb_io_workers=1
             )
         results["exact/known-future"] = measure(root, cache_bytes, args.epochs, chunks)
@@ -353,7 +420,7 @@ def main() -> None:
         decode, augment, copy = unavoidable_ms(path, images)
         cold, warm = first_batches(root, cache_bytes)
 
-        base = results["exact/LRU (today)"]["samples/s"]
+        base = next(iter(results.values()))["samples/s"]  # today's
         print(
             f"\n{'mode':22} {'samples/s':>10} {'x today':>8} {'decodes/chunk/ep':>17} "
             f"{'node cpu/sample ms':>19} {'client cpu/sample ms':>21}"
