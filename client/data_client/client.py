@@ -734,12 +734,13 @@ class DataNodeClient:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """Close the client; after a Ctrl-C, in the background.
+        """Close the client; after an interruption, in the background.
 
-        A KeyboardInterrupt may land while gRPC sets up a call, and closing the channel would
-        then wait for that call for ever: the interrupted caller gets control back at once.
+        An interruption (an exception that is no ``Exception``: Ctrl-C's KeyboardInterrupt,
+        SystemExit, a test runner's timeout) may land while gRPC sets up a call, and closing
+        the channel would then wait for that call for ever: the caller gets control back.
         """
-        if isinstance(exc, KeyboardInterrupt):
+        if exc is not None and not isinstance(exc, Exception):
             threading.Thread(target=self.close, name="data_client-close", daemon=True).start()
         else:
             self.close()

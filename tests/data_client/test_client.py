@@ -602,7 +602,10 @@ def test_a_stream_with_a_short_keepalive_reads_as_usual(fake_node):
     assert [len(arrays[0]) for arrays in batches] == [4, 4, 2] * 2
 
 
-def test_a_ctrl_c_inside_the_client_block_does_not_wait_for_the_channel(fake_node):
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, SystemExit])
+def test_an_interruption_inside_the_client_block_does_not_wait_for_the_channel(
+    fake_node, interruption
+):
     # gRPC interrupted while setting up a call can leave its channel's close waiting for ever.
     closing, release = threading.Event(), threading.Event()
     client = DataNodeClient(fake_node.address)
@@ -615,8 +618,8 @@ def test_a_ctrl_c_inside_the_client_block_does_not_wait_for_the_channel(fake_nod
         real_close()
 
     channel.close = stuck_close
-    with pytest.raises(KeyboardInterrupt), client:
-        raise KeyboardInterrupt
+    with pytest.raises(interruption), client:
+        raise interruption
     # Back here although the close is stuck: it runs in the background.
     assert closing.wait(timeout=60)
     release.set()

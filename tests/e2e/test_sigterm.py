@@ -161,7 +161,11 @@ def test_sigterm_stops_the_node_in_time_whatever_runs(tmp_path):
     node, port = start_node_process(config, tmp_path / "log")
     try:
         with DataNodeClient(f"127.0.0.1:{port}") as client:
-            stuck = client.stream("toy", 4, preprocessor="hang", max_reconnects=0)
+            # One worker: left to its default, the stream's next batches would take the
+            # pool's other workers too, and hang there.
+            stuck = client.stream(
+                "toy", 4, preprocessor="hang", max_reconnects=0, nb_proc_workers=1
+            )
             outcome = []
 
             def wait_for_the_stuck_batch():
