@@ -49,14 +49,15 @@ def field_first(message: str, fields: Mapping[str, str]) -> str:
     return f"{fields[found.group(1)]}: Expected {found.group(2)}"
 
 
-def not_one_of(field: str, value: str, choices: Sequence[str]) -> str:
+def not_one_of(field: str, value: str, choices: Sequence[str], kind: str = "") -> str:
     """The message for ``value`` not among ``choices``, naming ``field``.
 
-    "<field>: Expected one of [...]. Got 'x' instead.", then " Did you mean 'y'?" when a
-    choice is close.
+    "<field>: Expected one of <kind> [...]. Got 'x' instead.", then " Did you mean 'y'?"
+    when a choice is close (``kind``, optional, says what the choices are).
     """
     return (
-        f"{field}: Expected one of {list(choices)}. Got {shown(value)} instead."
+        f"{field}: Expected one of {kind + ' ' if kind else ''}{list(choices)}. "
+        f"Got {shown(value)} instead."
         f"{did_you_mean(value, choices)}"
     )
 

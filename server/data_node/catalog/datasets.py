@@ -392,7 +392,9 @@ class DatasetRegistry:
                     "config file: edit it and restart the node to remove it."
                 )
             if name not in self._registered:
-                raise DatasetNotFoundError(not_one_of("dataset", name, sorted(self._registered)))
+                raise DatasetNotFoundError(
+                    not_one_of("dataset", name, sorted(self._registered), "the registered datasets")
+                )
             entries = {key: e for key, e in self._registered.items() if key != name}
             if self._store is not None:
                 self._store.save(entries.values())
