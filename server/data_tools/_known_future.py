@@ -25,8 +25,11 @@ __all__ = ["DEFAULT_HORIZON", "StreamReads", "optimal_decodes"]
 DEFAULT_HORIZON = 1 << 14
 """Reads a ``StreamReads`` knows ahead of its stream by default (about a MB of bookkeeping)."""
 
-# Batches the window takes in at most at once (at the start, or after one read).
+# Batches the window takes in at the start, and at most after each read: a batch reads
+# several chunks, so the window still grows towards the horizon while the start stays cheap
+# (topping up 64 batches per read made a stream's first batch plan about 1,500 batches).
 _FILL_BATCHES = 64
+_TOP_UP_BATCHES = 2
 # A read left unconsumed this far behind the stream's latest read is taken as skipped (the
 # stream read otherwise than foreseen), so one missed read never freezes the window.
 _SLACK = 4096
@@ -67,7 +70,7 @@ class StreamReads:
         self._consumed: deque[bool] = deque()
         self._uses: dict[Hashable, deque[int]] = {}  # each chunk's unconsumed positions
         self.decoded_bytes = 0
-        self._fill()
+        self._fill(_FILL_BATCHES)
 
     @property
     def position(self) -> int:
@@ -85,7 +88,7 @@ class StreamReads:
         self._consumed[position - self._base] = True
         while self._consumed and (self._consumed[0] or position - self._base > _SLACK):
             self._drop_first()
-        self._fill()
+        self._fill(_TOP_UP_BATCHES)
         return True
 
     def next_use(self, chunk_id: Hashable) -> int | None:
@@ -110,13 +113,11 @@ class StreamReads:
                 del self._uses[chunk_id]
         self._base += 1
 
-    def _fill(self) -> None:
-        """Read batches until the window holds ``horizon`` reads (or the stream ends).
-
-        At most ``_FILL_BATCHES`` per call, so a stream's start and each of its reads cost
-        little: the window reaches the horizon over the first reads.
-        """
-        for _ in range(_FILL_BATCHES):
+    def _fill(self, batches: int) -> None:
+        """Read at most ``batches`` batches, until the window holds ``horizon`` reads (or the
+        stream ends): a stream's start and each of its reads cost little, and the window
+        reaches the horizon over the first reads."""
+        for _ in range(batches):
             if self._batches is None or len(self._window) >= self._horizon:
                 return
             batch = next(self._batches, None)
